@@ -1,0 +1,103 @@
+//! The command line. Every flag can also be set by a `TAGPIN_*` environment variable and
+//! by the config file; precedence is flag, then environment, then file, then default.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{LogFormat, RawConfig, RawTimeouts};
+
+#[derive(Debug, Parser)]
+#[command(name = "tagpin", version, about = "Pins every container tag to the first digest pushed under it")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the proxy.
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// TOML config file; every key is documented in config/tagpin.toml.
+    #[arg(long, env = "TAGPIN_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:5050].
+    #[arg(long, env = "TAGPIN_LISTEN")]
+    pub listen: Option<String>,
+    /// Upstream registry origin, http:// or https:// (required).
+    #[arg(long, env = "TAGPIN_UPSTREAM")]
+    pub upstream: Option<String>,
+    /// Directory of the pin store [default: ./data].
+    #[arg(long, env = "TAGPIN_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Tag glob that stays mutable, e.g. 'latest' or 'dev-*' (repeatable; comma-separated in the environment).
+    #[arg(long = "exclude", env = "TAGPIN_EXCLUDE", value_delimiter = ',')]
+    pub exclude: Vec<String>,
+    /// Log format [default: pretty].
+    #[arg(long, env = "TAGPIN_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Origin clients use to reach tagpin, for rewriting upload Locations (default: the request's Host).
+    #[arg(long, env = "TAGPIN_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// HTTP status of a refused push or delete, 409 or 403 [default: 409].
+    #[arg(long, env = "TAGPIN_REFUSE_STATUS")]
+    pub refuse_status: Option<u16>,
+    /// Largest manifest accepted on a push, in bytes [default: 4194304].
+    #[arg(long, env = "TAGPIN_MAX_MANIFEST_BYTES")]
+    pub max_manifest_bytes: Option<usize>,
+    /// Most tags one push may name (path tag plus `tag` parameters) [default: 64].
+    #[arg(long, env = "TAGPIN_MAX_TAGS_PER_PUSH")]
+    pub max_tags_per_push: Option<usize>,
+    /// Extra PEM CA bundle trusted for an https:// upstream, besides the web roots.
+    #[arg(long, env = "TAGPIN_UPSTREAM_CA")]
+    pub upstream_ca: Option<PathBuf>,
+    /// Most client connections open at once [default: 4096].
+    #[arg(long, env = "TAGPIN_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Milliseconds to connect to the upstream [default: 5000].
+    #[arg(long, env = "TAGPIN_UPSTREAM_CONNECT_TIMEOUT_MS")]
+    pub upstream_connect_timeout_ms: Option<u64>,
+    /// Milliseconds to wait for the upstream's response headers [default: 60000].
+    #[arg(long, env = "TAGPIN_UPSTREAM_HEADER_TIMEOUT_MS")]
+    pub upstream_header_timeout_ms: Option<u64>,
+    /// Milliseconds a body (either direction) may stall before the transfer is cut [default: 60000].
+    #[arg(long, env = "TAGPIN_BODY_IDLE_TIMEOUT_MS")]
+    pub body_idle_timeout_ms: Option<u64>,
+    /// Milliseconds a client has to send its request headers [default: 30000].
+    #[arg(long, env = "TAGPIN_CLIENT_HEADER_TIMEOUT_MS")]
+    pub client_header_timeout_ms: Option<u64>,
+    /// Milliseconds in-flight requests get to finish after SIGTERM [default: 30000].
+    #[arg(long, env = "TAGPIN_SHUTDOWN_GRACE_MS")]
+    pub shutdown_grace_ms: Option<u64>,
+}
+
+impl ServeArgs {
+    /// Lay the flags over the file's values: a flag that was given wins.
+    pub fn overlay(self, file: RawConfig) -> RawConfig {
+        let t = file.timeouts.unwrap_or_default();
+        RawConfig {
+            listen: self.listen.or(file.listen),
+            upstream: self.upstream.or(file.upstream),
+            data_dir: self.data_dir.or(file.data_dir),
+            exclude: if self.exclude.is_empty() { file.exclude } else { Some(self.exclude) },
+            log_format: self.log_format.or(file.log_format),
+            public_url: self.public_url.or(file.public_url),
+            refuse_status: self.refuse_status.or(file.refuse_status),
+            max_manifest_bytes: self.max_manifest_bytes.or(file.max_manifest_bytes),
+            max_tags_per_push: self.max_tags_per_push.or(file.max_tags_per_push),
+            upstream_ca: self.upstream_ca.or(file.upstream_ca),
+            max_connections: self.max_connections.or(file.max_connections),
+            timeouts: Some(RawTimeouts {
+                upstream_connect_ms: self.upstream_connect_timeout_ms.or(t.upstream_connect_ms),
+                upstream_header_ms: self.upstream_header_timeout_ms.or(t.upstream_header_ms),
+                body_idle_ms: self.body_idle_timeout_ms.or(t.body_idle_ms),
+                client_header_ms: self.client_header_timeout_ms.or(t.client_header_ms),
+                shutdown_grace_ms: self.shutdown_grace_ms.or(t.shutdown_grace_ms),
+            }),
+        }
+    }
+}

@@ -1,0 +1,81 @@
+//! Configuration: the raw, deserialised form ([`RawConfig`]) and the validated form
+//! ([`Config`]) the program runs on. `RawConfig::validate` is the only way from one to
+//! the other, so a `Config` always holds values that were checked.
+
+mod raw;
+mod validate;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use http::StatusCode;
+
+pub use raw::{RawConfig, RawTimeouts};
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+/// A scheme plus authority, such as `https://registry.example:5000`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub scheme: http::uri::Scheme,
+    pub authority: http::uri::Authority,
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}://{}", self.scheme, self.authority)
+    }
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub upstream: Origin,
+    pub public_url: Option<Origin>,
+    pub data_dir: PathBuf,
+    pub exclude: Vec<String>,
+    pub log_format: LogFormat,
+    pub refuse_status: StatusCode,
+    pub max_manifest_bytes: usize,
+    pub max_tags_per_push: usize,
+    pub upstream_ca: Option<PathBuf>,
+    pub max_connections: usize,
+    pub timeouts: Timeouts,
+}
+
+/// Every time limit tagpin enforces.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub upstream_connect: Duration,
+    pub upstream_header: Duration,
+    pub body_idle: Duration,
+    pub client_header: Duration,
+    pub shutdown_grace: Duration,
+}
+
+/// A configuration that cannot be used; the message is one line an operator can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{key}: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+impl ConfigError {
+    fn invalid(key: &'static str, message: impl Into<String>) -> Self {
+        Self::Invalid { key, message: message.into() }
+    }
+}

@@ -1,0 +1,52 @@
+//! The config file as written: every key optional, unknown keys refused, so a typo is an
+//! error rather than a silently ignored setting. Defaults are applied in `validate`.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::{ConfigError, LogFormat};
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub listen: Option<String>,
+    pub upstream: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub exclude: Option<Vec<String>>,
+    pub log_format: Option<LogFormat>,
+    pub public_url: Option<String>,
+    pub refuse_status: Option<u16>,
+    pub max_manifest_bytes: Option<usize>,
+    pub max_tags_per_push: Option<usize>,
+    pub upstream_ca: Option<PathBuf>,
+    pub max_connections: Option<usize>,
+    pub timeouts: Option<RawTimeouts>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTimeouts {
+    pub upstream_connect_ms: Option<u64>,
+    pub upstream_header_ms: Option<u64>,
+    pub body_idle_ms: Option<u64>,
+    pub client_header_ms: Option<u64>,
+    pub shutdown_grace_ms: Option<u64>,
+}
+
+impl RawConfig {
+    /// Parse TOML text; `path` only names the source in errors.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            // toml's message spans several lines; the operator gets one.
+            message: e.to_string().split_whitespace().collect::<Vec<_>>().join(" "),
+        })
+    }
+
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Self::from_toml(&text, path)
+    }
+}

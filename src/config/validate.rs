@@ -1,0 +1,156 @@
+//! Turning a [`RawConfig`] into a [`Config`]: defaults, parsing and range checks.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use http::{StatusCode, Uri};
+
+use super::{Config, ConfigError, LogFormat, Origin, RawConfig, Timeouts};
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:5050";
+pub const DEFAULT_DATA_DIR: &str = "./data";
+pub const DEFAULT_MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
+pub const DEFAULT_MAX_TAGS_PER_PUSH: usize = 64;
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+
+impl RawConfig {
+    pub fn validate(self) -> Result<Config, ConfigError> {
+        let listen_text = self.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
+        let listen: SocketAddr = listen_text
+            .parse()
+            .map_err(|_| ConfigError::invalid("listen", format!("{listen_text:?} is not an IP:port address")))?;
+        let upstream_text = self
+            .upstream
+            .ok_or_else(|| ConfigError::invalid("upstream", "is required (e.g. --upstream http://127.0.0.1:5000)"))?;
+        let upstream = parse_origin("upstream", &upstream_text)?;
+        let public_url = self.public_url.filter(|s| !s.is_empty()).map(|s| parse_origin("public_url", &s)).transpose()?;
+        let exclude = self.exclude.unwrap_or_default();
+        for glob in &exclude {
+            globset::Glob::new(glob)
+                .map_err(|e| ConfigError::invalid("exclude", format!("{glob:?}: {e}")))?;
+        }
+        let refuse_status = match self.refuse_status.unwrap_or(409) {
+            409 => StatusCode::CONFLICT,
+            403 => StatusCode::FORBIDDEN,
+            other => return Err(ConfigError::invalid("refuse_status", format!("must be 409 or 403, not {other}"))),
+        };
+        let max_manifest_bytes = self.max_manifest_bytes.unwrap_or(DEFAULT_MAX_MANIFEST_BYTES);
+        if !(1024..=64 * 1024 * 1024).contains(&max_manifest_bytes) {
+            return Err(ConfigError::invalid("max_manifest_bytes", "must be between 1024 and 67108864"));
+        }
+        let max_tags_per_push = self.max_tags_per_push.unwrap_or(DEFAULT_MAX_TAGS_PER_PUSH);
+        if !(1..=1024).contains(&max_tags_per_push) {
+            return Err(ConfigError::invalid("max_tags_per_push", "must be between 1 and 1024"));
+        }
+        let max_connections = self.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
+        if max_connections == 0 {
+            return Err(ConfigError::invalid("max_connections", "must be at least 1"));
+        }
+        if let Some(ca) = &self.upstream_ca {
+            if !ca.is_file() {
+                return Err(ConfigError::invalid("upstream_ca", format!("{} is not a readable file", ca.display())));
+            }
+        }
+        let t = self.timeouts.unwrap_or_default();
+        let ms = |key: &'static str, v: Option<u64>, default: u64| -> Result<Duration, ConfigError> {
+            match v.unwrap_or(default) {
+                0 => Err(ConfigError::invalid(key, "must be at least 1 ms")),
+                v => Ok(Duration::from_millis(v)),
+            }
+        };
+        let timeouts = Timeouts {
+            upstream_connect: ms("timeouts.upstream_connect_ms", t.upstream_connect_ms, 5_000)?,
+            upstream_header: ms("timeouts.upstream_header_ms", t.upstream_header_ms, 60_000)?,
+            body_idle: ms("timeouts.body_idle_ms", t.body_idle_ms, 60_000)?,
+            client_header: ms("timeouts.client_header_ms", t.client_header_ms, 30_000)?,
+            shutdown_grace: ms("timeouts.shutdown_grace_ms", t.shutdown_grace_ms, 30_000)?,
+        };
+        Ok(Config {
+            listen,
+            upstream,
+            public_url,
+            data_dir: self.data_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            exclude,
+            log_format: self.log_format.unwrap_or(LogFormat::Pretty),
+            refuse_status,
+            max_manifest_bytes,
+            max_tags_per_push,
+            upstream_ca: self.upstream_ca,
+            max_connections,
+            timeouts,
+        })
+    }
+}
+
+/// An origin is a scheme (http or https) and an authority, with no path beyond `/`.
+fn parse_origin(key: &'static str, text: &str) -> Result<Origin, ConfigError> {
+    let bad = |why: &str| ConfigError::invalid(key, format!("{text:?} {why}"));
+    let uri: Uri = text.parse().map_err(|_| bad("is not a URL"))?;
+    let scheme = uri.scheme().cloned().ok_or_else(|| bad("needs http:// or https://"))?;
+    if scheme != http::uri::Scheme::HTTP && scheme != http::uri::Scheme::HTTPS {
+        return Err(bad("needs http:// or https://"));
+    }
+    let authority = uri.authority().cloned().ok_or_else(|| bad("has no host"))?;
+    if authority.as_str().contains('@') {
+        return Err(bad("must not carry credentials"));
+    }
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return Err(bad("must not have a path or query: tagpin forwards /v2/ as it is"));
+    }
+    Ok(Origin { scheme, authority })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(text: &str) -> RawConfig {
+        RawConfig::from_toml(text, std::path::Path::new("t.toml")).unwrap()
+    }
+
+    #[test]
+    fn minimal_config_gets_documented_defaults() {
+        let c = raw(r#"upstream = "http://127.0.0.1:5000""#).validate().unwrap();
+        assert_eq!(c.listen, DEFAULT_LISTEN.parse().unwrap());
+        assert_eq!(c.refuse_status, StatusCode::CONFLICT);
+        assert_eq!(c.max_manifest_bytes, 4 * 1024 * 1024);
+        assert_eq!(c.upstream.to_string(), "http://127.0.0.1:5000");
+        assert_eq!(c.log_format, LogFormat::Pretty);
+        assert_eq!(c.timeouts.upstream_connect, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn the_example_config_file_is_valid() {
+        let text = include_str!("../../config/tagpin.toml");
+        let c = raw(text).validate().unwrap();
+        assert_eq!(c.exclude, vec!["latest".to_string()]);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let e = RawConfig::from_toml("upstrem = \"x\"", std::path::Path::new("t.toml")).unwrap_err();
+        assert!(e.to_string().contains("upstrem"), "{e}");
+        assert!(!e.to_string().contains('\n'));
+    }
+
+    #[test]
+    fn invalid_values_name_their_key() {
+        let cases = [
+            ("", "upstream"),
+            ("upstream = \"ftp://x\"", "upstream"),
+            ("upstream = \"http://x/v2\"", "upstream"),
+            ("upstream = \"http://u:p@x\"", "upstream"),
+            ("upstream = \"http://x\"\nlisten = \"nope\"", "listen"),
+            ("upstream = \"http://x\"\nrefuse_status = 500", "refuse_status"),
+            ("upstream = \"http://x\"\nexclude = [\"a[\"]", "exclude"),
+            ("upstream = \"http://x\"\nmax_manifest_bytes = 10", "max_manifest_bytes"),
+            ("upstream = \"http://x\"\n[timeouts]\nbody_idle_ms = 0", "timeouts.body_idle_ms"),
+            ("upstream = \"http://x\"\npublic_url = \"x\"", "public_url"),
+        ];
+        for (text, key) in cases {
+            let e = raw(text).validate().unwrap_err();
+            assert!(e.to_string().starts_with(key), "{text:?} gave {e}");
+        }
+    }
+}

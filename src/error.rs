@@ -1,0 +1,158 @@
+//! The handler layer's error, and the one place that maps every error to an HTTP status
+//! and an OCI error code.
+//!
+//! Classification follows where the fault lies: the client's is 4xx with a message that
+//! says what to fix; the upstream's is 502/504; tagpin's own (store, internal) is 503/500.
+//! A 5xx body carries only a fixed message and the request id: the internal error text
+//! goes to the log under the same id, never to the client.
+
+use http::{header, HeaderValue, Response, StatusCode};
+use serde_json::json;
+
+use crate::body::{self, Body};
+use crate::manifest::ManifestError;
+use crate::oci::{Digest, ErrorCode, ErrorEnvelope, NameError};
+use crate::policy::Refusal;
+use crate::route::RouteError;
+use crate::store::StoreError;
+use crate::upstream::UpstreamError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error(transparent)]
+    Route(#[from] RouteError),
+    #[error("this push names {count} tags; at most {max} are allowed in one push")]
+    TooManyTags { count: usize, max: usize },
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error("manifest digest mismatch: the path says {claimed}, the body hashes to {actual}")]
+    DigestMismatch { claimed: Digest, actual: Digest },
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ProxyError {
+    /// The status and OCI code for this error. `refuse_status` is the configured status
+    /// of a refusal (409 or 403).
+    pub fn classify(&self, refuse_status: StatusCode) -> (StatusCode, ErrorCode) {
+        use ErrorCode as C;
+        use StatusCode as S;
+        match self {
+            Self::Route(r) => match r {
+                RouteError::Name(NameError::Repository(_)) => (S::BAD_REQUEST, C::NameInvalid),
+                RouteError::Name(NameError::Tag(_)) => (S::BAD_REQUEST, C::TagInvalid),
+                RouteError::Name(NameError::Digest(_)) => (S::BAD_REQUEST, C::DigestInvalid),
+                RouteError::NotFound | RouteError::UnknownEndpoint => (S::NOT_FOUND, C::Unsupported),
+                RouteError::MethodNotAllowed(_) => (S::METHOD_NOT_ALLOWED, C::Unsupported),
+                RouteError::AbsoluteForm | RouteError::MethodOverride(_) | RouteError::QueryParameter(_) => {
+                    (S::BAD_REQUEST, C::Unsupported)
+                }
+                RouteError::UploadId(_) => (S::BAD_REQUEST, C::BlobUploadInvalid),
+            },
+            Self::TooManyTags { .. } => (S::URI_TOO_LONG, C::Unsupported),
+            Self::Manifest(ManifestError::TooLarge { .. }) => (S::PAYLOAD_TOO_LARGE, C::SizeInvalid),
+            Self::Manifest(ManifestError::Body(_) | ManifestError::NotJson(_)) => (S::BAD_REQUEST, C::ManifestInvalid),
+            Self::DigestMismatch { .. } => (S::BAD_REQUEST, C::DigestInvalid),
+            Self::Refused(_) => (refuse_status, C::Denied),
+            Self::Upstream(u) => match u {
+                UpstreamError::HeaderTimeout(_) => (S::GATEWAY_TIMEOUT, C::Unavailable),
+                UpstreamError::Connect(_) => (S::BAD_GATEWAY, C::Unavailable),
+                UpstreamError::Transport(_)
+                | UpstreamError::CheckStatus { .. }
+                | UpstreamError::CheckNoDigest { .. }
+                | UpstreamError::DigestMismatch { .. }
+                | UpstreamError::Tls(_) => (S::BAD_GATEWAY, C::Unavailable),
+            },
+            Self::Store(_) => (S::SERVICE_UNAVAILABLE, C::Unavailable),
+            Self::Internal(_) => (S::INTERNAL_SERVER_ERROR, C::Unknown),
+        }
+    }
+
+    /// The fixed client-facing message of a server-side error.
+    fn public_message(&self) -> &'static str {
+        match self {
+            Self::Upstream(UpstreamError::HeaderTimeout(_)) => "the upstream registry did not answer in time; nothing was changed",
+            Self::Upstream(UpstreamError::Connect(_)) => "the upstream registry cannot be reached; nothing was changed",
+            Self::Upstream(UpstreamError::CheckStatus { .. } | UpstreamError::CheckNoDigest { .. }) => {
+                "tagpin could not learn what the upstream holds under this tag, so it refuses the write"
+            }
+            Self::Upstream(UpstreamError::DigestMismatch { .. }) => {
+                "the upstream reported a different digest than the manifest tagpin forwarded; no pin was recorded"
+            }
+            Self::Upstream(_) => "the upstream registry connection failed; nothing was pinned",
+            Self::Store(_) => "the tagpin pin store is unavailable, so tagpin refuses writes it cannot decide safely; reads still work",
+            _ => "internal error in tagpin",
+        }
+    }
+
+    /// Render the OCI error envelope.
+    pub fn into_response(self, request_id: &str, refuse_status: StatusCode) -> Response<Body> {
+        let (status, code) = self.classify(refuse_status);
+        let envelope = if status.is_server_error() {
+            ErrorEnvelope {
+                code,
+                message: self.public_message().to_owned(),
+                detail: json!({ "request_id": request_id }),
+            }
+        } else {
+            let detail = match &self {
+                Self::Refused(r) => r.detail(),
+                _ => json!({ "request_id": request_id }),
+            };
+            ErrorEnvelope { code, message: self.to_string(), detail }
+        };
+        let mut resp = Response::new(body::full(envelope.to_json()));
+        *resp.status_mut() = status;
+        resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    async fn json_of(resp: Response<Body>) -> serde_json::Value {
+        serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn server_errors_never_carry_internal_text() {
+        let e = ProxyError::Store(StoreError::Io("/var/lib/secret-path: disk full".into()));
+        let resp = e.into_response("req-1", StatusCode::CONFLICT);
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let v = json_of(resp).await;
+        assert_eq!(v["errors"][0]["code"], "UNAVAILABLE");
+        assert_eq!(v["errors"][0]["detail"]["request_id"], "req-1");
+        assert!(!v.to_string().contains("secret-path"));
+    }
+
+    #[tokio::test]
+    async fn client_errors_say_what_is_wrong() {
+        let e = ProxyError::Route(RouteError::Name(NameError::Repository("A".into())));
+        let resp = e.into_response("r", StatusCode::CONFLICT);
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+        let v = json_of(resp).await;
+        assert_eq!(v["errors"][0]["code"], "NAME_INVALID");
+        assert!(v["errors"][0]["message"].as_str().unwrap().contains("\"A\""));
+    }
+
+    #[test]
+    fn refusals_use_the_configured_status() {
+        let r = Refusal::DeleteTag {
+            repo: crate::oci::Repository::parse("a").unwrap(),
+            tag: crate::oci::Tag::parse("v1").unwrap(),
+            pinned: None,
+        };
+        let e = ProxyError::Refused(r);
+        assert_eq!(e.classify(StatusCode::FORBIDDEN), (StatusCode::FORBIDDEN, ErrorCode::Denied));
+        assert_eq!(e.classify(StatusCode::CONFLICT).0, StatusCode::CONFLICT);
+    }
+}

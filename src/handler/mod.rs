@@ -1,0 +1,133 @@
+//! Request handling. [`handle`] never fails: every error becomes an OCI error response
+//! in one place. `handle_inner` and the helpers return `Result` and use `?`.
+//!
+//! Reads, blob operations and uploads are forwarded as streams; only manifest pushes and
+//! deletes that touch a protected tag stop for a decision (`push`, `delete`).
+
+mod delete;
+mod push;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::request::Parts;
+use http::{header, HeaderValue, Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+
+use crate::app::App;
+use crate::body::{self, Body};
+use crate::error::ProxyError;
+use crate::route::{self, Route};
+use crate::telemetry::Requester;
+use crate::upstream::headers;
+
+/// The listener speaks plain HTTP; TLS, when used, is terminated in front of tagpin.
+const CLIENT_PROTO: &str = "http";
+
+/// Answer one request. Never fails.
+pub async fn handle(app: &App, req: Request<Incoming>, client: SocketAddr) -> Response<Body> {
+    let who = Requester::from_headers(app.next_request_id(), client, req.headers());
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    match handle_inner(app, req, &who).await {
+        Ok(resp) => {
+            tracing::debug!(request_id = %who.request_id, %method, path, status = resp.status().as_u16(), "request");
+            resp
+        }
+        Err(e) => {
+            let (status, code) = e.classify(app.config.refuse_status);
+            if status.is_server_error() {
+                tracing::error!(request_id = %who.request_id, %method, path, status = status.as_u16(), error = %e, "request failed");
+            } else {
+                tracing::info!(request_id = %who.request_id, %method, path, status = status.as_u16(), code = code.as_str(), reason = %e, "request refused");
+            }
+            e.into_response(&who.request_id, app.config.refuse_status)
+        }
+    }
+}
+
+async fn handle_inner(app: &App, req: Request<Incoming>, who: &Requester) -> Result<Response<Body>, ProxyError> {
+    route::check_method_override(req.headers())?;
+    let route = route::classify(req.method(), req.uri())?;
+    let (parts, incoming) = req.into_parts();
+    let body = body::with_idle_timeout(incoming, app.config.timeouts.body_idle);
+    match route {
+        Route::Health => Ok(plain(StatusCode::OK, "ok\n")),
+        Route::Ready => Ok(ready(app).await),
+        Route::ManifestPut { repo, reference, tags } => {
+            push::manifest_put(app, parts, body, push::Push { repo, reference, tags }, who).await
+        }
+        Route::ManifestDelete { repo, reference } => delete::manifest_delete(app, parts, body, repo, reference, who).await,
+        Route::Read | Route::BlobDelete { .. } | Route::UploadStart { .. } | Route::UploadSession { .. } => {
+            forward(app, parts, body, who).await
+        }
+    }
+}
+
+/// Forward a request and stream the answer back.
+async fn forward(app: &App, parts: Parts, body: Body, who: &Requester) -> Result<Response<Body>, ProxyError> {
+    let origin = headers::client_origin(app.config.public_url.as_ref(), &parts.headers, CLIENT_PROTO);
+    let resp = app.upstream.send(upstream_request(app, parts, body, who)).await?;
+    Ok(to_client(app, resp, origin.as_deref()))
+}
+
+/// The upstream request for a client's request: same method, path, query and body.
+fn upstream_request(app: &App, parts: Parts, body: Body, who: &Requester) -> Request<Body> {
+    let mut headers = parts.headers;
+    headers::to_upstream(&mut headers, who.client.ip(), CLIENT_PROTO);
+    // hyper answered any `Expect: 100-continue` to the client already.
+    headers.remove(header::EXPECT);
+    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut req = Request::new(body);
+    *req.method_mut() = parts.method;
+    *req.uri_mut() = app.upstream.uri_for(target);
+    *req.version_mut() = Version::HTTP_11;
+    *req.headers_mut() = headers;
+    req
+}
+
+/// The client's response for an upstream response: hop-by-hop headers dropped, upstream
+/// locations pointed back at tagpin, body streamed behind the idle timeout.
+fn to_client(app: &App, resp: Response<Incoming>, client_origin: Option<&str>) -> Response<Body> {
+    let (mut parts, incoming) = resp.into_parts();
+    headers::remove_hop_by_hop(&mut parts.headers);
+    if let Some(origin) = client_origin {
+        headers::rewrite_locations(&mut parts.headers, app.upstream.origin(), origin);
+    }
+    Response::from_parts(parts, body::with_idle_timeout(incoming, app.config.timeouts.body_idle))
+}
+
+fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
+    let mut resp = Response::new(body::full(text));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    resp
+}
+
+/// `/readyz`: 200 when both the upstream answers and the store can write durably.
+async fn ready(app: &App) -> Response<Body> {
+    let upstream = match tokio::time::timeout(Duration::from_secs(5), app.upstream.probe()).await {
+        Ok(Ok(())) => true,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "readiness: upstream unavailable");
+            false
+        }
+        Err(_) => {
+            tracing::warn!("readiness: upstream probe timed out");
+            false
+        }
+    };
+    let store = match app.store_call(|s| s.check()).await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(error = %e, "readiness: pin store unavailable");
+            false
+        }
+    };
+    let word = |ok: bool| if ok { "ok" } else { "unavailable" };
+    let text = serde_json::json!({"upstream": word(upstream), "store": word(store)}).to_string();
+    let mut resp = Response::new(body::full(text));
+    *resp.status_mut() = if upstream && store { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}

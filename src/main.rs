@@ -1,0 +1,83 @@
+//! The `tagpin` binary: parse the command line, load and validate config, start
+//! telemetry, serve until SIGTERM or Ctrl-C.
+
+#![forbid(unsafe_code)]
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tagpin::cli::{Cli, Command};
+use tagpin::config::RawConfig;
+
+/// EX_USAGE from sysexits.h: the configuration is wrong.
+const EX_USAGE: u8 = 64;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            // --help and --version.
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments");
+            eprintln!("tagpin: {}", first.trim_start_matches("error: "));
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    let Command::Serve(args) = cli.command;
+    let file = match args.config.as_deref().map(RawConfig::load).transpose() {
+        Ok(file) => file.unwrap_or_default(),
+        Err(e) => {
+            eprintln!("tagpin: {e}");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    let config = match args.overlay(file).validate() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("tagpin: invalid config: {e}");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    tagpin::telemetry::init(config.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tagpin: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(tagpin::run(config, shutdown_signal())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "tagpin could not start");
+            eprintln!("tagpin: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Resolves on SIGTERM (how orchestrators stop a container) or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}

@@ -1,0 +1,149 @@
+//! Logging and the audit trail.
+//!
+//! Every decision on a protected tag is one `tracing` event with target `tagpin::audit`
+//! and a fixed set of fields, so a security team can filter and ship them. Credentials
+//! never reach an event: the only thing taken from `Authorization` is the user name of
+//! Basic credentials.
+
+use std::net::SocketAddr;
+
+use base64::Engine as _;
+use http::HeaderMap;
+use tracing_subscriber::EnvFilter;
+
+use crate::config::LogFormat;
+use crate::oci::{Digest, Repository, Tag};
+
+/// Install the global subscriber. `RUST_LOG` refines the level (default `info`).
+pub fn init(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stdout);
+    // A second init (tests that call it twice) keeps the first subscriber.
+    let _ = match format {
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
+        LogFormat::Pretty => builder.with_ansi(false).try_init(),
+    };
+}
+
+/// What was decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditAction {
+    /// First push of a tag: the pin was recorded.
+    PinCreated,
+    /// The tag predated tagpin at the upstream: its digest became the pin.
+    PinAdopted,
+    /// The same digest was pushed again: allowed.
+    IdenticalRepush,
+    /// A push would have moved the tag: refused.
+    PushRefused,
+    /// A delete would have removed a protected tag or its pinned manifest: refused.
+    DeleteRefused,
+}
+
+impl AuditAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::PinCreated => "pin_created",
+            Self::PinAdopted => "pin_adopted",
+            Self::IdenticalRepush => "identical_repush",
+            Self::PushRefused => "push_refused",
+            Self::DeleteRefused => "delete_refused",
+        }
+    }
+}
+
+/// Who made the request, as far as tagpin can tell without holding credentials.
+#[derive(Debug, Clone)]
+pub struct Requester {
+    pub request_id: String,
+    pub client: SocketAddr,
+    pub user_agent: String,
+    pub user: Option<String>,
+}
+
+impl Requester {
+    pub fn from_headers(request_id: String, client: SocketAddr, headers: &HeaderMap) -> Self {
+        let user_agent = headers
+            .get(http::header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .chars()
+            .take(256)
+            .collect();
+        Self { request_id, client, user_agent, user: basic_user(headers) }
+    }
+}
+
+/// The user name of `Authorization: Basic …`, never the password; `None` for any other scheme.
+pub fn basic_user(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, encoded) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD.decode(encoded.trim()).ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (user, _password) = text.split_once(':')?;
+    Some(user.chars().take(128).collect())
+}
+
+/// One audit event.
+pub struct AuditEvent<'a> {
+    pub action: AuditAction,
+    pub who: &'a Requester,
+    pub repository: &'a Repository,
+    pub tag: Option<&'a Tag>,
+    pub pinned: Option<&'a Digest>,
+    pub attempted: Option<&'a Digest>,
+}
+
+impl AuditEvent<'_> {
+    pub fn emit(&self) {
+        let tag = self.tag.map(Tag::as_str).unwrap_or("");
+        let pinned = self.pinned.map(Digest::as_str).unwrap_or("");
+        let attempted = self.attempted.map(Digest::as_str).unwrap_or("");
+        let user = self.who.user.as_deref().unwrap_or("");
+        macro_rules! event {
+            ($level:ident) => {
+                tracing::$level!(
+                    target: "tagpin::audit",
+                    action = self.action.as_str(),
+                    repository = self.repository.as_str(),
+                    tag,
+                    pinned_digest = pinned,
+                    attempted_digest = attempted,
+                    client = %self.who.client,
+                    user_agent = self.who.user_agent.as_str(),
+                    user,
+                    request_id = self.who.request_id.as_str(),
+                    "{}", self.action.as_str()
+                )
+            };
+        }
+        match self.action {
+            AuditAction::PushRefused | AuditAction::DeleteRefused => event!(warn),
+            _ => event!(info),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(auth: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(http::header::AUTHORIZATION, auth.parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn basic_user_takes_the_name_and_never_the_password() {
+        let enc = base64::engine::general_purpose::STANDARD.encode("alice:s3cret:x");
+        assert_eq!(basic_user(&headers(&format!("Basic {enc}"))), Some("alice".into()));
+        assert_eq!(basic_user(&headers(&format!("basic {enc}"))), Some("alice".into()));
+        assert_eq!(basic_user(&headers("Bearer abc.def")), None);
+        assert_eq!(basic_user(&headers("Basic !!!")), None);
+        assert_eq!(basic_user(&HeaderMap::new()), None);
+    }
+}

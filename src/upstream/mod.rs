@@ -1,0 +1,183 @@
+//! The client side: one pooled HTTP/1.1 client to the upstream registry, over plain TCP
+//! or rustls (ring provider, standard web roots plus an optional CA bundle).
+//!
+//! Failures are classified here by where they happened (connect, waiting for headers,
+//! transport) so the handler can answer 502, 503 or 504 without parsing strings.
+
+pub mod headers;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri};
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
+
+use crate::body::{self, Body};
+use crate::config::{Config, Origin};
+use crate::oci::{Digest, Repository, Tag};
+
+/// Every manifest media type a registry may hold, so a HEAD never triggers a
+/// conversion (distribution serves a schema1 rewrite to clients that do not accept
+/// schema2) and the digest it reports is the digest of the stored bytes.
+const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, \
+application/vnd.oci.image.index.v1+json, \
+application/vnd.docker.distribution.manifest.v2+json, \
+application/vnd.docker.distribution.manifest.list.v2+json, \
+application/vnd.docker.distribution.manifest.v1+prettyjws, \
+application/vnd.docker.distribution.manifest.v1+json, \
+application/vnd.oci.artifact.manifest.v1+json";
+
+/// Why the upstream could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("cannot connect to the upstream: {0}")]
+    Connect(String),
+    #[error("the upstream sent no response headers within {0:?}")]
+    HeaderTimeout(Duration),
+    #[error("the upstream connection failed: {0}")]
+    Transport(String),
+    #[error("the upstream answered the tag check for {tag} with {status}")]
+    CheckStatus { tag: Tag, status: StatusCode },
+    #[error("the upstream answered the tag check for {tag} without a valid Docker-Content-Digest")]
+    CheckNoDigest { tag: Tag },
+    #[error("the upstream stored the manifest as {reported}, tagpin computed {computed}")]
+    DigestMismatch { computed: Digest, reported: String },
+    #[error("cannot set up TLS for the upstream: {0}")]
+    Tls(String),
+}
+
+/// What the upstream holds under a tag.
+pub enum TagAtUpstream {
+    Present(Digest),
+    Absent,
+    /// The upstream wants credentials the client did not send (or refuses them); the
+    /// response is handed to the client as is, challenge included.
+    Challenge(Response<Incoming>),
+}
+
+pub struct Upstream {
+    client: Client<HttpsConnector<HttpConnector>, Body>,
+    origin: Origin,
+    header_timeout: Duration,
+}
+
+impl Upstream {
+    pub fn new(config: &Config) -> Result<Self, UpstreamError> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        if let Some(path) = &config.upstream_ca {
+            let certs = CertificateDer::pem_file_iter(path)
+                .map_err(|e| UpstreamError::Tls(format!("{}: {e}", path.display())))?;
+            for cert in certs {
+                let cert = cert.map_err(|e| UpstreamError::Tls(format!("{}: {e}", path.display())))?;
+                roots.add(cert).map_err(|e| UpstreamError::Tls(format!("{}: {e}", path.display())))?;
+            }
+        }
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| UpstreamError::Tls(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(config.timeouts.upstream_connect));
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(512)
+            .build(connector);
+        Ok(Self { client, origin: config.upstream.clone(), header_timeout: config.timeouts.upstream_header })
+    }
+
+    pub fn origin(&self) -> &Origin {
+        &self.origin
+    }
+
+    /// The upstream URI for a client's path and query, which are passed on byte for byte.
+    pub fn uri_for(&self, path_and_query: &str) -> Uri {
+        Uri::builder()
+            .scheme(self.origin.scheme.clone())
+            .authority(self.origin.authority.clone())
+            .path_and_query(path_and_query)
+            .build()
+            .expect("a validated origin plus a parsed path is a valid URI")
+    }
+
+    /// Send a request and wait for the response headers, within the header timeout.
+    pub async fn send(&self, req: Request<Body>) -> Result<Response<Incoming>, UpstreamError> {
+        match tokio::time::timeout(self.header_timeout, self.client.request(req)).await {
+            Err(_) => Err(UpstreamError::HeaderTimeout(self.header_timeout)),
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(e)) if e.is_connect() => Err(UpstreamError::Connect(error_chain(&e))),
+            Ok(Err(e)) => Err(UpstreamError::Transport(error_chain(&e))),
+        }
+    }
+
+    /// Ask the upstream which digest it holds under `tag`, with the client's credentials.
+    pub async fn tag_digest(
+        &self,
+        repo: &Repository,
+        tag: &Tag,
+        authorization: Option<&HeaderValue>,
+    ) -> Result<TagAtUpstream, UpstreamError> {
+        let mut req = Request::builder()
+            .method(Method::HEAD)
+            .uri(self.uri_for(&format!("/v2/{repo}/manifests/{tag}")))
+            .header(header::ACCEPT, MANIFEST_ACCEPT)
+            .header(header::USER_AGENT, concat!("tagpin/", env!("CARGO_PKG_VERSION")));
+        if let Some(auth) = authorization {
+            req = req.header(header::AUTHORIZATION, auth);
+        }
+        let req = req.body(body::empty()).expect("static request parts are valid");
+        let resp = self.send(req).await?;
+        match resp.status() {
+            StatusCode::OK => resp
+                .headers()
+                .get("docker-content-digest")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| Digest::parse(v).ok())
+                .map(TagAtUpstream::Present)
+                .ok_or_else(|| UpstreamError::CheckNoDigest { tag: tag.clone() }),
+            StatusCode::NOT_FOUND => Ok(TagAtUpstream::Absent),
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Ok(TagAtUpstream::Challenge(resp)),
+            status => Err(UpstreamError::CheckStatus { tag: tag.clone(), status }),
+        }
+    }
+
+    /// `GET /v2/` for readiness: any answer that shows a registry (200 or 401) counts.
+    pub async fn probe(&self) -> Result<(), UpstreamError> {
+        let req = Request::builder()
+            .uri(self.uri_for("/v2/"))
+            .header(header::USER_AGENT, concat!("tagpin/", env!("CARGO_PKG_VERSION")))
+            .body(body::empty())
+            .expect("static request parts are valid");
+        let resp = self.send(req).await?;
+        match resp.status() {
+            StatusCode::OK | StatusCode::UNAUTHORIZED => Ok(()),
+            status => Err(UpstreamError::Transport(format!("GET /v2/ answered {status}"))),
+        }
+    }
+}
+
+/// An error and its sources on one line, for logs.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    s
+}
