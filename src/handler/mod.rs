@@ -74,7 +74,7 @@ async fn forward(app: &App, parts: Parts, body: Body, who: &Requester) -> Result
 /// The upstream request for a client's request: same method, path, query and body.
 fn upstream_request(app: &App, parts: Parts, body: Body, who: &Requester) -> Request<Body> {
     let mut headers = parts.headers;
-    headers::to_upstream(&mut headers, who.client.ip(), CLIENT_PROTO);
+    headers::to_upstream(&mut headers, who.client.ip(), CLIENT_PROTO, app.config.public_url.as_ref());
     // hyper answered any `Expect: 100-continue` to the client already.
     headers.remove(header::EXPECT);
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());

@@ -41,9 +41,19 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
 /// Prepare a client's request headers for the upstream: drop hop-by-hop headers, let the
 /// client library set `Host` to the upstream, and record the original in `X-Forwarded-*`.
 /// Values an earlier proxy already set are kept, and the client address is appended.
-pub fn to_upstream(headers: &mut HeaderMap, client_ip: IpAddr, proto: &'static str) {
+/// With a configured public URL, `X-Forwarded-Host` and `-Proto` name it instead, so
+/// registries that build absolute URLs from them (distribution does) point at it.
+pub fn to_upstream(headers: &mut HeaderMap, client_ip: IpAddr, proto: &'static str, public_url: Option<&Origin>) {
     remove_hop_by_hop(headers);
-    if let Some(host) = headers.remove(header::HOST) {
+    if let Some(p) = public_url {
+        headers.remove(header::HOST);
+        if let Ok(v) = HeaderValue::from_str(p.authority.as_str()) {
+            headers.insert(X_FORWARDED_HOST.clone(), v);
+        }
+        if let Ok(v) = HeaderValue::from_str(p.scheme.as_str()) {
+            headers.insert(X_FORWARDED_PROTO.clone(), v);
+        }
+    } else if let Some(host) = headers.remove(header::HOST) {
         if !headers.contains_key(&X_FORWARDED_HOST) {
             headers.insert(X_FORWARDED_HOST.clone(), host);
         }
@@ -140,7 +150,7 @@ mod tests {
     #[test]
     fn forwarded_headers_are_set_and_appended() {
         let mut h = map(&[("host", "tagpin:5050"), ("authorization", "Bearer t")]);
-        to_upstream(&mut h, "10.0.0.7".parse().unwrap(), "http");
+        to_upstream(&mut h, "10.0.0.7".parse().unwrap(), "http", None);
         assert!(h.get("host").is_none());
         assert_eq!(h["x-forwarded-host"], "tagpin:5050");
         assert_eq!(h["x-forwarded-proto"], "http");
@@ -148,10 +158,16 @@ mod tests {
         assert_eq!(h["authorization"], "Bearer t");
 
         let mut h = map(&[("host", "inner"), ("x-forwarded-for", "1.2.3.4"), ("x-forwarded-host", "outer"), ("x-forwarded-proto", "https")]);
-        to_upstream(&mut h, "::1".parse().unwrap(), "http");
+        to_upstream(&mut h, "::1".parse().unwrap(), "http", None);
         assert_eq!(h["x-forwarded-for"], "1.2.3.4, ::1");
         assert_eq!(h["x-forwarded-host"], "outer");
         assert_eq!(h["x-forwarded-proto"], "https");
+
+        let mut h = map(&[("host", "inner"), ("x-forwarded-host", "spoofed")]);
+        to_upstream(&mut h, "::1".parse().unwrap(), "http", Some(&origin("https://pub.example:8443")));
+        assert_eq!(h["x-forwarded-host"], "pub.example:8443");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert!(h.get("host").is_none());
     }
 
     #[test]

@@ -1,0 +1,30 @@
+//! Test harness: the real upstream registry (Debian's `docker-registry`, CNCF
+//! distribution 2.8), tagpin itself as a child process, skopeo, a raw HTTP/1.1 client and
+//! generated OCI images. Everything listens on 127.0.0.1 with ephemeral ports.
+
+#![allow(dead_code, reason = "each test binary uses a different part of the harness")]
+
+pub mod http;
+pub mod image;
+pub mod procs;
+
+pub use self::http::{request, Resp};
+pub use image::{Image, Index};
+pub use procs::{basic, skopeo, skopeo_copy, Registry, RegistryOptions, Tagpin};
+
+/// The digest the upstream itself holds under `repo:tag`, asked directly (never through
+/// tagpin), with every manifest media type accepted so nothing is converted.
+pub fn upstream_digest(registry: &Registry, repo: &str, tag: &str) -> Option<String> {
+    let r = request(
+        registry.addr,
+        "HEAD",
+        &format!("/v2/{repo}/manifests/{tag}"),
+        &[("Accept", image::ACCEPT_ALL), ("Authorization", &registry.auth_header())],
+        b"",
+    );
+    match r.status {
+        200 => Some(r.header("docker-content-digest").expect("200 without digest").to_owned()),
+        404 => None,
+        s => panic!("unexpected {s} asking the upstream for {repo}:{tag}: {}", r.text()),
+    }
+}
