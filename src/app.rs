@@ -28,7 +28,10 @@ pub enum StartError {
     #[error("exclude globs: {0}")]
     Policy(#[from] globset::Error),
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: std::net::SocketAddr, source: std::io::Error },
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 impl App {

@@ -47,7 +47,12 @@ pub struct IdleTimeout<B> {
 impl<B> IdleTimeout<B> {
     pub fn new(inner: B, idle: Duration) -> Self {
         let now = Instant::now();
-        Self { inner, idle, last_progress: now, sleep: Box::pin(tokio::time::sleep_until(now + idle)) }
+        Self {
+            inner,
+            idle,
+            last_progress: now,
+            sleep: Box::pin(tokio::time::sleep_until(now + idle)),
+        }
     }
 }
 

@@ -8,7 +8,11 @@ use clap::{Args, Parser, Subcommand};
 use crate::config::{LogFormat, RawConfig, RawTimeouts};
 
 #[derive(Debug, Parser)]
-#[command(name = "tagpin", version, about = "Pins every container tag to the first digest pushed under it")]
+#[command(
+    name = "tagpin",
+    version,
+    about = "Pins every container tag to the first digest pushed under it"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -83,7 +87,11 @@ impl ServeArgs {
             listen: self.listen.or(file.listen),
             upstream: self.upstream.or(file.upstream),
             data_dir: self.data_dir.or(file.data_dir),
-            exclude: if self.exclude.is_empty() { file.exclude } else { Some(self.exclude) },
+            exclude: if self.exclude.is_empty() {
+                file.exclude
+            } else {
+                Some(self.exclude)
+            },
             log_format: self.log_format.or(file.log_format),
             public_url: self.public_url.or(file.public_url),
             refuse_status: self.refuse_status.or(file.refuse_status),

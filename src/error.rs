@@ -105,11 +105,16 @@ impl ProxyError {
                 Self::Refused(r) => r.detail(),
                 _ => json!({ "request_id": request_id }),
             };
-            ErrorEnvelope { code, message: self.to_string(), detail }
+            ErrorEnvelope {
+                code,
+                message: self.to_string(),
+                detail,
+            }
         };
         let mut resp = Response::new(body::full(envelope.to_json()));
         *resp.status_mut() = status;
-        resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        resp.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         resp
     }
 }
@@ -152,7 +157,10 @@ mod tests {
             pinned: None,
         };
         let e = ProxyError::Refused(r);
-        assert_eq!(e.classify(StatusCode::FORBIDDEN), (StatusCode::FORBIDDEN, ErrorCode::Denied));
+        assert_eq!(
+            e.classify(StatusCode::FORBIDDEN),
+            (StatusCode::FORBIDDEN, ErrorCode::Denied)
+        );
         assert_eq!(e.classify(StatusCode::CONFLICT).0, StatusCode::CONFLICT);
     }
 }

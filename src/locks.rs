@@ -27,7 +27,12 @@ struct Inner<T> {
 
 impl<T: Default> LockTable<T> {
     fn new() -> Self {
-        Self { inner: Mutex::new(Inner { map: HashMap::new(), sweep_at: 1024 }) }
+        Self {
+            inner: Mutex::new(Inner {
+                map: HashMap::new(),
+                sweep_at: 1024,
+            }),
+        }
     }
 
     fn get(&self, key: String) -> Arc<T> {
@@ -66,7 +71,10 @@ pub struct PushGuard {
 
 impl Default for DecisionLocks {
     fn default() -> Self {
-        Self { repos: LockTable::new(), tags: LockTable::new() }
+        Self {
+            repos: LockTable::new(),
+            tags: LockTable::new(),
+        }
     }
 }
 
@@ -83,7 +91,10 @@ impl DecisionLocks {
             let key = format!("{repo}\0{tag}");
             guards.push(self.tags.get(key).lock_owned().await);
         }
-        PushGuard { _repo: repo_guard, _tags: guards }
+        PushGuard {
+            _repo: repo_guard,
+            _tags: guards,
+        }
     }
 
     /// Lock a whole repository against pushes, for deleting a manifest by digest.
@@ -102,14 +113,19 @@ mod tests {
         let locks = Arc::new(DecisionLocks::default());
         let repo = Repository::parse("a").unwrap();
         let tag = Tag::parse("v1").unwrap();
-        let g = locks.push(&repo, &[tag.clone()]).await;
+        let g = locks.push(&repo, std::slice::from_ref(&tag)).await;
         let l2 = locks.clone();
         let (r2, t2) = (repo.clone(), tag.clone());
-        let waiter = tokio::spawn(async move { l2.push(&r2, &[t2]).await; });
+        let waiter = tokio::spawn(async move {
+            l2.push(&r2, &[t2]).await;
+        });
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!waiter.is_finished(), "second push must wait for the first");
         drop(g);
-        tokio::time::timeout(Duration::from_secs(5), waiter).await.unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .unwrap()
+            .unwrap();
     }
 
     #[tokio::test]
@@ -119,11 +135,16 @@ mod tests {
         let g = locks.push(&repo, &[Tag::parse("v1").unwrap()]).await;
         let l2 = locks.clone();
         let r2 = repo.clone();
-        let waiter = tokio::spawn(async move { l2.digest_delete(&r2).await; });
+        let waiter = tokio::spawn(async move {
+            l2.digest_delete(&r2).await;
+        });
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!waiter.is_finished());
         drop(g);
-        tokio::time::timeout(Duration::from_secs(5), waiter).await.unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .unwrap()
+            .unwrap();
     }
 
     #[tokio::test]

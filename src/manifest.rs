@@ -69,8 +69,12 @@ mod tests {
 
     #[tokio::test]
     async fn the_limit_is_inclusive() {
-        assert!(read_limited(&HeaderMap::new(), full(vec![b' '; 1024]), 1024).await.is_ok());
-        let e = read_limited(&HeaderMap::new(), full(vec![b' '; 1025]), 1024).await.unwrap_err();
+        assert!(read_limited(&HeaderMap::new(), full(vec![b' '; 1024]), 1024)
+            .await
+            .is_ok());
+        let e = read_limited(&HeaderMap::new(), full(vec![b' '; 1025]), 1024)
+            .await
+            .unwrap_err();
         assert!(matches!(e, ManifestError::TooLarge { limit: 1024 }));
     }
 

@@ -18,8 +18,7 @@ const MAX_UPLOAD_ID_LEN: usize = 256;
 
 /// Headers some frameworks honour to change the method; a proxy must not let a GET
 /// become a DELETE behind its back.
-const METHOD_OVERRIDE_HEADERS: [&str; 3] =
-    ["x-http-method-override", "x-http-method", "x-method-override"];
+const METHOD_OVERRIDE_HEADERS: [&str; 3] = ["x-http-method-override", "x-http-method", "x-method-override"];
 
 /// What a request is, as far as tagpin is concerned.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -40,7 +40,15 @@ fn reads_pass_through_whatever_their_shape() {
 
 #[test]
 fn reads_outside_v2_are_not_forwarded() {
-    for target in ["/", "/v2x/", "/V2/", "//v2/", "/v1/_ping", "/api/v2.0/projects", "/v20/"] {
+    for target in [
+        "/",
+        "/v2x/",
+        "/V2/",
+        "//v2/",
+        "/v1/_ping",
+        "/api/v2.0/projects",
+        "/v20/",
+    ] {
         assert_eq!(run("GET", target), Err(RouteError::NotFound), "{target}");
     }
 }
@@ -87,7 +95,10 @@ fn valid_writes_are_classified() {
         (
             "DELETE",
             "/v2/a/manifests/v1".into(),
-            Route::ManifestDelete { repo: repo("a"), reference: Reference::Tag(tag("v1")) },
+            Route::ManifestDelete {
+                repo: repo("a"),
+                reference: Reference::Tag(tag("v1")),
+            },
         ),
         (
             "DELETE",
@@ -100,9 +111,16 @@ fn valid_writes_are_classified() {
         (
             "DELETE",
             format!("/v2/a/blobs/{D}"),
-            Route::BlobDelete { repo: repo("a"), digest: Digest::parse(D).unwrap() },
+            Route::BlobDelete {
+                repo: repo("a"),
+                digest: Digest::parse(D).unwrap(),
+            },
         ),
-        ("POST", "/v2/a/blobs/uploads/".into(), Route::UploadStart { repo: repo("a") }),
+        (
+            "POST",
+            "/v2/a/blobs/uploads/".into(),
+            Route::UploadStart { repo: repo("a") },
+        ),
         (
             "POST",
             format!("/v2/a/blobs/uploads/?mount={D}&from=b"),
@@ -118,7 +136,11 @@ fn valid_writes_are_classified() {
             format!("/v2/a/blobs/uploads/abc?digest={D}&_state=x%3D"),
             Route::UploadSession { repo: repo("a") },
         ),
-        ("DELETE", "/v2/a/blobs/uploads/abc".into(), Route::UploadSession { repo: repo("a") }),
+        (
+            "DELETE",
+            "/v2/a/blobs/uploads/abc".into(),
+            Route::UploadSession { repo: repo("a") },
+        ),
         // Keywords are legal repository components; the endpoint is read from the end.
         (
             "PUT",
@@ -132,7 +154,9 @@ fn valid_writes_are_classified() {
         (
             "POST",
             "/v2/blobs/uploads/blobs/uploads/".into(),
-            Route::UploadStart { repo: repo("blobs/uploads") },
+            Route::UploadStart {
+                repo: repo("blobs/uploads"),
+            },
         ),
     ];
     for (method, target, want) in rows {
@@ -181,7 +205,11 @@ fn hostile_writes_are_refused() {
             format!("/v2/a/manifests/{}", D.to_uppercase()),
             E::Name(NameError::Digest(D.to_uppercase())),
         ),
-        ("DELETE", "/v2/a/blobs/latest".into(), E::Name(NameError::Digest("latest".into()))),
+        (
+            "DELETE",
+            "/v2/a/blobs/latest".into(),
+            E::Name(NameError::Digest("latest".into())),
+        ),
         // Prefix variants of /v2 and paths outside the API.
         ("PUT", "/v2x/a/manifests/v1".into(), E::NotFound),
         ("PUT", "/V2/a/manifests/v1".into(), E::NotFound),
@@ -194,23 +222,47 @@ fn hostile_writes_are_refused() {
         ("PATCH", "/v2/a/manifests/v1".into(), E::MethodNotAllowed(Method::PATCH)),
         ("PUT", format!("/v2/a/blobs/{D}"), E::MethodNotAllowed(Method::PUT)),
         ("PUT", "/v2/a/blobs/uploads/".into(), E::MethodNotAllowed(Method::PUT)),
-        ("POST", "/v2/a/blobs/uploads/abc".into(), E::MethodNotAllowed(Method::POST)),
+        (
+            "POST",
+            "/v2/a/blobs/uploads/abc".into(),
+            E::MethodNotAllowed(Method::POST),
+        ),
         ("DELETE", "/v2/a/tags/list".into(), E::MethodNotAllowed(Method::DELETE)),
         ("PUT", "/v2/_catalog".into(), E::MethodNotAllowed(Method::PUT)),
         ("DELETE", "/v2/".into(), E::MethodNotAllowed(Method::DELETE)),
-        ("OPTIONS", "/v2/a/manifests/v1".into(), E::MethodNotAllowed(Method::OPTIONS)),
+        (
+            "OPTIONS",
+            "/v2/a/manifests/v1".into(),
+            E::MethodNotAllowed(Method::OPTIONS),
+        ),
         ("PUT", "/v2".into(), E::MethodNotAllowed(Method::PUT)),
         // Query parameters on manifest writes: only plain `tag=` pairs.
-        ("PUT", "/v2/a/manifests/v1?foo=bar".into(), E::QueryParameter("foo=bar".into())),
-        ("PUT", "/v2/a/manifests/v1?t%61g=v2".into(), E::QueryParameter("t%61g=v2".into())),
-        ("PUT", "/v2/a/manifests/v1?Tag=v2".into(), E::QueryParameter("Tag=v2".into())),
+        (
+            "PUT",
+            "/v2/a/manifests/v1?foo=bar".into(),
+            E::QueryParameter("foo=bar".into()),
+        ),
+        (
+            "PUT",
+            "/v2/a/manifests/v1?t%61g=v2".into(),
+            E::QueryParameter("t%61g=v2".into()),
+        ),
+        (
+            "PUT",
+            "/v2/a/manifests/v1?Tag=v2".into(),
+            E::QueryParameter("Tag=v2".into()),
+        ),
         ("PUT", "/v2/a/manifests/v1?tag".into(), E::QueryParameter("tag".into())),
         ("PUT", "/v2/a/manifests/v1?tag=a&".into(), E::QueryParameter("".into())),
         ("PUT", "/v2/a/manifests/v1?tag=a;tag=b".into(), tagerr("a;tag=b")),
         ("PUT", "/v2/a/manifests/v1?tag=v%32".into(), tagerr("v%32")),
         ("PUT", "/v2/a/manifests/v1?tag=a+b".into(), tagerr("a+b")),
         ("PUT", "/v2/a/manifests/v1?tag=".into(), tagerr("")),
-        ("DELETE", "/v2/a/manifests/v1?x=1".into(), E::QueryParameter("x=1".into())),
+        (
+            "DELETE",
+            "/v2/a/manifests/v1?x=1".into(),
+            E::QueryParameter("x=1".into()),
+        ),
         // Upload ids.
         ("PATCH", "/v2/a/blobs/uploads/a%2Fb".into(), E::UploadId("a%2Fb".into())),
         // Absolute-form targets.

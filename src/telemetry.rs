@@ -17,7 +17,9 @@ use crate::oci::{Digest, Repository, Tag};
 /// Install the global subscriber. `RUST_LOG` refines the level (default `info`).
 pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stdout);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stdout);
     // A second init (tests that call it twice) keeps the first subscriber.
     let _ = match format {
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
@@ -70,7 +72,12 @@ impl Requester {
             .chars()
             .take(256)
             .collect();
-        Self { request_id, client, user_agent, user: basic_user(headers) }
+        Self {
+            request_id,
+            client,
+            user_agent,
+            user: basic_user(headers),
+        }
     }
 }
 

@@ -32,7 +32,11 @@ impl Env {
 }
 
 fn ok(out: &std::process::Output) {
-    assert!(out.status.success(), "skopeo failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "skopeo failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -44,22 +48,55 @@ fn push_and_pull_round_trip_is_byte_identical() {
 
     // Pull back through tagpin with skopeo into a fresh layout and compare bytes.
     let out_dir = tempfile::tempdir().unwrap();
-    ok(&skopeo_copy(&env.docker("app/api:1.0"), &format!("oci:{}:x", out_dir.path().display()), &[]));
-    let blob = |d: &str| std::fs::read(out_dir.path().join("blobs/sha256").join(d.trim_start_matches("sha256:"))).unwrap();
+    ok(&skopeo_copy(
+        &env.docker("app/api:1.0"),
+        &format!("oci:{}:x", out_dir.path().display()),
+        &[],
+    ));
+    let blob = |d: &str| {
+        std::fs::read(
+            out_dir
+                .path()
+                .join("blobs/sha256")
+                .join(d.trim_start_matches("sha256:")),
+        )
+        .unwrap()
+    };
     assert_eq!(blob(&img.digest()), img.manifest);
     assert_eq!(blob(&image::sha256(&img.layer)), img.layer);
     assert_eq!(blob(&image::sha256(&img.config)), img.config);
 
     // Raw GET through tagpin returns the upstream's exact bytes and headers that matter.
-    let via = request(env.tagpin.addr, "GET", "/v2/app/api/manifests/1.0", &[("Accept", image::ACCEPT_ALL)], b"");
-    let direct = request(env.registry.addr, "GET", "/v2/app/api/manifests/1.0", &[("Accept", image::ACCEPT_ALL)], b"");
+    let via = request(
+        env.tagpin.addr,
+        "GET",
+        "/v2/app/api/manifests/1.0",
+        &[("Accept", image::ACCEPT_ALL)],
+        b"",
+    );
+    let direct = request(
+        env.registry.addr,
+        "GET",
+        "/v2/app/api/manifests/1.0",
+        &[("Accept", image::ACCEPT_ALL)],
+        b"",
+    );
     assert_eq!(via.status, 200);
     assert_eq!(via.body, direct.body);
     for h in ["docker-content-digest", "content-type", "content-length", "etag"] {
         assert_eq!(via.header(h), direct.header(h), "header {h}");
     }
-    let head = request(env.tagpin.addr, "HEAD", "/v2/app/api/manifests/1.0", &[("Accept", image::ACCEPT_ALL)], b"");
-    assert_eq!(head.header("content-length"), Some(img.manifest.len().to_string().as_str()));
+    let head = request(
+        env.tagpin.addr,
+        "HEAD",
+        "/v2/app/api/manifests/1.0",
+        &[("Accept", image::ACCEPT_ALL)],
+        b"",
+    );
+    assert_eq!(
+        head.header("content-length"),
+        Some(img.manifest.len().to_string().as_str())
+    );
     assert_eq!(head.header("docker-content-digest"), Some(img.digest().as_str()));
 }
 
@@ -72,7 +109,8 @@ fn identical_repush_is_allowed() {
     let raw = img.put_manifest(env.tagpin.addr, "app", "1.0", "");
     assert_eq!(raw.status, 201, "{}", raw.text());
     assert_eq!(upstream_digest(&env.registry, "app", "1.0"), Some(img.digest()));
-    env.tagpin.wait_for_audit(|e| e["action"] == "identical_repush" && e["tag"] == "1.0");
+    env.tagpin
+        .wait_for_audit(|e| e["action"] == "identical_repush" && e["tag"] == "1.0");
 }
 
 #[test]
@@ -84,8 +122,14 @@ fn a_different_digest_is_refused_and_the_upstream_tag_stays() {
     let out = env.push_layout(&second, "my-api:1.4.2");
     assert!(!out.status.success(), "moving a pinned tag must fail");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("denied: tag my-api:1.4.2 is immutable"), "skopeo said: {stderr}");
-    assert!(stderr.contains(&first.digest()) && stderr.contains(&second.digest()), "{stderr}");
+    assert!(
+        stderr.contains("denied: tag my-api:1.4.2 is immutable"),
+        "skopeo said: {stderr}"
+    );
+    assert!(
+        stderr.contains(&first.digest()) && stderr.contains(&second.digest()),
+        "{stderr}"
+    );
     assert_eq!(upstream_digest(&env.registry, "my-api", "1.4.2"), Some(first.digest()));
 
     // The raw refusal: status, code and machine-readable detail.
@@ -118,7 +162,13 @@ fn the_refusal_survives_a_restart_on_the_same_data_dir() {
     assert_eq!(a.put_manifest(env.tagpin.addr, "svc", "2.0", "").status, 201);
     env.tagpin.terminate();
     // Delete the tag's manifest behind tagpin's back: the pin is a tombstone.
-    let del = request(env.registry.addr, "DELETE", &format!("/v2/svc/manifests/{}", a.digest()), &[], b"");
+    let del = request(
+        env.registry.addr,
+        "DELETE",
+        &format!("/v2/svc/manifests/{}", a.digest()),
+        &[],
+        b"",
+    );
     assert_eq!(del.status, 202, "{}", del.text());
     assert_eq!(upstream_digest(&env.registry, "svc", "2.0"), None);
 
@@ -158,16 +208,34 @@ fn deleting_a_protected_tag_or_its_pinned_digest_is_refused() {
 
     let by_tag = request(env.tagpin.addr, "DELETE", "/v2/d/manifests/v1", &[], b"");
     assert_eq!((by_tag.status, by_tag.oci_code().as_str()), (409, "DENIED"));
-    let by_digest = request(env.tagpin.addr, "DELETE", &format!("/v2/d/manifests/{}", a.digest()), &[], b"");
-    assert_eq!((by_digest.status, by_digest.oci_code().as_str()), (409, "DENIED"), "{}", by_digest.text());
+    let by_digest = request(
+        env.tagpin.addr,
+        "DELETE",
+        &format!("/v2/d/manifests/{}", a.digest()),
+        &[],
+        b"",
+    );
+    assert_eq!(
+        (by_digest.status, by_digest.oci_code().as_str()),
+        (409, "DENIED"),
+        "{}",
+        by_digest.text()
+    );
     assert_eq!(by_digest.json()["errors"][0]["detail"]["tags"][0], "v1");
     assert_eq!(upstream_digest(&env.registry, "d", "v1"), Some(a.digest()));
-    env.tagpin.wait_for_audit(|e| e["action"] == "delete_refused" && e["tag"] == "v1");
+    env.tagpin
+        .wait_for_audit(|e| e["action"] == "delete_refused" && e["tag"] == "v1");
 
     // An unpinned digest can still be deleted through tagpin.
     let b = a.variant("untagged");
     assert_eq!(b.put_manifest(env.tagpin.addr, "d", &b.digest(), "").status, 201);
-    let del = request(env.tagpin.addr, "DELETE", &format!("/v2/d/manifests/{}", b.digest()), &[], b"");
+    let del = request(
+        env.tagpin.addr,
+        "DELETE",
+        &format!("/v2/d/manifests/{}", b.digest()),
+        &[],
+        b"",
+    );
     assert_eq!(del.status, 202, "{}", del.text());
 }
 
@@ -183,7 +251,13 @@ fn tag_query_pushes_are_checked() {
     assert_eq!(r.status, 409, "{}", r.text());
     assert_eq!(r.json()["errors"][0]["detail"]["tag"], "v1");
     // Nothing at all was forwarded: the manifest is unknown upstream.
-    let direct = request(env.registry.addr, "HEAD", &format!("/v2/q/manifests/{}", b.digest()), &[("Accept", image::ACCEPT_ALL)], b"");
+    let direct = request(
+        env.registry.addr,
+        "HEAD",
+        &format!("/v2/q/manifests/{}", b.digest()),
+        &[("Accept", image::ACCEPT_ALL)],
+        b"",
+    );
     assert_eq!(direct.status, 404);
     // A ?tag= push of a new tag pins it.
     let r = b.put_manifest(env.tagpin.addr, "q", &format!("{}?tag=v2", b.digest()), "");
@@ -216,7 +290,11 @@ fn a_multi_arch_index_pushed_with_skopeo_all_is_protected() {
     let idx = Index::new(11, 2000);
     let dir = tempfile::tempdir().unwrap();
     idx.write_layout(dir.path(), "t");
-    ok(&skopeo_copy(&format!("oci:{}:t", dir.path().display()), &env.docker("multi:1.0"), &["--all"]));
+    ok(&skopeo_copy(
+        &format!("oci:{}:t", dir.path().display()),
+        &env.docker("multi:1.0"),
+        &["--all"],
+    ));
     assert_eq!(upstream_digest(&env.registry, "multi", "1.0"), Some(idx.digest()));
 
     let other = Index::new(12, 2000);
@@ -225,7 +303,13 @@ fn a_multi_arch_index_pushed_with_skopeo_all_is_protected() {
     // Without --preserve-digests, as users run it: skopeo tries each list type in turn and
     // reports every refusal (with --preserve-digests it gives up before showing ours).
     let src = format!("oci:{}:t", dir2.path().display());
-    let out = skopeo(&["copy", "--dest-tls-verify=false", "--all", &src, &env.docker("multi:1.0")]);
+    let out = skopeo(&[
+        "copy",
+        "--dest-tls-verify=false",
+        "--all",
+        &src,
+        &env.docker("multi:1.0"),
+    ]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("is immutable"), "{stderr}");
@@ -238,9 +322,19 @@ fn a_256_mib_layer_is_pushed_and_pulled_intact() {
     let img = Image::random(13, 256 * 1024 * 1024);
     ok(&env.push_layout(&img, "big:1"));
     let out_dir = tempfile::tempdir().unwrap();
-    ok(&skopeo_copy(&env.docker("big:1"), &format!("oci:{}:x", out_dir.path().display()), &[]));
+    ok(&skopeo_copy(
+        &env.docker("big:1"),
+        &format!("oci:{}:x", out_dir.path().display()),
+        &[],
+    ));
     let layer_digest = image::sha256(&img.layer);
-    let pulled = std::fs::read(out_dir.path().join("blobs/sha256").join(layer_digest.trim_start_matches("sha256:"))).unwrap();
+    let pulled = std::fs::read(
+        out_dir
+            .path()
+            .join("blobs/sha256")
+            .join(layer_digest.trim_start_matches("sha256:")),
+    )
+    .unwrap();
     assert_eq!(pulled.len(), img.layer.len());
     assert!(pulled == img.layer, "layer bytes differ");
 }
@@ -251,25 +345,40 @@ fn upload_locations_point_at_tagpin() {
     let r = request(env.tagpin.addr, "POST", "/v2/loc/blobs/uploads/", &[], b"");
     assert_eq!(r.status, 202);
     let loc = r.header("location").unwrap();
-    assert!(loc.starts_with(&format!("http://{}/v2/loc/blobs/uploads/", env.tagpin.addr)), "{loc}");
+    assert!(
+        loc.starts_with(&format!("http://{}/v2/loc/blobs/uploads/", env.tagpin.addr)),
+        "{loc}"
+    );
 
     // With a public URL configured, that origin is used instead.
     let data = tempfile::tempdir().unwrap();
-    let t2 = Tagpin::start(&env.registry.url(), data.path(), &["--public-url", "https://registry.example.com"]);
+    let t2 = Tagpin::start(
+        &env.registry.url(),
+        data.path(),
+        &["--public-url", "https://registry.example.com"],
+    );
     let r = request(t2.addr, "POST", "/v2/loc/blobs/uploads/", &[], b"");
     let loc = r.header("location").unwrap();
-    assert!(loc.starts_with("https://registry.example.com/v2/loc/blobs/uploads/"), "{loc}");
+    assert!(
+        loc.starts_with("https://registry.example.com/v2/loc/blobs/uploads/"),
+        "{loc}"
+    );
 }
 
 #[test]
 fn basic_auth_upstream_works_through_tagpin() {
-    let registry = Registry::start_with(RegistryOptions { basic_auth: Some(("alice".into(), "wonder-pass-77".into())) });
+    let registry = Registry::start_with(RegistryOptions {
+        basic_auth: Some(("alice".into(), "wonder-pass-77".into())),
+    });
     let data = tempfile::tempdir().unwrap();
     let tagpin = Tagpin::start(&registry.url(), data.path(), &[]);
 
     let anon = request(tagpin.addr, "GET", "/v2/", &[], b"");
     assert_eq!(anon.status, 401);
-    assert!(anon.header("www-authenticate").unwrap().starts_with("Basic realm=\"tagpin-test\""));
+    assert!(anon
+        .header("www-authenticate")
+        .unwrap()
+        .starts_with("Basic realm=\"tagpin-test\""));
     let anon_put = Image::random(14, 10).put_manifest(tagpin.addr, "sec", "v1", "");
     assert_eq!(anon_put.status, 401, "{}", anon_put.text());
 
@@ -277,14 +386,21 @@ fn basic_auth_upstream_works_through_tagpin() {
     let dir = tempfile::tempdir().unwrap();
     img.write_layout(dir.path(), "t");
     let dst = format!("docker://{}/sec:v1", tagpin.host());
-    let out = skopeo_copy(&format!("oci:{}:t", dir.path().display()), &dst, &["--dest-creds", "alice:wonder-pass-77"]);
+    let out = skopeo_copy(
+        &format!("oci:{}:t", dir.path().display()),
+        &dst,
+        &["--dest-creds", "alice:wonder-pass-77"],
+    );
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(upstream_digest(&registry, "sec", "v1"), Some(img.digest()));
     let e = tagpin.wait_for_audit(|e| e["action"] == "pin_created");
     assert_eq!(e["user"], "alice");
     for line in tagpin.logs() {
         assert!(!line.contains("wonder-pass-77"), "password leaked: {line}");
-        assert!(!line.contains(&registry.auth_header()[6..]), "credentials leaked: {line}");
+        assert!(
+            !line.contains(&registry.auth_header()[6..]),
+            "credentials leaked: {line}"
+        );
     }
 }
 
@@ -305,7 +421,10 @@ fn concurrent_pushes_of_different_digests_produce_one_winner() {
     let winners: Vec<&(u16, String)> = results.iter().filter(|(s, _)| *s == 201).collect();
     assert_eq!(winners.len(), 1, "{results:?}");
     assert!(results.iter().all(|(s, _)| *s == 201 || *s == 409), "{results:?}");
-    assert_eq!(upstream_digest(&env.registry, "race", "v1").as_ref(), Some(&winners[0].1));
+    assert_eq!(
+        upstream_digest(&env.registry, "race", "v1").as_ref(),
+        Some(&winners[0].1)
+    );
 }
 
 #[test]
@@ -315,11 +434,27 @@ fn audit_events_carry_who_what_and_which_digests() {
     let b = a.variant("b");
     a.push_blobs(env.tagpin.addr, "aud", "");
     let auth = basic("bob", "not-checked-upstream");
-    let ua = [("Content-Type", image::OCI_MANIFEST), ("Authorization", auth.as_str()), ("User-Agent", "audit-test/1.0")];
-    assert_eq!(request(env.tagpin.addr, "PUT", "/v2/aud/manifests/v1", &ua, &a.manifest).status, 201);
-    assert_eq!(request(env.tagpin.addr, "PUT", "/v2/aud/manifests/v1", &ua, &a.manifest).status, 201);
-    assert_eq!(request(env.tagpin.addr, "PUT", "/v2/aud/manifests/v1", &ua, &b.manifest).status, 409);
-    assert_eq!(request(env.tagpin.addr, "DELETE", "/v2/aud/manifests/v1", &ua, b"").status, 409);
+    let ua = [
+        ("Content-Type", image::OCI_MANIFEST),
+        ("Authorization", auth.as_str()),
+        ("User-Agent", "audit-test/1.0"),
+    ];
+    assert_eq!(
+        request(env.tagpin.addr, "PUT", "/v2/aud/manifests/v1", &ua, &a.manifest).status,
+        201
+    );
+    assert_eq!(
+        request(env.tagpin.addr, "PUT", "/v2/aud/manifests/v1", &ua, &a.manifest).status,
+        201
+    );
+    assert_eq!(
+        request(env.tagpin.addr, "PUT", "/v2/aud/manifests/v1", &ua, &b.manifest).status,
+        409
+    );
+    assert_eq!(
+        request(env.tagpin.addr, "DELETE", "/v2/aud/manifests/v1", &ua, b"").status,
+        409
+    );
     for action in ["pin_created", "identical_repush", "push_refused", "delete_refused"] {
         let e = env.tagpin.wait_for_audit(|e| e["action"] == action);
         assert_eq!(e["repository"], "aud", "{e}");
@@ -333,6 +468,9 @@ fn audit_events_carry_who_what_and_which_digests() {
     let refused = env.tagpin.wait_for_audit(|e| e["action"] == "push_refused");
     assert_eq!(refused["attempted_digest"], b.digest());
     for line in env.tagpin.logs() {
-        assert!(!line.contains("not-checked-upstream") && !line.contains(&auth[6..]), "credential in log: {line}");
+        assert!(
+            !line.contains("not-checked-upstream") && !line.contains(&auth[6..]),
+            "credential in log: {line}"
+        );
     }
 }

@@ -24,20 +24,31 @@ impl RawConfig {
             .upstream
             .ok_or_else(|| ConfigError::invalid("upstream", "is required (e.g. --upstream http://127.0.0.1:5000)"))?;
         let upstream = parse_origin("upstream", &upstream_text)?;
-        let public_url = self.public_url.filter(|s| !s.is_empty()).map(|s| parse_origin("public_url", &s)).transpose()?;
+        let public_url = self
+            .public_url
+            .filter(|s| !s.is_empty())
+            .map(|s| parse_origin("public_url", &s))
+            .transpose()?;
         let exclude = self.exclude.unwrap_or_default();
         for glob in &exclude {
-            globset::Glob::new(glob)
-                .map_err(|e| ConfigError::invalid("exclude", format!("{glob:?}: {e}")))?;
+            globset::Glob::new(glob).map_err(|e| ConfigError::invalid("exclude", format!("{glob:?}: {e}")))?;
         }
         let refuse_status = match self.refuse_status.unwrap_or(409) {
             409 => StatusCode::CONFLICT,
             403 => StatusCode::FORBIDDEN,
-            other => return Err(ConfigError::invalid("refuse_status", format!("must be 409 or 403, not {other}"))),
+            other => {
+                return Err(ConfigError::invalid(
+                    "refuse_status",
+                    format!("must be 409 or 403, not {other}"),
+                ))
+            }
         };
         let max_manifest_bytes = self.max_manifest_bytes.unwrap_or(DEFAULT_MAX_MANIFEST_BYTES);
         if !(1024..=64 * 1024 * 1024).contains(&max_manifest_bytes) {
-            return Err(ConfigError::invalid("max_manifest_bytes", "must be between 1024 and 67108864"));
+            return Err(ConfigError::invalid(
+                "max_manifest_bytes",
+                "must be between 1024 and 67108864",
+            ));
         }
         let max_tags_per_push = self.max_tags_per_push.unwrap_or(DEFAULT_MAX_TAGS_PER_PUSH);
         if !(1..=1024).contains(&max_tags_per_push) {
@@ -49,7 +60,10 @@ impl RawConfig {
         }
         if let Some(ca) = &self.upstream_ca {
             if !ca.is_file() {
-                return Err(ConfigError::invalid("upstream_ca", format!("{} is not a readable file", ca.display())));
+                return Err(ConfigError::invalid(
+                    "upstream_ca",
+                    format!("{} is not a readable file", ca.display()),
+                ));
             }
         }
         let t = self.timeouts.unwrap_or_default();
@@ -145,7 +159,10 @@ mod tests {
             ("upstream = \"http://x\"\nrefuse_status = 500", "refuse_status"),
             ("upstream = \"http://x\"\nexclude = [\"a[\"]", "exclude"),
             ("upstream = \"http://x\"\nmax_manifest_bytes = 10", "max_manifest_bytes"),
-            ("upstream = \"http://x\"\n[timeouts]\nbody_idle_ms = 0", "timeouts.body_idle_ms"),
+            (
+                "upstream = \"http://x\"\n[timeouts]\nbody_idle_ms = 0",
+                "timeouts.body_idle_ms",
+            ),
             ("upstream = \"http://x\"\npublic_url = \"x\"", "public_url"),
         ];
         for (text, key) in cases {

@@ -30,7 +30,12 @@ pub async fn manifest_delete(
             }
             // The refusal does not depend on the store; the pin only enriches the message.
             let (r, t) = (repo.clone(), tag.clone());
-            let pinned = app.store_call(move |s| s.get(&r, &t)).await.ok().flatten().map(|p| p.digest);
+            let pinned = app
+                .store_call(move |s| s.get(&r, &t))
+                .await
+                .ok()
+                .flatten()
+                .map(|p| p.digest);
             AuditEvent {
                 action: AuditAction::DeleteRefused,
                 who,
@@ -46,7 +51,10 @@ pub async fn manifest_delete(
             let _guard = app.locks.digest_delete(&repo).await;
             let (r, d) = (repo.clone(), digest.clone());
             let tags = app.store_call(move |s| s.tags_pinned_to(&r, &d)).await?;
-            let protected: Vec<_> = tags.into_iter().filter(|t| app.protection.is_protected(&repo, t)).collect();
+            let protected: Vec<_> = tags
+                .into_iter()
+                .filter(|t| app.protection.is_protected(&repo, t))
+                .collect();
             if protected.is_empty() {
                 return super::forward(app, parts, body, who).await;
             }
@@ -61,7 +69,12 @@ pub async fn manifest_delete(
                 }
                 .emit();
             }
-            Err(Refusal::DeleteDigest { repo, digest, tags: protected }.into())
+            Err(Refusal::DeleteDigest {
+                repo,
+                digest,
+                tags: protected,
+            }
+            .into())
         }
     }
 }

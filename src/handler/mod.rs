@@ -57,7 +57,9 @@ async fn handle_inner(app: &App, req: Request<Incoming>, who: &Requester) -> Res
         Route::ManifestPut { repo, reference, tags } => {
             push::manifest_put(app, parts, body, push::Push { repo, reference, tags }, who).await
         }
-        Route::ManifestDelete { repo, reference } => delete::manifest_delete(app, parts, body, repo, reference, who).await,
+        Route::ManifestDelete { repo, reference } => {
+            delete::manifest_delete(app, parts, body, repo, reference, who).await
+        }
         Route::Read | Route::BlobDelete { .. } | Route::UploadStart { .. } | Route::UploadSession { .. } => {
             forward(app, parts, body, who).await
         }
@@ -74,7 +76,12 @@ async fn forward(app: &App, parts: Parts, body: Body, who: &Requester) -> Result
 /// The upstream request for a client's request: same method, path, query and body.
 fn upstream_request(app: &App, parts: Parts, body: Body, who: &Requester) -> Request<Body> {
     let mut headers = parts.headers;
-    headers::to_upstream(&mut headers, who.client.ip(), CLIENT_PROTO, app.config.public_url.as_ref());
+    headers::to_upstream(
+        &mut headers,
+        who.client.ip(),
+        CLIENT_PROTO,
+        app.config.public_url.as_ref(),
+    );
     // hyper answered any `Expect: 100-continue` to the client already.
     headers.remove(header::EXPECT);
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
@@ -100,7 +107,8 @@ fn to_client(app: &App, resp: Response<Incoming>, client_origin: Option<&str>) -
 fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
     let mut resp = Response::new(body::full(text));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     resp
 }
 
@@ -127,7 +135,12 @@ async fn ready(app: &App) -> Response<Body> {
     let word = |ok: bool| if ok { "ok" } else { "unavailable" };
     let text = serde_json::json!({"upstream": word(upstream), "store": word(store)}).to_string();
     let mut resp = Response::new(body::full(text));
-    *resp.status_mut() = if upstream && store { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    *resp.status_mut() = if upstream && store {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp
 }

@@ -43,9 +43,15 @@ pub async fn manifest_put(
 ) -> Result<Response<Body>, ProxyError> {
     let Push { repo, reference, tags } = push;
     if tags.len() > app.config.max_tags_per_push {
-        return Err(ProxyError::TooManyTags { count: tags.len(), max: app.config.max_tags_per_push });
+        return Err(ProxyError::TooManyTags {
+            count: tags.len(),
+            max: app.config.max_tags_per_push,
+        });
     }
-    let protected: Vec<Tag> = tags.into_iter().filter(|t| app.protection.is_protected(&repo, t)).collect();
+    let protected: Vec<Tag> = tags
+        .into_iter()
+        .filter(|t| app.protection.is_protected(&repo, t))
+        .collect();
     if protected.is_empty() {
         // Nothing to decide: an untagged push by digest, or only excluded tags.
         return super::forward(app, parts, body, who).await;
@@ -57,7 +63,10 @@ pub async fn manifest_put(
         Reference::Digest(claimed) => {
             let actual = Digest::compute(claimed.algorithm(), &bytes);
             if &actual != claimed {
-                return Err(ProxyError::DigestMismatch { claimed: claimed.clone(), actual });
+                return Err(ProxyError::DigestMismatch {
+                    claimed: claimed.clone(),
+                    actual,
+                });
             }
             actual
         }
@@ -76,9 +85,21 @@ pub async fn manifest_put(
     let decision = policy::decide_push(&attempted, &current);
     if !decision.allowed() {
         for c in &decision.conflicts {
-            audit(AuditAction::PushRefused, who, &repo, &c.tag, Some(&c.pinned), &attempted);
+            audit(
+                AuditAction::PushRefused,
+                who,
+                &repo,
+                &c.tag,
+                Some(&c.pinned),
+                &attempted,
+            );
         }
-        return Err(Refusal::Move { repo, attempted, conflicts: decision.conflicts }.into());
+        return Err(Refusal::Move {
+            repo,
+            attempted,
+            conflicts: decision.conflicts,
+        }
+        .into());
     }
 
     // The body is forwarded as the exact bytes hashed, with a length instead of chunks.
@@ -88,10 +109,18 @@ pub async fn manifest_put(
     if !resp.status().is_success() {
         return Ok(to_client(app, resp, origin.as_deref()));
     }
-    match resp.headers().get("docker-content-digest").and_then(|v| v.to_str().ok()) {
+    match resp
+        .headers()
+        .get("docker-content-digest")
+        .and_then(|v| v.to_str().ok())
+    {
         Some(reported) if reported == attempted.as_str() => {}
         Some(reported) => {
-            return Err(UpstreamError::DigestMismatch { computed: attempted, reported: reported.to_owned() }.into());
+            return Err(UpstreamError::DigestMismatch {
+                computed: attempted,
+                reported: reported.to_owned(),
+            }
+            .into());
         }
         None => {
             // Without the upstream's word on the digest, no pin is recorded; the tag is
@@ -140,11 +169,18 @@ async fn pin_in_force(
     if let Some(pin) = app.store_call(move |s| s.get(&r, &t)).await? {
         return Ok(Ok(Some(pin.digest)));
     }
-    match app.upstream.tag_digest(repo, tag, headers.get(header::AUTHORIZATION)).await? {
+    match app
+        .upstream
+        .tag_digest(repo, tag, headers.get(header::AUTHORIZATION))
+        .await?
+    {
         TagAtUpstream::Absent => Ok(Ok(None)),
         TagAtUpstream::Challenge(resp) => Ok(Err(resp)),
         TagAtUpstream::Present(digest) => {
-            let (r, entry) = (repo.clone(), vec![(tag.clone(), Pin::now(digest.clone(), PinSource::Adopted))]);
+            let (r, entry) = (
+                repo.clone(),
+                vec![(tag.clone(), Pin::now(digest.clone(), PinSource::Adopted))],
+            );
             let in_force = app.store_call(move |s| s.pin_if_absent(&r, &entry)).await?;
             let pinned = in_force.into_iter().next().map(|p| p.digest).unwrap_or(digest);
             audit(AuditAction::PinAdopted, who, repo, tag, Some(&pinned), &pinned);
@@ -153,6 +189,21 @@ async fn pin_in_force(
     }
 }
 
-fn audit(action: AuditAction, who: &Requester, repo: &Repository, tag: &Tag, pinned: Option<&Digest>, attempted: &Digest) {
-    AuditEvent { action, who, repository: repo, tag: Some(tag), pinned, attempted: Some(attempted) }.emit();
+fn audit(
+    action: AuditAction,
+    who: &Requester,
+    repo: &Repository,
+    tag: &Tag,
+    pinned: Option<&Digest>,
+    attempted: &Digest,
+) {
+    AuditEvent {
+        action,
+        who,
+        repository: repo,
+        tag: Some(tag),
+        pinned,
+        attempted: Some(attempted),
+    }
+    .emit();
 }

@@ -36,7 +36,10 @@ impl PushDecision {
 
     /// Tags this push pins for the first time.
     pub fn new_pins(&self) -> impl Iterator<Item = &Tag> {
-        self.verdicts.iter().filter(|(_, v)| *v == Verdict::NewPin).map(|(t, _)| t)
+        self.verdicts
+            .iter()
+            .filter(|(_, v)| *v == Verdict::NewPin)
+            .map(|(t, _)| t)
     }
 }
 
@@ -50,7 +53,10 @@ pub fn decide_push(attempted: &Digest, tags: &[(Tag, Option<Digest>)]) -> PushDe
             None => Verdict::NewPin,
             Some(p) if p == attempted => Verdict::Identical,
             Some(p) => {
-                conflicts.push(Conflict { tag: tag.clone(), pinned: p.clone() });
+                conflicts.push(Conflict {
+                    tag: tag.clone(),
+                    pinned: p.clone(),
+                });
                 Verdict::Conflict
             }
         };
@@ -77,9 +83,19 @@ mod tests {
         let dec = decide_push(&d(1), &[(t("a"), None), (t("b"), Some(d(1))), (t("c"), Some(d(2)))]);
         assert_eq!(
             dec.verdicts,
-            vec![(t("a"), Verdict::NewPin), (t("b"), Verdict::Identical), (t("c"), Verdict::Conflict)]
+            vec![
+                (t("a"), Verdict::NewPin),
+                (t("b"), Verdict::Identical),
+                (t("c"), Verdict::Conflict)
+            ]
         );
-        assert_eq!(dec.conflicts, vec![Conflict { tag: t("c"), pinned: d(2) }]);
+        assert_eq!(
+            dec.conflicts,
+            vec![Conflict {
+                tag: t("c"),
+                pinned: d(2)
+            }]
+        );
         assert!(!dec.allowed());
         assert_eq!(dec.new_pins().collect::<Vec<_>>(), vec![&t("a")]);
     }

@@ -35,7 +35,9 @@ impl Protection {
         for g in exclude {
             set.add(Glob::new(g)?);
         }
-        Ok(Self { rules: vec![Rule::ExcludeTags(set.build()?)] })
+        Ok(Self {
+            rules: vec![Rule::ExcludeTags(set.build()?)],
+        })
     }
 
     pub fn is_protected(&self, _repo: &Repository, tag: &Tag) -> bool {

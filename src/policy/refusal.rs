@@ -11,13 +11,25 @@ use crate::oci::{Digest, Repository, Tag};
 pub enum Refusal {
     /// A push would move one or more pinned tags.
     #[error("{}", move_message(.repo, .attempted, .conflicts))]
-    Move { repo: Repository, attempted: Digest, conflicts: Vec<Conflict> },
+    Move {
+        repo: Repository,
+        attempted: Digest,
+        conflicts: Vec<Conflict>,
+    },
     /// `DELETE /v2/<name>/manifests/<tag>` of a protected tag.
     #[error("tag {repo}:{tag} is immutable (protected by tagpin{}); it cannot be deleted", pinned_suffix(.pinned))]
-    DeleteTag { repo: Repository, tag: Tag, pinned: Option<Digest> },
+    DeleteTag {
+        repo: Repository,
+        tag: Tag,
+        pinned: Option<Digest>,
+    },
     /// `DELETE /v2/<name>/manifests/<digest>` of a digest protected tags are pinned to.
     #[error("manifest {repo}@{digest} is what immutable tag(s) {} of {repo} are pinned to (by tagpin); it cannot be deleted", tag_list(.tags))]
-    DeleteDigest { repo: Repository, digest: Digest, tags: Vec<Tag> },
+    DeleteDigest {
+        repo: Repository,
+        digest: Digest,
+        tags: Vec<Tag>,
+    },
 }
 
 fn move_message(repo: &Repository, attempted: &Digest, conflicts: &[Conflict]) -> String {
@@ -44,7 +56,11 @@ fn tag_list(tags: &[Tag]) -> String {
 impl Refusal {
     pub fn detail(&self) -> serde_json::Value {
         match self {
-            Self::Move { repo, attempted, conflicts } => json!({
+            Self::Move {
+                repo,
+                attempted,
+                conflicts,
+            } => json!({
                 "reason": "tag_immutable",
                 "repository": repo.as_str(),
                 "tag": conflicts[0].tag.as_str(),
@@ -79,7 +95,10 @@ mod tests {
         let r = Refusal::Move {
             repo: Repository::parse("my-api").unwrap(),
             attempted: attempted.clone(),
-            conflicts: vec![Conflict { tag: Tag::parse("1.4.2").unwrap(), pinned: pinned.clone() }],
+            conflicts: vec![Conflict {
+                tag: Tag::parse("1.4.2").unwrap(),
+                pinned: pinned.clone(),
+            }],
         };
         let m = r.to_string();
         assert!(m.contains("my-api:1.4.2 is immutable"), "{m}");

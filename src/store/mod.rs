@@ -38,7 +38,11 @@ impl Pin {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        Self { digest, source, pinned_at }
+        Self {
+            digest,
+            source,
+            pinned_at,
+        }
     }
 }
 

@@ -31,9 +31,8 @@ impl SledStore {
     /// Open (or create) the store in `dir`. sled holds an exclusive lock on the directory,
     /// so a second tagpin on the same data dir fails here instead of racing the first.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|e| {
-            StoreError::Unavailable(format!("cannot create data dir {}: {e}", dir.display()))
-        })?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError::Unavailable(format!("cannot create data dir {}: {e}", dir.display())))?;
         let db = sled::Config::new()
             .path(dir.join("pins.sled"))
             .open()
@@ -72,7 +71,11 @@ fn decode(key: &[u8], bytes: &[u8]) -> Result<Pin, StoreError> {
     };
     let r: Record = serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?;
     let digest = Digest::parse(&r.digest).map_err(|e| corrupt(e.to_string()))?;
-    Ok(Pin { digest, source: r.source, pinned_at: r.pinned_at })
+    Ok(Pin {
+        digest,
+        source: r.source,
+        pinned_at: r.pinned_at,
+    })
 }
 
 fn encode(pin: &Pin) -> Vec<u8> {
@@ -185,7 +188,8 @@ mod tests {
         let a = Repository::parse("a").unwrap();
         let ab = Repository::parse("a/b").unwrap();
         let t = Tag::parse("v1").unwrap();
-        s.pin_if_absent(&ab, &[(t, Pin::now(d('c'), PinSource::Adopted))]).unwrap();
+        s.pin_if_absent(&ab, &[(t, Pin::now(d('c'), PinSource::Adopted))])
+            .unwrap();
         assert!(s.tags_pinned_to(&a, &d('c')).unwrap().is_empty());
         assert_eq!(s.tags_pinned_to(&ab, &d('c')).unwrap().len(), 1);
     }

@@ -117,7 +117,10 @@ mod tests {
 
     fn origin(s: &str) -> Origin {
         let u: http::Uri = s.parse().unwrap();
-        Origin { scheme: u.scheme().unwrap().clone(), authority: u.authority().unwrap().clone() }
+        Origin {
+            scheme: u.scheme().unwrap().clone(),
+            authority: u.authority().unwrap().clone(),
+        }
     }
 
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
@@ -157,14 +160,24 @@ mod tests {
         assert_eq!(h["x-forwarded-for"], "10.0.0.7");
         assert_eq!(h["authorization"], "Bearer t");
 
-        let mut h = map(&[("host", "inner"), ("x-forwarded-for", "1.2.3.4"), ("x-forwarded-host", "outer"), ("x-forwarded-proto", "https")]);
+        let mut h = map(&[
+            ("host", "inner"),
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x-forwarded-host", "outer"),
+            ("x-forwarded-proto", "https"),
+        ]);
         to_upstream(&mut h, "::1".parse().unwrap(), "http", None);
         assert_eq!(h["x-forwarded-for"], "1.2.3.4, ::1");
         assert_eq!(h["x-forwarded-host"], "outer");
         assert_eq!(h["x-forwarded-proto"], "https");
 
         let mut h = map(&[("host", "inner"), ("x-forwarded-host", "spoofed")]);
-        to_upstream(&mut h, "::1".parse().unwrap(), "http", Some(&origin("https://pub.example:8443")));
+        to_upstream(
+            &mut h,
+            "::1".parse().unwrap(),
+            "http",
+            Some(&origin("https://pub.example:8443")),
+        );
         assert_eq!(h["x-forwarded-host"], "pub.example:8443");
         assert_eq!(h["x-forwarded-proto"], "https");
         assert!(h.get("host").is_none());
@@ -174,13 +187,19 @@ mod tests {
     fn locations_on_the_upstream_origin_are_rewritten() {
         let up = origin("http://127.0.0.1:5000");
         let cases = [
-            ("http://127.0.0.1:5000/v2/a/blobs/uploads/x?_state=y", "http://tagpin:5050/v2/a/blobs/uploads/x?_state=y"),
+            (
+                "http://127.0.0.1:5000/v2/a/blobs/uploads/x?_state=y",
+                "http://tagpin:5050/v2/a/blobs/uploads/x?_state=y",
+            ),
             ("HTTP://127.0.0.1:5000/v2/", "http://tagpin:5050/v2/"),
             ("/v2/a/blobs/uploads/x", "/v2/a/blobs/uploads/x"),
             ("https://127.0.0.1:5000/v2/", "https://127.0.0.1:5000/v2/"),
             ("http://127.0.0.1:5001/v2/", "http://127.0.0.1:5001/v2/"),
             ("http://127.0.0.1:50000/v2/", "http://127.0.0.1:50000/v2/"),
-            ("https://bucket.s3.example/blob?sig=1", "https://bucket.s3.example/blob?sig=1"),
+            (
+                "https://bucket.s3.example/blob?sig=1",
+                "https://bucket.s3.example/blob?sig=1",
+            ),
         ];
         for (from, to) in cases {
             let mut h = map(&[("location", from)]);
@@ -198,7 +217,10 @@ mod tests {
         let h = map(&[("host", "h:1")]);
         assert_eq!(client_origin(None, &h, "http").as_deref(), Some("http://h:1"));
         let p = origin("https://pub.example");
-        assert_eq!(client_origin(Some(&p), &h, "http").as_deref(), Some("https://pub.example"));
+        assert_eq!(
+            client_origin(Some(&p), &h, "http").as_deref(),
+            Some("https://pub.example")
+        );
         assert_eq!(client_origin(None, &HeaderMap::new(), "http"), None);
     }
 }

@@ -76,7 +76,9 @@ impl Upstream {
                 .map_err(|e| UpstreamError::Tls(format!("{}: {e}", path.display())))?;
             for cert in certs {
                 let cert = cert.map_err(|e| UpstreamError::Tls(format!("{}: {e}", path.display())))?;
-                roots.add(cert).map_err(|e| UpstreamError::Tls(format!("{}: {e}", path.display())))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| UpstreamError::Tls(format!("{}: {e}", path.display())))?;
             }
         }
         let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
@@ -97,7 +99,11 @@ impl Upstream {
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(512)
             .build(connector);
-        Ok(Self { client, origin: config.upstream.clone(), header_timeout: config.timeouts.upstream_header })
+        Ok(Self {
+            client,
+            origin: config.upstream.clone(),
+            header_timeout: config.timeouts.upstream_header,
+        })
     }
 
     pub fn origin(&self) -> &Origin {
@@ -151,7 +157,10 @@ impl Upstream {
                 .ok_or_else(|| UpstreamError::CheckNoDigest { tag: tag.clone() }),
             StatusCode::NOT_FOUND => Ok(TagAtUpstream::Absent),
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Ok(TagAtUpstream::Challenge(resp)),
-            status => Err(UpstreamError::CheckStatus { tag: tag.clone(), status }),
+            status => Err(UpstreamError::CheckStatus {
+                tag: tag.clone(),
+                status,
+            }),
         }
     }
 

@@ -14,7 +14,10 @@ pub struct Resp {
 
 impl Resp {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 
     pub fn text(&self) -> String {
@@ -53,7 +56,12 @@ pub fn request(addr: SocketAddr, method: &str, target: &str, headers: &[(&str, &
     let mut raw = Vec::new();
     // A server may close early (e.g. a refused oversized body): read what arrived.
     let _ = s.read_to_end(&mut raw);
-    parse(&raw, method == "HEAD").unwrap_or_else(|| panic!("unparseable response to {method} {target}: {:?}", String::from_utf8_lossy(&raw)))
+    parse(&raw, method == "HEAD").unwrap_or_else(|| {
+        panic!(
+            "unparseable response to {method} {target}: {:?}",
+            String::from_utf8_lossy(&raw)
+        )
+    })
 }
 
 fn parse(raw: &[u8], head_only: bool) -> Option<Resp> {
@@ -66,7 +74,9 @@ fn parse(raw: &[u8], head_only: bool) -> Option<Resp> {
         .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
         .collect();
     let rest = &raw[end + 4..];
-    let chunked = headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
     let body = if head_only {
         Vec::new()
     } else if chunked {

@@ -52,13 +52,20 @@ impl Image {
         )
         .into_bytes();
         let manifest = manifest_json(&config, &layer, &format!("seed-{seed}"));
-        Self { layer, config, manifest }
+        Self {
+            layer,
+            config,
+            manifest,
+        }
     }
 
     /// The same blobs under a manifest that differs only in an annotation: a different
     /// digest with nothing new to upload.
     pub fn variant(&self, note: &str) -> Self {
-        Self { manifest: manifest_json(&self.config, &self.layer, note), ..self.clone() }
+        Self {
+            manifest: manifest_json(&self.config, &self.layer, note),
+            ..self.clone()
+        }
     }
 
     pub fn digest(&self) -> String {
@@ -114,7 +121,11 @@ impl Index {
                 )
             })
             .collect();
-        let index = format!(r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[{}]}}"#, entries.join(",")).into_bytes();
+        let index = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[{}]}}"#,
+            entries.join(",")
+        )
+        .into_bytes();
         Self { images, index }
     }
 
@@ -143,7 +154,13 @@ fn manifest_json(config: &[u8], layer: &[u8], note: &str) -> Vec<u8> {
 }
 
 pub fn push_blob(addr: SocketAddr, repo: &str, blob: &[u8], auth: &str) {
-    let start = request(addr, "POST", &format!("/v2/{repo}/blobs/uploads/"), &[("Authorization", auth)], b"");
+    let start = request(
+        addr,
+        "POST",
+        &format!("/v2/{repo}/blobs/uploads/"),
+        &[("Authorization", auth)],
+        b"",
+    );
     assert_eq!(start.status, 202, "upload start: {}", start.text());
     let location = start.header("location").expect("upload without Location").to_owned();
     // The Location may be absolute; the raw client wants the path and query.

@@ -19,11 +19,18 @@ pub fn upstream_digest(registry: &Registry, repo: &str, tag: &str) -> Option<Str
         registry.addr,
         "HEAD",
         &format!("/v2/{repo}/manifests/{tag}"),
-        &[("Accept", image::ACCEPT_ALL), ("Authorization", &registry.auth_header())],
+        &[
+            ("Accept", image::ACCEPT_ALL),
+            ("Authorization", &registry.auth_header()),
+        ],
         b"",
     );
     match r.status {
-        200 => Some(r.header("docker-content-digest").expect("200 without digest").to_owned()),
+        200 => Some(
+            r.header("docker-content-digest")
+                .expect("200 without digest")
+                .to_owned(),
+        ),
         404 => None,
         s => panic!("unexpected {s} asking the upstream for {repo}:{tag}: {}", r.text()),
     }

@@ -85,9 +85,16 @@ impl Registry {
                 }
             }
         });
-        let addr = rx.recv_timeout(Duration::from_secs(20)).expect("docker-registry did not report its address");
+        let addr = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("docker-registry did not report its address");
         let addr: SocketAddr = addr.parse().unwrap_or_else(|_| panic!("bad registry address {addr}"));
-        Self { addr, dir, child, options }
+        Self {
+            addr,
+            dir,
+            child,
+            options,
+        }
     }
 
     pub fn url(&self) -> String {
@@ -111,7 +118,10 @@ impl Drop for Registry {
 }
 
 pub fn basic(user: &str, pass: &str) -> String {
-    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}")))
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"))
+    )
 }
 
 /// A running tagpin, started from the binary cargo built for this test run, logging JSON.
@@ -128,13 +138,21 @@ impl Tagpin {
 
     pub fn start_env(upstream: &str, data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tagpin"));
-        cmd.args(["serve", "--listen", "127.0.0.1:0", "--upstream", upstream, "--log-format", "json"])
-            .arg("--data-dir")
-            .arg(data_dir)
-            .args(extra)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        cmd.args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            upstream,
+            "--log-format",
+            "json",
+        ])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -167,7 +185,11 @@ impl Tagpin {
                 panic!("tagpin did not start; output:\n{}", logs.lock().unwrap().join("\n"));
             }
         };
-        Self { addr, child: Some(child), logs }
+        Self {
+            addr,
+            child: Some(child),
+            logs,
+        }
     }
 
     pub fn host(&self) -> String {
@@ -195,7 +217,11 @@ impl Tagpin {
             if let Some(e) = self.audit_events().into_iter().find(|e| pred(e)) {
                 return e;
             }
-            assert!(Instant::now() < deadline, "no matching audit event in:\n{}", self.logs().join("\n"));
+            assert!(
+                Instant::now() < deadline,
+                "no matching audit event in:\n{}",
+                self.logs().join("\n")
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -211,7 +237,10 @@ impl Tagpin {
     /// SIGTERM, then wait for the process to exit; returns its exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let mut c = self.child.take().expect("tagpin already stopped");
-        let ok = Command::new("kill").args(["-TERM", &c.id().to_string()]).status().unwrap();
+        let ok = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status()
+            .unwrap();
         assert!(ok.success());
         c.wait().unwrap()
     }
@@ -238,7 +267,12 @@ pub fn skopeo(args: &[&str]) -> Output {
 pub fn skopeo_copy(src: &str, dst: &str, extra: &[&str]) -> Output {
     // --preserve-digests: skopeo would otherwise gzip the generated (uncompressed) layers
     // on the way to a registry, and the pushed manifest would not be the test's bytes.
-    let mut args = vec!["copy", "--preserve-digests", "--src-tls-verify=false", "--dest-tls-verify=false"];
+    let mut args = vec![
+        "copy",
+        "--preserve-digests",
+        "--src-tls-verify=false",
+        "--dest-tls-verify=false",
+    ];
     args.extend_from_slice(extra);
     args.extend_from_slice(&[src, dst]);
     skopeo(&args)
