@@ -113,8 +113,10 @@ impl ProxyError {
         };
         let mut resp = Response::new(body::full(envelope.to_json()));
         *resp.status_mut() = status;
-        resp.headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json; charset=utf-8"),
+        );
         resp
     }
 }

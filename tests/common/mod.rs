@@ -2,7 +2,11 @@
 //! distribution 2.8), tagpin itself as a child process, skopeo, a raw HTTP/1.1 client and
 //! generated OCI images. Everything listens on 127.0.0.1 with ephemeral ports.
 
-#![allow(dead_code, reason = "each test binary uses a different part of the harness")]
+#![allow(
+    dead_code,
+    unused_imports,
+    reason = "each test binary uses a different part of the harness"
+)]
 
 pub mod http;
 pub mod image;

@@ -1,0 +1,409 @@
+//! Transparency: the same scripted walk through the Distribution API (the areas of the
+//! OCI conformance suite: pull, push, content discovery, content management) is run
+//! against a fresh upstream directly and against a fresh upstream through tagpin, and
+//! every step must be observed identically. With every tag mutable (`--exclude '*'`)
+//! nothing may differ; with protection on, only the steps that move or delete a tag may.
+
+mod common;
+
+use std::net::SocketAddr;
+
+use common::image::{sha256, ACCEPT_ALL, OCI_MANIFEST};
+use common::*;
+
+/// One step's observable outcome, with per-run noise (upload ids, hosts, dates) removed.
+#[derive(Debug, PartialEq)]
+struct Seen {
+    step: &'static str,
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+/// Headers a client acts on; `Date` and the like are noise.
+const COMPARED: [&str; 8] = [
+    "content-type",
+    "docker-content-digest",
+    "content-length",
+    "range",
+    "location",
+    "link",
+    "www-authenticate",
+    "content-range",
+];
+
+fn observe(step: &'static str, r: &Resp) -> Seen {
+    let mut headers = Vec::new();
+    for name in COMPARED {
+        if let Some(v) = r.header(name) {
+            headers.push((name.to_owned(), normalize_location(v)));
+        }
+    }
+    headers.push((
+        "docker-upload-uuid?".into(),
+        r.header("docker-upload-uuid").is_some().to_string(),
+    ));
+    let body = if r.body.starts_with(b"{\"errors\"") || r.body.starts_with(b"{\n    \"errors\"") {
+        // Error bodies: the codes must agree; messages (and so lengths) may be worded differently.
+        headers.retain(|(k, _)| k != "content-length");
+        let v = r.json();
+        let codes: Vec<String> = v["errors"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|e| e["code"].as_str().unwrap_or("").to_owned())
+            .collect();
+        format!("errors {codes:?}")
+    } else {
+        sha256(&r.body)
+    };
+    Seen {
+        step,
+        status: r.status,
+        headers,
+        body,
+    }
+}
+
+/// Strip the origin and the per-run upload id and state from URLs.
+fn normalize_location(v: &str) -> String {
+    let path = match v.find("/v2/") {
+        Some(i) => &v[i..],
+        None => v,
+    };
+    match path.find("/uploads/") {
+        Some(i) => format!("{}/uploads/<id>", &path[..i]),
+        None => path.to_owned(),
+    }
+}
+
+fn path_of(location: &str) -> String {
+    match location.find("/v2/") {
+        Some(i) => location[i..].to_owned(),
+        None => location.to_owned(),
+    }
+}
+
+fn join(target: &str, query: &str) -> String {
+    format!("{target}{}{query}", if target.contains('?') { '&' } else { '?' })
+}
+
+/// Steps that move or delete a tag: the only ones allowed to differ under protection.
+const TAG_MOVING_STEPS: [&str; 3] = [
+    "retag v1 to the variant",
+    "delete manifest by tag",
+    "delete tagged manifest by digest",
+];
+
+fn script(addr: SocketAddr) -> Vec<Seen> {
+    let img = Image::random(4242, 64 * 1024);
+    let variant = img.variant("variant");
+    let (config, layer) = (img.config.clone(), img.layer.clone());
+    let (cd, ld) = (sha256(&config), sha256(&layer));
+    let unknown = format!("sha256:{}", "0".repeat(64));
+    let mut seen = Vec::new();
+    let mut step = |name: &'static str, method: &str, target: &str, headers: &[(&str, &str)], body: &[u8]| {
+        let r = request(addr, method, target, headers, body);
+        seen.push(observe(name, &r));
+        r
+    };
+
+    step("base GET", "GET", "/v2/", &[], b"");
+    step("base HEAD", "HEAD", "/v2/", &[], b"");
+    step(
+        "unknown manifest",
+        "GET",
+        "/v2/t/manifests/nope",
+        &[("Accept", ACCEPT_ALL)],
+        b"",
+    );
+    step("unknown blob HEAD", "HEAD", &format!("/v2/t/blobs/{unknown}"), &[], b"");
+    step("unknown blob GET", "GET", &format!("/v2/t/blobs/{unknown}"), &[], b"");
+
+    // Push: monolithic (POST then PUT).
+    let start = step("upload start", "POST", "/v2/t/blobs/uploads/", &[], b"");
+    let loc = path_of(start.header("location").unwrap());
+    step("upload status", "GET", &loc, &[], b"");
+    step(
+        "monolithic PUT",
+        "PUT",
+        &join(&loc, &format!("digest={cd}")),
+        &[("Content-Type", "application/octet-stream")],
+        &config,
+    );
+
+    // Push: chunked (POST, PATCH, PATCH, PUT).
+    let start = step("chunked start", "POST", "/v2/t/blobs/uploads/", &[], b"");
+    let loc = path_of(start.header("location").unwrap());
+    let half = layer.len() / 2;
+    let r1 = format!("0-{}", half - 1);
+    let p1 = step(
+        "chunk 1",
+        "PATCH",
+        &loc,
+        &[("Content-Type", "application/octet-stream"), ("Content-Range", &r1)],
+        &layer[..half],
+    );
+    let loc = path_of(p1.header("location").unwrap());
+    let r2 = format!("{half}-{}", layer.len() - 1);
+    let p2 = step(
+        "chunk 2",
+        "PATCH",
+        &loc,
+        &[("Content-Type", "application/octet-stream"), ("Content-Range", &r2)],
+        &layer[half..],
+    );
+    let loc = path_of(p2.header("location").unwrap());
+    step("chunked close", "PUT", &join(&loc, &format!("digest={ld}")), &[], b"");
+
+    let start = step("bad chunk start", "POST", "/v2/t/blobs/uploads/", &[], b"");
+    let loc = path_of(start.header("location").unwrap());
+    step(
+        "first chunk",
+        "PATCH",
+        &loc,
+        &[("Content-Type", "application/octet-stream"), ("Content-Range", "0-3")],
+        b"abcd",
+    );
+    step(
+        "out-of-order chunk",
+        "PATCH",
+        &loc,
+        &[("Content-Type", "application/octet-stream"), ("Content-Range", "9-12")],
+        b"oops",
+    );
+
+    // Pull the blobs.
+    step("blob GET", "GET", &format!("/v2/t/blobs/{ld}"), &[], b"");
+    step("blob HEAD", "HEAD", &format!("/v2/t/blobs/{ld}"), &[], b"");
+    step(
+        "blob range",
+        "GET",
+        &format!("/v2/t/blobs/{ld}"),
+        &[("Range", "bytes=10-99")],
+        b"",
+    );
+
+    // Single-POST monolithic upload and a wrong digest.
+    step(
+        "POST with digest",
+        "POST",
+        &format!("/v2/t/blobs/uploads/?digest={cd}"),
+        &[("Content-Type", "application/octet-stream")],
+        &config,
+    );
+    let start = step("bad digest start", "POST", "/v2/t/blobs/uploads/", &[], b"");
+    let loc = path_of(start.header("location").unwrap());
+    step(
+        "bad digest PUT",
+        "PUT",
+        &join(&loc, &format!("digest={unknown}")),
+        &[("Content-Type", "application/octet-stream")],
+        b"xyz",
+    );
+
+    // Cross-repository mount, and a mount of an unknown blob.
+    step(
+        "mount",
+        "POST",
+        &format!("/v2/u/blobs/uploads/?mount={ld}&from=t"),
+        &[],
+        b"",
+    );
+    step(
+        "mount config",
+        "POST",
+        &format!("/v2/u/blobs/uploads/?mount={cd}&from=t"),
+        &[],
+        b"",
+    );
+    step(
+        "mount unknown",
+        "POST",
+        &format!("/v2/u/blobs/uploads/?mount={unknown}&from=t"),
+        &[],
+        b"",
+    );
+
+    // Manifests.
+    let ct = [("Content-Type", OCI_MANIFEST)];
+    step("manifest PUT by tag", "PUT", "/v2/t/manifests/v1", &ct, &img.manifest);
+    step("manifest re-PUT", "PUT", "/v2/t/manifests/v1", &ct, &img.manifest);
+    step(
+        "manifest GET by tag",
+        "GET",
+        "/v2/t/manifests/v1",
+        &[("Accept", ACCEPT_ALL)],
+        b"",
+    );
+    step(
+        "manifest HEAD by tag",
+        "HEAD",
+        "/v2/t/manifests/v1",
+        &[("Accept", ACCEPT_ALL)],
+        b"",
+    );
+    step(
+        "manifest GET by digest",
+        "GET",
+        &format!("/v2/t/manifests/{}", img.digest()),
+        &[("Accept", ACCEPT_ALL)],
+        b"",
+    );
+    step(
+        "manifest PUT by digest",
+        "PUT",
+        &format!("/v2/t/manifests/{}", variant.digest()),
+        &ct,
+        &variant.manifest,
+    );
+    step(
+        "manifest PUT other tag",
+        "PUT",
+        "/v2/t/manifests/v2",
+        &ct,
+        &img.manifest,
+    );
+    step(
+        "manifest in mounted repo",
+        "PUT",
+        "/v2/u/manifests/m1",
+        &ct,
+        &img.manifest,
+    );
+    step(
+        "manifest not JSON",
+        "PUT",
+        "/v2/t/manifests/bad",
+        &ct,
+        b"this is not json",
+    );
+    let missing_blob = Image::random(99, 10);
+    step(
+        "manifest with unknown blob",
+        "PUT",
+        "/v2/t/manifests/nb",
+        &ct,
+        &missing_blob.manifest,
+    );
+    step(
+        "manifest digest mismatch",
+        "PUT",
+        &format!("/v2/t/manifests/{unknown}"),
+        &ct,
+        &img.manifest,
+    );
+
+    // Content discovery.
+    step("tags list", "GET", "/v2/t/tags/list", &[], b"");
+    step("tags page 1", "GET", "/v2/t/tags/list?n=1", &[], b"");
+    step("tags page 2", "GET", "/v2/t/tags/list?n=1&last=v1", &[], b"");
+    step("tags unknown repo", "GET", "/v2/nope/tags/list", &[], b"");
+    step("catalog", "GET", "/v2/_catalog", &[], b"");
+    step("catalog page", "GET", "/v2/_catalog?n=1", &[], b"");
+    step(
+        "referrers",
+        "GET",
+        &format!("/v2/t/referrers/{}", img.digest()),
+        &[],
+        b"",
+    );
+
+    // Content management.
+    step(
+        "retag v1 to the variant",
+        "PUT",
+        "/v2/t/manifests/v1",
+        &ct,
+        &variant.manifest,
+    );
+    step(
+        "manifest after retag",
+        "GET",
+        "/v2/t/manifests/v1",
+        &[("Accept", ACCEPT_ALL)],
+        b"",
+    );
+    step(
+        "delete untagged manifest by digest",
+        "DELETE",
+        &format!("/v2/t/manifests/{}", variant.digest()),
+        &[],
+        b"",
+    );
+    step(
+        "delete tagged manifest by digest",
+        "DELETE",
+        &format!("/v2/t/manifests/{}", img.digest()),
+        &[],
+        b"",
+    );
+    step("delete manifest by tag", "DELETE", "/v2/t/manifests/v2", &[], b"");
+    step(
+        "delete unknown manifest",
+        "DELETE",
+        &format!("/v2/t/manifests/{unknown}"),
+        &[],
+        b"",
+    );
+    let start = step("cancel start", "POST", "/v2/t/blobs/uploads/", &[], b"");
+    let loc = path_of(start.header("location").unwrap());
+    step("cancel upload", "DELETE", &loc, &[], b"");
+    step("cancelled upload status", "GET", &loc, &[], b"");
+    step("delete blob", "DELETE", &format!("/v2/u/blobs/{cd}"), &[], b"");
+    step("deleted blob HEAD", "HEAD", &format!("/v2/u/blobs/{cd}"), &[], b"");
+    step(
+        "delete unknown blob",
+        "DELETE",
+        &format!("/v2/u/blobs/{unknown}"),
+        &[],
+        b"",
+    );
+    seen
+}
+
+fn compare(direct: &[Seen], proxied: &[Seen], may_differ: &[&str]) {
+    assert_eq!(direct.len(), proxied.len());
+    let mut differences = Vec::new();
+    for (d, p) in direct.iter().zip(proxied) {
+        if d != p && !may_differ.contains(&d.step) {
+            differences.push(format!("step {:?}:\n  direct:  {d:?}\n  tagpin:  {p:?}", d.step));
+        }
+    }
+    assert!(
+        differences.is_empty(),
+        "{} step(s) differ:\n{}",
+        differences.len(),
+        differences.join("\n")
+    );
+}
+
+#[test]
+fn every_step_matches_the_upstream_when_all_tags_are_mutable() {
+    let direct_upstream = Registry::start();
+    let direct = script(direct_upstream.addr);
+
+    let upstream = Registry::start();
+    let data = tempfile::tempdir().unwrap();
+    let tagpin = Tagpin::start(&upstream.url(), data.path(), &["--exclude", "*"]);
+    let proxied = script(tagpin.addr);
+    compare(&direct, &proxied, &[]);
+}
+
+#[test]
+fn with_protection_only_tag_moving_steps_differ() {
+    let direct_upstream = Registry::start();
+    let direct = script(direct_upstream.addr);
+
+    let upstream = Registry::start();
+    let data = tempfile::tempdir().unwrap();
+    let tagpin = Tagpin::start(&upstream.url(), data.path(), &[]);
+    let proxied = script(tagpin.addr);
+    // "manifest after retag" reads the tag the refused retag would have moved.
+    let mut allowed: Vec<&str> = TAG_MOVING_STEPS.to_vec();
+    allowed.push("manifest after retag");
+    compare(&direct, &proxied, &allowed);
+    for s in proxied.iter().filter(|s| TAG_MOVING_STEPS.contains(&s.step)) {
+        assert_eq!((s.status, s.body.as_str()), (409, "errors [\"DENIED\"]"), "{s:?}");
+    }
+}
