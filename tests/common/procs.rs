@@ -138,21 +138,17 @@ impl Tagpin {
 
     pub fn start_env(upstream: &str, data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tagpin"));
-        cmd.args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--upstream",
-            upstream,
-            "--log-format",
-            "json",
-        ])
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(extra)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"]);
+        // An empty upstream leaves it to the environment or a config file.
+        if !upstream.is_empty() {
+            cmd.args(["--upstream", upstream]);
+        }
+        cmd.arg("--data-dir")
+            .arg(data_dir)
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         for (k, v) in env {
             cmd.env(k, v);
         }

@@ -1,0 +1,23 @@
+# Multi-stage build: compile in the Rust image, run from a slim Debian base as a non-root
+# user. The pin store lives in /data: mount a persistent volume there.
+FROM rust:1-bookworm AS build
+WORKDIR /src
+COPY Cargo.toml Cargo.lock ./
+COPY src ./src
+RUN cargo build --release --locked --bin tagpin && strip target/release/tagpin
+
+FROM debian:bookworm-slim
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --system --uid 10001 --home-dir /data --shell /usr/sbin/nologin tagpin \
+    && mkdir -p /data && chown tagpin:tagpin /data
+COPY --from=build /src/target/release/tagpin /usr/local/bin/tagpin
+COPY config/tagpin.toml /etc/tagpin/tagpin.toml
+USER tagpin
+VOLUME ["/data"]
+EXPOSE 5050
+ENV TAGPIN_LISTEN=0.0.0.0:5050 \
+    TAGPIN_DATA_DIR=/data \
+    TAGPIN_LOG_FORMAT=json
+ENTRYPOINT ["/usr/local/bin/tagpin"]
+CMD ["serve"]

@@ -1,0 +1,109 @@
+//! Operating tagpin: start-up errors, health and readiness, graceful shutdown.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+fn tagpin_cmd(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_tagpin")).args(args).output().unwrap()
+}
+
+#[test]
+fn invalid_config_exits_64_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad_file = dir.path().join("bad.toml");
+    std::fs::write(&bad_file, "upstream = \"http://127.0.0.1:1\"\nlisten_addr = \"x\"\n").unwrap();
+    let bad_file = bad_file.to_str().unwrap().to_owned();
+    let cases: Vec<Vec<&str>> = vec![
+        vec!["serve"],
+        vec!["serve", "--upstream", "ftp://x"],
+        vec!["serve", "--upstream", "http://127.0.0.1:1", "--refuse-status", "500"],
+        vec!["serve", "--upstream", "http://127.0.0.1:1", "--exclude", "a[b"],
+        vec!["serve", "--config", &bad_file],
+        vec!["serve", "--config", "/nonexistent/tagpin.toml"],
+        vec!["serve", "--no-such-flag"],
+    ];
+    for args in cases {
+        let out = tagpin_cmd(&args);
+        assert_eq!(
+            out.status.code(),
+            Some(64),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?} printed: {stderr}");
+        assert!(stderr.starts_with("tagpin: "), "{stderr}");
+    }
+}
+
+#[test]
+fn settings_come_from_file_env_and_flags_in_that_order() {
+    let upstream = Registry::start();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("t.toml");
+    std::fs::write(
+        &file,
+        format!("upstream = \"http://127.0.0.1:1\"\nexclude = [\"from-file\"]\nrefuse_status = 403\n"),
+    )
+    .unwrap();
+    // The env var overrides the file's upstream; the flag overrides the env's status.
+    let env = [
+        ("TAGPIN_UPSTREAM", upstream.url()),
+        ("TAGPIN_REFUSE_STATUS", "403".into()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let tagpin = Tagpin::start_env(
+        "",
+        dir.path(),
+        &["--config", file.to_str().unwrap(), "--refuse-status", "409"],
+        &env,
+    );
+    let _ = &tagpin;
+    let img = Image::random(30, 100);
+    img.push_blobs(tagpin.addr, "cfg", "");
+    assert_eq!(img.put_manifest(tagpin.addr, "cfg", "from-file", "").status, 201);
+    assert_eq!(
+        img.variant("x")
+            .put_manifest(tagpin.addr, "cfg", "from-file", "")
+            .status,
+        201,
+        "excluded by file"
+    );
+    assert_eq!(img.put_manifest(tagpin.addr, "cfg", "v1", "").status, 201);
+    assert_eq!(
+        img.variant("x").put_manifest(tagpin.addr, "cfg", "v1", "").status,
+        409,
+        "flag wins over env"
+    );
+}
+
+#[test]
+fn health_and_readiness() {
+    let upstream = Registry::start();
+    let data = tempfile::tempdir().unwrap();
+    let tagpin = Tagpin::start(&upstream.url(), data.path(), &[]);
+    let h = request(tagpin.addr, "GET", "/healthz", &[], b"");
+    assert_eq!((h.status, h.text().as_str()), (200, "ok\n"));
+    let r = request(tagpin.addr, "GET", "/readyz", &[], b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["store"], "ok");
+    drop(upstream);
+    let r = request(tagpin.addr, "GET", "/readyz", &[], b"");
+    assert_eq!(r.status, 503);
+    assert_eq!(r.json()["upstream"], "unavailable");
+    assert_eq!(r.json()["store"], "ok");
+}
+
+#[test]
+fn sigterm_drains_and_exits_cleanly() {
+    let upstream = Registry::start();
+    let data = tempfile::tempdir().unwrap();
+    let mut tagpin = Tagpin::start(&upstream.url(), data.path(), &[]);
+    assert_eq!(request(tagpin.addr, "GET", "/v2/", &[], b"").status, 200);
+    let status = tagpin.terminate();
+    assert!(status.success(), "{status:?}");
+    assert!(tagpin.logs().iter().any(|l| l.contains("shutting down")));
+}
