@@ -46,7 +46,7 @@ fn settings_come_from_file_env_and_flags_in_that_order() {
     let file = dir.path().join("t.toml");
     std::fs::write(
         &file,
-        format!("upstream = \"http://127.0.0.1:1\"\nexclude = [\"from-file\"]\nrefuse_status = 403\n"),
+        "upstream = \"http://127.0.0.1:1\"\nexclude = [\"from-file\"]\nrefuse_status = 403\n",
     )
     .unwrap();
     // The env var overrides the file's upstream; the flag overrides the env's status.
