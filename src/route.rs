@@ -76,6 +76,7 @@ pub enum RouteError {
     AbsoluteForm,
     #[error("method-override header {0} is not accepted")]
     MethodOverride(&'static str),
+    /// Only the parameter's name is kept: a value may be a token and must not reach a log.
     #[error("query parameter {0:?} is not understood on this write; tagpin only accepts `tag=<tag>`")]
     QueryParameter(String),
     #[error("upload session id {0:?} is not valid")]
@@ -200,7 +201,7 @@ fn parse_tag_query(query: Option<&str>) -> Result<Vec<Tag>, RouteError> {
     q.split('&')
         .map(|pair| match pair.split_once('=') {
             Some(("tag", value)) => Ok(Tag::parse(value)?),
-            _ => Err(RouteError::QueryParameter(pair.chars().take(100).collect())),
+            _ => Err(RouteError::QueryParameter(param_name(pair))),
         })
         .collect()
 }
@@ -208,8 +209,15 @@ fn parse_tag_query(query: Option<&str>) -> Result<Vec<Tag>, RouteError> {
 fn reject_any_query(query: Option<&str>) -> Result<(), RouteError> {
     match query {
         None | Some("") => Ok(()),
-        Some(q) => Err(RouteError::QueryParameter(q.chars().take(100).collect())),
+        Some(q) => Err(RouteError::QueryParameter(param_name(
+            q.split('&').next().unwrap_or(""),
+        ))),
     }
+}
+
+/// The name of a `name=value` pair, shortened, without its value.
+fn param_name(pair: &str) -> String {
+    pair.split('=').next().unwrap_or("").chars().take(64).collect()
 }
 
 #[cfg(test)]

@@ -240,17 +240,17 @@ fn hostile_writes_are_refused() {
         (
             "PUT",
             "/v2/a/manifests/v1?foo=bar".into(),
-            E::QueryParameter("foo=bar".into()),
+            E::QueryParameter("foo".into()),
         ),
         (
             "PUT",
             "/v2/a/manifests/v1?t%61g=v2".into(),
-            E::QueryParameter("t%61g=v2".into()),
+            E::QueryParameter("t%61g".into()),
         ),
         (
             "PUT",
             "/v2/a/manifests/v1?Tag=v2".into(),
-            E::QueryParameter("Tag=v2".into()),
+            E::QueryParameter("Tag".into()),
         ),
         ("PUT", "/v2/a/manifests/v1?tag".into(), E::QueryParameter("tag".into())),
         ("PUT", "/v2/a/manifests/v1?tag=a&".into(), E::QueryParameter("".into())),
@@ -258,11 +258,7 @@ fn hostile_writes_are_refused() {
         ("PUT", "/v2/a/manifests/v1?tag=v%32".into(), tagerr("v%32")),
         ("PUT", "/v2/a/manifests/v1?tag=a+b".into(), tagerr("a+b")),
         ("PUT", "/v2/a/manifests/v1?tag=".into(), tagerr("")),
-        (
-            "DELETE",
-            "/v2/a/manifests/v1?x=1".into(),
-            E::QueryParameter("x=1".into()),
-        ),
+        ("DELETE", "/v2/a/manifests/v1?x=1".into(), E::QueryParameter("x".into())),
         // Upload ids.
         ("PATCH", "/v2/a/blobs/uploads/a%2Fb".into(), E::UploadId("a%2Fb".into())),
         // Absolute-form targets.

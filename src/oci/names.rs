@@ -71,7 +71,8 @@ fn valid_component(c: &str) -> bool {
             b'-' => true,
             _ => false,
         };
-        if !ok {
+        // Exactly one separator between alphanumeric runs: "a_-b" is not a name.
+        if !ok || !alnum(b[i]) {
             return false;
         }
     }
