@@ -1,0 +1,251 @@
+//! Requests that try to get around the pin: paths the upstream would read differently,
+//! odd methods and headers, oversized or malformed bodies. Each must be refused with a
+//! 4xx before anything is forwarded, the pinned tag must stay put at the upstream, and
+//! tagpin must keep serving.
+
+mod common;
+
+use common::*;
+
+struct Pinned {
+    registry: Registry,
+    tagpin: Tagpin,
+    _data: tempfile::TempDir,
+    pinned: Image,
+    other: Image,
+}
+
+/// `a/b:v1` pinned through tagpin; `other` is content that must never land on it.
+fn pinned_env(extra: &[&str]) -> Pinned {
+    let registry = Registry::start();
+    let data = tempfile::tempdir().unwrap();
+    let tagpin = Tagpin::start(&registry.url(), data.path(), extra);
+    let pinned = Image::random(100, 500);
+    pinned.push_blobs(tagpin.addr, "a/b", "");
+    assert_eq!(pinned.put_manifest(tagpin.addr, "a/b", "v1", "").status, 201);
+    let other = pinned.variant("intruder");
+    Pinned {
+        registry,
+        tagpin,
+        _data: data,
+        pinned,
+        other,
+    }
+}
+
+impl Pinned {
+    fn assert_unmoved(&self) {
+        assert_eq!(
+            upstream_digest(&self.registry, "a/b", "v1"),
+            Some(self.pinned.digest()),
+            "a/b:v1 moved"
+        );
+        assert_eq!(
+            request(self.tagpin.addr, "GET", "/v2/", &[], b"").status,
+            200,
+            "tagpin stopped serving"
+        );
+    }
+}
+
+#[test]
+fn the_upstream_really_decodes_encoded_paths() {
+    // Why encoded paths are refused: sent straight to distribution 2.8, `a%2Fb` is `a/b`.
+    let registry = Registry::start();
+    let img = Image::random(101, 100);
+    img.push_blobs(registry.addr, "a/b", "");
+    let r = img.put_manifest(registry.addr, "a%2Fb", "v%31", "");
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(upstream_digest(&registry, "a/b", "v1"), Some(img.digest()));
+}
+
+#[test]
+fn hostile_manifest_paths_are_refused_and_never_forwarded() {
+    let env = pinned_env(&[]);
+    let d = env.other.digest();
+    let up = env.registry.addr;
+    let long_name = "a".repeat(256);
+    let long_tag = "t".repeat(129);
+    let cases: Vec<(&str, String, &[(&str, &str)], u16, &str)> = vec![
+        ("PUT", "/v2/a%2Fb/manifests/v1".into(), &[], 400, "NAME_INVALID"),
+        ("PUT", "/v2/a%2fb/manifests/v1".into(), &[], 400, "NAME_INVALID"),
+        ("PUT", "/v2/%61/b/manifests/v1".into(), &[], 400, "NAME_INVALID"),
+        ("PUT", "/v2/a/b/manifests/v%31".into(), &[], 400, "TAG_INVALID"),
+        ("PUT", "/v2/a/b/m%61nifests/v1".into(), &[], 404, "UNSUPPORTED"),
+        ("PUT", "/v2/a/b/manifests%2Fv1".into(), &[], 404, "UNSUPPORTED"),
+        (
+            "PUT",
+            format!("http://{up}/v2/a/b/manifests/v1"),
+            &[],
+            400,
+            "UNSUPPORTED",
+        ),
+        ("PUT", "/v2//a/b/manifests/v1".into(), &[], 400, "NAME_INVALID"),
+        ("PUT", "/v2/a//b/manifests/v1".into(), &[], 400, "NAME_INVALID"),
+        ("PUT", "/v2/a/./b/manifests/v1".into(), &[], 400, "NAME_INVALID"),
+        ("PUT", "/v2/a/x/../b/manifests/v1".into(), &[], 400, "NAME_INVALID"),
+        ("PUT", "/v2/a/b/manifests/v1/".into(), &[], 404, "UNSUPPORTED"),
+        ("PUT", "/v2/a/b/manifests/v1;x=1".into(), &[], 400, "TAG_INVALID"),
+        ("PUT", "/v2/a;x=1/b/manifests/v1".into(), &[], 400, "NAME_INVALID"),
+        ("PUT", "/v2/A/b/manifests/v1".into(), &[], 400, "NAME_INVALID"),
+        ("PUT", format!("/v2/{long_name}/manifests/v1"), &[], 400, "NAME_INVALID"),
+        ("PUT", format!("/v2/a/b/manifests/{long_tag}"), &[], 400, "TAG_INVALID"),
+        ("PUT", "/V2/a/b/manifests/v1".into(), &[], 404, "UNSUPPORTED"),
+        ("PUT", "/v2x/a/b/manifests/v1".into(), &[], 404, "UNSUPPORTED"),
+        ("PUT", "//v2/a/b/manifests/v1".into(), &[], 404, "UNSUPPORTED"),
+        ("PUT", "/v2/a/b/manifests/v1?foo=bar".into(), &[], 400, "UNSUPPORTED"),
+        (
+            "PUT",
+            format!("/v2/a/b/manifests/{d}?t%61g=v1"),
+            &[],
+            400,
+            "UNSUPPORTED",
+        ),
+        (
+            "PUT",
+            format!("/v2/a/b/manifests/{d}?tag=v%31"),
+            &[],
+            400,
+            "TAG_INVALID",
+        ),
+        (
+            "PUT",
+            format!("/v2/a/b/manifests/{d}?tag=v1;tag=v2"),
+            &[],
+            400,
+            "TAG_INVALID",
+        ),
+        ("POST", "/v2/a/b/manifests/v1".into(), &[], 405, "UNSUPPORTED"),
+        ("PATCH", "/v2/a/b/manifests/v1".into(), &[], 405, "UNSUPPORTED"),
+        (
+            "POST",
+            "/v2/a/b/manifests/v1".into(),
+            &[("X-HTTP-Method-Override", "PUT")],
+            400,
+            "UNSUPPORTED",
+        ),
+        (
+            "GET",
+            "/v2/a/b/manifests/v1".into(),
+            &[("X-Method-Override", "DELETE")],
+            400,
+            "UNSUPPORTED",
+        ),
+        ("DELETE", "/v2/a%2Fb/manifests/v1".into(), &[], 400, "NAME_INVALID"),
+        ("DELETE", "/v2/a/b/manifests/v1?x=y".into(), &[], 400, "UNSUPPORTED"),
+        (
+            "DELETE",
+            format!("/v2/a%2Fb/manifests/{}", env.pinned.digest()),
+            &[],
+            400,
+            "NAME_INVALID",
+        ),
+    ];
+    for (method, target, headers, status, code) in cases {
+        let mut h: Vec<(&str, &str)> = vec![("Content-Type", image::OCI_MANIFEST)];
+        h.extend_from_slice(headers);
+        let r = request(env.tagpin.addr, method, &target, &h, &env.other.manifest);
+        assert_eq!(
+            (r.status, r.oci_code().as_str()),
+            (status, code),
+            "{method} {target}: {}",
+            r.text()
+        );
+        env.assert_unmoved();
+    }
+    // Targets the HTTP parser itself rejects (backslash, raw non-ASCII) get a 400 too.
+    for target in ["/v2/a\\b/manifests/v1", "/v2/a/b/manifests/v\u{e9}"] {
+        let r = request(env.tagpin.addr, "PUT", target, &[], &env.other.manifest);
+        assert_eq!(r.status, 400, "{target}");
+        env.assert_unmoved();
+    }
+    // The manifest was never forwarded under any spelling.
+    let by_digest = request(
+        env.registry.addr,
+        "HEAD",
+        &format!("/v2/a/b/manifests/{d}"),
+        &[("Accept", image::ACCEPT_ALL)],
+        b"",
+    );
+    assert_eq!(by_digest.status, 404);
+}
+
+#[test]
+fn chunked_manifest_bodies_are_read_and_limited_like_any_other() {
+    let env = pinned_env(&["--max-manifest-bytes", "2048"]);
+    let chunked = |body: &[u8]| {
+        let mut out = Vec::new();
+        for part in body.chunks(100) {
+            out.extend_from_slice(format!("{:x}\r\n", part.len()).as_bytes());
+            out.extend_from_slice(part);
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"0\r\n\r\n");
+        out
+    };
+    let te = [("Content-Type", image::OCI_MANIFEST), ("Transfer-Encoding", "chunked")];
+    // Different content, chunked: decided on the exact bytes and refused.
+    let r = request(
+        env.tagpin.addr,
+        "PUT",
+        "/v2/a/b/manifests/v1",
+        &te,
+        &chunked(&env.other.manifest),
+    );
+    assert_eq!((r.status, r.oci_code().as_str()), (409, "DENIED"), "{}", r.text());
+    // The pinned content, chunked: an identical re-push.
+    let r = request(
+        env.tagpin.addr,
+        "PUT",
+        "/v2/a/b/manifests/v1",
+        &te,
+        &chunked(&env.pinned.manifest),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    // Over the limit, chunked and with a length: 413.
+    let mut big = env.other.manifest.clone();
+    big.extend(std::iter::repeat_n(b' ', 4096));
+    let r = request(env.tagpin.addr, "PUT", "/v2/a/b/manifests/v2", &te, &chunked(&big));
+    assert_eq!((r.status, r.oci_code().as_str()), (413, "SIZE_INVALID"), "{}", r.text());
+    let r = request(
+        env.tagpin.addr,
+        "PUT",
+        "/v2/a/b/manifests/v2",
+        &[("Content-Type", image::OCI_MANIFEST)],
+        &big,
+    );
+    assert_eq!((r.status, r.oci_code().as_str()), (413, "SIZE_INVALID"));
+    assert_eq!(upstream_digest(&env.registry, "a/b", "v2"), None);
+    env.assert_unmoved();
+}
+
+#[test]
+fn bad_bodies_headers_and_tag_lists_get_clear_errors() {
+    let env = pinned_env(&["--max-tags-per-push", "4"]);
+    let ct = [("Content-Type", image::OCI_MANIFEST)];
+    let r = request(env.tagpin.addr, "PUT", "/v2/a/b/manifests/v7", &ct, b"{not json");
+    assert_eq!((r.status, r.oci_code().as_str()), (400, "MANIFEST_INVALID"));
+    let d = env.other.digest();
+    let r = request(
+        env.tagpin.addr,
+        "PUT",
+        &format!("/v2/a/b/manifests/{d}?tag=a&tag=b&tag=c&tag=d&tag=e"),
+        &ct,
+        &env.other.manifest,
+    );
+    assert_eq!((r.status, r.oci_code().as_str()), (414, "UNSUPPORTED"));
+    let wrong = format!("sha256:{}", "1".repeat(64));
+    let r = request(
+        env.tagpin.addr,
+        "PUT",
+        &format!("/v2/a/b/manifests/{wrong}?tag=v9"),
+        &ct,
+        &env.other.manifest,
+    );
+    assert_eq!((r.status, r.oci_code().as_str()), (400, "DIGEST_INVALID"));
+    // A header block far beyond any registry client's is refused by the HTTP layer.
+    let huge = "x".repeat(512 * 1024);
+    let r = request(env.tagpin.addr, "GET", "/v2/", &[("X-Huge", &huge)], b"");
+    assert!(r.status == 431 || r.status == 400, "{}", r.status);
+    env.assert_unmoved();
+}
