@@ -8,6 +8,7 @@
     reason = "each test binary uses a different part of the harness"
 )]
 
+pub mod fake;
 pub mod http;
 pub mod image;
 pub mod procs;

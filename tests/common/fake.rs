@@ -1,0 +1,227 @@
+//! Misbehaving peers for failure tests: a scripted fake upstream, a relay that delays
+//! the upstream's answers, and a port nobody listens on. All on 127.0.0.1.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// What the fake upstream does with one request.
+pub enum Action {
+    /// A complete response.
+    Respond {
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+    },
+    /// Read the request and never answer.
+    Hang,
+    /// Send headers announcing `len` bytes, then `sent` of them, then stall forever.
+    StallBody { len: usize, sent: usize },
+    /// Send headers announcing `len` bytes, then `sent` of them, then close the connection.
+    CloseMidBody { len: usize, sent: usize },
+}
+
+impl Action {
+    pub fn status(status: u16) -> Self {
+        Self::Respond {
+            status,
+            headers: vec![],
+            body: vec![],
+        }
+    }
+
+    pub fn with_header(status: u16, name: &str, value: &str) -> Self {
+        Self::Respond {
+            status,
+            headers: vec![(name.into(), value.into())],
+            body: vec![],
+        }
+    }
+}
+
+/// A request the fake upstream received.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub target: String,
+}
+
+type Script = dyn Fn(&str, &str) -> Action + Send + Sync;
+
+/// An HTTP/1.1 server that answers each request as `script(method, target)` says, with
+/// keep-alive, and records every request.
+pub struct FakeUpstream {
+    pub addr: SocketAddr,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl FakeUpstream {
+    pub fn start(script: impl Fn(&str, &str) -> Action + Send + Sync + 'static) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let script: Arc<Script> = Arc::new(script);
+        let (seen2, stop2) = (Arc::clone(&seen), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if stop2.load(Ordering::Relaxed) {
+                    return;
+                }
+                let Ok(conn) = conn else { continue };
+                let (script, seen, stop) = (Arc::clone(&script), Arc::clone(&seen2), Arc::clone(&stop2));
+                std::thread::spawn(move || serve_conn(conn, &*script, &seen, &stop));
+            }
+        });
+        Self { addr, seen, stop }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn requests(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+impl Drop for FakeUpstream {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = TcpStream::connect(self.addr);
+    }
+}
+
+fn serve_conn(conn: TcpStream, script: &Script, seen: &Mutex<Vec<Seen>>, stop: &AtomicBool) {
+    let mut reader = BufReader::new(conn.try_clone().unwrap());
+    let mut out = conn;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let mut parts = line.split_whitespace();
+        let (method, target) = (
+            parts.next().unwrap_or("").to_owned(),
+            parts.next().unwrap_or("").to_owned(),
+        );
+        let mut len = 0usize;
+        loop {
+            let mut h = String::new();
+            if reader.read_line(&mut h).unwrap_or(0) == 0 {
+                return;
+            }
+            if h == "\r\n" {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                if k.eq_ignore_ascii_case("content-length") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+            }
+        }
+        let mut body = vec![0; len];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        seen.lock().unwrap().push(Seen {
+            method: method.clone(),
+            target: target.clone(),
+        });
+        match script(&method, &target) {
+            Action::Respond { status, headers, body } => {
+                let mut head = format!("HTTP/1.1 {status} X\r\nContent-Length: {}\r\n", body.len());
+                for (k, v) in headers {
+                    head.push_str(&format!("{k}: {v}\r\n"));
+                }
+                head.push_str("\r\n");
+                if out
+                    .write_all(head.as_bytes())
+                    .and_then(|_| out.write_all(&body))
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            Action::Hang => hang(stop),
+            Action::StallBody { len, sent } => {
+                let _ = out.write_all(format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\n\r\n").as_bytes());
+                let _ = out.write_all(&vec![b'x'; sent]);
+                hang(stop);
+                return;
+            }
+            Action::CloseMidBody { len, sent } => {
+                let _ = out.write_all(format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\n\r\n").as_bytes());
+                let _ = out.write_all(&vec![b'x'; sent]);
+                return;
+            }
+        }
+    }
+}
+
+/// Block until the fake is dropped (bounded, so a forgotten fake cannot outlive a test run).
+fn hang(stop: &AtomicBool) {
+    for _ in 0..600 {
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A 127.0.0.1 port with no listener: connections are refused.
+pub fn refused_port() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// A TCP relay to `target` that holds back every chunk the target sends by `delay`:
+/// the upstream has already acted on a request while tagpin is still waiting for the
+/// answer, which opens the window between "upstream accepted" and "pin written".
+pub struct LaggyRelay {
+    pub addr: SocketAddr,
+}
+
+impl LaggyRelay {
+    pub fn start(target: SocketAddr, delay: Duration) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                let Ok(server) = TcpStream::connect(target) else {
+                    continue;
+                };
+                let (mut c_read, mut s_write) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut c_read, &mut s_write);
+                    let _ = s_write.shutdown(std::net::Shutdown::Write);
+                });
+                let (mut s_read, mut c_write) = (server, client);
+                std::thread::spawn(move || {
+                    let mut buf = vec![0; 64 * 1024];
+                    loop {
+                        match s_read.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => {
+                                std::thread::sleep(delay);
+                                if c_write.write_all(&buf[..n]).is_err() {
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    let _ = c_write.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        });
+        Self { addr }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
