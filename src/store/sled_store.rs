@@ -33,10 +33,16 @@ impl SledStore {
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::Unavailable(format!("cannot create data dir {}: {e}", dir.display())))?;
-        let db = sled::Config::new()
-            .path(dir.join("pins.sled"))
-            .open()
-            .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", dir.display())))?;
+        let path = dir.join("pins.sled");
+        // sled reports most damage as an error, but some corrupt files make it panic while
+        // recovering; either way the store is unusable and tagpin must fail closed.
+        let opened = std::panic::catch_unwind(|| sled::Config::new().path(&path).open()).map_err(|_| {
+            StoreError::Unavailable(format!(
+                "cannot open {}: sled panicked while recovering it",
+                dir.display()
+            ))
+        })?;
+        let db = opened.map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", dir.display())))?;
         let pins = db.open_tree("pins").map_err(io)?;
         let by_digest = db.open_tree("by_digest").map_err(io)?;
         Ok(Self { db, pins, by_digest })

@@ -1,0 +1,194 @@
+//! A failing pin store: tagpin must refuse every write it cannot decide safely (503) and
+//! keep serving reads. Runtime failures use an in-process tagpin with a store that fails
+//! on demand; start-up failures use the binary on a broken data dir.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use common::*;
+use tagpin::config::RawConfig;
+use tagpin::oci::{Digest, Repository, Tag};
+use tagpin::store::{Pin, PinStore, SledStore, StoreError};
+
+/// A real store with switches that make reads or writes fail.
+struct FlakyStore {
+    inner: SledStore,
+    fail_reads: AtomicBool,
+    fail_writes: AtomicBool,
+}
+
+impl FlakyStore {
+    fn check(&self, flag: &AtomicBool) -> Result<(), StoreError> {
+        if flag.load(Ordering::SeqCst) {
+            Err(StoreError::Io("injected failure: /secret/internal/path".into()))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl PinStore for FlakyStore {
+    fn get(&self, r: &Repository, t: &Tag) -> Result<Option<Pin>, StoreError> {
+        self.check(&self.fail_reads)?;
+        self.inner.get(r, t)
+    }
+    fn pin_if_absent(&self, r: &Repository, p: &[(Tag, Pin)]) -> Result<Vec<Pin>, StoreError> {
+        self.check(&self.fail_writes)?;
+        self.inner.pin_if_absent(r, p)
+    }
+    fn tags_pinned_to(&self, r: &Repository, d: &Digest) -> Result<Vec<Tag>, StoreError> {
+        self.check(&self.fail_reads)?;
+        self.inner.tags_pinned_to(r, d)
+    }
+    fn check(&self) -> Result<(), StoreError> {
+        self.check(&self.fail_reads)?;
+        self.check(&self.fail_writes)?;
+        PinStore::check(&self.inner)
+    }
+}
+
+/// tagpin in this process, in front of `upstream`, on its own runtime thread.
+fn in_process(upstream: &str, store: Arc<FlakyStore>) -> SocketAddr {
+    let raw = RawConfig {
+        upstream: Some(upstream.to_owned()),
+        ..RawConfig::default()
+    };
+    let app = Arc::new(tagpin::App::with_store(raw.validate().unwrap(), store).unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send(listener.local_addr().unwrap()).unwrap();
+            tagpin::server::serve(app, listener, std::future::pending()).await;
+        });
+    });
+    rx.recv().unwrap()
+}
+
+fn flaky(dir: &std::path::Path) -> Arc<FlakyStore> {
+    Arc::new(FlakyStore {
+        inner: SledStore::open(dir).unwrap(),
+        fail_reads: AtomicBool::new(false),
+        fail_writes: AtomicBool::new(false),
+    })
+}
+
+#[test]
+fn when_the_store_cannot_be_read_writes_are_refused_and_reads_flow() {
+    let registry = Registry::start();
+    let dir = tempfile::tempdir().unwrap();
+    let store = flaky(dir.path());
+    let addr = in_process(&registry.url(), Arc::clone(&store));
+    let a = Image::random(300, 1000);
+    a.push_blobs(addr, "s", "");
+    assert_eq!(a.put_manifest(addr, "s", "v1", "").status, 201);
+
+    store.fail_reads.store(true, Ordering::SeqCst);
+    let b = a.variant("b");
+    for (target, tag) in [("v1", "v1"), ("v2", "v2")] {
+        let r = b.put_manifest(addr, "s", target, "");
+        assert_eq!((r.status, r.oci_code().as_str()), (503, "UNAVAILABLE"), "{}", r.text());
+        assert!(!r.text().contains("/secret/internal/path"), "5xx body leaks internals");
+        let want = (tag == "v1").then(|| a.digest());
+        assert_eq!(upstream_digest(&registry, "s", tag), want);
+    }
+    let del = request(addr, "DELETE", &format!("/v2/s/manifests/{}", a.digest()), &[], b"");
+    assert_eq!(del.status, 503);
+    // Deleting a protected tag needs no store to be refused.
+    assert_eq!(request(addr, "DELETE", "/v2/s/manifests/v1", &[], b"").status, 409);
+    // Reads keep flowing.
+    let get = request(addr, "GET", "/v2/s/manifests/v1", &[("Accept", image::ACCEPT_ALL)], b"");
+    assert_eq!((get.status, get.body.clone()), (200, a.manifest.clone()));
+    assert_eq!(
+        request(
+            addr,
+            "GET",
+            &format!("/v2/s/blobs/{}", image::sha256(&a.layer)),
+            &[],
+            b""
+        )
+        .status,
+        200
+    );
+    let ready = request(addr, "GET", "/readyz", &[], b"");
+    assert_eq!(
+        (ready.status, ready.json()["store"].as_str()),
+        (503, Some("unavailable"))
+    );
+
+    store.fail_reads.store(false, Ordering::SeqCst);
+    assert_eq!(request(addr, "GET", "/readyz", &[], b"").status, 200);
+    assert_eq!(b.put_manifest(addr, "s", "v1", "").status, 409);
+}
+
+#[test]
+fn a_pin_write_that_fails_after_the_upstream_accepted_is_recovered_by_adoption() {
+    let registry = Registry::start();
+    let dir = tempfile::tempdir().unwrap();
+    let store = flaky(dir.path());
+    let addr = in_process(&registry.url(), Arc::clone(&store));
+    let a = Image::random(301, 1000);
+    a.push_blobs(addr, "w", "");
+
+    store.fail_writes.store(true, Ordering::SeqCst);
+    let r = a.put_manifest(addr, "w", "v1", "");
+    assert_eq!((r.status, r.oci_code().as_str()), (503, "UNAVAILABLE"));
+    assert_eq!(
+        upstream_digest(&registry, "w", "v1"),
+        Some(a.digest()),
+        "the upstream took it"
+    );
+    // While writes fail, a new digest cannot take the tag either: the check adopts, and
+    // adopting needs a write.
+    assert_eq!(a.variant("b").put_manifest(addr, "w", "v1", "").status, 503);
+
+    store.fail_writes.store(false, Ordering::SeqCst);
+    let r = a.variant("b").put_manifest(addr, "w", "v1", "");
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert_eq!(r.json()["errors"][0]["detail"]["pinned_digest"], a.digest());
+    assert_eq!(a.put_manifest(addr, "w", "v1", "").status, 201);
+}
+
+#[test]
+fn an_unusable_data_dir_at_start_fails_closed() {
+    let registry = Registry::start();
+    let a = Image::random(302, 100);
+    a.push_blobs(registry.addr, "u", "");
+    assert_eq!(a.put_manifest(registry.addr, "u", "v1", "").status, 201);
+
+    // A data dir that is a regular file, and a store whose config file is garbage.
+    let not_a_dir = tempfile::NamedTempFile::new().unwrap();
+    let corrupt = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(corrupt.path().join("pins.sled")).unwrap();
+    std::fs::write(corrupt.path().join("pins.sled/conf"), b"\x93\x11garbage\x00\xff").unwrap();
+    std::fs::write(corrupt.path().join("pins.sled/db"), vec![0xA5u8; 4096]).unwrap();
+
+    for dir in [not_a_dir.path(), corrupt.path()] {
+        let t = Tagpin::start(&registry.url(), dir, &[]);
+        assert!(
+            t.logs().iter().any(|l| l.contains("pin store unavailable")),
+            "{:?}",
+            t.logs()
+        );
+        let ready = request(t.addr, "GET", "/readyz", &[], b"");
+        assert_eq!(
+            (ready.status, ready.json()["store"].as_str()),
+            (503, Some("unavailable"))
+        );
+        let r = a.variant("x").put_manifest(t.addr, "u", "v2", "");
+        assert_eq!((r.status, r.oci_code().as_str()), (503, "UNAVAILABLE"));
+        assert_eq!(upstream_digest(&registry, "u", "v2"), None);
+        let get = request(
+            t.addr,
+            "GET",
+            "/v2/u/manifests/v1",
+            &[("Accept", image::ACCEPT_ALL)],
+            b"",
+        );
+        assert_eq!(get.status, 200);
+    }
+}
