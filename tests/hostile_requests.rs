@@ -59,6 +59,9 @@ fn the_upstream_really_decodes_encoded_paths() {
     assert_eq!(upstream_digest(&registry, "a/b", "v1"), Some(img.digest()));
 }
 
+/// Method, target, extra headers, expected status and OCI code.
+type Case = (&'static str, String, &'static [(&'static str, &'static str)], u16, &'static str);
+
 #[test]
 fn hostile_manifest_paths_are_refused_and_never_forwarded() {
     let env = pinned_env(&[]);
@@ -66,7 +69,7 @@ fn hostile_manifest_paths_are_refused_and_never_forwarded() {
     let up = env.registry.addr;
     let long_name = "a".repeat(256);
     let long_tag = "t".repeat(129);
-    let cases: Vec<(&str, String, &[(&str, &str)], u16, &str)> = vec![
+    let cases: Vec<Case> = vec![
         ("PUT", "/v2/a%2Fb/manifests/v1".into(), &[], 400, "NAME_INVALID"),
         ("PUT", "/v2/a%2fb/manifests/v1".into(), &[], 400, "NAME_INVALID"),
         ("PUT", "/v2/%61/b/manifests/v1".into(), &[], 400, "NAME_INVALID"),
