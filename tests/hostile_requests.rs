@@ -60,7 +60,13 @@ fn the_upstream_really_decodes_encoded_paths() {
 }
 
 /// Method, target, extra headers, expected status and OCI code.
-type Case = (&'static str, String, &'static [(&'static str, &'static str)], u16, &'static str);
+type Case = (
+    &'static str,
+    String,
+    &'static [(&'static str, &'static str)],
+    u16,
+    &'static str,
+);
 
 #[test]
 fn hostile_manifest_paths_are_refused_and_never_forwarded() {

@@ -36,8 +36,20 @@ impl Resp {
 
 /// Send one request on a fresh connection (`Connection: close`) and read the response.
 pub fn request(addr: SocketAddr, method: &str, target: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
-    let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    try_request(addr, method, target, headers, body).unwrap_or_else(|e| panic!("{method} {target}: {e}"))
+}
+
+/// Like [`request`], for tests where the server may die mid-request.
+pub fn try_request(
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<Resp, String> {
+    let mut s = TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(120)))
+        .map_err(|e| e.to_string())?;
     let mut head = format!("{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     let mut has_len = false;
     for (k, v) in headers {
@@ -51,17 +63,13 @@ pub fn request(addr: SocketAddr, method: &str, target: &str, headers: &[(&str, &
         head.push_str(&format!("Content-Length: {}\r\n", body.len()));
     }
     head.push_str("\r\n");
-    s.write_all(head.as_bytes()).unwrap();
-    s.write_all(body).unwrap();
+    s.write_all(head.as_bytes()).map_err(|e| format!("send: {e}"))?;
+    // The server may answer (and close) before reading a body it refuses.
+    let _ = s.write_all(body);
     let mut raw = Vec::new();
     // A server may close early (e.g. a refused oversized body): read what arrived.
     let _ = s.read_to_end(&mut raw);
-    parse(&raw, method == "HEAD").unwrap_or_else(|| {
-        panic!(
-            "unparseable response to {method} {target}: {:?}",
-            String::from_utf8_lossy(&raw)
-        )
-    })
+    parse(&raw, method == "HEAD").ok_or_else(|| format!("unparseable response: {:?}", String::from_utf8_lossy(&raw)))
 }
 
 fn parse(raw: &[u8], head_only: bool) -> Option<Resp> {

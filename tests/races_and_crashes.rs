@@ -1,0 +1,293 @@
+//! The guarantee under concurrency and crashes: through tagpin, a protected tag never
+//! ends up on a digest other than its pin, and no pin is lost.
+//!
+//! Round counts are bounded for CI; `TAGPIN_STRESS_ROUNDS` and `TAGPIN_CRASH_ROUNDS` raise
+//! them for a soak run.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::Barrier;
+use std::time::{Duration, Instant};
+
+use common::fake::LaggyRelay;
+use common::*;
+
+fn rounds(var: &str, default: usize) -> usize {
+    std::env::var(var).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// A small deterministic generator, so a failing run can be replayed.
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self, below: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 33) % below
+    }
+}
+
+#[test]
+fn racing_pushes_of_different_digests_have_exactly_one_winner_every_round() {
+    const PUSHERS: usize = 16;
+    let registry = Registry::start();
+    let data = tempfile::tempdir().unwrap();
+    let tagpin = Tagpin::start(&registry.url(), data.path(), &[]);
+    let base = Image::random(400, 256);
+    base.push_blobs(tagpin.addr, "race", "");
+    let variants: Vec<Image> = (0..PUSHERS).map(|i| base.variant(&format!("pusher-{i}"))).collect();
+    let addr = tagpin.addr;
+    for round in 0..rounds("TAGPIN_STRESS_ROUNDS", 200) {
+        let tag = format!("r{round}");
+        let barrier = Barrier::new(PUSHERS);
+        let results: Vec<(u16, String)> = std::thread::scope(|s| {
+            let handles: Vec<_> = variants
+                .iter()
+                .map(|v| {
+                    let (tag, barrier) = (&tag, &barrier);
+                    s.spawn(move || {
+                        barrier.wait();
+                        (v.put_manifest(addr, "race", tag, "").status, v.digest())
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let winners: Vec<&String> = results.iter().filter(|(s, _)| *s == 201).map(|(_, d)| d).collect();
+        assert_eq!(winners.len(), 1, "round {round}: {results:?}");
+        assert!(
+            results.iter().all(|(s, _)| *s == 201 || *s == 409),
+            "round {round}: {results:?}"
+        );
+        assert_eq!(
+            upstream_digest(&registry, "race", &tag).as_ref(),
+            Some(winners[0]),
+            "round {round}"
+        );
+    }
+}
+
+#[test]
+fn a_push_racing_a_delete_of_its_digest_never_leaves_the_tag_dangling() {
+    let registry = Registry::start();
+    let data = tempfile::tempdir().unwrap();
+    let tagpin = Tagpin::start(&registry.url(), data.path(), &[]);
+    let base = Image::random(401, 256);
+    base.push_blobs(tagpin.addr, "pd", "");
+    let addr = tagpin.addr;
+    for round in 0..rounds("TAGPIN_STRESS_ROUNDS", 200) / 4 {
+        let img = base.variant(&format!("pd-{round}"));
+        let digest = img.digest();
+        assert_eq!(img.put_manifest(addr, "pd", &digest, "").status, 201);
+        let tag = format!("t{round}");
+        let barrier = Barrier::new(2);
+        let (push, delete) = std::thread::scope(|s| {
+            let p = s.spawn(|| {
+                barrier.wait();
+                img.put_manifest(addr, "pd", &tag, "").status
+            });
+            let d = s.spawn(|| {
+                barrier.wait();
+                request(addr, "DELETE", &format!("/v2/pd/manifests/{digest}"), &[], b"").status
+            });
+            (p.join().unwrap(), d.join().unwrap())
+        });
+        assert_eq!(push, 201, "round {round}: the push itself is always allowed");
+        assert!(delete == 202 || delete == 409, "round {round}: delete {delete}");
+        // Whatever the order, the pinned tag holds its digest at the upstream.
+        assert_eq!(
+            upstream_digest(&registry, "pd", &tag),
+            Some(digest.clone()),
+            "round {round} (delete {delete})"
+        );
+    }
+}
+
+#[test]
+fn a_tag_query_push_racing_a_push_by_tag_has_one_winner() {
+    let registry = Registry::start();
+    let data = tempfile::tempdir().unwrap();
+    let tagpin = Tagpin::start(&registry.url(), data.path(), &[]);
+    let base = Image::random(402, 256);
+    base.push_blobs(tagpin.addr, "qt", "");
+    let addr = tagpin.addr;
+    for round in 0..rounds("TAGPIN_STRESS_ROUNDS", 200) / 4 {
+        let (a, b) = (base.variant(&format!("a{round}")), base.variant(&format!("b{round}")));
+        let tag = format!("t{round}");
+        let barrier = Barrier::new(2);
+        let (by_tag, by_query) = std::thread::scope(|s| {
+            let p = s.spawn(|| {
+                barrier.wait();
+                a.put_manifest(addr, "qt", &tag, "").status
+            });
+            let q = s.spawn(|| {
+                barrier.wait();
+                b.put_manifest(addr, "qt", &format!("{}?tag={tag}", b.digest()), "")
+                    .status
+            });
+            (p.join().unwrap(), q.join().unwrap())
+        });
+        let mut statuses = [by_tag, by_query];
+        statuses.sort();
+        assert_eq!(statuses, [201, 409], "round {round}");
+        let at_upstream = upstream_digest(&registry, "qt", &tag);
+        if by_tag == 201 {
+            assert_eq!(at_upstream, Some(a.digest()), "round {round}");
+        } else {
+            // distribution 2.8 predates `?tag=` and ignores it, so the winner's tag may
+            // be absent upstream; the loser's content must never be there.
+            assert_ne!(at_upstream, Some(a.digest()), "round {round}");
+            assert_eq!(
+                a.put_manifest(addr, "qt", &tag, "").status,
+                409,
+                "round {round}: pinned to b"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_crash_after_the_upstream_accepted_but_before_the_pin_is_recovered_by_adoption() {
+    let registry = Registry::start();
+    let relay = LaggyRelay::start(registry.addr, Duration::from_millis(1500));
+    let data = tempfile::tempdir().unwrap();
+    let a = Image::random(403, 256);
+    a.push_blobs(registry.addr, "win", "");
+    let mut tagpin = Tagpin::start(&relay.url(), data.path(), &[]);
+    let addr = tagpin.addr;
+    let pusher = std::thread::spawn({
+        let a = a.clone();
+        move || {
+            try_request(
+                addr,
+                "PUT",
+                "/v2/win/manifests/v1",
+                &[("Content-Type", image::OCI_MANIFEST)],
+                &a.manifest,
+            )
+        }
+    });
+    // Wait until the upstream holds the tag, while tagpin still waits for the answer.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while upstream_digest(&registry, "win", "v1").is_none() {
+        assert!(Instant::now() < deadline, "the push never reached the upstream");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    tagpin.kill();
+    let answer = pusher.join().unwrap();
+    assert!(
+        answer.as_ref().map_or(true, |r| r.status != 201),
+        "no 201 can have been sent: {answer:?}"
+    );
+
+    let tagpin = Tagpin::start(&registry.url(), data.path(), &[]);
+    let r = a.variant("b").put_manifest(tagpin.addr, "win", "v1", "");
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert_eq!(r.json()["errors"][0]["detail"]["pinned_digest"], a.digest());
+    tagpin.wait_for_audit(|e| e["action"] == "pin_adopted" && e["tag"] == "v1");
+    assert_eq!(upstream_digest(&registry, "win", "v1"), Some(a.digest()));
+}
+
+#[test]
+fn sigkill_at_random_moments_never_moves_a_tag_or_loses_a_pin() {
+    const TAGS: usize = 4;
+    const PUSHERS: usize = 6;
+    let registry = Registry::start();
+    // Holding back the upstream's answers widens the window between "accepted upstream"
+    // and "pin written", so random kills land in it often.
+    let relay = LaggyRelay::start(registry.addr, Duration::from_millis(15));
+    let data = tempfile::tempdir().unwrap();
+    let base = Image::random(404, 256);
+    base.push_blobs(registry.addr, "crash", "");
+    let mut rng = Lcg(0x7a61_7069_6e);
+    let mut first_seen: HashMap<String, String> = HashMap::new();
+    let mut accepted: Vec<(String, String)> = Vec::new();
+    let mut cut_off = 0;
+    for round in 0..rounds("TAGPIN_CRASH_ROUNDS", 25) {
+        let mut tagpin = Tagpin::start(&relay.url(), data.path(), &[]);
+        let addr = tagpin.addr;
+        let jobs: Vec<(String, Image)> = (0..PUSHERS)
+            .map(|i| {
+                // Half the pushes contest long-lived tags, half fresh ones of this round.
+                let k = rng.next(TAGS as u64);
+                let tag = if rng.next(2) == 0 {
+                    format!("t{k}")
+                } else {
+                    format!("r{round}-{}", k % 2)
+                };
+                (tag, base.variant(&format!("r{round}-p{i}")))
+            })
+            .collect();
+        let kill_after = Duration::from_millis(rng.next(80));
+        let results: Vec<(String, String, Option<u16>)> = std::thread::scope(|s| {
+            let handles: Vec<_> = jobs
+                .iter()
+                .map(|(tag, img)| {
+                    s.spawn(move || {
+                        let r = try_request(
+                            addr,
+                            "PUT",
+                            &format!("/v2/crash/manifests/{tag}"),
+                            &[("Content-Type", image::OCI_MANIFEST)],
+                            &img.manifest,
+                        );
+                        (tag.clone(), img.digest(), r.ok().map(|r| r.status))
+                    })
+                })
+                .collect();
+            std::thread::sleep(kill_after);
+            tagpin.kill();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for (tag, digest, status) in results {
+            assert!(
+                matches!(status, None | Some(201) | Some(409)),
+                "round {round}: {status:?}"
+            );
+            match status {
+                Some(201) => accepted.push((tag, digest)),
+                None => cut_off += 1,
+                _ => {}
+            }
+        }
+        // A tag, once at the upstream, never changes.
+        let tags = (0..TAGS)
+            .map(|t| format!("t{t}"))
+            .chain((0..=round).flat_map(|r| [format!("r{r}-0"), format!("r{r}-1")]));
+        for tag in tags {
+            if let Some(now) = upstream_digest(&registry, "crash", &tag) {
+                let first = first_seen.entry(tag.clone()).or_insert_with(|| now.clone());
+                assert_eq!(&now, first, "round {round}: {tag} moved");
+            }
+        }
+    }
+    eprintln!(
+        "{} pushes answered 201, {cut_off} cut off by a kill, {} tags at the upstream",
+        accepted.len(),
+        first_seen.len()
+    );
+    // Every 201 was for the digest the tag holds.
+    for (tag, digest) in &accepted {
+        assert_eq!(
+            first_seen.get(tag),
+            Some(digest),
+            "a 201 for {tag} does not match the upstream"
+        );
+    }
+    // Every tag the upstream holds is pinned, or adopted on first touch, to that digest.
+    let tagpin = Tagpin::start(&registry.url(), data.path(), &[]);
+    for (tag, digest) in &first_seen {
+        let r = base
+            .variant("after-the-crashes")
+            .put_manifest(tagpin.addr, "crash", tag, "");
+        assert_eq!(r.status, 409, "{tag}: {}", r.text());
+        assert_eq!(&r.json()["errors"][0]["detail"]["pinned_digest"], digest);
+    }
+    assert!(
+        !first_seen.is_empty(),
+        "no push ever reached the upstream: the test exercised nothing"
+    );
+}
