@@ -202,7 +202,7 @@ fn sigkill_at_random_moments_never_moves_a_tag_or_loses_a_pin() {
     let data = tempfile::tempdir().unwrap();
     let base = Image::random(404, 256);
     base.push_blobs(registry.addr, "crash", "");
-    let mut rng = Lcg(0x7a61_7069_6e);
+    let mut rng = Lcg(0x007a_6170_696e);
     let mut first_seen: HashMap<String, String> = HashMap::new();
     let mut accepted: Vec<(String, String)> = Vec::new();
     let mut cut_off = 0;

@@ -188,6 +188,10 @@ impl Tagpin {
         }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("tagpin stopped").id()
+    }
+
     pub fn host(&self) -> String {
         self.addr.to_string()
     }
