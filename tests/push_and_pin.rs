@@ -240,6 +240,31 @@ fn deleting_a_protected_tag_or_its_pinned_digest_is_refused() {
 }
 
 #[test]
+fn deleting_the_digest_of_a_tag_that_predates_tagpin_is_refused() {
+    let env = Env::new(&[]);
+    let old = Image::random(18, 500);
+    old.push_blobs(env.registry.addr, "pre", "");
+    assert_eq!(old.put_manifest(env.registry.addr, "pre", "1.0", "").status, 201);
+    // More tags of the repository, all adopted before the delete is decided.
+    for t in ["1.1", "1.2", "1.3"] {
+        assert_eq!(old.variant(t).put_manifest(env.registry.addr, "pre", t, "").status, 201);
+    }
+    let del = request(
+        env.tagpin.addr,
+        "DELETE",
+        &format!("/v2/pre/manifests/{}", old.digest()),
+        &[],
+        b"",
+    );
+    assert_eq!((del.status, del.oci_code().as_str()), (409, "DENIED"), "{}", del.text());
+    assert_eq!(upstream_digest(&env.registry, "pre", "1.0"), Some(old.digest()));
+    env.tagpin
+        .wait_for_audit(|e| e["action"] == "pin_adopted" && e["tag"] == "1.0");
+    env.tagpin
+        .wait_for_audit(|e| e["action"] == "pin_adopted" && e["tag"] == "1.3");
+}
+
+#[test]
 fn tag_query_pushes_are_checked() {
     let env = Env::new(&[]);
     let a = Image::random(9, 1000);

@@ -3,7 +3,8 @@
 //! Deleting a protected tag is always refused: a pin is a tombstone, so even a tag that
 //! is gone at the upstream may not be deleted (or later re-pointed) through tagpin.
 //! Deleting by digest is refused while a protected tag of the repository is pinned to
-//! that digest; the repository lock keeps a push from pinning it mid-delete.
+//! that digest; tags the upstream holds but tagpin has not seen are adopted first, and
+//! the repository lock keeps a push from pinning the digest mid-delete.
 
 use http::request::Parts;
 use http::Response;
@@ -49,6 +50,16 @@ pub async fn manifest_delete(
         }
         Reference::Digest(digest) => {
             let _guard = app.locks.digest_delete(&repo).await;
+            // Tags that predate tagpin are adopted first: deleting their manifest would
+            // take the tag away as surely as moving it.
+            if let Err(challenge) = super::pins::adopt_repository(app, &repo, &parts.headers, who).await? {
+                let origin = crate::upstream::headers::client_origin(
+                    app.config.public_url.as_ref(),
+                    &parts.headers,
+                    super::CLIENT_PROTO,
+                );
+                return Ok(super::to_client(app, challenge, origin.as_deref()));
+            }
             let (r, d) = (repo.clone(), digest.clone());
             let tags = app.store_call(move |s| s.tags_pinned_to(&r, &d)).await?;
             let protected: Vec<_> = tags

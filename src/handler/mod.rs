@@ -5,6 +5,7 @@
 //! deletes that touch a protected tag stop for a decision (`push`, `delete`).
 
 mod delete;
+mod pins;
 mod push;
 
 use std::net::SocketAddr;

@@ -13,8 +13,7 @@
 //! the store; step 2 adopts it on the next touch, so no window lets another digest in.
 
 use http::request::Parts;
-use http::{header, HeaderMap, Response};
-use hyper::body::Incoming;
+use http::{header, Response};
 
 use super::{to_client, upstream_request, CLIENT_PROTO};
 use crate::app::App;
@@ -25,7 +24,7 @@ use crate::oci::{Digest, Reference, Repository, Tag};
 use crate::policy::{self, Refusal, Verdict};
 use crate::store::{Pin, PinSource};
 use crate::telemetry::{AuditAction, AuditEvent, Requester};
-use crate::upstream::{headers, TagAtUpstream, UpstreamError};
+use crate::upstream::{headers, UpstreamError};
 
 /// What the route said about the push.
 pub struct Push {
@@ -77,7 +76,7 @@ pub async fn manifest_put(
     let _guard = app.locks.push(&repo, &protected).await;
     let mut current = Vec::with_capacity(protected.len());
     for tag in &protected {
-        match pin_in_force(app, &repo, tag, &parts.headers, who).await? {
+        match super::pins::pin_in_force(app, &repo, tag, &parts.headers, who).await? {
             Ok(pinned) => current.push((tag.clone(), pinned)),
             Err(challenge) => return Ok(to_client(app, challenge, origin.as_deref())),
         }
@@ -154,39 +153,6 @@ pub async fn manifest_put(
         audit(action, who, &repo, tag, Some(&attempted), &attempted);
     }
     Ok(to_client(app, resp, origin.as_deref()))
-}
-
-/// The digest `tag` is pinned to, adopting the upstream's current digest when the store
-/// has none; `Err(response)` when the upstream wants credentials for the check.
-async fn pin_in_force(
-    app: &App,
-    repo: &Repository,
-    tag: &Tag,
-    headers: &HeaderMap,
-    who: &Requester,
-) -> Result<Result<Option<Digest>, Response<Incoming>>, ProxyError> {
-    let (r, t) = (repo.clone(), tag.clone());
-    if let Some(pin) = app.store_call(move |s| s.get(&r, &t)).await? {
-        return Ok(Ok(Some(pin.digest)));
-    }
-    match app
-        .upstream
-        .tag_digest(repo, tag, headers.get(header::AUTHORIZATION))
-        .await?
-    {
-        TagAtUpstream::Absent => Ok(Ok(None)),
-        TagAtUpstream::Challenge(resp) => Ok(Err(resp)),
-        TagAtUpstream::Present(digest) => {
-            let (r, entry) = (
-                repo.clone(),
-                vec![(tag.clone(), Pin::now(digest.clone(), PinSource::Adopted))],
-            );
-            let in_force = app.store_call(move |s| s.pin_if_absent(&r, &entry)).await?;
-            let pinned = in_force.into_iter().next().map(|p| p.digest).unwrap_or(digest);
-            audit(AuditAction::PinAdopted, who, repo, tag, Some(&pinned), &pinned);
-            Ok(Ok(Some(pinned)))
-        }
-    }
 }
 
 fn audit(

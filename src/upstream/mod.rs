@@ -61,6 +61,17 @@ pub enum TagAtUpstream {
     Challenge(Response<Incoming>),
 }
 
+/// The tags of a repository at the upstream.
+pub enum TagList {
+    Tags(Vec<Tag>),
+    /// The upstream wants (other) credentials; handed to the client as is.
+    Challenge(Response<Incoming>),
+}
+
+/// At most this many pages are followed when listing tags; a registry that paginates
+/// beyond it is treated as failing (fail closed).
+const MAX_TAG_PAGES: usize = 10_000;
+
 pub struct Upstream {
     client: Client<HttpsConnector<HttpConnector>, Body>,
     origin: Origin,
@@ -164,6 +175,64 @@ impl Upstream {
         }
     }
 
+    /// Every tag of `repo` (end-8a, following `Link: <…>; rel="next"` pages), with the
+    /// client's credentials. A repository the upstream does not know has no tags. Tags
+    /// outside the grammar cannot be pushed through tagpin and are skipped.
+    pub async fn list_tags(
+        &self,
+        repo: &Repository,
+        authorization: Option<&HeaderValue>,
+    ) -> Result<TagList, UpstreamError> {
+        let mut next = Some(format!("/v2/{repo}/tags/list"));
+        let mut tags = Vec::new();
+        let mut pages = 0;
+        while let Some(target) = next.take() {
+            pages += 1;
+            if pages > MAX_TAG_PAGES {
+                return Err(UpstreamError::Transport(format!(
+                    "tag list of {repo} exceeds {MAX_TAG_PAGES} pages"
+                )));
+            }
+            let mut req = Request::builder()
+                .uri(self.uri_for(&target))
+                .header(header::USER_AGENT, concat!("tagpin/", env!("CARGO_PKG_VERSION")));
+            if let Some(auth) = authorization {
+                req = req.header(header::AUTHORIZATION, auth);
+            }
+            let resp = self
+                .send(req.body(body::empty()).expect("static request parts are valid"))
+                .await?;
+            match resp.status() {
+                StatusCode::OK => {}
+                StatusCode::NOT_FOUND => return Ok(TagList::Tags(tags)),
+                StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => return Ok(TagList::Challenge(resp)),
+                status => {
+                    return Err(UpstreamError::Transport(format!(
+                        "tag list of {repo} answered {status}"
+                    )))
+                }
+            }
+            next = resp
+                .headers()
+                .get(header::LINK)
+                .and_then(|v| v.to_str().ok())
+                .and_then(next_link)
+                .map(str::to_owned);
+            let bytes = http_body_util::BodyExt::collect(resp.into_body())
+                .await
+                .map_err(|e| UpstreamError::Transport(error_chain(&e)))?
+                .to_bytes();
+            #[derive(serde::Deserialize)]
+            struct Page {
+                tags: Option<Vec<String>>,
+            }
+            let page: Page = serde_json::from_slice(&bytes)
+                .map_err(|e| UpstreamError::Transport(format!("tag list of {repo} is not valid JSON: {e}")))?;
+            tags.extend(page.tags.unwrap_or_default().iter().filter_map(|t| Tag::parse(t).ok()));
+        }
+        Ok(TagList::Tags(tags))
+    }
+
     /// `GET /v2/` for readiness: any answer that shows a registry (200 or 401) counts.
     pub async fn probe(&self) -> Result<(), UpstreamError> {
         let req = Request::builder()
@@ -179,6 +248,19 @@ impl Upstream {
     }
 }
 
+/// The path and query of a `Link: </v2/…>; rel="next"` header (RFC 8288), when it stays
+/// under `/v2/` on the same origin.
+fn next_link(link: &str) -> Option<&str> {
+    link.split(',').find_map(|part| {
+        let (target, params) = part.trim().split_once(';')?;
+        let target = target.trim().strip_prefix('<')?.strip_suffix('>')?;
+        let is_next = params
+            .split(';')
+            .any(|p| p.trim().replace([' ', '"'], "") == "rel=next");
+        (is_next && target.starts_with("/v2/")).then_some(target)
+    })
+}
+
 /// An error and its sources on one line, for logs.
 pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
@@ -189,4 +271,24 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         source = inner.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::next_link;
+
+    #[test]
+    fn next_links_are_followed_only_under_v2() {
+        assert_eq!(
+            next_link(r#"</v2/a/tags/list?last=b&n=2>; rel="next""#),
+            Some("/v2/a/tags/list?last=b&n=2")
+        );
+        assert_eq!(
+            next_link(r#"</v2/a/tags/list?last=b>; rel=next"#),
+            Some("/v2/a/tags/list?last=b")
+        );
+        assert_eq!(next_link(r#"</v2/a/tags/list?last=b>; rel="prev""#), None);
+        assert_eq!(next_link(r#"<https://elsewhere/v2/a>; rel="next""#), None);
+        assert_eq!(next_link(r#"</v2/x>; rel="prev", </v2/y>; rel="next""#), Some("/v2/y"));
+    }
 }
