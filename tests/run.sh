@@ -4,7 +4,8 @@
 #    skopeo, htpasswd; nginx and ab for the benchmark smoke run) when they are missing;
 # 2. checks formatting and lints;
 # 3. runs every unit and integration test;
-# 4. runs the side-by-side benchmark in its short smoke mode, so it cannot rot.
+# 4. runs the side-by-side benchmark in its short smoke mode, so it cannot rot
+#    (figures from a smoke run mean nothing; bench/run.sh without --smoke measures).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -40,3 +41,5 @@ echo "== cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
 echo "== cargo test"
 cargo test --locked --all-targets -- --test-threads="${TEST_THREADS:-4}"
+echo "== benchmark smoke run (bench/run.sh --smoke)"
+bench/run.sh --smoke

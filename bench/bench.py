@@ -1,0 +1,484 @@
+#!/usr/bin/env python3
+"""Side-by-side benchmark of one upstream registry served three ways: directly, through
+tagpin and through nginx (a plain streaming reverse proxy). The targets are measured in
+rotating order within each round, so machine noise hits all three alike.
+
+Run through bench/run.sh, which installs the tools and builds tagpin first."""
+
+import argparse
+import http.client
+import json
+import os
+import platform
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from hashlib import sha256
+
+TARGETS = ["direct", "tagpin", "nginx"]
+MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
+
+
+def log(msg):
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def drain(stream, sink=None):
+    def run():
+        for line in iter(stream.readline, b""):
+            if sink is not None:
+                sink.append(line.decode(errors="replace"))
+    threading.Thread(target=run, daemon=True).start()
+
+
+def wait_for_line(proc, pattern, timeout=30):
+    """Read the process's output until `pattern` matches; returns the match."""
+    deadline = time.time() + timeout
+    stream = proc.stdout
+    while time.time() < deadline:
+        line = stream.readline()
+        if not line:
+            raise RuntimeError(f"process exited before printing {pattern!r}")
+        m = re.search(pattern, line.decode(errors="replace"))
+        if m:
+            drain(stream)
+            return m
+    raise RuntimeError(f"timed out waiting for {pattern!r}")
+
+
+def start_registry(tmp):
+    cfg = os.path.join(tmp, "registry.yml")
+    with open(cfg, "w") as f:
+        f.write(f"""version: 0.1
+log:
+  level: error
+  accesslog:
+    disabled: true
+storage:
+  filesystem:
+    rootdirectory: {tmp}/registry
+  delete:
+    enabled: true
+http:
+  addr: 127.0.0.1:0
+  secret: bench-secret
+""")
+    # distribution logs its address at info level; error level hides it, so ask for it.
+    proc = subprocess.Popen(["docker-registry", "serve", cfg], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            env={**os.environ, "REGISTRY_LOG_LEVEL": "info"})
+    m = wait_for_line(proc, r"listening on (127\.0\.0\.1:\d+)")
+    return proc, m.group(1)
+
+
+def start_tagpin(binary, upstream, tmp):
+    proc = subprocess.Popen(
+        [binary, "serve", "--listen", "127.0.0.1:0", "--upstream", f"http://{upstream}", "--data-dir",
+         os.path.join(tmp, "tagpin-data"), "--log-format", "json", "--max-connections", "20000"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "RUST_LOG": "info"})
+    m = wait_for_line(proc, r'"addr":"(127\.0\.0\.1:\d+)".*"message":"listening"|"message":"listening".*"addr":"(127\.0\.0\.1:\d+)"')
+    return proc, m.group(1) or m.group(2)
+
+
+def start_nginx(upstream, tmp):
+    port = free_port()
+    root = os.path.join(tmp, "nginx")
+    os.makedirs(root, exist_ok=True)
+    user = "user root root;\n" if os.geteuid() == 0 else ""
+    conf = os.path.join(root, "nginx.conf")
+    with open(conf, "w") as f:
+        f.write(f"""{user}worker_processes auto;
+error_log {root}/error.log warn;
+pid {root}/nginx.pid;
+events {{ worker_connections 20000; }}
+http {{
+  access_log off;
+  client_body_temp_path {root}/body;
+  proxy_temp_path {root}/proxy;
+  fastcgi_temp_path {root}/fastcgi;
+  uwsgi_temp_path {root}/uwsgi;
+  scgi_temp_path {root}/scgi;
+  upstream registry {{ server {upstream}; keepalive 256; }}
+  server {{
+    listen 127.0.0.1:{port} backlog=4096;
+    client_max_body_size 0;
+    location / {{
+      proxy_pass http://registry;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host $http_host;
+      proxy_buffering off;
+      proxy_request_buffering off;
+    }}
+  }}
+}}
+""")
+    proc = subprocess.Popen(["nginx", "-p", root, "-c", conf, "-g", "daemon off;"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return proc, f"127.0.0.1:{port}"
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("nginx did not start")
+
+
+def request(addr, method, path, body=b"", headers=None):
+    host, port = addr.split(":")
+    c = http.client.HTTPConnection(host, int(port), timeout=120)
+    c.request(method, path, body=body, headers=headers or {})
+    r = c.getresponse()
+    data = r.read()
+    c.close()
+    return r.status, r.msg, data
+
+
+def location_path(loc):
+    i = loc.find("/v2/")
+    return loc[i:] if i >= 0 else loc
+
+
+def push_blob(addr, repo, blob):
+    status, h, _ = request(addr, "POST", f"/v2/{repo}/blobs/uploads/")
+    assert status == 202, status
+    loc = location_path(h["Location"])
+    sep = "&" if "?" in loc else "?"
+    digest = "sha256:" + sha256(blob).hexdigest()
+    status, _, body = request(addr, "PUT", f"{loc}{sep}digest={digest}", blob,
+                              {"Content-Type": "application/octet-stream"})
+    assert status == 201, (status, body)
+    return digest
+
+
+def manifest(config_digest, config_len, layer_digest, layer_len, note):
+    return json.dumps({
+        "schemaVersion": 2, "mediaType": MANIFEST_TYPE,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config_len},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer_digest, "size": layer_len}],
+        "annotations": {"bench": note},
+    }, separators=(",", ":")).encode()
+
+
+def curl_download(addr, path):
+    out = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{speed_download} %{http_code}",
+                          f"http://{addr}{path}"], capture_output=True, text=True, check=True).stdout.split()
+    assert out[1] == "200", out
+    return float(out[0])
+
+
+def curl_upload(addr, repo, path_to_file, digest):
+    status, h, _ = request(addr, "POST", f"/v2/{repo}/blobs/uploads/")
+    assert status == 202, status
+    loc = location_path(h["Location"])
+    sep = "&" if "?" in loc else "?"
+    out = subprocess.run(["curl", "-s", "-o", "/dev/null", "-X", "PUT", "-T", path_to_file, "-H", "Expect:",
+                          "-H", "Content-Type: application/octet-stream", "-w", "%{speed_upload} %{http_code}",
+                          f"http://{addr}{loc}{sep}digest={digest}"],
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert out[1] == "201", out
+    return float(out[0])
+
+
+def ab(addr, path, concurrency, seconds, head):
+    args = ["ab", "-q", "-k", "-c", str(concurrency), "-t", str(seconds), "-n", "100000000",
+            "-H", f"Accept: {MANIFEST_TYPE}"]
+    if head:
+        args.append("-i")
+    out = subprocess.run(args + [f"http://{addr}{path}"], capture_output=True, text=True).stdout
+    rps = re.search(r"Requests per second:\s+([\d.]+)", out)
+    failed = re.search(r"Failed requests:\s+(\d+)", out)
+    non2xx = re.search(r"Non-2xx responses:\s+(\d+)", out)
+    if not rps or (failed and int(failed.group(1))) or non2xx:
+        raise RuntimeError(f"ab against {addr}{path} went wrong:\n{out}")
+    return float(rps.group(1))
+
+
+def put_latencies(addr, repo, blobs, count, round_no, repush):
+    """Sequential manifest PUTs on one keep-alive connection; returns milliseconds."""
+    host, port = addr.split(":")
+    c = http.client.HTTPConnection(host, int(port), timeout=60)
+    times = []
+    same = manifest(*blobs, f"repush-{round_no}")
+    for i in range(count + (1 if repush else 0)):
+        body = same if repush else manifest(*blobs, f"r{round_no}-{i}")
+        tag = f"same-{round_no}" if repush else f"r{round_no}-t{i}"
+        t0 = time.perf_counter()
+        c.request("PUT", f"/v2/{repo}/manifests/{tag}", body=body, headers={"Content-Type": MANIFEST_TYPE})
+        r = c.getresponse()
+        r.read()
+        elapsed = (time.perf_counter() - t0) * 1000
+        assert r.status == 201, (addr, r.status)
+        if not (repush and i == 0):
+            times.append(elapsed)
+    c.close()
+    return times
+
+
+def percentile(values, p):
+    s = sorted(values)
+    k = max(0, min(len(s) - 1, int(round(p / 100 * (len(s) - 1)))))
+    return s[k]
+
+
+def proc_status(pid, field):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def reset_peak_rss(pid):
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def idle_connections(addr, count):
+    """Open `count` keep-alive connections that each made one request, and hold them."""
+    host, port = addr.split(":")
+    socks = []
+    for _ in range(count):
+        s = socket.create_connection((host, int(port)), timeout=30)
+        s.sendall(f"GET /v2/ HTTP/1.1\r\nHost: {addr}\r\n\r\n".encode())
+        socks.append(s)
+    for s in socks:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += s.recv(4096)
+    return socks
+
+
+def machine():
+    cpu = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    mem = proc_meminfo_gib()
+    return f"{os.cpu_count()} cores ({cpu}), {mem} GiB RAM, Linux {platform.release()}"
+
+
+def proc_meminfo_gib():
+    with open("/proc/meminfo") as f:
+        kib = int(f.readline().split()[1])
+    return round(kib / 1024 / 1024)
+
+
+def versions(tagpin_bin):
+    def first_line(cmd):
+        try:
+            p = subprocess.run(cmd, capture_output=True, text=True)
+            return (p.stdout or p.stderr).strip().splitlines()[0]
+        except (OSError, IndexError):
+            return "?"
+    return {
+        "tagpin": first_line([tagpin_bin, "--version"]),
+        "registry": first_line(["docker-registry", "--version"]),
+        "nginx": first_line(["nginx", "-v"]),
+        "ab": first_line(["ab", "-V"]),
+    }
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tagpin", required=True)
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes and durations, for CI")
+    args = ap.parse_args()
+
+    smoke = args.smoke
+    blob_mib = 16 if smoke else 512
+    rounds = 1 if smoke else 3
+    ab_seconds = 1 if smoke else 5
+    puts = 20 if smoke else 300
+    idle = 200 if smoke else 5000
+    out_dir = os.path.join("bench", "out-smoke") if smoke else "bench"
+    os.makedirs(out_dir, exist_ok=True)
+
+    tmp = tempfile.mkdtemp(prefix="tagpin-bench-")
+    procs = []
+    try:
+        reg, up = start_registry(tmp)
+        procs.append(reg)
+        tp, tp_addr = start_tagpin(args.tagpin, up, tmp)
+        procs.append(tp)
+        ng, ng_addr = start_nginx(up, tmp)
+        procs.append(ng)
+        addrs = {"direct": up, "tagpin": tp_addr, "nginx": ng_addr}
+        log(f"registry {up}, tagpin {tp_addr}, nginx {ng_addr}; blob {blob_mib} MiB, {rounds} round(s)")
+
+        # Test data: one large blob, plus small blobs for manifests in every repository.
+        blob_path = os.path.join(tmp, "blob.bin")
+        with open(blob_path, "wb") as f:
+            chunk = os.urandom(1 << 20)
+            for i in range(blob_mib):
+                f.write(chunk[i % 7:] + chunk[:i % 7])
+        h = sha256()
+        with open(blob_path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                h.update(block)
+        big = "sha256:" + h.hexdigest()
+        log("uploading the large blob")
+        curl_upload(up, "bench/big", blob_path, big)
+
+        config = b'{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}'
+        layer = os.urandom(1024)
+        small = {}
+        for t in TARGETS:
+            for kind in ("put", "repush", "read"):
+                repo = f"bench/{kind}-{t}"
+                cd, ld = push_blob(up, repo, config), push_blob(up, repo, layer)
+                small[repo] = (cd, len(config), ld, len(layer))
+        read_manifest = manifest(*small["bench/read-direct"], "read")
+        for t in TARGETS:
+            status, _, _ = request(up, "PUT", f"/v2/bench/read-{t}/manifests/v1", read_manifest,
+                                   {"Content-Type": MANIFEST_TYPE})
+            assert status == 201
+
+        results = {}
+
+        def record(metric, target, value):
+            results.setdefault(metric, {}).setdefault(target, []).append(value)
+
+        peak_reset = reset_peak_rss(tp.pid)
+        for r in range(rounds):
+            order = TARGETS[r % 3:] + TARGETS[:r % 3]
+            log(f"round {r + 1}: large blob download and upload ({', '.join(order)})")
+            for t in order:
+                record("blob download (MiB/s)", t, curl_download(addrs[t], f"/v2/bench/big/blobs/{big}") / 2**20)
+            for t in order:
+                record("blob upload (MiB/s)", t, curl_upload(addrs[t], f"bench/up-{t}", blob_path, big) / 2**20)
+        peak_transfer_kib = proc_status(tp.pid, "VmHWM")
+
+        for r in range(rounds if not smoke else 1):
+            order = TARGETS[r % 3:] + TARGETS[:r % 3]
+            for conc in (1, 32, 256):
+                log(f"round {r + 1}: manifest HEAD/GET at {conc} connections")
+                for method in ("HEAD", "GET"):
+                    for t in order:
+                        rps = ab(addrs[t], f"/v2/bench/read-{t}/manifests/v1", conc, ab_seconds, method == "HEAD")
+                        record(f"manifest {method} req/s, {conc} conn", t, rps)
+
+        for r in range(rounds):
+            order = TARGETS[r % 3:] + TARGETS[:r % 3]
+            log(f"round {r + 1}: manifest PUT latency")
+            for t in order:
+                lat = put_latencies(addrs[t], f"bench/put-{t}", small[f"bench/put-{t}"], puts, r, False)
+                results.setdefault("_put", {}).setdefault(t, []).extend(lat)
+                lat = put_latencies(addrs[t], f"bench/repush-{t}", small[f"bench/repush-{t}"], puts, r, True)
+                results.setdefault("_repush", {}).setdefault(t, []).extend(lat)
+
+        log(f"idle keep-alive connections: {idle}")
+        rss_before = proc_status(tp.pid, "VmRSS")
+        socks = idle_connections(tp_addr, idle)
+        time.sleep(0.5)
+        rss_idle = proc_status(tp.pid, "VmRSS")
+        for s in socks:
+            s.close()
+
+        write_report(out_dir, results, {
+            "peak_transfer_kib": peak_transfer_kib, "peak_reset": peak_reset,
+            "rss_before_idle_kib": rss_before, "rss_idle_kib": rss_idle, "idle": idle,
+        }, smoke, blob_mib, rounds, ab_seconds, puts, args.tagpin)
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        subprocess.run(["rm", "-rf", tmp])
+
+
+def write_report(out_dir, results, mem, smoke, blob_mib, rounds, ab_seconds, puts, tagpin_bin):
+    rows = []
+    for metric, per in results.items():
+        if metric.startswith("_"):
+            continue
+        med = {t: statistics.median(per[t]) for t in TARGETS}
+        rows.append((metric, med, "higher"))
+    for key, name in (("_put", "PUT new tag"), ("_repush", "PUT identical re-push")):
+        for p in (50, 99):
+            med = {t: percentile(results[key][t], p) for t in TARGETS}
+            rows.append((f"{name} p{p} (ms)", med, "lower"))
+
+    def ratio(a, b):
+        return f"{a / b:.2f}" if b else "n/a"
+
+    lines = []
+    cmd = "bench/run.sh --smoke" if smoke else "bench/run.sh"
+    v = versions(tagpin_bin)
+    lines.append(f"Produced by `{cmd}` on {time.strftime('%Y-%m-%d')}, {machine()}.")
+    lines.append(f"Upstream {v['registry']}; {v['nginx']} with `proxy_buffering off`, `proxy_request_buffering off` "
+                 f"and keep-alive to the upstream; {v['tagpin']} (release build, every tag protected). "
+                 f"Blob {blob_mib} MiB with curl, {rounds} round(s) in rotating order (medians); manifest reads with "
+                 f"`ab -k` for {ab_seconds} s per point; {puts} sequential PUTs per target and round on one "
+                 f"keep-alive connection, each pinned durably by tagpin.")
+    lines.append("")
+    lines.append("| measurement | direct | tagpin | nginx | tagpin / direct | nginx / direct | tagpin / nginx |")
+    lines.append("|---|---:|---:|---:|---:|---:|---:|")
+    for metric, med, _ in rows:
+        d, t, n = med["direct"], med["tagpin"], med["nginx"]
+        fmt = "{:.2f}" if "(ms)" in metric else "{:.0f}"
+        lines.append(f"| {metric} | {fmt.format(d)} | {fmt.format(t)} | {fmt.format(n)} | {ratio(t, d)} | "
+                     f"{ratio(n, d)} | {ratio(t, n)} |")
+    lines.append("")
+    peak = mem["peak_transfer_kib"] / 1024
+    note = "" if mem["peak_reset"] else " (since start: peak RSS could not be reset)"
+    lines.append(f"tagpin peak RSS during the large transfers: **{peak:.1f} MiB**{note}.")
+    per_conn = (mem["rss_idle_kib"] - mem["rss_before_idle_kib"]) / max(1, mem["idle"])
+    lines.append(f"tagpin RSS with {mem['idle']} idle keep-alive connections: **{mem['rss_idle_kib'] / 1024:.1f} MiB** "
+                 f"({mem['rss_before_idle_kib'] / 1024:.1f} MiB before, about {per_conn:.1f} KiB per connection).")
+    table = "\n".join(lines) + "\n"
+    with open(os.path.join(out_dir, "results.md"), "w") as f:
+        f.write(table)
+    print(table)
+    chart(out_dir, rows)
+
+
+def chart(out_dir, rows):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(11, 0.45 * len(rows) + 1.5))
+    labels = [m for m, _, _ in rows]
+    y = range(len(rows))
+    for i, (name, color) in enumerate((("tagpin", "#2b7bb9"), ("nginx", "#999999"))):
+        vals = []
+        for _, med, better in rows:
+            r = med[name] / med["direct"] if med["direct"] else 0
+            vals.append(r if better == "higher" else (1 / r if r else 0))
+        ax.barh([p + (0.2 if i else -0.2) for p in y], vals, height=0.4, label=name, color=color)
+    ax.axvline(1.0, color="black", linewidth=0.8)
+    ax.set_yticks(list(y))
+    ax.set_yticklabels(labels)
+    ax.invert_yaxis()
+    ax.set_xlabel("relative to the registry alone (1.0 = as fast; higher is better, latency inverted)")
+    ax.legend(loc="lower right")
+    ax.set_title("tagpin and nginx in front of distribution 2.8")
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, "chart.png"), dpi=110)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

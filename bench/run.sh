@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark: the upstream registry directly, through tagpin, through nginx.
+#   bench/run.sh            full run (512 MiB blob, 10 s per load point); writes
+#                           bench/results.md and bench/chart.png
+#   bench/run.sh --smoke    a few seconds per measurement, small sizes; writes to
+#                           bench/out-smoke/ (what CI runs so the benchmark cannot rot)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+declare -A pkg_for=([docker-registry]=docker-registry [nginx]=nginx-light [ab]=apache2-utils [curl]=curl)
+missing=()
+for bin in "${!pkg_for[@]}"; do
+  command -v "$bin" >/dev/null 2>&1 || [ -x "/usr/sbin/$bin" ] || missing+=("${pkg_for[$bin]}")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  sudo_cmd=()
+  [ "$(id -u)" = 0 ] || sudo_cmd=(sudo)
+  "${sudo_cmd[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+python3 -c 'import matplotlib' 2>/dev/null || python3 -m pip install -q matplotlib >/dev/null
+
+cargo build --release --locked --bin tagpin
+# 5,000 idle keep-alive connections need more descriptors than the usual default.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+exec python3 bench/bench.py --tagpin target/release/tagpin "$@"
