@@ -12,15 +12,21 @@ fn classification(c: &mut Criterion) {
     let get: Uri = "/v2/team/service/api/blobs/sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
         .parse()
         .unwrap();
-    c.bench_function("classify manifest PUT", |b| b.iter(|| classify(&Method::PUT, std::hint::black_box(&put))));
-    c.bench_function("classify blob GET", |b| b.iter(|| classify(&Method::GET, std::hint::black_box(&get))));
+    c.bench_function("classify manifest PUT", |b| {
+        b.iter(|| classify(&Method::PUT, std::hint::black_box(&put)))
+    });
+    c.bench_function("classify blob GET", |b| {
+        b.iter(|| classify(&Method::GET, std::hint::black_box(&get)))
+    });
 }
 
 fn hashing(c: &mut Criterion) {
     let manifest = vec![b'{'; 4 * 1024 * 1024];
     let mut g = c.benchmark_group("sha256");
     g.throughput(Throughput::Bytes(manifest.len() as u64));
-    g.bench_function("4 MiB manifest", |b| b.iter(|| Digest::sha256_of(std::hint::black_box(&manifest))));
+    g.bench_function("4 MiB manifest", |b| {
+        b.iter(|| Digest::sha256_of(std::hint::black_box(&manifest)))
+    });
     g.finish();
 }
 
@@ -31,16 +37,23 @@ fn store(c: &mut Criterion) {
     let digest = Digest::sha256_of(b"x");
     for i in 0..10_000 {
         let tag = Tag::parse(&format!("v{i}")).unwrap();
-        store.pin_if_absent(&repo, &[(tag, Pin::now(digest.clone(), PinSource::Push))]).unwrap();
+        store
+            .pin_if_absent(&repo, &[(tag, Pin::now(digest.clone(), PinSource::Push))])
+            .unwrap();
     }
     let hit = Tag::parse("v5000").unwrap();
-    c.bench_function("pin lookup (10k pins)", |b| b.iter(|| store.get(&repo, std::hint::black_box(&hit)).unwrap()));
+    c.bench_function("pin lookup (10k pins)", |b| {
+        b.iter(|| store.get(&repo, std::hint::black_box(&hit)).unwrap())
+    });
     let mut n = 0u64;
     c.bench_function("durable pin write", |b| {
         b.iter_batched(
             || {
                 n += 1;
-                vec![(Tag::parse(&format!("new{n}")).unwrap(), Pin::now(digest.clone(), PinSource::Push))]
+                vec![(
+                    Tag::parse(&format!("new{n}")).unwrap(),
+                    Pin::now(digest.clone(), PinSource::Push),
+                )]
             },
             |pins| store.pin_if_absent(&repo, &pins).unwrap(),
             BatchSize::SmallInput,

@@ -41,17 +41,18 @@ pub struct IdleTimeout<B> {
     inner: B,
     idle: Duration,
     last_progress: Instant,
-    sleep: Pin<Box<Sleep>>,
+    /// Created on the first `Pending`: a body that is always ready (most small bodies)
+    /// never touches the timer.
+    sleep: Option<Pin<Box<Sleep>>>,
 }
 
 impl<B> IdleTimeout<B> {
     pub fn new(inner: B, idle: Duration) -> Self {
-        let now = Instant::now();
         Self {
             inner,
             idle,
-            last_progress: now,
-            sleep: Box::pin(tokio::time::sleep_until(now + idle)),
+            last_progress: Instant::now(),
+            sleep: None,
         }
     }
 }
@@ -75,12 +76,15 @@ where
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => loop {
                 let deadline = this.last_progress + this.idle;
-                if this.sleep.deadline() < deadline {
-                    this.sleep.as_mut().reset(deadline);
+                let sleep = this
+                    .sleep
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                if sleep.deadline() < deadline {
+                    sleep.as_mut().reset(deadline);
                 }
-                match this.sleep.as_mut().poll(cx) {
+                match sleep.as_mut().poll(cx) {
                     Poll::Pending => return Poll::Pending,
-                    Poll::Ready(()) if Instant::now() >= this.last_progress + this.idle => {
+                    Poll::Ready(()) if Instant::now() >= deadline => {
                         return Poll::Ready(Some(Err(Box::new(IdleTimeoutError(this.idle)))));
                     }
                     Poll::Ready(()) => continue,
@@ -98,12 +102,16 @@ where
     }
 }
 
-/// Box `inner` behind an idle timeout.
+/// Box `inner` behind an idle timeout; a body that is already complete (a GET's empty
+/// request body) needs no timer and becomes a plain empty body.
 pub fn with_idle_timeout<B>(inner: B, idle: Duration) -> Body
 where
     B: HttpBody<Data = Bytes> + Unpin + Send + 'static,
     B::Error: Into<BoxError>,
 {
+    if inner.is_end_stream() {
+        return empty();
+    }
     IdleTimeout::new(inner, idle).boxed_unsync()
 }
 

@@ -140,6 +140,7 @@ fn sigterm_lets_in_flight_requests_finish() {
 fn no_credential_reaches_any_log_line() {
     let registry = Registry::start_with(RegistryOptions {
         basic_auth: Some(("carol".into(), "pw-LEAKCHECK-1".into())),
+        ..Default::default()
     });
     let data = tempfile::tempdir().unwrap();
     let tagpin = Tagpin::start_env(&registry.url(), data.path(), &[], &[("RUST_LOG", "trace")]);

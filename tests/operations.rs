@@ -107,3 +107,106 @@ fn sigterm_drains_and_exits_cleanly() {
     assert!(status.success(), "{status:?}");
     assert!(tagpin.logs().iter().any(|l| l.contains("shutting down")));
 }
+
+/// A throwaway CA and a server certificate for 127.0.0.1, made with openssl.
+fn make_certs(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let openssl = common::procs::require_binary("openssl", "openssl");
+    let run = |args: &[&str]| {
+        let out = Command::new(&openssl).current_dir(dir).args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    std::fs::write(
+        dir.join("leaf.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    let mut ca = vec!["req", "-x509"];
+    ca.extend_from_slice(&ec);
+    ca.extend_from_slice(&[
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=tagpin test CA",
+    ]);
+    ca.extend_from_slice(&[
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign",
+    ]);
+    run(&ca);
+    let mut csr = vec!["req"];
+    csr.extend_from_slice(&ec);
+    csr.extend_from_slice(&["-keyout", "leaf.key", "-out", "leaf.csr", "-subj", "/CN=127.0.0.1"]);
+    run(&csr);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "leaf.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "leaf.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "leaf.ext",
+    ]);
+    (dir.join("ca.pem"), dir.join("leaf.pem"), dir.join("leaf.key"))
+}
+
+#[test]
+fn an_https_upstream_is_verified_against_the_configured_ca() {
+    let certs = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = make_certs(certs.path());
+    let registry = Registry::start_with(RegistryOptions {
+        tls: Some((cert, key)),
+        ..Default::default()
+    });
+    assert!(registry.url().starts_with("https://"));
+
+    // Without the CA, the upstream's certificate is not trusted: fail closed.
+    let data = tempfile::tempdir().unwrap();
+    let untrusting = Tagpin::start(&registry.url(), data.path(), &[]);
+    let r = request(untrusting.addr, "GET", "/v2/", &[], b"");
+    assert_eq!((r.status, r.oci_code().as_str()), (502, "UNAVAILABLE"));
+    drop(untrusting);
+
+    let data = tempfile::tempdir().unwrap();
+    let tagpin = Tagpin::start(&registry.url(), data.path(), &["--upstream-ca", ca.to_str().unwrap()]);
+    let img = Image::random(40, 1000);
+    img.push_blobs(tagpin.addr, "tls", "");
+    assert_eq!(img.put_manifest(tagpin.addr, "tls", "v1", "").status, 201);
+    assert_eq!(img.variant("x").put_manifest(tagpin.addr, "tls", "v1", "").status, 409);
+    // Ask the upstream itself, over TLS, what the tag holds.
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-I",
+            "--cacert",
+            ca.to_str().unwrap(),
+            "-H",
+            &format!("Accept: {}", image::OCI_MANIFEST),
+        ])
+        .arg(format!("{}/v2/tls/manifests/v1", registry.url()))
+        .output()
+        .unwrap();
+    let head = String::from_utf8_lossy(&out.stdout).to_lowercase();
+    assert!(
+        head.contains(&format!("docker-content-digest: {}", img.digest())),
+        "{head}"
+    );
+}

@@ -394,6 +394,7 @@ fn upload_locations_point_at_tagpin() {
 fn basic_auth_upstream_works_through_tagpin() {
     let registry = Registry::start_with(RegistryOptions {
         basic_auth: Some(("alice".into(), "wonder-pass-77".into())),
+        ..Default::default()
     });
     let data = tempfile::tempdir().unwrap();
     let tagpin = Tagpin::start(&registry.url(), data.path(), &[]);

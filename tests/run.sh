@@ -15,6 +15,8 @@ declare -A pkg_for=(
   [htpasswd]=apache2-utils
   [ab]=apache2-utils
   [nginx]=nginx-light
+  [openssl]=openssl
+  [curl]=curl
 )
 missing=()
 for bin in "${!pkg_for[@]}"; do
@@ -31,7 +33,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 # Debian starts packaged services on install where it can; the tests start their own.
-for bin in docker-registry skopeo htpasswd; do
+for bin in docker-registry skopeo htpasswd openssl curl; do
   command -v "$bin" >/dev/null || { echo "FATAL: $bin still missing after install" >&2; exit 1; }
 done
 

@@ -31,6 +31,8 @@ pub fn require_binary(name: &str, package: &str) -> PathBuf {
 pub struct RegistryOptions {
     /// Require htpasswd Basic auth with this user and password.
     pub basic_auth: Option<(String, String)>,
+    /// Serve HTTPS with this certificate and key (PEM files).
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 /// A running `docker-registry` (distribution 2.8) with its own temp storage.
@@ -60,10 +62,20 @@ impl Registry {
                 dir.path().join("htpasswd").display()
             );
         }
+        let tls = match &options.tls {
+            Some((cert, key)) => {
+                format!(
+                    "  tls:\n    certificate: {}\n    key: {}\n",
+                    cert.display(),
+                    key.display()
+                )
+            }
+            None => String::new(),
+        };
         let config = format!(
             "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: true\n\
              storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
-             http:\n  addr: 127.0.0.1:0\n  secret: tagpin-test-secret\n{auth}",
+             http:\n  addr: 127.0.0.1:0\n  secret: tagpin-test-secret\n{tls}{auth}",
             dir.path().join("storage").display()
         );
         let config_path = dir.path().join("config.yml");
@@ -80,7 +92,7 @@ impl Registry {
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Some(rest) = line.split("listening on ").nth(1) {
-                    let addr = rest.split(['"', ' ']).next().unwrap_or("").to_owned();
+                    let addr = rest.split(['"', ' ', ',']).next().unwrap_or("").to_owned();
                     let _ = tx.send(addr);
                 }
             }
@@ -98,7 +110,8 @@ impl Registry {
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.options.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// `Basic …` for the configured user, or "" (no header) for an open registry.
