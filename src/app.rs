@@ -1,7 +1,11 @@
-//! The shared state every request handler sees.
+//! The state request handlers see: [`Shared`] by every worker (config, pin store, locks,
+//! policy, connection limit), plus each worker's own upstream client in [`App`].
 
+use std::ops::Deref;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+
+use tokio::sync::Semaphore;
 
 use crate::config::Config;
 use crate::error::ProxyError;
@@ -10,14 +14,34 @@ use crate::policy::Protection;
 use crate::store::{PinStore, SledStore, StoreError, UnavailableStore};
 use crate::upstream::{Upstream, UpstreamError};
 
-pub struct App {
+/// State shared by all workers. Everything here is thread-safe and runtime-agnostic: the
+/// decision locks in particular must be one set for the whole process.
+pub struct Shared {
     pub config: Config,
-    pub upstream: Upstream,
     pub store: Arc<dyn PinStore>,
     pub protection: Protection,
     pub locks: DecisionLocks,
+    /// One permit per open client connection, across all workers.
+    pub connections: Arc<Semaphore>,
+    tls: rustls::ClientConfig,
     request_seq: AtomicU64,
     request_prefix: String,
+}
+
+/// One worker's view: the shared state plus an upstream client whose connection pool
+/// lives on the worker's own runtime.
+pub struct App {
+    shared: Arc<Shared>,
+    pub upstream: Upstream,
+}
+
+/// `App` reads as the shared state it extends; only `upstream` is the worker's own.
+impl Deref for App {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.shared
+    }
 }
 
 /// What can stop tagpin from starting at all.
@@ -32,12 +56,14 @@ pub enum StartError {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot start worker {worker}: {source}")]
+    Worker { worker: usize, source: std::io::Error },
 }
 
-impl App {
-    /// Build the state. A store that cannot be opened does not stop tagpin: reads keep
-    /// flowing and every write that needs a decision is refused with 503 (fail closed),
-    /// and `/readyz` says so.
+impl Shared {
+    /// Build the shared state. A store that cannot be opened does not stop tagpin: reads
+    /// keep flowing and every write that needs a decision is refused with 503 (fail
+    /// closed), and `/readyz` says so.
     pub fn new(config: Config) -> Result<Self, StartError> {
         let store: Arc<dyn PinStore> = match SledStore::open(&config.data_dir) {
             Ok(s) => {
@@ -54,17 +80,18 @@ impl App {
 
     pub fn with_store(config: Config, store: Arc<dyn PinStore>) -> Result<Self, StartError> {
         let protection = Protection::new(&config.exclude)?;
-        let upstream = Upstream::new(&config)?;
+        let tls = Upstream::tls_config(&config)?;
         let started = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
         Ok(Self {
+            connections: Arc::new(Semaphore::new(config.max_connections)),
             config,
-            upstream,
             store,
             protection,
             locks: DecisionLocks::default(),
+            tls,
             request_seq: AtomicU64::new(0),
             request_prefix: format!("{started:x}"),
         })
@@ -87,5 +114,18 @@ impl App {
             .await
             .map_err(|e| ProxyError::Internal(format!("store task failed: {e}")))?
             .map_err(ProxyError::Store)
+    }
+}
+
+impl App {
+    /// A worker's state. Call it on the worker's runtime.
+    pub fn worker(shared: Arc<Shared>) -> Self {
+        let upstream = Upstream::new(&shared.config, shared.tls.clone());
+        Self { shared, upstream }
+    }
+
+    /// Shared state and one worker around `store`, for embedding tagpin in a test.
+    pub fn with_store(config: Config, store: Arc<dyn PinStore>) -> Result<Self, StartError> {
+        Ok(Self::worker(Arc::new(Shared::with_store(config, store)?)))
     }
 }

@@ -59,6 +59,9 @@ pub struct ServeArgs {
     /// Extra PEM CA bundle trusted for an https:// upstream, besides the web roots.
     #[arg(long, env = "TAGPIN_UPSTREAM_CA")]
     pub upstream_ca: Option<PathBuf>,
+    /// Worker threads, each with its own event loop [default: the number of CPUs].
+    #[arg(long, env = "TAGPIN_WORKERS")]
+    pub workers: Option<usize>,
     /// Most client connections open at once [default: 4096].
     #[arg(long, env = "TAGPIN_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
@@ -99,6 +102,7 @@ impl ServeArgs {
             max_tags_per_push: self.max_tags_per_push.or(file.max_tags_per_push),
             upstream_ca: self.upstream_ca.or(file.upstream_ca),
             max_connections: self.max_connections.or(file.max_connections),
+            workers: self.workers.or(file.workers),
             timeouts: Some(RawTimeouts {
                 upstream_connect_ms: self.upstream_connect_timeout_ms.or(t.upstream_connect_ms),
                 upstream_header_ms: self.upstream_header_timeout_ms.or(t.upstream_header_ms),

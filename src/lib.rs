@@ -32,26 +32,68 @@ pub mod upstream;
 use std::future::Future;
 use std::sync::Arc;
 
-pub use app::{App, StartError};
+pub use app::{App, Shared, StartError};
 pub use config::Config;
 
 /// Bind, build the state and serve until `shutdown` resolves.
+///
+/// Each worker is a thread with its own single-threaded runtime that accepts from the
+/// shared listening socket and keeps its own upstream connection pool, the way nginx
+/// runs one worker per core: a request is served start to finish on one thread, with no
+/// cross-thread wake-ups. Pins, locks and the connection limit are shared.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
     let addr = config.listen;
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|source| StartError::Bind { addr, source })?;
-    let local = listener
-        .local_addr()
-        .map_err(|source| StartError::Bind { addr, source })?;
-    let app = Arc::new(App::new(config)?);
+    let bind = |source| StartError::Bind { addr, source };
+    let listener = std::net::TcpListener::bind(addr).map_err(bind)?;
+    listener.set_nonblocking(true).map_err(bind)?;
+    let local = listener.local_addr().map_err(bind)?;
+    let workers = config.workers;
+    let shared = Arc::new(Shared::new(config)?);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut finished = Vec::with_capacity(workers);
+    for worker in 0..workers {
+        let listener = listener
+            .try_clone()
+            .map_err(|source| StartError::Worker { worker, source })?;
+        let (shared, mut stop) = (Arc::clone(&shared), stop_rx.clone());
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|source| StartError::Worker { worker, source })?;
+        std::thread::Builder::new()
+            .name(format!("tagpin-worker-{worker}"))
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let app = Arc::new(App::worker(shared));
+                    match tokio::net::TcpListener::from_std(listener) {
+                        Ok(listener) => {
+                            let stopped = async move {
+                                let _ = stop.wait_for(|s| *s).await;
+                            };
+                            server::serve(app, listener, stopped).await;
+                        }
+                        Err(e) => tracing::error!(worker, error = %e, "worker cannot use the listener"),
+                    }
+                });
+                let _ = done_tx.send(());
+            })
+            .map_err(|source| StartError::Worker { worker, source })?;
+        finished.push(done_rx);
+    }
     tracing::info!(
         addr = %local,
-        upstream = %app.config.upstream,
-        exclude = ?app.config.exclude,
+        upstream = %shared.config.upstream,
+        exclude = ?shared.config.exclude,
+        workers,
         version = env!("CARGO_PKG_VERSION"),
         "listening"
     );
-    server::serve(app, listener, shutdown).await;
+    drop(listener);
+    shutdown.await;
+    let _ = stop_tx.send(true);
+    for done in finished {
+        let _ = done.await;
+    }
     Ok(())
 }

@@ -43,7 +43,8 @@ fn main() -> ExitCode {
         }
     };
     tagpin::telemetry::init(config.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // The main runtime only waits for the shutdown signal; the workers run their own.
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("tagpin: cannot start the runtime: {e}");

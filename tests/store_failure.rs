@@ -56,11 +56,12 @@ fn in_process(upstream: &str, store: Arc<FlakyStore>) -> SocketAddr {
         upstream: Some(upstream.to_owned()),
         ..RawConfig::default()
     };
-    let app = Arc::new(tagpin::App::with_store(raw.validate().unwrap(), store).unwrap());
+    let config = raw.validate().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Runtime::new().unwrap();
         rt.block_on(async move {
+            let app = Arc::new(tagpin::App::with_store(config, store).unwrap());
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             tx.send(listener.local_addr().unwrap()).unwrap();
             tagpin::server::serve(app, listener, std::future::pending()).await;

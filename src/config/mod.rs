@@ -50,6 +50,7 @@ pub struct Config {
     pub max_tags_per_push: usize,
     pub upstream_ca: Option<PathBuf>,
     pub max_connections: usize,
+    pub workers: usize,
     pub timeouts: Timeouts,
 }
 

@@ -21,6 +21,7 @@ pub struct RawConfig {
     pub max_tags_per_push: Option<usize>,
     pub upstream_ca: Option<PathBuf>,
     pub max_connections: Option<usize>,
+    pub workers: Option<usize>,
     pub timeouts: Option<RawTimeouts>,
 }
 

@@ -58,6 +58,11 @@ impl RawConfig {
         if max_connections == 0 {
             return Err(ConfigError::invalid("max_connections", "must be at least 1"));
         }
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let workers = self.workers.unwrap_or(cpus);
+        if !(1..=256).contains(&workers) {
+            return Err(ConfigError::invalid("workers", "must be between 1 and 256"));
+        }
         if let Some(ca) = &self.upstream_ca {
             if !ca.is_file() {
                 return Err(ConfigError::invalid(
@@ -92,6 +97,7 @@ impl RawConfig {
             max_tags_per_push,
             upstream_ca: self.upstream_ca,
             max_connections,
+            workers,
             timeouts,
         })
     }
@@ -164,6 +170,7 @@ mod tests {
                 "timeouts.body_idle_ms",
             ),
             ("upstream = \"http://x\"\npublic_url = \"x\"", "public_url"),
+            ("upstream = \"http://x\"\nworkers = 0", "workers"),
         ];
         for (text, key) in cases {
             let e = raw(text).validate().unwrap_err();

@@ -79,24 +79,35 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    pub fn new(config: &Config) -> Result<Self, UpstreamError> {
+    /// The TLS settings for an https upstream: the standard web roots plus the optional CA
+    /// bundle. Built once at start-up (a bad bundle stops tagpin) and shared by the
+    /// workers' clients.
+    pub fn tls_config(config: &Config) -> Result<rustls::ClientConfig, UpstreamError> {
         let mut roots = rustls::RootCertStore::empty();
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
         if let Some(path) = &config.upstream_ca {
-            let certs = CertificateDer::pem_file_iter(path)
-                .map_err(|e| UpstreamError::Tls(format!("{}: {e}", path.display())))?;
-            for cert in certs {
-                let cert = cert.map_err(|e| UpstreamError::Tls(format!("{}: {e}", path.display())))?;
-                roots
-                    .add(cert)
-                    .map_err(|e| UpstreamError::Tls(format!("{}: {e}", path.display())))?;
+            let bad = |e: &dyn std::fmt::Display| UpstreamError::Tls(format!("{}: {e}", path.display()));
+            let mut added = 0;
+            for cert in CertificateDer::pem_file_iter(path).map_err(|e| bad(&e))? {
+                roots.add(cert.map_err(|e| bad(&e))?).map_err(|e| bad(&e))?;
+                added += 1;
+            }
+            if added == 0 {
+                return Err(bad(&"no PEM certificate in the file"));
             }
         }
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| UpstreamError::Tls(e.to_string()))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        Ok(
+            rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .map_err(|e| UpstreamError::Tls(e.to_string()))?
+                .with_root_certificates(roots)
+                .with_no_client_auth(),
+        )
+    }
+
+    /// A client for one worker. Its pooled connections live on the worker's runtime, so
+    /// a request never wakes another thread.
+    pub fn new(config: &Config, tls: rustls::ClientConfig) -> Self {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
@@ -110,11 +121,11 @@ impl Upstream {
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(512)
             .build(connector);
-        Ok(Self {
+        Self {
             client,
             origin: config.upstream.clone(),
             header_timeout: config.timeouts.upstream_header,
-        })
+        }
     }
 
     pub fn origin(&self) -> &Origin {
