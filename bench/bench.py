@@ -134,6 +134,37 @@ http {{
     raise RuntimeError("nginx did not start")
 
 
+def start_haproxy(upstream, tmp):
+    """haproxy relaying with splice(2), the zero-copy reference for blob downloads."""
+    port = free_port()
+    cfg = os.path.join(tmp, "haproxy.cfg")
+    with open(cfg, "w") as f:
+        f.write(f"""global
+  maxconn 2000
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 120s
+  timeout server 120s
+  option http-keep-alive
+  option splice-response
+  option splice-request
+frontend f
+  bind 127.0.0.1:{port}
+  default_backend b
+backend b
+  server registry {upstream}
+""")
+    proc = subprocess.Popen(["haproxy", "-f", cfg], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return proc, f"127.0.0.1:{port}"
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("haproxy did not start")
+
+
 def request(addr, method, path, body=b"", headers=None):
     host, port = addr.split(":")
     c = http.client.HTTPConnection(host, int(port), timeout=120)
@@ -322,6 +353,8 @@ def main():
         procs.append(tp)
         ng, ng_addr = start_nginx(up, tmp)
         procs.append(ng)
+        hp, hp_addr = start_haproxy(up, tmp)
+        procs.append(hp)
         addrs = {"direct": up, "tagpin": tp_addr, "nginx": ng_addr}
         log(f"registry {up}, tagpin {tp_addr}, nginx {ng_addr}; blob {blob_mib} MiB, {rounds} round(s)")
 
@@ -364,6 +397,7 @@ def main():
             log(f"round {r + 1}: large blob download and upload ({', '.join(order)})")
             for t in order:
                 record("blob download (MiB/s)", t, curl_download(addrs[t], f"/v2/bench/big/blobs/{big}") / 2**20)
+            results.setdefault("_splice", []).append(curl_download(hp_addr, f"/v2/bench/big/blobs/{big}") / 2**20)
             for t in order:
                 record("blob upload (MiB/s)", t, curl_upload(addrs[t], f"bench/up-{t}", blob_path, big) / 2**20)
         peak_transfer_kib = proc_status(tp.pid, "VmHWM")
@@ -444,6 +478,11 @@ def write_report(out_dir, results, mem, smoke, blob_mib, rounds, ab_seconds, put
     lines.append("")
     peak = mem["peak_transfer_kib"] / 1024
     note = "" if mem["peak_reset"] else " (since start: peak RSS could not be reset)"
+    splice = statistics.median(results["_splice"])
+    direct_dl = statistics.median(results["blob download (MiB/s)"]["direct"])
+    lines.append(f"Reference for the blob download: haproxy 2.6 relaying with kernel splicing (zero-copy) reaches "
+                 f"{splice:.0f} MiB/s ({splice / direct_dl:.2f} of direct) in the same rounds.")
+    lines.append("")
     lines.append(f"tagpin peak RSS during the large transfers: **{peak:.1f} MiB**{note}.")
     per_conn = (mem["rss_idle_kib"] - mem["rss_before_idle_kib"]) / max(1, mem["idle"])
     lines.append(f"tagpin RSS with {mem['idle']} idle keep-alive connections: **{mem['rss_idle_kib'] / 1024:.1f} MiB** "

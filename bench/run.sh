@@ -2,12 +2,14 @@
 # Side-by-side benchmark: the upstream registry directly, through tagpin, through nginx.
 #   bench/run.sh            full run (512 MiB blob, 10 s per load point); writes
 #                           bench/results.md and bench/chart.png
+# haproxy with kernel splicing (zero-copy relaying) is measured on the blob download
+# only, as a reference for how fast any proxy can relay a blob on this machine.
 #   bench/run.sh --smoke    a few seconds per measurement, small sizes; writes to
 #                           bench/out-smoke/ (what CI runs so the benchmark cannot rot)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-declare -A pkg_for=([docker-registry]=docker-registry [nginx]=nginx-light [ab]=apache2-utils [curl]=curl)
+declare -A pkg_for=([docker-registry]=docker-registry [nginx]=nginx-light [ab]=apache2-utils [curl]=curl [haproxy]=haproxy)
 missing=()
 for bin in "${!pkg_for[@]}"; do
   command -v "$bin" >/dev/null 2>&1 || [ -x "/usr/sbin/$bin" ] || missing+=("${pkg_for[$bin]}")
