@@ -221,6 +221,26 @@ def curl_upload(addr, repo, path_to_file, digest):
     return float(out[0])
 
 
+def cpu_seconds(pids):
+    """User plus system CPU time consumed so far by `pids` and their child processes'
+    live threads (nginx's workers are children of its master)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    wanted = set(pids)
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        pid, ppid = int(entry), int(fields[1])
+        if pid in wanted or ppid in wanted:
+            total += int(fields[11]) + int(fields[12])
+    return total / tick
+
+
 def ab(addr, path, concurrency, seconds, head):
     args = ["ab", "-q", "-k", "-c", str(concurrency), "-t", str(seconds), "-n", "100000000",
             "-H", f"Accept: {MANIFEST_TYPE}"]
@@ -228,11 +248,12 @@ def ab(addr, path, concurrency, seconds, head):
         args.append("-i")
     out = subprocess.run(args + [f"http://{addr}{path}"], capture_output=True, text=True).stdout
     rps = re.search(r"Requests per second:\s+([\d.]+)", out)
+    complete = re.search(r"Complete requests:\s+(\d+)", out)
     failed = re.search(r"Failed requests:\s+(\d+)", out)
     non2xx = re.search(r"Non-2xx responses:\s+(\d+)", out)
     if not rps or (failed and int(failed.group(1))) or non2xx:
         raise RuntimeError(f"ab against {addr}{path} went wrong:\n{out}")
-    return float(rps.group(1))
+    return float(rps.group(1)), int(complete.group(1))
 
 
 def put_latencies(addr, repo, blobs, count, round_no, repush):
@@ -408,8 +429,13 @@ def main():
                 log(f"round {r + 1}: manifest HEAD/GET at {conc} connections")
                 for method in ("HEAD", "GET"):
                     for t in order:
-                        rps = ab(addrs[t], f"/v2/bench/read-{t}/manifests/v1", conc, ab_seconds, method == "HEAD")
+                        pid = {"tagpin": tp.pid, "nginx": ng.pid}.get(t)
+                        cpu0 = cpu_seconds([pid]) if pid else 0
+                        rps, n = ab(addrs[t], f"/v2/bench/read-{t}/manifests/v1", conc, ab_seconds, method == "HEAD")
                         record(f"manifest {method} req/s, {conc} conn", t, rps)
+                        if pid:
+                            cpu = (cpu_seconds([pid]) - cpu0) * 1e6 / max(1, n)
+                            results.setdefault("_cpu", {}).setdefault((method, conc), {}).setdefault(t, []).append(cpu)
 
         for r in range(rounds):
             order = TARGETS[r % 3:] + TARGETS[:r % 3]
@@ -480,6 +506,15 @@ def write_report(out_dir, results, mem, smoke, blob_mib, rounds, ab_seconds, put
     note = "" if mem["peak_reset"] else " (since start: peak RSS could not be reset)"
     splice = statistics.median(results["_splice"])
     direct_dl = statistics.median(results["blob download (MiB/s)"]["direct"])
+    lines.append("Proxy CPU time per manifest request (user + system, from /proc, medians): a measure of the "
+                 "proxy's own cost that does not depend on how busy the shared machine was.")
+    lines.append("")
+    lines.append("| request | tagpin µs/req | nginx µs/req | tagpin / nginx |")
+    lines.append("|---|---:|---:|---:|")
+    for (method, conc), per in results["_cpu"].items():
+        t, n = statistics.median(per["tagpin"]), statistics.median(per["nginx"])
+        lines.append(f"| {method}, {conc} conn | {t:.0f} | {n:.0f} | {ratio(t, n)} |")
+    lines.append("")
     lines.append(f"Reference for the blob download: haproxy 2.6 relaying with kernel splicing (zero-copy) reaches "
                  f"{splice:.0f} MiB/s ({splice / direct_dl:.2f} of direct) in the same rounds.")
     lines.append("")
