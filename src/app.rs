@@ -67,7 +67,7 @@ impl Shared {
     pub fn new(config: Config) -> Result<Self, StartError> {
         let store: Arc<dyn PinStore> = match SledStore::open(&config.data_dir) {
             Ok(s) => {
-                tracing::info!(data_dir = %config.data_dir.display(), pins = s.len(), "pin store opened");
+                tracing::info!(data_dir = %config.data_dir.display(), pins = s.pin_count(), "pin store opened");
                 Arc::new(s)
             }
             Err(e) => {

@@ -47,20 +47,6 @@ pub enum Route {
     UploadSession { repo: Repository },
 }
 
-impl Route {
-    /// The repository a write targets, for logs.
-    pub fn repository(&self) -> Option<&Repository> {
-        match self {
-            Self::ManifestPut { repo, .. }
-            | Self::ManifestDelete { repo, .. }
-            | Self::BlobDelete { repo, .. }
-            | Self::UploadStart { repo }
-            | Self::UploadSession { repo } => Some(repo),
-            Self::Health | Self::Ready | Self::Read => None,
-        }
-    }
-}
-
 /// Why a request was refused before anything was forwarded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RouteError {

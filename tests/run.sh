@@ -42,6 +42,9 @@ cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
 echo "== cargo test"
-cargo test --locked --all-targets -- --test-threads="${TEST_THREADS:-4}"
+# Many integration tests mostly wait on timeouts and child processes: run more of them
+# at once than there are cores. Benches run once each in test mode, with their own args.
+cargo test --locked --lib --bins --tests -- --test-threads="${TEST_THREADS:-4}"
+cargo test --locked --benches
 echo "== benchmark smoke run (bench/run.sh --smoke)"
 bench/run.sh --smoke

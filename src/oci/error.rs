@@ -3,8 +3,9 @@
 
 use serde::Serialize;
 
-/// The error codes tagpin answers with. The first group is the spec's table (code-1 to
-/// code-14); `Unknown` and `Unavailable` are what distribution uses for 500 and 503.
+/// The error codes tagpin answers with itself: those of the spec's table (code-1 to
+/// code-14) it has occasion to use, plus `UNKNOWN` and `UNAVAILABLE`, which distribution
+/// uses for 500 and 503. Every other code reaches clients from the upstream, untouched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorCode {
     BlobUploadInvalid,
@@ -13,10 +14,8 @@ pub enum ErrorCode {
     NameInvalid,
     TagInvalid,
     SizeInvalid,
-    Unauthorized,
     Denied,
     Unsupported,
-    TooManyRequests,
     Unknown,
     Unavailable,
 }
@@ -30,10 +29,8 @@ impl ErrorCode {
             Self::NameInvalid => "NAME_INVALID",
             Self::TagInvalid => "TAG_INVALID",
             Self::SizeInvalid => "SIZE_INVALID",
-            Self::Unauthorized => "UNAUTHORIZED",
             Self::Denied => "DENIED",
             Self::Unsupported => "UNSUPPORTED",
-            Self::TooManyRequests => "TOOMANYREQUESTS",
             Self::Unknown => "UNKNOWN",
             Self::Unavailable => "UNAVAILABLE",
         }

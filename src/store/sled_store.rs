@@ -49,12 +49,8 @@ impl SledStore {
     }
 
     /// Number of pins held, for the start-up log line.
-    pub fn len(&self) -> usize {
+    pub fn pin_count(&self) -> usize {
         self.pins.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.pins.is_empty()
     }
 }
 
