@@ -16,12 +16,21 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import shutil
 import threading
 import time
 from hashlib import sha256
 
 TARGETS = ["direct", "tagpin", "nginx"]
 MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
+
+
+def tool(name):
+    """A program's path; nginx and haproxy live in /usr/sbin, which not every PATH has."""
+    found = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
+    if not found:
+        raise RuntimeError(f"{name} is not installed (bench/run.sh installs it)")
+    return found
 
 
 def log(msg):
@@ -123,7 +132,7 @@ http {{
   }}
 }}
 """)
-    proc = subprocess.Popen(["nginx", "-p", root, "-c", conf, "-g", "daemon off;"],
+    proc = subprocess.Popen([tool("nginx"), "-p", root, "-c", conf, "-g", "daemon off;"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     for _ in range(100):
         try:
@@ -155,7 +164,7 @@ frontend f
 backend b
   server registry {upstream}
 """)
-    proc = subprocess.Popen(["haproxy", "-f", cfg], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([tool("haproxy"), "-f", cfg], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     for _ in range(100):
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
@@ -345,7 +354,7 @@ def versions(tagpin_bin):
     return {
         "tagpin": first_line([tagpin_bin, "--version"]),
         "registry": first_line(["docker-registry", "--version"]),
-        "nginx": first_line(["nginx", "-v"]),
+        "nginx": first_line([tool("nginx"), "-v"]),
         "ab": first_line(["ab", "-V"]),
     }
 
