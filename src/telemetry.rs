@@ -61,22 +61,28 @@ pub struct Requester {
     pub client: SocketAddr,
     pub user_agent: String,
     pub user: Option<String>,
+    /// `X-Forwarded-For` as received: who the client was behind a load balancer. Not
+    /// verified by tagpin; a client can write anything there.
+    pub forwarded_for: String,
 }
 
 impl Requester {
     pub fn from_headers(request_id: String, client: SocketAddr, headers: &HeaderMap) -> Self {
-        let user_agent = headers
-            .get(http::header::USER_AGENT)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .chars()
-            .take(256)
-            .collect();
+        let text = |name: http::header::HeaderName| -> String {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .chars()
+                .take(256)
+                .collect()
+        };
         Self {
             request_id,
             client,
-            user_agent,
+            user_agent: text(http::header::USER_AGENT),
             user: basic_user(headers),
+            forwarded_for: text(http::header::HeaderName::from_static("x-forwarded-for")),
         }
     }
 }
@@ -122,6 +128,7 @@ impl AuditEvent<'_> {
                     client = %self.who.client,
                     user_agent = self.who.user_agent.as_str(),
                     user,
+                    forwarded_for = self.who.forwarded_for.as_str(),
                     request_id = self.who.request_id.as_str(),
                     "{}", self.action.as_str()
                 )

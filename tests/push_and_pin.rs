@@ -461,6 +461,7 @@ fn audit_events_carry_who_what_and_which_digests() {
     a.push_blobs(env.tagpin.addr, "aud", "");
     let auth = basic("bob", "not-checked-upstream");
     let ua = [
+        ("X-Forwarded-For", "127.0.0.99"),
         ("Content-Type", image::OCI_MANIFEST),
         ("Authorization", auth.as_str()),
         ("User-Agent", "audit-test/1.0"),
@@ -488,6 +489,7 @@ fn audit_events_carry_who_what_and_which_digests() {
         assert_eq!(e["pinned_digest"], a.digest(), "{e}");
         assert_eq!(e["user"], "bob", "{e}");
         assert_eq!(e["user_agent"], "audit-test/1.0", "{e}");
+        assert_eq!(e["forwarded_for"], "127.0.0.99", "{e}");
         assert!(e["client"].as_str().unwrap().starts_with("127.0.0.1:"), "{e}");
         assert!(e["request_id"].as_str().is_some_and(|s| !s.is_empty()), "{e}");
     }
