@@ -132,15 +132,20 @@ http {{
   }}
 }}
 """)
-    proc = subprocess.Popen([tool("nginx"), "-p", root, "-c", conf, "-g", "daemon off;"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return spawn_listening([tool("nginx"), "-p", root, "-c", conf, "-g", "daemon off;"], port)
+
+
+def spawn_listening(argv, port):
+    """Start a server that prints nothing useful and wait until it accepts on `port`."""
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     for _ in range(100):
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
             return proc, f"127.0.0.1:{port}"
         except OSError:
             time.sleep(0.05)
-    raise RuntimeError("nginx did not start")
+    proc.kill()
+    raise RuntimeError(f"{argv[0]} did not start listening on port {port}")
 
 
 def start_haproxy(upstream, tmp):
@@ -164,14 +169,7 @@ frontend f
 backend b
   server registry {upstream}
 """)
-    proc = subprocess.Popen([tool("haproxy"), "-f", cfg], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(100):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return proc, f"127.0.0.1:{port}"
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError("haproxy did not start")
+    return spawn_listening([tool("haproxy"), "-f", cfg], port)
 
 
 def request(addr, method, path, body=b"", headers=None):
