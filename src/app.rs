@@ -23,7 +23,9 @@ pub struct Shared {
     pub locks: DecisionLocks,
     /// One permit per open client connection, across all workers.
     pub connections: Arc<Semaphore>,
-    tls: rustls::ClientConfig,
+    /// The listener's TLS, when a certificate is configured.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    upstream_tls: rustls::ClientConfig,
     request_seq: AtomicU64,
     request_prefix: String,
 }
@@ -56,6 +58,8 @@ pub enum StartError {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Tls(#[from] crate::server::tls::TlsError),
     #[error("cannot start worker {worker}: {source}")]
     Worker { worker: usize, source: std::io::Error },
 }
@@ -81,20 +85,35 @@ impl Shared {
     pub fn with_store(config: Config, store: Arc<dyn PinStore>) -> Result<Self, StartError> {
         let protection = Protection::new(&config.exclude)?;
         let tls = Upstream::tls_config(&config)?;
+        let listener_tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => Some(crate::server::tls::acceptor(cert, key)?),
+            _ => None,
+        };
         let started = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
         Ok(Self {
             connections: Arc::new(Semaphore::new(config.max_connections)),
+            tls: listener_tls,
             config,
             store,
             protection,
             locks: DecisionLocks::default(),
-            tls,
+            upstream_tls: tls,
             request_seq: AtomicU64::new(0),
             request_prefix: format!("{started:x}"),
         })
+    }
+
+    /// The scheme clients use to reach this listener, for `X-Forwarded-Proto` and for
+    /// rewriting upload locations.
+    pub fn client_proto(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
     }
 
     /// A request id unique within this process's lifetime and across restarts.
@@ -120,7 +139,7 @@ impl Shared {
 impl App {
     /// A worker's state. Call it on the worker's runtime.
     pub fn worker(shared: Arc<Shared>) -> Self {
-        let upstream = Upstream::new(&shared.config, shared.tls.clone());
+        let upstream = Upstream::new(&shared.config, shared.upstream_tls.clone());
         Self { shared, upstream }
     }
 

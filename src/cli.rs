@@ -59,6 +59,12 @@ pub struct ServeArgs {
     /// Extra PEM CA bundle trusted for an https:// upstream, besides the web roots.
     #[arg(long, env = "TAGPIN_UPSTREAM_CA")]
     pub upstream_ca: Option<PathBuf>,
+    /// PEM certificate chain for serving HTTPS (with --tls-key) [default: plain HTTP].
+    #[arg(long, env = "TAGPIN_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "TAGPIN_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
     /// Worker threads, each with its own event loop [default: the number of CPUs].
     #[arg(long, env = "TAGPIN_WORKERS")]
     pub workers: Option<usize>,
@@ -103,6 +109,8 @@ impl ServeArgs {
             upstream_ca: self.upstream_ca.or(file.upstream_ca),
             max_connections: self.max_connections.or(file.max_connections),
             workers: self.workers.or(file.workers),
+            tls_cert: self.tls_cert.or(file.tls_cert),
+            tls_key: self.tls_key.or(file.tls_key),
             timeouts: Some(RawTimeouts {
                 upstream_connect_ms: self.upstream_connect_timeout_ms.or(t.upstream_connect_ms),
                 upstream_header_ms: self.upstream_header_timeout_ms.or(t.upstream_header_ms),

@@ -210,3 +210,84 @@ fn an_https_upstream_is_verified_against_the_configured_ca() {
         "{head}"
     );
 }
+
+#[test]
+fn tagpin_serves_https_to_clients_that_verify_it() {
+    let certs = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = make_certs(certs.path());
+    // containers/image reads CA roots as `*.crt` files from --dest-cert-dir.
+    let cert_dir = certs.path().join("client");
+    std::fs::create_dir(&cert_dir).unwrap();
+    std::fs::copy(&ca, cert_dir.join("ca.crt")).unwrap();
+
+    let registry = Registry::start();
+    let data = tempfile::tempdir().unwrap();
+    let tagpin = Tagpin::start(
+        &registry.url(),
+        data.path(),
+        &["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()],
+    );
+    let push = |img: &Image| {
+        let layout = tempfile::tempdir().unwrap();
+        img.write_layout(layout.path(), "t");
+        common::skopeo(&[
+            "copy",
+            "--preserve-digests",
+            "--dest-cert-dir",
+            cert_dir.to_str().unwrap(),
+            &format!("oci:{}:t", layout.path().display()),
+            &format!("docker://{}/secure:1.0", tagpin.host()),
+        ])
+    };
+    let a = Image::random(41, 1000);
+    let out = push(&a);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(upstream_digest(&registry, "secure", "1.0"), Some(a.digest()));
+    let out = push(&Image::random(42, 1000));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is immutable"));
+    assert_eq!(upstream_digest(&registry, "secure", "1.0"), Some(a.digest()));
+
+    // Upload locations point back at tagpin's https origin.
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-D",
+            "-",
+            "-o",
+            "/dev/null",
+            "-X",
+            "POST",
+            "--cacert",
+            ca.to_str().unwrap(),
+        ])
+        .arg(format!("https://{}/v2/secure/blobs/uploads/", tagpin.host()))
+        .output()
+        .unwrap();
+    let head = String::from_utf8_lossy(&out.stdout).to_lowercase();
+    assert!(
+        head.contains(&format!("location: https://{}/v2/secure/blobs/uploads/", tagpin.host())),
+        "{head}"
+    );
+
+    // Plain HTTP on the TLS port is a failed handshake, and tagpin keeps serving.
+    let plain = try_request(tagpin.addr, "GET", "/v2/", &[], b"");
+    assert!(
+        plain.map_or(true, |r| r.status == 400),
+        "plain HTTP must not be served on the TLS port"
+    );
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--cacert",
+            ca.to_str().unwrap(),
+        ])
+        .arg(format!("https://{}/healthz", tagpin.host()))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "200");
+}

@@ -51,6 +51,8 @@ pub struct Config {
     pub upstream_ca: Option<PathBuf>,
     pub max_connections: usize,
     pub workers: usize,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
     pub timeouts: Timeouts,
 }
 

@@ -22,6 +22,8 @@ pub struct RawConfig {
     pub upstream_ca: Option<PathBuf>,
     pub max_connections: Option<usize>,
     pub workers: Option<usize>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
     pub timeouts: Option<RawTimeouts>,
 }
 

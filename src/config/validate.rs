@@ -71,6 +71,22 @@ impl RawConfig {
                 ));
             }
         }
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) | (None, Some(_)) => {
+                return Err(ConfigError::invalid("tls_cert", "tls_cert and tls_key go together"));
+            }
+            (Some(cert), Some(key)) => {
+                for (k, p) in [("tls_cert", cert), ("tls_key", key)] {
+                    if !p.is_file() {
+                        return Err(ConfigError::invalid(
+                            k,
+                            format!("{} is not a readable file", p.display()),
+                        ));
+                    }
+                }
+            }
+            (None, None) => {}
+        }
         let t = self.timeouts.unwrap_or_default();
         let ms = |key: &'static str, v: Option<u64>, default: u64| -> Result<Duration, ConfigError> {
             match v.unwrap_or(default) {
@@ -98,6 +114,8 @@ impl RawConfig {
             upstream_ca: self.upstream_ca,
             max_connections,
             workers,
+            tls_cert: self.tls_cert,
+            tls_key: self.tls_key,
             timeouts,
         })
     }
@@ -171,6 +189,7 @@ mod tests {
             ),
             ("upstream = \"http://x\"\npublic_url = \"x\"", "public_url"),
             ("upstream = \"http://x\"\nworkers = 0", "workers"),
+            ("upstream = \"http://x\"\ntls_cert = \"/nonexistent\"", "tls_cert"),
         ];
         for (text, key) in cases {
             let e = raw(text).validate().unwrap_err();

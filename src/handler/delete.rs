@@ -53,11 +53,7 @@ pub async fn manifest_delete(
             // Tags that predate tagpin are adopted first: deleting their manifest would
             // take the tag away as surely as moving it.
             if let Err(challenge) = super::pins::adopt_repository(app, &repo, &parts.headers, who).await? {
-                let origin = crate::upstream::headers::client_origin(
-                    app.config.public_url.as_ref(),
-                    &parts.headers,
-                    super::CLIENT_PROTO,
-                );
+                let origin = super::client_origin(app, &parts.headers);
                 return Ok(super::to_client(app, challenge, origin.as_deref()));
             }
             let (r, d) = (repo.clone(), digest.clone());

@@ -22,9 +22,6 @@ use crate::route::{self, Route};
 use crate::telemetry::Requester;
 use crate::upstream::headers;
 
-/// The listener speaks plain HTTP; TLS, when used, is terminated in front of tagpin.
-const CLIENT_PROTO: &str = "http";
-
 /// Answer one request. Never fails.
 pub async fn handle(app: &App, req: Request<Incoming>, client: SocketAddr) -> Response<Body> {
     let who = Requester::from_headers(app.next_request_id(), client, req.headers());
@@ -69,9 +66,14 @@ async fn handle_inner(app: &App, req: Request<Incoming>, who: &Requester) -> Res
 
 /// Forward a request and stream the answer back.
 async fn forward(app: &App, parts: Parts, body: Body, who: &Requester) -> Result<Response<Body>, ProxyError> {
-    let origin = headers::client_origin(app.config.public_url.as_ref(), &parts.headers, CLIENT_PROTO);
+    let origin = client_origin(app, &parts.headers);
     let resp = app.upstream.send(upstream_request(app, parts, body, who)).await?;
     Ok(to_client(app, resp, origin.as_deref()))
+}
+
+/// The origin this client used to reach tagpin (or the configured public URL).
+fn client_origin(app: &App, headers: &http::HeaderMap) -> Option<String> {
+    headers::client_origin(app.config.public_url.as_ref(), headers, app.client_proto())
 }
 
 /// The upstream request for a client's request: same method, path, query and body.
@@ -80,7 +82,7 @@ fn upstream_request(app: &App, parts: Parts, body: Body, who: &Requester) -> Req
     headers::to_upstream(
         &mut headers,
         who.client.ip(),
-        CLIENT_PROTO,
+        app.client_proto(),
         app.config.public_url.as_ref(),
     );
     // hyper answered any `Expect: 100-continue` to the client already.

@@ -15,7 +15,7 @@
 use http::request::Parts;
 use http::{header, Response};
 
-use super::{to_client, upstream_request, CLIENT_PROTO};
+use super::{client_origin, to_client, upstream_request};
 use crate::app::App;
 use crate::body::{self, Body};
 use crate::error::ProxyError;
@@ -24,7 +24,7 @@ use crate::oci::{Digest, Reference, Repository, Tag};
 use crate::policy::{self, Refusal, Verdict};
 use crate::store::{Pin, PinSource};
 use crate::telemetry::{AuditAction, AuditEvent, Requester};
-use crate::upstream::{headers, UpstreamError};
+use crate::upstream::UpstreamError;
 
 /// What the route said about the push.
 pub struct Push {
@@ -71,7 +71,7 @@ pub async fn manifest_put(
         }
         Reference::Tag(_) => Digest::sha256_of(&bytes),
     };
-    let origin = headers::client_origin(app.config.public_url.as_ref(), &parts.headers, CLIENT_PROTO);
+    let origin = client_origin(app, &parts.headers);
 
     let _guard = app.locks.push(&repo, &protected).await;
     let mut current = Vec::with_capacity(protected.len());

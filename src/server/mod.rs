@@ -1,6 +1,8 @@
-//! The listener: accepts connections up to a limit, serves HTTP/1.1 on each with a
-//! header-read timeout, and on shutdown stops accepting and drains in-flight requests
-//! for the grace period.
+//! The listener: accepts connections up to a limit, optionally terminates TLS, serves
+//! HTTP/1.1 on each with a header-read timeout, and on shutdown stops accepting and
+//! drains in-flight requests for the grace period.
+
+pub mod tls;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -10,7 +12,8 @@ use std::time::Duration;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 
 use crate::app::App;
@@ -45,15 +48,19 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<O
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let app = Arc::clone(&app);
-        let svc = service_fn(move |req| {
-            let app = Arc::clone(&app);
-            async move { Ok::<_, Infallible>(handler::handle(&app, req, peer).await) }
-        });
-        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), svc));
+        let (app, http, watcher) = (Arc::clone(&app), http.clone(), graceful.watcher());
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            match app.tls.clone() {
+                None => serve_connection(app, http, stream, watcher, peer).await,
+                Some(acceptor) => {
+                    // The handshake gets the same budget as the request headers.
+                    let limit = app.config.timeouts.client_header;
+                    match tokio::time::timeout(limit, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => serve_connection(app, http, tls, watcher, peer).await,
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                }
             }
             drop(permit);
         });
@@ -67,5 +74,19 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<O
     tokio::select! {
         () = graceful.shutdown() => tracing::info!("all connections drained"),
         () = tokio::time::sleep(grace) => tracing::warn!("grace period over; closing remaining connections"),
+    }
+}
+
+/// Serve HTTP/1.1 on one accepted (and, with TLS, decrypted) connection.
+async fn serve_connection<I>(app: Arc<App>, http: http1::Builder, io: I, watcher: Watcher, peer: std::net::SocketAddr)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = service_fn(move |req| {
+        let app = Arc::clone(&app);
+        async move { Ok::<_, Infallible>(handler::handle(&app, req, peer).await) }
+    });
+    if let Err(e) = watcher.watch(http.serve_connection(TokioIo::new(io), svc)).await {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
     }
 }
