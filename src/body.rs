@@ -102,6 +102,46 @@ where
     }
 }
 
+/// Reports through a oneshot channel when the wrapped body has been read to its end (or
+/// is dropped before that), so the sender of a request knows its body is out.
+pub struct NotifyEnd {
+    inner: Body,
+    done: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl NotifyEnd {
+    pub fn wrap(inner: Body, done: tokio::sync::oneshot::Sender<()>) -> Body {
+        Self {
+            inner,
+            done: Some(done),
+        }
+        .boxed_unsync()
+    }
+}
+
+impl HttpBody for NotifyEnd {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None)) || self.inner.is_end_stream() {
+            if let Some(done) = self.done.take() {
+                let _ = done.send(());
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// Box `inner` behind an idle timeout; a body that is already complete (a GET's empty
 /// request body) needs no timer and becomes a plain empty body.
 pub fn with_idle_timeout<B>(inner: B, idle: Duration) -> Body

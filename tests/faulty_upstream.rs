@@ -191,3 +191,33 @@ fn a_wrong_docker_content_digest_is_a_502_and_pins_nothing() {
     assert_eq!(put(&t, &b, "v1").status, 201);
     assert_eq!(put(&t, &a, "v1").status, 409);
 }
+
+#[test]
+fn a_slow_upload_is_not_cut_by_the_upstream_header_timeout() {
+    use std::io::{Read, Write};
+    // The header timeout (1.5 s) counts from the end of the request body: an upload that
+    // keeps flowing for longer than that must go through.
+    let registry = Registry::start();
+    let (t, _d) = tagpin_for(&registry.url());
+    let start = request(t.addr, "POST", "/v2/slow/blobs/uploads/", &[], b"");
+    let loc = start.header("location").unwrap();
+    let path = &loc[loc.find("/v2/").unwrap()..];
+    let blob = image::random_bytes(7, 10 * 64 * 1024);
+    let target = format!("{path}&digest={}", image::sha256(&blob));
+    let mut s = std::net::TcpStream::connect(t.addr).unwrap();
+    let head = format!(
+        "PUT {target} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
+        t.addr,
+        blob.len()
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    for chunk in blob.chunks(64 * 1024) {
+        s.write_all(chunk).unwrap();
+        // Slower overall than the header timeout, never idle as long as the body timeout.
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer).unwrap();
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 201"), "{text}");
+}

@@ -142,13 +142,33 @@ impl Upstream {
             .expect("a validated origin plus a parsed path is a valid URI")
     }
 
-    /// Send a request and wait for the response headers, within the header timeout.
+    /// Send a request and wait for the response headers. The header timeout starts once
+    /// the request body has been sent: a multi-gigabyte upload takes as long as it takes,
+    /// and while it flows only the body idle timeout applies to it.
     pub async fn send(&self, req: Request<Body>) -> Result<Response<Incoming>, UpstreamError> {
-        match tokio::time::timeout(self.header_timeout, self.client.request(req)).await {
+        let classify = |r: Result<Response<Incoming>, hyper_util::client::legacy::Error>| match r {
+            Ok(resp) => Ok(resp),
+            Err(e) if e.is_connect() => Err(UpstreamError::Connect(error_chain(&e))),
+            Err(e) => Err(UpstreamError::Transport(error_chain(&e))),
+        };
+        let (req, sent) = if http_body::Body::is_end_stream(req.body()) {
+            (req, None)
+        } else {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            (req.map(|b| body::NotifyEnd::wrap(b, tx)), Some(rx))
+        };
+        let response = self.client.request(req);
+        tokio::pin!(response);
+        if let Some(sent) = sent {
+            tokio::select! {
+                r = &mut response => return classify(r),
+                // Sent in full, or dropped after a failure: either way the wait begins.
+                _ = sent => {}
+            }
+        }
+        match tokio::time::timeout(self.header_timeout, response).await {
             Err(_) => Err(UpstreamError::HeaderTimeout(self.header_timeout)),
-            Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(e)) if e.is_connect() => Err(UpstreamError::Connect(error_chain(&e))),
-            Ok(Err(e)) => Err(UpstreamError::Transport(error_chain(&e))),
+            Ok(r) => classify(r),
         }
     }
 
