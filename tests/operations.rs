@@ -108,6 +108,20 @@ fn sigterm_drains_and_exits_cleanly() {
     assert!(tagpin.logs().iter().any(|l| l.contains("shutting down")));
 }
 
+/// curl's standard output for `url`, trusting `ca`.
+fn curl_with_ca(ca: &std::path::Path, args: &[&str], url: &str) -> String {
+    let bin = common::procs::require_binary("curl", "curl");
+    let out = Command::new(bin)
+        .arg("-s")
+        .arg("--cacert")
+        .arg(ca)
+        .args(args)
+        .arg(url)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// A throwaway CA and a server certificate for 127.0.0.1, made with openssl.
 fn make_certs(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
     let openssl = common::procs::require_binary("openssl", "openssl");
@@ -192,19 +206,12 @@ fn an_https_upstream_is_verified_against_the_configured_ca() {
     assert_eq!(img.put_manifest(tagpin.addr, "tls", "v1", "").status, 201);
     assert_eq!(img.variant("x").put_manifest(tagpin.addr, "tls", "v1", "").status, 409);
     // Ask the upstream itself, over TLS, what the tag holds.
-    let out = Command::new("curl")
-        .args([
-            "-s",
-            "-I",
-            "--cacert",
-            ca.to_str().unwrap(),
-            "-H",
-            &format!("Accept: {}", image::OCI_MANIFEST),
-        ])
-        .arg(format!("{}/v2/tls/manifests/v1", registry.url()))
-        .output()
-        .unwrap();
-    let head = String::from_utf8_lossy(&out.stdout).to_lowercase();
+    let head = curl_with_ca(
+        &ca,
+        &["-I", "-H", &format!("Accept: {}", image::OCI_MANIFEST)],
+        &format!("{}/v2/tls/manifests/v1", registry.url()),
+    )
+    .to_lowercase();
     assert!(
         head.contains(&format!("docker-content-digest: {}", img.digest())),
         "{head}"
@@ -249,22 +256,12 @@ fn tagpin_serves_https_to_clients_that_verify_it() {
     assert_eq!(upstream_digest(&registry, "secure", "1.0"), Some(a.digest()));
 
     // Upload locations point back at tagpin's https origin.
-    let out = Command::new("curl")
-        .args([
-            "-s",
-            "-D",
-            "-",
-            "-o",
-            "/dev/null",
-            "-X",
-            "POST",
-            "--cacert",
-            ca.to_str().unwrap(),
-        ])
-        .arg(format!("https://{}/v2/secure/blobs/uploads/", tagpin.host()))
-        .output()
-        .unwrap();
-    let head = String::from_utf8_lossy(&out.stdout).to_lowercase();
+    let head = curl_with_ca(
+        &ca,
+        &["-D", "-", "-o", "/dev/null", "-X", "POST"],
+        &format!("https://{}/v2/secure/blobs/uploads/", tagpin.host()),
+    )
+    .to_lowercase();
     assert!(
         head.contains(&format!("location: https://{}/v2/secure/blobs/uploads/", tagpin.host())),
         "{head}"
@@ -276,18 +273,10 @@ fn tagpin_serves_https_to_clients_that_verify_it() {
         plain.map_or(true, |r| r.status == 400),
         "plain HTTP must not be served on the TLS port"
     );
-    let out = Command::new("curl")
-        .args([
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "--cacert",
-            ca.to_str().unwrap(),
-        ])
-        .arg(format!("https://{}/healthz", tagpin.host()))
-        .output()
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "200");
+    let status = curl_with_ca(
+        &ca,
+        &["-o", "/dev/null", "-w", "%{http_code}"],
+        &format!("https://{}/healthz", tagpin.host()),
+    );
+    assert_eq!(status, "200");
 }

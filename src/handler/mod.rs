@@ -26,7 +26,9 @@ use crate::upstream::headers;
 pub async fn handle(app: &App, req: Request<Incoming>, client: SocketAddr) -> Response<Body> {
     let who = Requester::from_headers(app.next_request_id(), client, req.headers());
     let method = req.method().clone();
-    let path = req.uri().path().to_owned();
+    // A `Uri` clone shares its bytes: the path for the log lines costs no copy.
+    let uri = req.uri().clone();
+    let path = uri.path();
     match handle_inner(app, req, &who).await {
         Ok(resp) => {
             tracing::debug!(request_id = %who.request_id, %method, path, status = resp.status().as_u16(), "request");
