@@ -4,6 +4,8 @@ FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+# Declared in Cargo.toml, so cargo wants it present even when building only the binary.
+COPY benches ./benches
 RUN cargo build --release --locked --bin tagpin && strip target/release/tagpin
 
 FROM debian:bookworm-slim
