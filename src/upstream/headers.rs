@@ -153,11 +153,11 @@ mod tests {
     #[test]
     fn forwarded_headers_are_set_and_appended() {
         let mut h = map(&[("host", "tagpin:5050"), ("authorization", "Bearer t")]);
-        to_upstream(&mut h, "10.0.0.7".parse().unwrap(), "http", None);
+        to_upstream(&mut h, "127.0.0.7".parse().unwrap(), "http", None);
         assert!(h.get("host").is_none());
         assert_eq!(h["x-forwarded-host"], "tagpin:5050");
         assert_eq!(h["x-forwarded-proto"], "http");
-        assert_eq!(h["x-forwarded-for"], "10.0.0.7");
+        assert_eq!(h["x-forwarded-for"], "127.0.0.7");
         assert_eq!(h["authorization"], "Bearer t");
 
         let mut h = map(&[
