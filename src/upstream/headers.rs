@@ -162,12 +162,12 @@ mod tests {
 
         let mut h = map(&[
             ("host", "inner"),
-            ("x-forwarded-for", "1.2.3.4"),
+            ("x-forwarded-for", "127.0.0.4"),
             ("x-forwarded-host", "outer"),
             ("x-forwarded-proto", "https"),
         ]);
         to_upstream(&mut h, "::1".parse().unwrap(), "http", None);
-        assert_eq!(h["x-forwarded-for"], "1.2.3.4, ::1");
+        assert_eq!(h["x-forwarded-for"], "127.0.0.4, ::1");
         assert_eq!(h["x-forwarded-host"], "outer");
         assert_eq!(h["x-forwarded-proto"], "https");
 
