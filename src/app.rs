@@ -23,6 +23,8 @@ pub struct Shared {
     pub locks: DecisionLocks,
     /// One permit per open client connection, across all workers.
     pub connections: Arc<Semaphore>,
+    /// Counters and gauges for `GET /metrics`.
+    pub metrics: crate::metrics::Metrics,
     /// The listener's TLS, when a certificate is configured.
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     upstream_tls: rustls::ClientConfig,
@@ -96,6 +98,7 @@ impl Shared {
         Ok(Self {
             connections: Arc::new(Semaphore::new(config.max_connections)),
             tls: listener_tls,
+            metrics: crate::metrics::Metrics::default(),
             config,
             store,
             protection,

@@ -21,6 +21,7 @@ pub mod error;
 pub mod handler;
 pub mod locks;
 pub mod manifest;
+pub mod metrics;
 pub mod oci;
 pub mod policy;
 pub mod route;

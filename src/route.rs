@@ -27,6 +27,8 @@ pub enum Route {
     Health,
     /// `GET /readyz`: answered by tagpin after probing the upstream and the store.
     Ready,
+    /// `GET /metrics`: Prometheus metrics, answered by tagpin.
+    Metrics,
     /// A GET or HEAD under `/v2/`: forwarded untouched.
     Read,
     /// `PUT /v2/<name>/manifests/<reference>[?tag=…]` (end-7a, end-7b).
@@ -77,13 +79,14 @@ pub fn classify(method: &Method, uri: &Uri) -> Result<Route, RouteError> {
         return match path {
             "/healthz" => Ok(Route::Health),
             "/readyz" => Ok(Route::Ready),
+            "/metrics" => Ok(Route::Metrics),
             "/v2" => Ok(Route::Read),
             p if p.starts_with("/v2/") => Ok(Route::Read),
             _ => Err(RouteError::NotFound),
         };
     }
     let Some(tail) = path.strip_prefix("/v2/") else {
-        return Err(if path == "/v2" || path == "/healthz" || path == "/readyz" {
+        return Err(if matches!(path, "/v2" | "/healthz" | "/readyz" | "/metrics") {
             RouteError::MethodNotAllowed(method.clone())
         } else {
             RouteError::NotFound

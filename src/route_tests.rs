@@ -36,6 +36,8 @@ fn reads_pass_through_whatever_their_shape() {
     }
     assert_eq!(run("GET", "/healthz"), Ok(Route::Health));
     assert_eq!(run("GET", "/readyz"), Ok(Route::Ready));
+    assert_eq!(run("GET", "/metrics"), Ok(Route::Metrics));
+    assert_eq!(run("POST", "/metrics"), Err(RouteError::MethodNotAllowed(Method::POST)));
 }
 
 #[test]

@@ -111,7 +111,9 @@ pub struct AuditEvent<'a> {
 }
 
 impl AuditEvent<'_> {
-    pub fn emit(&self) {
+    /// Log the event and count it in the metrics.
+    pub fn emit(&self, metrics: &crate::metrics::Metrics) {
+        metrics.decision(self.action);
         let tag = self.tag.map(Tag::as_str).unwrap_or("");
         let pinned = self.pinned.map(Digest::as_str).unwrap_or("");
         let attempted = self.attempted.map(Digest::as_str).unwrap_or("");

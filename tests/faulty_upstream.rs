@@ -100,6 +100,11 @@ fn a_hang_at_headers_is_a_504_and_nothing_is_forwarded() {
         "{:?}",
         fake.requests()
     );
+    let metrics = request(t.addr, "GET", "/metrics", &[], b"").text();
+    assert!(
+        metrics.contains("tagpin_upstream_failures_total{kind=\"timeout\"} 2"),
+        "{metrics}"
+    );
     assert_serving(&t);
 }
 

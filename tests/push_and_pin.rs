@@ -495,6 +495,23 @@ fn audit_events_carry_who_what_and_which_digests() {
     }
     let refused = env.tagpin.wait_for_audit(|e| e["action"] == "push_refused");
     assert_eq!(refused["attempted_digest"], b.digest());
+    // The same decisions, counted for Prometheus.
+    let metrics = request(env.tagpin.addr, "GET", "/metrics", &[], b"");
+    assert_eq!(metrics.status, 200);
+    assert!(metrics
+        .header("content-type")
+        .unwrap()
+        .starts_with("application/openmetrics-text"));
+    let text = metrics.text();
+    for line in [
+        "tagpin_decisions_total{action=\"pin_created\"} 1",
+        "tagpin_decisions_total{action=\"identical_repush\"} 1",
+        "tagpin_decisions_total{action=\"push_refused\"} 1",
+        "tagpin_decisions_total{action=\"delete_refused\"} 1",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} missing from:\n{text}");
+    }
+    assert!(text.contains("tagpin_responses_total{class=\"4xx\"}"), "{text}");
     for line in env.tagpin.logs() {
         assert!(
             !line.contains("not-checked-upstream") && !line.contains(&auth[6..]),

@@ -45,7 +45,7 @@ pub async fn manifest_delete(
                 pinned: pinned.as_ref(),
                 attempted: None,
             }
-            .emit();
+            .emit(&app.metrics);
             Err(Refusal::DeleteTag { repo, tag, pinned }.into())
         }
         Reference::Digest(digest) => {
@@ -74,7 +74,7 @@ pub async fn manifest_delete(
                     pinned: Some(&digest),
                     attempted: None,
                 }
-                .emit();
+                .emit(&app.metrics);
             }
             Err(Refusal::DeleteDigest {
                 repo,

@@ -29,13 +29,18 @@ pub async fn handle(app: &App, req: Request<Incoming>, client: SocketAddr) -> Re
     // A `Uri` clone shares its bytes: the path for the log lines costs no copy.
     let uri = req.uri().clone();
     let path = uri.path();
-    match handle_inner(app, req, &who).await {
+    let resp = match handle_inner(app, req, &who).await {
         Ok(resp) => {
             tracing::debug!(request_id = %who.request_id, %method, path, status = resp.status().as_u16(), "request");
             resp
         }
         Err(e) => {
             let (status, code) = e.classify(app.config.refuse_status);
+            match &e {
+                ProxyError::Upstream(u) => app.metrics.upstream_failure(u.kind()),
+                ProxyError::Store(_) => app.metrics.store_failure(),
+                _ => {}
+            }
             if status.is_server_error() {
                 tracing::error!(request_id = %who.request_id, %method, path, status = status.as_u16(), error = %e, "request failed");
             } else {
@@ -43,7 +48,9 @@ pub async fn handle(app: &App, req: Request<Incoming>, client: SocketAddr) -> Re
             }
             e.into_response(&who.request_id, app.config.refuse_status)
         }
-    }
+    };
+    app.metrics.response(resp.status());
+    resp
 }
 
 async fn handle_inner(app: &App, req: Request<Incoming>, who: &Requester) -> Result<Response<Body>, ProxyError> {
@@ -54,6 +61,15 @@ async fn handle_inner(app: &App, req: Request<Incoming>, who: &Requester) -> Res
     match route {
         Route::Health => Ok(plain(StatusCode::OK, "ok\n")),
         Route::Ready => Ok(ready(app).await),
+        Route::Metrics => {
+            let open = app.config.max_connections - app.connections.available_permits();
+            let mut resp = Response::new(body::full(app.metrics.render(open)));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+            );
+            Ok(resp)
+        }
         Route::ManifestPut { repo, reference, tags } => {
             push::manifest_put(app, parts, body, push::Push { repo, reference, tags }, who).await
         }

@@ -46,7 +46,7 @@ pub async fn pin_in_force(
                 pinned: Some(&pinned),
                 attempted: Some(&pinned),
             }
-            .emit();
+            .emit(&app.metrics);
             Ok(Ok(Some(pinned)))
         }
     }

@@ -85,6 +85,7 @@ pub async fn manifest_put(
     if !decision.allowed() {
         for c in &decision.conflicts {
             audit(
+                app,
                 AuditAction::PushRefused,
                 who,
                 &repo,
@@ -150,12 +151,13 @@ pub async fn manifest_put(
             Verdict::Identical => AuditAction::IdenticalRepush,
             Verdict::Conflict => continue,
         };
-        audit(action, who, &repo, tag, Some(&attempted), &attempted);
+        audit(app, action, who, &repo, tag, Some(&attempted), &attempted);
     }
     Ok(to_client(app, resp, origin.as_deref()))
 }
 
 fn audit(
+    app: &App,
     action: AuditAction,
     who: &Requester,
     repo: &Repository,
@@ -171,5 +173,5 @@ fn audit(
         pinned,
         attempted: Some(attempted),
     }
-    .emit();
+    .emit(&app.metrics);
 }

@@ -52,6 +52,20 @@ pub enum UpstreamError {
     Tls(String),
 }
 
+impl UpstreamError {
+    /// A short, fixed name for the metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Connect(_) => "connect",
+            Self::HeaderTimeout(_) => "timeout",
+            Self::Transport(_) => "transport",
+            Self::CheckStatus { .. } | Self::CheckNoDigest { .. } => "check",
+            Self::DigestMismatch { .. } => "digest",
+            Self::Tls(_) => "tls",
+        }
+    }
+}
+
 /// What the upstream holds under a tag.
 pub enum TagAtUpstream {
     Present(Digest),

@@ -1,0 +1,147 @@
+//! Prometheus metrics, served at `GET /metrics` in the OpenMetrics text format: the
+//! decisions (the same counts as the audit log), responses by status class, upstream and
+//! store failures, and open connections.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::telemetry::AuditAction;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ActionLabel {
+    action: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClassLabel {
+    class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: &'static str,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    decisions: Family<ActionLabel, Counter>,
+    responses: Family<ClassLabel, Counter>,
+    upstream_failures: Family<KindLabel, Counter>,
+    store_failures: Counter,
+    open_connections: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("tagpin");
+        let decisions = Family::<ActionLabel, Counter>::default();
+        registry.register(
+            "decisions",
+            "Decisions on protected tags, by audit action",
+            decisions.clone(),
+        );
+        let responses = Family::<ClassLabel, Counter>::default();
+        registry.register(
+            "responses",
+            "Responses sent to clients, by status class",
+            responses.clone(),
+        );
+        let upstream_failures = Family::<KindLabel, Counter>::default();
+        registry.register(
+            "upstream_failures",
+            "Requests that failed at the upstream (connect, timeout, transport, check, digest)",
+            upstream_failures.clone(),
+        );
+        let store_failures = Counter::default();
+        registry.register(
+            "store_failures",
+            "Writes refused because the pin store failed",
+            store_failures.clone(),
+        );
+        let open_connections = Gauge::default();
+        registry.register(
+            "open_connections",
+            "Client connections open now",
+            open_connections.clone(),
+        );
+        Self {
+            registry,
+            decisions,
+            responses,
+            upstream_failures,
+            store_failures,
+            open_connections,
+        }
+    }
+}
+
+impl Metrics {
+    pub fn decision(&self, action: AuditAction) {
+        self.decisions
+            .get_or_create(&ActionLabel {
+                action: action.as_str(),
+            })
+            .inc();
+    }
+
+    pub fn response(&self, status: http::StatusCode) {
+        let class = match status.as_u16() {
+            100..=199 => "1xx",
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        };
+        self.responses.get_or_create(&ClassLabel { class }).inc();
+    }
+
+    pub fn upstream_failure(&self, kind: &'static str) {
+        self.upstream_failures.get_or_create(&KindLabel { kind }).inc();
+    }
+
+    pub fn store_failure(&self) {
+        self.store_failures.inc();
+    }
+
+    /// The text exposition, with the connection gauge set to `open_connections`.
+    pub fn render(&self, open_connections: usize) -> String {
+        self.open_connections
+            .set(i64::try_from(open_connections).unwrap_or(i64::MAX));
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_appear_in_the_exposition() {
+        let m = Metrics::default();
+        m.decision(AuditAction::PushRefused);
+        m.decision(AuditAction::PushRefused);
+        m.response(http::StatusCode::CONFLICT);
+        m.upstream_failure("timeout");
+        m.store_failure();
+        let text = m.render(3);
+        assert!(
+            text.contains("tagpin_decisions_total{action=\"push_refused\"} 2"),
+            "{text}"
+        );
+        assert!(text.contains("tagpin_responses_total{class=\"4xx\"} 1"), "{text}");
+        assert!(
+            text.contains("tagpin_upstream_failures_total{kind=\"timeout\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("tagpin_store_failures_total 1"), "{text}");
+        assert!(text.contains("tagpin_open_connections 3"), "{text}");
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+}
