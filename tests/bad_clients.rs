@@ -42,9 +42,11 @@ fn rss_kib(pid: u32) -> u64 {
 
 #[test]
 fn trickled_headers_hit_the_header_timeout() {
-    let registry = Registry::start();
-    let data = tempfile::tempdir().unwrap();
-    let tagpin = Tagpin::start(&registry.url(), data.path(), &["--client-header-timeout-ms", "1000"]);
+    let Stack {
+        registry: _registry,
+        tagpin,
+        data: _data,
+    } = Stack::start(&["--client-header-timeout-ms", "1000"]);
     let mut s = TcpStream::connect(tagpin.addr).unwrap();
     s.write_all(b"PUT /v2/a/manifests/v1 HTTP/1.1\r\nHost: x\r\n").unwrap();
     let writer = s.try_clone().unwrap();
@@ -69,9 +71,11 @@ fn trickled_headers_hit_the_header_timeout() {
 
 #[test]
 fn an_abandoned_upload_is_cut_by_the_body_idle_timeout() {
-    let registry = Registry::start();
-    let data = tempfile::tempdir().unwrap();
-    let tagpin = Tagpin::start(&registry.url(), data.path(), &["--body-idle-timeout-ms", "1000"]);
+    let Stack {
+        registry,
+        tagpin,
+        data: _data,
+    } = Stack::start(&["--body-idle-timeout-ms", "1000"]);
     let start = request(tagpin.addr, "POST", "/v2/ab/blobs/uploads/", &[], b"");
     let loc = start.header("location").unwrap();
     let path = &loc[loc.find("/v2/").unwrap()..];

@@ -17,9 +17,7 @@ struct Pinned {
 
 /// `a/b:v1` pinned through tagpin; `other` is content that must never land on it.
 fn pinned_env(extra: &[&str]) -> Pinned {
-    let registry = Registry::start();
-    let data = tempfile::tempdir().unwrap();
-    let tagpin = Tagpin::start(&registry.url(), data.path(), extra);
+    let Stack { registry, tagpin, data } = Stack::start(extra);
     let pinned = Image::random(100, 500);
     pinned.push_blobs(tagpin.addr, "a/b", "");
     assert_eq!(pinned.put_manifest(tagpin.addr, "a/b", "v1", "").status, 201);

@@ -5,21 +5,15 @@ mod common;
 
 use common::*;
 
-/// An upstream, a tagpin in front of it, and the tagpin's data dir.
-struct Env {
-    registry: Registry,
-    tagpin: Tagpin,
-    data: tempfile::TempDir,
+type Env = Stack;
+
+/// skopeo helpers on top of the shared test stack.
+trait SkopeoPush {
+    fn docker(&self, repo_tag: &str) -> String;
+    fn push_layout(&self, image: &Image, repo_tag: &str) -> std::process::Output;
 }
 
-impl Env {
-    fn new(extra: &[&str]) -> Self {
-        let registry = Registry::start();
-        let data = tempfile::tempdir().unwrap();
-        let tagpin = Tagpin::start(&registry.url(), data.path(), extra);
-        Self { registry, tagpin, data }
-    }
-
+impl SkopeoPush for Stack {
     fn docker(&self, repo_tag: &str) -> String {
         format!("docker://{}/{repo_tag}", self.tagpin.host())
     }
@@ -41,7 +35,7 @@ fn ok(out: &std::process::Output) {
 
 #[test]
 fn push_and_pull_round_trip_is_byte_identical() {
-    let env = Env::new(&[]);
+    let env = Env::start(&[]);
     let img = Image::random(1, 300_000);
     ok(&env.push_layout(&img, "app/api:1.0"));
     assert_eq!(upstream_digest(&env.registry, "app/api", "1.0"), Some(img.digest()));
@@ -102,7 +96,7 @@ fn push_and_pull_round_trip_is_byte_identical() {
 
 #[test]
 fn identical_repush_is_allowed() {
-    let env = Env::new(&[]);
+    let env = Env::start(&[]);
     let img = Image::random(2, 1000);
     ok(&env.push_layout(&img, "app:1.0"));
     ok(&env.push_layout(&img, "app:1.0"));
@@ -115,7 +109,7 @@ fn identical_repush_is_allowed() {
 
 #[test]
 fn a_different_digest_is_refused_and_the_upstream_tag_stays() {
-    let env = Env::new(&[]);
+    let env = Env::start(&[]);
     let first = Image::random(3, 1000);
     let second = Image::random(4, 1000);
     ok(&env.push_layout(&first, "my-api:1.4.2"));
@@ -146,7 +140,7 @@ fn a_different_digest_is_refused_and_the_upstream_tag_stays() {
 
 #[test]
 fn refusal_status_can_be_403() {
-    let env = Env::new(&["--refuse-status", "403"]);
+    let env = Env::start(&["--refuse-status", "403"]);
     let a = Image::random(5, 100);
     a.push_blobs(env.tagpin.addr, "r", "");
     assert_eq!(a.put_manifest(env.tagpin.addr, "r", "v1", "").status, 201);
@@ -156,7 +150,7 @@ fn refusal_status_can_be_403() {
 
 #[test]
 fn the_refusal_survives_a_restart_on_the_same_data_dir() {
-    let mut env = Env::new(&[]);
+    let mut env = Env::start(&[]);
     let a = Image::random(6, 1000);
     a.push_blobs(env.tagpin.addr, "svc", "");
     assert_eq!(a.put_manifest(env.tagpin.addr, "svc", "2.0", "").status, 201);
@@ -184,7 +178,7 @@ fn the_refusal_survives_a_restart_on_the_same_data_dir() {
 
 #[test]
 fn a_tag_that_predates_tagpin_is_adopted() {
-    let env = Env::new(&[]);
+    let env = Env::start(&[]);
     let old = Image::random(7, 1000);
     old.push_blobs(env.registry.addr, "legacy", "");
     assert_eq!(old.put_manifest(env.registry.addr, "legacy", "1.0", "").status, 201);
@@ -201,7 +195,7 @@ fn a_tag_that_predates_tagpin_is_adopted() {
 
 #[test]
 fn deleting_a_protected_tag_or_its_pinned_digest_is_refused() {
-    let env = Env::new(&[]);
+    let env = Env::start(&[]);
     let a = Image::random(8, 1000);
     a.push_blobs(env.tagpin.addr, "d", "");
     assert_eq!(a.put_manifest(env.tagpin.addr, "d", "v1", "").status, 201);
@@ -241,7 +235,7 @@ fn deleting_a_protected_tag_or_its_pinned_digest_is_refused() {
 
 #[test]
 fn deleting_the_digest_of_a_tag_that_predates_tagpin_is_refused() {
-    let env = Env::new(&[]);
+    let env = Env::start(&[]);
     let old = Image::random(18, 500);
     old.push_blobs(env.registry.addr, "pre", "");
     assert_eq!(old.put_manifest(env.registry.addr, "pre", "1.0", "").status, 201);
@@ -266,7 +260,7 @@ fn deleting_the_digest_of_a_tag_that_predates_tagpin_is_refused() {
 
 #[test]
 fn tag_query_pushes_are_checked() {
-    let env = Env::new(&[]);
+    let env = Env::start(&[]);
     let a = Image::random(9, 1000);
     a.push_blobs(env.tagpin.addr, "q", "");
     assert_eq!(a.put_manifest(env.tagpin.addr, "q", "v1", "").status, 201);
@@ -294,7 +288,7 @@ fn tag_query_pushes_are_checked() {
 
 #[test]
 fn an_excluded_tag_can_move() {
-    let env = Env::new(&["--exclude", "latest", "--exclude", "dev-*"]);
+    let env = Env::start(&["--exclude", "latest", "--exclude", "dev-*"]);
     let a = Image::random(10, 1000);
     let b = a.variant("b");
     a.push_blobs(env.tagpin.addr, "x", "");
@@ -311,7 +305,7 @@ fn an_excluded_tag_can_move() {
 
 #[test]
 fn a_multi_arch_index_pushed_with_skopeo_all_is_protected() {
-    let env = Env::new(&[]);
+    let env = Env::start(&[]);
     let idx = Index::new(11, 2000);
     let dir = tempfile::tempdir().unwrap();
     idx.write_layout(dir.path(), "t");
@@ -343,7 +337,7 @@ fn a_multi_arch_index_pushed_with_skopeo_all_is_protected() {
 
 #[test]
 fn a_256_mib_layer_is_pushed_and_pulled_intact() {
-    let env = Env::new(&[]);
+    let env = Env::start(&[]);
     let img = Image::random(13, 256 * 1024 * 1024);
     ok(&env.push_layout(&img, "big:1"));
     let out_dir = tempfile::tempdir().unwrap();
@@ -366,7 +360,7 @@ fn a_256_mib_layer_is_pushed_and_pulled_intact() {
 
 #[test]
 fn upload_locations_point_at_tagpin() {
-    let env = Env::new(&[]);
+    let env = Env::start(&[]);
     let r = request(env.tagpin.addr, "POST", "/v2/loc/blobs/uploads/", &[], b"");
     assert_eq!(r.status, 202);
     let loc = r.header("location").unwrap();
@@ -432,7 +426,7 @@ fn basic_auth_upstream_works_through_tagpin() {
 
 #[test]
 fn concurrent_pushes_of_different_digests_produce_one_winner() {
-    let env = Env::new(&[]);
+    let env = Env::start(&[]);
     let base = Image::random(16, 1000);
     base.push_blobs(env.tagpin.addr, "race", "");
     let variants: Vec<Image> = (0..8).map(|i| base.variant(&format!("racer-{i}"))).collect();
@@ -455,7 +449,7 @@ fn concurrent_pushes_of_different_digests_produce_one_winner() {
 
 #[test]
 fn audit_events_carry_who_what_and_which_digests() {
-    let env = Env::new(&[]);
+    let env = Env::start(&[]);
     let a = Image::random(17, 100);
     let b = a.variant("b");
     a.push_blobs(env.tagpin.addr, "aud", "");

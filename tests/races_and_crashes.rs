@@ -33,9 +33,11 @@ impl Lcg {
 #[test]
 fn racing_pushes_of_different_digests_have_exactly_one_winner_every_round() {
     const PUSHERS: usize = 16;
-    let registry = Registry::start();
-    let data = tempfile::tempdir().unwrap();
-    let tagpin = Tagpin::start(&registry.url(), data.path(), &[]);
+    let Stack {
+        registry,
+        tagpin,
+        data: _data,
+    } = Stack::start(&[]);
     let base = Image::random(400, 256);
     base.push_blobs(tagpin.addr, "race", "");
     let variants: Vec<Image> = (0..PUSHERS).map(|i| base.variant(&format!("pusher-{i}"))).collect();
@@ -72,9 +74,11 @@ fn racing_pushes_of_different_digests_have_exactly_one_winner_every_round() {
 
 #[test]
 fn a_push_racing_a_delete_of_its_digest_never_leaves_the_tag_dangling() {
-    let registry = Registry::start();
-    let data = tempfile::tempdir().unwrap();
-    let tagpin = Tagpin::start(&registry.url(), data.path(), &[]);
+    let Stack {
+        registry,
+        tagpin,
+        data: _data,
+    } = Stack::start(&[]);
     let base = Image::random(401, 256);
     base.push_blobs(tagpin.addr, "pd", "");
     let addr = tagpin.addr;
@@ -108,9 +112,11 @@ fn a_push_racing_a_delete_of_its_digest_never_leaves_the_tag_dangling() {
 
 #[test]
 fn a_tag_query_push_racing_a_push_by_tag_has_one_winner() {
-    let registry = Registry::start();
-    let data = tempfile::tempdir().unwrap();
-    let tagpin = Tagpin::start(&registry.url(), data.path(), &[]);
+    let Stack {
+        registry,
+        tagpin,
+        data: _data,
+    } = Stack::start(&[]);
     let base = Image::random(402, 256);
     base.push_blobs(tagpin.addr, "qt", "");
     let addr = tagpin.addr;

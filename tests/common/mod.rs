@@ -17,6 +17,23 @@ pub use self::http::{request, try_request, Resp};
 pub use image::{Image, Index};
 pub use procs::{basic, skopeo, skopeo_copy, Registry, RegistryOptions, Tagpin};
 
+/// An upstream registry, a tagpin in front of it, and tagpin's data dir: the setup
+/// nearly every end-to-end test starts from.
+pub struct Stack {
+    pub registry: Registry,
+    pub tagpin: Tagpin,
+    pub data: tempfile::TempDir,
+}
+
+impl Stack {
+    pub fn start(extra: &[&str]) -> Self {
+        let registry = Registry::start();
+        let data = tempfile::tempdir().unwrap();
+        let tagpin = Tagpin::start(&registry.url(), data.path(), extra);
+        Self { registry, tagpin, data }
+    }
+}
+
 /// The digest the upstream itself holds under `repo:tag`, asked directly (never through
 /// tagpin), with every manifest media type accepted so nothing is converted.
 pub fn upstream_digest(registry: &Registry, repo: &str, tag: &str) -> Option<String> {
