@@ -43,7 +43,7 @@ fn store(c: &mut Criterion) {
     }
     let hit = Tag::parse("v5000").unwrap();
     c.bench_function("pin lookup (10k pins)", |b| {
-        b.iter(|| store.get(&repo, std::hint::black_box(&hit)).unwrap())
+        b.iter(|| store.state(&repo, std::hint::black_box(&hit)).unwrap())
     });
     let mut n = 0u64;
     c.bench_function("durable pin write", |b| {
@@ -56,6 +56,22 @@ fn store(c: &mut Criterion) {
                 )]
             },
             |pins| store.pin_if_absent(&repo, &pins).unwrap(),
+            BatchSize::SmallInput,
+        )
+    });
+    // A new tag's push costs a durable claim before forwarding and its confirmation after.
+    c.bench_function("durable claim + confirm", |b| {
+        b.iter_batched(
+            || {
+                n += 1;
+                vec![Tag::parse(&format!("claimed{n}")).unwrap()]
+            },
+            |tags| {
+                store
+                    .claim(&repo, &tags, &tagpin::store::Claim::now(digest.clone(), "bench"))
+                    .unwrap();
+                store.confirm(&repo, &tags, &digest).unwrap()
+            },
             BatchSize::SmallInput,
         )
     });

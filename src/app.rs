@@ -1,11 +1,16 @@
 //! The state request handlers see: [`Shared`] by every worker (config, pin store, locks,
 //! policy, connection limit), plus each worker's own upstream client in [`App`].
 
+use std::future::Future;
 use std::ops::Deref;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
-use tokio::sync::Semaphore;
+use http::Response;
+use tokio::sync::{Notify, Semaphore};
+
+use crate::body::Body;
 
 use crate::config::Config;
 use crate::error::ProxyError;
@@ -27,6 +32,8 @@ pub struct Shared {
     pub metrics: crate::metrics::Metrics,
     /// The listener's TLS, when a certificate is configured.
     pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Decisions running as detached tasks, so shutdown can let them finish.
+    pub detached: Detached,
     upstream_tls: rustls::ClientConfig,
     request_seq: AtomicU64,
     request_prefix: String,
@@ -62,6 +69,8 @@ pub enum StartError {
     },
     #[error(transparent)]
     Tls(#[from] crate::server::tls::TlsError),
+    #[error("{0}")]
+    Store(StoreError),
     #[error("cannot start worker {worker}: {source}")]
     Worker { worker: usize, source: std::io::Error },
 }
@@ -73,9 +82,12 @@ impl Shared {
     pub fn new(config: Config) -> Result<Self, StartError> {
         let store: Arc<dyn PinStore> = match SledStore::open(&config.data_dir) {
             Ok(s) => {
-                tracing::info!(data_dir = %config.data_dir.display(), pins = s.pin_count(), "pin store opened");
+                tracing::info!(data_dir = %config.data_dir.display(), pins = s.pin_count(), claims = s.claim_count(), "pin store opened");
                 Arc::new(s)
             }
+            // Two processes on one data dir would each decide without seeing the other's
+            // locks: refuse to start rather than serve beside it.
+            Err(e @ StoreError::Locked(_)) => return Err(StartError::Store(e)),
             Err(e) => {
                 tracing::error!(data_dir = %config.data_dir.display(), error = %e, "pin store unavailable: refusing every write that needs a decision");
                 Arc::new(UnavailableStore { reason: e.to_string() })
@@ -103,6 +115,7 @@ impl Shared {
             store,
             protection,
             locks: DecisionLocks::default(),
+            detached: Detached::default(),
             upstream_tls: tls,
             request_seq: AtomicU64::new(0),
             request_prefix: format!("{started:x}"),
@@ -139,7 +152,63 @@ impl Shared {
     }
 }
 
+/// Counts detached decision tasks.
+#[derive(Default)]
+pub struct Detached {
+    running: AtomicUsize,
+    idle: Notify,
+}
+
+/// Held by a running detached task.
+struct DetachedGuard<'a>(&'a Detached);
+
+impl Drop for DetachedGuard<'_> {
+    fn drop(&mut self) {
+        if self.0.running.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+impl Detached {
+    /// Wait until no detached task runs, at most `limit`. Returns how many still run.
+    pub async fn wait_idle(&self, limit: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let notified = self.idle.notified();
+            let running = self.running.load(Ordering::Acquire);
+            if running == 0 {
+                return 0;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.running.load(Ordering::Acquire);
+            }
+        }
+    }
+}
+
 impl App {
+    /// Run a decision (decide, forward, record) as a task of its own on this worker's
+    /// runtime and wait for its answer. If the client goes away, hyper drops the waiting
+    /// request future, but the task runs on to the upstream's answer and records it: a
+    /// forwarded write is always settled, never abandoned half-way.
+    pub async fn detached<F, Fut>(self: &Arc<Self>, f: F) -> Result<Response<Body>, ProxyError>
+    where
+        F: FnOnce(Arc<App>) -> Fut,
+        Fut: Future<Output = Result<Response<Body>, ProxyError>> + Send + 'static,
+    {
+        let app = Arc::clone(self);
+        let shared = Arc::clone(&self.shared);
+        shared.detached.running.fetch_add(1, Ordering::AcqRel);
+        let task = f(app);
+        tokio::spawn(async move {
+            let _running = DetachedGuard(&shared.detached);
+            task.await
+        })
+        .await
+        .map_err(|e| ProxyError::Internal(format!("decision task failed: {e}")))?
+    }
+
     /// A worker's state. Call it on the worker's runtime.
     pub fn worker(shared: Arc<Shared>) -> Self {
         let upstream = Upstream::new(&shared.config, shared.upstream_tls.clone());

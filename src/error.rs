@@ -31,8 +31,16 @@ pub enum ProxyError {
     Refused(#[from] Refusal),
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
+    /// A write was forwarded and the upstream's answer never came (timeout, reset): it may
+    /// or may not have been applied. The tag stays reserved for the pushed digest.
+    #[error("outcome of the forwarded write is unknown: {0}")]
+    OutcomeUnknown(UpstreamError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The upstream accepted a push and the pin could not be recorded; the durable claim
+    /// keeps the tag reserved for the pushed digest.
+    #[error("the upstream accepted the push, but the pin could not be recorded: {0}")]
+    PinNotRecorded(StoreError),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -69,7 +77,9 @@ impl ProxyError {
                 | UpstreamError::DigestMismatch { .. }
                 | UpstreamError::Tls(_) => (S::BAD_GATEWAY, C::Unavailable),
             },
-            Self::Store(_) => (S::SERVICE_UNAVAILABLE, C::Unavailable),
+            Self::OutcomeUnknown(UpstreamError::HeaderTimeout(_)) => (S::GATEWAY_TIMEOUT, C::Unavailable),
+            Self::OutcomeUnknown(_) => (S::BAD_GATEWAY, C::Unavailable),
+            Self::Store(_) | Self::PinNotRecorded(_) => (S::SERVICE_UNAVAILABLE, C::Unavailable),
             Self::Internal(_) => (S::INTERNAL_SERVER_ERROR, C::Unknown),
         }
     }
@@ -77,17 +87,34 @@ impl ProxyError {
     /// The fixed client-facing message of a server-side error.
     fn public_message(&self) -> &'static str {
         match self {
-            Self::Upstream(UpstreamError::HeaderTimeout(_)) => "the upstream registry did not answer in time; nothing was changed",
+            Self::Upstream(UpstreamError::HeaderTimeout(_)) => "the upstream registry did not answer in time",
+            Self::OutcomeUnknown(_) => {
+                "the upstream registry did not answer, so whether it applied this write is not known; \
+                 tagpin keeps the tag reserved for this digest: repeat the same request to settle it"
+            }
+            Self::PinNotRecorded(_) => {
+                "the upstream accepted the push but tagpin could not record the pin; the tag stays reserved \
+                 for this digest: repeat the same push to complete it"
+            }
             Self::Upstream(UpstreamError::Connect(_)) => "the upstream registry cannot be reached; nothing was changed",
             Self::Upstream(UpstreamError::CheckStatus { .. } | UpstreamError::CheckNoDigest { .. }) => {
                 "tagpin could not learn what the upstream holds under this tag, so it refuses the write"
             }
             Self::Upstream(UpstreamError::DigestMismatch { .. }) => {
-                "the upstream reported a different digest than the manifest tagpin forwarded; no pin was recorded"
+                "the upstream reported a different digest than the manifest tagpin forwarded; no pin was recorded \
+                 and the tag stays reserved for the forwarded digest"
             }
             Self::Upstream(_) => "the upstream registry connection failed; nothing was pinned",
             Self::Store(_) => "the tagpin pin store is unavailable, so tagpin refuses writes it cannot decide safely; reads still work",
             _ => "internal error in tagpin",
+        }
+    }
+
+    /// A store failure while recording the pin of an accepted push.
+    pub fn pin_not_recorded(e: ProxyError) -> ProxyError {
+        match e {
+            Self::Store(s) => Self::PinNotRecorded(s),
+            other => other,
         }
     }
 

@@ -11,13 +11,15 @@ use std::sync::Arc;
 use common::*;
 use tagpin::config::RawConfig;
 use tagpin::oci::{Digest, Repository, Tag};
-use tagpin::store::{Pin, PinStore, SledStore, StoreError};
+use tagpin::store::{Claim, Pin, PinStore, SledStore, StoreError, TagState};
 
-/// A real store with switches that make reads or writes fail.
+/// A real store with switches that make reads, writes, or only the confirmation of an
+/// accepted push fail.
 struct FlakyStore {
     inner: SledStore,
     fail_reads: AtomicBool,
     fail_writes: AtomicBool,
+    fail_confirms: AtomicBool,
 }
 
 impl FlakyStore {
@@ -31,17 +33,42 @@ impl FlakyStore {
 }
 
 impl PinStore for FlakyStore {
-    fn get(&self, r: &Repository, t: &Tag) -> Result<Option<Pin>, StoreError> {
+    fn state(&self, r: &Repository, t: &Tag) -> Result<Option<TagState>, StoreError> {
         self.check(&self.fail_reads)?;
-        self.inner.get(r, t)
+        self.inner.state(r, t)
     }
-    fn pin_if_absent(&self, r: &Repository, p: &[(Tag, Pin)]) -> Result<Vec<Pin>, StoreError> {
+    fn pin_if_absent(&self, r: &Repository, p: &[(Tag, Pin)]) -> Result<Vec<TagState>, StoreError> {
         self.check(&self.fail_writes)?;
         self.inner.pin_if_absent(r, p)
+    }
+    fn claim(&self, r: &Repository, t: &[Tag], c: &Claim) -> Result<Vec<TagState>, StoreError> {
+        self.check(&self.fail_writes)?;
+        self.inner.claim(r, t, c)
+    }
+    fn confirm(&self, r: &Repository, t: &[Tag], d: &Digest) -> Result<Vec<TagState>, StoreError> {
+        self.check(&self.fail_writes)?;
+        self.check(&self.fail_confirms)?;
+        self.inner.confirm(r, t, d)
+    }
+    fn withdraw(&self, r: &Repository, t: &[Tag], id: &str) -> Result<(), StoreError> {
+        self.check(&self.fail_writes)?;
+        self.inner.withdraw(r, t, id)
     }
     fn tags_pinned_to(&self, r: &Repository, d: &Digest) -> Result<Vec<Tag>, StoreError> {
         self.check(&self.fail_reads)?;
         self.inner.tags_pinned_to(r, d)
+    }
+    fn begin_delete(&self, r: &Repository, d: &Digest, id: &str) -> Result<(), StoreError> {
+        self.check(&self.fail_writes)?;
+        self.inner.begin_delete(r, d, id)
+    }
+    fn end_delete(&self, r: &Repository, d: &Digest) -> Result<(), StoreError> {
+        self.check(&self.fail_writes)?;
+        self.inner.end_delete(r, d)
+    }
+    fn delete_in_flight(&self, r: &Repository, d: &Digest) -> Result<bool, StoreError> {
+        self.check(&self.fail_reads)?;
+        self.inner.delete_in_flight(r, d)
     }
     fn check(&self) -> Result<(), StoreError> {
         self.check(&self.fail_reads)?;
@@ -75,6 +102,7 @@ fn flaky(dir: &std::path::Path) -> Arc<FlakyStore> {
         inner: SledStore::open(dir).unwrap(),
         fail_reads: AtomicBool::new(false),
         fail_writes: AtomicBool::new(false),
+        fail_confirms: AtomicBool::new(false),
     })
 }
 
@@ -127,7 +155,7 @@ fn when_the_store_cannot_be_read_writes_are_refused_and_reads_flow() {
 }
 
 #[test]
-fn a_pin_write_that_fails_after_the_upstream_accepted_is_recovered_by_adoption() {
+fn a_pin_write_that_fails_after_the_upstream_accepted_leaves_the_tag_reserved() {
     let registry = Registry::start();
     let dir = tempfile::tempdir().unwrap();
     let store = flaky(dir.path());
@@ -135,23 +163,47 @@ fn a_pin_write_that_fails_after_the_upstream_accepted_is_recovered_by_adoption()
     let a = Image::random(301, 1000);
     a.push_blobs(addr, "w", "");
 
-    store.fail_writes.store(true, Ordering::SeqCst);
+    store.fail_confirms.store(true, Ordering::SeqCst);
     let r = a.put_manifest(addr, "w", "v1", "");
     assert_eq!((r.status, r.oci_code().as_str()), (503, "UNAVAILABLE"));
+    assert!(r.text().contains("reserved"), "{}", r.text());
     assert_eq!(
         upstream_digest(&registry, "w", "v1"),
         Some(a.digest()),
         "the upstream took it"
     );
-    // While writes fail, a new digest cannot take the tag either: the check adopts, and
-    // adopting needs a write.
-    assert_eq!(a.variant("b").put_manifest(addr, "w", "v1", "").status, 503);
-
-    store.fail_writes.store(false, Ordering::SeqCst);
+    // The claim written before forwarding holds the tag: another digest is refused even
+    // while pins cannot be recorded.
     let r = a.variant("b").put_manifest(addr, "w", "v1", "");
     assert_eq!(r.status, 409, "{}", r.text());
     assert_eq!(r.json()["errors"][0]["detail"]["pinned_digest"], a.digest());
+    assert_eq!(r.json()["errors"][0]["detail"]["state"], "claimed");
+
+    store.fail_confirms.store(false, Ordering::SeqCst);
+    // The client's retry completes the push and pins it.
     assert_eq!(a.put_manifest(addr, "w", "v1", "").status, 201);
+    let r = a.variant("b").put_manifest(addr, "w", "v1", "");
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert_eq!(r.json()["errors"][0]["detail"]["state"], "pinned");
+    assert_eq!(upstream_digest(&registry, "w", "v1"), Some(a.digest()));
+}
+
+#[test]
+fn a_claim_that_cannot_be_written_forwards_nothing() {
+    let registry = Registry::start();
+    let dir = tempfile::tempdir().unwrap();
+    let store = flaky(dir.path());
+    let addr = in_process(&registry.url(), Arc::clone(&store));
+    let a = Image::random(303, 1000);
+    a.push_blobs(addr, "c", "");
+    store.fail_writes.store(true, Ordering::SeqCst);
+    let r = a.put_manifest(addr, "c", "v1", "");
+    assert_eq!((r.status, r.oci_code().as_str()), (503, "UNAVAILABLE"));
+    assert_eq!(upstream_digest(&registry, "c", "v1"), None, "nothing was forwarded");
+    store.fail_writes.store(false, Ordering::SeqCst);
+    // Nothing was reserved either: another digest may take the free tag.
+    assert_eq!(a.variant("b").put_manifest(addr, "c", "v1", "").status, 201);
+    assert_eq!(upstream_digest(&registry, "c", "v1"), Some(a.variant("b").digest()));
 }
 
 #[test]

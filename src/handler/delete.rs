@@ -2,9 +2,15 @@
 //!
 //! Deleting a protected tag is always refused: a pin is a tombstone, so even a tag that
 //! is gone at the upstream may not be deleted (or later re-pointed) through tagpin.
-//! Deleting by digest is refused while a protected tag of the repository is pinned to
-//! that digest; tags the upstream holds but tagpin has not seen are adopted first, and
-//! the repository lock keeps a push from pinning the digest mid-delete.
+//! Deleting by digest is refused while a protected tag of the repository is pinned or
+//! claimed to that digest. Tags the upstream holds but tagpin has not seen are adopted
+//! first, outside any lock; then, under the repository's exclusive lock (no push can pin
+//! the digest mid-delete), the delete is decided and forwarded as a detached task, so a
+//! client that goes away cannot cut it short. The in-flight rule holds here too: the
+//! delete is recorded durably before it is forwarded, and while its outcome is unknown
+//! no push may pin a tag to that digest ([`crate::store::PinStore::begin_delete`]).
+
+use std::sync::Arc;
 
 use http::request::Parts;
 use http::Response;
@@ -12,12 +18,13 @@ use http::Response;
 use crate::app::App;
 use crate::body::Body;
 use crate::error::ProxyError;
-use crate::oci::{Reference, Repository};
+use crate::oci::{Digest, Reference, Repository};
 use crate::policy::Refusal;
 use crate::telemetry::{AuditAction, AuditEvent, Requester};
+use crate::upstream::UpstreamError;
 
 pub async fn manifest_delete(
-    app: &App,
+    app: &Arc<App>,
     parts: Parts,
     body: Body,
     repo: Repository,
@@ -32,11 +39,11 @@ pub async fn manifest_delete(
             // The refusal does not depend on the store; the pin only enriches the message.
             let (r, t) = (repo.clone(), tag.clone());
             let pinned = app
-                .store_call(move |s| s.get(&r, &t))
+                .store_call(move |s| s.state(&r, &t))
                 .await
                 .ok()
                 .flatten()
-                .map(|p| p.digest);
+                .map(|s| s.digest().clone());
             AuditEvent {
                 action: AuditAction::DeleteRefused,
                 who,
@@ -49,39 +56,83 @@ pub async fn manifest_delete(
             Err(Refusal::DeleteTag { repo, tag, pinned }.into())
         }
         Reference::Digest(digest) => {
-            let _guard = app.locks.digest_delete(&repo).await;
             // Tags that predate tagpin are adopted first: deleting their manifest would
             // take the tag away as surely as moving it.
             if let Err(challenge) = super::pins::adopt_repository(app, &repo, &parts.headers, who).await? {
                 let origin = super::client_origin(app, &parts.headers);
                 return Ok(super::to_client(app, challenge, origin.as_deref()));
             }
-            let (r, d) = (repo.clone(), digest.clone());
-            let tags = app.store_call(move |s| s.tags_pinned_to(&r, &d)).await?;
-            let protected: Vec<_> = tags
-                .into_iter()
-                .filter(|t| app.protection.is_protected(&repo, t))
-                .collect();
-            if protected.is_empty() {
-                return super::forward(app, parts, body, who).await;
+            let who = who.clone();
+            app.detached(move |app| async move { delete_digest(&app, parts, body, repo, digest, &who).await })
+                .await
+        }
+    }
+}
+
+async fn delete_digest(
+    app: &App,
+    parts: Parts,
+    body: Body,
+    repo: Repository,
+    digest: Digest,
+    who: &Requester,
+) -> Result<Response<Body>, ProxyError> {
+    let _guard = app.locks.digest_delete(&repo).await;
+    let (r, d) = (repo.clone(), digest.clone());
+    let tags = app.store_call(move |s| s.tags_pinned_to(&r, &d)).await?;
+    let protected: Vec<_> = tags
+        .into_iter()
+        .filter(|t| app.protection.is_protected(&repo, t))
+        .collect();
+    if !protected.is_empty() {
+        for tag in &protected {
+            AuditEvent {
+                action: AuditAction::DeleteRefused,
+                who,
+                repository: &repo,
+                tag: Some(tag),
+                pinned: Some(&digest),
+                attempted: None,
             }
-            for tag in &protected {
-                AuditEvent {
-                    action: AuditAction::DeleteRefused,
-                    who,
-                    repository: &repo,
-                    tag: Some(tag),
-                    pinned: Some(&digest),
-                    attempted: None,
-                }
-                .emit(&app.metrics);
+            .emit(&app.metrics);
+        }
+        return Err(Refusal::DeleteDigest {
+            repo,
+            digest,
+            tags: protected,
+        }
+        .into());
+    }
+
+    let (r, d, id) = (repo.clone(), digest.clone(), who.request_id.clone());
+    app.store_call(move |s| s.begin_delete(&r, &d, &id)).await?;
+    let origin = super::client_origin(app, &parts.headers);
+    let settle = |app: &App| {
+        let (r, d) = (repo.clone(), digest.clone());
+        let store = Arc::clone(&app.store);
+        async move {
+            // A marker that cannot be removed only keeps the digest from being pinned
+            // until a later delete settles it (fail closed).
+            let _ = tokio::task::spawn_blocking(move || store.end_delete(&r, &d)).await;
+        }
+    };
+    match app.upstream.send(super::upstream_request(app, parts, body, who)).await {
+        Ok(resp) => {
+            if super::push::outcome_unknown(resp.status()) {
+                tracing::warn!(request_id = %who.request_id, repository = %repo, %digest, status = resp.status().as_u16(), "the upstream answered a delete with a gateway error; the digest stays unpinnable until a delete of it is answered");
+            } else {
+                // 2xx: deleted; 404: not there; any other answer: refused. All settled.
+                settle(app).await;
             }
-            Err(Refusal::DeleteDigest {
-                repo,
-                digest,
-                tags: protected,
-            }
-            .into())
+            Ok(super::to_client(app, resp, origin.as_deref()))
+        }
+        Err(e @ UpstreamError::Connect(_)) => {
+            settle(app).await;
+            Err(e.into())
+        }
+        Err(e) => {
+            tracing::warn!(request_id = %who.request_id, repository = %repo, %digest, error = %e, "delete forwarded with an unknown outcome; the digest stays unpinnable until a delete of it is answered");
+            Err(ProxyError::OutcomeUnknown(e))
         }
     }
 }

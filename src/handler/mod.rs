@@ -4,11 +4,13 @@
 //! Reads, blob operations and uploads are forwarded as streams; only manifest pushes and
 //! deletes that touch a protected tag stop for a decision (`push`, `delete`).
 
+mod challenge;
 mod delete;
 mod pins;
 mod push;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::request::Parts;
@@ -23,7 +25,7 @@ use crate::telemetry::Requester;
 use crate::upstream::headers;
 
 /// Answer one request. Never fails.
-pub async fn handle(app: &App, req: Request<Incoming>, client: SocketAddr) -> Response<Body> {
+pub async fn handle(app: &Arc<App>, req: Request<Incoming>, client: SocketAddr) -> Response<Body> {
     let who = Requester::from_headers(app.next_request_id(), client, req.headers());
     let method = req.method().clone();
     // A `Uri` clone shares its bytes: the path for the log lines costs no copy.
@@ -37,8 +39,8 @@ pub async fn handle(app: &App, req: Request<Incoming>, client: SocketAddr) -> Re
         Err(e) => {
             let (status, code) = e.classify(app.config.refuse_status);
             match &e {
-                ProxyError::Upstream(u) => app.metrics.upstream_failure(u.kind()),
-                ProxyError::Store(_) => app.metrics.store_failure(),
+                ProxyError::Upstream(u) | ProxyError::OutcomeUnknown(u) => app.metrics.upstream_failure(u.kind()),
+                ProxyError::Store(_) | ProxyError::PinNotRecorded(_) => app.metrics.store_failure(),
                 _ => {}
             }
             if status.is_server_error() {
@@ -53,7 +55,7 @@ pub async fn handle(app: &App, req: Request<Incoming>, client: SocketAddr) -> Re
     resp
 }
 
-async fn handle_inner(app: &App, req: Request<Incoming>, who: &Requester) -> Result<Response<Body>, ProxyError> {
+async fn handle_inner(app: &Arc<App>, req: Request<Incoming>, who: &Requester) -> Result<Response<Body>, ProxyError> {
     route::check_method_override(req.headers())?;
     let route = route::classify(req.method(), req.uri())?;
     let (parts, incoming) = req.into_parts();

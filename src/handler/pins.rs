@@ -1,5 +1,5 @@
-//! Finding the pin in force for a tag, adopting the upstream's digest for tags that
-//! predate tagpin (or whose pin a crash kept from being written).
+//! What a tag is held to, adopting the upstream's digest for tags that predate tagpin
+//! (or whose pin a crash kept from being written before claims existed).
 
 use http::{header, HeaderMap, Response};
 use hyper::body::Incoming;
@@ -7,29 +7,33 @@ use hyper::body::Incoming;
 use crate::app::App;
 use crate::error::ProxyError;
 use crate::oci::{Digest, Repository, Tag};
-use crate::store::{Pin, PinSource};
+use crate::policy::Held;
+use crate::store::{Pin, PinSource, TagState};
 use crate::telemetry::{AuditAction, AuditEvent, Requester};
 use crate::upstream::{TagAtUpstream, TagList};
 
-/// The digest `tag` is pinned to, adopting the upstream's current digest when the store
-/// has none; `Err(response)` when the upstream wants credentials for the check.
-pub async fn pin_in_force(
+/// What `tag` is held to: the store's pin or claim, else the upstream's current digest,
+/// adopted as the pin; `Err(response)` when the upstream wants credentials for the check.
+/// `attempted` is the digest of the push being decided, for the adoption's audit event.
+/// The caller holds the tag's lock.
+pub async fn held(
     app: &App,
     repo: &Repository,
     tag: &Tag,
     headers: &HeaderMap,
     who: &Requester,
-) -> Result<Result<Option<Digest>, Response<Incoming>>, ProxyError> {
+    attempted: Option<&Digest>,
+) -> Result<Result<Held, Response<Incoming>>, ProxyError> {
     let (r, t) = (repo.clone(), tag.clone());
-    if let Some(pin) = app.store_call(move |s| s.get(&r, &t)).await? {
-        return Ok(Ok(Some(pin.digest)));
+    if let Some(state) = app.store_call(move |s| s.state(&r, &t)).await? {
+        return Ok(Ok(held_by(state)));
     }
     match app
         .upstream
         .tag_digest(repo, tag, headers.get(header::AUTHORIZATION))
         .await?
     {
-        TagAtUpstream::Absent => Ok(Ok(None)),
+        TagAtUpstream::Absent => Ok(Ok(Held::Free)),
         TagAtUpstream::Challenge(resp) => Ok(Err(resp)),
         TagAtUpstream::Present(digest) => {
             let (r, entry) = (
@@ -37,24 +41,36 @@ pub async fn pin_in_force(
                 vec![(tag.clone(), Pin::now(digest.clone(), PinSource::Adopted))],
             );
             let in_force = app.store_call(move |s| s.pin_if_absent(&r, &entry)).await?;
-            let pinned = in_force.into_iter().next().map(|p| p.digest).unwrap_or(digest);
+            let state = in_force
+                .into_iter()
+                .next()
+                .unwrap_or(TagState::Pinned(Pin::now(digest, PinSource::Adopted)));
             AuditEvent {
                 action: AuditAction::PinAdopted,
                 who,
                 repository: repo,
                 tag: Some(tag),
-                pinned: Some(&pinned),
-                attempted: Some(&pinned),
+                pinned: Some(state.digest()),
+                attempted,
             }
             .emit(&app.metrics);
-            Ok(Ok(Some(pinned)))
+            Ok(Ok(held_by(state)))
         }
+    }
+}
+
+fn held_by(state: TagState) -> Held {
+    match state {
+        TagState::Pinned(p) => Held::Pinned(p.digest),
+        TagState::Claimed(c) => Held::Claimed(c.digest),
     }
 }
 
 /// Adopt every protected tag of `repo` that the upstream holds and the store does not,
 /// so a delete by digest is decided against all of them, not only those seen before.
-/// `Err(response)` when the upstream wants credentials for the listing or a check.
+/// Each tag is adopted under its own lock, and no lock is held for the listing, so a
+/// large repository's first delete does not stall its pushes; tags pinned already cost
+/// only a store lookup. `Err(response)` when the upstream wants credentials.
 pub async fn adopt_repository(
     app: &App,
     repo: &Repository,
@@ -66,7 +82,12 @@ pub async fn adopt_repository(
         TagList::Challenge(resp) => return Ok(Err(resp)),
     };
     for tag in tags.iter().filter(|t| app.protection.is_protected(repo, t)) {
-        if let Err(challenge) = pin_in_force(app, repo, tag, headers, who).await? {
+        let (r, t) = (repo.clone(), tag.clone());
+        if app.store_call(move |s| s.state(&r, &t)).await?.is_some() {
+            continue;
+        }
+        let _guard = app.locks.push(repo, std::slice::from_ref(tag)).await;
+        if let Err(challenge) = held(app, repo, tag, headers, who, None).await? {
             return Ok(Err(challenge));
         }
     }

@@ -1,19 +1,25 @@
 //! Manifest pushes that name a protected tag (distribution-spec `spec.md`, "Pushing
 //! Manifests", end-7a and end-7b with `?tag=`).
 //!
-//! The sequence, with the locks of every named tag held throughout:
-//! 1. read the body (bounded) and hash the exact bytes;
-//! 2. for each tag, the pin in force: the store's, or the upstream's current digest,
-//!    adopted as the pin when the tag predates tagpin;
-//! 3. decide; refuse the whole push if any tag would move;
-//! 4. forward, and only if the upstream answers 2xx with the same digest, record the new
-//!    pins durably before the client sees its 201.
+//! The body is read (bounded) and hashed while the client is connected. Everything after
+//! that runs as a task of its own ([`App::detached`]), with the locks of every named tag
+//! held throughout, so a client that goes away cannot cut the sequence short:
+//! 1. for each tag, what it is held to: the store's pin or claim, or the upstream's
+//!    current digest, adopted as the pin when the tag predates tagpin;
+//! 2. decide; refuse the whole push if any tag would move;
+//! 3. claim every free tag for the attempted digest, durably, *before* forwarding (the
+//!    in-flight rule, see [`crate::store`]);
+//! 4. forward, and settle the claims by the upstream's answer: a 2xx whose digest is
+//!    confirmed turns them into pins before the client sees its 201; a definitive refusal
+//!    withdraws them; anything else (timeout, reset, a kill) leaves them in force, so the
+//!    tag stays reserved for this digest and a re-push of it completes the push.
 //!
-//! A crash between 4's forward and its record leaves the tag at the upstream unpinned in
-//! the store; step 2 adopts it on the next touch, so no window lets another digest in.
+//! No interleaving lets another digest take a tag whose push was forwarded: from step 3
+//! on the tag is held by a record on disk that only the upstream's answer to this digest
+//! can release.
 
 use http::request::Parts;
-use http::{header, Response};
+use http::{header, HeaderMap, Response, StatusCode};
 
 use super::{client_origin, to_client, upstream_request};
 use crate::app::App;
@@ -22,9 +28,9 @@ use crate::error::ProxyError;
 use crate::manifest;
 use crate::oci::{Digest, Reference, Repository, Tag};
 use crate::policy::{self, Refusal, Verdict};
-use crate::store::{Pin, PinSource};
+use crate::store::{Claim, TagState};
 use crate::telemetry::{AuditAction, AuditEvent, Requester};
-use crate::upstream::UpstreamError;
+use crate::upstream::{TagAtUpstream, UpstreamError};
 
 /// What the route said about the push.
 pub struct Push {
@@ -34,8 +40,8 @@ pub struct Push {
 }
 
 pub async fn manifest_put(
-    app: &App,
-    mut parts: Parts,
+    app: &std::sync::Arc<App>,
+    parts: Parts,
     body: Body,
     push: Push,
     who: &Requester,
@@ -71,89 +77,251 @@ pub async fn manifest_put(
         }
         Reference::Tag(_) => Digest::sha256_of(&bytes),
     };
-    let origin = client_origin(app, &parts.headers);
+    let job = PushJob {
+        parts,
+        bytes,
+        repo,
+        path_tag: match reference {
+            Reference::Tag(t) => Some(t),
+            Reference::Digest(_) => None,
+        },
+        protected,
+        attempted,
+        who: who.clone(),
+    };
+    app.detached(move |app| async move { job.run(&app).await }).await
+}
 
-    let _guard = app.locks.push(&repo, &protected).await;
-    let mut current = Vec::with_capacity(protected.len());
-    for tag in &protected {
-        match super::pins::pin_in_force(app, &repo, tag, &parts.headers, who).await? {
-            Ok(pinned) => current.push((tag.clone(), pinned)),
-            Err(challenge) => return Ok(to_client(app, challenge, origin.as_deref())),
-        }
-    }
-    let decision = policy::decide_push(&attempted, &current);
-    if !decision.allowed() {
-        for c in &decision.conflicts {
-            audit(
-                app,
-                AuditAction::PushRefused,
-                who,
-                &repo,
-                &c.tag,
-                Some(&c.pinned),
-                &attempted,
-            );
-        }
-        return Err(Refusal::Move {
+/// A push whose body is in hand: decided, forwarded and settled as one detached task.
+struct PushJob {
+    parts: Parts,
+    bytes: bytes::Bytes,
+    repo: Repository,
+    /// The tag in the path, for a push by tag; `None` for a push by digest.
+    path_tag: Option<Tag>,
+    protected: Vec<Tag>,
+    attempted: Digest,
+    who: Requester,
+}
+
+impl PushJob {
+    async fn run(self, app: &App) -> Result<Response<Body>, ProxyError> {
+        let Self {
+            mut parts,
+            bytes,
             repo,
+            path_tag,
+            protected,
             attempted,
-            conflicts: decision.conflicts,
-        }
-        .into());
-    }
+            who,
+        } = self;
+        let origin = client_origin(app, &parts.headers);
+        let _guard = app.locks.push(&repo, &protected).await;
 
-    // The body is forwarded as the exact bytes hashed, with a length instead of chunks.
-    parts.headers.insert(header::CONTENT_LENGTH, bytes.len().into());
-    let req = upstream_request(app, parts, body::full(bytes), who);
-    let resp = app.upstream.send(req).await?;
-    if !resp.status().is_success() {
-        return Ok(to_client(app, resp, origin.as_deref()));
-    }
-    match resp
-        .headers()
-        .get("docker-content-digest")
-        .and_then(|v| v.to_str().ok())
-    {
-        Some(reported) if reported == attempted.as_str() => {}
-        Some(reported) => {
-            return Err(UpstreamError::DigestMismatch {
-                computed: attempted,
-                reported: reported.to_owned(),
+        let mut held = Vec::with_capacity(protected.len());
+        for tag in &protected {
+            match super::pins::held(app, &repo, tag, &parts.headers, &who, Some(&attempted)).await? {
+                Ok(h) => held.push((tag.clone(), h)),
+                Err(challenge) => {
+                    return Ok(super::challenge::for_push(challenge, &repo, &who.request_id));
+                }
+            }
+        }
+        let decision = policy::decide_push(&attempted, &held);
+        if !decision.allowed() {
+            for c in &decision.conflicts {
+                audit(app, AuditAction::PushRefused, &who, &repo, &c.tag, Some(&c.pinned), &attempted);
+            }
+            return Err(Refusal::Move {
+                repo,
+                attempted,
+                conflicts: decision.conflicts,
             }
             .into());
         }
-        None => {
-            // Without the upstream's word on the digest, no pin is recorded; the tag is
-            // adopted from the upstream the next time anyone pushes it.
-            tracing::warn!(request_id = %who.request_id, repository = %repo, "upstream accepted a push without Docker-Content-Digest; pins will be adopted on next push");
-            return Ok(to_client(app, resp, origin.as_deref()));
+        let (r, d) = (repo.clone(), attempted.clone());
+        if app.store_call(move |s| s.delete_in_flight(&r, &d)).await? {
+            for tag in &protected {
+                audit(app, AuditAction::PushRefused, &who, &repo, tag, None, &attempted);
+            }
+            return Err(Refusal::DeleteInFlight {
+                repo,
+                digest: attempted,
+            }
+            .into());
         }
-    }
 
-    let new_pins: Vec<(Tag, Pin)> = decision
-        .new_pins()
-        .map(|t| (t.clone(), Pin::now(attempted.clone(), PinSource::Push)))
-        .collect();
-    if !new_pins.is_empty() {
-        let repo2 = repo.clone();
-        let in_force = app.store_call(move |s| s.pin_if_absent(&repo2, &new_pins)).await?;
-        for (tag, pin) in decision.new_pins().zip(&in_force) {
-            if pin.digest != attempted {
-                // Impossible while this process holds the tag lock and the store's directory
-                // lock; logged loudly because it would mean both were bypassed.
-                tracing::error!(repository = %repo, %tag, pinned = %pin.digest, attempted = %attempted, "pin changed under a held tag lock");
+        // The in-flight rule: claim every free tag on disk before anything is forwarded.
+        let new: Vec<Tag> = decision.tags(Verdict::NewPin).cloned().collect();
+        if !new.is_empty() {
+            let claim = Claim::now(attempted.clone(), &who.request_id);
+            let (r, tags) = (repo.clone(), new.clone());
+            let in_force = app.store_call(move |s| s.claim(&r, &tags, &claim)).await?;
+            let lost: Vec<policy::Conflict> = new
+                .iter()
+                .zip(&in_force)
+                .filter(|(_, state)| !is_mine(state, &who.request_id))
+                .filter(|(_, state)| state.digest() != &attempted)
+                .map(|(tag, state)| policy::Conflict {
+                    tag: tag.clone(),
+                    pinned: state.digest().clone(),
+                    claimed: matches!(state, TagState::Claimed(_)),
+                })
+                .collect();
+            if !lost.is_empty() {
+                // Impossible while this process holds the tag locks and the data dir lock;
+                // refused rather than forwarded should both ever be bypassed.
+                tracing::error!(request_id = %who.request_id, repository = %repo, "tag claimed by another writer under a held lock");
+                self::withdraw(app, &repo, &new, &who).await;
+                return Err(Refusal::Move {
+                    repo,
+                    attempted,
+                    conflicts: lost,
+                }
+                .into());
             }
         }
-    }
-    for (tag, verdict) in &decision.verdicts {
-        let action = match verdict {
-            Verdict::NewPin => AuditAction::PinCreated,
-            Verdict::Identical => AuditAction::IdenticalRepush,
-            Verdict::Conflict => continue,
+
+        // The body is forwarded as the exact bytes hashed, with a length instead of chunks.
+        let authorization = parts.headers.get(header::AUTHORIZATION).cloned();
+        parts.headers.insert(header::CONTENT_LENGTH, bytes.len().into());
+        let req = upstream_request(app, parts, body::full(bytes), &who);
+        let resp = match app.upstream.send(req).await {
+            Ok(resp) => resp,
+            Err(e @ UpstreamError::Connect(_)) => {
+                // No connection, so nothing was sent: the push definitively did not happen.
+                self::withdraw(app, &repo, &new, &who).await;
+                return Err(e.into());
+            }
+            Err(e) => {
+                tracing::warn!(request_id = %who.request_id, repository = %repo, digest = %attempted, error = %e, "push forwarded with an unknown outcome; its tags stay reserved for its digest");
+                return Err(ProxyError::OutcomeUnknown(e));
+            }
         };
-        audit(app, action, who, &repo, tag, Some(&attempted), &attempted);
+        let status = resp.status();
+        if !status.is_success() {
+            if outcome_unknown(status) {
+                tracing::warn!(request_id = %who.request_id, repository = %repo, digest = %attempted, status = status.as_u16(), "the upstream answered a push with a gateway error; its tags stay reserved for its digest");
+            } else {
+                self::withdraw(app, &repo, &new, &who).await;
+            }
+            return Ok(to_client(app, resp, origin.as_deref()));
+        }
+
+        // Accepted. Which tags now point at the attempted digest?
+        let reported = resp
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        if let Some(reported) = &reported {
+            if reported != attempted.as_str() {
+                return Err(UpstreamError::DigestMismatch {
+                    computed: attempted,
+                    reported: reported.clone(),
+                }
+                .into());
+            }
+        }
+        let to_settle: Vec<Tag> = decision
+            .verdicts
+            .iter()
+            .filter(|(_, v)| matches!(v, Verdict::NewPin | Verdict::CompleteClaim))
+            .map(|(t, _)| t.clone())
+            .collect();
+        let oci_tags = oci_tag_headers(resp.headers());
+        let mut applied = Vec::with_capacity(to_settle.len());
+        let mut not_applied = Vec::new();
+        for tag in to_settle {
+            let known = match (&path_tag, &reported, &oci_tags) {
+                // A 2xx to a push by tag with the digest confirmed applied that tag.
+                (Some(p), Some(_), _) if p == &tag => Some(true),
+                // `OCI-Tag` lists the tags a push by digest applied (spec.md, "Pushing
+                // Manifests": registries that support `?tag=` answer with it).
+                (None, Some(_), Some(listed)) => Some(listed.iter().any(|t| t == tag.as_str())),
+                _ => None,
+            };
+            let is_applied = match known {
+                Some(b) => b,
+                // No word from the upstream: ask it (distribution 2.8 ignores `?tag=`).
+                None => match app.upstream.tag_digest(&repo, &tag, authorization.as_ref()).await {
+                    Ok(TagAtUpstream::Present(d)) => d == attempted,
+                    Ok(TagAtUpstream::Absent) => false,
+                    Ok(TagAtUpstream::Challenge(_)) | Err(_) => {
+                        tracing::warn!(request_id = %who.request_id, repository = %repo, %tag, "cannot confirm what the upstream applied; the tag stays reserved for the pushed digest");
+                        return Err(ProxyError::OutcomeUnknown(UpstreamError::CheckNoDigest { tag }));
+                    }
+                },
+            };
+            if is_applied {
+                applied.push(tag);
+            } else {
+                not_applied.push(tag);
+            }
+        }
+        if !not_applied.is_empty() {
+            tracing::warn!(request_id = %who.request_id, repository = %repo, tags = ?not_applied.iter().map(Tag::as_str).collect::<Vec<_>>(), "the upstream accepted the push but did not apply these tags; nothing is pinned for them");
+            let mine: Vec<Tag> = not_applied.iter().filter(|t| new.contains(t)).cloned().collect();
+            self::withdraw(app, &repo, &mine, &who).await;
+        }
+        if !applied.is_empty() {
+            let (r, tags, d) = (repo.clone(), applied.clone(), attempted.clone());
+            let in_force = app
+                .store_call(move |s| s.confirm(&r, &tags, &d))
+                .await
+                .map_err(ProxyError::pin_not_recorded)?;
+            for (tag, state) in applied.iter().zip(&in_force) {
+                if state.digest() != &attempted {
+                    tracing::error!(repository = %repo, %tag, held = %state.digest(), attempted = %attempted, "tag held to another digest under a held tag lock");
+                }
+            }
+        }
+        for (tag, verdict) in &decision.verdicts {
+            let action = match verdict {
+                Verdict::NewPin | Verdict::CompleteClaim if applied.contains(tag) => AuditAction::PinCreated,
+                Verdict::Identical => AuditAction::IdenticalRepush,
+                _ => continue,
+            };
+            audit(app, action, &who, &repo, tag, Some(&attempted), &attempted);
+        }
+        Ok(to_client(app, resp, origin.as_deref()))
     }
-    Ok(to_client(app, resp, origin.as_deref()))
+}
+
+/// Whether a claim in force is the one `request_id` just made.
+fn is_mine(state: &TagState, request_id: &str) -> bool {
+    matches!(state, TagState::Claimed(c) if c.request_id == request_id)
+}
+
+/// A gateway error (502, 504) may come from a proxy in front of the upstream that gave up
+/// waiting while the upstream itself goes on: it says nothing about the outcome.
+pub(super) fn outcome_unknown(status: StatusCode) -> bool {
+    matches!(status, StatusCode::BAD_GATEWAY | StatusCode::GATEWAY_TIMEOUT)
+}
+
+/// The tags an `OCI-Tag` response header lists, or `None` when the upstream sent none.
+fn oci_tag_headers(headers: &HeaderMap) -> Option<Vec<String>> {
+    let listed: Vec<String> = headers
+        .get_all("oci-tag")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_owned())
+        .filter(|t| !t.is_empty())
+        .collect();
+    (!listed.is_empty()).then_some(listed)
+}
+
+/// Withdraw the claims this request made. A failure leaves them in force, which only
+/// keeps the tags reserved (fail closed), so it is logged rather than returned.
+async fn withdraw(app: &App, repo: &Repository, tags: &[Tag], who: &Requester) {
+    if tags.is_empty() {
+        return;
+    }
+    let (r, t, id) = (repo.clone(), tags.to_vec(), who.request_id.clone());
+    if let Err(e) = app.store_call(move |s| s.withdraw(&r, &t, &id)).await {
+        tracing::error!(request_id = %who.request_id, repository = %repo, error = %e, "cannot withdraw claims of a refused push; the tags stay reserved for its digest");
+    }
 }
 
 fn audit(
@@ -174,4 +342,27 @@ fn audit(
         attempted: Some(attempted),
     }
     .emit(&app.metrics);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn oci_tag_headers_list_every_applied_tag() {
+        let mut h = HeaderMap::new();
+        assert_eq!(oci_tag_headers(&h), None);
+        h.append("oci-tag", "v1".parse().unwrap());
+        h.append("oci-tag", "v2, v3".parse().unwrap());
+        assert_eq!(oci_tag_headers(&h), Some(vec!["v1".into(), "v2".into(), "v3".into()]));
+    }
+
+    #[test]
+    fn only_gateway_errors_leave_the_outcome_unknown() {
+        assert!(outcome_unknown(StatusCode::BAD_GATEWAY));
+        assert!(outcome_unknown(StatusCode::GATEWAY_TIMEOUT));
+        for s in [400, 401, 403, 404, 409, 500, 503] {
+            assert!(!outcome_unknown(StatusCode::from_u16(s).unwrap()), "{s}");
+        }
+    }
 }

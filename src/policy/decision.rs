@@ -1,16 +1,30 @@
 //! The push decision, as a pure function of the attempted digest and what each named tag
-//! is pinned to. Kept free of I/O so it can be tested exhaustively.
+//! is held to. Kept free of I/O so it can be tested exhaustively.
 
 use crate::oci::{Digest, Tag};
+
+/// What a tag is held to when a push is decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Held {
+    /// Free: no pin, no claim, and the upstream holds nothing under it.
+    Free,
+    /// Pinned to a digest.
+    Pinned(Digest),
+    /// Reserved for a digest by an earlier push whose outcome is not known.
+    Claimed(Digest),
+}
 
 /// The outcome for one tag.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
-    /// Not pinned: this push creates the pin.
+    /// Free: this push claims the tag and, once the upstream accepts, pins it.
     NewPin,
     /// Pinned to the attempted digest: an identical re-push, allowed.
     Identical,
-    /// Pinned to another digest: the push would move the tag.
+    /// Claimed for the attempted digest by an earlier push with an unknown outcome: this
+    /// push may complete it, and its own failure does not free the tag.
+    CompleteClaim,
+    /// Held to another digest: the push would move the tag.
     Conflict,
 }
 
@@ -19,6 +33,8 @@ pub enum Verdict {
 pub struct Conflict {
     pub tag: Tag,
     pub pinned: Digest,
+    /// The tag is reserved by an in-flight (or unresolved) push rather than pinned.
+    pub claimed: bool,
 }
 
 /// The decision for a whole push: it is allowed only if no tag would move, so a push with
@@ -34,28 +50,29 @@ impl PushDecision {
         self.conflicts.is_empty()
     }
 
-    /// Tags this push pins for the first time.
-    pub fn new_pins(&self) -> impl Iterator<Item = &Tag> {
+    /// Tags with the given verdict.
+    pub fn tags(&self, verdict: Verdict) -> impl Iterator<Item = &Tag> + '_ {
         self.verdicts
             .iter()
-            .filter(|(_, v)| *v == Verdict::NewPin)
+            .filter(move |(_, v)| *v == verdict)
             .map(|(t, _)| t)
     }
 }
 
-/// Decide a push of `attempted` given, for each protected tag it names, the pinned digest
-/// (`None` when the tag is free).
-pub fn decide_push(attempted: &Digest, tags: &[(Tag, Option<Digest>)]) -> PushDecision {
+/// Decide a push of `attempted` given what each protected tag it names is held to.
+pub fn decide_push(attempted: &Digest, tags: &[(Tag, Held)]) -> PushDecision {
     let mut verdicts = Vec::with_capacity(tags.len());
     let mut conflicts = Vec::new();
-    for (tag, pinned) in tags {
-        let v = match pinned {
-            None => Verdict::NewPin,
-            Some(p) if p == attempted => Verdict::Identical,
-            Some(p) => {
+    for (tag, held) in tags {
+        let v = match held {
+            Held::Free => Verdict::NewPin,
+            Held::Pinned(p) if p == attempted => Verdict::Identical,
+            Held::Claimed(c) if c == attempted => Verdict::CompleteClaim,
+            Held::Pinned(p) | Held::Claimed(p) => {
                 conflicts.push(Conflict {
                     tag: tag.clone(),
                     pinned: p.clone(),
+                    claimed: matches!(held, Held::Claimed(_)),
                 });
                 Verdict::Conflict
             }
@@ -79,25 +96,44 @@ mod tests {
     }
 
     #[test]
-    fn free_identical_and_conflicting_tags() {
-        let dec = decide_push(&d(1), &[(t("a"), None), (t("b"), Some(d(1))), (t("c"), Some(d(2)))]);
+    fn free_identical_claimed_and_conflicting_tags() {
+        let dec = decide_push(
+            &d(1),
+            &[
+                (t("a"), Held::Free),
+                (t("b"), Held::Pinned(d(1))),
+                (t("c"), Held::Pinned(d(2))),
+                (t("e"), Held::Claimed(d(1))),
+                (t("f"), Held::Claimed(d(3))),
+            ],
+        );
         assert_eq!(
             dec.verdicts,
             vec![
                 (t("a"), Verdict::NewPin),
                 (t("b"), Verdict::Identical),
-                (t("c"), Verdict::Conflict)
+                (t("c"), Verdict::Conflict),
+                (t("e"), Verdict::CompleteClaim),
+                (t("f"), Verdict::Conflict),
             ]
         );
         assert_eq!(
             dec.conflicts,
-            vec![Conflict {
-                tag: t("c"),
-                pinned: d(2)
-            }]
+            vec![
+                Conflict {
+                    tag: t("c"),
+                    pinned: d(2),
+                    claimed: false
+                },
+                Conflict {
+                    tag: t("f"),
+                    pinned: d(3),
+                    claimed: true
+                }
+            ]
         );
         assert!(!dec.allowed());
-        assert_eq!(dec.new_pins().collect::<Vec<_>>(), vec![&t("a")]);
+        assert_eq!(dec.tags(Verdict::NewPin).collect::<Vec<_>>(), vec![&t("a")]);
     }
 
     #[test]
@@ -105,24 +141,33 @@ mod tests {
         assert!(decide_push(&d(1), &[]).allowed());
     }
 
+    fn held(kind: u8, digest: u8) -> Held {
+        match kind {
+            0 => Held::Free,
+            1 => Held::Pinned(d(digest)),
+            _ => Held::Claimed(d(digest)),
+        }
+    }
+
     proptest! {
-        /// Allowed exactly when every pinned tag is pinned to the attempted digest, and
-        /// never a verdict that would move a pinned tag.
+        /// Allowed exactly when every held tag is held to the attempted digest, whether
+        /// pinned or claimed; never a verdict that would move a held tag.
         #[test]
-        fn allowed_iff_no_pinned_tag_differs(attempted in 0u8..4, pins in proptest::collection::vec(proptest::option::of(0u8..4), 0..6)) {
-            let tags: Vec<(Tag, Option<Digest>)> = pins
+        fn allowed_iff_no_held_tag_differs(attempted in 0u8..4, states in proptest::collection::vec((0u8..3, 0u8..4), 0..6)) {
+            let tags: Vec<(Tag, Held)> = states
                 .iter()
                 .enumerate()
-                .map(|(i, p)| (t(&format!("t{i}")), p.map(d)))
+                .map(|(i, (k, g))| (t(&format!("t{i}")), held(*k, *g)))
                 .collect();
             let dec = decide_push(&d(attempted), &tags);
-            let expect = pins.iter().all(|p| p.is_none_or(|p| p == attempted));
+            let expect = states.iter().all(|(k, g)| *k == 0 || *g == attempted);
             prop_assert_eq!(dec.allowed(), expect);
-            for ((_, pinned), (_, v)) in tags.iter().zip(&dec.verdicts) {
+            for ((_, h), (_, v)) in tags.iter().zip(&dec.verdicts) {
                 match v {
-                    Verdict::NewPin => prop_assert!(pinned.is_none()),
-                    Verdict::Identical => prop_assert_eq!(pinned.as_ref(), Some(&d(attempted))),
-                    Verdict::Conflict => prop_assert!(pinned.is_some() && pinned.as_ref() != Some(&d(attempted))),
+                    Verdict::NewPin => prop_assert_eq!(h, &Held::Free),
+                    Verdict::Identical => prop_assert_eq!(h, &Held::Pinned(d(attempted))),
+                    Verdict::CompleteClaim => prop_assert_eq!(h, &Held::Claimed(d(attempted))),
+                    Verdict::Conflict => prop_assert!(!matches!(h, Held::Free) && *h != Held::Pinned(d(attempted)) && *h != Held::Claimed(d(attempted))),
                 }
             }
         }

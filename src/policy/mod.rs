@@ -12,7 +12,7 @@ use globset::{Glob, GlobSet, GlobSetBuilder};
 
 use crate::oci::{Repository, Tag};
 
-pub use decision::{decide_push, Conflict, PushDecision, Verdict};
+pub use decision::{decide_push, Conflict, Held, PushDecision, Verdict};
 pub use refusal::Refusal;
 
 /// One protection rule. Rules are consulted in order; the first that matches decides.

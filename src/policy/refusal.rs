@@ -23,6 +23,10 @@ pub enum Refusal {
         tag: Tag,
         pinned: Option<Digest>,
     },
+    /// A push of a manifest whose delete was forwarded with an unknown outcome: pinning a
+    /// tag to it could leave the tag on a manifest the upstream deletes a moment later.
+    #[error("manifest {repo}@{digest} has a delete in flight whose outcome is not known; tagpin refuses to pin tags to it until that is settled. Repeat the DELETE of this digest (it is safe to repeat), then push again")]
+    DeleteInFlight { repo: Repository, digest: Digest },
     /// `DELETE /v2/<name>/manifests/<digest>` of a digest protected tags are pinned to.
     #[error("manifest {repo}@{digest} is what immutable tag(s) {} of {repo} are pinned to (by tagpin); it cannot be deleted", tag_list(.tags))]
     DeleteDigest {
@@ -38,11 +42,28 @@ fn move_message(repo: &Repository, attempted: &Digest, conflicts: &[Conflict]) -
         1 => String::new(),
         n => format!(" ({} more tag(s) of this push are pinned too: see detail)", n - 1),
     };
-    format!(
-        "tag {repo}:{} is immutable: it is pinned to {} and tagpin refuses to move it to {attempted}{more}. \
-         Push this content under a new tag instead",
-        first.tag, first.pinned
-    )
+    if first.claimed {
+        format!(
+            "tag {repo}:{} is reserved for {} by an earlier push whose outcome is not known yet, \
+             and tagpin refuses to move it to {attempted}{more}. Re-push {} to complete that push, \
+             or push this content under a new tag",
+            first.tag, first.pinned, first.pinned
+        )
+    } else {
+        format!(
+            "tag {repo}:{} is immutable: it is pinned to {} and tagpin refuses to move it to {attempted}{more}. \
+             Push this content under a new tag instead",
+            first.tag, first.pinned
+        )
+    }
+}
+
+fn state(c: &Conflict) -> &'static str {
+    if c.claimed {
+        "claimed"
+    } else {
+        "pinned"
+    }
 }
 
 fn pinned_suffix(pinned: &Option<Digest>) -> String {
@@ -61,12 +82,18 @@ impl Refusal {
                 attempted,
                 conflicts,
             } => json!({
-                "reason": "tag_immutable",
+                "reason": if conflicts[0].claimed { "tag_in_flight" } else { "tag_immutable" },
                 "repository": repo.as_str(),
                 "tag": conflicts[0].tag.as_str(),
                 "pinned_digest": conflicts[0].pinned.as_str(),
+                "state": state(&conflicts[0]),
                 "attempted_digest": attempted.as_str(),
-                "conflicts": conflicts.iter().map(|c| json!({"tag": c.tag.as_str(), "pinned_digest": c.pinned.as_str()})).collect::<Vec<_>>(),
+                "conflicts": conflicts.iter().map(|c| json!({"tag": c.tag.as_str(), "pinned_digest": c.pinned.as_str(), "state": state(c)})).collect::<Vec<_>>(),
+            }),
+            Self::DeleteInFlight { repo, digest } => json!({
+                "reason": "delete_in_flight",
+                "repository": repo.as_str(),
+                "digest": digest.as_str(),
             }),
             Self::DeleteTag { repo, tag, pinned } => json!({
                 "reason": "tag_immutable",
@@ -98,6 +125,7 @@ mod tests {
             conflicts: vec![Conflict {
                 tag: Tag::parse("1.4.2").unwrap(),
                 pinned: pinned.clone(),
+                claimed: false,
             }],
         };
         let m = r.to_string();
@@ -109,5 +137,25 @@ mod tests {
         assert_eq!(d["pinned_digest"], pinned.as_str());
         assert_eq!(d["attempted_digest"], attempted.as_str());
         assert_eq!(d["tag"], "1.4.2");
+        assert_eq!(d["state"], "pinned");
+    }
+
+    #[test]
+    fn a_reserved_tag_says_which_digest_completes_it() {
+        let claimed = Digest::parse(&format!("sha256:{}", "c".repeat(64))).unwrap();
+        let attempted = Digest::parse(&format!("sha256:{}", "d".repeat(64))).unwrap();
+        let r = Refusal::Move {
+            repo: Repository::parse("my-api").unwrap(),
+            attempted,
+            conflicts: vec![Conflict {
+                tag: Tag::parse("1.4.2").unwrap(),
+                pinned: claimed.clone(),
+                claimed: true,
+            }],
+        };
+        let m = r.to_string();
+        assert!(m.contains("reserved for") && m.contains(&format!("Re-push {claimed}")), "{m}");
+        assert_eq!(r.detail()["reason"], "tag_in_flight");
+        assert_eq!(r.detail()["state"], "claimed");
     }
 }

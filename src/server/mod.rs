@@ -71,9 +71,16 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<O
         grace_ms = grace.as_millis() as u64,
         "shutting down: no new connections, draining"
     );
+    let started = tokio::time::Instant::now();
     tokio::select! {
         () = graceful.shutdown() => tracing::info!("all connections drained"),
         () = tokio::time::sleep(grace) => tracing::warn!("grace period over; closing remaining connections"),
+    }
+    // Decisions whose client left still run on this worker; let them reach the
+    // upstream's answer. Cut off anyway, they leave durable claims behind (fail closed).
+    let left = app.detached.wait_idle(grace.saturating_sub(started.elapsed())).await;
+    if left > 0 {
+        tracing::warn!(left, "grace period over with decisions still waiting for the upstream; their tags stay reserved");
     }
 }
 
