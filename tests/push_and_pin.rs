@@ -278,11 +278,23 @@ fn tag_query_pushes_are_checked() {
         b"",
     );
     assert_eq!(direct.status, 404);
-    // A ?tag= push of a new tag pins it.
+    // distribution 2.8 predates `?tag=` and ignores it: the push by digest succeeds but
+    // creates no tag, so tagpin must not pin one (nor audit a pin it did not make).
     let r = b.put_manifest(env.tagpin.addr, "q", &format!("{}?tag=v2", b.digest()), "");
     assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(upstream_digest(&env.registry, "q", "v2"), None, "the upstream ignored ?tag=");
+    assert!(
+        !env.tagpin
+            .audit_events()
+            .iter()
+            .any(|e| e["action"] == "pin_created" && e["tag"] == "v2"),
+        "a pin_created event for a tag the upstream never created"
+    );
+    // The tag is still free: the first push that really creates it pins it.
     let c = a.variant("c");
-    let r = c.put_manifest(env.tagpin.addr, "q", "v2", "");
+    assert_eq!(c.put_manifest(env.tagpin.addr, "q", "v2", "").status, 201);
+    assert_eq!(upstream_digest(&env.registry, "q", "v2"), Some(c.digest()));
+    let r = b.put_manifest(env.tagpin.addr, "q", "v2", "");
     assert_eq!(r.status, 409, "{}", r.text());
 }
 

@@ -72,6 +72,28 @@ impl Image {
         sha256(&self.manifest)
     }
 
+    /// The same blobs under a manifest that lists the layer `copies` times: valid, a few
+    /// MB, and slow for distribution to verify (it checks every layer reference), which
+    /// holds the upstream's answer back long enough to act inside the push's window.
+    pub fn heavy(&self, copies: usize, note: &str) -> Self {
+        let layer = format!(
+            r#"{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{}","size":{}}}"#,
+            sha256(&self.layer),
+            self.layer.len()
+        );
+        let layers = vec![layer; copies].join(",");
+        let manifest = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{}","size":{}}},"layers":[{layers}],"annotations":{{"test.note":"{note}"}}}}"#,
+            sha256(&self.config),
+            self.config.len()
+        )
+        .into_bytes();
+        Self {
+            manifest,
+            ..self.clone()
+        }
+    }
+
     /// Push the blobs to `addr` with raw HTTP (POST then PUT with `?digest=`).
     pub fn push_blobs(&self, addr: SocketAddr, repo: &str, auth: &str) {
         for blob in [&self.config, &self.layer] {

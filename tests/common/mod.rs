@@ -12,6 +12,7 @@ pub mod fake;
 pub mod http;
 pub mod image;
 pub mod procs;
+pub mod watch;
 
 pub use self::http::{request, try_request, Resp};
 pub use image::{Image, Index};
