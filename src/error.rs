@@ -73,6 +73,7 @@ impl ProxyError {
                 UpstreamError::Connect(_) => (S::BAD_GATEWAY, C::Unavailable),
                 UpstreamError::Transport(_)
                 | UpstreamError::CheckStatus { .. }
+                | UpstreamError::FetchStatus { .. }
                 | UpstreamError::CheckNoDigest { .. }
                 | UpstreamError::DigestMismatch { .. }
                 | UpstreamError::Tls(_) => (S::BAD_GATEWAY, C::Unavailable),
@@ -97,8 +98,10 @@ impl ProxyError {
                  for this digest: repeat the same push to complete it"
             }
             Self::Upstream(UpstreamError::Connect(_)) => "the upstream registry cannot be reached; nothing was changed",
-            Self::Upstream(UpstreamError::CheckStatus { .. } | UpstreamError::CheckNoDigest { .. }) => {
-                "tagpin could not learn what the upstream holds under this tag, so it refuses the write"
+            Self::Upstream(
+                UpstreamError::CheckStatus { .. } | UpstreamError::CheckNoDigest { .. } | UpstreamError::FetchStatus { .. },
+            ) => {
+                "tagpin could not learn what the upstream holds, so it refuses the write"
             }
             Self::Upstream(UpstreamError::DigestMismatch { .. }) => {
                 "the upstream reported a different digest than the manifest tagpin forwarded; no pin was recorded \

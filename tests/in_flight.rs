@@ -38,8 +38,10 @@ fn detail(r: &Resp) -> serde_json::Value {
     r.json()["errors"][0]["detail"].clone()
 }
 
-/// Send a whole manifest PUT on a raw connection and leave without reading the answer.
-fn push_and_leave(addr: std::net::SocketAddr, repo: &str, tag: &str, manifest: &[u8], after: Duration) {
+/// Send a whole manifest PUT on a raw connection; leave without reading the answer once
+/// tagpin has forwarded it to the upstream (seen by `relay`).
+fn push_and_leave(addr: std::net::SocketAddr, relay: &WatchRelay, repo: &str, tag: &str, manifest: &[u8]) {
+    let before = relay.forwarded();
     let mut s = TcpStream::connect(addr).unwrap();
     let head = format!(
         "PUT /v2/{repo}/manifests/{tag} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {}\r\nContent-Length: {}\r\n\r\n",
@@ -48,24 +50,23 @@ fn push_and_leave(addr: std::net::SocketAddr, repo: &str, tag: &str, manifest: &
     );
     s.write_all(head.as_bytes()).unwrap();
     s.write_all(manifest).unwrap();
-    std::thread::sleep(after);
+    relay.wait_forwarded(before, manifest.len(), Duration::from_secs(30));
     let _ = s.shutdown(std::net::Shutdown::Both);
 }
 
 #[test]
 fn a_client_that_leaves_mid_push_cannot_let_another_digest_take_the_tag() {
-    let Stack {
-        registry,
-        tagpin,
-        data: _data,
-    } = Stack::start(&[]);
+    let registry = Registry::start();
+    let relay = WatchRelay::start(registry.addr);
+    let data = tempfile::tempdir().unwrap();
+    let tagpin = Tagpin::start(&relay.url(), data.path(), &[]);
     let base = Image::random(700, 256);
-    base.push_blobs(tagpin.addr, "gone", "");
+    base.push_blobs(registry.addr, "gone", "");
     for round in 0..3 {
         let tag = format!("v{round}");
         let x = base.heavy(SLOW, &format!("x{round}"));
         let y = base.variant(&format!("y{round}"));
-        push_and_leave(tagpin.addr, "gone", &tag, &x.manifest, Duration::from_millis(150));
+        push_and_leave(tagpin.addr, &relay, "gone", &tag, &x.manifest);
         assert_eq!(
             upstream_digest(&registry, "gone", &tag),
             None,
@@ -79,7 +80,10 @@ fn a_client_that_leaves_mid_push_cannot_let_another_digest_take_the_tag() {
         assert_eq!(y.put_manifest(tagpin.addr, "gone", &tag, "").status, 409);
         assert_eq!(upstream_digest(&registry, "gone", &tag), Some(x.digest()));
         // The departed client's push was recorded: it is the pin.
-        assert_eq!(detail(&y.put_manifest(tagpin.addr, "gone", &tag, ""))["state"], "pinned");
+        assert_eq!(
+            detail(&y.put_manifest(tagpin.addr, "gone", &tag, ""))["state"],
+            "pinned"
+        );
     }
 }
 
@@ -87,11 +91,7 @@ fn a_client_that_leaves_mid_push_cannot_let_another_digest_take_the_tag() {
 fn a_header_timeout_mid_push_keeps_the_tag_reserved_for_the_forwarded_digest() {
     let registry = Registry::start();
     let data = tempfile::tempdir().unwrap();
-    let mut tagpin = Tagpin::start(
-        &registry.url(),
-        data.path(),
-        &["--upstream-header-timeout-ms", "150"],
-    );
+    let mut tagpin = Tagpin::start(&registry.url(), data.path(), &["--upstream-header-timeout-ms", "150"]);
     let base = Image::random(701, 256);
     base.push_blobs(registry.addr, "slow", "");
     let x = base.heavy(SLOW, "x");
@@ -119,7 +119,10 @@ fn a_header_timeout_mid_push_keeps_the_tag_reserved_for_the_forwarded_digest() {
     // With a timeout the upstream can meet, the client's retry completes the push.
     tagpin.kill();
     let tagpin = Tagpin::start(&registry.url(), data.path(), &[]);
-    assert_eq!(detail(&y.put_manifest(tagpin.addr, "slow", "v1", ""))["state"], "claimed");
+    assert_eq!(
+        detail(&y.put_manifest(tagpin.addr, "slow", "v1", ""))["state"],
+        "claimed"
+    );
     assert_eq!(x.put_manifest(tagpin.addr, "slow", "v1", "").status, 201);
     let r = y.put_manifest(tagpin.addr, "slow", "v1", "");
     assert_eq!((r.status, detail(&r)["state"].as_str()), (409, Some("pinned")));
@@ -171,7 +174,10 @@ fn sigkill_right_after_forwarding_keeps_the_tag_reserved_across_a_restart() {
     assert_eq!(wait_upstream(&registry, "killed", "v1"), x.digest());
     assert_eq!(y.put_manifest(tagpin.addr, "killed", "v1", "").status, 409);
     assert_eq!(x.put_manifest(tagpin.addr, "killed", "v1", "").status, 201);
-    assert_eq!(detail(&y.put_manifest(tagpin.addr, "killed", "v1", ""))["state"], "pinned");
+    assert_eq!(
+        detail(&y.put_manifest(tagpin.addr, "killed", "v1", ""))["state"],
+        "pinned"
+    );
     assert_eq!(upstream_digest(&registry, "killed", "v1"), Some(x.digest()));
 }
 

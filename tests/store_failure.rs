@@ -70,6 +70,22 @@ impl PinStore for FlakyStore {
         self.check(&self.fail_reads)?;
         self.inner.delete_in_flight(r, d)
     }
+    fn protect(&self, r: &Repository, h: &Digest, refs: &[Digest]) -> Result<(), StoreError> {
+        self.check(&self.fail_writes)?;
+        self.inner.protect(r, h, refs)
+    }
+    fn has_refs(&self, r: &Repository, h: &Digest) -> Result<bool, StoreError> {
+        self.check(&self.fail_reads)?;
+        self.inner.has_refs(r, h)
+    }
+    fn holders(&self, r: &Repository) -> Result<Vec<Digest>, StoreError> {
+        self.check(&self.fail_reads)?;
+        self.inner.holders(r)
+    }
+    fn referenced_by(&self, r: &Repository, d: &Digest) -> Result<Vec<Digest>, StoreError> {
+        self.check(&self.fail_reads)?;
+        self.inner.referenced_by(r, d)
+    }
     fn check(&self) -> Result<(), StoreError> {
         self.check(&self.fail_reads)?;
         self.check(&self.fail_writes)?;

@@ -89,10 +89,13 @@ fn join(target: &str, query: &str) -> String {
 }
 
 /// Steps that move or delete a tag: the only ones allowed to differ under protection.
-const TAG_MOVING_STEPS: [&str; 3] = [
+const TAG_MOVING_STEPS: [&str; 4] = [
     "retag v1 to the variant",
     "delete manifest by tag",
     "delete tagged manifest by digest",
+    // The blob is a layer of a pinned manifest: deleting it would leave the pinned tag
+    // unpullable, so it is refused like a move.
+    "delete blob",
 ];
 
 fn script(addr: SocketAddr) -> Vec<Seen> {
@@ -402,6 +405,8 @@ fn with_protection_only_tag_moving_steps_differ() {
     // "manifest after retag" reads the tag the refused retag would have moved.
     let mut allowed: Vec<&str> = TAG_MOVING_STEPS.to_vec();
     allowed.push("manifest after retag");
+    // Reads the blob the refused delete would have removed.
+    allowed.push("deleted blob HEAD");
     compare(&direct, &proxied, &allowed);
     for s in proxied.iter().filter(|s| TAG_MOVING_STEPS.contains(&s.step)) {
         assert_eq!((s.status, s.body.as_str()), (409, "errors [\"DENIED\"]"), "{s:?}");

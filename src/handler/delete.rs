@@ -55,18 +55,52 @@ pub async fn manifest_delete(
             .emit(&app.metrics);
             Err(Refusal::DeleteTag { repo, tag, pinned }.into())
         }
-        Reference::Digest(digest) => {
-            // Tags that predate tagpin are adopted first: deleting their manifest would
-            // take the tag away as surely as moving it.
-            if let Err(challenge) = super::pins::adopt_repository(app, &repo, &parts.headers, who).await? {
-                let origin = super::client_origin(app, &parts.headers);
-                return Ok(super::to_client(app, challenge, origin.as_deref()));
-            }
-            let who = who.clone();
-            app.detached(move |app| async move { delete_digest(&app, parts, body, repo, digest, &who).await })
-                .await
-        }
+        Reference::Digest(digest) => delete_content(app, parts, body, repo, digest, Content::Manifest, who).await,
     }
+}
+
+/// `DELETE /v2/<name>/blobs/<digest>` (end-10): refused while pinned content depends on
+/// the blob (a pinned manifest's config or layer), forwarded otherwise.
+pub async fn blob_delete(
+    app: &Arc<App>,
+    parts: Parts,
+    body: Body,
+    repo: Repository,
+    digest: Digest,
+    who: &Requester,
+) -> Result<Response<Body>, ProxyError> {
+    delete_content(app, parts, body, repo, digest, Content::Blob, who).await
+}
+
+/// What a delete by digest removes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Content {
+    Manifest,
+    Blob,
+}
+
+async fn delete_content(
+    app: &Arc<App>,
+    parts: Parts,
+    body: Body,
+    repo: Repository,
+    digest: Digest,
+    kind: Content,
+    who: &Requester,
+) -> Result<Response<Body>, ProxyError> {
+    // Tags that predate tagpin are adopted first, and every pinned manifest's references
+    // recorded: deleting their content would take the tag away as surely as moving it.
+    // This is the slow part for a large repository, so it runs before any lock.
+    let origin = super::client_origin(app, &parts.headers);
+    if let Err(challenge) = super::pins::adopt_repository(app, &repo, &parts.headers, who).await? {
+        return Ok(super::to_client(app, challenge, origin.as_deref()));
+    }
+    if let Err(challenge) = super::refs::protect_repository(app, &repo, &parts.headers).await? {
+        return Ok(super::to_client(app, challenge, origin.as_deref()));
+    }
+    let who = who.clone();
+    app.detached(move |app| async move { delete_digest(&app, parts, body, repo, digest, kind, &who).await })
+        .await
 }
 
 async fn delete_digest(
@@ -75,15 +109,45 @@ async fn delete_digest(
     body: Body,
     repo: Repository,
     digest: Digest,
+    kind: Content,
     who: &Requester,
 ) -> Result<Response<Body>, ProxyError> {
     let _guard = app.locks.digest_delete(&repo).await;
+    // Pins made since the unlocked pass were made by pushes, which record references
+    // first; this pass only catches what an adoption added meanwhile.
+    if let Err(challenge) = super::refs::protect_repository(app, &repo, &parts.headers).await? {
+        let origin = super::client_origin(app, &parts.headers);
+        return Ok(super::to_client(app, challenge, origin.as_deref()));
+    }
+    let protected: Vec<_> = if kind == Content::Manifest {
+        let (r, d) = (repo.clone(), digest.clone());
+        let tags = app.store_call(move |s| s.tags_pinned_to(&r, &d)).await?;
+        tags.into_iter()
+            .filter(|t| app.protection.is_protected(&repo, t))
+            .collect()
+    } else {
+        Vec::new()
+    };
     let (r, d) = (repo.clone(), digest.clone());
-    let tags = app.store_call(move |s| s.tags_pinned_to(&r, &d)).await?;
-    let protected: Vec<_> = tags
-        .into_iter()
-        .filter(|t| app.protection.is_protected(&repo, t))
-        .collect();
+    let holders = app.store_call(move |s| s.referenced_by(&r, &d)).await?;
+    if protected.is_empty() && !holders.is_empty() {
+        AuditEvent {
+            action: AuditAction::DeleteRefused,
+            who,
+            repository: &repo,
+            tag: None,
+            pinned: Some(&holders[0]),
+            attempted: Some(&digest),
+        }
+        .emit(&app.metrics);
+        return Err(Refusal::DeleteReferenced {
+            repo,
+            digest,
+            kind: if kind == Content::Manifest { "manifest" } else { "blob" },
+            holders,
+        }
+        .into());
+    }
     if !protected.is_empty() {
         for tag in &protected {
             AuditEvent {

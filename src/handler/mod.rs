@@ -8,6 +8,7 @@ mod challenge;
 mod delete;
 mod pins;
 mod push;
+mod refs;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -78,9 +79,8 @@ async fn handle_inner(app: &Arc<App>, req: Request<Incoming>, who: &Requester) -
         Route::ManifestDelete { repo, reference } => {
             delete::manifest_delete(app, parts, body, repo, reference, who).await
         }
-        Route::Read | Route::BlobDelete { .. } | Route::UploadStart { .. } | Route::UploadSession { .. } => {
-            forward(app, parts, body, who).await
-        }
+        Route::BlobDelete { repo, digest } => delete::blob_delete(app, parts, body, repo, digest, who).await,
+        Route::Read | Route::UploadStart { .. } | Route::UploadSession { .. } => forward(app, parts, body, who).await,
     }
 }
 

@@ -130,7 +130,15 @@ impl PushJob {
         let decision = policy::decide_push(&attempted, &held);
         if !decision.allowed() {
             for c in &decision.conflicts {
-                audit(app, AuditAction::PushRefused, &who, &repo, &c.tag, Some(&c.pinned), &attempted);
+                audit(
+                    app,
+                    AuditAction::PushRefused,
+                    &who,
+                    &repo,
+                    &c.tag,
+                    Some(&c.pinned),
+                    &attempted,
+                );
             }
             return Err(Refusal::Move {
                 repo,
@@ -139,16 +147,24 @@ impl PushJob {
             }
             .into());
         }
-        let (r, d) = (repo.clone(), attempted.clone());
-        if app.store_call(move |s| s.delete_in_flight(&r, &d)).await? {
-            for tag in &protected {
-                audit(app, AuditAction::PushRefused, &who, &repo, tag, None, &attempted);
+        // Pinned means pullable: what this manifest depends on is recorded before it
+        // becomes pinned content (see `refs`).
+        let deps = match super::refs::protect(app, &repo, &attempted, Some(&bytes), &parts.headers).await? {
+            Ok(deps) => deps,
+            Err(challenge) => return Ok(super::challenge::for_push(challenge, &repo, &who.request_id)),
+        };
+        for digest in std::iter::once(&attempted).chain(&deps) {
+            let (r, d) = (repo.clone(), digest.clone());
+            if app.store_call(move |s| s.delete_in_flight(&r, &d)).await? {
+                for tag in &protected {
+                    audit(app, AuditAction::PushRefused, &who, &repo, tag, None, &attempted);
+                }
+                return Err(Refusal::DeleteInFlight {
+                    repo,
+                    digest: digest.clone(),
+                }
+                .into());
             }
-            return Err(Refusal::DeleteInFlight {
-                repo,
-                digest: attempted,
-            }
-            .into());
         }
 
         // The in-flight rule: claim every free tag on disk before anything is forwarded.

@@ -3,6 +3,8 @@
 
 mod error;
 mod names;
+pub mod references;
 
 pub use error::{ErrorCode, ErrorEnvelope};
 pub use names::{Digest, DigestAlgorithm, NameError, Reference, Repository, Tag};
+pub use references::{references, References};

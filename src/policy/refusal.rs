@@ -25,8 +25,18 @@ pub enum Refusal {
     },
     /// A push of a manifest whose delete was forwarded with an unknown outcome: pinning a
     /// tag to it could leave the tag on a manifest the upstream deletes a moment later.
-    #[error("manifest {repo}@{digest} has a delete in flight whose outcome is not known; tagpin refuses to pin tags to it until that is settled. Repeat the DELETE of this digest (it is safe to repeat), then push again")]
+    #[error("{repo}@{digest} has a delete in flight whose outcome is not known; tagpin refuses to pin content that needs it until that is settled. Repeat the DELETE of this digest (it is safe to repeat), then push again")]
     DeleteInFlight { repo: Repository, digest: Digest },
+    /// A delete of a manifest or blob that pinned content depends on: an index's child,
+    /// or the config or a layer of a pinned manifest. The pinned tag would stay on its
+    /// digest but could no longer be pulled.
+    #[error("{kind} {repo}@{digest} is part of pinned content (manifest {} of {repo}, protected by tagpin); it cannot be deleted while a protected tag depends on it", .holders[0])]
+    DeleteReferenced {
+        repo: Repository,
+        digest: Digest,
+        kind: &'static str,
+        holders: Vec<Digest>,
+    },
     /// `DELETE /v2/<name>/manifests/<digest>` of a digest protected tags are pinned to.
     #[error("manifest {repo}@{digest} is what immutable tag(s) {} of {repo} are pinned to (by tagpin); it cannot be deleted", tag_list(.tags))]
     DeleteDigest {
@@ -89,6 +99,18 @@ impl Refusal {
                 "state": state(&conflicts[0]),
                 "attempted_digest": attempted.as_str(),
                 "conflicts": conflicts.iter().map(|c| json!({"tag": c.tag.as_str(), "pinned_digest": c.pinned.as_str(), "state": state(c)})).collect::<Vec<_>>(),
+            }),
+            Self::DeleteReferenced {
+                repo,
+                digest,
+                kind,
+                holders,
+            } => json!({
+                "reason": "referenced_by_pin",
+                "repository": repo.as_str(),
+                "digest": digest.as_str(),
+                "kind": kind,
+                "pinned_manifests": holders.iter().map(Digest::as_str).collect::<Vec<_>>(),
             }),
             Self::DeleteInFlight { repo, digest } => json!({
                 "reason": "delete_in_flight",
@@ -154,7 +176,10 @@ mod tests {
             }],
         };
         let m = r.to_string();
-        assert!(m.contains("reserved for") && m.contains(&format!("Re-push {claimed}")), "{m}");
+        assert!(
+            m.contains("reserved for") && m.contains(&format!("Re-push {claimed}")),
+            "{m}"
+        );
         assert_eq!(r.detail()["reason"], "tag_in_flight");
         assert_eq!(r.detail()["state"], "claimed");
     }

@@ -157,6 +157,20 @@ pub trait PinStore: Send + Sync + 'static {
     /// Whether a forwarded delete of `repo@digest` has an unknown outcome.
     fn delete_in_flight(&self, repo: &Repository, digest: &Digest) -> Result<bool, StoreError>;
 
+    /// Record, durably, that the manifest `holder` of `repo` depends on `refs` (its blobs,
+    /// child manifests and their blobs), so none of them can be deleted while it is
+    /// pinned. Recorded before the pin or claim that makes `holder` pinned content.
+    fn protect(&self, repo: &Repository, holder: &Digest, refs: &[Digest]) -> Result<(), StoreError>;
+
+    /// Whether the references of `holder` have been recorded.
+    fn has_refs(&self, repo: &Repository, holder: &Digest) -> Result<bool, StoreError>;
+
+    /// The distinct digests pinned or claimed in `repo`.
+    fn holders(&self, repo: &Repository) -> Result<Vec<Digest>, StoreError>;
+
+    /// The pinned manifests of `repo` that depend on `digest`.
+    fn referenced_by(&self, repo: &Repository, digest: &Digest) -> Result<Vec<Digest>, StoreError>;
+
     /// Whether the store can serve reads and durable writes now.
     fn check(&self) -> Result<(), StoreError>;
 }
@@ -199,6 +213,18 @@ impl PinStore for UnavailableStore {
         self.fail()
     }
     fn delete_in_flight(&self, _: &Repository, _: &Digest) -> Result<bool, StoreError> {
+        self.fail()
+    }
+    fn protect(&self, _: &Repository, _: &Digest, _: &[Digest]) -> Result<(), StoreError> {
+        self.fail()
+    }
+    fn has_refs(&self, _: &Repository, _: &Digest) -> Result<bool, StoreError> {
+        self.fail()
+    }
+    fn holders(&self, _: &Repository) -> Result<Vec<Digest>, StoreError> {
+        self.fail()
+    }
+    fn referenced_by(&self, _: &Repository, _: &Digest) -> Result<Vec<Digest>, StoreError> {
         self.fail()
     }
     fn check(&self) -> Result<(), StoreError> {

@@ -4,7 +4,10 @@
 //! - `by_digest`: `repo \0 digest \0 tag`   -> empty, for pins and claims alike, so "is
 //!   this digest pinned?" is a prefix scan instead of a walk over every pin;
 //! - `deletes`:   `repo \0 digest`          -> JSON `{"request_id","started_at"}`, the
-//!   digest deletes forwarded without a known outcome.
+//!   digest deletes forwarded without a known outcome;
+//! - `refs`:      `repo \0 ref \0 holder`    -> empty: pinned manifest `holder` depends on
+//!   blob or manifest `ref`;
+//! - `holders`:   `repo \0 holder`          -> empty: the references of `holder` are recorded.
 //!
 //! `\0` cannot occur in a validated repository, tag or digest, so keys cannot collide.
 //!
@@ -30,6 +33,8 @@ pub struct SledStore {
     claims: sled::Tree,
     by_digest: sled::Tree,
     deletes: sled::Tree,
+    refs: sled::Tree,
+    holders: sled::Tree,
     /// A flush failed and has not succeeded since.
     dirty: AtomicBool,
     /// Held for the store's lifetime: one tagpin per data dir.
@@ -76,7 +81,10 @@ impl SledStore {
                 return Err(StoreError::Locked(dir.display().to_string()));
             }
             Err(std::fs::TryLockError::Error(e)) => {
-                return Err(StoreError::Unavailable(format!("cannot lock {}: {e}", lock_path.display())));
+                return Err(StoreError::Unavailable(format!(
+                    "cannot lock {}: {e}",
+                    lock_path.display()
+                )));
             }
         }
         let path = dir.join("pins.sled");
@@ -95,6 +103,8 @@ impl SledStore {
             claims: tree("claims")?,
             by_digest: tree("by_digest")?,
             deletes: tree("deletes")?,
+            refs: tree("refs")?,
+            holders: tree("holders")?,
             db,
             dirty: AtomicBool::new(false),
             _lock: lock,
@@ -376,6 +386,62 @@ impl PinStore for SledStore {
         self.deletes.contains_key(digest_key(repo, digest)).map_err(io)
     }
 
+    fn protect(&self, repo: &Repository, holder: &Digest, refs: &[Digest]) -> Result<(), StoreError> {
+        self.ensure_clean()?;
+        let result = (&self.refs, &self.holders).transaction(|(tx_refs, tx_holders)| {
+            for r in refs {
+                let mut key = digest_key(repo, r);
+                key.push(0);
+                key.extend_from_slice(holder.as_str().as_bytes());
+                tx_refs.insert(key, &[][..])?;
+            }
+            tx_holders.insert(digest_key(repo, holder), &[][..])?;
+            Ok::<_, ConflictableTransactionError<StoreError>>(())
+        });
+        settle(result)?;
+        self.flush()
+    }
+
+    fn has_refs(&self, repo: &Repository, holder: &Digest) -> Result<bool, StoreError> {
+        self.ensure_clean()?;
+        self.holders.contains_key(digest_key(repo, holder)).map_err(io)
+    }
+
+    fn holders(&self, repo: &Repository) -> Result<Vec<Digest>, StoreError> {
+        self.ensure_clean()?;
+        let mut prefix = repo.as_str().as_bytes().to_vec();
+        prefix.push(0);
+        let mut out = Vec::new();
+        for item in self.pins.scan_prefix(&prefix) {
+            let (k, v) = item.map_err(io)?;
+            out.push(decode_pin(&k, &v)?.digest);
+        }
+        for item in self.claims.scan_prefix(&prefix) {
+            let (k, v) = item.map_err(io)?;
+            out.push(decode_claim(&k, &v)?.digest);
+        }
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+
+    fn referenced_by(&self, repo: &Repository, digest: &Digest) -> Result<Vec<Digest>, StoreError> {
+        self.ensure_clean()?;
+        let mut prefix = digest_key(repo, digest);
+        prefix.push(0);
+        self.refs
+            .scan_prefix(&prefix)
+            .keys()
+            .map(|k| {
+                let k = k.map_err(io)?;
+                std::str::from_utf8(&k[prefix.len()..])
+                    .ok()
+                    .and_then(|d| Digest::parse(d).ok())
+                    .ok_or_else(|| corrupt(&k, "not a digest"))
+            })
+            .collect()
+    }
+
     fn check(&self) -> Result<(), StoreError> {
         // A read and a flush: the flush fails on a read-only or full disk.
         self.ensure_clean()?;
@@ -537,6 +603,29 @@ mod tests {
             .is_err());
         FAIL_FLUSH.with(|f| f.set(false));
         assert_eq!(s.state(&repo, &tag).unwrap(), None);
+    }
+
+    #[test]
+    fn references_are_recorded_per_repository_and_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open(dir.path()).unwrap();
+        let (repo, tag) = ab();
+        let other = Repository::parse("a").unwrap();
+        assert!(!s.has_refs(&repo, &d('1')).unwrap());
+        s.protect(&repo, &d('1'), &[d('a'), d('b')]).unwrap();
+        s.protect(&repo, &d('2'), &[d('b')]).unwrap();
+        assert!(s.has_refs(&repo, &d('1')).unwrap());
+        assert_eq!(s.referenced_by(&repo, &d('a')).unwrap(), vec![d('1')]);
+        assert_eq!(s.referenced_by(&repo, &d('b')).unwrap(), vec![d('1'), d('2')]);
+        assert!(s.referenced_by(&other, &d('a')).unwrap().is_empty());
+        assert!(s.referenced_by(&repo, &d('c')).unwrap().is_empty());
+        s.pin_if_absent(&repo, &[(tag, Pin::now(d('1'), PinSource::Push))])
+            .unwrap();
+        s.claim(&repo, &[Tag::parse("v2").unwrap()], &Claim::now(d('3'), "r"))
+            .unwrap();
+        s.pin_if_absent(&other, &[(Tag::parse("x").unwrap(), Pin::now(d('4'), PinSource::Push))])
+            .unwrap();
+        assert_eq!(s.holders(&repo).unwrap(), vec![d('1'), d('3')]);
     }
 
     #[test]

@@ -4,7 +4,10 @@
 //! Failures are classified here by where they happened (connect, waiting for headers,
 //! transport) so the handler can answer 502, 503 or 504 without parsing strings.
 
+mod fetch;
 pub mod headers;
+
+pub use fetch::Fetched;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,6 +47,8 @@ pub enum UpstreamError {
     Transport(String),
     #[error("the upstream answered the tag check for {tag} with {status}")]
     CheckStatus { tag: Tag, status: StatusCode },
+    #[error("the upstream answered the fetch of {what} with {status}")]
+    FetchStatus { what: String, status: StatusCode },
     #[error("the upstream answered the tag check for {tag} without a valid Docker-Content-Digest")]
     CheckNoDigest { tag: Tag },
     #[error("the upstream stored the manifest as {reported}, tagpin computed {computed}")]
@@ -59,7 +64,7 @@ impl UpstreamError {
             Self::Connect(_) => "connect",
             Self::HeaderTimeout(_) => "timeout",
             Self::Transport(_) => "transport",
-            Self::CheckStatus { .. } | Self::CheckNoDigest { .. } => "check",
+            Self::CheckStatus { .. } | Self::CheckNoDigest { .. } | Self::FetchStatus { .. } => "check",
             Self::DigestMismatch { .. } => "digest",
             Self::Tls(_) => "tls",
         }

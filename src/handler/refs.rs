@@ -1,0 +1,98 @@
+//! Pinned means pullable: the manifests and blobs a pinned manifest depends on are
+//! recorded, so deleting any of them through tagpin is refused like deleting the pinned
+//! digest itself.
+//!
+//! The references of a manifest are recorded before the claim or pin that makes it
+//! pinned content (from the pushed bytes, fetching an index's children by digest), and
+//! lazily for pins that have none (adopted tags, pins of earlier versions) before any
+//! delete is decided. A failure to learn them refuses the write that needed them.
+
+use std::collections::BTreeSet;
+
+use http::{header, HeaderMap, Response};
+use hyper::body::Incoming;
+
+use crate::app::App;
+use crate::error::ProxyError;
+use crate::oci::{references, Digest, Repository};
+use crate::upstream::Fetched;
+
+/// Most manifests fetched to learn one manifest's dependencies (an index's children and
+/// theirs); an index beyond it is refused as undecidable rather than half-protected.
+const MAX_FETCHES: usize = 4096;
+
+/// Make sure the references of `holder` are recorded; `bytes` are its manifest when at
+/// hand (a push), else it is fetched. Returns the digests newly recorded (empty when they
+/// were recorded before). `Err(response)` when the upstream wants credentials.
+pub async fn protect(
+    app: &App,
+    repo: &Repository,
+    holder: &Digest,
+    bytes: Option<&[u8]>,
+    headers: &HeaderMap,
+) -> Result<Result<Vec<Digest>, Response<Incoming>>, ProxyError> {
+    let (r, h) = (repo.clone(), holder.clone());
+    if app.store_call(move |s| s.has_refs(&r, &h)).await? {
+        return Ok(Ok(Vec::new()));
+    }
+    let auth = headers.get(header::AUTHORIZATION);
+    let limit = app.config.max_manifest_bytes;
+    let fetched;
+    let top: &[u8] = match bytes {
+        Some(b) => b,
+        None => match app.upstream.manifest_by_digest(repo, holder, auth, limit).await? {
+            Fetched::Found(b) => {
+                fetched = b;
+                &fetched
+            }
+            // Gone at the upstream: nothing left to keep from deletion.
+            Fetched::Absent => &[],
+            Fetched::Challenge(resp) => return Ok(Err(resp)),
+        },
+    };
+    let refs = references(top);
+    let mut deps: BTreeSet<Digest> = refs.blobs.into_iter().collect();
+    let mut queue: Vec<Digest> = refs.manifests;
+    let mut fetches = 0;
+    while let Some(child) = queue.pop() {
+        if !deps.insert(child.clone()) {
+            continue;
+        }
+        fetches += 1;
+        if fetches > MAX_FETCHES {
+            return Err(ProxyError::Internal(format!(
+                "manifest {repo}@{holder} references more than {MAX_FETCHES} manifests"
+            )));
+        }
+        match app.upstream.manifest_by_digest(repo, &child, auth, limit).await? {
+            Fetched::Found(b) => {
+                let r = references(&b);
+                deps.extend(r.blobs);
+                queue.extend(r.manifests);
+            }
+            // A child the upstream does not hold makes the push itself invalid; its
+            // digest alone is recorded.
+            Fetched::Absent => {}
+            Fetched::Challenge(resp) => return Ok(Err(resp)),
+        }
+    }
+    let deps: Vec<Digest> = deps.into_iter().collect();
+    let (r, h, d) = (repo.clone(), holder.clone(), deps.clone());
+    app.store_call(move |s| s.protect(&r, &h, &d)).await?;
+    Ok(Ok(deps))
+}
+
+/// Record the references of every pinned or claimed manifest of `repo` that has none.
+pub async fn protect_repository(
+    app: &App,
+    repo: &Repository,
+    headers: &HeaderMap,
+) -> Result<Result<(), Response<Incoming>>, ProxyError> {
+    let r = repo.clone();
+    for holder in app.store_call(move |s| s.holders(&r)).await? {
+        if let Err(challenge) = protect(app, repo, &holder, None, headers).await? {
+            return Ok(Err(challenge));
+        }
+    }
+    Ok(Ok(()))
+}
