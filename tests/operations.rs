@@ -24,6 +24,14 @@ fn invalid_config_exits_64_with_one_line() {
         vec!["serve", "--config", &bad_file],
         vec!["serve", "--config", "/nonexistent/tagpin.toml"],
         vec!["serve", "--no-such-flag"],
+        // Beyond tokio's semaphore limit: a panic before the fix, not a config error.
+        vec![
+            "serve",
+            "--upstream",
+            "http://127.0.0.1:1",
+            "--max-connections",
+            "18446744073709551615",
+        ],
     ];
     for args in cases {
         let out = tagpin_cmd(&args);
