@@ -407,3 +407,23 @@ fn with_protection_only_tag_moving_steps_differ() {
         assert_eq!((s.status, s.body.as_str()), (409, "errors [\"DENIED\"]"), "{s:?}");
     }
 }
+
+/// CORS preflights of registry web UIs (RFC 9110 9.3.7): the upstream answers them, so
+/// tagpin must forward them rather than refuse a method it does not route.
+#[test]
+fn options_requests_get_the_upstreams_answer() {
+    let stack = Stack::start(&[]);
+    let img = Image::random(77, 1000);
+    img.push_blobs(stack.registry.addr, "opt", "");
+    assert_eq!(img.put_manifest(stack.registry.addr, "opt", "v1", "").status, 201);
+    let preflight = [
+        ("Origin", "http://ui.example"),
+        ("Access-Control-Request-Method", "GET"),
+    ];
+    for target in ["/v2/", "/v2/opt/manifests/v1"] {
+        let direct = request(stack.registry.addr, "OPTIONS", target, &preflight, b"");
+        let proxied = request(stack.tagpin.addr, "OPTIONS", target, &preflight, b"");
+        assert_eq!(proxied.status, direct.status, "OPTIONS {target}: {}", proxied.text());
+        assert_eq!(proxied.header("allow"), direct.header("allow"), "OPTIONS {target}");
+    }
+}
