@@ -8,7 +8,7 @@ mod common;
 
 use std::net::SocketAddr;
 
-use common::image::{sha256, ACCEPT_ALL, OCI_MANIFEST};
+use common::image::{push_blob, sha256, ACCEPT_ALL, OCI_MANIFEST};
 use common::*;
 
 /// One step's observable outcome, with per-run noise (upload ids, hosts, dates) removed.
@@ -426,4 +426,86 @@ fn options_requests_get_the_upstreams_answer() {
         assert_eq!(proxied.status, direct.status, "OPTIONS {target}: {}", proxied.text());
         assert_eq!(proxied.header("allow"), direct.header("allow"), "OPTIONS {target}");
     }
+}
+
+/// An HTTP/1.0 client may omit `Host`: tagpin then cannot name its own origin, and the
+/// upstream builds its upload URL from the host tagpin's client sent it, its internal
+/// address. The client must get a relative location instead (RFC 7231 7.1.2), never that.
+#[test]
+fn an_upload_location_without_host_is_relative_not_the_upstreams() {
+    let stack = Stack::start(&[]);
+    let start = request_without_host(stack.tagpin.addr, "POST", "/v2/nohost/blobs/uploads/", &[], b"");
+    assert_eq!(start.status, 202, "{}", start.text());
+    let location = start.header("location").expect("upload without Location");
+    let internal = stack.registry.addr.to_string();
+    assert!(!location.contains(&internal), "leaks the upstream: {location}");
+    assert!(location.starts_with("/v2/nohost/blobs/uploads/"), "{location}");
+    // The relative location works: resolved against tagpin, the upload completes.
+    let blob = b"no host header";
+    let put = request(
+        stack.tagpin.addr,
+        "PUT",
+        &join(location, &format!("digest={}", sha256(blob))),
+        &[("Content-Type", "application/octet-stream")],
+        blob,
+    );
+    assert_eq!(put.status, 201, "{}", put.text());
+}
+
+/// Catalog pagination (distribution-spec `spec.md` "Listing Repositories", RFC 8288):
+/// through tagpin a client walks the same pages as directly. distribution 2.8 writes a
+/// relative `Link`, which must arrive as it is.
+#[test]
+fn catalog_pages_link_like_the_upstream() {
+    let stack = Stack::start(&[]);
+    for repo in ["cat-a", "cat-b", "cat-c"] {
+        push_blob(stack.registry.addr, repo, repo.as_bytes(), "");
+    }
+    let direct = request(stack.registry.addr, "GET", "/v2/_catalog?n=1", &[], b"");
+    let proxied = request(stack.tagpin.addr, "GET", "/v2/_catalog?n=1", &[], b"");
+    assert_eq!(direct.status, 200, "{}", direct.text());
+    let link = direct
+        .header("link")
+        .expect("distribution pages a catalog of 3 with n=1");
+    assert!(
+        link.starts_with("</v2/_catalog?"),
+        "distribution's Link is relative: {link}"
+    );
+    assert_eq!(proxied.status, 200);
+    assert_eq!(proxied.header("link"), Some(link));
+    assert_eq!(proxied.body, direct.body);
+}
+
+/// A registry that writes absolute `Link` URLs on its own origin (RFC 8288 allows either)
+/// must not hand its internal address to clients: the link points at tagpin instead.
+#[test]
+fn an_absolute_link_on_the_upstream_origin_points_at_tagpin() {
+    use std::sync::{Arc, OnceLock};
+    let own: Arc<OnceLock<String>> = Arc::new(OnceLock::new());
+    let own2 = Arc::clone(&own);
+    let fake = common::fake::FakeUpstream::start(move |_, target| match target {
+        "/v2/_catalog?n=1" => common::fake::Action::Respond {
+            status: 200,
+            headers: vec![
+                ("Content-Type".into(), "application/json".into()),
+                (
+                    "Link".into(),
+                    format!(r#"<{}/v2/_catalog?last=a&n=1>; rel="next""#, own2.get().unwrap()),
+                ),
+            ],
+            body: br#"{"repositories":["a"]}"#.to_vec(),
+        },
+        _ => common::fake::Action::status(404),
+    });
+    own.set(fake.url()).unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let tagpin = Tagpin::start(&fake.url(), data.path(), &[]);
+    let r = request(tagpin.addr, "GET", "/v2/_catalog?n=1", &[], b"");
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("link"),
+        Some(format!(r#"<http://{}/v2/_catalog?last=a&n=1>; rel="next""#, tagpin.addr).as_str())
+    );
+    let r = request_without_host(tagpin.addr, "GET", "/v2/_catalog?n=1", &[], b"");
+    assert_eq!(r.header("link"), Some(r#"</v2/_catalog?last=a&n=1>; rel="next""#));
 }

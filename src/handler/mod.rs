@@ -115,13 +115,12 @@ fn upstream_request(app: &App, parts: Parts, body: Body, who: &Requester) -> Req
 }
 
 /// The client's response for an upstream response: hop-by-hop headers dropped, upstream
-/// locations pointed back at tagpin, body streamed behind the idle timeout.
+/// locations and links pointed back at tagpin (relative when the client's origin is
+/// unknown), body streamed behind the idle timeout.
 fn to_client(app: &App, resp: Response<Incoming>, client_origin: Option<&str>) -> Response<Body> {
     let (mut parts, incoming) = resp.into_parts();
     headers::remove_hop_by_hop(&mut parts.headers);
-    if let Some(origin) = client_origin {
-        headers::rewrite_locations(&mut parts.headers, app.upstream.origin(), origin);
-    }
+    headers::rewrite_locations(&mut parts.headers, app.upstream.origin(), client_origin);
     Response::from_parts(parts, body::with_idle_timeout(incoming, app.config.timeouts.body_idle))
 }
 

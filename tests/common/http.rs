@@ -47,10 +47,41 @@ pub fn try_request(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> Result<Resp, String> {
+    exchange(
+        addr,
+        &format!("{method} {target} HTTP/1.1\r\nHost: {addr}\r\n"),
+        method,
+        headers,
+        body,
+    )
+}
+
+/// An HTTP/1.0 request with no `Host` header, which HTTP/1.0 allows (RFC 9112 3.2 only
+/// requires it of HTTP/1.1): the server cannot tell which origin the client used.
+pub fn request_without_host(
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Resp {
+    exchange(addr, &format!("{method} {target} HTTP/1.0\r\n"), method, headers, body)
+        .unwrap_or_else(|e| panic!("{method} {target}: {e}"))
+}
+
+/// Send `start` (the request line and any fixed headers), `headers` and `body`, and read
+/// the response to the end of the connection.
+fn exchange(
+    addr: SocketAddr,
+    start: &str,
+    method: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<Resp, String> {
     let mut s = TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
     s.set_read_timeout(Some(Duration::from_secs(120)))
         .map_err(|e| e.to_string())?;
-    let mut head = format!("{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    let mut head = format!("{start}Connection: close\r\n");
     let mut has_len = false;
     for (k, v) in headers {
         if v.is_empty() {

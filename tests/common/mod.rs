@@ -13,7 +13,7 @@ pub mod http;
 pub mod image;
 pub mod procs;
 
-pub use self::http::{request, try_request, Resp};
+pub use self::http::{request, request_without_host, try_request, Resp};
 pub use image::{Image, Index};
 pub use procs::{basic, skopeo, skopeo_copy, Registry, RegistryOptions, Tagpin};
 
