@@ -67,7 +67,8 @@ impl ProxyError {
                 | UpstreamError::CheckStatus { .. }
                 | UpstreamError::CheckNoDigest { .. }
                 | UpstreamError::DigestMismatch { .. }
-                | UpstreamError::Tls(_) => (S::BAD_GATEWAY, C::Unavailable),
+                | UpstreamError::Tls(_)
+                | UpstreamError::TagList { .. } => (S::BAD_GATEWAY, C::Unavailable),
             },
             Self::Store(_) => (S::SERVICE_UNAVAILABLE, C::Unavailable),
             Self::Internal(_) => (S::INTERNAL_SERVER_ERROR, C::Unknown),
@@ -81,6 +82,9 @@ impl ProxyError {
             Self::Upstream(UpstreamError::Connect(_)) => "the upstream registry cannot be reached; nothing was changed",
             Self::Upstream(UpstreamError::CheckStatus { .. } | UpstreamError::CheckNoDigest { .. }) => {
                 "tagpin could not learn what the upstream holds under this tag, so it refuses the write"
+            }
+            Self::Upstream(UpstreamError::TagList { .. }) => {
+                "tagpin could not list every tag of this repository at the upstream, so it refuses the delete"
             }
             Self::Upstream(UpstreamError::DigestMismatch { .. }) => {
                 "the upstream reported a different digest than the manifest tagpin forwarded; no pin was recorded"

@@ -11,6 +11,7 @@
 pub mod fake;
 pub mod http;
 pub mod image;
+pub mod paging;
 pub mod procs;
 
 pub use self::http::{request, request_without_host, try_request, Resp};
