@@ -25,6 +25,8 @@ pub struct Shared {
     pub connections: Arc<Semaphore>,
     /// Counters and gauges for `GET /metrics`.
     pub metrics: crate::metrics::Metrics,
+    /// The last `/readyz` answer, one probe per second for all workers together.
+    pub readiness: crate::readiness::ReadyCache,
     /// The listener's TLS, when a certificate is configured.
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     upstream_tls: rustls::ClientConfig,
@@ -99,6 +101,7 @@ impl Shared {
             connections: Arc::new(Semaphore::new(config.max_connections)),
             tls: listener_tls,
             metrics: crate::metrics::Metrics::default(),
+            readiness: crate::readiness::ReadyCache::default(),
             config,
             store,
             protection,

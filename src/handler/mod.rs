@@ -18,6 +18,7 @@ use hyper::body::Incoming;
 use crate::app::App;
 use crate::body::{self, Body};
 use crate::error::ProxyError;
+use crate::readiness::Readiness;
 use crate::route::{self, Route};
 use crate::telemetry::Requester;
 use crate::upstream::headers;
@@ -132,8 +133,24 @@ fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
     resp
 }
 
-/// `/readyz`: 200 when both the upstream answers and the store can write durably.
+/// `/readyz`: 200 when both the upstream answers and the store can write durably. The
+/// answer is cached for a second across workers (see [`crate::readiness`]).
 async fn ready(app: &App) -> Response<Body> {
+    let found = app.readiness.get(|| probe_readiness(app)).await;
+    let word = |ok: bool| if ok { "ok" } else { "unavailable" };
+    let text = serde_json::json!({"upstream": word(found.upstream), "store": word(found.store)}).to_string();
+    let mut resp = Response::new(body::full(text));
+    *resp.status_mut() = if found.is_ready() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+async fn probe_readiness(app: &App) -> Readiness {
     let upstream = match tokio::time::timeout(Duration::from_secs(5), app.upstream.probe()).await {
         Ok(Ok(())) => true,
         Ok(Err(e)) => {
@@ -152,15 +169,5 @@ async fn ready(app: &App) -> Response<Body> {
             false
         }
     };
-    let word = |ok: bool| if ok { "ok" } else { "unavailable" };
-    let text = serde_json::json!({"upstream": word(upstream), "store": word(store)}).to_string();
-    let mut resp = Response::new(body::full(text));
-    *resp.status_mut() = if upstream && store {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    resp
+    Readiness { upstream, store }
 }
