@@ -509,3 +509,132 @@ fn an_absolute_link_on_the_upstream_origin_points_at_tagpin() {
     let r = request_without_host(tagpin.addr, "GET", "/v2/_catalog?n=1", &[], b"");
     assert_eq!(r.header("link"), Some(r#"</v2/_catalog?last=a&n=1>; rel="next""#));
 }
+
+/// `Expect: 100-continue` is the upstream's to answer (RFC 9110 10.1.1): an upload that
+/// an authenticating registry refuses costs the client its headers, not its body.
+mod expect_continue {
+    use super::*;
+    use common::http::expect_continue;
+
+    const USER: (&str, &str) = ("pusher", "secret");
+
+    fn auth_registry() -> Registry {
+        Registry::start_with(RegistryOptions {
+            basic_auth: Some((USER.0.into(), USER.1.into())),
+            ..RegistryOptions::default()
+        })
+    }
+
+    /// Start an upload session (with credentials) and finish it with one `PUT` that
+    /// expects `100 Continue` and carries `auth` (end-4a, end-6).
+    fn upload(addr: SocketAddr, blob: &[u8], auth: &str) -> common::http::Expected {
+        let start = request(
+            addr,
+            "POST",
+            "/v2/exp/blobs/uploads/",
+            &[("Authorization", &basic(USER.0, USER.1))],
+            b"",
+        );
+        assert_eq!(start.status, 202, "{}", start.text());
+        let target = path_of(start.header("location").unwrap());
+        expect_continue(
+            addr,
+            "PUT",
+            &join(&target, &format!("digest={}", sha256(blob))),
+            &[("Content-Type", "application/octet-stream"), ("Authorization", auth)],
+            blob,
+        )
+    }
+
+    #[test]
+    fn without_credentials_the_401_comes_before_any_100_continue() {
+        let blob = common::image::random_bytes(7, 1 << 20);
+        let direct_upstream = auth_registry();
+        let direct = upload(direct_upstream.addr, &blob, "");
+        assert_eq!(
+            (direct.interim, direct.response.status),
+            (None, 401),
+            "direct: {direct:?}"
+        );
+
+        let upstream = auth_registry();
+        let data = tempfile::tempdir().unwrap();
+        let tagpin = Tagpin::start(&upstream.url(), data.path(), &[]);
+        let proxied = upload(tagpin.addr, &blob, "");
+        assert_eq!(
+            proxied.interim, None,
+            "tagpin asked for the body before the upstream decided"
+        );
+        assert_eq!(proxied.response.status, 401, "{}", proxied.response.text());
+        assert_eq!(
+            proxied.response.header("www-authenticate"),
+            direct.response.header("www-authenticate")
+        );
+        // tagpin keeps serving, and the next upload with credentials works.
+        let auth = basic(USER.0, USER.1);
+        let ok = upload(tagpin.addr, &blob, &auth);
+        assert_eq!(
+            (ok.interim, ok.response.status),
+            (Some(100), 201),
+            "{}",
+            ok.response.text()
+        );
+    }
+
+    #[test]
+    fn with_credentials_the_upstreams_100_continue_is_relayed_and_the_upload_works() {
+        let blob = common::image::random_bytes(8, 1 << 20);
+        let auth = basic(USER.0, USER.1);
+        let direct_upstream = auth_registry();
+        let direct = upload(direct_upstream.addr, &blob, &auth);
+        assert_eq!(
+            (direct.interim, direct.response.status),
+            (Some(100), 201),
+            "direct: {direct:?}"
+        );
+
+        let upstream = auth_registry();
+        let data = tempfile::tempdir().unwrap();
+        let tagpin = Tagpin::start(&upstream.url(), data.path(), &[]);
+        let proxied = upload(tagpin.addr, &blob, &auth);
+        assert_eq!(proxied.interim, Some(100));
+        assert_eq!(proxied.response.status, 201, "{}", proxied.response.text());
+        assert_eq!(
+            proxied.response.header("docker-content-digest"),
+            direct.response.header("docker-content-digest")
+        );
+        // The upstream's own 100, not tagpin's fallback after a second without one.
+        assert!(
+            proxied.first_answer_after < std::time::Duration::from_millis(900),
+            "100 Continue after {:?}",
+            proxied.first_answer_after
+        );
+        let head = request(
+            upstream.addr,
+            "HEAD",
+            &format!("/v2/exp/blobs/{}", sha256(&blob)),
+            &[("Authorization", &auth)],
+            b"",
+        );
+        assert_eq!(head.status, 200, "the blob reached the upstream");
+    }
+
+    /// An upstream that ignores the expectation and simply waits for the body (allowed:
+    /// the expectation is a request, RFC 9110 10.1.1) still gets it, a moment later.
+    #[test]
+    fn an_upstream_that_ignores_the_expectation_still_gets_the_body() {
+        use common::fake::{Action, FakeUpstream};
+        let fake = FakeUpstream::start(|method, _| match method {
+            "POST" => Action::with_header(202, "Location", "/v2/exp/blobs/uploads/u1"),
+            "PUT" => Action::status(201),
+            _ => Action::status(404),
+        });
+        let data = tempfile::tempdir().unwrap();
+        let tagpin = Tagpin::start(&fake.url(), data.path(), &[]);
+        let blob = common::image::random_bytes(9, 64 * 1024);
+        let r = upload(tagpin.addr, &blob, "");
+        assert_eq!((r.interim, r.response.status), (Some(100), 201), "{r:?}");
+        let methods: Vec<String> = fake.requests().into_iter().map(|r| r.method).collect();
+        assert_eq!(methods, ["POST", "PUT"]);
+    }
+}

@@ -21,7 +21,7 @@ use crate::error::ProxyError;
 use crate::readiness::Readiness;
 use crate::route::{self, Route};
 use crate::telemetry::Requester;
-use crate::upstream::headers;
+use crate::upstream::{expect, headers};
 
 /// Answer one request. Never fails.
 pub async fn handle(app: &App, req: Request<Incoming>, client: SocketAddr) -> Response<Body> {
@@ -83,11 +83,18 @@ async fn handle_inner(app: &App, req: Request<Incoming>, who: &Requester) -> Res
     }
 }
 
-/// Forward a request and stream the answer back.
+/// Forward a request and stream the answer back. A client's `Expect: 100-continue` on a
+/// body not yet read is the upstream's to answer (RFC 9110 10.1.1, `upstream::expect`).
 async fn forward(app: &App, parts: Parts, body: Body, who: &Requester) -> Result<Response<Body>, ProxyError> {
     let origin = client_origin(app, &parts.headers);
-    let resp = app.upstream.send(upstream_request(app, parts, body, who)).await?;
-    Ok(to_client(app, resp, origin.as_deref()))
+    let expects = expect::expects_continue(&parts.headers) && !http_body::Body::is_end_stream(&body);
+    let mut req = upstream_request(app, parts, body, who);
+    let expectation = expects.then(|| expect::forward(&mut req));
+    let resp = to_client(app, app.upstream.send(req).await?, origin.as_deref());
+    Ok(match expectation {
+        Some(e) => e.answered(resp),
+        None => resp,
+    })
 }
 
 /// The origin this client used to reach tagpin (or the configured public URL).
@@ -104,7 +111,8 @@ fn upstream_request(app: &App, parts: Parts, body: Body, who: &Requester) -> Req
         app.client_proto(),
         app.config.public_url.as_ref(),
     );
-    // hyper answered any `Expect: 100-continue` to the client already.
+    // Whatever the client expected was of tagpin, and hyper meets it when the body is
+    // first read; `forward` passes an expectation on while the body is still unread.
     headers.remove(header::EXPECT);
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let mut req = Request::new(body);

@@ -4,6 +4,7 @@
 //! Failures are classified here by where they happened (connect, waiting for headers,
 //! transport) so the handler can answer 502, 503 or 504 without parsing strings.
 
+pub mod expect;
 pub mod headers;
 
 use std::sync::Arc;
