@@ -18,10 +18,9 @@ use hyper::body::Incoming;
 use crate::app::App;
 use crate::body::{self, Body};
 use crate::error::ProxyError;
-use crate::readiness::Readiness;
 use crate::route::{self, Route};
 use crate::telemetry::Requester;
-use crate::upstream::{expect, headers};
+use crate::upstream::headers;
 
 /// Answer one request. Never fails.
 pub async fn handle(app: &App, req: Request<Incoming>, client: SocketAddr) -> Response<Body> {
@@ -87,6 +86,7 @@ async fn handle_inner(app: &App, req: Request<Incoming>, who: &Requester) -> Res
 /// body not yet read is the upstream's to answer (RFC 9110 10.1.1, `upstream::expect`).
 async fn forward(app: &App, parts: Parts, body: Body, who: &Requester) -> Result<Response<Body>, ProxyError> {
     let origin = client_origin(app, &parts.headers);
+    use crate::upstream::expect;
     let expects = expect::expects_continue(&parts.headers) && !http_body::Body::is_end_stream(&body);
     let mut req = upstream_request(app, parts, body, who);
     let expectation = expects.then(|| expect::forward(&mut req));
@@ -158,7 +158,7 @@ async fn ready(app: &App) -> Response<Body> {
     resp
 }
 
-async fn probe_readiness(app: &App) -> Readiness {
+async fn probe_readiness(app: &App) -> crate::readiness::Readiness {
     let upstream = match tokio::time::timeout(Duration::from_secs(5), app.upstream.probe()).await {
         Ok(Ok(())) => true,
         Ok(Err(e)) => {
@@ -177,5 +177,5 @@ async fn probe_readiness(app: &App) -> Readiness {
             false
         }
     };
-    Readiness { upstream, store }
+    crate::readiness::Readiness { upstream, store }
 }
