@@ -30,6 +30,8 @@ pub struct Shared {
     pub connections: Arc<Semaphore>,
     /// Counters and gauges for `GET /metrics`.
     pub metrics: crate::metrics::Metrics,
+    /// The last `/readyz` answer, one probe per second for all workers together.
+    pub readiness: crate::readiness::ReadyCache,
     /// The listener's TLS, when a certificate is configured.
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     /// Decisions running as detached tasks, so shutdown can let them finish.
@@ -111,6 +113,7 @@ impl Shared {
             connections: Arc::new(Semaphore::new(config.max_connections)),
             tls: listener_tls,
             metrics: crate::metrics::Metrics::default(),
+            readiness: crate::readiness::ReadyCache::default(),
             config,
             store,
             protection,

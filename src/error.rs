@@ -76,7 +76,8 @@ impl ProxyError {
                 | UpstreamError::FetchStatus { .. }
                 | UpstreamError::CheckNoDigest { .. }
                 | UpstreamError::DigestMismatch { .. }
-                | UpstreamError::Tls(_) => (S::BAD_GATEWAY, C::Unavailable),
+                | UpstreamError::Tls(_)
+                | UpstreamError::TagList { .. } => (S::BAD_GATEWAY, C::Unavailable),
             },
             Self::OutcomeUnknown(UpstreamError::HeaderTimeout(_)) => (S::GATEWAY_TIMEOUT, C::Unavailable),
             Self::OutcomeUnknown(_) => (S::BAD_GATEWAY, C::Unavailable),
@@ -102,6 +103,9 @@ impl ProxyError {
                 UpstreamError::CheckStatus { .. } | UpstreamError::CheckNoDigest { .. } | UpstreamError::FetchStatus { .. },
             ) => {
                 "tagpin could not learn what the upstream holds, so it refuses the write"
+            }
+            Self::Upstream(UpstreamError::TagList { .. }) => {
+                "tagpin could not list every tag of this repository at the upstream, so it refuses the delete"
             }
             Self::Upstream(UpstreamError::DigestMismatch { .. }) => {
                 "the upstream reported a different digest than the manifest tagpin forwarded; no pin was recorded \

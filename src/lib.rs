@@ -24,6 +24,7 @@ pub mod manifest;
 pub mod metrics;
 pub mod oci;
 pub mod policy;
+pub mod readiness;
 pub mod route;
 pub mod server;
 pub mod store;

@@ -1,7 +1,9 @@
 //! Route classification: one pure function from method and request target to what the
 //! request means for tag protection.
 //!
-//! Reads (GET, HEAD) under `/v2/` are forwarded as they are: they cannot move a tag.
+//! Reads (GET, HEAD) and OPTIONS under `/v2/` are forwarded as they are: they cannot
+//! move a tag. OPTIONS is safe by definition (RFC 9110 9.3.7) and is the CORS preflight
+//! a browser sends before a registry web UI's cross-origin read, so the upstream answers it.
 //! Every write must parse *exactly* under the distribution-spec grammar (`spec.md`,
 //! "Endpoints" table end-1 to end-13), because a path that tagpin and the upstream read
 //! differently is a way around the pin. Nothing is percent-decoded: distribution 2.8
@@ -29,7 +31,7 @@ pub enum Route {
     Ready,
     /// `GET /metrics`: Prometheus metrics, answered by tagpin.
     Metrics,
-    /// A GET or HEAD under `/v2/`: forwarded untouched.
+    /// A GET, HEAD or OPTIONS under `/v2/`: forwarded untouched.
     Read,
     /// `PUT /v2/<name>/manifests/<reference>[?tag=…]` (end-7a, end-7b).
     ManifestPut {
@@ -74,6 +76,15 @@ pub enum RouteError {
 /// Classify a request. Pure: the same method and target always give the same answer.
 pub fn classify(method: &Method, uri: &Uri) -> Result<Route, RouteError> {
     let path = uri.path();
+    if method == Method::OPTIONS {
+        // Only the upstream's API is forwarded; tagpin's own endpoints define GET alone.
+        return match path {
+            "/v2" => Ok(Route::Read),
+            p if p.starts_with("/v2/") => Ok(Route::Read),
+            "/healthz" | "/readyz" | "/metrics" => Err(RouteError::MethodNotAllowed(method.clone())),
+            _ => Err(RouteError::NotFound),
+        };
+    }
     let is_read = method == Method::GET || method == Method::HEAD;
     if is_read {
         return match path {

@@ -226,3 +226,62 @@ fn a_slow_upload_is_not_cut_by_the_upstream_header_timeout() {
     let text = String::from_utf8_lossy(&answer);
     assert!(text.starts_with("HTTP/1.1 201"), "{text}");
 }
+
+/// Two images in one repository at the upstream, tagged `a1` and `b2`: with one tag per
+/// page, `b2` is only on the second page of the tag list.
+fn two_pages(registry: &Registry) -> (Image, Image) {
+    let (first, second) = (Image::random(51, 300), Image::random(52, 300));
+    for (img, tag) in [(&first, "a1"), (&second, "b2")] {
+        img.push_blobs(registry.addr, "paged", "");
+        assert_eq!(img.put_manifest(registry.addr, "paged", tag, "").status, 201);
+    }
+    (first, second)
+}
+
+fn delete_digest(t: &Tagpin, digest: &str) -> Resp {
+    timed(|| request(t.addr, "DELETE", &format!("/v2/paged/manifests/{digest}"), &[], b""))
+}
+
+/// An upstream whose next link is an absolute URL on its own origin: tagpin follows it,
+/// so a tag on page 2 is adopted and protects its digest.
+#[test]
+fn a_tag_on_an_absolutely_linked_second_page_protects_its_digest() {
+    let registry = Registry::start();
+    let (_, second) = two_pages(&registry);
+    let relay = paging::start(registry.addr, paging::Links::Own);
+    let (t, _data) = tagpin_for(&relay.url());
+    let del = delete_digest(&t, &second.digest());
+    assert_eq!(del.status, 409, "{}", del.text());
+    assert_eq!(del.oci_code(), "DENIED");
+    assert_eq!(upstream_digest(&registry, "paged", "b2"), Some(second.digest()));
+    let lists = relay
+        .requests()
+        .iter()
+        .filter(|r| r.target.contains("/tags/list"))
+        .count();
+    assert_eq!(lists, 2, "both pages were read: {:?}", relay.requests());
+    assert!(relay.requests().iter().all(|r| r.method != "DELETE"));
+}
+
+/// A next link to another origin is neither followed (it would carry the client's
+/// credentials there) nor taken for the end of the list: the delete is refused as a
+/// failure of the upstream, counted under `check`, and nothing is deleted.
+#[test]
+fn a_next_link_to_another_origin_refuses_the_delete() {
+    let registry = Registry::start();
+    let (_, second) = two_pages(&registry);
+    let elsewhere = FakeUpstream::start(|_, _| Action::status(200));
+    let relay = paging::start(registry.addr, paging::Links::Other(elsewhere.url()));
+    let (t, _data) = tagpin_for(&relay.url());
+    let del = delete_digest(&t, &second.digest());
+    assert_eq!(del.status, 502, "{}", del.text());
+    assert_eq!(del.oci_code(), "UNAVAILABLE");
+    assert_eq!(upstream_digest(&registry, "paged", "b2"), Some(second.digest()));
+    assert!(relay.requests().iter().all(|r| r.method != "DELETE"));
+    assert!(elsewhere.requests().is_empty(), "followed: {:?}", elsewhere.requests());
+    let metrics = request(t.addr, "GET", "/metrics", &[], b"").text();
+    assert!(
+        metrics.contains("tagpin_upstream_failures_total{kind=\"check\"} 1"),
+        "{metrics}"
+    );
+}

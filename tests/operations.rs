@@ -24,6 +24,14 @@ fn invalid_config_exits_64_with_one_line() {
         vec!["serve", "--config", &bad_file],
         vec!["serve", "--config", "/nonexistent/tagpin.toml"],
         vec!["serve", "--no-such-flag"],
+        // Beyond tokio's semaphore limit: a panic before the fix, not a config error.
+        vec![
+            "serve",
+            "--upstream",
+            "http://127.0.0.1:1",
+            "--max-connections",
+            "18446744073709551615",
+        ],
     ];
     for args in cases {
         let out = tagpin_cmd(&args);
@@ -91,10 +99,40 @@ fn health_and_readiness() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["store"], "ok");
     drop(upstream);
+    // Readiness is cached for a second; the next answer is a new probe.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
     let r = request(tagpin.addr, "GET", "/readyz", &[], b"");
     assert_eq!(r.status, 503);
     assert_eq!(r.json()["upstream"], "unavailable");
     assert_eq!(r.json()["store"], "ok");
+}
+
+/// `/readyz` needs no credentials and costs an upstream round trip and an fsync: a flood
+/// of it within a second costs one probe, on whichever worker, and a second later the
+/// answer is fresh again.
+#[test]
+fn readiness_probes_the_upstream_at_most_once_a_second() {
+    use std::time::{Duration, Instant};
+    let fake = common::fake::FakeUpstream::start(|_, _| common::fake::Action::status(200));
+    let data = tempfile::tempdir().unwrap();
+    let tagpin = Tagpin::start(&fake.url(), data.path(), &["--workers", "2"]);
+    let probes = || fake.requests().iter().filter(|r| r.target == "/v2/").count();
+    let start = Instant::now();
+    let mut calls = 0;
+    while calls < 5 || start.elapsed() < Duration::from_millis(800) {
+        let r = request(tagpin.addr, "GET", "/readyz", &[], b"");
+        assert_eq!(r.status, 200, "{}", r.text());
+        calls += 1;
+    }
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "calls took {:?}",
+        start.elapsed()
+    );
+    assert_eq!(probes(), 1, "{calls} calls within a second");
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(request(tagpin.addr, "GET", "/readyz", &[], b"").status, 200);
+    assert_eq!(probes(), 2);
 }
 
 #[test]

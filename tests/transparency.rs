@@ -8,7 +8,7 @@ mod common;
 
 use std::net::SocketAddr;
 
-use common::image::{sha256, ACCEPT_ALL, OCI_MANIFEST};
+use common::image::{push_blob, sha256, ACCEPT_ALL, OCI_MANIFEST};
 use common::*;
 
 /// One step's observable outcome, with per-run noise (upload ids, hosts, dates) removed.
@@ -410,5 +410,236 @@ fn with_protection_only_tag_moving_steps_differ() {
     compare(&direct, &proxied, &allowed);
     for s in proxied.iter().filter(|s| TAG_MOVING_STEPS.contains(&s.step)) {
         assert_eq!((s.status, s.body.as_str()), (409, "errors [\"DENIED\"]"), "{s:?}");
+    }
+}
+
+/// CORS preflights of registry web UIs (RFC 9110 9.3.7): the upstream answers them, so
+/// tagpin must forward them rather than refuse a method it does not route.
+#[test]
+fn options_requests_get_the_upstreams_answer() {
+    let stack = Stack::start(&[]);
+    let img = Image::random(77, 1000);
+    img.push_blobs(stack.registry.addr, "opt", "");
+    assert_eq!(img.put_manifest(stack.registry.addr, "opt", "v1", "").status, 201);
+    let preflight = [
+        ("Origin", "http://ui.example"),
+        ("Access-Control-Request-Method", "GET"),
+    ];
+    for target in ["/v2/", "/v2/opt/manifests/v1"] {
+        let direct = request(stack.registry.addr, "OPTIONS", target, &preflight, b"");
+        let proxied = request(stack.tagpin.addr, "OPTIONS", target, &preflight, b"");
+        assert_eq!(proxied.status, direct.status, "OPTIONS {target}: {}", proxied.text());
+        assert_eq!(proxied.header("allow"), direct.header("allow"), "OPTIONS {target}");
+    }
+}
+
+/// An HTTP/1.0 client may omit `Host`: tagpin then cannot name its own origin, and the
+/// upstream builds its upload URL from the host tagpin's client sent it, its internal
+/// address. The client must get a relative location instead (RFC 7231 7.1.2), never that.
+#[test]
+fn an_upload_location_without_host_is_relative_not_the_upstreams() {
+    let stack = Stack::start(&[]);
+    let start = request_without_host(stack.tagpin.addr, "POST", "/v2/nohost/blobs/uploads/", &[], b"");
+    assert_eq!(start.status, 202, "{}", start.text());
+    let location = start.header("location").expect("upload without Location");
+    let internal = stack.registry.addr.to_string();
+    assert!(!location.contains(&internal), "leaks the upstream: {location}");
+    assert!(location.starts_with("/v2/nohost/blobs/uploads/"), "{location}");
+    // The relative location works: resolved against tagpin, the upload completes.
+    let blob = b"no host header";
+    let put = request(
+        stack.tagpin.addr,
+        "PUT",
+        &join(location, &format!("digest={}", sha256(blob))),
+        &[("Content-Type", "application/octet-stream")],
+        blob,
+    );
+    assert_eq!(put.status, 201, "{}", put.text());
+}
+
+/// Catalog pagination (distribution-spec `spec.md` "Listing Repositories", RFC 8288):
+/// through tagpin a client walks the same pages as directly. distribution 2.8 writes a
+/// relative `Link`, which must arrive as it is.
+#[test]
+fn catalog_pages_link_like_the_upstream() {
+    let stack = Stack::start(&[]);
+    for repo in ["cat-a", "cat-b", "cat-c"] {
+        push_blob(stack.registry.addr, repo, repo.as_bytes(), "");
+    }
+    let direct = request(stack.registry.addr, "GET", "/v2/_catalog?n=1", &[], b"");
+    let proxied = request(stack.tagpin.addr, "GET", "/v2/_catalog?n=1", &[], b"");
+    assert_eq!(direct.status, 200, "{}", direct.text());
+    let link = direct
+        .header("link")
+        .expect("distribution pages a catalog of 3 with n=1");
+    assert!(
+        link.starts_with("</v2/_catalog?"),
+        "distribution's Link is relative: {link}"
+    );
+    assert_eq!(proxied.status, 200);
+    assert_eq!(proxied.header("link"), Some(link));
+    assert_eq!(proxied.body, direct.body);
+}
+
+/// A registry that writes absolute `Link` URLs on its own origin (RFC 8288 allows either)
+/// must not hand its internal address to clients: the link points at tagpin instead.
+#[test]
+fn an_absolute_link_on_the_upstream_origin_points_at_tagpin() {
+    use std::sync::{Arc, OnceLock};
+    let own: Arc<OnceLock<String>> = Arc::new(OnceLock::new());
+    let own2 = Arc::clone(&own);
+    let fake = common::fake::FakeUpstream::start(move |_, target| match target {
+        "/v2/_catalog?n=1" => common::fake::Action::Respond {
+            status: 200,
+            headers: vec![
+                ("Content-Type".into(), "application/json".into()),
+                (
+                    "Link".into(),
+                    format!(r#"<{}/v2/_catalog?last=a&n=1>; rel="next""#, own2.get().unwrap()),
+                ),
+            ],
+            body: br#"{"repositories":["a"]}"#.to_vec(),
+        },
+        _ => common::fake::Action::status(404),
+    });
+    own.set(fake.url()).unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let tagpin = Tagpin::start(&fake.url(), data.path(), &[]);
+    let r = request(tagpin.addr, "GET", "/v2/_catalog?n=1", &[], b"");
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("link"),
+        Some(format!(r#"<http://{}/v2/_catalog?last=a&n=1>; rel="next""#, tagpin.addr).as_str())
+    );
+    let r = request_without_host(tagpin.addr, "GET", "/v2/_catalog?n=1", &[], b"");
+    assert_eq!(r.header("link"), Some(r#"</v2/_catalog?last=a&n=1>; rel="next""#));
+}
+
+/// `Expect: 100-continue` is the upstream's to answer (RFC 9110 10.1.1): an upload that
+/// an authenticating registry refuses costs the client its headers, not its body.
+mod expect_continue {
+    use super::*;
+    use common::http::expect_continue;
+
+    const USER: (&str, &str) = ("pusher", "secret");
+
+    fn auth_registry() -> Registry {
+        Registry::start_with(RegistryOptions {
+            basic_auth: Some((USER.0.into(), USER.1.into())),
+            ..RegistryOptions::default()
+        })
+    }
+
+    /// Start an upload session (with credentials) and finish it with one `PUT` that
+    /// expects `100 Continue` and carries `auth` (end-4a, end-6).
+    fn upload(addr: SocketAddr, blob: &[u8], auth: &str) -> common::http::Expected {
+        let start = request(
+            addr,
+            "POST",
+            "/v2/exp/blobs/uploads/",
+            &[("Authorization", &basic(USER.0, USER.1))],
+            b"",
+        );
+        assert_eq!(start.status, 202, "{}", start.text());
+        let target = path_of(start.header("location").unwrap());
+        expect_continue(
+            addr,
+            "PUT",
+            &join(&target, &format!("digest={}", sha256(blob))),
+            &[("Content-Type", "application/octet-stream"), ("Authorization", auth)],
+            blob,
+        )
+    }
+
+    #[test]
+    fn without_credentials_the_401_comes_before_any_100_continue() {
+        let blob = common::image::random_bytes(7, 1 << 20);
+        let direct_upstream = auth_registry();
+        let direct = upload(direct_upstream.addr, &blob, "");
+        assert_eq!(
+            (direct.interim, direct.response.status),
+            (None, 401),
+            "direct: {direct:?}"
+        );
+
+        let upstream = auth_registry();
+        let data = tempfile::tempdir().unwrap();
+        let tagpin = Tagpin::start(&upstream.url(), data.path(), &[]);
+        let proxied = upload(tagpin.addr, &blob, "");
+        assert_eq!(
+            proxied.interim, None,
+            "tagpin asked for the body before the upstream decided"
+        );
+        assert_eq!(proxied.response.status, 401, "{}", proxied.response.text());
+        assert_eq!(
+            proxied.response.header("www-authenticate"),
+            direct.response.header("www-authenticate")
+        );
+        // tagpin keeps serving, and the next upload with credentials works.
+        let auth = basic(USER.0, USER.1);
+        let ok = upload(tagpin.addr, &blob, &auth);
+        assert_eq!(
+            (ok.interim, ok.response.status),
+            (Some(100), 201),
+            "{}",
+            ok.response.text()
+        );
+    }
+
+    #[test]
+    fn with_credentials_the_upstreams_100_continue_is_relayed_and_the_upload_works() {
+        let blob = common::image::random_bytes(8, 1 << 20);
+        let auth = basic(USER.0, USER.1);
+        let direct_upstream = auth_registry();
+        let direct = upload(direct_upstream.addr, &blob, &auth);
+        assert_eq!(
+            (direct.interim, direct.response.status),
+            (Some(100), 201),
+            "direct: {direct:?}"
+        );
+
+        let upstream = auth_registry();
+        let data = tempfile::tempdir().unwrap();
+        let tagpin = Tagpin::start(&upstream.url(), data.path(), &[]);
+        let proxied = upload(tagpin.addr, &blob, &auth);
+        assert_eq!(proxied.interim, Some(100));
+        assert_eq!(proxied.response.status, 201, "{}", proxied.response.text());
+        assert_eq!(
+            proxied.response.header("docker-content-digest"),
+            direct.response.header("docker-content-digest")
+        );
+        // The upstream's own 100, not tagpin's fallback after a second without one.
+        assert!(
+            proxied.first_answer_after < std::time::Duration::from_millis(900),
+            "100 Continue after {:?}",
+            proxied.first_answer_after
+        );
+        let head = request(
+            upstream.addr,
+            "HEAD",
+            &format!("/v2/exp/blobs/{}", sha256(&blob)),
+            &[("Authorization", &auth)],
+            b"",
+        );
+        assert_eq!(head.status, 200, "the blob reached the upstream");
+    }
+
+    /// An upstream that ignores the expectation and simply waits for the body (allowed:
+    /// the expectation is a request, RFC 9110 10.1.1) still gets it, a moment later.
+    #[test]
+    fn an_upstream_that_ignores_the_expectation_still_gets_the_body() {
+        use common::fake::{Action, FakeUpstream};
+        let fake = FakeUpstream::start(|method, _| match method {
+            "POST" => Action::with_header(202, "Location", "/v2/exp/blobs/uploads/u1"),
+            "PUT" => Action::status(201),
+            _ => Action::status(404),
+        });
+        let data = tempfile::tempdir().unwrap();
+        let tagpin = Tagpin::start(&fake.url(), data.path(), &[]);
+        let blob = common::image::random_bytes(9, 64 * 1024);
+        let r = upload(tagpin.addr, &blob, "");
+        assert_eq!((r.interim, r.response.status), (Some(100), 201), "{r:?}");
+        let methods: Vec<String> = fake.requests().into_iter().map(|r| r.method).collect();
+        assert_eq!(methods, ["POST", "PUT"]);
     }
 }

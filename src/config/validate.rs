@@ -13,6 +13,10 @@ pub const DEFAULT_DATA_DIR: &str = "./data";
 pub const DEFAULT_MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
 pub const DEFAULT_MAX_TAGS_PER_PUSH: usize = 64;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+/// The connection limit is a tokio `Semaphore`, which panics beyond `usize::MAX >> 3`
+/// permits; a million open connections is far past what one host's file descriptors
+/// allow anyway, so anything larger is a typo rather than a setting.
+pub const MAX_MAX_CONNECTIONS: usize = 1_000_000;
 
 impl RawConfig {
     pub fn validate(self) -> Result<Config, ConfigError> {
@@ -55,8 +59,11 @@ impl RawConfig {
             return Err(ConfigError::invalid("max_tags_per_push", "must be between 1 and 1024"));
         }
         let max_connections = self.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
-        if max_connections == 0 {
-            return Err(ConfigError::invalid("max_connections", "must be at least 1"));
+        if !(1..=MAX_MAX_CONNECTIONS).contains(&max_connections) {
+            return Err(ConfigError::invalid(
+                "max_connections",
+                format!("must be between 1 and {MAX_MAX_CONNECTIONS}"),
+            ));
         }
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         let workers = self.workers.unwrap_or(cpus);
@@ -173,6 +180,26 @@ mod tests {
     }
 
     #[test]
+    fn max_connections_beyond_the_semaphore_limit_is_a_config_error() {
+        // The command line can carry usize::MAX, which TOML (i64) cannot.
+        for n in [usize::MAX, usize::MAX >> 3, MAX_MAX_CONNECTIONS + 1] {
+            let raw = RawConfig {
+                upstream: Some("http://127.0.0.1:5000".into()),
+                max_connections: Some(n),
+                ..RawConfig::default()
+            };
+            let e = raw.validate().unwrap_err().to_string();
+            assert!(e.starts_with("max_connections"), "{n}: {e}");
+        }
+        let raw = RawConfig {
+            upstream: Some("http://127.0.0.1:5000".into()),
+            max_connections: Some(MAX_MAX_CONNECTIONS),
+            ..RawConfig::default()
+        };
+        assert_eq!(raw.validate().unwrap().max_connections, MAX_MAX_CONNECTIONS);
+    }
+
+    #[test]
     fn invalid_values_name_their_key() {
         let cases = [
             ("", "upstream"),
@@ -189,6 +216,8 @@ mod tests {
             ),
             ("upstream = \"http://x\"\npublic_url = \"x\"", "public_url"),
             ("upstream = \"http://x\"\nworkers = 0", "workers"),
+            ("upstream = \"http://x\"\nmax_connections = 0", "max_connections"),
+            ("upstream = \"http://x\"\nmax_connections = 1000001", "max_connections"),
             ("upstream = \"http://x\"\ntls_cert = \"/nonexistent\"", "tls_cert"),
         ];
         for (text, key) in cases {

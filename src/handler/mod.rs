@@ -84,11 +84,19 @@ async fn handle_inner(app: &Arc<App>, req: Request<Incoming>, who: &Requester) -
     }
 }
 
-/// Forward a request and stream the answer back.
+/// Forward a request and stream the answer back. A client's `Expect: 100-continue` on a
+/// body not yet read is the upstream's to answer (RFC 9110 10.1.1, `upstream::expect`).
 async fn forward(app: &App, parts: Parts, body: Body, who: &Requester) -> Result<Response<Body>, ProxyError> {
     let origin = client_origin(app, &parts.headers);
-    let resp = app.upstream.send(upstream_request(app, parts, body, who)).await?;
-    Ok(to_client(app, resp, origin.as_deref()))
+    use crate::upstream::expect;
+    let expects = expect::expects_continue(&parts.headers) && !http_body::Body::is_end_stream(&body);
+    let mut req = upstream_request(app, parts, body, who);
+    let expectation = expects.then(|| expect::forward(&mut req));
+    let resp = to_client(app, app.upstream.send(req).await?, origin.as_deref());
+    Ok(match expectation {
+        Some(e) => e.answered(resp),
+        None => resp,
+    })
 }
 
 /// The origin this client used to reach tagpin (or the configured public URL).
@@ -105,7 +113,8 @@ fn upstream_request(app: &App, parts: Parts, body: Body, who: &Requester) -> Req
         app.client_proto(),
         app.config.public_url.as_ref(),
     );
-    // hyper answered any `Expect: 100-continue` to the client already.
+    // Whatever the client expected was of tagpin, and hyper meets it when the body is
+    // first read; `forward` passes an expectation on while the body is still unread.
     headers.remove(header::EXPECT);
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let mut req = Request::new(body);
@@ -117,13 +126,12 @@ fn upstream_request(app: &App, parts: Parts, body: Body, who: &Requester) -> Req
 }
 
 /// The client's response for an upstream response: hop-by-hop headers dropped, upstream
-/// locations pointed back at tagpin, body streamed behind the idle timeout.
+/// locations and links pointed back at tagpin (relative when the client's origin is
+/// unknown), body streamed behind the idle timeout.
 fn to_client(app: &App, resp: Response<Incoming>, client_origin: Option<&str>) -> Response<Body> {
     let (mut parts, incoming) = resp.into_parts();
     headers::remove_hop_by_hop(&mut parts.headers);
-    if let Some(origin) = client_origin {
-        headers::rewrite_locations(&mut parts.headers, app.upstream.origin(), origin);
-    }
+    headers::rewrite_locations(&mut parts.headers, app.upstream.origin(), client_origin);
     Response::from_parts(parts, body::with_idle_timeout(incoming, app.config.timeouts.body_idle))
 }
 
@@ -135,8 +143,24 @@ fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
     resp
 }
 
-/// `/readyz`: 200 when both the upstream answers and the store can write durably.
+/// `/readyz`: 200 when both the upstream answers and the store can write durably. The
+/// answer is cached for a second across workers (see [`crate::readiness`]).
 async fn ready(app: &App) -> Response<Body> {
+    let found = app.readiness.get(|| probe_readiness(app)).await;
+    let word = |ok: bool| if ok { "ok" } else { "unavailable" };
+    let text = serde_json::json!({"upstream": word(found.upstream), "store": word(found.store)}).to_string();
+    let mut resp = Response::new(body::full(text));
+    *resp.status_mut() = if found.is_ready() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+async fn probe_readiness(app: &App) -> crate::readiness::Readiness {
     let upstream = match tokio::time::timeout(Duration::from_secs(5), app.upstream.probe()).await {
         Ok(Ok(())) => true,
         Ok(Err(e)) => {
@@ -155,15 +179,5 @@ async fn ready(app: &App) -> Response<Body> {
             false
         }
     };
-    let word = |ok: bool| if ok { "ok" } else { "unavailable" };
-    let text = serde_json::json!({"upstream": word(upstream), "store": word(store)}).to_string();
-    let mut resp = Response::new(body::full(text));
-    *resp.status_mut() = if upstream && store {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    resp
+    crate::readiness::Readiness { upstream, store }
 }

@@ -4,6 +4,7 @@
 //! Failures are classified here by where they happened (connect, waiting for headers,
 //! transport) so the handler can answer 502, 503 or 504 without parsing strings.
 
+pub mod expect;
 mod fetch;
 pub mod headers;
 
@@ -55,6 +56,10 @@ pub enum UpstreamError {
     DigestMismatch { computed: Digest, reported: String },
     #[error("cannot set up TLS for the upstream: {0}")]
     Tls(String),
+    /// The tag list could not be read to its end: tagpin cannot know every tag, so the
+    /// write that needed the list is refused (fail closed).
+    #[error("cannot list the tags of {repo} at the upstream: {reason}")]
+    TagList { repo: Repository, reason: String },
 }
 
 impl UpstreamError {
@@ -64,7 +69,9 @@ impl UpstreamError {
             Self::Connect(_) => "connect",
             Self::HeaderTimeout(_) => "timeout",
             Self::Transport(_) => "transport",
-            Self::CheckStatus { .. } | Self::CheckNoDigest { .. } | Self::FetchStatus { .. } => "check",
+            Self::CheckStatus { .. } | Self::CheckNoDigest { .. } | Self::FetchStatus { .. } | Self::TagList { .. } => {
+                "check"
+            }
             Self::DigestMismatch { .. } => "digest",
             Self::Tls(_) => "tls",
         }
@@ -227,21 +234,25 @@ impl Upstream {
 
     /// Every tag of `repo` (end-8a, following `Link: <…>; rel="next"` pages), with the
     /// client's credentials. A repository the upstream does not know has no tags. Tags
-    /// outside the grammar cannot be pushed through tagpin and are skipped.
+    /// outside the grammar cannot be pushed through tagpin and are skipped. A page that
+    /// cannot be read, or a next link tagpin will not follow, is an error rather than the
+    /// end of the list: a tag on a page never read would escape the decision.
     pub async fn list_tags(
         &self,
         repo: &Repository,
         authorization: Option<&HeaderValue>,
     ) -> Result<TagList, UpstreamError> {
+        let failed = |reason: String| UpstreamError::TagList {
+            repo: repo.clone(),
+            reason,
+        };
         let mut next = Some(format!("/v2/{repo}/tags/list"));
         let mut tags = Vec::new();
         let mut pages = 0;
         while let Some(target) = next.take() {
             pages += 1;
             if pages > MAX_TAG_PAGES {
-                return Err(UpstreamError::Transport(format!(
-                    "tag list of {repo} exceeds {MAX_TAG_PAGES} pages"
-                )));
+                return Err(failed(format!("more than {MAX_TAG_PAGES} pages")));
             }
             let mut req = Request::builder()
                 .uri(self.uri_for(&target))
@@ -254,20 +265,11 @@ impl Upstream {
                 .await?;
             match resp.status() {
                 StatusCode::OK => {}
-                StatusCode::NOT_FOUND => return Ok(TagList::Tags(tags)),
+                StatusCode::NOT_FOUND if pages == 1 => return Ok(TagList::Tags(tags)),
                 StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => return Ok(TagList::Challenge(resp)),
-                status => {
-                    return Err(UpstreamError::Transport(format!(
-                        "tag list of {repo} answered {status}"
-                    )))
-                }
+                status => return Err(failed(format!("{target} answered {status}"))),
             }
-            next = resp
-                .headers()
-                .get(header::LINK)
-                .and_then(|v| v.to_str().ok())
-                .and_then(next_link)
-                .map(str::to_owned);
+            next = next_page(resp.headers(), &self.origin).map_err(failed)?;
             let bytes = http_body_util::BodyExt::collect(resp.into_body())
                 .await
                 .map_err(|e| UpstreamError::Transport(error_chain(&e)))?
@@ -276,8 +278,8 @@ impl Upstream {
             struct Page {
                 tags: Option<Vec<String>>,
             }
-            let page: Page = serde_json::from_slice(&bytes)
-                .map_err(|e| UpstreamError::Transport(format!("tag list of {repo} is not valid JSON: {e}")))?;
+            let page: Page =
+                serde_json::from_slice(&bytes).map_err(|e| failed(format!("{target} is not valid JSON: {e}")))?;
             tags.extend(page.tags.unwrap_or_default().iter().filter_map(|t| Tag::parse(t).ok()));
         }
         Ok(TagList::Tags(tags))
@@ -298,17 +300,35 @@ impl Upstream {
     }
 }
 
-/// The path and query of a `Link: </v2/…>; rel="next"` header (RFC 8288), when it stays
-/// under `/v2/` on the same origin.
-fn next_link(link: &str) -> Option<&str> {
-    link.split(',').find_map(|part| {
-        let (target, params) = part.trim().split_once(';')?;
-        let target = target.trim().strip_prefix('<')?.strip_suffix('>')?;
-        let is_next = params
-            .split(';')
-            .any(|p| p.trim().replace([' ', '"'], "") == "rel=next");
-        (is_next && target.starts_with("/v2/")).then_some(target)
-    })
+/// The path and query of the next page of a listing: the `rel="next"` target of its
+/// `Link` headers (RFC 8288 3; distribution-spec `spec.md` "Listing Tags"). The target
+/// may be relative or absolute, but must stay under `/v2/` on the upstream's own origin:
+/// tagpin sends the client's credentials with each page and will not send them elsewhere.
+/// `Ok(None)` when there is no next page; `Err` when a `Link` cannot be parsed (tagpin
+/// cannot tell whether it names a next page) or its next page is somewhere else.
+fn next_page(headers: &http::HeaderMap, upstream: &Origin) -> Result<Option<String>, String> {
+    for value in headers.get_all(header::LINK) {
+        let text = value
+            .to_str()
+            .map_err(|_| "a Link header is not visible ASCII".to_owned())?;
+        let links = headers::parse_links(text).ok_or_else(|| format!("Link {text:?} is not an RFC 8288 link list"))?;
+        let Some(next) = links.iter().find(|l| l.has_rel(text, "next")) else {
+            continue;
+        };
+        let target = next.target(text);
+        let path = if target.starts_with('/') && !target.starts_with("//") {
+            Some(target)
+        } else {
+            headers::strip_origin(target, upstream)
+        };
+        return match path {
+            Some(p) if p.starts_with("/v2/") => Ok(Some(p.to_owned())),
+            _ => Err(format!(
+                "next page {target:?} is not under /v2/ on the upstream's origin {upstream}"
+            )),
+        };
+    }
+    Ok(None)
 }
 
 /// An error and its sources on one line, for logs.
@@ -325,20 +345,59 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::next_link;
+    use super::*;
+
+    fn next(links: &[&str]) -> Result<Option<String>, String> {
+        let mut h = http::HeaderMap::new();
+        for l in links {
+            h.append(header::LINK, l.parse().unwrap());
+        }
+        let up: Uri = "http://127.0.0.1:5000".parse().unwrap();
+        let origin = Origin {
+            scheme: up.scheme().unwrap().clone(),
+            authority: up.authority().unwrap().clone(),
+        };
+        next_page(&h, &origin)
+    }
 
     #[test]
-    fn next_links_are_followed_only_under_v2() {
+    fn next_pages_are_followed_under_v2_on_the_upstream_origin() {
+        let ok = |s: &str| Ok(Some(s.to_owned()));
         assert_eq!(
-            next_link(r#"</v2/a/tags/list?last=b&n=2>; rel="next""#),
-            Some("/v2/a/tags/list?last=b&n=2")
+            next(&[r#"</v2/a/tags/list?last=b&n=2>; rel="next""#]),
+            ok("/v2/a/tags/list?last=b&n=2")
         );
         assert_eq!(
-            next_link(r#"</v2/a/tags/list?last=b>; rel=next"#),
-            Some("/v2/a/tags/list?last=b")
+            next(&[r#"</v2/a/tags/list?last=b>; rel=next"#]),
+            ok("/v2/a/tags/list?last=b")
         );
-        assert_eq!(next_link(r#"</v2/a/tags/list?last=b>; rel="prev""#), None);
-        assert_eq!(next_link(r#"<https://elsewhere/v2/a>; rel="next""#), None);
-        assert_eq!(next_link(r#"</v2/x>; rel="prev", </v2/y>; rel="next""#), Some("/v2/y"));
+        assert_eq!(
+            next(&[r#"<http://127.0.0.1:5000/v2/a/tags/list?last=b>; rel="next""#]),
+            ok("/v2/a/tags/list?last=b")
+        );
+        assert_eq!(next(&[r#"</v2/x>; rel="prev", </v2/y>; rel="next""#]), ok("/v2/y"));
+        assert_eq!(next(&[r#"</v2/x>; rel="prev""#, r#"</v2/y>; rel="next""#]), ok("/v2/y"));
+    }
+
+    #[test]
+    fn no_next_link_ends_the_list() {
+        assert_eq!(next(&[]), Ok(None));
+        assert_eq!(next(&[r#"</v2/a/tags/list?last=b>; rel="prev""#]), Ok(None));
+    }
+
+    #[test]
+    fn a_next_page_elsewhere_or_an_unreadable_link_is_an_error() {
+        for links in [
+            r#"<https://elsewhere/v2/a>; rel="next""#,
+            r#"<https://127.0.0.1:5000/v2/a>; rel="next""#,
+            r#"<http://127.0.0.1:5001/v2/a>; rel="next""#,
+            r#"<//elsewhere/v2/a>; rel="next""#,
+            r#"<http://127.0.0.1:5000/other>; rel="next""#,
+            r#"</api/a>; rel="next""#,
+            r#"tags/list?last=b; rel="next""#,
+            r#"</v2/a; rel="next""#,
+        ] {
+            assert!(next(&[links]).is_err(), "{links}");
+        }
     }
 }

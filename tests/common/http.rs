@@ -47,10 +47,41 @@ pub fn try_request(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> Result<Resp, String> {
+    exchange(
+        addr,
+        &format!("{method} {target} HTTP/1.1\r\nHost: {addr}\r\n"),
+        method,
+        headers,
+        body,
+    )
+}
+
+/// An HTTP/1.0 request with no `Host` header, which HTTP/1.0 allows (RFC 9112 3.2 only
+/// requires it of HTTP/1.1): the server cannot tell which origin the client used.
+pub fn request_without_host(
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Resp {
+    exchange(addr, &format!("{method} {target} HTTP/1.0\r\n"), method, headers, body)
+        .unwrap_or_else(|e| panic!("{method} {target}: {e}"))
+}
+
+/// Send `start` (the request line and any fixed headers), `headers` and `body`, and read
+/// the response to the end of the connection.
+fn exchange(
+    addr: SocketAddr,
+    start: &str,
+    method: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<Resp, String> {
     let mut s = TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
     s.set_read_timeout(Some(Duration::from_secs(120)))
         .map_err(|e| e.to_string())?;
-    let mut head = format!("{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    let mut head = format!("{start}Connection: close\r\n");
     let mut has_len = false;
     for (k, v) in headers {
         if v.is_empty() {
@@ -106,5 +137,70 @@ fn dechunk(mut b: &[u8]) -> Option<Vec<u8>> {
         }
         out.extend_from_slice(b.get(..size)?);
         b = b.get(size + 2..)?;
+    }
+}
+
+/// What a client that honours `Expect: 100-continue` saw.
+#[derive(Debug)]
+pub struct Expected {
+    /// The interim status before the final one (`Some(100)`), if any.
+    pub interim: Option<u16>,
+    /// How long the first response line took after the headers were sent.
+    pub first_answer_after: Duration,
+    pub response: Resp,
+}
+
+/// An `Expect: 100-continue` exchange as a careful client runs it (RFC 9110 10.1.1): send
+/// the headers only, wait for the first response; send the body only after
+/// `100 Continue`, and never when a final status came first.
+pub fn expect_continue(
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Expected {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut head = format!(
+        "{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nExpect: 100-continue\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers.iter().filter(|(_, v)| !v.is_empty()) {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).unwrap();
+    let sent = std::time::Instant::now();
+    // Read only up to the end of the first response head.
+    let mut raw = Vec::new();
+    let mut byte = [0u8; 1];
+    while !raw.ends_with(b"\r\n\r\n") {
+        match s.read(&mut byte) {
+            Ok(1) => raw.push(byte[0]),
+            other => panic!("no response head ({other:?}) after {:?}", String::from_utf8_lossy(&raw)),
+        }
+    }
+    let first_answer_after = sent.elapsed();
+    let status: u16 = String::from_utf8_lossy(&raw)
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line: {:?}", String::from_utf8_lossy(&raw)));
+    let interim = if status == 100 {
+        // A server may still refuse midway and close: read whatever answer it sent.
+        let _ = s.write_all(body);
+        raw.clear();
+        Some(100)
+    } else {
+        None
+    };
+    let _ = s.read_to_end(&mut raw);
+    let response = parse(&raw, method == "HEAD")
+        .unwrap_or_else(|| panic!("unparseable response: {:?}", String::from_utf8_lossy(&raw)));
+    Expected {
+        interim,
+        first_answer_after,
+        response,
     }
 }

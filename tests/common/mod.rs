@@ -11,10 +11,11 @@
 pub mod fake;
 pub mod http;
 pub mod image;
+pub mod paging;
 pub mod procs;
 pub mod watch;
 
-pub use self::http::{request, try_request, Resp};
+pub use self::http::{request, request_without_host, try_request, Resp};
 pub use image::{Image, Index};
 pub use procs::{basic, skopeo, skopeo_copy, Registry, RegistryOptions, Tagpin};
 
