@@ -66,7 +66,7 @@ fn tag_page(registry: SocketAddr, repo: &str, query: &str, link_origin: &str) ->
     let mut tags: Vec<String> = serde_json::from_value(full.json()["tags"].clone()).unwrap_or_default();
     tags.sort();
     let last = query.split('&').find_map(|p| p.strip_prefix("last="));
-    let rest: Vec<&String> = tags.iter().filter(|t| last.map_or(true, |l| t.as_str() > l)).collect();
+    let rest: Vec<&String> = tags.iter().filter(|t| last.is_none_or(|l| t.as_str() > l)).collect();
     let page: Vec<&String> = rest.iter().take(1).copied().collect();
     let mut headers = vec![("Content-Type".to_owned(), "application/json".to_owned())];
     if rest.len() > 1 {
