@@ -182,7 +182,7 @@ fn an_upstream_5xx_on_the_push_passes_through_and_pins_nothing() {
 }
 
 #[test]
-fn a_wrong_docker_content_digest_is_a_502_and_pins_nothing() {
+fn a_wrong_docker_content_digest_is_a_502_and_keeps_the_tag_reserved() {
     let (a, b) = (Image::random(205, 10), Image::random(206, 10));
     let wrong = format!("sha256:{}", "1".repeat(64));
     let (fake, mode) = two_mode_upstream(
@@ -192,9 +192,18 @@ fn a_wrong_docker_content_digest_is_a_502_and_pins_nothing() {
     let (t, _d) = tagpin_for(&fake.url());
     let r = put(&t, &a, "v1");
     assert_eq!((r.status, r.oci_code().as_str()), (502, "UNAVAILABLE"), "{}", r.text());
+    // The upstream accepted something under the tag: that is no refusal, so the claim
+    // made for `a` before forwarding stays and no other digest may take the tag.
     mode.store(1, Ordering::SeqCst);
-    assert_eq!(put(&t, &b, "v1").status, 201);
-    assert_eq!(put(&t, &a, "v1").status, 409);
+    let r = put(&t, &b, "v1");
+    assert_eq!(r.status, 409, "{}", r.text());
+    let detail = &r.json()["errors"][0]["detail"];
+    assert_eq!(
+        (detail["state"].as_str(), detail["pinned_digest"].as_str()),
+        (Some("claimed"), Some(a.digest().as_str()))
+    );
+    let puts = fake.requests().iter().filter(|s| s.method == "PUT").count();
+    assert_eq!(puts, 1, "the refused push must not be forwarded");
 }
 
 #[test]

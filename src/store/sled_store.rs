@@ -17,8 +17,9 @@
 //! succeeds again: nothing is decided from state a restart could lose.
 
 use std::fs::File;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 
 use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
@@ -28,6 +29,17 @@ use super::{Claim, Pin, PinSource, PinStore, StoreError, TagState};
 use crate::oci::{Digest, Repository, Tag};
 
 pub struct SledStore {
+    path: PathBuf,
+    /// The open database; `None` only between a failed reopen and the next attempt.
+    trees: RwLock<Option<Arc<Trees>>>,
+    /// A flush failed and has not succeeded since.
+    dirty: AtomicBool,
+    /// Held for the store's lifetime: one tagpin per data dir.
+    _lock: File,
+}
+
+/// One open sled database and its trees.
+struct Trees {
     db: sled::Db,
     pins: sled::Tree,
     claims: sled::Tree,
@@ -35,10 +47,30 @@ pub struct SledStore {
     deletes: sled::Tree,
     refs: sled::Tree,
     holders: sled::Tree,
-    /// A flush failed and has not succeeded since.
-    dirty: AtomicBool,
-    /// Held for the store's lifetime: one tagpin per data dir.
-    _lock: File,
+}
+
+impl Trees {
+    fn open(path: &Path, dir: &Path) -> Result<Self, StoreError> {
+        // sled reports most damage as an error, but some corrupt files make it panic while
+        // recovering; either way the store is unusable and tagpin must fail closed.
+        let opened = std::panic::catch_unwind(|| sled::Config::new().path(path).open()).map_err(|_| {
+            StoreError::Unavailable(format!(
+                "cannot open {}: sled panicked while recovering it",
+                dir.display()
+            ))
+        })?;
+        let db = opened.map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", dir.display())))?;
+        let tree = |name: &str| db.open_tree(name).map_err(io);
+        Ok(Self {
+            pins: tree("pins")?,
+            claims: tree("claims")?,
+            by_digest: tree("by_digest")?,
+            deletes: tree("deletes")?,
+            refs: tree("refs")?,
+            holders: tree("holders")?,
+            db,
+        })
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -88,24 +120,10 @@ impl SledStore {
             }
         }
         let path = dir.join("pins.sled");
-        // sled reports most damage as an error, but some corrupt files make it panic while
-        // recovering; either way the store is unusable and tagpin must fail closed.
-        let opened = std::panic::catch_unwind(|| sled::Config::new().path(&path).open()).map_err(|_| {
-            StoreError::Unavailable(format!(
-                "cannot open {}: sled panicked while recovering it",
-                dir.display()
-            ))
-        })?;
-        let db = opened.map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", dir.display())))?;
-        let tree = |name: &str| db.open_tree(name).map_err(io);
+        let trees = Trees::open(&path, dir)?;
         Ok(Self {
-            pins: tree("pins")?,
-            claims: tree("claims")?,
-            by_digest: tree("by_digest")?,
-            deletes: tree("deletes")?,
-            refs: tree("refs")?,
-            holders: tree("holders")?,
-            db,
+            path,
+            trees: RwLock::new(Some(Arc::new(trees))),
             dirty: AtomicBool::new(false),
             _lock: lock,
         })
@@ -113,28 +131,82 @@ impl SledStore {
 
     /// Number of pins held, for the start-up log line.
     pub fn pin_count(&self) -> usize {
-        self.pins.len()
+        self.current().map_or(0, |t| t.pins.len())
     }
 
     /// Number of claims with an unknown outcome, for the start-up log line.
     pub fn claim_count(&self) -> usize {
-        self.claims.len()
+        self.current().map_or(0, |t| t.claims.len())
     }
 
-    /// Refuse to answer while an earlier write may not be on disk; a successful flush
-    /// makes it durable and lifts the refusal.
-    fn ensure_clean(&self) -> Result<(), StoreError> {
-        if self.dirty.load(Ordering::Acquire) {
-            self.db.flush().map_err(io)?;
-            self.dirty.store(false, Ordering::Release);
+    fn current(&self) -> Option<Arc<Trees>> {
+        // A poisoned lock only means a thread panicked holding it; the slot is still valid.
+        self.trees.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The open database, refusing to answer while an earlier write may not be on disk.
+    /// A successful flush makes that write durable and lifts the refusal. sled keeps
+    /// failing after an I/O error even once the disk has room again, so when the flush
+    /// fails the database is closed and reopened: what it then holds is what is on disk.
+    fn trees(&self) -> Result<Arc<Trees>, StoreError> {
+        let current = self.current();
+        if !self.dirty.load(Ordering::Acquire) {
+            if let Some(t) = current {
+                return Ok(t);
+            }
+        } else if let Some(t) = &current {
+            if t.db.flush().is_ok() {
+                self.dirty.store(false, Ordering::Release);
+                return Ok(Arc::clone(t));
+            }
         }
-        Ok(())
+        drop(current);
+        self.reopen()
+    }
+
+    fn reopen(&self) -> Result<Arc<Trees>, StoreError> {
+        let mut slot = self.trees.write().unwrap_or_else(|p| p.into_inner());
+        if !self.dirty.load(Ordering::Acquire) {
+            if let Some(t) = slot.as_ref() {
+                return Ok(Arc::clone(t)); // another thread reopened it meanwhile
+            }
+        }
+        if let Some(mut old) = slot.take() {
+            // Calls already running hold the old database briefly; sled's own file lock
+            // is released only when the last handle is gone.
+            let mut waited = 0;
+            loop {
+                match Arc::try_unwrap(old) {
+                    Ok(t) => {
+                        drop(t);
+                        break;
+                    }
+                    Err(shared) if waited < 200 => {
+                        old = shared;
+                        waited += 1;
+                        std::thread::sleep(std::time::Duration::from_millis(5));
+                    }
+                    Err(shared) => {
+                        *slot = Some(shared);
+                        return Err(StoreError::Io(
+                            "pin store busy while recovering from a failed write".into(),
+                        ));
+                    }
+                }
+            }
+        }
+        let dir = self.path.parent().unwrap_or(&self.path).to_owned();
+        let trees = Arc::new(Trees::open(&self.path, &dir)?);
+        tracing::warn!(data_dir = %dir.display(), "pin store reopened after a failed write; it holds what is on disk");
+        *slot = Some(Arc::clone(&trees));
+        self.dirty.store(false, Ordering::Release);
+        Ok(trees)
     }
 
     /// Flush a write; on failure the store is dirty until a later flush succeeds.
-    fn flush(&self) -> Result<(), StoreError> {
+    fn flush(&self, t: &Trees) -> Result<(), StoreError> {
         self.flush_hook()?;
-        if let Err(e) = self.db.flush() {
+        if let Err(e) = t.db.flush() {
             self.dirty.store(true, Ordering::Release);
             return Err(io(e));
         }
@@ -251,20 +323,20 @@ fn settle<T>(r: Result<T, TransactionError<StoreError>>) -> Result<T, StoreError
 
 impl PinStore for SledStore {
     fn state(&self, repo: &Repository, tag: &Tag) -> Result<Option<TagState>, StoreError> {
-        self.ensure_clean()?;
+        let t = self.trees()?;
         let key = tag_key(repo, tag);
-        if let Some(v) = self.pins.get(&key).map_err(io)? {
+        if let Some(v) = t.pins.get(&key).map_err(io)? {
             return decode_pin(&key, &v).map(|p| Some(TagState::Pinned(p)));
         }
-        match self.claims.get(&key).map_err(io)? {
+        match t.claims.get(&key).map_err(io)? {
             Some(v) => decode_claim(&key, &v).map(|c| Some(TagState::Claimed(c))),
             None => Ok(None),
         }
     }
 
     fn pin_if_absent(&self, repo: &Repository, pins: &[(Tag, Pin)]) -> Result<Vec<TagState>, StoreError> {
-        self.ensure_clean()?;
-        let result = (&self.pins, &self.claims, &self.by_digest).transaction(|(tx_pins, tx_claims, tx_index)| {
+        let t = self.trees()?;
+        let result = (&t.pins, &t.claims, &t.by_digest).transaction(|(tx_pins, tx_claims, tx_index)| {
             let mut in_force = Vec::with_capacity(pins.len());
             for (tag, pin) in pins {
                 let key = tag_key(repo, tag);
@@ -280,13 +352,13 @@ impl PinStore for SledStore {
         });
         let in_force = settle(result)?;
         // Durable before the caller answers the client: a 201 means the pin survives a crash.
-        self.flush()?;
+        self.flush(&t)?;
         Ok(in_force)
     }
 
     fn claim(&self, repo: &Repository, tags: &[Tag], claim: &Claim) -> Result<Vec<TagState>, StoreError> {
-        self.ensure_clean()?;
-        let result = (&self.pins, &self.claims, &self.by_digest).transaction(|(tx_pins, tx_claims, tx_index)| {
+        let t = self.trees()?;
+        let result = (&t.pins, &t.claims, &t.by_digest).transaction(|(tx_pins, tx_claims, tx_index)| {
             let mut in_force = Vec::with_capacity(tags.len());
             for tag in tags {
                 let key = tag_key(repo, tag);
@@ -301,19 +373,19 @@ impl PinStore for SledStore {
             Ok(in_force)
         });
         let in_force = settle(result)?;
-        if let Err(e) = self.flush() {
+        if let Err(e) = self.flush(&t) {
             // Nothing will be forwarded under claims that may not be on disk. Take them
             // back in memory; should they reach the disk anyway, they only reserve the tag
             // for a digest the client is told to retry (fail closed).
-            let _ = self.remove_claims(repo, tags, &claim.request_id);
+            let _ = Self::remove_claims(&t, repo, tags, &claim.request_id);
             return Err(e);
         }
         Ok(in_force)
     }
 
     fn confirm(&self, repo: &Repository, tags: &[Tag], digest: &Digest) -> Result<Vec<TagState>, StoreError> {
-        self.ensure_clean()?;
-        let result = (&self.pins, &self.claims, &self.by_digest).transaction(|(tx_pins, tx_claims, _)| {
+        let t = self.trees()?;
+        let result = (&t.pins, &t.claims, &t.by_digest).transaction(|(tx_pins, tx_claims, _)| {
             let mut in_force = Vec::with_capacity(tags.len());
             for tag in tags {
                 let key = tag_key(repo, tag);
@@ -337,21 +409,21 @@ impl PinStore for SledStore {
             Ok(in_force)
         });
         let in_force = settle(result)?;
-        self.flush()?;
+        self.flush(&t)?;
         Ok(in_force)
     }
 
     fn withdraw(&self, repo: &Repository, tags: &[Tag], request_id: &str) -> Result<(), StoreError> {
-        self.ensure_clean()?;
-        self.remove_claims(repo, tags, request_id)?;
-        self.flush()
+        let t = self.trees()?;
+        Self::remove_claims(&t, repo, tags, request_id)?;
+        self.flush(&t)
     }
 
     fn tags_pinned_to(&self, repo: &Repository, digest: &Digest) -> Result<Vec<Tag>, StoreError> {
-        self.ensure_clean()?;
+        let t = self.trees()?;
         let mut prefix = digest_key(repo, digest);
         prefix.push(0);
-        self.by_digest
+        t.by_digest
             .scan_prefix(&prefix)
             .keys()
             .map(|k| {
@@ -365,30 +437,30 @@ impl PinStore for SledStore {
     }
 
     fn begin_delete(&self, repo: &Repository, digest: &Digest, request_id: &str) -> Result<(), StoreError> {
-        self.ensure_clean()?;
+        let t = self.trees()?;
         let record = serde_json::to_vec(&DeleteRecord {
             request_id: request_id.to_owned(),
             started_at: super::now_secs(),
         })
         .expect("serialising a delete record cannot fail");
-        self.deletes.insert(digest_key(repo, digest), record).map_err(io)?;
-        self.flush()
+        t.deletes.insert(digest_key(repo, digest), record).map_err(io)?;
+        self.flush(&t)
     }
 
     fn end_delete(&self, repo: &Repository, digest: &Digest) -> Result<(), StoreError> {
-        self.ensure_clean()?;
-        self.deletes.remove(digest_key(repo, digest)).map_err(io)?;
-        self.flush()
+        let t = self.trees()?;
+        t.deletes.remove(digest_key(repo, digest)).map_err(io)?;
+        self.flush(&t)
     }
 
     fn delete_in_flight(&self, repo: &Repository, digest: &Digest) -> Result<bool, StoreError> {
-        self.ensure_clean()?;
-        self.deletes.contains_key(digest_key(repo, digest)).map_err(io)
+        let t = self.trees()?;
+        t.deletes.contains_key(digest_key(repo, digest)).map_err(io)
     }
 
     fn protect(&self, repo: &Repository, holder: &Digest, refs: &[Digest]) -> Result<(), StoreError> {
-        self.ensure_clean()?;
-        let result = (&self.refs, &self.holders).transaction(|(tx_refs, tx_holders)| {
+        let t = self.trees()?;
+        let result = (&t.refs, &t.holders).transaction(|(tx_refs, tx_holders)| {
             for r in refs {
                 let mut key = digest_key(repo, r);
                 key.push(0);
@@ -399,24 +471,24 @@ impl PinStore for SledStore {
             Ok::<_, ConflictableTransactionError<StoreError>>(())
         });
         settle(result)?;
-        self.flush()
+        self.flush(&t)
     }
 
     fn has_refs(&self, repo: &Repository, holder: &Digest) -> Result<bool, StoreError> {
-        self.ensure_clean()?;
-        self.holders.contains_key(digest_key(repo, holder)).map_err(io)
+        let t = self.trees()?;
+        t.holders.contains_key(digest_key(repo, holder)).map_err(io)
     }
 
     fn holders(&self, repo: &Repository) -> Result<Vec<Digest>, StoreError> {
-        self.ensure_clean()?;
+        let t = self.trees()?;
         let mut prefix = repo.as_str().as_bytes().to_vec();
         prefix.push(0);
         let mut out = Vec::new();
-        for item in self.pins.scan_prefix(&prefix) {
+        for item in t.pins.scan_prefix(&prefix) {
             let (k, v) = item.map_err(io)?;
             out.push(decode_pin(&k, &v)?.digest);
         }
-        for item in self.claims.scan_prefix(&prefix) {
+        for item in t.claims.scan_prefix(&prefix) {
             let (k, v) = item.map_err(io)?;
             out.push(decode_claim(&k, &v)?.digest);
         }
@@ -426,10 +498,10 @@ impl PinStore for SledStore {
     }
 
     fn referenced_by(&self, repo: &Repository, digest: &Digest) -> Result<Vec<Digest>, StoreError> {
-        self.ensure_clean()?;
+        let t = self.trees()?;
         let mut prefix = digest_key(repo, digest);
         prefix.push(0);
-        self.refs
+        t.refs
             .scan_prefix(&prefix)
             .keys()
             .map(|k| {
@@ -444,16 +516,16 @@ impl PinStore for SledStore {
 
     fn check(&self) -> Result<(), StoreError> {
         // A read and a flush: the flush fails on a read-only or full disk.
-        self.ensure_clean()?;
-        self.pins.first().map_err(io)?;
-        self.flush()
+        let t = self.trees()?;
+        t.pins.first().map_err(io)?;
+        self.flush(&t)
     }
 }
 
 impl SledStore {
     /// Remove the claims of `tags` created by `request_id`, with their index entries.
-    fn remove_claims(&self, repo: &Repository, tags: &[Tag], request_id: &str) -> Result<(), StoreError> {
-        let result = (&self.claims, &self.by_digest).transaction(|(tx_claims, tx_index)| {
+    fn remove_claims(t: &Trees, repo: &Repository, tags: &[Tag], request_id: &str) -> Result<(), StoreError> {
+        let result = (&t.claims, &t.by_digest).transaction(|(tx_claims, tx_index)| {
             for tag in tags {
                 let key = tag_key(repo, tag);
                 let Some(v) = tx_claims.get(&key)? else { continue };

@@ -1,0 +1,115 @@
+//! A data dir on a full filesystem (a small tmpfs mounted for the test; CI runs as root):
+//! a pin whose flush failed must not be answered from memory. Every write that needs the
+//! store is refused until a flush succeeds again, and what was acknowledged survives a
+//! restart.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+
+/// A tmpfs of `size` mounted on a fresh temp dir, unmounted on drop.
+struct SmallFs {
+    dir: tempfile::TempDir,
+}
+
+impl SmallFs {
+    fn mount(size: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "this test mounts a small tmpfs to fill it and needs root (CI runs as root): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self { dir }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Fill the filesystem with one file until writes fail.
+    fn fill(&self) {
+        use std::io::Write;
+        let mut f = std::fs::File::create(self.path().join("filler")).unwrap();
+        let chunk = vec![0u8; 64 * 1024];
+        while f.write_all(&chunk).is_ok() {}
+        let _ = f.sync_all();
+    }
+
+    fn free(&self) {
+        std::fs::remove_file(self.path().join("filler")).unwrap();
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(self.dir.path()).status();
+    }
+}
+
+#[test]
+fn a_pin_whose_flush_failed_is_not_answered_from_memory() {
+    let fs = SmallFs::mount("8m");
+    let registry = Registry::start();
+    let data = fs.path().join("data");
+    let mut tagpin = Tagpin::start(&registry.url(), &data, &[]);
+    let a = Image::random(900, 256);
+    a.push_blobs(tagpin.addr, "full", "");
+    assert_eq!(a.put_manifest(tagpin.addr, "full", "before", "").status, 201);
+
+    fs.fill();
+    // sled may still have room in pages it holds; push new tags until a flush fails.
+    let b = a.variant("b");
+    let mut refused = None;
+    for i in 0..500 {
+        let tag = format!("t{i}");
+        let status = b.put_manifest(tagpin.addr, "full", &tag, "").status;
+        if status == 503 {
+            refused = Some(tag);
+            break;
+        }
+        assert_eq!(status, 201, "{tag}");
+    }
+    let refused = refused.expect("the store never ran out of space: the test exercised nothing");
+    // The same push again, as a client's retry does: the pin may be in memory only, so it
+    // must not be acknowledged as an identical re-push.
+    for attempt in 0..3 {
+        let r = b.put_manifest(tagpin.addr, "full", &refused, "");
+        assert_eq!(r.status, 503, "attempt {attempt}: {}", r.text());
+    }
+    assert_eq!(
+        request(tagpin.addr, "GET", "/readyz", &[], b"").status,
+        503,
+        "readiness reports the store"
+    );
+    // Reads keep flowing.
+    let get = request(
+        tagpin.addr,
+        "GET",
+        "/v2/full/manifests/before",
+        &[("Accept", image::ACCEPT_ALL)],
+        b"",
+    );
+    assert_eq!(get.status, 200);
+
+    fs.free();
+    // Space is back: the store recovers without a restart, and the retry completes.
+    let r = b.put_manifest(tagpin.addr, "full", &refused, "");
+    assert_eq!(r.status, 201, "{}", r.text());
+    tagpin.kill();
+    let tagpin = Tagpin::start(&registry.url(), &data, &[]);
+    let c = a.variant("c");
+    for tag in ["before", refused.as_str()] {
+        let r = c.put_manifest(tagpin.addr, "full", tag, "");
+        assert_eq!(r.status, 409, "{tag}: the acknowledged pin survived: {}", r.text());
+    }
+    assert_eq!(upstream_digest(&registry, "full", &refused), Some(b.digest()));
+}
