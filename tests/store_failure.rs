@@ -166,6 +166,8 @@ fn when_the_store_cannot_be_read_writes_are_refused_and_reads_flow() {
     );
 
     store.fail_reads.store(false, Ordering::SeqCst);
+    // /readyz answers are cached for a second.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
     assert_eq!(request(addr, "GET", "/readyz", &[], b"").status, 200);
     assert_eq!(b.put_manifest(addr, "s", "v1", "").status, 409);
 }
