@@ -2,9 +2,13 @@
 //! bytes returned are exactly the bytes received, so their sha256 is the digest the
 //! upstream computes (distribution-spec `spec.md`, "Pushing Manifests").
 
+mod budget;
+
 use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
 use http_body_util::BodyExt;
+
+pub use budget::{Budget, Exhausted, Reservation, SMALL_BODY_BYTES};
 
 use crate::body::Body;
 
