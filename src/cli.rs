@@ -114,9 +114,7 @@ impl ServeArgs {
             public_url: self.public_url.or(file.public_url),
             refuse_status: self.refuse_status.or(file.refuse_status),
             max_manifest_bytes: self.max_manifest_bytes.or(file.max_manifest_bytes),
-            manifest_memory_budget_bytes: self
-                .manifest_memory_budget_bytes
-                .or(file.manifest_memory_budget_bytes),
+            manifest_memory_budget_bytes: self.manifest_memory_budget_bytes.or(file.manifest_memory_budget_bytes),
             max_tags_per_push: self.max_tags_per_push.or(file.max_tags_per_push),
             upstream_ca: self.upstream_ca.or(file.upstream_ca),
             max_connections: self.max_connections.or(file.max_connections),

@@ -188,7 +188,10 @@ mod tests {
         assert_eq!(resp.status(), StatusCode::REQUEST_TIMEOUT);
         let v = json_of(resp).await;
         assert_eq!(v["errors"][0]["code"], "MANIFEST_INVALID");
-        assert!(v["errors"][0]["message"].as_str().unwrap().contains("took longer than 30s"));
+        assert!(v["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("took longer than 30s"));
     }
 
     #[test]

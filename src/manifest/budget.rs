@@ -117,9 +117,7 @@ impl Reservation {
                 (false, large.acquire_many_owned(n).await)
             }
         };
-        let (from_small, permit) = tokio::time::timeout(waited, acquire)
-            .await
-            .map_err(|_| exhausted)?;
+        let (from_small, permit) = tokio::time::timeout(waited, acquire).await.map_err(|_| exhausted)?;
         let permit = permit.expect("the budget's semaphores are never closed");
         let slot = if from_small { &mut self.small } else { &mut self.large };
         match slot {

@@ -167,7 +167,9 @@ mod tests {
     #[tokio::test]
     async fn bytes_come_back_exactly() {
         let raw = b"{ \"schemaVersion\" : 2 }\n".to_vec();
-        let got = read_limited(&HeaderMap::new(), full(raw.clone()), &limits()).await.unwrap();
+        let got = read_limited(&HeaderMap::new(), full(raw.clone()), &limits())
+            .await
+            .unwrap();
         assert_eq!(&got[..], &raw[..]);
     }
 
@@ -197,7 +199,9 @@ mod tests {
             ..limits()
         };
         let started = tokio::time::Instant::now();
-        let e = read_limited(&len_header(100), chunks(&[10], true), &l).await.unwrap_err();
+        let e = read_limited(&len_header(100), chunks(&[10], true), &l)
+            .await
+            .unwrap_err();
         assert!(matches!(e, ManifestError::TooSlow { .. }), "{e}");
         assert!(started.elapsed() >= Duration::from_secs(3));
         assert_eq!(l.budget.available(), 1024 * KIB, "a cut body gives its memory back");
@@ -211,11 +215,11 @@ mod tests {
         let half = len_header(512 * KIB);
         let first = read_limited(&half, chunks(&[10], true), &l);
         tokio::pin!(first);
-        assert!(tokio::time::timeout(Duration::from_millis(10), &mut first).await.is_err());
-        assert_eq!(l.budget.available(), 512 * KIB, "admitted for all it declared");
-        let e = read_limited(&half, chunks(&[10], true), &l)
+        assert!(tokio::time::timeout(Duration::from_millis(10), &mut first)
             .await
-            .unwrap_err();
+            .is_err());
+        assert_eq!(l.budget.available(), 512 * KIB, "admitted for all it declared");
+        let e = read_limited(&half, chunks(&[10], true), &l).await.unwrap_err();
         assert!(matches!(e, ManifestError::Busy(_)), "{e}");
         // A small body still gets its memory from the reserve.
         let small = read_limited(&len_header(2 * KIB), chunks(&[2 * KIB], false), &l).await;
