@@ -1,5 +1,6 @@
 //! The state request handlers see: [`Shared`] by every worker (config, pin store, locks,
-//! policy, connection limit), plus each worker's own upstream client in [`App`].
+//! policy, connection limit, manifest memory budget), plus each worker's own upstream
+//! client in [`App`].
 
 use std::future::Future;
 use std::ops::Deref;
@@ -28,6 +29,9 @@ pub struct Shared {
     pub locks: DecisionLocks,
     /// One permit per open client connection, across all workers.
     pub connections: Arc<Semaphore>,
+    /// Size limit, deadline and the one memory budget of manifest bodies, across all
+    /// workers: a per-worker budget would multiply with `workers`.
+    pub manifest_limits: crate::manifest::Limits,
     /// Counters and gauges for `GET /metrics`.
     pub metrics: crate::metrics::Metrics,
     /// The last `/readyz` answer, one probe per second for all workers together.
@@ -109,8 +113,17 @@ impl Shared {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
+        let manifest_limits = crate::manifest::Limits {
+            max_bytes: config.max_manifest_bytes,
+            deadline: config.timeouts.manifest_body,
+            budget: crate::manifest::Budget::new(
+                config.manifest_memory_budget_bytes,
+                config.timeouts.manifest_budget_wait,
+            ),
+        };
         Ok(Self {
             connections: Arc::new(Semaphore::new(config.max_connections)),
+            manifest_limits,
             tls: listener_tls,
             metrics: crate::metrics::Metrics::default(),
             readiness: crate::readiness::ReadyCache::default(),

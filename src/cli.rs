@@ -53,6 +53,9 @@ pub struct ServeArgs {
     /// Largest manifest accepted on a push, in bytes [default: 4194304].
     #[arg(long, env = "TAGPIN_MAX_MANIFEST_BYTES")]
     pub max_manifest_bytes: Option<usize>,
+    /// Bytes all manifest bodies being read or forwarded may hold together; one eighth is kept for manifests up to 64 KiB [default: 67108864].
+    #[arg(long, env = "TAGPIN_MANIFEST_MEMORY_BUDGET_BYTES")]
+    pub manifest_memory_budget_bytes: Option<usize>,
     /// Most tags one push may name (path tag plus `tag` parameters) [default: 64].
     #[arg(long, env = "TAGPIN_MAX_TAGS_PER_PUSH")]
     pub max_tags_per_push: Option<usize>,
@@ -86,6 +89,12 @@ pub struct ServeArgs {
     /// Milliseconds in-flight requests get to finish after SIGTERM [default: 30000].
     #[arg(long, env = "TAGPIN_SHUTDOWN_GRACE_MS")]
     pub shutdown_grace_ms: Option<u64>,
+    /// Milliseconds a whole manifest body has to arrive, however steadily it trickles [default: 30000].
+    #[arg(long, env = "TAGPIN_MANIFEST_BODY_TIMEOUT_MS")]
+    pub manifest_body_timeout_ms: Option<u64>,
+    /// Milliseconds a manifest body waits for memory from the budget before a 503 [default: 2000].
+    #[arg(long, env = "TAGPIN_MANIFEST_BUDGET_WAIT_MS")]
+    pub manifest_budget_wait_ms: Option<u64>,
 }
 
 impl ServeArgs {
@@ -105,6 +114,7 @@ impl ServeArgs {
             public_url: self.public_url.or(file.public_url),
             refuse_status: self.refuse_status.or(file.refuse_status),
             max_manifest_bytes: self.max_manifest_bytes.or(file.max_manifest_bytes),
+            manifest_memory_budget_bytes: self.manifest_memory_budget_bytes.or(file.manifest_memory_budget_bytes),
             max_tags_per_push: self.max_tags_per_push.or(file.max_tags_per_push),
             upstream_ca: self.upstream_ca.or(file.upstream_ca),
             max_connections: self.max_connections.or(file.max_connections),
@@ -117,6 +127,8 @@ impl ServeArgs {
                 body_idle_ms: self.body_idle_timeout_ms.or(t.body_idle_ms),
                 client_header_ms: self.client_header_timeout_ms.or(t.client_header_ms),
                 shutdown_grace_ms: self.shutdown_grace_ms.or(t.shutdown_grace_ms),
+                manifest_body_ms: self.manifest_body_timeout_ms.or(t.manifest_body_ms),
+                manifest_budget_wait_ms: self.manifest_budget_wait_ms.or(t.manifest_budget_wait_ms),
             }),
         }
     }

@@ -66,6 +66,9 @@ impl ProxyError {
             Self::TooManyTags { .. } => (S::URI_TOO_LONG, C::Unsupported),
             Self::Manifest(ManifestError::TooLarge { .. }) => (S::PAYLOAD_TOO_LARGE, C::SizeInvalid),
             Self::Manifest(ManifestError::Body(_) | ManifestError::NotJson(_)) => (S::BAD_REQUEST, C::ManifestInvalid),
+            Self::Manifest(ManifestError::TooSlow { .. }) => (S::REQUEST_TIMEOUT, C::ManifestInvalid),
+            // Not the client's fault and gone in a moment: the memory budget is in use.
+            Self::Manifest(ManifestError::Busy(_)) => (S::SERVICE_UNAVAILABLE, C::Unavailable),
             Self::DigestMismatch { .. } => (S::BAD_REQUEST, C::DigestInvalid),
             Self::Refused(_) => (refuse_status, C::Denied),
             Self::Upstream(u) => match u {
@@ -113,6 +116,9 @@ impl ProxyError {
             }
             Self::Upstream(_) => "the upstream registry connection failed; nothing was pinned",
             Self::Store(_) => "the tagpin pin store is unavailable, so tagpin refuses writes it cannot decide safely; reads still work",
+            Self::Manifest(ManifestError::Busy(_)) => {
+                "too many large manifests are being uploaded to tagpin at once; nothing was changed, retry shortly"
+            }
             _ => "internal error in tagpin",
         }
     }
@@ -151,6 +157,12 @@ impl ProxyError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json; charset=utf-8"),
         );
+        if matches!(self, Self::Manifest(ManifestError::Busy(_))) {
+            // Memory frees as soon as any manifest in flight finishes: a prompt retry is
+            // the right answer (RFC 9110 section 10.2.3).
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
         resp
     }
 }
@@ -183,6 +195,37 @@ mod tests {
         let v = json_of(resp).await;
         assert_eq!(v["errors"][0]["code"], "NAME_INVALID");
         assert!(v["errors"][0]["message"].as_str().unwrap().contains("\"A\""));
+    }
+
+    #[tokio::test]
+    async fn a_busy_budget_is_a_retryable_503_without_internal_text() {
+        let e = ProxyError::Manifest(ManifestError::Busy(crate::manifest::Exhausted {
+            wanted: 4_194_304,
+            waited: std::time::Duration::from_secs(2),
+        }));
+        let resp = e.into_response("req-2", StatusCode::CONFLICT);
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(resp.headers()[header::RETRY_AFTER], "1");
+        let v = json_of(resp).await;
+        assert_eq!(v["errors"][0]["code"], "UNAVAILABLE");
+        let message = v["errors"][0]["message"].as_str().unwrap();
+        assert!(message.contains("retry"), "{message}");
+        assert!(!message.contains("4194304"), "{message}");
+    }
+
+    #[tokio::test]
+    async fn a_slow_manifest_body_is_a_408_that_says_so() {
+        let e = ProxyError::Manifest(ManifestError::TooSlow {
+            limit: std::time::Duration::from_secs(30),
+        });
+        let resp = e.into_response("r", StatusCode::CONFLICT);
+        assert_eq!(resp.status(), StatusCode::REQUEST_TIMEOUT);
+        let v = json_of(resp).await;
+        assert_eq!(v["errors"][0]["code"], "MANIFEST_INVALID");
+        assert!(v["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("took longer than 30s"));
     }
 
     #[test]

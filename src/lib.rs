@@ -6,8 +6,9 @@
 //! 2. [`handler::handle`] asks [`route::classify`] what the request is;
 //! 3. reads, blobs and uploads are streamed through [`upstream`] untouched;
 //! 4. a manifest push naming a protected tag ([`policy::Protection`]) is read by
-//!    [`manifest`], hashed, decided by [`policy::decide_push`] against [`store`], and
-//!    forwarded; the pin is committed once the upstream accepted it;
+//!    [`manifest`] (bounded in size, time and, across all connections, memory), hashed,
+//!    decided by [`policy::decide_push`] against [`store`], and forwarded; the pin is
+//!    committed once the upstream accepted it;
 //! 5. every decision is an audit event ([`telemetry`]); every error is one OCI error
 //!    response ([`error`]).
 

@@ -30,16 +30,6 @@ fn read_until_closed(s: &mut TcpStream) -> Vec<u8> {
     }
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap()
-}
-
 #[test]
 fn trickled_headers_hit_the_header_timeout() {
     let Stack {
@@ -110,8 +100,7 @@ fn a_flood_of_idle_connections_is_bounded_and_others_are_still_served() {
         data.path(),
         &["--max-connections", "64", "--client-header-timeout-ms", "1000"],
     );
-    let pid = tagpin.pid();
-    let before = rss_kib(pid);
+    let before = tagpin.rss_kib();
     // Far more silent connections than the limit. The kernel queues the excess; tagpin
     // holds at most 64 and closes each silent one at the header timeout, so a real client
     // behind them is served after a few timeouts' worth of waiting.
@@ -119,7 +108,7 @@ fn a_flood_of_idle_connections_is_bounded_and_others_are_still_served() {
     assert_eq!(idle.len(), 400);
     let r = request(tagpin.addr, "GET", "/v2/", &[], b"");
     assert_eq!(r.status, 200);
-    let after = rss_kib(pid);
+    let after = tagpin.rss_kib();
     assert!(after < before + 64 * 1024, "RSS grew from {before} KiB to {after} KiB");
     drop(idle);
 }

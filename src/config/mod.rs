@@ -47,6 +47,8 @@ pub struct Config {
     pub log_format: LogFormat,
     pub refuse_status: StatusCode,
     pub max_manifest_bytes: usize,
+    /// Bytes all manifest bodies being read or forwarded may hold together.
+    pub manifest_memory_budget_bytes: usize,
     pub max_tags_per_push: usize,
     pub upstream_ca: Option<PathBuf>,
     pub max_connections: usize,
@@ -64,6 +66,10 @@ pub struct Timeouts {
     pub body_idle: Duration,
     pub client_header: Duration,
     pub shutdown_grace: Duration,
+    /// A whole manifest body must arrive within this.
+    pub manifest_body: Duration,
+    /// How long a manifest body waits for memory from the budget before a 503.
+    pub manifest_budget_wait: Duration,
 }
 
 /// A configuration that cannot be used; the message is one line an operator can act on.

@@ -18,6 +18,7 @@ pub struct RawConfig {
     pub public_url: Option<String>,
     pub refuse_status: Option<u16>,
     pub max_manifest_bytes: Option<usize>,
+    pub manifest_memory_budget_bytes: Option<usize>,
     pub max_tags_per_push: Option<usize>,
     pub upstream_ca: Option<PathBuf>,
     pub max_connections: Option<usize>,
@@ -35,6 +36,8 @@ pub struct RawTimeouts {
     pub body_idle_ms: Option<u64>,
     pub client_header_ms: Option<u64>,
     pub shutdown_grace_ms: Option<u64>,
+    pub manifest_body_ms: Option<u64>,
+    pub manifest_budget_wait_ms: Option<u64>,
 }
 
 impl RawConfig {

@@ -17,6 +17,9 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
 /// permits; a million open connections is far past what one host's file descriptors
 /// allow anyway, so anything larger is a typo rather than a setting.
 pub const MAX_MAX_CONNECTIONS: usize = 1_000_000;
+/// 64 MiB: fourteen 4 MiB manifests at once plus the small-manifest reserve, well inside
+/// the 256 Mi memory limit of the shipped StatefulSet.
+pub const DEFAULT_MANIFEST_MEMORY_BUDGET_BYTES: usize = 64 * 1024 * 1024;
 
 impl RawConfig {
     pub fn validate(self) -> Result<Config, ConfigError> {
@@ -54,6 +57,21 @@ impl RawConfig {
                 "must be between 1024 and 67108864",
             ));
         }
+        let manifest_memory_budget_bytes = self
+            .manifest_memory_budget_bytes
+            .unwrap_or(DEFAULT_MANIFEST_MEMORY_BUDGET_BYTES);
+        // Twice the largest manifest, so one always fits beside the small-manifest reserve
+        // (an eighth of the budget); at least 1 MiB, so that reserve holds a 64 KiB body.
+        let least_budget = (2 * max_manifest_bytes).max(1024 * 1024);
+        if !(least_budget..=64 * 1024 * 1024 * 1024).contains(&manifest_memory_budget_bytes) {
+            return Err(ConfigError::invalid(
+                "manifest_memory_budget_bytes",
+                format!(
+                    "must be at least {least_budget} (twice max_manifest_bytes, and 1 MiB) and at most 68719476736"
+                ),
+            ));
+        }
+        debug_assert!(crate::manifest::Budget::largest_grant(manifest_memory_budget_bytes) >= max_manifest_bytes);
         let max_tags_per_push = self.max_tags_per_push.unwrap_or(DEFAULT_MAX_TAGS_PER_PUSH);
         if !(1..=1024).contains(&max_tags_per_push) {
             return Err(ConfigError::invalid("max_tags_per_push", "must be between 1 and 1024"));
@@ -107,7 +125,17 @@ impl RawConfig {
             body_idle: ms("timeouts.body_idle_ms", t.body_idle_ms, 60_000)?,
             client_header: ms("timeouts.client_header_ms", t.client_header_ms, 30_000)?,
             shutdown_grace: ms("timeouts.shutdown_grace_ms", t.shutdown_grace_ms, 30_000)?,
+            manifest_body: ms("timeouts.manifest_body_ms", t.manifest_body_ms, 30_000)?,
+            manifest_budget_wait: ms("timeouts.manifest_budget_wait_ms", t.manifest_budget_wait_ms, 2_000)?,
         };
+        // A wait as long as the deadline would cut waiting bodies with a misleading 408
+        // ("took too long to arrive") instead of the retryable 503 they should get.
+        if timeouts.manifest_budget_wait >= timeouts.manifest_body {
+            return Err(ConfigError::invalid(
+                "timeouts.manifest_budget_wait_ms",
+                "must be shorter than timeouts.manifest_body_ms",
+            ));
+        }
         Ok(Config {
             listen,
             upstream,
@@ -117,6 +145,7 @@ impl RawConfig {
             log_format: self.log_format.unwrap_or(LogFormat::Pretty),
             refuse_status,
             max_manifest_bytes,
+            manifest_memory_budget_bytes,
             max_tags_per_push,
             upstream_ca: self.upstream_ca,
             max_connections,
@@ -163,6 +192,9 @@ mod tests {
         assert_eq!(c.upstream.to_string(), "http://127.0.0.1:5000");
         assert_eq!(c.log_format, LogFormat::Pretty);
         assert_eq!(c.timeouts.upstream_connect, Duration::from_secs(5));
+        assert_eq!(c.manifest_memory_budget_bytes, 64 * 1024 * 1024);
+        assert_eq!(c.timeouts.manifest_body, Duration::from_secs(30));
+        assert_eq!(c.timeouts.manifest_budget_wait, Duration::from_secs(2));
     }
 
     #[test]
@@ -210,6 +242,22 @@ mod tests {
             ("upstream = \"http://x\"\nrefuse_status = 500", "refuse_status"),
             ("upstream = \"http://x\"\nexclude = [\"a[\"]", "exclude"),
             ("upstream = \"http://x\"\nmax_manifest_bytes = 10", "max_manifest_bytes"),
+            (
+                "upstream = \"http://x\"\nmanifest_memory_budget_bytes = 4194304",
+                "manifest_memory_budget_bytes",
+            ),
+            (
+                "upstream = \"http://x\"\nmax_manifest_bytes = 40000000",
+                "manifest_memory_budget_bytes",
+            ),
+            (
+                "upstream = \"http://x\"\nmanifest_memory_budget_bytes = 1000",
+                "manifest_memory_budget_bytes",
+            ),
+            (
+                "upstream = \"http://x\"\n[timeouts]\nmanifest_body_ms = 1000",
+                "timeouts.manifest_budget_wait_ms",
+            ),
             (
                 "upstream = \"http://x\"\n[timeouts]\nbody_idle_ms = 0",
                 "timeouts.body_idle_ms",

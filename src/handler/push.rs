@@ -62,7 +62,7 @@ pub async fn manifest_put(
         return super::forward(app, parts, body, who).await;
     }
 
-    let bytes = manifest::read_limited(&parts.headers, body, app.config.max_manifest_bytes).await?;
+    let bytes = manifest::read_limited(&parts.headers, body, &app.manifest_limits).await?;
     manifest::check_json(&bytes)?;
     let attempted = match &reference {
         Reference::Digest(claimed) => {

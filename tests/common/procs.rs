@@ -205,6 +205,17 @@ impl Tagpin {
         self.child.as_ref().expect("tagpin stopped").id()
     }
 
+    /// Resident set size in KiB (`VmRSS` of `/proc/<pid>/status`).
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .expect("VmRSS in /proc/<pid>/status")
+    }
+
     pub fn host(&self) -> String {
         self.addr.to_string()
     }
