@@ -16,7 +16,7 @@ use crate::body::Body;
 use crate::config::Config;
 use crate::error::ProxyError;
 use crate::locks::DecisionLocks;
-use crate::policy::Protection;
+use crate::policy::Policy;
 use crate::store::{PinStore, SledStore, StoreError, UnavailableStore};
 use crate::upstream::{Upstream, UpstreamError};
 
@@ -25,7 +25,9 @@ use crate::upstream::{Upstream, UpstreamError};
 pub struct Shared {
     pub config: Config,
     pub store: Arc<dyn PinStore>,
-    pub protection: Protection,
+    /// The policy in force; replaced whole by a SIGHUP reload. A request takes one
+    /// snapshot ([`Shared::policy`]) and decides by it throughout.
+    policy: std::sync::RwLock<Arc<Policy>>,
     pub locks: DecisionLocks,
     /// One permit per open client connection, across all workers.
     pub connections: Arc<Semaphore>,
@@ -66,8 +68,8 @@ impl Deref for App {
 pub enum StartError {
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
-    #[error("exclude globs: {0}")]
-    Policy(#[from] globset::Error),
+    #[error("policy: {0}")]
+    Policy(#[from] crate::policy::rules::GlobError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: std::net::SocketAddr,
@@ -103,16 +105,19 @@ impl Shared {
     }
 
     pub fn with_store(config: Config, store: Arc<dyn PinStore>) -> Result<Self, StartError> {
-        let protection = Protection::new(&config.exclude)?;
+        let policy = Policy::new(&config.exclude, config.rules.as_deref())?;
         let tls = Upstream::tls_config(&config)?;
         let listener_tls = match (&config.tls_cert, &config.tls_key) {
             (Some(cert), Some(key)) => Some(crate::server::tls::acceptor(cert, key)?),
             _ => None,
         };
+        // Nanoseconds and the pid: two processes started within the same second (a crash
+        // loop) must not hand out the same request ids, which claims are keyed by.
         let started = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0)
+            ^ (u64::from(std::process::id()) << 48);
         let manifest_limits = crate::manifest::Limits {
             max_bytes: config.max_manifest_bytes,
             deadline: config.timeouts.manifest_body,
@@ -129,13 +134,24 @@ impl Shared {
             readiness: crate::readiness::ReadyCache::default(),
             config,
             store,
-            protection,
+            policy: std::sync::RwLock::new(Arc::new(policy)),
             locks: DecisionLocks::default(),
             detached: Detached::default(),
             upstream_tls: tls,
             request_seq: AtomicU64::new(0),
             request_prefix: format!("{started:x}"),
         })
+    }
+
+    /// The policy in force now.
+    pub fn policy(&self) -> Arc<Policy> {
+        // A poisoned lock only means a reload panicked; the policy in it is whole.
+        Arc::clone(&self.policy.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Put `policy` in force for every request that starts from now on.
+    pub fn set_policy(&self, policy: Policy) {
+        *self.policy.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(policy);
     }
 
     /// The scheme clients use to reach this listener, for `X-Forwarded-Proto` and for

@@ -37,6 +37,10 @@ pub enum ProxyError {
     OutcomeUnknown(UpstreamError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// What a decision needs could not be had (the pinned manifest of an append-only tag):
+    /// the write is refused rather than guessed.
+    #[error("cannot decide: {0}")]
+    CannotDecide(String),
     /// The upstream accepted a push and the pin could not be recorded; the durable claim
     /// keeps the tag reserved for the pushed digest.
     #[error("the upstream accepted the push, but the pin could not be recorded: {0}")]
@@ -84,7 +88,9 @@ impl ProxyError {
             },
             Self::OutcomeUnknown(UpstreamError::HeaderTimeout(_)) => (S::GATEWAY_TIMEOUT, C::Unavailable),
             Self::OutcomeUnknown(_) => (S::BAD_GATEWAY, C::Unavailable),
-            Self::Store(_) | Self::PinNotRecorded(_) => (S::SERVICE_UNAVAILABLE, C::Unavailable),
+            Self::Store(_) | Self::PinNotRecorded(_) | Self::CannotDecide(_) => {
+                (S::SERVICE_UNAVAILABLE, C::Unavailable)
+            }
             Self::Internal(_) => (S::INTERNAL_SERVER_ERROR, C::Unknown),
         }
     }
@@ -96,6 +102,10 @@ impl ProxyError {
             Self::OutcomeUnknown(_) => {
                 "the upstream registry did not answer, so whether it applied this write is not known; \
                  tagpin keeps the tag reserved for this digest: repeat the same request to settle it"
+            }
+            Self::CannotDecide(_) => {
+                "tagpin cannot read the pinned manifest this append-only push must extend, so it cannot decide \
+                 and refuses it; nothing was changed, retry later"
             }
             Self::PinNotRecorded(_) => {
                 "the upstream accepted the push but tagpin could not record the pin; the tag stays reserved \
@@ -234,6 +244,7 @@ mod tests {
             repo: crate::oci::Repository::parse("a").unwrap(),
             tag: crate::oci::Tag::parse("v1").unwrap(),
             pinned: None,
+            mode: crate::policy::Mode::Immutable,
         };
         let e = ProxyError::Refused(r);
         assert_eq!(

@@ -26,6 +26,7 @@ pub mod metrics;
 pub mod oci;
 pub mod policy;
 pub mod readiness;
+pub mod reload;
 pub mod route;
 pub mod server;
 pub mod store;
@@ -87,16 +88,51 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     tracing::info!(
         addr = %local,
         upstream = %shared.config.upstream,
-        exclude = ?shared.config.exclude,
+        policy = %shared.policy().summary(),
         workers,
         version = env!("CARGO_PKG_VERSION"),
         "listening"
     );
     drop(listener);
-    shutdown.await;
+    tokio::pin!(shutdown);
+    let mut hangups = hangup_signals();
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            Some(()) = hangups.recv() => {
+                let shared = Arc::clone(&shared);
+                // Reading and validating the file is blocking work; requests keep being
+                // served by the workers meanwhile.
+                let _ = tokio::task::spawn_blocking(move || reload::reload_and_report(&shared)).await;
+            }
+        }
+    }
     let _ = stop_tx.send(true);
     for done in finished {
         let _ = done.await;
     }
     Ok(())
+}
+
+/// SIGHUP deliveries, as a channel that never ends when signals are unavailable.
+fn hangup_signals() -> tokio::sync::mpsc::Receiver<()> {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    #[cfg(unix)]
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(mut s) => {
+            tokio::spawn(async move {
+                while s.recv().await.is_some() {
+                    // A reload already queued covers this signal too.
+                    let _ = tx.try_send(());
+                }
+            });
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP; policy reloads are off");
+            std::mem::forget(tx);
+        }
+    }
+    #[cfg(not(unix))]
+    std::mem::forget(tx);
+    rx
 }

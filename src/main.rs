@@ -6,8 +6,9 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use tagpin::cli::policy::PolicyCommand;
 use tagpin::cli::{Cli, Command};
-use tagpin::config::RawConfig;
+use tagpin::config::{RawConfig, ReloadSource};
 
 /// EX_USAGE from sysexits.h: the configuration is wrong.
 const EX_USAGE: u8 = 64;
@@ -27,7 +28,18 @@ fn main() -> ExitCode {
             return ExitCode::from(EX_USAGE);
         }
     };
-    let Command::Serve(args) = cli.command;
+    let args = match cli.command {
+        Command::Serve(args) => args,
+        Command::Policy(PolicyCommand::Explain(args)) => {
+            return match tagpin::cli::policy::explain(args, &mut std::io::stdout()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("tagpin: {e}");
+                    ExitCode::from(EX_USAGE)
+                }
+            };
+        }
+    };
     let file = match args.config.as_deref().map(RawConfig::load).transpose() {
         Ok(file) => file.unwrap_or_default(),
         Err(e) => {
@@ -35,8 +47,16 @@ fn main() -> ExitCode {
             return ExitCode::from(EX_USAGE);
         }
     };
+    let reload = args.config.clone().map(|path| ReloadSource {
+        path,
+        exclude_override: (!args.exclude.is_empty()).then(|| args.exclude.clone()),
+        file: file.clone(),
+    });
     let config = match args.overlay(file).validate() {
-        Ok(config) => config,
+        Ok(mut config) => {
+            config.reload = reload;
+            config
+        }
         Err(e) => {
             eprintln!("tagpin: invalid config: {e}");
             return ExitCode::from(EX_USAGE);

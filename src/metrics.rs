@@ -32,6 +32,7 @@ pub struct Metrics {
     responses: Family<ClassLabel, Counter>,
     upstream_failures: Family<KindLabel, Counter>,
     store_failures: Counter,
+    policy_reload_failures: Counter,
     open_connections: Gauge,
 }
 
@@ -62,6 +63,12 @@ impl Default for Metrics {
             "Writes refused because the pin store failed",
             store_failures.clone(),
         );
+        let policy_reload_failures = Counter::default();
+        registry.register(
+            "policy_reload_failures",
+            "SIGHUP reloads refused because the new config was invalid",
+            policy_reload_failures.clone(),
+        );
         let open_connections = Gauge::default();
         registry.register(
             "open_connections",
@@ -74,6 +81,7 @@ impl Default for Metrics {
             responses,
             upstream_failures,
             store_failures,
+            policy_reload_failures,
             open_connections,
         }
     }
@@ -105,6 +113,10 @@ impl Metrics {
 
     pub fn store_failure(&self) {
         self.store_failures.inc();
+    }
+
+    pub fn policy_reload_failed(&self) {
+        self.policy_reload_failures.inc();
     }
 
     /// The text exposition, with the connection gauge set to `open_connections`.

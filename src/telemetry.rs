@@ -40,6 +40,16 @@ pub enum AuditAction {
     PushRefused,
     /// A delete would have removed a protected tag or its pinned manifest: refused.
     DeleteRefused,
+    /// An append-only tag grew: the pin advanced to a manifest that keeps every entry.
+    PinAdvanced,
+    /// A push immutable would refuse, allowed because the rule is `audit`.
+    PushAudited,
+    /// A delete immutable would refuse, allowed because the rule is `audit`.
+    DeleteAudited,
+    /// SIGHUP: a new policy is in force.
+    PolicyReloaded,
+    /// SIGHUP: the new config was invalid; the old policy stays in force.
+    PolicyReloadFailed,
 }
 
 impl AuditAction {
@@ -50,6 +60,11 @@ impl AuditAction {
             Self::IdenticalRepush => "identical_repush",
             Self::PushRefused => "push_refused",
             Self::DeleteRefused => "delete_refused",
+            Self::PinAdvanced => "pin_advanced",
+            Self::PushAudited => "push_audited",
+            Self::DeleteAudited => "delete_audited",
+            Self::PolicyReloaded => "policy_reloaded",
+            Self::PolicyReloadFailed => "policy_reload_failed",
         }
     }
 }
@@ -108,6 +123,8 @@ pub struct AuditEvent<'a> {
     pub tag: Option<&'a Tag>,
     pub pinned: Option<&'a Digest>,
     pub attempted: Option<&'a Digest>,
+    /// The mode of the tag and the rule that decided it.
+    pub decided: Option<crate::policy::Decided>,
 }
 
 impl AuditEvent<'_> {
@@ -118,6 +135,8 @@ impl AuditEvent<'_> {
         let pinned = self.pinned.map(Digest::as_str).unwrap_or("");
         let attempted = self.attempted.map(Digest::as_str).unwrap_or("");
         let user = self.who.user.as_deref().unwrap_or("");
+        let mode = self.decided.map_or("", |d| d.mode.as_str());
+        let rule = self.decided.map(|d| d.by.to_string()).unwrap_or_default();
         macro_rules! event {
             ($level:ident) => {
                 tracing::$level!(
@@ -127,6 +146,8 @@ impl AuditEvent<'_> {
                     tag,
                     pinned_digest = pinned,
                     attempted_digest = attempted,
+                    mode,
+                    rule = rule.as_str(),
                     client = %self.who.client,
                     user_agent = self.who.user_agent.as_str(),
                     user,
@@ -137,8 +158,27 @@ impl AuditEvent<'_> {
             };
         }
         match self.action {
-            AuditAction::PushRefused | AuditAction::DeleteRefused => event!(warn),
+            AuditAction::PushRefused
+            | AuditAction::DeleteRefused
+            | AuditAction::PushAudited
+            | AuditAction::DeleteAudited => event!(warn),
             _ => event!(info),
+        }
+    }
+}
+
+/// A policy reload's audit event: `policy_reloaded` with the new policy's summary, or
+/// `policy_reload_failed` with the reason the old one stays.
+pub fn policy_event(metrics: &crate::metrics::Metrics, result: Result<&str, &str>) {
+    match result {
+        Ok(summary) => {
+            metrics.decision(AuditAction::PolicyReloaded);
+            tracing::info!(target: "tagpin::audit", action = AuditAction::PolicyReloaded.as_str(), policy = summary, "policy_reloaded");
+        }
+        Err(error) => {
+            metrics.decision(AuditAction::PolicyReloadFailed);
+            metrics.policy_reload_failed();
+            tracing::error!(target: "tagpin::audit", action = AuditAction::PolicyReloadFailed.as_str(), error, "policy_reload_failed: the old policy stays in force");
         }
     }
 }

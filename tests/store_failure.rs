@@ -11,7 +11,7 @@ use std::sync::Arc;
 use common::*;
 use tagpin::config::RawConfig;
 use tagpin::oci::{Digest, Repository, Tag};
-use tagpin::store::{Claim, Pin, PinStore, SledStore, StoreError, TagState};
+use tagpin::store::{Claim, HistoryEntry, Pin, PinStore, Refused, SledStore, StoreError, TagState};
 
 /// A real store with switches that make reads, writes, or only the confirmation of an
 /// accepted push fail.
@@ -62,9 +62,25 @@ impl PinStore for FlakyStore {
         self.check(&self.fail_writes)?;
         self.inner.begin_delete(r, d, id)
     }
-    fn end_delete(&self, r: &Repository, d: &Digest) -> Result<(), StoreError> {
+    fn end_delete(&self, r: &Repository, d: &Digest, id: Option<&str>) -> Result<(), StoreError> {
         self.check(&self.fail_writes)?;
-        self.inner.end_delete(r, d)
+        self.inner.end_delete(r, d, id)
+    }
+    fn claim_advance(&self, r: &Repository, t: &Tag, from: &Digest, c: &Claim) -> Result<TagState, StoreError> {
+        self.check(&self.fail_writes)?;
+        self.inner.claim_advance(r, t, from, c)
+    }
+    fn record_event(&self, r: &Repository, t: &Tag, e: &HistoryEntry) -> Result<(), StoreError> {
+        self.check(&self.fail_writes)?;
+        self.inner.record_event(r, t, e)
+    }
+    fn record_refusal(&self, r: &Repository, t: &Tag, x: &Refused) -> Result<(), StoreError> {
+        self.check(&self.fail_writes)?;
+        self.inner.record_refusal(r, t, x)
+    }
+    fn refusals(&self, r: &Repository, t: &Tag) -> Result<Vec<Refused>, StoreError> {
+        self.check(&self.fail_reads)?;
+        self.inner.refusals(r, t)
     }
     fn delete_in_flight(&self, r: &Repository, d: &Digest) -> Result<bool, StoreError> {
         self.check(&self.fail_reads)?;

@@ -3,6 +3,7 @@
 //! the other, so a `Config` always holds values that were checked.
 
 mod raw;
+mod rules;
 mod validate;
 
 use std::net::SocketAddr;
@@ -44,6 +45,10 @@ pub struct Config {
     pub public_url: Option<Origin>,
     pub data_dir: PathBuf,
     pub exclude: Vec<String>,
+    /// The configured rules; `None` when the file has none (the built-in rules apply).
+    pub rules: Option<Vec<crate::policy::RuleSpec>>,
+    /// Where the policy is re-read from on SIGHUP.
+    pub reload: Option<ReloadSource>,
     pub log_format: LogFormat,
     pub refuse_status: StatusCode,
     pub max_manifest_bytes: usize,
@@ -56,6 +61,17 @@ pub struct Config {
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub timeouts: Timeouts,
+}
+
+/// The config file, and the flags that replace its policy keys, for SIGHUP reloads.
+#[derive(Debug, Clone)]
+pub struct ReloadSource {
+    pub path: PathBuf,
+    /// `--exclude` given on the command line (or in the environment): it replaces the
+    /// file's `exclude` on every reload too.
+    pub exclude_override: Option<Vec<String>>,
+    /// The file as loaded at start, to tell which other keys a reload changed.
+    pub file: RawConfig,
 }
 
 /// Every time limit tagpin enforces.
@@ -81,10 +97,12 @@ pub enum ConfigError {
     Parse { path: PathBuf, message: String },
     #[error("{key}: {message}")]
     Invalid { key: &'static str, message: String },
+    #[error("rules[{index}]{}{key}: {message}", if .key.is_empty() { "" } else { "." })]
+    Rule { index: usize, key: String, message: String },
 }
 
 impl ConfigError {
-    fn invalid(key: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn invalid(key: &'static str, message: impl Into<String>) -> Self {
         Self::Invalid {
             key,
             message: message.into(),

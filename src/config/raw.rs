@@ -7,13 +7,15 @@ use serde::Deserialize;
 
 use super::{ConfigError, LogFormat};
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
     pub listen: Option<String>,
     pub upstream: Option<String>,
     pub data_dir: Option<PathBuf>,
     pub exclude: Option<Vec<String>>,
+    /// `[[rules]]`, checked one by one in `validate` so errors name the rule.
+    pub rules: Option<Vec<toml::Value>>,
     pub log_format: Option<LogFormat>,
     pub public_url: Option<String>,
     pub refuse_status: Option<u16>,
@@ -28,7 +30,7 @@ pub struct RawConfig {
     pub timeouts: Option<RawTimeouts>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawTimeouts {
     pub upstream_connect_ms: Option<u64>,

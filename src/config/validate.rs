@@ -38,8 +38,10 @@ impl RawConfig {
             .transpose()?;
         let exclude = self.exclude.unwrap_or_default();
         for glob in &exclude {
-            globset::Glob::new(glob).map_err(|e| ConfigError::invalid("exclude", format!("{glob:?}: {e}")))?;
+            crate::policy::rules::glob_set(std::slice::from_ref(glob))
+                .map_err(|e| ConfigError::invalid("exclude", e.to_string()))?;
         }
+        let rules = self.rules.map(super::rules::parse_rules).transpose()?;
         let refuse_status = match self.refuse_status.unwrap_or(409) {
             409 => StatusCode::CONFLICT,
             403 => StatusCode::FORBIDDEN,
@@ -142,6 +144,8 @@ impl RawConfig {
             public_url,
             data_dir: self.data_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
             exclude,
+            rules,
+            reload: None,
             log_format: self.log_format.unwrap_or(LogFormat::Pretty),
             refuse_status,
             max_manifest_bytes,

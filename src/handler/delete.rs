@@ -1,25 +1,32 @@
-//! Manifest deletes (distribution-spec `spec.md`, "Deleting Manifests", end-9).
+//! Manifest and blob deletes (distribution-spec `spec.md`, "Deleting Manifests", end-9,
+//! and "Deleting Blobs", end-10).
 //!
-//! Deleting a protected tag is always refused: a pin is a tombstone, so even a tag that
-//! is gone at the upstream may not be deleted (or later re-pointed) through tagpin.
-//! Deleting by digest is refused while a protected tag of the repository is pinned or
-//! claimed to that digest. Tags the upstream holds but tagpin has not seen are adopted
-//! first, outside any lock; then, under the repository's exclusive lock (no push can pin
-//! the digest mid-delete), the delete is decided and forwarded as a detached task, so a
-//! client that goes away cannot cut it short. The in-flight rule holds here too: the
-//! delete is recorded durably before it is forwarded, and while its outcome is unknown
-//! no push may pin a tag to that digest ([`crate::store::PinStore::begin_delete`]).
+//! Deleting a protected tag is refused (immutable and append-only alike): a pin is a
+//! tombstone, so even a tag that is gone at the upstream may not be deleted (or later
+//! re-pointed) through tagpin. Deleting by digest is refused while a protected tag of the
+//! repository is pinned or claimed to that digest, or while pinned content depends on
+//! it (an index's child, a config or layer blob). An `audit` tag is decided the same way,
+//! but what would be refused is forwarded, with a `Warning` and a `delete_audited` event,
+//! and the pin stays.
+//!
+//! Tags the upstream holds but tagpin has not seen are adopted first, outside any lock;
+//! then, under the repository's exclusive lock (no push can pin the digest mid-delete),
+//! the delete is decided and forwarded as a detached task, so a client that goes away
+//! cannot cut it short. The in-flight rule holds here too: the delete is recorded durably
+//! before it is forwarded, and while its outcome is unknown no push may pin a tag to that
+//! digest ([`crate::store::PinStore::begin_delete`]).
 
 use std::sync::Arc;
 
 use http::request::Parts;
-use http::Response;
+use http::{header, HeaderValue, Response};
 
 use crate::app::App;
 use crate::body::Body;
 use crate::error::ProxyError;
-use crate::oci::{Digest, Reference, Repository};
-use crate::policy::Refusal;
+use crate::oci::{Digest, Reference, Repository, Tag};
+use crate::policy::{warning_header, Decided, Mode, Policy, Refusal};
+use crate::store::{HistoryEntry, HistoryEvent};
 use crate::telemetry::{AuditAction, AuditEvent, Requester};
 use crate::upstream::UpstreamError;
 
@@ -32,29 +39,7 @@ pub async fn manifest_delete(
     who: &Requester,
 ) -> Result<Response<Body>, ProxyError> {
     match reference {
-        Reference::Tag(tag) => {
-            if !app.protection.is_protected(&repo, &tag) {
-                return super::forward(app, parts, body, who).await;
-            }
-            // The refusal does not depend on the store; the pin only enriches the message.
-            let (r, t) = (repo.clone(), tag.clone());
-            let pinned = app
-                .store_call(move |s| s.state(&r, &t))
-                .await
-                .ok()
-                .flatten()
-                .map(|s| s.digest().clone());
-            AuditEvent {
-                action: AuditAction::DeleteRefused,
-                who,
-                repository: &repo,
-                tag: Some(&tag),
-                pinned: pinned.as_ref(),
-                attempted: None,
-            }
-            .emit(&app.metrics);
-            Err(Refusal::DeleteTag { repo, tag, pinned }.into())
-        }
+        Reference::Tag(tag) => delete_tag(app, parts, body, repo, tag, who).await,
         Reference::Digest(digest) => delete_content(app, parts, body, repo, digest, Content::Manifest, who).await,
     }
 }
@@ -70,6 +55,123 @@ pub async fn blob_delete(
     who: &Requester,
 ) -> Result<Response<Body>, ProxyError> {
     delete_content(app, parts, body, repo, digest, Content::Blob, who).await
+}
+
+fn event(
+    app: &App,
+    action: AuditAction,
+    who: &Requester,
+    repo: &Repository,
+    tag: Option<&Tag>,
+    pinned: Option<&Digest>,
+    decided: Option<Decided>,
+) {
+    AuditEvent {
+        action,
+        who,
+        repository: repo,
+        tag,
+        pinned,
+        attempted: None,
+        decided,
+    }
+    .emit(&app.metrics);
+}
+
+async fn delete_tag(
+    app: &Arc<App>,
+    parts: Parts,
+    body: Body,
+    repo: Repository,
+    tag: Tag,
+    who: &Requester,
+) -> Result<Response<Body>, ProxyError> {
+    let decided = app.policy().decide(&repo, &tag);
+    if !decided.mode.is_protected() {
+        return super::forward(app, parts, body, who).await;
+    }
+    // The refusal does not depend on the store; the pin only enriches the message.
+    let (r, t) = (repo.clone(), tag.clone());
+    let pinned = app
+        .store_call(move |s| s.state(&r, &t))
+        .await
+        .ok()
+        .flatten()
+        .map(|s| s.digest().clone());
+    let refusal = Refusal::DeleteTag {
+        repo: repo.clone(),
+        tag: tag.clone(),
+        pinned: pinned.clone(),
+        mode: if decided.mode == Mode::Audit {
+            Mode::Immutable
+        } else {
+            decided.mode
+        },
+    };
+    if decided.mode != Mode::Audit {
+        event(
+            app,
+            AuditAction::DeleteRefused,
+            who,
+            &repo,
+            Some(&tag),
+            pinned.as_ref(),
+            Some(decided),
+        );
+        return Err(refusal.into());
+    }
+    // Audit: forwarded; the pin stays and its history records the delete.
+    let warning = warning_header(&format!("audit mode: {refusal}"));
+    let who = who.clone();
+    app.detached(move |app| async move {
+        let origin = super::client_origin(&app, &parts.headers);
+        let resp = app
+            .upstream
+            .send(super::upstream_request(&app, parts, body, &who))
+            .await
+            .map_err(forwarded_error)?;
+        if !resp.status().is_success() {
+            return Ok(super::to_client(&app, resp, origin.as_deref()));
+        }
+        event(
+            &app,
+            AuditAction::DeleteAudited,
+            &who,
+            &repo,
+            Some(&tag),
+            pinned.as_ref(),
+            Some(decided),
+        );
+        if let Some(d) = pinned {
+            record_audited_delete(&app, &repo, &tag, &d, &who).await;
+        }
+        let mut out = super::to_client(&app, resp, origin.as_deref());
+        out.headers_mut().append(header::WARNING, warning);
+        Ok(out)
+    })
+    .await
+}
+
+/// A forwarded request that got no answer: whether it was applied is unknown.
+fn forwarded_error(e: UpstreamError) -> ProxyError {
+    match e {
+        UpstreamError::Connect(_) => e.into(),
+        other => ProxyError::OutcomeUnknown(other),
+    }
+}
+
+async fn record_audited_delete(app: &App, repo: &Repository, tag: &Tag, pinned: &Digest, who: &Requester) {
+    let entry = HistoryEntry {
+        at: crate::store::now_secs(),
+        event: HistoryEvent::AuditDelete,
+        digest: pinned.clone(),
+        from: None,
+        request_id: Some(who.request_id.clone()),
+    };
+    let (r, t) = (repo.clone(), tag.clone());
+    if let Err(e) = app.store_call(move |s| s.record_event(&r, &t, &entry)).await {
+        tracing::warn!(request_id = %who.request_id, error = %e, "cannot record an audited delete in the pin's history");
+    }
 }
 
 /// What a delete by digest removes.
@@ -99,12 +201,35 @@ async fn delete_content(
         return Ok(super::to_client(app, challenge, origin.as_deref()));
     }
     let who = who.clone();
-    app.detached(move |app| async move { delete_digest(&app, parts, body, repo, digest, kind, &who).await })
+    let policy = app.policy();
+    app.detached(move |app| async move { delete_digest(&app, &policy, parts, body, repo, digest, kind, &who).await })
         .await
 }
 
+/// The protected tags holding `digest` (pinned, claimed or advancing to it), with their
+/// modes.
+async fn holding_tags(
+    app: &App,
+    policy: &Policy,
+    repo: &Repository,
+    digest: &Digest,
+) -> Result<Vec<(Tag, Decided)>, ProxyError> {
+    let (r, d) = (repo.clone(), digest.clone());
+    let tags = app.store_call(move |s| s.tags_pinned_to(&r, &d)).await?;
+    Ok(tags
+        .into_iter()
+        .map(|t| {
+            let d = policy.decide(repo, &t);
+            (t, d)
+        })
+        .filter(|(_, d)| d.mode.is_protected())
+        .collect())
+}
+
+#[allow(clippy::too_many_arguments, reason = "the request's parts, named at the one call")]
 async fn delete_digest(
     app: &App,
+    policy: &Policy,
     parts: Parts,
     body: Body,
     repo: Repository,
@@ -119,79 +244,123 @@ async fn delete_digest(
         let origin = super::client_origin(app, &parts.headers);
         return Ok(super::to_client(app, challenge, origin.as_deref()));
     }
-    let protected: Vec<_> = if kind == Content::Manifest {
-        let (r, d) = (repo.clone(), digest.clone());
-        let tags = app.store_call(move |s| s.tags_pinned_to(&r, &d)).await?;
-        tags.into_iter()
-            .filter(|t| app.protection.is_protected(&repo, t))
-            .collect()
+    let direct = if kind == Content::Manifest {
+        holding_tags(app, policy, &repo, &digest).await?
     } else {
         Vec::new()
     };
+    // Pinned content depending on the digest; only manifests still held by a protected
+    // tag count (a superseded or now-mutable manifest protects nothing).
     let (r, d) = (repo.clone(), digest.clone());
-    let holders = app.store_call(move |s| s.referenced_by(&r, &d)).await?;
-    if protected.is_empty() && !holders.is_empty() {
-        AuditEvent {
-            action: AuditAction::DeleteRefused,
-            who,
-            repository: &repo,
-            tag: None,
-            pinned: Some(&holders[0]),
-            attempted: Some(&digest),
+    let mut dependents = Vec::new();
+    for holder in app.store_call(move |s| s.referenced_by(&r, &d)).await? {
+        let tags = holding_tags(app, policy, &repo, &holder).await?;
+        if !tags.is_empty() {
+            dependents.push((holder, tags));
         }
-        .emit(&app.metrics);
-        return Err(Refusal::DeleteReferenced {
-            repo,
-            digest,
-            kind: if kind == Content::Manifest { "manifest" } else { "blob" },
-            holders,
-        }
-        .into());
     }
-    if !protected.is_empty() {
-        for tag in &protected {
+    let enforcing = |tags: &[(Tag, Decided)]| tags.iter().any(|(_, d)| d.mode != Mode::Audit);
+    let mut warnings: Vec<HeaderValue> = Vec::new();
+    let mut audited: Vec<(Tag, Decided)> = Vec::new();
+    if !direct.is_empty() {
+        let refusal = Refusal::DeleteDigest {
+            repo: repo.clone(),
+            digest: digest.clone(),
+            tags: direct.iter().map(|(t, _)| t.clone()).collect(),
+        };
+        if enforcing(&direct) {
+            for (tag, decided) in &direct {
+                event(
+                    app,
+                    AuditAction::DeleteRefused,
+                    who,
+                    &repo,
+                    Some(tag),
+                    Some(&digest),
+                    Some(*decided),
+                );
+            }
+            return Err(refusal.into());
+        }
+        warnings.push(warning_header(&format!("audit mode: {refusal}")));
+        audited.extend(direct.iter().cloned());
+    }
+    if !dependents.is_empty() {
+        let refusal = Refusal::DeleteReferenced {
+            repo: repo.clone(),
+            digest: digest.clone(),
+            kind: if kind == Content::Manifest { "manifest" } else { "blob" },
+            holders: dependents.iter().map(|(h, _)| h.clone()).collect(),
+        };
+        if dependents.iter().any(|(_, tags)| enforcing(tags)) {
             AuditEvent {
                 action: AuditAction::DeleteRefused,
                 who,
                 repository: &repo,
-                tag: Some(tag),
-                pinned: Some(&digest),
-                attempted: None,
+                tag: None,
+                pinned: Some(&dependents[0].0),
+                attempted: Some(&digest),
+                decided: dependents[0].1.first().map(|(_, d)| *d),
             }
             .emit(&app.metrics);
+            return Err(refusal.into());
         }
-        return Err(Refusal::DeleteDigest {
-            repo,
-            digest,
-            tags: protected,
-        }
-        .into());
+        warnings.push(warning_header(&format!("audit mode: {refusal}")));
+        audited.extend(dependents.iter().flat_map(|(_, tags)| tags.iter().cloned()));
     }
 
     let (r, d, id) = (repo.clone(), digest.clone(), who.request_id.clone());
     app.store_call(move |s| s.begin_delete(&r, &d, &id)).await?;
     let origin = super::client_origin(app, &parts.headers);
-    let settle = |app: &App| {
-        let (r, d) = (repo.clone(), digest.clone());
+    let settle = |app: &App, only_mine: bool| {
+        let (r, d, id) = (repo.clone(), digest.clone(), who.request_id.clone());
         let store = Arc::clone(&app.store);
         async move {
-            // A marker that cannot be removed only keeps the digest from being pinned
+            // A record that cannot be removed only keeps the digest from being pinned
             // until a later delete settles it (fail closed).
-            let _ = tokio::task::spawn_blocking(move || store.end_delete(&r, &d)).await;
+            let _ =
+                tokio::task::spawn_blocking(move || store.end_delete(&r, &d, only_mine.then_some(id.as_str()))).await;
         }
     };
     match app.upstream.send(super::upstream_request(app, parts, body, who)).await {
         Ok(resp) => {
-            if super::push::outcome_unknown(resp.status()) {
-                tracing::warn!(request_id = %who.request_id, repository = %repo, %digest, status = resp.status().as_u16(), "the upstream answered a delete with a gateway error; the digest stays unpinnable until a delete of it is answered");
+            let status = resp.status();
+            if super::push::outcome_unknown(status) {
+                tracing::warn!(request_id = %who.request_id, repository = %repo, %digest, status = status.as_u16(), "the upstream answered a delete with a gateway error; the digest stays unpinnable until a delete of it is answered");
+            } else if status.is_success() || status == http::StatusCode::NOT_FOUND {
+                // The manifest is gone: every delete of it recorded so far is settled.
+                settle(app, false).await;
             } else {
-                // 2xx: deleted; 404: not there; any other answer: refused. All settled.
-                settle(app).await;
+                // Refused (401, 403, 405, ...): that settles this request only; another
+                // delete of the digest may still be in flight.
+                settle(app, true).await;
             }
-            Ok(super::to_client(app, resp, origin.as_deref()))
+            if status.is_success() {
+                for (tag, decided) in &audited {
+                    event(
+                        app,
+                        AuditAction::DeleteAudited,
+                        who,
+                        &repo,
+                        Some(tag),
+                        Some(&digest),
+                        Some(*decided),
+                    );
+                    if kind == Content::Manifest {
+                        record_audited_delete(app, &repo, tag, &digest, who).await;
+                    }
+                }
+            }
+            let mut out = super::to_client(app, resp, origin.as_deref());
+            if status.is_success() {
+                for w in warnings {
+                    out.headers_mut().append(header::WARNING, w);
+                }
+            }
+            Ok(out)
         }
         Err(e @ UpstreamError::Connect(_)) => {
-            settle(app).await;
+            settle(app, true).await;
             Err(e.into())
         }
         Err(e) => {

@@ -52,6 +52,7 @@ pub async fn held(
                 tag: Some(tag),
                 pinned: Some(state.digest()),
                 attempted,
+                decided: Some(app.policy().decide(repo, tag)),
             }
             .emit(&app.metrics);
             Ok(Ok(held_by(state)))
@@ -63,6 +64,10 @@ fn held_by(state: TagState) -> Held {
     match state {
         TagState::Pinned(p) => Held::Pinned(p.digest),
         TagState::Claimed(c) => Held::Claimed(c.digest),
+        TagState::Advancing { pin, claim } => Held::Advancing {
+            from: pin.digest,
+            to: claim.digest,
+        },
     }
 }
 
@@ -81,7 +86,8 @@ pub async fn adopt_repository(
         TagList::Tags(tags) => tags,
         TagList::Challenge(resp) => return Ok(Err(resp)),
     };
-    for tag in tags.iter().filter(|t| app.protection.is_protected(repo, t)) {
+    let policy = app.policy();
+    for tag in tags.iter().filter(|t| policy.is_protected(repo, t)) {
         let (r, t) = (repo.clone(), tag.clone());
         if app.store_call(move |s| s.state(&r, &t)).await?.is_some() {
             continue;

@@ -27,10 +27,10 @@ use crate::body::{self, Body};
 use crate::error::ProxyError;
 use crate::manifest;
 use crate::oci::{Digest, Reference, Repository, Tag};
-use crate::policy::{self, Refusal, Verdict};
-use crate::store::{Claim, TagState};
+use crate::policy::{self, Decided, Held, Mode, Refusal, TagInput, Verdict};
+use crate::store::{Claim, ClaimKind, Refused, TagState};
 use crate::telemetry::{AuditAction, AuditEvent, Requester};
-use crate::upstream::{TagAtUpstream, UpstreamError};
+use crate::upstream::{Fetched, TagAtUpstream, UpstreamError};
 
 /// What the route said about the push.
 pub struct Push {
@@ -53,9 +53,15 @@ pub async fn manifest_put(
             max: app.config.max_tags_per_push,
         });
     }
-    let protected: Vec<Tag> = tags
+    // One snapshot of the policy decides the whole request, even across a reload.
+    let policy = app.policy();
+    let protected: Vec<(Tag, Decided)> = tags
         .into_iter()
-        .filter(|t| app.protection.is_protected(&repo, t))
+        .map(|t| {
+            let d = policy.decide(&repo, &t);
+            (t, d)
+        })
+        .filter(|(_, d)| d.mode.is_protected())
         .collect();
     if protected.is_empty() {
         // Nothing to decide: an untagged push by digest, or only excluded tags.
@@ -99,7 +105,8 @@ struct PushJob {
     repo: Repository,
     /// The tag in the path, for a push by tag; `None` for a push by digest.
     path_tag: Option<Tag>,
-    protected: Vec<Tag>,
+    /// Each protected tag with its mode and the rule that decided it.
+    protected: Vec<(Tag, Decided)>,
     attempted: Digest,
     who: Requester,
 }
@@ -116,18 +123,36 @@ impl PushJob {
             who,
         } = self;
         let origin = client_origin(app, &parts.headers);
-        let _guard = app.locks.push(&repo, &protected).await;
+        let tags: Vec<Tag> = protected.iter().map(|(t, _)| t.clone()).collect();
+        let _guard = app.locks.push(&repo, &tags).await;
 
-        let mut held = Vec::with_capacity(protected.len());
-        for tag in &protected {
-            match super::pins::held(app, &repo, tag, &parts.headers, &who, Some(&attempted)).await? {
-                Ok(h) => held.push((tag.clone(), h)),
+        let mut inputs = Vec::with_capacity(protected.len());
+        for (tag, decided) in &protected {
+            let held = match super::pins::held(app, &repo, tag, &parts.headers, &who, Some(&attempted)).await? {
+                Ok(h) => h,
                 Err(challenge) => {
                     return Ok(super::challenge::for_push(challenge, &repo, &who.request_id));
                 }
-            }
+            };
+            let append = match (&held, decided.mode) {
+                (Held::Pinned(p), Mode::AppendOnly) if p != &attempted => {
+                    match pinned_manifest(app, &repo, p, &parts.headers).await? {
+                        Ok(pinned) => Some(policy::check_append(&pinned, &bytes)),
+                        Err(challenge) => {
+                            return Ok(super::challenge::for_push(challenge, &repo, &who.request_id));
+                        }
+                    }
+                }
+                _ => None,
+            };
+            inputs.push(TagInput {
+                tag: tag.clone(),
+                held,
+                decided: *decided,
+                append,
+            });
         }
-        let decision = policy::decide_push(&attempted, &held);
+        let decision = policy::decide_push(&attempted, &inputs);
         if !decision.allowed() {
             for c in &decision.conflicts {
                 audit(
@@ -138,7 +163,9 @@ impl PushJob {
                     &c.tag,
                     Some(&c.pinned),
                     &attempted,
+                    c.decided,
                 );
+                record_refusal(app, &repo, &c.tag, &who, Some(&attempted)).await;
             }
             return Err(Refusal::Move {
                 repo,
@@ -147,6 +174,8 @@ impl PushJob {
             }
             .into());
         }
+        let decided_of = |tag: &Tag| protected.iter().find(|(t, _)| t == tag).map(|(_, d)| *d);
+
         // Pinned means pullable: what this manifest depends on is recorded before it
         // becomes pinned content (see `refs`).
         let deps = match super::refs::protect(app, &repo, &attempted, Some(&bytes), &parts.headers).await? {
@@ -156,8 +185,17 @@ impl PushJob {
         for digest in std::iter::once(&attempted).chain(&deps) {
             let (r, d) = (repo.clone(), digest.clone());
             if app.store_call(move |s| s.delete_in_flight(&r, &d)).await? {
-                for tag in &protected {
-                    audit(app, AuditAction::PushRefused, &who, &repo, tag, None, &attempted);
+                for (tag, decided) in &protected {
+                    audit(
+                        app,
+                        AuditAction::PushRefused,
+                        &who,
+                        &repo,
+                        tag,
+                        None,
+                        &attempted,
+                        Some(*decided),
+                    );
                 }
                 return Err(Refusal::DeleteInFlight {
                     repo,
@@ -167,35 +205,46 @@ impl PushJob {
             }
         }
 
-        // The in-flight rule: claim every free tag on disk before anything is forwarded.
+        // The in-flight rule: claim every free tag, and every advance (append, audited
+        // move), on disk before anything is forwarded.
         let new: Vec<Tag> = decision.tags(Verdict::NewPin).cloned().collect();
+        let mut mine = new.clone();
+        let mut lost: Vec<policy::Conflict> = Vec::new();
         if !new.is_empty() {
             let claim = Claim::now(attempted.clone(), &who.request_id);
             let (r, tags) = (repo.clone(), new.clone());
             let in_force = app.store_call(move |s| s.claim(&r, &tags, &claim)).await?;
-            let lost: Vec<policy::Conflict> = new
-                .iter()
-                .zip(&in_force)
-                .filter(|(_, state)| !is_mine(state, &who.request_id))
-                .filter(|(_, state)| state.digest() != &attempted)
-                .map(|(tag, state)| policy::Conflict {
-                    tag: tag.clone(),
-                    pinned: state.digest().clone(),
-                    claimed: matches!(state, TagState::Claimed(_)),
-                })
-                .collect();
-            if !lost.is_empty() {
-                // Impossible while this process holds the tag locks and the data dir lock;
-                // refused rather than forwarded should both ever be bypassed.
-                tracing::error!(request_id = %who.request_id, repository = %repo, "tag claimed by another writer under a held lock");
-                self::withdraw(app, &repo, &new, &who).await;
-                return Err(Refusal::Move {
-                    repo,
-                    attempted,
-                    conflicts: lost,
+            for (tag, state) in new.iter().zip(&in_force) {
+                if !is_mine(state, &who.request_id) && state.digest() != &attempted {
+                    lost.push(lost_to(tag, state, decided_of(tag)));
                 }
-                .into());
             }
+        }
+        for (tag, verdict) in &decision.verdicts {
+            let (from, kind) = match verdict {
+                Verdict::Append { from } => (from, ClaimKind::Append),
+                Verdict::AuditMove { from } => (from, ClaimKind::AuditMove),
+                _ => continue,
+            };
+            let claim = Claim::of_kind(attempted.clone(), &who.request_id, kind);
+            let (r, t, f) = (repo.clone(), tag.clone(), from.clone());
+            let state = app.store_call(move |s| s.claim_advance(&r, &t, &f, &claim)).await?;
+            mine.push(tag.clone());
+            if !is_mine(&state, &who.request_id) {
+                lost.push(lost_to(tag, &state, decided_of(tag)));
+            }
+        }
+        if !lost.is_empty() {
+            // Impossible while this process holds the tag locks and the data dir lock;
+            // refused rather than forwarded should both ever be bypassed.
+            tracing::error!(request_id = %who.request_id, repository = %repo, "tag claimed by another writer under a held lock");
+            self::withdraw(app, &repo, &mine, &who).await;
+            return Err(Refusal::Move {
+                repo,
+                attempted,
+                conflicts: lost,
+            }
+            .into());
         }
 
         // The body is forwarded as the exact bytes hashed, with a length instead of chunks.
@@ -206,7 +255,7 @@ impl PushJob {
             Ok(resp) => resp,
             Err(e @ UpstreamError::Connect(_)) => {
                 // No connection, so nothing was sent: the push definitively did not happen.
-                self::withdraw(app, &repo, &new, &who).await;
+                self::withdraw(app, &repo, &mine, &who).await;
                 return Err(e.into());
             }
             Err(e) => {
@@ -219,7 +268,7 @@ impl PushJob {
             if outcome_unknown(status) {
                 tracing::warn!(request_id = %who.request_id, repository = %repo, digest = %attempted, status = status.as_u16(), "the upstream answered a push with a gateway error; its tags stay reserved for its digest");
             } else {
-                self::withdraw(app, &repo, &new, &who).await;
+                self::withdraw(app, &repo, &mine, &who).await;
             }
             return Ok(to_client(app, resp, origin.as_deref()));
         }
@@ -242,7 +291,12 @@ impl PushJob {
         let to_settle: Vec<Tag> = decision
             .verdicts
             .iter()
-            .filter(|(_, v)| matches!(v, Verdict::NewPin | Verdict::CompleteClaim))
+            .filter(|(_, v)| {
+                matches!(
+                    v,
+                    Verdict::NewPin | Verdict::CompleteClaim | Verdict::Append { .. } | Verdict::AuditMove { .. }
+                )
+            })
             .map(|(t, _)| t.clone())
             .collect();
         let oci_tags = oci_tag_headers(resp.headers());
@@ -257,12 +311,20 @@ impl PushJob {
                 (None, Some(_), Some(listed)) => Some(listed.iter().any(|t| t == tag.as_str())),
                 _ => None,
             };
+            let by_path = path_tag.as_ref() == Some(&tag);
             let is_applied = match known {
                 Some(b) => b,
                 // No word from the upstream: ask it (distribution 2.8 ignores `?tag=`).
                 None => match app.upstream.tag_digest(&repo, &tag, authorization.as_ref()).await {
-                    Ok(TagAtUpstream::Present(d)) => d == attempted,
-                    Ok(TagAtUpstream::Absent) => false,
+                    Ok(TagAtUpstream::Present(d)) if d == attempted => true,
+                    // A 2xx to a push *by tag* applied that tag: the HEAD only confirms
+                    // the digest. One that disagrees (a stale cache, a replica behind)
+                    // settles nothing, so the claim stays and the outcome is unknown.
+                    Ok(_) | Err(_) if by_path => {
+                        tracing::warn!(request_id = %who.request_id, repository = %repo, %tag, "the upstream accepted a push by tag without naming its digest, and its HEAD does not show it; the tag stays reserved for the pushed digest");
+                        return Err(ProxyError::OutcomeUnknown(UpstreamError::CheckNoDigest { tag }));
+                    }
+                    Ok(TagAtUpstream::Present(_) | TagAtUpstream::Absent) => false,
                     Ok(TagAtUpstream::Challenge(_)) | Err(_) => {
                         tracing::warn!(request_id = %who.request_id, repository = %repo, %tag, "cannot confirm what the upstream applied; the tag stays reserved for the pushed digest");
                         return Err(ProxyError::OutcomeUnknown(UpstreamError::CheckNoDigest { tag }));
@@ -277,8 +339,8 @@ impl PushJob {
         }
         if !not_applied.is_empty() {
             tracing::warn!(request_id = %who.request_id, repository = %repo, tags = ?not_applied.iter().map(Tag::as_str).collect::<Vec<_>>(), "the upstream accepted the push but did not apply these tags; nothing is pinned for them");
-            let mine: Vec<Tag> = not_applied.iter().filter(|t| new.contains(t)).cloned().collect();
-            self::withdraw(app, &repo, &mine, &who).await;
+            let withdrawn: Vec<Tag> = not_applied.iter().filter(|t| mine.contains(t)).cloned().collect();
+            self::withdraw(app, &repo, &withdrawn, &who).await;
         }
         if !applied.is_empty() {
             let (r, tags, d) = (repo.clone(), applied.clone(), attempted.clone());
@@ -292,27 +354,137 @@ impl PushJob {
                 }
             }
         }
+        let mut warnings = Vec::new();
         for (tag, verdict) in &decision.verdicts {
+            let held = inputs.iter().find(|i| &i.tag == tag).map(|i| &i.held);
             let action = match verdict {
-                Verdict::NewPin | Verdict::CompleteClaim if applied.contains(tag) => AuditAction::PinCreated,
+                Verdict::NewPin if applied.contains(tag) => AuditAction::PinCreated,
+                Verdict::CompleteClaim if applied.contains(tag) => match held {
+                    Some(Held::Advancing { .. }) => AuditAction::PinAdvanced,
+                    _ => AuditAction::PinCreated,
+                },
+                Verdict::Append { .. } if applied.contains(tag) => AuditAction::PinAdvanced,
+                Verdict::AuditMove { from } if applied.contains(tag) => {
+                    // What a refusal would have said (distribution-spec `spec.md`,
+                    // "Warnings": sent only because the upstream accepted the push).
+                    let would_refuse = Refusal::Move {
+                        repo: repo.clone(),
+                        attempted: attempted.clone(),
+                        conflicts: vec![policy::Conflict {
+                            tag: tag.clone(),
+                            pinned: from.clone(),
+                            claimed: false,
+                            reason: policy::ConflictReason::Immutable,
+                            decided: decided_of(tag),
+                        }],
+                    };
+                    warnings.push(policy::warning_header(&format!("audit mode: {would_refuse}")));
+                    audit(
+                        app,
+                        AuditAction::PushAudited,
+                        &who,
+                        &repo,
+                        tag,
+                        Some(from),
+                        &attempted,
+                        decided_of(tag),
+                    );
+                    continue;
+                }
                 Verdict::Identical => AuditAction::IdenticalRepush,
                 _ => continue,
             };
-            audit(app, action, &who, &repo, tag, Some(&attempted), &attempted);
+            let pinned = match verdict {
+                Verdict::Append { from } => from.clone(),
+                _ => attempted.clone(),
+            };
+            audit(
+                app,
+                action,
+                &who,
+                &repo,
+                tag,
+                Some(&pinned),
+                &attempted,
+                decided_of(tag),
+            );
         }
-        Ok(to_client(app, resp, origin.as_deref()))
+        let mut out = to_client(app, resp, origin.as_deref());
+        for w in warnings {
+            out.headers_mut().append(header::WARNING, w);
+        }
+        Ok(out)
+    }
+}
+
+/// The pinned manifest's bytes, fetched by digest and verified against it. Anything but
+/// the bytes themselves (gone, unreadable, not matching) means tagpin cannot decide an
+/// append, so the push is refused with 503.
+async fn pinned_manifest(
+    app: &App,
+    repo: &Repository,
+    pinned: &Digest,
+    headers: &HeaderMap,
+) -> Result<Result<bytes::Bytes, hyper::Response<hyper::body::Incoming>>, ProxyError> {
+    let auth = headers.get(header::AUTHORIZATION);
+    match app
+        .upstream
+        .manifest_by_digest(repo, pinned, auth, app.config.max_manifest_bytes)
+        .await
+    {
+        Ok(Fetched::Found(b)) => Ok(Ok(b)),
+        Ok(Fetched::Challenge(resp)) => Ok(Err(resp)),
+        Ok(Fetched::Absent) => Err(ProxyError::CannotDecide(format!(
+            "the pinned manifest {repo}@{pinned} is gone from the upstream"
+        ))),
+        Err(e) => Err(ProxyError::CannotDecide(format!(
+            "cannot read the pinned manifest {repo}@{pinned}: {e}"
+        ))),
+    }
+}
+
+/// A conflict for a tag another writer holds.
+fn lost_to(tag: &Tag, state: &TagState, decided: Option<Decided>) -> policy::Conflict {
+    policy::Conflict {
+        tag: tag.clone(),
+        pinned: state.claim().map_or(state.digest(), |c| &c.digest).clone(),
+        claimed: state.claim().is_some(),
+        reason: policy::ConflictReason::InFlight,
+        decided,
+    }
+}
+
+/// Keep a refused attempt for the security team. Best effort: the refusal stands
+/// whether or not it could be recorded (the audit event has it too).
+async fn record_refusal(app: &App, repo: &Repository, tag: &Tag, who: &Requester, attempted: Option<&Digest>) {
+    let refused = Refused {
+        at: crate::store::now_secs(),
+        attempted: attempted.cloned(),
+        client: who.client.to_string(),
+        user: who.user.clone(),
+        user_agent: who.user_agent.clone(),
+        request_id: who.request_id.clone(),
+    };
+    let (r, t) = (repo.clone(), tag.clone());
+    if let Err(e) = app.store_call(move |s| s.record_refusal(&r, &t, &refused)).await {
+        tracing::warn!(request_id = %who.request_id, error = %e, "cannot record a refused attempt");
     }
 }
 
 /// Whether a claim in force is the one `request_id` just made.
 fn is_mine(state: &TagState, request_id: &str) -> bool {
-    matches!(state, TagState::Claimed(c) if c.request_id == request_id)
+    state.claim().is_some_and(|c| c.request_id == request_id)
 }
 
-/// A gateway error (502, 504) may come from a proxy in front of the upstream that gave up
-/// waiting while the upstream itself goes on: it says nothing about the outcome.
+/// A gateway error (502, 503, 504) may come from a proxy in front of the upstream that
+/// gave up waiting while the upstream itself goes on: it says nothing about the outcome.
 pub(super) fn outcome_unknown(status: StatusCode) -> bool {
-    matches!(status, StatusCode::BAD_GATEWAY | StatusCode::GATEWAY_TIMEOUT)
+    // 503 too: proxies such as Envoy answer it when the upstream reset the connection
+    // after receiving the request.
+    matches!(
+        status,
+        StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
+    )
 }
 
 /// The tags an `OCI-Tag` response header lists, or `None` when the upstream sent none.
@@ -340,6 +512,7 @@ async fn withdraw(app: &App, repo: &Repository, tags: &[Tag], who: &Requester) {
     }
 }
 
+#[allow(clippy::too_many_arguments, reason = "one audit event's fields, named at each call")]
 fn audit(
     app: &App,
     action: AuditAction,
@@ -348,6 +521,7 @@ fn audit(
     tag: &Tag,
     pinned: Option<&Digest>,
     attempted: &Digest,
+    decided: Option<Decided>,
 ) {
     AuditEvent {
         action,
@@ -356,6 +530,7 @@ fn audit(
         tag: Some(tag),
         pinned,
         attempted: Some(attempted),
+        decided,
     }
     .emit(&app.metrics);
 }
@@ -376,8 +551,9 @@ mod tests {
     #[test]
     fn only_gateway_errors_leave_the_outcome_unknown() {
         assert!(outcome_unknown(StatusCode::BAD_GATEWAY));
+        assert!(outcome_unknown(StatusCode::SERVICE_UNAVAILABLE));
         assert!(outcome_unknown(StatusCode::GATEWAY_TIMEOUT));
-        for s in [400, 401, 403, 404, 409, 500, 503] {
+        for s in [400, 401, 403, 404, 409, 500, 501] {
             assert!(!outcome_unknown(StatusCode::from_u16(s).unwrap()), "{s}");
         }
     }

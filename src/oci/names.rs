@@ -193,6 +193,25 @@ macro_rules! display_as_str {
 }
 display_as_str!(Repository, Tag, Digest);
 
+/// Stored and exported as their text; reading one back checks the grammar again, so a
+/// damaged record cannot smuggle an invalid value in.
+macro_rules! serde_as_str {
+    ($($t:ty),*) => {$(
+        impl serde::Serialize for $t {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&self.0)
+            }
+        }
+        impl<'de> serde::Deserialize<'de> for $t {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let text = String::deserialize(d)?;
+                <$t>::parse(&text).map_err(serde::de::Error::custom)
+            }
+        }
+    )*};
+}
+serde_as_str!(Repository, Tag, Digest);
+
 impl fmt::Display for Reference {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

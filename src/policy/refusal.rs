@@ -4,7 +4,7 @@
 
 use serde_json::json;
 
-use super::Conflict;
+use super::{Conflict, ConflictReason};
 use crate::oci::{Digest, Repository, Tag};
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -17,11 +17,12 @@ pub enum Refusal {
         conflicts: Vec<Conflict>,
     },
     /// `DELETE /v2/<name>/manifests/<tag>` of a protected tag.
-    #[error("tag {repo}:{tag} is immutable (protected by tagpin{}); it cannot be deleted", pinned_suffix(.pinned))]
+    #[error("tag {repo}:{tag} is {} (protected by tagpin{}); it cannot be deleted", .mode.as_str(), pinned_suffix(.pinned))]
     DeleteTag {
         repo: Repository,
         tag: Tag,
         pinned: Option<Digest>,
+        mode: super::Mode,
     },
     /// A push of a manifest whose delete was forwarded with an unknown outcome: pinning a
     /// tag to it could leave the tag on a manifest the upstream deletes a moment later.
@@ -50,22 +51,55 @@ fn move_message(repo: &Repository, attempted: &Digest, conflicts: &[Conflict]) -
     let first = &conflicts[0];
     let more = match conflicts.len() {
         1 => String::new(),
-        n => format!(" ({} more tag(s) of this push are pinned too: see detail)", n - 1),
+        n => format!(" ({} more tag(s) of this push are held too: see detail)", n - 1),
     };
-    if first.claimed {
-        format!(
+    match &first.reason {
+        ConflictReason::InFlight => format!(
             "tag {repo}:{} is reserved for {} by an earlier push whose outcome is not known yet, \
              and tagpin refuses to move it to {attempted}{more}. Re-push {} to complete that push, \
              or push this content under a new tag",
             first.tag, first.pinned, first.pinned
-        )
-    } else {
-        format!(
+        ),
+        ConflictReason::NotAppendOnly(why) => format!(
+            "tag {repo}:{} is append-only: it is pinned to {} and tagpin refuses {attempted} because {why}{more}. \
+             Push a manifest that keeps every entry of the pinned one and only adds to it",
+            first.tag, first.pinned
+        ),
+        ConflictReason::Immutable => format!(
             "tag {repo}:{} is immutable: it is pinned to {} and tagpin refuses to move it to {attempted}{more}. \
              Push this content under a new tag instead",
             first.tag, first.pinned
-        )
+        ),
     }
+}
+
+/// The `detail.reason` of a conflict.
+fn reason(c: &Conflict) -> &'static str {
+    match c.reason {
+        ConflictReason::InFlight => "tag_in_flight",
+        ConflictReason::NotAppendOnly(_) => "not_append_only",
+        ConflictReason::Immutable => "tag_immutable",
+    }
+}
+
+/// `Warning: 299 - "<text>"` (distribution-spec `spec.md`, "Warnings"; RFC 7234 5.5),
+/// with `"` and `\` escaped as an RFC 7230 quoted-string requires and anything that is not
+/// visible ASCII replaced, so any message makes a valid header.
+pub fn warning_header(text: &str) -> http::HeaderValue {
+    let mut quoted = String::with_capacity(text.len() + 10);
+    quoted.push_str("299 - \"");
+    for c in text.chars() {
+        match c {
+            '"' | '\\' => {
+                quoted.push('\\');
+                quoted.push(c);
+            }
+            ' '..='~' => quoted.push(c),
+            _ => quoted.push('?'),
+        }
+    }
+    quoted.push('"');
+    http::HeaderValue::from_str(&quoted).expect("visible ASCII is a valid header value")
 }
 
 fn state(c: &Conflict) -> &'static str {
@@ -92,13 +126,15 @@ impl Refusal {
                 attempted,
                 conflicts,
             } => json!({
-                "reason": if conflicts[0].claimed { "tag_in_flight" } else { "tag_immutable" },
+                "reason": reason(&conflicts[0]),
                 "repository": repo.as_str(),
                 "tag": conflicts[0].tag.as_str(),
                 "pinned_digest": conflicts[0].pinned.as_str(),
                 "state": state(&conflicts[0]),
                 "attempted_digest": attempted.as_str(),
-                "conflicts": conflicts.iter().map(|c| json!({"tag": c.tag.as_str(), "pinned_digest": c.pinned.as_str(), "state": state(c)})).collect::<Vec<_>>(),
+                "mode": conflicts[0].decided.map(|d| d.mode.as_str()),
+                "rule": conflicts[0].decided.map(|d| d.by.to_string()),
+                "conflicts": conflicts.iter().map(|c| json!({"tag": c.tag.as_str(), "pinned_digest": c.pinned.as_str(), "state": state(c), "reason": reason(c)})).collect::<Vec<_>>(),
             }),
             Self::DeleteReferenced {
                 repo,
@@ -117,8 +153,13 @@ impl Refusal {
                 "repository": repo.as_str(),
                 "digest": digest.as_str(),
             }),
-            Self::DeleteTag { repo, tag, pinned } => json!({
-                "reason": "tag_immutable",
+            Self::DeleteTag {
+                repo,
+                tag,
+                pinned,
+                mode,
+            } => json!({
+                "reason": if *mode == super::Mode::AppendOnly { "tag_append_only" } else { "tag_immutable" },
                 "repository": repo.as_str(),
                 "tag": tag.as_str(),
                 "pinned_digest": pinned.as_ref().map(Digest::as_str),
@@ -148,6 +189,8 @@ mod tests {
                 tag: Tag::parse("1.4.2").unwrap(),
                 pinned: pinned.clone(),
                 claimed: false,
+                reason: ConflictReason::Immutable,
+                decided: None,
             }],
         };
         let m = r.to_string();
@@ -173,6 +216,8 @@ mod tests {
                 tag: Tag::parse("1.4.2").unwrap(),
                 pinned: claimed.clone(),
                 claimed: true,
+                reason: ConflictReason::InFlight,
+                decided: None,
             }],
         };
         let m = r.to_string();
@@ -182,5 +227,12 @@ mod tests {
         );
         assert_eq!(r.detail()["reason"], "tag_in_flight");
         assert_eq!(r.detail()["state"], "claimed");
+    }
+
+    #[test]
+    fn warning_headers_are_quoted_strings() {
+        assert_eq!(warning_header("plain"), "299 - \"plain\"");
+        assert_eq!(warning_header(r#"a "b" \ c"#), r#"299 - "a \"b\" \\ c""#);
+        assert_eq!(warning_header("tab\there é"), "299 - \"tab?here ?\"");
     }
 }

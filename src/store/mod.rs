@@ -25,13 +25,13 @@
 //! `spawn_blocking`. A pin is never removed or replaced: it is a tombstone that outlives
 //! the tag at the upstream.
 
-mod sled_store;
+mod sled;
 
 use serde::{Deserialize, Serialize};
 
 use crate::oci::{Digest, Repository, Tag};
 
-pub use sled_store::SledStore;
+pub use self::sled::SledStore;
 
 /// How a pin came to be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,13 +43,46 @@ pub enum PinSource {
     Adopted,
 }
 
-/// One recorded pin.
+/// What happened to a pin; its history is these, oldest first, never rewritten.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HistoryEvent {
+    /// Pinned by its first push through tagpin.
+    Push,
+    /// Pinned to what the upstream held when tagpin first saw the tag.
+    Adopted,
+    /// An append-only tag grew: the pin advanced to a manifest that keeps every entry.
+    Append,
+    /// An audit-mode tag moved: allowed, warned, and followed by the pin.
+    AuditMove,
+    /// An audit-mode tag was deleted at the upstream; the pin stays.
+    AuditDelete,
+}
+
+/// One entry of a pin's history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    /// Seconds since the Unix epoch.
+    pub at: u64,
+    pub event: HistoryEvent,
+    /// The digest the tag is pinned to after the event.
+    pub digest: Digest,
+    /// The digest before, for an advance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<Digest>,
+    /// The request that caused it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+/// One recorded pin: the digest in force and how it got there.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pin {
     pub digest: Digest,
     pub source: PinSource,
     /// Seconds since the Unix epoch.
     pub pinned_at: u64,
+    pub history: Vec<HistoryEntry>,
 }
 
 /// Seconds since the Unix epoch, now.
@@ -62,31 +95,68 @@ pub fn now_secs() -> u64 {
 
 impl Pin {
     pub fn now(digest: Digest, source: PinSource) -> Self {
+        let at = now_secs();
+        let event = match source {
+            PinSource::Push => HistoryEvent::Push,
+            PinSource::Adopted => HistoryEvent::Adopted,
+        };
         Self {
+            history: vec![HistoryEntry {
+                at,
+                event,
+                digest: digest.clone(),
+                from: None,
+                request_id: None,
+            }],
             digest,
             source,
-            pinned_at: now_secs(),
+            pinned_at: at,
         }
     }
 }
 
+/// What a claim will do once the upstream accepts its push.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClaimKind {
+    /// Pin a free tag.
+    New,
+    /// Advance an append-only pin.
+    Append,
+    /// Follow an audited move.
+    AuditMove,
+}
+
 /// A provisional reservation of a tag for a digest whose push was (or is about to be)
 /// forwarded and whose outcome is not known yet.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claim {
     pub digest: Digest,
     /// The request that created the claim; only it may withdraw it.
     pub request_id: String,
     /// Seconds since the Unix epoch.
     pub claimed_at: u64,
+    #[serde(default = "ClaimKind::new_kind")]
+    pub kind: ClaimKind,
+}
+
+impl ClaimKind {
+    fn new_kind() -> Self {
+        Self::New
+    }
 }
 
 impl Claim {
     pub fn now(digest: Digest, request_id: &str) -> Self {
+        Self::of_kind(digest, request_id, ClaimKind::New)
+    }
+
+    pub fn of_kind(digest: Digest, request_id: &str, kind: ClaimKind) -> Self {
         Self {
             digest,
             request_id: request_id.to_owned(),
             claimed_at: now_secs(),
+            kind,
         }
     }
 }
@@ -95,18 +165,48 @@ impl Claim {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TagState {
     Pinned(Pin),
+    /// A free tag claimed by a push in flight.
     Claimed(Claim),
+    /// A pinned tag whose advance (append, audited move) is in flight.
+    Advancing {
+        pin: Pin,
+        claim: Claim,
+    },
 }
 
 impl TagState {
-    /// The digest the tag is held to, pinned or claimed.
+    /// The digest the tag is pinned to, or claimed for when it has no pin yet.
     pub fn digest(&self) -> &Digest {
         match self {
-            Self::Pinned(p) => &p.digest,
+            Self::Pinned(p) | Self::Advancing { pin: p, .. } => &p.digest,
             Self::Claimed(c) => &c.digest,
         }
     }
+
+    /// The claim in force, if any.
+    pub fn claim(&self) -> Option<&Claim> {
+        match self {
+            Self::Pinned(_) => None,
+            Self::Claimed(c) | Self::Advancing { claim: c, .. } => Some(c),
+        }
+    }
 }
+
+/// A refused attempt on a tag, kept for the security team (the last
+/// [`MAX_REFUSALS`] per tag).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refused {
+    pub at: u64,
+    /// `None` for a refused delete.
+    pub attempted: Option<Digest>,
+    pub client: String,
+    pub user: Option<String>,
+    pub user_agent: String,
+    pub request_id: String,
+}
+
+/// Refused attempts kept per tag.
+pub const MAX_REFUSALS: usize = 100;
 
 /// A store failure. Any of these makes tagpin refuse the write it was deciding (503).
 #[derive(Debug, thiserror::Error)]
@@ -136,10 +236,26 @@ pub trait PinStore: Send + Sync + 'static {
     /// in force for each tag afterwards: the new claim, or what was there first.
     fn claim(&self, repo: &Repository, tags: &[Tag], claim: &Claim) -> Result<Vec<TagState>, StoreError>;
 
-    /// Turn the claims of `tags` for `digest` into pins (the upstream accepted the push).
-    /// A tag already pinned to `digest` is left as it is; a tag held to another digest is
-    /// left too and reported in the result (it cannot happen while the tag lock is held).
+    /// Claim an advance of `tag`, pinned to `from`, to `claim.digest` (an append or an
+    /// audited move), unless the tag is in any other state. Returns the state in force.
+    fn claim_advance(&self, repo: &Repository, tag: &Tag, from: &Digest, claim: &Claim)
+        -> Result<TagState, StoreError>;
+
+    /// Turn the claims of `tags` for `digest` into pins (the upstream accepted the push):
+    /// a new claim pins the tag, an advance moves the pin and records the old digest in
+    /// its history. A tag already pinned to `digest` is left as it is; a tag held to
+    /// another digest is left too and reported in the result (it cannot happen while the
+    /// tag lock is held).
     fn confirm(&self, repo: &Repository, tags: &[Tag], digest: &Digest) -> Result<Vec<TagState>, StoreError>;
+
+    /// Append an entry to the history of a pinned tag without moving it.
+    fn record_event(&self, repo: &Repository, tag: &Tag, entry: &HistoryEntry) -> Result<(), StoreError>;
+
+    /// Keep a refused attempt on `tag` (the last [`MAX_REFUSALS`]).
+    fn record_refusal(&self, repo: &Repository, tag: &Tag, refused: &Refused) -> Result<(), StoreError>;
+
+    /// The refused attempts kept for `tag`, oldest first.
+    fn refusals(&self, repo: &Repository, tag: &Tag) -> Result<Vec<Refused>, StoreError>;
 
     /// Withdraw the claims of `tags` that `request_id` created (the upstream definitively
     /// refused that request). Claims of other requests and pins are untouched.
@@ -151,8 +267,10 @@ pub trait PinStore: Send + Sync + 'static {
     /// Record that a delete of `repo@digest` is being forwarded.
     fn begin_delete(&self, repo: &Repository, digest: &Digest, request_id: &str) -> Result<(), StoreError>;
 
-    /// The upstream answered the delete of `repo@digest` definitively.
-    fn end_delete(&self, repo: &Repository, digest: &Digest) -> Result<(), StoreError>;
+    /// The upstream answered a delete of `repo@digest` definitively. `Some(request_id)`:
+    /// that delete was refused, which settles only its own record. `None`: the manifest
+    /// is gone (2xx, or 404), which settles every delete of it recorded so far.
+    fn end_delete(&self, repo: &Repository, digest: &Digest, request_id: Option<&str>) -> Result<(), StoreError>;
 
     /// Whether a forwarded delete of `repo@digest` has an unknown outcome.
     fn delete_in_flight(&self, repo: &Repository, digest: &Digest) -> Result<bool, StoreError>;
@@ -197,7 +315,19 @@ impl PinStore for UnavailableStore {
     fn claim(&self, _: &Repository, _: &[Tag], _: &Claim) -> Result<Vec<TagState>, StoreError> {
         self.fail()
     }
+    fn claim_advance(&self, _: &Repository, _: &Tag, _: &Digest, _: &Claim) -> Result<TagState, StoreError> {
+        self.fail()
+    }
     fn confirm(&self, _: &Repository, _: &[Tag], _: &Digest) -> Result<Vec<TagState>, StoreError> {
+        self.fail()
+    }
+    fn record_event(&self, _: &Repository, _: &Tag, _: &HistoryEntry) -> Result<(), StoreError> {
+        self.fail()
+    }
+    fn record_refusal(&self, _: &Repository, _: &Tag, _: &Refused) -> Result<(), StoreError> {
+        self.fail()
+    }
+    fn refusals(&self, _: &Repository, _: &Tag) -> Result<Vec<Refused>, StoreError> {
         self.fail()
     }
     fn withdraw(&self, _: &Repository, _: &[Tag], _: &str) -> Result<(), StoreError> {
@@ -209,7 +339,7 @@ impl PinStore for UnavailableStore {
     fn begin_delete(&self, _: &Repository, _: &Digest, _: &str) -> Result<(), StoreError> {
         self.fail()
     }
-    fn end_delete(&self, _: &Repository, _: &Digest) -> Result<(), StoreError> {
+    fn end_delete(&self, _: &Repository, _: &Digest, _: Option<&str>) -> Result<(), StoreError> {
         self.fail()
     }
     fn delete_in_flight(&self, _: &Repository, _: &Digest) -> Result<bool, StoreError> {

@@ -7,6 +7,8 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::{LogFormat, RawConfig, RawTimeouts};
 
+pub mod policy;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "tagpin",
@@ -22,6 +24,9 @@ pub struct Cli {
 pub enum Command {
     /// Run the proxy.
     Serve(ServeArgs),
+    /// Inspect the protection policy without a server running.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
 }
 
 #[derive(Debug, Args)]
@@ -110,6 +115,7 @@ impl ServeArgs {
             } else {
                 Some(self.exclude)
             },
+            rules: file.rules,
             log_format: self.log_format.or(file.log_format),
             public_url: self.public_url.or(file.public_url),
             refuse_status: self.refuse_status.or(file.refuse_status),

@@ -1,13 +1,17 @@
-//! The sled backend. Four trees, written together in transactions:
-//! - `pins`:      `repo \0 tag`             -> JSON `{"digest","source","pinned_at"}`
-//! - `claims`:    `repo \0 tag`             -> JSON `{"digest","request_id","claimed_at"}`
+//! The sled backend. Trees, written together in transactions:
+//! - `pins`:      `repo \0 tag`             -> JSON pin record with its history
+//! - `claims`:    `repo \0 tag`             -> JSON claim: a push in flight; alone for a
+//!   free tag, beside the pin for an advance;
 //! - `by_digest`: `repo \0 digest \0 tag`   -> empty, for pins and claims alike, so "is
 //!   this digest pinned?" is a prefix scan instead of a walk over every pin;
-//! - `deletes`:   `repo \0 digest`          -> JSON `{"request_id","started_at"}`, the
-//!   digest deletes forwarded without a known outcome;
+//! - `deletes`:   `repo \0 digest \0 request` -> JSON: digest deletes forwarded without a
+//!   known outcome, one record per request;
 //! - `refs`:      `repo \0 ref \0 holder`    -> empty: pinned manifest `holder` depends on
 //!   blob or manifest `ref`;
-//! - `holders`:   `repo \0 holder`          -> empty: the references of `holder` are recorded.
+//! - `holders`:   `repo \0 holder`          -> empty: the references of `holder` are
+//!   recorded;
+//! - `refused`:   `repo \0 tag`             -> JSON list of the last refused attempts;
+//! - `meta`:      `format`                  -> the record format ([`records::FORMAT`]).
 //!
 //! `\0` cannot occur in a validated repository, tag or digest, so keys cannot collide.
 //!
@@ -16,16 +20,24 @@
 //! the store is marked dirty and answers every later call with an error until a flush
 //! succeeds again: nothing is decided from state a restart could lose.
 
+mod records;
+#[cfg(test)]
+mod tests;
+
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
-use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 use sled::Transactional;
 
-use super::{Claim, Pin, PinSource, PinStore, StoreError, TagState};
+use self::records::{
+    corrupt, decode_claim, decode_pin, decode_refusals, encode_claim, encode_pin, encode_refusals, DeleteRecord,
+};
+use super::{
+    Claim, ClaimKind, HistoryEntry, HistoryEvent, Pin, PinSource, PinStore, Refused, StoreError, TagState, MAX_REFUSALS,
+};
 use crate::oci::{Digest, Repository, Tag};
 
 pub struct SledStore {
@@ -47,6 +59,8 @@ struct Trees {
     deletes: sled::Tree,
     refs: sled::Tree,
     holders: sled::Tree,
+    refused: sled::Tree,
+    meta: sled::Tree,
 }
 
 impl Trees {
@@ -61,36 +75,44 @@ impl Trees {
         })?;
         let db = opened.map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", dir.display())))?;
         let tree = |name: &str| db.open_tree(name).map_err(io);
-        Ok(Self {
+        let trees = Self {
             pins: tree("pins")?,
             claims: tree("claims")?,
             by_digest: tree("by_digest")?,
             deletes: tree("deletes")?,
             refs: tree("refs")?,
             holders: tree("holders")?,
+            refused: tree("refused")?,
+            meta: tree("meta")?,
             db,
-        })
+        };
+        trees.migrate()?;
+        Ok(trees)
     }
-}
 
-#[derive(Serialize, Deserialize)]
-struct PinRecord {
-    digest: String,
-    source: PinSource,
-    pinned_at: u64,
-}
-
-#[derive(Serialize, Deserialize)]
-struct ClaimRecord {
-    digest: String,
-    request_id: String,
-    claimed_at: u64,
-}
-
-#[derive(Serialize, Deserialize)]
-struct DeleteRecord {
-    request_id: String,
-    started_at: u64,
+    /// Bring records of an earlier format up to date, once, on open.
+    fn migrate(&self) -> Result<(), StoreError> {
+        let format = self.meta.get(records::FORMAT_KEY).map_err(io)?;
+        if format.as_deref() == Some(&[records::FORMAT][..]) {
+            return Ok(());
+        }
+        let mut migrated = 0usize;
+        for item in self.pins.iter() {
+            let (k, v) = item.map_err(io)?;
+            // Decoding fills in the history a format-1 record implies.
+            let pin = decode_pin(&k, &v)?;
+            self.pins.insert(k, encode_pin(&pin)).map_err(io)?;
+            migrated += 1;
+        }
+        self.meta
+            .insert(records::FORMAT_KEY, &[records::FORMAT][..])
+            .map_err(io)?;
+        self.db.flush().map_err(io)?;
+        if migrated > 0 {
+            tracing::info!(pins = migrated, format = records::FORMAT, "pin store migrated");
+        }
+        Ok(())
+    }
 }
 
 impl SledStore {
@@ -221,17 +243,41 @@ impl SledStore {
     /// Unit tests make flushes fail on demand, per thread.
     #[cfg(test)]
     fn flush_hook(&self) -> Result<(), StoreError> {
-        if FAIL_FLUSH.with(|f| f.get()) {
+        if tests::FAIL_FLUSH.with(|f| f.get()) {
             self.dirty.store(true, Ordering::Release);
             return Err(StoreError::Io("injected flush failure".into()));
         }
         Ok(())
     }
-}
 
-#[cfg(test)]
-thread_local! {
-    static FAIL_FLUSH: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// Remove the claims of `tags` created by `request_id`, with their index entries.
+    fn remove_claims(t: &Trees, repo: &Repository, tags: &[Tag], request_id: &str) -> Result<(), StoreError> {
+        let result = (&t.claims, &t.by_digest, &t.pins).transaction(|(tx_claims, tx_index, tx_pins)| {
+            for tag in tags {
+                let key = tag_key(repo, tag);
+                let Some(v) = tx_claims.get(&key)? else { continue };
+                let c = decode_claim(&key, &v).map_err(ConflictableTransactionError::Abort)?;
+                if c.request_id != request_id {
+                    continue;
+                }
+                tx_claims.remove(key.clone())?;
+                let pinned_same = match tx_pins.get(&key)? {
+                    Some(p) => {
+                        decode_pin(&key, &p)
+                            .map_err(ConflictableTransactionError::Abort)?
+                            .digest
+                            == c.digest
+                    }
+                    None => false,
+                };
+                if !pinned_same {
+                    tx_index.remove(index_key(repo, &c.digest, tag))?;
+                }
+            }
+            Ok(())
+        });
+        settle(result)
+    }
 }
 
 fn io(e: sled::Error) -> StoreError {
@@ -253,64 +299,45 @@ fn index_key(repo: &Repository, digest: &Digest, tag: &Tag) -> Vec<u8> {
     k
 }
 
-fn corrupt(key: &[u8], why: impl ToString) -> StoreError {
-    StoreError::Corrupt {
-        key: String::from_utf8_lossy(key).replace('\0', ":"),
-        why: why.to_string(),
-    }
+fn delete_key(repo: &Repository, digest: &Digest, request_id: &str) -> Vec<u8> {
+    let mut k = digest_key(repo, digest);
+    k.push(0);
+    k.extend_from_slice(request_id.as_bytes());
+    k
 }
 
-fn decode_pin(key: &[u8], bytes: &[u8]) -> Result<Pin, StoreError> {
-    let r: PinRecord = serde_json::from_slice(bytes).map_err(|e| corrupt(key, e))?;
-    Ok(Pin {
-        digest: Digest::parse(&r.digest).map_err(|e| corrupt(key, e))?,
-        source: r.source,
-        pinned_at: r.pinned_at,
-    })
-}
-
-fn decode_claim(key: &[u8], bytes: &[u8]) -> Result<Claim, StoreError> {
-    let r: ClaimRecord = serde_json::from_slice(bytes).map_err(|e| corrupt(key, e))?;
-    Ok(Claim {
-        digest: Digest::parse(&r.digest).map_err(|e| corrupt(key, e))?,
-        request_id: r.request_id,
-        claimed_at: r.claimed_at,
-    })
-}
-
-fn encode_pin(pin: &Pin) -> Vec<u8> {
-    serde_json::to_vec(&PinRecord {
-        digest: pin.digest.as_str().to_owned(),
-        source: pin.source,
-        pinned_at: pin.pinned_at,
-    })
-    .expect("serialising a pin record cannot fail")
-}
-
-fn encode_claim(claim: &Claim) -> Vec<u8> {
-    serde_json::to_vec(&ClaimRecord {
-        digest: claim.digest.as_str().to_owned(),
-        request_id: claim.request_id.clone(),
-        claimed_at: claim.claimed_at,
-    })
-    .expect("serialising a claim record cannot fail")
+fn repo_prefix(repo: &Repository) -> Vec<u8> {
+    let mut p = repo.as_str().as_bytes().to_vec();
+    p.push(0);
+    p
 }
 
 type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
 
+fn abort(e: StoreError) -> ConflictableTransactionError<StoreError> {
+    ConflictableTransactionError::Abort(e)
+}
+
 /// The state of one tag inside a transaction.
 fn tx_state(pins: &TransactionalTree, claims: &TransactionalTree, key: &[u8]) -> TxResult<Option<TagState>> {
-    if let Some(v) = pins.get(key)? {
-        return Ok(Some(TagState::Pinned(
-            decode_pin(key, &v).map_err(ConflictableTransactionError::Abort)?,
-        )));
+    let pin = match pins.get(key)? {
+        Some(v) => Some(decode_pin(key, &v).map_err(abort)?),
+        None => None,
+    };
+    let claim = match claims.get(key)? {
+        Some(v) => Some(decode_claim(key, &v).map_err(abort)?),
+        None => None,
+    };
+    Ok(state_of(pin, claim))
+}
+
+fn state_of(pin: Option<Pin>, claim: Option<Claim>) -> Option<TagState> {
+    match (pin, claim) {
+        (Some(pin), Some(claim)) => Some(TagState::Advancing { pin, claim }),
+        (Some(pin), None) => Some(TagState::Pinned(pin)),
+        (None, Some(claim)) => Some(TagState::Claimed(claim)),
+        (None, None) => None,
     }
-    if let Some(v) = claims.get(key)? {
-        return Ok(Some(TagState::Claimed(
-            decode_claim(key, &v).map_err(ConflictableTransactionError::Abort)?,
-        )));
-    }
-    Ok(None)
 }
 
 fn settle<T>(r: Result<T, TransactionError<StoreError>>) -> Result<T, StoreError> {
@@ -325,13 +352,15 @@ impl PinStore for SledStore {
     fn state(&self, repo: &Repository, tag: &Tag) -> Result<Option<TagState>, StoreError> {
         let t = self.trees()?;
         let key = tag_key(repo, tag);
-        if let Some(v) = t.pins.get(&key).map_err(io)? {
-            return decode_pin(&key, &v).map(|p| Some(TagState::Pinned(p)));
-        }
-        match t.claims.get(&key).map_err(io)? {
-            Some(v) => decode_claim(&key, &v).map(|c| Some(TagState::Claimed(c))),
-            None => Ok(None),
-        }
+        let pin = match t.pins.get(&key).map_err(io)? {
+            Some(v) => Some(decode_pin(&key, &v)?),
+            None => None,
+        };
+        let claim = match t.claims.get(&key).map_err(io)? {
+            Some(v) => Some(decode_claim(&key, &v)?),
+            None => None,
+        };
+        Ok(state_of(pin, claim))
     }
 
     fn pin_if_absent(&self, repo: &Repository, pins: &[(Tag, Pin)]) -> Result<Vec<TagState>, StoreError> {
@@ -383,17 +412,69 @@ impl PinStore for SledStore {
         Ok(in_force)
     }
 
+    fn claim_advance(
+        &self,
+        repo: &Repository,
+        tag: &Tag,
+        from: &Digest,
+        claim: &Claim,
+    ) -> Result<TagState, StoreError> {
+        let t = self.trees()?;
+        let result = (&t.pins, &t.claims, &t.by_digest).transaction(|(tx_pins, tx_claims, tx_index)| {
+            let key = tag_key(repo, tag);
+            match tx_state(tx_pins, tx_claims, &key)? {
+                Some(TagState::Pinned(pin)) if &pin.digest == from => {
+                    tx_claims.insert(key, encode_claim(claim))?;
+                    tx_index.insert(index_key(repo, &claim.digest, tag), &[][..])?;
+                    Ok(Some(TagState::Advancing {
+                        pin,
+                        claim: claim.clone(),
+                    }))
+                }
+                other => Ok(other),
+            }
+        });
+        let state = settle(result)?;
+        if let Err(e) = self.flush(&t) {
+            let _ = Self::remove_claims(&t, repo, std::slice::from_ref(tag), &claim.request_id);
+            return Err(e);
+        }
+        state.ok_or_else(|| StoreError::Corrupt {
+            key: format!("{repo}:{tag}"),
+            why: "an advance was claimed for a tag that has no pin".into(),
+        })
+    }
+
     fn confirm(&self, repo: &Repository, tags: &[Tag], digest: &Digest) -> Result<Vec<TagState>, StoreError> {
         let t = self.trees()?;
-        let result = (&t.pins, &t.claims, &t.by_digest).transaction(|(tx_pins, tx_claims, _)| {
+        let result = (&t.pins, &t.claims, &t.by_digest).transaction(|(tx_pins, tx_claims, tx_index)| {
             let mut in_force = Vec::with_capacity(tags.len());
             for tag in tags {
                 let key = tag_key(repo, tag);
                 match tx_state(tx_pins, tx_claims, &key)? {
                     Some(TagState::Claimed(c)) if &c.digest == digest => {
-                        let pin = Pin::now(digest.clone(), PinSource::Push);
+                        let mut pin = Pin::now(digest.clone(), PinSource::Push);
+                        pin.history[0].request_id = Some(c.request_id.clone());
                         tx_claims.remove(key.clone())?;
                         tx_pins.insert(key, encode_pin(&pin))?;
+                        in_force.push(TagState::Pinned(pin));
+                    }
+                    Some(TagState::Advancing { mut pin, claim }) if &claim.digest == digest => {
+                        let from = std::mem::replace(&mut pin.digest, digest.clone());
+                        pin.history.push(HistoryEntry {
+                            at: super::now_secs(),
+                            event: match claim.kind {
+                                ClaimKind::AuditMove => HistoryEvent::AuditMove,
+                                ClaimKind::Append | ClaimKind::New => HistoryEvent::Append,
+                            },
+                            digest: digest.clone(),
+                            from: Some(from.clone()),
+                            request_id: Some(claim.request_id.clone()),
+                        });
+                        tx_claims.remove(key.clone())?;
+                        tx_pins.insert(key, encode_pin(&pin))?;
+                        // The superseded digest is no longer what the tag is pinned to.
+                        tx_index.remove(index_key(repo, &from, tag))?;
                         in_force.push(TagState::Pinned(pin));
                     }
                     Some(state) => in_force.push(state),
@@ -402,6 +483,7 @@ impl PinStore for SledStore {
                         // accepted rather than leave the tag free.
                         let pin = Pin::now(digest.clone(), PinSource::Push);
                         tx_pins.insert(key, encode_pin(&pin))?;
+                        tx_index.insert(index_key(repo, digest, tag), &[][..])?;
                         in_force.push(TagState::Pinned(pin));
                     }
                 }
@@ -417,6 +499,49 @@ impl PinStore for SledStore {
         let t = self.trees()?;
         Self::remove_claims(&t, repo, tags, request_id)?;
         self.flush(&t)
+    }
+
+    fn record_event(&self, repo: &Repository, tag: &Tag, entry: &HistoryEntry) -> Result<(), StoreError> {
+        let t = self.trees()?;
+        let result = t.pins.transaction(|tx_pins| {
+            let key = tag_key(repo, tag);
+            if let Some(v) = tx_pins.get(&key)? {
+                let mut pin = decode_pin(&key, &v).map_err(abort)?;
+                pin.history.push(entry.clone());
+                tx_pins.insert(key, encode_pin(&pin))?;
+            }
+            Ok(())
+        });
+        settle(result)?;
+        self.flush(&t)
+    }
+
+    fn record_refusal(&self, repo: &Repository, tag: &Tag, refused: &Refused) -> Result<(), StoreError> {
+        let t = self.trees()?;
+        let key = tag_key(repo, tag);
+        let result = t.refused.transaction(|tx| {
+            let mut list = match tx.get(&key)? {
+                Some(v) => decode_refusals(&key, &v).map_err(abort)?,
+                None => Vec::new(),
+            };
+            list.push(refused.clone());
+            if list.len() > MAX_REFUSALS {
+                list.drain(..list.len() - MAX_REFUSALS);
+            }
+            tx.insert(key.clone(), encode_refusals(&list))?;
+            Ok(())
+        });
+        settle(result)?;
+        self.flush(&t)
+    }
+
+    fn refusals(&self, repo: &Repository, tag: &Tag) -> Result<Vec<Refused>, StoreError> {
+        let t = self.trees()?;
+        let key = tag_key(repo, tag);
+        match t.refused.get(&key).map_err(io)? {
+            Some(v) => decode_refusals(&key, &v),
+            None => Ok(Vec::new()),
+        }
     }
 
     fn tags_pinned_to(&self, repo: &Repository, digest: &Digest) -> Result<Vec<Tag>, StoreError> {
@@ -443,19 +568,34 @@ impl PinStore for SledStore {
             started_at: super::now_secs(),
         })
         .expect("serialising a delete record cannot fail");
-        t.deletes.insert(digest_key(repo, digest), record).map_err(io)?;
+        t.deletes
+            .insert(delete_key(repo, digest, request_id), record)
+            .map_err(io)?;
         self.flush(&t)
     }
 
-    fn end_delete(&self, repo: &Repository, digest: &Digest) -> Result<(), StoreError> {
+    fn end_delete(&self, repo: &Repository, digest: &Digest, request_id: Option<&str>) -> Result<(), StoreError> {
         let t = self.trees()?;
-        t.deletes.remove(digest_key(repo, digest)).map_err(io)?;
+        match request_id {
+            Some(id) => {
+                t.deletes.remove(delete_key(repo, digest, id)).map_err(io)?;
+            }
+            None => {
+                let mut prefix = digest_key(repo, digest);
+                prefix.push(0);
+                for key in t.deletes.scan_prefix(&prefix).keys() {
+                    t.deletes.remove(key.map_err(io)?).map_err(io)?;
+                }
+            }
+        }
         self.flush(&t)
     }
 
     fn delete_in_flight(&self, repo: &Repository, digest: &Digest) -> Result<bool, StoreError> {
         let t = self.trees()?;
-        t.deletes.contains_key(digest_key(repo, digest)).map_err(io)
+        let mut prefix = digest_key(repo, digest);
+        prefix.push(0);
+        Ok(t.deletes.scan_prefix(&prefix).next().transpose().map_err(io)?.is_some())
     }
 
     fn protect(&self, repo: &Repository, holder: &Digest, refs: &[Digest]) -> Result<(), StoreError> {
@@ -481,8 +621,7 @@ impl PinStore for SledStore {
 
     fn holders(&self, repo: &Repository) -> Result<Vec<Digest>, StoreError> {
         let t = self.trees()?;
-        let mut prefix = repo.as_str().as_bytes().to_vec();
-        prefix.push(0);
+        let prefix = repo_prefix(repo);
         let mut out = Vec::new();
         for item in t.pins.scan_prefix(&prefix) {
             let (k, v) = item.map_err(io)?;
@@ -519,204 +658,5 @@ impl PinStore for SledStore {
         let t = self.trees()?;
         t.pins.first().map_err(io)?;
         self.flush(&t)
-    }
-}
-
-impl SledStore {
-    /// Remove the claims of `tags` created by `request_id`, with their index entries.
-    fn remove_claims(t: &Trees, repo: &Repository, tags: &[Tag], request_id: &str) -> Result<(), StoreError> {
-        let result = (&t.claims, &t.by_digest).transaction(|(tx_claims, tx_index)| {
-            for tag in tags {
-                let key = tag_key(repo, tag);
-                let Some(v) = tx_claims.get(&key)? else { continue };
-                let c = decode_claim(&key, &v).map_err(ConflictableTransactionError::Abort)?;
-                if c.request_id == request_id {
-                    tx_claims.remove(key)?;
-                    tx_index.remove(index_key(repo, &c.digest, tag))?;
-                }
-            }
-            Ok(())
-        });
-        settle(result)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn d(c: char) -> Digest {
-        Digest::parse(&format!("sha256:{}", c.to_string().repeat(64))).unwrap()
-    }
-
-    fn ab() -> (Repository, Tag) {
-        (Repository::parse("a/b").unwrap(), Tag::parse("v1").unwrap())
-    }
-
-    #[test]
-    fn first_pin_wins_and_survives_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let (repo, tag) = ab();
-        {
-            let s = SledStore::open(dir.path()).unwrap();
-            assert_eq!(s.state(&repo, &tag).unwrap(), None);
-            let first = Pin::now(d('a'), PinSource::Push);
-            let got = s.pin_if_absent(&repo, &[(tag.clone(), first.clone())]).unwrap();
-            assert_eq!(got, vec![TagState::Pinned(first.clone())]);
-            let second = Pin::now(d('b'), PinSource::Push);
-            let got = s.pin_if_absent(&repo, &[(tag.clone(), second)]).unwrap();
-            assert_eq!(got[0].digest(), &d('a'));
-        }
-        let s = SledStore::open(dir.path()).unwrap();
-        assert_eq!(s.state(&repo, &tag).unwrap().unwrap().digest(), &d('a'));
-        assert_eq!(s.tags_pinned_to(&repo, &d('a')).unwrap(), vec![tag]);
-        assert!(s.tags_pinned_to(&repo, &d('b')).unwrap().is_empty());
-        s.check().unwrap();
-    }
-
-    #[test]
-    fn a_claim_holds_the_tag_like_a_pin_and_survives_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let (repo, tag) = ab();
-        {
-            let s = SledStore::open(dir.path()).unwrap();
-            let c = Claim::now(d('a'), "req-1");
-            let got = s.claim(&repo, std::slice::from_ref(&tag), &c).unwrap();
-            assert_eq!(got, vec![TagState::Claimed(c.clone())]);
-            // A second claim and an adoption both find the first claim.
-            let got = s
-                .claim(&repo, std::slice::from_ref(&tag), &Claim::now(d('b'), "req-2"))
-                .unwrap();
-            assert_eq!(got, vec![TagState::Claimed(c.clone())]);
-            let got = s
-                .pin_if_absent(&repo, &[(tag.clone(), Pin::now(d('b'), PinSource::Adopted))])
-                .unwrap();
-            assert_eq!(got, vec![TagState::Claimed(c)]);
-        }
-        // A crash (here: close and reopen) keeps the claim: its outcome is still unknown.
-        let s = SledStore::open(dir.path()).unwrap();
-        assert!(matches!(s.state(&repo, &tag).unwrap(), Some(TagState::Claimed(c)) if c.digest == d('a')));
-        assert_eq!(s.tags_pinned_to(&repo, &d('a')).unwrap(), vec![tag]);
-    }
-
-    #[test]
-    fn confirm_turns_the_claim_into_a_pin() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = SledStore::open(dir.path()).unwrap();
-        let (repo, tag) = ab();
-        s.claim(&repo, std::slice::from_ref(&tag), &Claim::now(d('a'), "r"))
-            .unwrap();
-        let got = s.confirm(&repo, std::slice::from_ref(&tag), &d('a')).unwrap();
-        assert!(matches!(&got[0], TagState::Pinned(p) if p.digest == d('a') && p.source == PinSource::Push));
-        assert!(matches!(s.state(&repo, &tag).unwrap(), Some(TagState::Pinned(_))));
-        assert_eq!(s.claim_count(), 0);
-        // Confirming another digest never moves the pin.
-        let got = s.confirm(&repo, std::slice::from_ref(&tag), &d('b')).unwrap();
-        assert_eq!(got[0].digest(), &d('a'));
-        assert_eq!(s.tags_pinned_to(&repo, &d('a')).unwrap(), vec![tag]);
-    }
-
-    #[test]
-    fn only_the_creating_request_withdraws_a_claim() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = SledStore::open(dir.path()).unwrap();
-        let (repo, tag) = ab();
-        s.claim(&repo, std::slice::from_ref(&tag), &Claim::now(d('a'), "creator"))
-            .unwrap();
-        s.withdraw(&repo, std::slice::from_ref(&tag), "a-retry").unwrap();
-        assert!(s.state(&repo, &tag).unwrap().is_some());
-        s.withdraw(&repo, std::slice::from_ref(&tag), "creator").unwrap();
-        assert_eq!(s.state(&repo, &tag).unwrap(), None);
-        assert!(s.tags_pinned_to(&repo, &d('a')).unwrap().is_empty());
-    }
-
-    #[test]
-    fn deletes_in_flight_are_recorded_until_settled() {
-        let dir = tempfile::tempdir().unwrap();
-        let (repo, _) = ab();
-        {
-            let s = SledStore::open(dir.path()).unwrap();
-            s.begin_delete(&repo, &d('a'), "r").unwrap();
-            assert!(s.delete_in_flight(&repo, &d('a')).unwrap());
-            assert!(!s.delete_in_flight(&repo, &d('b')).unwrap());
-        }
-        let s = SledStore::open(dir.path()).unwrap();
-        assert!(s.delete_in_flight(&repo, &d('a')).unwrap());
-        s.end_delete(&repo, &d('a')).unwrap();
-        assert!(!s.delete_in_flight(&repo, &d('a')).unwrap());
-    }
-
-    #[test]
-    fn after_a_failed_flush_nothing_is_answered_from_memory_until_a_flush_succeeds() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = SledStore::open(dir.path()).unwrap();
-        let (repo, tag) = ab();
-        FAIL_FLUSH.with(|f| f.set(true));
-        let pin = Pin::now(d('a'), PinSource::Push);
-        assert!(s.pin_if_absent(&repo, &[(tag.clone(), pin)]).is_err());
-        FAIL_FLUSH.with(|f| f.set(false));
-        // The real disk is fine here, so the next call's flush succeeds and the pin, now
-        // durable, may be answered.
-        assert_eq!(s.state(&repo, &tag).unwrap().unwrap().digest(), &d('a'));
-        FAIL_FLUSH.with(|f| f.set(true));
-        assert!(s.check().is_err());
-        assert!(s.dirty.load(Ordering::Acquire));
-        FAIL_FLUSH.with(|f| f.set(false));
-    }
-
-    #[test]
-    fn a_claim_whose_flush_fails_is_taken_back() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = SledStore::open(dir.path()).unwrap();
-        let (repo, tag) = ab();
-        FAIL_FLUSH.with(|f| f.set(true));
-        assert!(s
-            .claim(&repo, std::slice::from_ref(&tag), &Claim::now(d('a'), "r"))
-            .is_err());
-        FAIL_FLUSH.with(|f| f.set(false));
-        assert_eq!(s.state(&repo, &tag).unwrap(), None);
-    }
-
-    #[test]
-    fn references_are_recorded_per_repository_and_holder() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = SledStore::open(dir.path()).unwrap();
-        let (repo, tag) = ab();
-        let other = Repository::parse("a").unwrap();
-        assert!(!s.has_refs(&repo, &d('1')).unwrap());
-        s.protect(&repo, &d('1'), &[d('a'), d('b')]).unwrap();
-        s.protect(&repo, &d('2'), &[d('b')]).unwrap();
-        assert!(s.has_refs(&repo, &d('1')).unwrap());
-        assert_eq!(s.referenced_by(&repo, &d('a')).unwrap(), vec![d('1')]);
-        assert_eq!(s.referenced_by(&repo, &d('b')).unwrap(), vec![d('1'), d('2')]);
-        assert!(s.referenced_by(&other, &d('a')).unwrap().is_empty());
-        assert!(s.referenced_by(&repo, &d('c')).unwrap().is_empty());
-        s.pin_if_absent(&repo, &[(tag, Pin::now(d('1'), PinSource::Push))])
-            .unwrap();
-        s.claim(&repo, &[Tag::parse("v2").unwrap()], &Claim::now(d('3'), "r"))
-            .unwrap();
-        s.pin_if_absent(&other, &[(Tag::parse("x").unwrap(), Pin::now(d('4'), PinSource::Push))])
-            .unwrap();
-        assert_eq!(s.holders(&repo).unwrap(), vec![d('1'), d('3')]);
-    }
-
-    #[test]
-    fn digest_index_is_per_repository() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = SledStore::open(dir.path()).unwrap();
-        let a = Repository::parse("a").unwrap();
-        let ab = Repository::parse("a/b").unwrap();
-        let t = Tag::parse("v1").unwrap();
-        s.pin_if_absent(&ab, &[(t, Pin::now(d('c'), PinSource::Adopted))])
-            .unwrap();
-        assert!(s.tags_pinned_to(&a, &d('c')).unwrap().is_empty());
-        assert_eq!(s.tags_pinned_to(&ab, &d('c')).unwrap().len(), 1);
-    }
-
-    #[test]
-    fn a_second_open_of_the_same_dir_is_locked_out() {
-        let dir = tempfile::tempdir().unwrap();
-        let _first = SledStore::open(dir.path()).unwrap();
-        assert!(matches!(SledStore::open(dir.path()), Err(StoreError::Locked(_))));
     }
 }
