@@ -79,7 +79,10 @@ fn a_client_that_leaves_mid_push_cannot_let_another_digest_take_the_tag() {
         assert_eq!(y.put_manifest(tagpin.addr, "gone", &tag, "").status, 409);
         assert_eq!(upstream_digest(&registry, "gone", &tag), Some(x.digest()));
         // The departed client's push was recorded: it is the pin.
-        assert_eq!(detail(&y.put_manifest(tagpin.addr, "gone", &tag, ""))["state"], "pinned");
+        assert_eq!(
+            detail(&y.put_manifest(tagpin.addr, "gone", &tag, ""))["state"],
+            "pinned"
+        );
     }
 }
 
@@ -87,11 +90,7 @@ fn a_client_that_leaves_mid_push_cannot_let_another_digest_take_the_tag() {
 fn a_header_timeout_mid_push_keeps_the_tag_reserved_for_the_forwarded_digest() {
     let registry = Registry::start();
     let data = tempfile::tempdir().unwrap();
-    let mut tagpin = Tagpin::start(
-        &registry.url(),
-        data.path(),
-        &["--upstream-header-timeout-ms", "150"],
-    );
+    let mut tagpin = Tagpin::start(&registry.url(), data.path(), &["--upstream-header-timeout-ms", "150"]);
     let base = Image::random(701, 256);
     base.push_blobs(registry.addr, "slow", "");
     let x = base.heavy(SLOW, "x");
@@ -119,7 +118,10 @@ fn a_header_timeout_mid_push_keeps_the_tag_reserved_for_the_forwarded_digest() {
     // With a timeout the upstream can meet, the client's retry completes the push.
     tagpin.kill();
     let tagpin = Tagpin::start(&registry.url(), data.path(), &[]);
-    assert_eq!(detail(&y.put_manifest(tagpin.addr, "slow", "v1", ""))["state"], "claimed");
+    assert_eq!(
+        detail(&y.put_manifest(tagpin.addr, "slow", "v1", ""))["state"],
+        "claimed"
+    );
     assert_eq!(x.put_manifest(tagpin.addr, "slow", "v1", "").status, 201);
     let r = y.put_manifest(tagpin.addr, "slow", "v1", "");
     assert_eq!((r.status, detail(&r)["state"].as_str()), (409, Some("pinned")));
@@ -171,7 +173,10 @@ fn sigkill_right_after_forwarding_keeps_the_tag_reserved_across_a_restart() {
     assert_eq!(wait_upstream(&registry, "killed", "v1"), x.digest());
     assert_eq!(y.put_manifest(tagpin.addr, "killed", "v1", "").status, 409);
     assert_eq!(x.put_manifest(tagpin.addr, "killed", "v1", "").status, 201);
-    assert_eq!(detail(&y.put_manifest(tagpin.addr, "killed", "v1", ""))["state"], "pinned");
+    assert_eq!(
+        detail(&y.put_manifest(tagpin.addr, "killed", "v1", ""))["state"],
+        "pinned"
+    );
     assert_eq!(upstream_digest(&registry, "killed", "v1"), Some(x.digest()));
 }
 

@@ -282,7 +282,11 @@ fn tag_query_pushes_are_checked() {
     // creates no tag, so tagpin must not pin one (nor audit a pin it did not make).
     let r = b.put_manifest(env.tagpin.addr, "q", &format!("{}?tag=v2", b.digest()), "");
     assert_eq!(r.status, 201, "{}", r.text());
-    assert_eq!(upstream_digest(&env.registry, "q", "v2"), None, "the upstream ignored ?tag=");
+    assert_eq!(
+        upstream_digest(&env.registry, "q", "v2"),
+        None,
+        "the upstream ignored ?tag="
+    );
     assert!(
         !env.tagpin
             .audit_events()

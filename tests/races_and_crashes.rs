@@ -141,7 +141,11 @@ fn a_tag_query_push_racing_a_push_by_tag_has_one_winner() {
         // always gets it; a `?tag=` push decided after that is refused.
         assert_eq!(by_tag, 201, "round {round}");
         assert!(by_query == 201 || by_query == 409, "round {round}: {by_query}");
-        assert_eq!(upstream_digest(&registry, "qt", &tag), Some(a.digest()), "round {round}");
+        assert_eq!(
+            upstream_digest(&registry, "qt", &tag),
+            Some(a.digest()),
+            "round {round}"
+        );
         let r = b.put_manifest(addr, "qt", &format!("{}?tag={tag}", b.digest()), "");
         assert_eq!(r.status, 409, "round {round}: pinned to a");
     }

@@ -27,8 +27,7 @@ pub fn for_push(check: Response<Incoming>, repo: &Repository, request_id: &str) 
         out.headers_mut().append(header::WWW_AUTHENTICATE, rewritten);
     }
     if let Some(v) = check.headers().get("docker-distribution-api-version") {
-        out.headers_mut()
-            .insert("docker-distribution-api-version", v.clone());
+        out.headers_mut().insert("docker-distribution-api-version", v.clone());
     }
     let (code, message) = if status == StatusCode::FORBIDDEN {
         (ErrorCode::Denied, "requested access to the resource is denied")

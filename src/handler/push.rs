@@ -130,7 +130,15 @@ impl PushJob {
         let decision = policy::decide_push(&attempted, &held);
         if !decision.allowed() {
             for c in &decision.conflicts {
-                audit(app, AuditAction::PushRefused, &who, &repo, &c.tag, Some(&c.pinned), &attempted);
+                audit(
+                    app,
+                    AuditAction::PushRefused,
+                    &who,
+                    &repo,
+                    &c.tag,
+                    Some(&c.pinned),
+                    &attempted,
+                );
             }
             return Err(Refusal::Move {
                 repo,

@@ -52,10 +52,7 @@ impl PushDecision {
 
     /// Tags with the given verdict.
     pub fn tags(&self, verdict: Verdict) -> impl Iterator<Item = &Tag> + '_ {
-        self.verdicts
-            .iter()
-            .filter(move |(_, v)| *v == verdict)
-            .map(|(t, _)| t)
+        self.verdicts.iter().filter(move |(_, v)| *v == verdict).map(|(t, _)| t)
     }
 }
 

@@ -154,7 +154,10 @@ mod tests {
             }],
         };
         let m = r.to_string();
-        assert!(m.contains("reserved for") && m.contains(&format!("Re-push {claimed}")), "{m}");
+        assert!(
+            m.contains("reserved for") && m.contains(&format!("Re-push {claimed}")),
+            "{m}"
+        );
         assert_eq!(r.detail()["reason"], "tag_in_flight");
         assert_eq!(r.detail()["state"], "claimed");
     }

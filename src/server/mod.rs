@@ -80,7 +80,10 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<O
     // upstream's answer. Cut off anyway, they leave durable claims behind (fail closed).
     let left = app.detached.wait_idle(grace.saturating_sub(started.elapsed())).await;
     if left > 0 {
-        tracing::warn!(left, "grace period over with decisions still waiting for the upstream; their tags stay reserved");
+        tracing::warn!(
+            left,
+            "grace period over with decisions still waiting for the upstream; their tags stay reserved"
+        );
     }
 }
 

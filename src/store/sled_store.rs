@@ -76,7 +76,10 @@ impl SledStore {
                 return Err(StoreError::Locked(dir.display().to_string()));
             }
             Err(std::fs::TryLockError::Error(e)) => {
-                return Err(StoreError::Unavailable(format!("cannot lock {}: {e}", lock_path.display())));
+                return Err(StoreError::Unavailable(format!(
+                    "cannot lock {}: {e}",
+                    lock_path.display()
+                )));
             }
         }
         let path = dir.join("pins.sled");
