@@ -11,6 +11,7 @@ use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
 use common::fake::LaggyRelay;
+use common::watch::WatchRelay;
 use common::*;
 
 fn rounds(var: &str, default: usize) -> usize {
@@ -297,4 +298,62 @@ fn sigkill_at_random_moments_never_moves_a_tag_or_loses_a_pin() {
         !first_seen.is_empty(),
         "no push ever reached the upstream: the test exercised nothing"
     );
+}
+
+#[test]
+fn a_push_is_not_held_up_while_a_digest_delete_adopts_a_large_repository() {
+    const OLD_TAGS: usize = 300;
+    let registry = Registry::start();
+    // Every answer of the upstream is held back, so adopting hundreds of tags (one HEAD
+    // each) keeps the first digest delete busy for seconds.
+    let relay = WatchRelay::start_with_delay(registry.addr, Duration::from_millis(10));
+    let data = tempfile::tempdir().unwrap();
+    let base = Image::random(405, 256);
+    base.push_blobs(registry.addr, "many", "");
+    for i in 0..OLD_TAGS {
+        let r = base.put_manifest(registry.addr, "many", &format!("old-{i}"), "");
+        assert_eq!(r.status, 201, "{}", r.text());
+    }
+    // An untagged manifest: deleting it is allowed once every tag is adopted.
+    let untagged = base.variant("untagged");
+    assert_eq!(
+        untagged
+            .put_manifest(registry.addr, "many", &untagged.digest(), "")
+            .status,
+        201
+    );
+    let tagpin = Tagpin::start(&relay.url(), data.path(), &[]);
+    let addr = tagpin.addr;
+    let fresh = base.variant("fresh");
+
+    let order = std::sync::Mutex::new(Vec::new());
+    let (delete, push) = std::thread::scope(|s| {
+        let deleter = s.spawn(|| {
+            let r = request(
+                addr,
+                "DELETE",
+                &format!("/v2/many/manifests/{}", untagged.digest()),
+                &[],
+                b"",
+            );
+            order.lock().unwrap().push("delete");
+            r
+        });
+        // The delete is adopting: its first tag check has reached the upstream.
+        relay.wait_request("HEAD /v2/many/manifests/old-", Duration::from_secs(30));
+        let r = fresh.put_manifest(addr, "many", "fresh", "");
+        order.lock().unwrap().push("push");
+        (deleter.join().unwrap(), r)
+    });
+    assert_eq!(push.status, 201, "{}", push.text());
+    assert_eq!(delete.status, 202, "{}", delete.text());
+    assert_eq!(
+        *order.lock().unwrap(),
+        ["push", "delete"],
+        "the push waited for the delete's adoption"
+    );
+    assert_eq!(upstream_digest(&registry, "many", "fresh"), Some(fresh.digest()));
+    // The adoption did happen: the old tags are pinned.
+    let r = fresh.put_manifest(addr, "many", &format!("old-{}", OLD_TAGS - 1), "");
+    assert_eq!(r.status, 409, "{}", r.text());
 }
