@@ -170,11 +170,11 @@ fn two_mode_upstream(
 }
 
 #[test]
-fn an_upstream_5xx_on_the_push_passes_through_and_pins_nothing() {
+fn an_upstream_500_on_the_push_passes_through_and_pins_nothing() {
     let (a, b) = (Image::random(203, 10), Image::random(204, 10));
-    let (fake, mode) = two_mode_upstream(|| Action::status(503), b.clone());
+    let (fake, mode) = two_mode_upstream(|| Action::status(500), b.clone());
     let (t, _d) = tagpin_for(&fake.url());
-    assert_eq!(put(&t, &a, "v1").status, 503);
+    assert_eq!(put(&t, &a, "v1").status, 500);
     mode.store(1, Ordering::SeqCst);
     // No pin was recorded for `a`, so `b` may take the tag; then `a` may not.
     assert_eq!(put(&t, &b, "v1").status, 201);
@@ -195,15 +195,17 @@ fn a_wrong_docker_content_digest_is_a_502_and_keeps_the_tag_reserved() {
     // The upstream accepted something under the tag: that is no refusal, so the claim
     // made for `a` before forwarding stays and no other digest may take the tag.
     mode.store(1, Ordering::SeqCst);
+    // The upstream stored *something* under v1: no pin, but the claim for `a` stays
+    // (fail closed), so no other digest is forwarded to the tag.
     let r = put(&t, &b, "v1");
     assert_eq!(r.status, 409, "{}", r.text());
-    let detail = &r.json()["errors"][0]["detail"];
+    assert_eq!(detail(&r)["state"], "claimed");
+    assert_eq!(detail(&r)["pinned_digest"], a.digest());
     assert_eq!(
-        (detail["state"].as_str(), detail["pinned_digest"].as_str()),
-        (Some("claimed"), Some(a.digest().as_str()))
+        puts_to(&fake, "/v2/f/manifests/v1"),
+        1,
+        "the rival digest was forwarded"
     );
-    let puts = fake.requests().iter().filter(|s| s.method == "PUT").count();
-    assert_eq!(puts, 1, "the refused push must not be forwarded");
 }
 
 #[test]
@@ -293,4 +295,215 @@ fn a_next_link_to_another_origin_refuses_the_delete() {
         metrics.contains("tagpin_upstream_failures_total{kind=\"check\"} 1"),
         "{metrics}"
     );
+}
+fn detail(r: &Resp) -> serde_json::Value {
+    r.json()["errors"][0]["detail"].clone()
+}
+
+/// The manifest PUTs the fake received for `target` (path and query).
+fn puts_to(fake: &FakeUpstream, target: &str) -> usize {
+    fake.requests()
+        .iter()
+        .filter(|s| s.method == "PUT" && s.target == target)
+        .count()
+}
+
+#[test]
+fn a_tag_query_push_pins_only_the_tags_the_upstream_lists_in_oci_tag() {
+    let (a, b) = (Image::random(207, 10), Image::random(208, 10));
+    let (da, db) = (a.digest(), b.digest());
+    let by_digest = format!("/v2/f/manifests/{da}?tag=v1&tag=v2");
+    let fake = FakeUpstream::start({
+        let by_digest = by_digest.clone();
+        move |method, target| match method {
+            "HEAD" => Action::status(404),
+            // A registry that supports `?tag=` and applied only v1 (spec.md, "Pushing
+            // Manifests": it lists the tags it applied in `OCI-Tag`).
+            "PUT" if target == by_digest => Action::Respond {
+                status: 201,
+                headers: vec![
+                    ("Docker-Content-Digest".into(), da.clone()),
+                    ("OCI-Tag".into(), "v1".into()),
+                ],
+                body: vec![],
+            },
+            "PUT" => Action::with_header(201, "Docker-Content-Digest", &db),
+            _ => Action::status(200),
+        }
+    });
+    let (t, _d) = tagpin_for(&fake.url());
+    let r = timed(|| a.put_manifest(t.addr, "f", &format!("{}?tag=v1&tag=v2", a.digest()), ""));
+    assert_eq!(r.status, 201, "{}", r.text());
+
+    let r = put(&t, &b, "v1");
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert_eq!(detail(&r)["pinned_digest"], a.digest());
+    assert_eq!(detail(&r)["state"], "pinned");
+    assert_eq!(puts_to(&fake, "/v2/f/manifests/v1"), 0, "a refused push was forwarded");
+
+    // The upstream did not apply v2, so nothing holds it: another digest may take it.
+    let r = put(&t, &b, "v2");
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(puts_to(&fake, "/v2/f/manifests/v2"), 1);
+}
+
+#[test]
+fn a_201_without_docker_content_digest_is_confirmed_with_a_head_and_pinned() {
+    let (a, b) = (Image::random(209, 10), Image::random(210, 10));
+    // What the fake holds under v1: set by the first PUT, taken away by the test.
+    let v1: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
+    let fake = FakeUpstream::start({
+        let (v1, da) = (Arc::clone(&v1), a.digest());
+        move |method, target| match (method, target) {
+            ("HEAD", "/v2/f/manifests/v1") => match v1.lock().unwrap().clone() {
+                Some(d) => Action::with_header(200, "Docker-Content-Digest", &d),
+                None => Action::status(404),
+            },
+            ("PUT", "/v2/f/manifests/v1") => {
+                v1.lock().unwrap().get_or_insert(da.clone());
+                Action::status(201)
+            }
+            _ => Action::status(404),
+        }
+    });
+    let (t, _d) = tagpin_for(&fake.url());
+    let r = put(&t, &a, "v1");
+    assert_eq!(r.status, 201, "{}", r.text());
+    let seen: Vec<String> = fake
+        .requests()
+        .iter()
+        .map(|s| format!("{} {}", s.method, s.target))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            "HEAD /v2/f/manifests/v1",
+            "PUT /v2/f/manifests/v1",
+            "HEAD /v2/f/manifests/v1"
+        ],
+        "the 201 is confirmed with a HEAD"
+    );
+    t.wait_for_audit(|e| e["action"] == "pin_created" && e["tag"] == "v1");
+
+    // The tag goes away at the upstream (deleted behind tagpin's back): the pin is a
+    // tombstone, so the refusal comes from the store, not from adopting what is there.
+    *v1.lock().unwrap() = None;
+    let r = put(&t, &b, "v1");
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert_eq!(detail(&r)["pinned_digest"], a.digest());
+    assert_eq!(detail(&r)["state"], "pinned");
+    assert_eq!(
+        puts_to(&fake, "/v2/f/manifests/v1"),
+        1,
+        "the second digest was forwarded"
+    );
+}
+
+#[test]
+fn a_gateway_error_on_the_push_keeps_the_tag_reserved_and_a_400_frees_it() {
+    let (a, b) = (Image::random(211, 10), Image::random(212, 10));
+    let db = b.digest();
+    // Each tag's first PUT gets the status in its name; later PUTs are accepted as `b`.
+    let answered: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+    let fake = FakeUpstream::start({
+        let answered = Arc::clone(&answered);
+        move |method, target| match method {
+            "HEAD" => Action::status(404),
+            "PUT" => {
+                let mut answered = answered.lock().unwrap();
+                if answered.iter().any(|t| t == target) {
+                    return Action::with_header(201, "Docker-Content-Digest", &db);
+                }
+                answered.push(target.to_owned());
+                let status = target.rsplit('-').next().and_then(|s| s.parse().ok()).unwrap_or(500);
+                Action::status(status)
+            }
+            _ => Action::status(200),
+        }
+    });
+    let (t, _d) = tagpin_for(&fake.url());
+    for status in [502, 503, 504] {
+        let tag = format!("gw-{status}");
+        assert_eq!(put(&t, &a, &tag).status, status);
+        let r = put(&t, &b, &tag);
+        assert_eq!(r.status, 409, "{tag}: {}", r.text());
+        assert_eq!(detail(&r)["state"], "claimed", "{tag}");
+        assert_eq!(detail(&r)["pinned_digest"], a.digest(), "{tag}");
+        assert_eq!(
+            puts_to(&fake, &format!("/v2/f/manifests/{tag}")),
+            1,
+            "{tag}: the rival digest was forwarded"
+        );
+    }
+    // A 400 is the upstream's definitive refusal: the claim is withdrawn.
+    assert_eq!(put(&t, &a, "bad-400").status, 400);
+    let r = put(&t, &b, "bad-400");
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(puts_to(&fake, "/v2/f/manifests/bad-400"), 2);
+    assert_eq!(put(&t, &a, "bad-400").status, 409, "b holds it now");
+}
+
+/// After a 2xx without `Docker-Content-Digest` to a push *by tag*, tagpin confirms the
+/// digest with a HEAD. A HEAD served stale (a cache or replica in front of the registry,
+/// still holding the 404 of the pre-push check) must not free the tag: the claim stays,
+/// the client hears that the outcome is unknown, and the next digest is refused.
+#[test]
+fn a_2xx_by_tag_whose_confirming_head_is_stale_keeps_the_tag_reserved() {
+    let (a, b) = (Image::random(213, 10), Image::random(214, 10));
+    // A registry behind a cache that keeps answering the tag's HEAD with 404.
+    let fake = FakeUpstream::start(|method, _| match method {
+        "HEAD" => Action::status(404),
+        "PUT" => Action::status(201),
+        _ => Action::status(404),
+    });
+    let (t, _d) = tagpin_for(&fake.url());
+    let r = put(&t, &a, "v1");
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert!(r.text().contains("not known"), "{}", r.text());
+    let r = put(&t, &b, "v1");
+    assert_eq!(
+        puts_to(&fake, "/v2/f/manifests/v1"),
+        1,
+        "after the push of a, b was forwarded to the same tag (answered {})",
+        r.status
+    );
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert_eq!(detail(&r)["state"], "claimed");
+}
+
+/// The delete-in-flight record of a digest is not settled by a later delete the upstream
+/// refused (401 for a client without delete rights) while the first delete's outcome is
+/// still unknown; otherwise a push could pin a tag to a manifest the upstream deletes a
+/// moment later.
+#[test]
+fn a_refused_delete_does_not_settle_an_earlier_delete_with_an_unknown_outcome() {
+    let img = Image::random(215, 10);
+    let digest = img.digest();
+    let deletes = Arc::new(AtomicUsize::new(0));
+    let fake = FakeUpstream::start({
+        let (deletes, digest) = (Arc::clone(&deletes), digest.clone());
+        move |method, _| match method {
+            // The first delete never gets an answer (it may yet be applied); the second
+            // is refused for lack of credentials.
+            "DELETE" if deletes.fetch_add(1, Ordering::SeqCst) == 0 => Action::Hang,
+            "DELETE" => Action::status(401),
+            "PUT" => Action::with_header(201, "Docker-Content-Digest", &digest),
+            _ => Action::status(404),
+        }
+    });
+    let (t, _d) = tagpin_for(&fake.url());
+    let target = format!("/v2/f/manifests/{digest}");
+    assert_eq!(timed(|| request(t.addr, "DELETE", &target, &[], b"")).status, 504);
+    let r = put(&t, &img, "v1");
+    assert_eq!(detail(&r)["reason"], "delete_in_flight", "{}", r.text());
+
+    assert_eq!(timed(|| request(t.addr, "DELETE", &target, &[], b"")).status, 401);
+    let r = put(&t, &img, "v1");
+    assert_eq!(
+        puts_to(&fake, "/v2/f/manifests/v1"),
+        0,
+        "a tag was pinned to a digest whose delete has an unknown outcome (answered {})",
+        r.status
+    );
+    assert_eq!(detail(&r)["reason"], "delete_in_flight", "{}", r.text());
 }

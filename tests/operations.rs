@@ -318,3 +318,48 @@ fn tagpin_serves_https_to_clients_that_verify_it() {
     );
     assert_eq!(status, "200");
 }
+
+#[test]
+fn a_second_tagpin_on_the_same_data_dir_refuses_to_start_and_the_first_keeps_serving() {
+    use std::time::{Duration, Instant};
+    let upstream = Registry::start();
+    let data = tempfile::tempdir().unwrap();
+    let first = Tagpin::start(&upstream.url(), data.path(), &[]);
+    let mut second = Command::new(env!("CARGO_BIN_EXE_tagpin"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--upstream", &upstream.url()])
+        .arg("--data-dir")
+        .arg(data.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Bounded: a second tagpin that starts would otherwise serve forever.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = second.try_wait().unwrap() {
+            break Some(status);
+        }
+        if Instant::now() >= deadline {
+            let _ = second.kill();
+            let _ = second.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut second.stderr.take().unwrap(), &mut stderr).unwrap();
+    let status = status.unwrap_or_else(|| panic!("the second tagpin started on a data dir in use: {stderr}"));
+    assert!(!status.success(), "{status:?}: {stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with("tagpin: "), "{stderr}");
+    assert!(
+        stderr.contains(&data.path().display().to_string()) && stderr.contains("in use"),
+        "{stderr}"
+    );
+
+    assert_eq!(request(first.addr, "GET", "/readyz", &[], b"").status, 200);
+    let img = Image::random(31, 100);
+    img.push_blobs(first.addr, "two", "");
+    assert_eq!(img.put_manifest(first.addr, "two", "v1", "").status, 201);
+    assert_eq!(img.variant("x").put_manifest(first.addr, "two", "v1", "").status, 409);
+}

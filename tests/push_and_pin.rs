@@ -194,6 +194,22 @@ fn a_tag_that_predates_tagpin_is_adopted() {
 }
 
 #[test]
+fn the_adoption_event_reports_the_pushed_digest_as_attempted() {
+    let env = Env::start(&[]);
+    let old = Image::random(19, 1000);
+    old.push_blobs(env.registry.addr, "legacy2", "");
+    assert_eq!(old.put_manifest(env.registry.addr, "legacy2", "1.0", "").status, 201);
+
+    let new = old.variant("new");
+    assert_eq!(new.put_manifest(env.tagpin.addr, "legacy2", "1.0", "").status, 409);
+    let e = env
+        .tagpin
+        .wait_for_audit(|e| e["action"] == "pin_adopted" && e["tag"] == "1.0");
+    assert_eq!(e["pinned_digest"], old.digest(), "{e}");
+    assert_eq!(e["attempted_digest"], new.digest(), "{e}");
+}
+
+#[test]
 fn deleting_a_protected_tag_or_its_pinned_digest_is_refused() {
     let env = Env::start(&[]);
     let a = Image::random(8, 1000);
@@ -438,6 +454,33 @@ fn basic_auth_upstream_works_through_tagpin() {
             "credentials leaked: {line}"
         );
     }
+}
+
+#[test]
+fn a_push_without_credentials_is_challenged_like_the_upstream_with_an_oci_error_body() {
+    let registry = Registry::start_with(RegistryOptions {
+        basic_auth: Some(("alice".into(), "wonder-pass-77".into())),
+        ..Default::default()
+    });
+    let data = tempfile::tempdir().unwrap();
+    let tagpin = Tagpin::start(&registry.url(), data.path(), &[]);
+    let img = Image::random(20, 10);
+    let direct = img.put_manifest(registry.addr, "sec", "v1", "");
+    let via = img.put_manifest(tagpin.addr, "sec", "v1", "");
+    assert_eq!(via.status, direct.status, "{}", via.text());
+    assert_eq!(via.status, 401);
+    // The tag check was a HEAD, whose answer has no body: the client still gets the
+    // error envelope a PUT gets (distribution-spec `spec.md`, "Error Codes").
+    assert_eq!(via.oci_code(), "UNAUTHORIZED", "{}", via.text());
+    assert_eq!(
+        via.header("www-authenticate"),
+        direct.header("www-authenticate"),
+        "a Basic challenge passes unchanged"
+    );
+    assert!(via
+        .header("www-authenticate")
+        .is_some_and(|v| v.starts_with("Basic realm=\"tagpin-test\"")));
+    assert_eq!(upstream_digest(&registry, "sec", "v1"), None);
 }
 
 #[test]

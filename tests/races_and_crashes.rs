@@ -7,10 +7,12 @@
 mod common;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
 use common::fake::LaggyRelay;
+use common::watch::WatchRelay;
 use common::*;
 
 fn rounds(var: &str, default: usize) -> usize {
@@ -200,23 +202,116 @@ fn a_crash_after_the_upstream_accepted_but_before_the_pin_keeps_the_tag_reserved
 
 #[test]
 fn sigkill_at_random_moments_never_moves_a_tag_or_loses_a_pin() {
+    kill_at_random_moments(CrashPlan {
+        repo: "crash",
+        seed: 404,
+        rng: 0x007a_6170_696e,
+        rounds: rounds("TAGPIN_CRASH_ROUNDS", 25),
+        kill_within_ms: 80,
+        heavy_one_in: None,
+        anchor_odd_rounds_on_forward: false,
+    });
+}
+
+#[test]
+fn sigkill_while_the_upstream_verifies_a_slow_manifest_never_moves_a_tag_or_loses_a_pin() {
+    // Half the pushes send a manifest distribution takes about half a second to verify,
+    // and kills are spread over 0..900 ms, so many land after the whole manifest was
+    // forwarded and before the upstream has answered (or even applied it).
+    let summary = kill_at_random_moments(CrashPlan {
+        repo: "crash-slow",
+        seed: 406,
+        rng: 0x0073_6c6f_7721,
+        // Two thirds of the fast run's rounds: each takes longer.
+        rounds: rounds("TAGPIN_CRASH_ROUNDS", 25) * 2 / 3,
+        kill_within_ms: 900,
+        heavy_one_in: Some(3),
+        anchor_odd_rounds_on_forward: true,
+    });
+    assert!(
+        summary.heavy_cut_in_flight > 0,
+        "no kill landed while a slow manifest was in flight: the test exercised nothing new"
+    );
+    // Not asserted (it depends on the machine's speed), but worth seeing in the output.
+    eprintln!(
+        "{} slow pushes landed at the upstream after the kill that cut them off",
+        summary.heavy_landed_after_kill
+    );
+}
+
+/// One run of [`kill_at_random_moments`].
+struct CrashPlan {
+    repo: &'static str,
+    /// Seed of the base image.
+    seed: u64,
+    /// Seed of the schedule (tags, images, kill times).
+    rng: u64,
+    rounds: usize,
+    /// Kills are drawn from `0..kill_within_ms` after the pushers start.
+    kill_within_ms: u64,
+    /// One push in this many sends a slow manifest ([`Image::heavy`]).
+    heavy_one_in: Option<u64>,
+    /// In odd rounds, draw the kill time from the moment a slow manifest has been
+    /// forwarded instead of from the pushers' start.
+    anchor_odd_rounds_on_forward: bool,
+}
+
+struct CrashSummary {
+    /// Slow pushes cut off by a kill after their claim was on disk.
+    heavy_cut_in_flight: usize,
+    /// Slow pushes cut off by a kill whose digest the upstream holds afterwards: the kill
+    /// landed after forwarding, while the upstream was still at work.
+    heavy_landed_after_kill: usize,
+}
+
+/// Rounds of concurrent pushes, each cut by a SIGKILL of tagpin at a random moment,
+/// then a restart on the same data dir. Checks that no tag ever moves at the upstream,
+/// that every 201 matches the upstream, and that afterwards every tag the upstream holds
+/// is held by tagpin to that digest.
+fn kill_at_random_moments(plan: CrashPlan) -> CrashSummary {
     const TAGS: usize = 4;
     const PUSHERS: usize = 6;
+    const SLOW: usize = 25_000;
+    let repo = plan.repo;
     let registry = Registry::start();
     // Holding back the upstream's answers widens the window between "accepted upstream"
     // and "pin written", so random kills land in it often.
-    let relay = LaggyRelay::start(registry.addr, Duration::from_millis(15));
+    let relay = WatchRelay::start_with_delay(registry.addr, Duration::from_millis(15));
     let data = tempfile::tempdir().unwrap();
-    let base = Image::random(404, 256);
-    base.push_blobs(registry.addr, "crash", "");
-    let mut rng = Lcg(0x007a_6170_696e);
+    let base = Image::random(plan.seed, 256);
+    base.push_blobs(registry.addr, repo, "");
+    let mut rng = Lcg(plan.rng);
     let mut first_seen: HashMap<String, String> = HashMap::new();
     let mut accepted: Vec<(String, String)> = Vec::new();
-    let mut cut_off = 0;
-    for round in 0..rounds("TAGPIN_CRASH_ROUNDS", 25) {
+    let mut cut_off: Vec<(String, String, bool)> = Vec::new();
+    let fresh = if plan.heavy_one_in.is_some() {
+        &["r", "s"][..]
+    } else {
+        &["r"][..]
+    };
+    let all_tags = |last_round: usize| {
+        (0..TAGS)
+            .map(|t| format!("t{t}"))
+            .chain((0..=last_round).flat_map(|r| {
+                fresh
+                    .iter()
+                    .flat_map(move |p| [format!("{p}{r}-0"), format!("{p}{r}-1")])
+            }))
+            .collect::<Vec<_>>()
+    };
+    // A tag, once at the upstream, never changes.
+    let check_upstream = |first_seen: &mut HashMap<String, String>, last_round: usize, when: &str| {
+        for tag in all_tags(last_round) {
+            if let Some(now) = upstream_digest(&registry, repo, &tag) {
+                let first = first_seen.entry(tag.clone()).or_insert_with(|| now.clone());
+                assert_eq!(&now, first, "{when}: {tag} moved");
+            }
+        }
+    };
+    for round in 0..plan.rounds {
         let mut tagpin = Tagpin::start(&relay.url(), data.path(), &[]);
         let addr = tagpin.addr;
-        let jobs: Vec<(String, Image)> = (0..PUSHERS)
+        let jobs: Vec<(String, Image, bool)> = (0..PUSHERS)
             .map(|i| {
                 // Half the pushes contest long-lived tags, half fresh ones of this round.
                 let k = rng.next(TAGS as u64);
@@ -225,55 +320,78 @@ fn sigkill_at_random_moments_never_moves_a_tag_or_loses_a_pin() {
                 } else {
                     format!("r{round}-{}", k % 2)
                 };
-                (tag, base.variant(&format!("r{round}-p{i}")))
+                let note = format!("r{round}-p{i}");
+                match plan.heavy_one_in {
+                    // Slow pushes contest tags of their own, so they are forwarded rather
+                    // than refused behind a fast push that took the tag first.
+                    Some(n) if rng.next(n) == 0 => (format!("s{round}-{}", k % 2), base.heavy(SLOW, &note), true),
+                    _ => (tag, base.variant(&note), false),
+                }
             })
             .collect();
-        let kill_after = Duration::from_millis(rng.next(80));
-        let results: Vec<(String, String, Option<u16>)> = std::thread::scope(|s| {
+        let kill_after = Duration::from_millis(rng.next(plan.kill_within_ms));
+        let anchor_on_forward = plan.anchor_odd_rounds_on_forward && round % 2 == 1;
+        let sent_before = relay.forwarded();
+        let slow_len = jobs.iter().filter(|j| j.2).map(|j| j.1.manifest.len()).min();
+        let done = AtomicUsize::new(0);
+        let results: Vec<(String, String, bool, Option<u16>)> = std::thread::scope(|s| {
             let handles: Vec<_> = jobs
                 .iter()
-                .map(|(tag, img)| {
+                .map(|(tag, img, heavy)| {
+                    let done = &done;
                     s.spawn(move || {
                         let r = try_request(
                             addr,
                             "PUT",
-                            &format!("/v2/crash/manifests/{tag}"),
+                            &format!("/v2/{repo}/manifests/{tag}"),
                             &[("Content-Type", image::OCI_MANIFEST)],
                             &img.manifest,
                         );
-                        (tag.clone(), img.digest(), r.ok().map(|r| r.status))
+                        done.fetch_add(1, Ordering::SeqCst);
+                        (tag.clone(), img.digest(), *heavy, r.ok().map(|r| r.status))
                     })
                 })
                 .collect();
+            if let (true, Some(len)) = (anchor_on_forward, slow_len) {
+                // This round's clock starts once a slow manifest has been forwarded, so
+                // the kill lands while the upstream verifies it.
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while relay.forwarded() < sent_before + len
+                    && done.load(Ordering::SeqCst) < jobs.len()
+                    && Instant::now() < deadline
+                {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            }
             std::thread::sleep(kill_after);
             tagpin.kill();
             handles.into_iter().map(|h| h.join().unwrap()).collect()
         });
-        for (tag, digest, status) in results {
+        for (tag, digest, heavy, status) in results {
             assert!(
                 matches!(status, None | Some(201) | Some(409)),
                 "round {round}: {status:?}"
             );
             match status {
                 Some(201) => accepted.push((tag, digest)),
-                None => cut_off += 1,
+                None => cut_off.push((tag, digest, heavy)),
                 _ => {}
             }
         }
-        // A tag, once at the upstream, never changes.
-        let tags = (0..TAGS)
-            .map(|t| format!("t{t}"))
-            .chain((0..=round).flat_map(|r| [format!("r{r}-0"), format!("r{r}-1")]));
-        for tag in tags {
-            if let Some(now) = upstream_digest(&registry, "crash", &tag) {
-                let first = first_seen.entry(tag.clone()).or_insert_with(|| now.clone());
-                assert_eq!(&now, first, "round {round}: {tag} moved");
-            }
-        }
+        check_upstream(&mut first_seen, round, &format!("round {round}"));
     }
+    // Slow manifests forwarded before the last kill may still be landing: give them time,
+    // then look again (a late landing that moved a tag would show here).
+    std::thread::sleep(Duration::from_secs(2));
+    check_upstream(&mut first_seen, plan.rounds - 1, "after the last round");
+    let heavy_landed_after_kill = cut_off
+        .iter()
+        .filter(|(tag, digest, heavy)| *heavy && first_seen.get(tag) == Some(digest))
+        .count();
     eprintln!(
-        "{} pushes answered 201, {cut_off} cut off by a kill, {} tags at the upstream",
+        "{} pushes answered 201, {} cut off by a kill ({heavy_landed_after_kill} slow ones landed upstream after it), {} tags at the upstream",
         accepted.len(),
+        cut_off.len(),
         first_seen.len()
     );
     // Every 201 was for the digest the tag holds.
@@ -289,12 +407,88 @@ fn sigkill_at_random_moments_never_moves_a_tag_or_loses_a_pin() {
     for (tag, digest) in &first_seen {
         let r = base
             .variant("after-the-crashes")
-            .put_manifest(tagpin.addr, "crash", tag, "");
+            .put_manifest(tagpin.addr, repo, tag, "");
         assert_eq!(r.status, 409, "{tag}: {}", r.text());
-        assert_eq!(&r.json()["errors"][0]["detail"]["pinned_digest"], digest);
+        assert_eq!(&r.json()["errors"][0]["detail"]["pinned_digest"], digest, "{tag}");
     }
     assert!(
         !first_seen.is_empty(),
         "no push ever reached the upstream: the test exercised nothing"
     );
+    // Slow pushes cut off after their claim was written, i.e. while being forwarded or
+    // verified: their tag is still held to their digest.
+    let mut heavy_cut_in_flight = 0;
+    for (tag, digest, heavy) in &cut_off {
+        let r = base
+            .variant("after-the-crashes")
+            .put_manifest(tagpin.addr, repo, tag, "");
+        if *heavy && r.status == 409 && r.json()["errors"][0]["detail"]["pinned_digest"] == *digest {
+            heavy_cut_in_flight += 1;
+        }
+    }
+    if plan.heavy_one_in.is_some() {
+        eprintln!("{heavy_cut_in_flight} slow pushes were cut off in flight");
+    }
+    CrashSummary {
+        heavy_cut_in_flight,
+        heavy_landed_after_kill,
+    }
+}
+
+#[test]
+fn a_push_is_not_held_up_while_a_digest_delete_adopts_a_large_repository() {
+    const OLD_TAGS: usize = 300;
+    let registry = Registry::start();
+    // Every answer of the upstream is held back, so adopting hundreds of tags (one HEAD
+    // each) keeps the first digest delete busy for seconds.
+    let relay = WatchRelay::start_with_delay(registry.addr, Duration::from_millis(10));
+    let data = tempfile::tempdir().unwrap();
+    let base = Image::random(405, 256);
+    base.push_blobs(registry.addr, "many", "");
+    for i in 0..OLD_TAGS {
+        let r = base.put_manifest(registry.addr, "many", &format!("old-{i}"), "");
+        assert_eq!(r.status, 201, "{}", r.text());
+    }
+    // An untagged manifest: deleting it is allowed once every tag is adopted.
+    let untagged = base.variant("untagged");
+    assert_eq!(
+        untagged
+            .put_manifest(registry.addr, "many", &untagged.digest(), "")
+            .status,
+        201
+    );
+    let tagpin = Tagpin::start(&relay.url(), data.path(), &[]);
+    let addr = tagpin.addr;
+    let fresh = base.variant("fresh");
+
+    let order = std::sync::Mutex::new(Vec::new());
+    let (delete, push) = std::thread::scope(|s| {
+        let deleter = s.spawn(|| {
+            let r = request(
+                addr,
+                "DELETE",
+                &format!("/v2/many/manifests/{}", untagged.digest()),
+                &[],
+                b"",
+            );
+            order.lock().unwrap().push("delete");
+            r
+        });
+        // The delete is adopting: its first tag check has reached the upstream.
+        relay.wait_request("HEAD /v2/many/manifests/old-", Duration::from_secs(30));
+        let r = fresh.put_manifest(addr, "many", "fresh", "");
+        order.lock().unwrap().push("push");
+        (deleter.join().unwrap(), r)
+    });
+    assert_eq!(push.status, 201, "{}", push.text());
+    assert_eq!(delete.status, 202, "{}", delete.text());
+    assert_eq!(
+        *order.lock().unwrap(),
+        ["push", "delete"],
+        "the push waited for the delete's adoption"
+    );
+    assert_eq!(upstream_digest(&registry, "many", "fresh"), Some(fresh.digest()));
+    // The adoption did happen: the old tags are pinned.
+    let r = fresh.put_manifest(addr, "many", &format!("old-{}", OLD_TAGS - 1), "");
+    assert_eq!(r.status, 409, "{}", r.text());
 }
