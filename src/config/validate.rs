@@ -205,7 +205,10 @@ mod tests {
     fn the_example_config_file_is_valid() {
         let text = include_str!("../../config/tagpin.toml");
         let c = raw(text).validate().unwrap();
-        assert_eq!(c.exclude, vec!["latest".to_string()]);
+        assert!(c.exclude.is_empty());
+        let rules = c.rules.expect("the example configures rules");
+        // The example starts with the signature rule, as the docs say it must.
+        assert_eq!(rules[0], crate::policy::RuleSpec::defaults()[0]);
     }
 
     #[test]
