@@ -29,7 +29,7 @@ fn main() -> ExitCode {
         }
     };
     let args = match cli.command {
-        Command::Serve(args) => args,
+        Command::Serve(args) => *args,
         Command::Policy(PolicyCommand::Explain(args)) => {
             return match tagpin::cli::policy::explain(args, &mut std::io::stdout()) {
                 Ok(()) => ExitCode::SUCCESS,

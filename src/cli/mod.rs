@@ -23,7 +23,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the proxy.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Inspect the protection policy without a server running.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
