@@ -11,7 +11,10 @@ use std::sync::Arc;
 use common::*;
 use tagpin::config::RawConfig;
 use tagpin::oci::{Digest, Repository, Tag};
-use tagpin::store::{Claim, HistoryEntry, Pin, PinStore, Refused, SledStore, StoreError, TagState};
+use tagpin::store::{
+    Claim, Exported, HistoryEntry, HistoryEvent, ImportOutcome, Pin, PinStore, Refused, Release, SledStore, StoreError,
+    TagState,
+};
 
 /// A real store with switches that make reads, writes, or only the confirmation of an
 /// accepted push fail.
@@ -101,6 +104,37 @@ impl PinStore for FlakyStore {
     fn referenced_by(&self, r: &Repository, d: &Digest) -> Result<Vec<Digest>, StoreError> {
         self.check(&self.fail_reads)?;
         self.inner.referenced_by(r, d)
+    }
+    fn list(
+        &self,
+        r: Option<&Repository>,
+        after: Option<&(Repository, Tag)>,
+        limit: usize,
+    ) -> Result<Vec<(Repository, Tag, TagState)>, StoreError> {
+        self.check(&self.fail_reads)?;
+        self.inner.list(r, after, limit)
+    }
+    fn set_release(&self, r: &Repository, t: &Tag, x: &Release) -> Result<(), StoreError> {
+        self.check(&self.fail_writes)?;
+        self.inner.set_release(r, t, x)
+    }
+    fn release(&self, r: &Repository, t: &Tag) -> Result<Option<Release>, StoreError> {
+        self.check(&self.fail_reads)?;
+        self.inner.release(r, t)
+    }
+    fn end_release(
+        &self,
+        r: &Repository,
+        t: &Tag,
+        e: HistoryEvent,
+        id: Option<&str>,
+    ) -> Result<Option<Release>, StoreError> {
+        self.check(&self.fail_writes)?;
+        self.inner.end_release(r, t, e, id)
+    }
+    fn import(&self, records: &[Exported]) -> Result<ImportOutcome, StoreError> {
+        self.check(&self.fail_writes)?;
+        self.inner.import(records)
     }
     fn check(&self) -> Result<(), StoreError> {
         self.check(&self.fail_reads)?;

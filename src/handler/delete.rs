@@ -161,13 +161,8 @@ fn forwarded_error(e: UpstreamError) -> ProxyError {
 }
 
 async fn record_audited_delete(app: &App, repo: &Repository, tag: &Tag, pinned: &Digest, who: &Requester) {
-    let entry = HistoryEntry {
-        at: crate::store::now_secs(),
-        event: HistoryEvent::AuditDelete,
-        digest: pinned.clone(),
-        from: None,
-        request_id: Some(who.request_id.clone()),
-    };
+    let mut entry = HistoryEntry::new(HistoryEvent::AuditDelete, pinned.clone(), None);
+    entry.request_id = Some(who.request_id.clone());
     let (r, t) = (repo.clone(), tag.clone());
     if let Err(e) = app.store_call(move |s| s.record_event(&r, &t, &entry)).await {
         tracing::warn!(request_id = %who.request_id, error = %e, "cannot record an audited delete in the pin's history");

@@ -57,6 +57,12 @@ pub enum HistoryEvent {
     AuditMove,
     /// An audit-mode tag was deleted at the upstream; the pin stays.
     AuditDelete,
+    /// An operator released the tag and one push moved it (or one delete removed it).
+    Released,
+    /// A release expired unused.
+    ReleaseExpired,
+    /// An operator withdrew a release before it was used.
+    ReleaseCancelled,
 }
 
 /// One entry of a pin's history.
@@ -73,6 +79,27 @@ pub struct HistoryEntry {
     /// The request that caused it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
+    /// The admin (token name) behind a release.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+    /// The reason an admin gave.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl HistoryEntry {
+    /// An entry with no request, admin or reason attached.
+    pub fn new(event: HistoryEvent, digest: Digest, from: Option<Digest>) -> Self {
+        Self {
+            at: now_secs(),
+            event,
+            digest,
+            from,
+            request_id: None,
+            by: None,
+            reason: None,
+        }
+    }
 }
 
 /// One recorded pin: the digest in force and how it got there.
@@ -100,14 +127,10 @@ impl Pin {
             PinSource::Push => HistoryEvent::Push,
             PinSource::Adopted => HistoryEvent::Adopted,
         };
+        let mut first = HistoryEntry::new(event, digest.clone(), None);
+        first.at = at;
         Self {
-            history: vec![HistoryEntry {
-                at,
-                event,
-                digest: digest.clone(),
-                from: None,
-                request_id: None,
-            }],
+            history: vec![first],
             digest,
             source,
             pinned_at: at,
@@ -125,6 +148,8 @@ pub enum ClaimKind {
     Append,
     /// Follow an audited move.
     AuditMove,
+    /// Use a release: move the pin once.
+    Release,
 }
 
 /// A provisional reservation of a tag for a digest whose push was (or is about to be)
@@ -208,6 +233,61 @@ pub struct Refused {
 /// Refused attempts kept per tag.
 pub const MAX_REFUSALS: usize = 100;
 
+/// Break glass: within its time, the next push of the tag may set a different digest
+/// (or the next delete may delete it), once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Release {
+    /// The admin token's name.
+    pub by: String,
+    pub reason: String,
+    pub created_at: u64,
+    pub expires_at: u64,
+}
+
+/// One tag's record as exported: the pin and its whole history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Exported {
+    pub repository: Repository,
+    pub tag: Tag,
+    pub digest: Digest,
+    pub source: PinSource,
+    pub pinned_at: u64,
+    pub history: Vec<HistoryEntry>,
+}
+
+impl Exported {
+    pub fn of(repository: Repository, tag: Tag, pin: &Pin) -> Self {
+        Self {
+            repository,
+            tag,
+            digest: pin.digest.clone(),
+            source: pin.source,
+            pinned_at: pin.pinned_at,
+            history: pin.history.clone(),
+        }
+    }
+
+    pub fn pin(&self) -> Pin {
+        Pin {
+            digest: self.digest.clone(),
+            source: self.source,
+            pinned_at: self.pinned_at,
+            history: self.history.clone(),
+        }
+    }
+}
+
+/// What an import did, or why it wrote nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct ImportOutcome {
+    /// Pins written.
+    pub imported: usize,
+    /// Records identical to a pin already held (same digest), left as they are.
+    pub unchanged: usize,
+    /// Records that disagree with what the store holds: when any, nothing is written.
+    pub conflicts: Vec<String>,
+}
+
 /// A store failure. Any of these makes tagpin refuse the write it was deciding (503).
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -289,6 +369,36 @@ pub trait PinStore: Send + Sync + 'static {
     /// The pinned manifests of `repo` that depend on `digest`.
     fn referenced_by(&self, repo: &Repository, digest: &Digest) -> Result<Vec<Digest>, StoreError>;
 
+    /// Tags with a pin or claim, in key order, after `after`, at most `limit`; only
+    /// `repo`'s when given. Paginated so a million pins list in bounded memory.
+    fn list(
+        &self,
+        repo: Option<&Repository>,
+        after: Option<&(Repository, Tag)>,
+        limit: usize,
+    ) -> Result<Vec<(Repository, Tag, TagState)>, StoreError>;
+
+    /// Put a release on `tag` (replacing one in force).
+    fn set_release(&self, repo: &Repository, tag: &Tag, release: &Release) -> Result<(), StoreError>;
+
+    /// The release on `tag`, if any (expired ones included: the caller decides).
+    fn release(&self, repo: &Repository, tag: &Tag) -> Result<Option<Release>, StoreError>;
+
+    /// Remove the release on `tag` and record why (`ReleaseExpired`, `ReleaseCancelled`,
+    /// or `Released` for a delete that used it) in the pin's history. Returns the
+    /// release that was removed.
+    fn end_release(
+        &self,
+        repo: &Repository,
+        tag: &Tag,
+        event: HistoryEvent,
+        request_id: Option<&str>,
+    ) -> Result<Option<Release>, StoreError>;
+
+    /// Write every record unless any conflicts with what the store holds (a different
+    /// digest, or a claim), atomically and durably.
+    fn import(&self, records: &[Exported]) -> Result<ImportOutcome, StoreError>;
+
     /// Whether the store can serve reads and durable writes now.
     fn check(&self) -> Result<(), StoreError>;
 }
@@ -355,6 +465,32 @@ impl PinStore for UnavailableStore {
         self.fail()
     }
     fn referenced_by(&self, _: &Repository, _: &Digest) -> Result<Vec<Digest>, StoreError> {
+        self.fail()
+    }
+    fn list(
+        &self,
+        _: Option<&Repository>,
+        _: Option<&(Repository, Tag)>,
+        _: usize,
+    ) -> Result<Vec<(Repository, Tag, TagState)>, StoreError> {
+        self.fail()
+    }
+    fn set_release(&self, _: &Repository, _: &Tag, _: &Release) -> Result<(), StoreError> {
+        self.fail()
+    }
+    fn release(&self, _: &Repository, _: &Tag) -> Result<Option<Release>, StoreError> {
+        self.fail()
+    }
+    fn end_release(
+        &self,
+        _: &Repository,
+        _: &Tag,
+        _: HistoryEvent,
+        _: Option<&str>,
+    ) -> Result<Option<Release>, StoreError> {
+        self.fail()
+    }
+    fn import(&self, _: &[Exported]) -> Result<ImportOutcome, StoreError> {
         self.fail()
     }
     fn check(&self) -> Result<(), StoreError> {

@@ -11,6 +11,7 @@
 //! - `holders`:   `repo \0 holder`          -> empty: the references of `holder` are
 //!   recorded;
 //! - `refused`:   `repo \0 tag`             -> JSON list of the last refused attempts;
+//! - `releases`:  `repo \0 tag`             -> JSON release (break glass) in force;
 //! - `meta`:      `format`                  -> the record format ([`records::FORMAT`]).
 //!
 //! `\0` cannot occur in a validated repository, tag or digest, so keys cannot collide.
@@ -36,7 +37,8 @@ use self::records::{
     corrupt, decode_claim, decode_pin, decode_refusals, encode_claim, encode_pin, encode_refusals, DeleteRecord,
 };
 use super::{
-    Claim, ClaimKind, HistoryEntry, HistoryEvent, Pin, PinSource, PinStore, Refused, StoreError, TagState, MAX_REFUSALS,
+    Claim, ClaimKind, Exported, HistoryEntry, HistoryEvent, ImportOutcome, Pin, PinSource, PinStore, Refused, Release,
+    StoreError, TagState, MAX_REFUSALS,
 };
 use crate::oci::{Digest, Repository, Tag};
 
@@ -60,6 +62,7 @@ struct Trees {
     refs: sled::Tree,
     holders: sled::Tree,
     refused: sled::Tree,
+    releases: sled::Tree,
     meta: sled::Tree,
 }
 
@@ -83,6 +86,7 @@ impl Trees {
             refs: tree("refs")?,
             holders: tree("holders")?,
             refused: tree("refused")?,
+            releases: tree("releases")?,
             meta: tree("meta")?,
             db,
         };
@@ -447,49 +451,57 @@ impl PinStore for SledStore {
 
     fn confirm(&self, repo: &Repository, tags: &[Tag], digest: &Digest) -> Result<Vec<TagState>, StoreError> {
         let t = self.trees()?;
-        let result = (&t.pins, &t.claims, &t.by_digest).transaction(|(tx_pins, tx_claims, tx_index)| {
-            let mut in_force = Vec::with_capacity(tags.len());
-            for tag in tags {
-                let key = tag_key(repo, tag);
-                match tx_state(tx_pins, tx_claims, &key)? {
-                    Some(TagState::Claimed(c)) if &c.digest == digest => {
-                        let mut pin = Pin::now(digest.clone(), PinSource::Push);
-                        pin.history[0].request_id = Some(c.request_id.clone());
-                        tx_claims.remove(key.clone())?;
-                        tx_pins.insert(key, encode_pin(&pin))?;
-                        in_force.push(TagState::Pinned(pin));
-                    }
-                    Some(TagState::Advancing { mut pin, claim }) if &claim.digest == digest => {
-                        let from = std::mem::replace(&mut pin.digest, digest.clone());
-                        pin.history.push(HistoryEntry {
-                            at: super::now_secs(),
-                            event: match claim.kind {
+        let result = (&t.pins, &t.claims, &t.by_digest, &t.releases).transaction(
+            |(tx_pins, tx_claims, tx_index, tx_releases)| {
+                let mut in_force = Vec::with_capacity(tags.len());
+                for tag in tags {
+                    let key = tag_key(repo, tag);
+                    match tx_state(tx_pins, tx_claims, &key)? {
+                        Some(TagState::Claimed(c)) if &c.digest == digest => {
+                            let mut pin = Pin::now(digest.clone(), PinSource::Push);
+                            pin.history[0].request_id = Some(c.request_id.clone());
+                            tx_claims.remove(key.clone())?;
+                            tx_pins.insert(key, encode_pin(&pin))?;
+                            in_force.push(TagState::Pinned(pin));
+                        }
+                        Some(TagState::Advancing { mut pin, claim }) if &claim.digest == digest => {
+                            let from = std::mem::replace(&mut pin.digest, digest.clone());
+                            let event = match claim.kind {
                                 ClaimKind::AuditMove => HistoryEvent::AuditMove,
+                                ClaimKind::Release => HistoryEvent::Released,
                                 ClaimKind::Append | ClaimKind::New => HistoryEvent::Append,
-                            },
-                            digest: digest.clone(),
-                            from: Some(from.clone()),
-                            request_id: Some(claim.request_id.clone()),
-                        });
-                        tx_claims.remove(key.clone())?;
-                        tx_pins.insert(key, encode_pin(&pin))?;
-                        // The superseded digest is no longer what the tag is pinned to.
-                        tx_index.remove(index_key(repo, &from, tag))?;
-                        in_force.push(TagState::Pinned(pin));
-                    }
-                    Some(state) => in_force.push(state),
-                    None => {
-                        // A claim that vanished under a held lock: pin what the upstream
-                        // accepted rather than leave the tag free.
-                        let pin = Pin::now(digest.clone(), PinSource::Push);
-                        tx_pins.insert(key, encode_pin(&pin))?;
-                        tx_index.insert(index_key(repo, digest, tag), &[][..])?;
-                        in_force.push(TagState::Pinned(pin));
+                            };
+                            let mut entry = HistoryEntry::new(event, digest.clone(), Some(from.clone()));
+                            entry.request_id = Some(claim.request_id.clone());
+                            if claim.kind == ClaimKind::Release {
+                                // The release is used up with this push, atomically with it.
+                                if let Some(v) = tx_releases.remove(key.clone())? {
+                                    let r: Release = serde_json::from_slice(&v).map_err(|e| abort(corrupt(&key, e)))?;
+                                    entry.by = Some(r.by);
+                                    entry.reason = Some(r.reason);
+                                }
+                            }
+                            pin.history.push(entry);
+                            tx_claims.remove(key.clone())?;
+                            tx_pins.insert(key, encode_pin(&pin))?;
+                            // The superseded digest is no longer what the tag is pinned to.
+                            tx_index.remove(index_key(repo, &from, tag))?;
+                            in_force.push(TagState::Pinned(pin));
+                        }
+                        Some(state) => in_force.push(state),
+                        None => {
+                            // A claim that vanished under a held lock: pin what the upstream
+                            // accepted rather than leave the tag free.
+                            let pin = Pin::now(digest.clone(), PinSource::Push);
+                            tx_pins.insert(key, encode_pin(&pin))?;
+                            tx_index.insert(index_key(repo, digest, tag), &[][..])?;
+                            in_force.push(TagState::Pinned(pin));
+                        }
                     }
                 }
-            }
-            Ok(in_force)
-        });
+                Ok(in_force)
+            },
+        );
         let in_force = settle(result)?;
         self.flush(&t)?;
         Ok(in_force)
@@ -651,6 +663,162 @@ impl PinStore for SledStore {
                     .ok_or_else(|| corrupt(&k, "not a digest"))
             })
             .collect()
+    }
+
+    fn list(
+        &self,
+        repo: Option<&Repository>,
+        after: Option<&(Repository, Tag)>,
+        limit: usize,
+    ) -> Result<Vec<(Repository, Tag, TagState)>, StoreError> {
+        let t = self.trees()?;
+        let prefix = repo.map(repo_prefix).unwrap_or_default();
+        let start = match after {
+            Some((r, tag)) => {
+                let mut k = tag_key(r, tag);
+                k.push(0); // the smallest key after it
+                k
+            }
+            None => prefix.clone(),
+        };
+        let parse_key = |k: &[u8]| -> Result<(Repository, Tag), StoreError> {
+            let text = std::str::from_utf8(k).map_err(|e| corrupt(k, e))?;
+            let (r, tg) = text.split_once('\0').ok_or_else(|| corrupt(k, "no separator"))?;
+            Ok((
+                Repository::parse(r).map_err(|e| corrupt(k, e))?,
+                Tag::parse(tg).map_err(|e| corrupt(k, e))?,
+            ))
+        };
+        // Pins and claims are two trees in the same key order: merge them, a key at a time.
+        let mut pins = t.pins.range(start.clone()..).peekable();
+        let mut claims = t.claims.range(start..).peekable();
+        let mut out = Vec::with_capacity(limit.min(1024));
+        while out.len() < limit {
+            let next_pin = pins
+                .peek()
+                .map(|r| r.as_ref().map(|(k, _)| k.clone()).map_err(|e| io(e.clone())));
+            let next_claim = claims
+                .peek()
+                .map(|r| r.as_ref().map(|(k, _)| k.clone()).map_err(|e| io(e.clone())));
+            let key = match (next_pin.transpose()?, next_claim.transpose()?) {
+                (None, None) => break,
+                (Some(a), None) => a,
+                (None, Some(b)) => b,
+                (Some(a), Some(b)) => a.min(b),
+            };
+            if !key.starts_with(&prefix) {
+                break;
+            }
+            let pin = match pins.peek() {
+                Some(Ok((k, _))) if *k == key => {
+                    let (k, v) = pins.next().expect("peeked").map_err(io)?;
+                    Some(decode_pin(&k, &v)?)
+                }
+                _ => None,
+            };
+            let claim = match claims.peek() {
+                Some(Ok((k, _))) if *k == key => {
+                    let (k, v) = claims.next().expect("peeked").map_err(io)?;
+                    Some(decode_claim(&k, &v)?)
+                }
+                _ => None,
+            };
+            let (r, tag) = parse_key(&key)?;
+            if let Some(state) = state_of(pin, claim) {
+                out.push((r, tag, state));
+            }
+        }
+        Ok(out)
+    }
+
+    fn set_release(&self, repo: &Repository, tag: &Tag, release: &Release) -> Result<(), StoreError> {
+        let t = self.trees()?;
+        let v = serde_json::to_vec(release).expect("serialising a release cannot fail");
+        t.releases.insert(tag_key(repo, tag), v).map_err(io)?;
+        self.flush(&t)
+    }
+
+    fn release(&self, repo: &Repository, tag: &Tag) -> Result<Option<Release>, StoreError> {
+        let t = self.trees()?;
+        let key = tag_key(repo, tag);
+        match t.releases.get(&key).map_err(io)? {
+            Some(v) => serde_json::from_slice(&v).map(Some).map_err(|e| corrupt(&key, e)),
+            None => Ok(None),
+        }
+    }
+
+    fn end_release(
+        &self,
+        repo: &Repository,
+        tag: &Tag,
+        event: HistoryEvent,
+        request_id: Option<&str>,
+    ) -> Result<Option<Release>, StoreError> {
+        let t = self.trees()?;
+        let key = tag_key(repo, tag);
+        let result = (&t.releases, &t.pins).transaction(|(tx_releases, tx_pins)| {
+            let Some(v) = tx_releases.remove(key.clone())? else {
+                return Ok(None);
+            };
+            let release: Release = serde_json::from_slice(&v).map_err(|e| abort(corrupt(&key, e)))?;
+            if let Some(p) = tx_pins.get(&key)? {
+                let mut pin = decode_pin(&key, &p).map_err(abort)?;
+                let mut entry = HistoryEntry::new(event, pin.digest.clone(), None);
+                entry.by = Some(release.by.clone());
+                entry.reason = Some(release.reason.clone());
+                entry.request_id = request_id.map(str::to_owned);
+                pin.history.push(entry);
+                tx_pins.insert(key.clone(), encode_pin(&pin))?;
+            }
+            Ok(Some(release))
+        });
+        let removed = settle(result)?;
+        self.flush(&t)?;
+        Ok(removed)
+    }
+
+    fn import(&self, records: &[Exported]) -> Result<ImportOutcome, StoreError> {
+        let t = self.trees()?;
+        let result = (&t.pins, &t.claims, &t.by_digest).transaction(|(tx_pins, tx_claims, tx_index)| {
+            let mut outcome = ImportOutcome::default();
+            let mut seen = std::collections::HashMap::new();
+            let mut writes = Vec::new();
+            for r in records {
+                let key = tag_key(&r.repository, &r.tag);
+                if let Some(earlier) = seen.insert(key.clone(), r.digest.clone()) {
+                    if earlier != r.digest {
+                        outcome.conflicts.push(format!(
+                            "{}:{} appears twice with different digests",
+                            r.repository, r.tag
+                        ));
+                    }
+                    continue;
+                }
+                match tx_state(tx_pins, tx_claims, &key)? {
+                    None => writes.push(r),
+                    Some(TagState::Pinned(p)) if p.digest == r.digest => outcome.unchanged += 1,
+                    Some(state) => outcome.conflicts.push(format!(
+                        "{}:{} is held to {} here, the import says {}",
+                        r.repository,
+                        r.tag,
+                        state.digest(),
+                        r.digest
+                    )),
+                }
+            }
+            if !outcome.conflicts.is_empty() {
+                return Ok(outcome);
+            }
+            for r in writes {
+                tx_pins.insert(tag_key(&r.repository, &r.tag), encode_pin(&r.pin()))?;
+                tx_index.insert(index_key(&r.repository, &r.digest, &r.tag), &[][..])?;
+                outcome.imported += 1;
+            }
+            Ok(outcome)
+        });
+        let outcome = settle(result)?;
+        self.flush(&t)?;
+        Ok(outcome)
     }
 
     fn check(&self) -> Result<(), StoreError> {

@@ -32,16 +32,13 @@ pub fn decode_pin(key: &[u8], bytes: &[u8]) -> Result<Pin, StoreError> {
     let r: PinRecord = serde_json::from_slice(bytes).map_err(|e| corrupt(key, e))?;
     let history = if r.history.is_empty() {
         // Format 1: the pin's own creation is its whole history.
-        vec![HistoryEntry {
-            at: r.pinned_at,
-            event: match r.source {
-                PinSource::Push => HistoryEvent::Push,
-                PinSource::Adopted => HistoryEvent::Adopted,
-            },
-            digest: r.digest.clone(),
-            from: None,
-            request_id: None,
-        }]
+        let event = match r.source {
+            PinSource::Push => HistoryEvent::Push,
+            PinSource::Adopted => HistoryEvent::Adopted,
+        };
+        let mut first = HistoryEntry::new(event, r.digest.clone(), None);
+        first.at = r.pinned_at;
+        vec![first]
     } else {
         r.history
     };

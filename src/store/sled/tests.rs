@@ -187,3 +187,138 @@ fn a_second_open_of_the_same_dir_is_locked_out() {
     let _first = SledStore::open(dir.path()).unwrap();
     assert!(matches!(SledStore::open(dir.path()), Err(StoreError::Locked(_))));
 }
+
+#[test]
+fn list_pages_through_pins_and_claims_in_key_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = SledStore::open(dir.path()).unwrap();
+    let a = Repository::parse("a").unwrap();
+    let ab = Repository::parse("a/b").unwrap();
+    for i in 0..5 {
+        let tag = Tag::parse(&format!("t{i}")).unwrap();
+        if i % 2 == 0 {
+            s.pin_if_absent(&a, &[(tag, Pin::now(d('1'), PinSource::Push))])
+                .unwrap();
+        } else {
+            s.claim(&a, &[tag], &Claim::now(d('2'), "r")).unwrap();
+        }
+    }
+    s.pin_if_absent(&ab, &[(Tag::parse("x").unwrap(), Pin::now(d('3'), PinSource::Adopted))])
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = s.list(None, after.as_ref(), 2).unwrap();
+        if page.is_empty() {
+            break;
+        }
+        after = page.last().map(|(r, t, _)| (r.clone(), t.clone()));
+        seen.extend(
+            page.into_iter()
+                .map(|(r, t, st)| format!("{r}:{t}:{}", matches!(st, TagState::Claimed(_)))),
+        );
+    }
+    assert_eq!(
+        seen,
+        [
+            "a:t0:false",
+            "a:t1:true",
+            "a:t2:false",
+            "a:t3:true",
+            "a:t4:false",
+            "a/b:x:false"
+        ]
+    );
+    // Filtered by repository: `a` does not include `a/b`.
+    assert_eq!(s.list(Some(&a), None, 100).unwrap().len(), 5);
+    assert_eq!(s.list(Some(&ab), None, 100).unwrap().len(), 1);
+}
+
+#[test]
+fn a_release_is_used_once_by_the_advance_it_allows() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = SledStore::open(dir.path()).unwrap();
+    let (repo, tag) = ab();
+    s.pin_if_absent(&repo, &[(tag.clone(), Pin::now(d('a'), PinSource::Push))])
+        .unwrap();
+    let release = Release {
+        by: "alice".into(),
+        reason: "broken build".into(),
+        created_at: 1,
+        expires_at: u64::MAX,
+    };
+    s.set_release(&repo, &tag, &release).unwrap();
+    assert_eq!(s.release(&repo, &tag).unwrap(), Some(release));
+    let claim = Claim::of_kind(d('b'), "r", ClaimKind::Release);
+    s.claim_advance(&repo, &tag, &d('a'), &claim).unwrap();
+    let got = s.confirm(&repo, std::slice::from_ref(&tag), &d('b')).unwrap();
+    let TagState::Pinned(pin) = &got[0] else {
+        panic!("{got:?}")
+    };
+    assert_eq!(pin.digest, d('b'));
+    let last = pin.history.last().unwrap();
+    assert_eq!(
+        (last.event, last.by.as_deref(), last.reason.as_deref()),
+        (HistoryEvent::Released, Some("alice"), Some("broken build"))
+    );
+    assert_eq!(last.from, Some(d('a')));
+    assert_eq!(s.release(&repo, &tag).unwrap(), None, "used up");
+    assert_eq!(s.tags_pinned_to(&repo, &d('a')).unwrap(), Vec::<Tag>::new());
+    assert_eq!(s.tags_pinned_to(&repo, &d('b')).unwrap(), vec![tag]);
+}
+
+#[test]
+fn an_ended_release_is_recorded_in_the_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = SledStore::open(dir.path()).unwrap();
+    let (repo, tag) = ab();
+    s.pin_if_absent(&repo, &[(tag.clone(), Pin::now(d('a'), PinSource::Push))])
+        .unwrap();
+    let release = Release {
+        by: "bob".into(),
+        reason: "r".into(),
+        created_at: 1,
+        expires_at: 2,
+    };
+    s.set_release(&repo, &tag, &release).unwrap();
+    assert_eq!(
+        s.end_release(&repo, &tag, HistoryEvent::ReleaseExpired, None).unwrap(),
+        Some(release)
+    );
+    assert_eq!(
+        s.end_release(&repo, &tag, HistoryEvent::ReleaseExpired, None).unwrap(),
+        None
+    );
+    let Some(TagState::Pinned(pin)) = s.state(&repo, &tag).unwrap() else {
+        panic!()
+    };
+    assert_eq!(pin.history.last().unwrap().event, HistoryEvent::ReleaseExpired);
+    assert_eq!(pin.digest, d('a'));
+}
+
+#[test]
+fn an_import_that_conflicts_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = SledStore::open(dir.path()).unwrap();
+    let (repo, tag) = ab();
+    s.pin_if_absent(&repo, &[(tag.clone(), Pin::now(d('a'), PinSource::Push))])
+        .unwrap();
+    let rec = |t: &str, digest: char| {
+        Exported::of(
+            repo.clone(),
+            Tag::parse(t).unwrap(),
+            &Pin::now(d(digest), PinSource::Push),
+        )
+    };
+    let out = s.import(&[rec("v1", 'a'), rec("v2", 'b')]).unwrap();
+    assert_eq!((out.imported, out.unchanged, out.conflicts.len()), (1, 1, 0));
+    let out = s.import(&[rec("v3", 'c'), rec("v1", 'f')]).unwrap();
+    assert_eq!(out.conflicts.len(), 1, "{out:?}");
+    assert_eq!(out.imported, 0);
+    assert_eq!(
+        s.state(&repo, &Tag::parse("v3").unwrap()).unwrap(),
+        None,
+        "nothing written"
+    );
+    assert_eq!(s.tags_pinned_to(&repo, &d('b')).unwrap().len(), 1);
+}
