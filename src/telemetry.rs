@@ -46,6 +46,21 @@ pub enum AuditAction {
     PushAudited,
     /// A delete immutable would refuse, allowed because the rule is `audit`.
     DeleteAudited,
+    /// A push moved a pinned tag because an operator released it.
+    PushReleased,
+    /// A delete removed a protected tag because an operator released it.
+    DeleteReleased,
+    /// An operator released a tag (break glass), or withdrew a release.
+    ReleaseCreated,
+    ReleaseCancelled,
+    /// A release expired unused.
+    ReleaseExpired,
+    /// Tags adopted from the upstream by an operator's seed.
+    Seeded,
+    /// The periodic or requested drift check found a tag moved or missing at the upstream.
+    DriftDetected,
+    /// Pins imported by an operator.
+    Imported,
     /// SIGHUP: a new policy is in force.
     PolicyReloaded,
     /// SIGHUP: the new config was invalid; the old policy stays in force.
@@ -63,6 +78,14 @@ impl AuditAction {
             Self::PinAdvanced => "pin_advanced",
             Self::PushAudited => "push_audited",
             Self::DeleteAudited => "delete_audited",
+            Self::PushReleased => "push_released",
+            Self::DeleteReleased => "delete_released",
+            Self::ReleaseCreated => "release_created",
+            Self::ReleaseCancelled => "release_cancelled",
+            Self::ReleaseExpired => "release_expired",
+            Self::Seeded => "seeded",
+            Self::DriftDetected => "drift_detected",
+            Self::Imported => "imported",
             Self::PolicyReloaded => "policy_reloaded",
             Self::PolicyReloadFailed => "policy_reload_failed",
         }
@@ -161,7 +184,10 @@ impl AuditEvent<'_> {
             AuditAction::PushRefused
             | AuditAction::DeleteRefused
             | AuditAction::PushAudited
-            | AuditAction::DeleteAudited => event!(warn),
+            | AuditAction::DeleteAudited
+            | AuditAction::PushReleased
+            | AuditAction::DeleteReleased
+            | AuditAction::DriftDetected => event!(warn),
             _ => event!(info),
         }
     }

@@ -152,6 +152,39 @@ async fn delete_tag(
     .await
 }
 
+/// A delete an operator's release lets through, once. The tag is deleted at the upstream;
+/// the pin stays as its tombstone, its history records the release that was used.
+#[allow(clippy::too_many_arguments, reason = "the request's parts, named at the one call")]
+async fn delete_released_tag(
+    app: &Arc<App>,
+    parts: Parts,
+    body: Body,
+    repo: Repository,
+    tag: Tag,
+    pinned: Option<Digest>,
+    decided: Decided,
+    who: &Requester,
+) -> Result<Response<Body>, ProxyError> {
+    let who = who.clone();
+    app.detached(move |app| async move {
+        let _guard = app.locks.push(&repo, std::slice::from_ref(&tag)).await;
+        let origin = super::client_origin(&app, &parts.headers);
+        let resp = app
+            .upstream
+            .send(super::upstream_request(&app, parts, body, &who))
+            .await
+            .map_err(forwarded_error)?;
+        if resp.status().is_success() {
+            let (r, t, id) = (repo.clone(), tag.clone(), who.request_id.clone());
+            app.store_call(move |s| s.end_release(&r, &t, HistoryEvent::Released, Some(&id)))
+                .await?;
+            event(&app, AuditAction::DeleteReleased, &who, &repo, Some(&tag), pinned.as_ref(), Some(decided));
+        }
+        Ok(super::to_client(&app, resp, origin.as_deref()))
+    })
+    .await
+}
+
 /// A forwarded request that got no answer: whether it was applied is unknown.
 fn forwarded_error(e: UpstreamError) -> ProxyError {
     match e {

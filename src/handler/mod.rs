@@ -9,6 +9,7 @@ mod delete;
 mod pins;
 mod push;
 mod refs;
+mod release;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -145,11 +145,16 @@ impl PushJob {
                 }
                 _ => None,
             };
+            let released = match &held {
+                Held::Pinned(p) if p != &attempted => super::release::in_force(app, &repo, tag, &who).await?,
+                _ => false,
+            };
             inputs.push(TagInput {
                 tag: tag.clone(),
                 held,
                 decided: *decided,
                 append,
+                released,
             });
         }
         let decision = policy::decide_push(&attempted, &inputs);
@@ -224,6 +229,7 @@ impl PushJob {
             let (from, kind) = match verdict {
                 Verdict::Append { from } => (from, ClaimKind::Append),
                 Verdict::AuditMove { from } => (from, ClaimKind::AuditMove),
+                Verdict::Released { from } => (from, ClaimKind::Release),
                 _ => continue,
             };
             let claim = Claim::of_kind(attempted.clone(), &who.request_id, kind);
@@ -294,7 +300,11 @@ impl PushJob {
             .filter(|(_, v)| {
                 matches!(
                     v,
-                    Verdict::NewPin | Verdict::CompleteClaim | Verdict::Append { .. } | Verdict::AuditMove { .. }
+                    Verdict::NewPin
+                        | Verdict::CompleteClaim
+                        | Verdict::Append { .. }
+                        | Verdict::AuditMove { .. }
+                        | Verdict::Released { .. }
                 )
             })
             .map(|(t, _)| t.clone())
@@ -364,6 +374,7 @@ impl PushJob {
                     _ => AuditAction::PinCreated,
                 },
                 Verdict::Append { .. } if applied.contains(tag) => AuditAction::PinAdvanced,
+                Verdict::Released { .. } if applied.contains(tag) => AuditAction::PushReleased,
                 Verdict::AuditMove { from } if applied.contains(tag) => {
                     // What a refusal would have said (distribution-spec `spec.md`,
                     // "Warnings": sent only because the upstream accepted the push).
@@ -395,7 +406,7 @@ impl PushJob {
                 _ => continue,
             };
             let pinned = match verdict {
-                Verdict::Append { from } => from.clone(),
+                Verdict::Append { from } | Verdict::Released { from } => from.clone(),
                 _ => attempted.clone(),
             };
             audit(

@@ -29,6 +29,8 @@ pub struct TagInput {
     /// For an append-only tag pinned to another digest: whether the pushed manifest keeps
     /// every entry of the pinned one. `None` when not asked.
     pub append: Option<Result<(), NotAppend>>,
+    /// An operator's release (break glass) is in force on this pinned tag.
+    pub released: bool,
 }
 
 /// The outcome for one tag.
@@ -45,6 +47,8 @@ pub enum Verdict {
     Append { from: Digest },
     /// Audit mode: a move immutable would refuse, allowed and warned; the pin follows.
     AuditMove { from: Digest },
+    /// A release is in force: this one push may move the pinned tag, and uses it up.
+    Released { from: Digest },
     /// Refused.
     Conflict,
 }
@@ -115,6 +119,7 @@ pub fn decide_push(attempted: &Digest, tags: &[TagInput]) -> PushDecision {
                 conflicts.push(conflict(c, true, ConflictReason::InFlight));
                 Verdict::Conflict
             }
+            Held::Pinned(p) if input.released => Verdict::Released { from: p.clone() },
             Held::Pinned(p) => match (input.decided.mode, &input.append) {
                 (Mode::Audit, _) => Verdict::AuditMove { from: p.clone() },
                 (Mode::AppendOnly, Some(Ok(()))) => Verdict::Append { from: p.clone() },
@@ -156,6 +161,7 @@ mod tests {
                 by: DecidedBy::Default,
             },
             append,
+            released: false,
         }
     }
 
@@ -230,6 +236,17 @@ mod tests {
     }
 
     #[test]
+    fn a_release_lets_one_push_move_a_pinned_tag_but_not_a_claimed_one() {
+        let mut i = input("x", Held::Pinned(d(2)), Mode::Immutable, None);
+        i.released = true;
+        assert_eq!(decide_push(&d(1), &[i.clone()]).verdicts[0].1, Verdict::Released { from: d(2) });
+        // The same digest is an identical re-push and leaves the release unused.
+        assert_eq!(decide_push(&d(2), &[i.clone()]).verdicts[0].1, Verdict::Identical);
+        i.held = Held::Claimed(d(2));
+        assert!(!decide_push(&d(1), &[i]).allowed());
+    }
+
+    #[test]
     fn a_push_naming_no_protected_tag_is_allowed() {
         assert!(decide_push(&d(1), &[]).allowed());
     }
@@ -261,7 +278,7 @@ mod tests {
                     Verdict::Identical => prop_assert_eq!(&i.held, &Held::Pinned(d(attempted))),
                     Verdict::CompleteClaim => prop_assert_eq!(&i.held, &Held::Claimed(d(attempted))),
                     Verdict::Conflict => prop_assert!(i.held != Held::Free && i.held != Held::Pinned(d(attempted)) && i.held != Held::Claimed(d(attempted))),
-                    Verdict::Append { .. } | Verdict::AuditMove { .. } => prop_assert!(false, "not for immutable tags"),
+                    Verdict::Append { .. } | Verdict::AuditMove { .. } | Verdict::Released { .. } => prop_assert!(false, "not for immutable tags without a release"),
                 }
             }
         }
