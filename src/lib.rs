@@ -85,6 +85,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             .map_err(|source| StartError::Worker { worker, source })?;
         finished.push(done_rx);
     }
+    // Installed before "listening" is announced: until a handler exists, SIGHUP's default
+    // action ends the process, and whoever reads that line may send one at once.
+    let mut hangups = hangup_signals();
     tracing::info!(
         addr = %local,
         upstream = %shared.config.upstream,
@@ -95,7 +98,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     );
     drop(listener);
     tokio::pin!(shutdown);
-    let mut hangups = hangup_signals();
     loop {
         tokio::select! {
             () = &mut shutdown => break,

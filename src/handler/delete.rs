@@ -108,16 +108,23 @@ async fn delete_tag(
             decided.mode
         },
     };
+    let released = pinned.is_some() && super::release::in_force(app, &repo, &tag, who).await?;
+    if released {
+        return delete_released_tag(app, parts, body, repo, tag, pinned, decided, who).await;
+    }
     if decided.mode != Mode::Audit {
-        event(
-            app,
-            AuditAction::DeleteRefused,
-            who,
-            &repo,
-            Some(&tag),
-            pinned.as_ref(),
-            Some(decided),
-        );
+        event(app, AuditAction::DeleteRefused, who, &repo, Some(&tag), pinned.as_ref(), Some(decided));
+        let (r, t) = (repo.clone(), tag.clone());
+        let refused = crate::store::Refused {
+            at: crate::store::now_secs(),
+            attempted: None,
+            client: who.client.to_string(),
+            user: who.user.clone(),
+            user_agent: who.user_agent.clone(),
+            request_id: who.request_id.clone(),
+        };
+        // Best effort: the refusal stands whether or not it could be recorded.
+        let _ = app.store_call(move |s| s.record_refusal(&r, &t, &refused)).await;
         return Err(refusal.into());
     }
     // Audit: forwarded; the pin stays and its history records the delete.
