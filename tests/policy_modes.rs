@@ -600,6 +600,63 @@ fn an_audited_tag_delete_is_forwarded_to_the_real_upstream() {
 }
 
 #[test]
+fn an_audited_digest_delete_is_forwarded_with_a_warning_and_the_pin_stays() {
+    let env = Env::start(AUDIT);
+    let (repo, addr) = ("legacy/app", env.tagpin.addr);
+    let a = image(&env.tagpin, repo, 75);
+    created(&a.put_manifest(addr, repo, "v1", ""), "v1");
+    let r = request(
+        addr,
+        "DELETE",
+        &format!("/v2/{repo}/manifests/{}", a.digest()),
+        &[],
+        b"",
+    );
+    assert_eq!(r.status, 202, "{}", r.text());
+    let warning = r.header("warning").expect("an audited delete carries a Warning");
+    assert!(
+        warning.starts_with("299 - \"") && warning.contains(&a.digest()),
+        "{warning}"
+    );
+    env.tagpin
+        .wait_for_audit(|e| e["action"] == "delete_audited" && e["tag"] == "v1" && e["pinned_digest"] == a.digest());
+    assert_eq!(
+        upstream_digest(&env.registry, repo, "v1"),
+        None,
+        "the delete was forwarded"
+    );
+    // The pin stays: another digest under the tag is an audited move from it.
+    let r = a.variant("b").put_manifest(addr, repo, "v1", "");
+    created(&r, "after the audited delete");
+    let warning = r.header("warning").expect("still audited");
+    assert!(warning.contains(&format!("pinned to {}", a.digest())), "{warning}");
+}
+
+#[test]
+fn a_signature_tag_that_predates_tagpin_is_adopted_and_still_takes_appends() {
+    let stack = Stack::start(&[]);
+    let s = signed(&stack);
+    let first = signature_bytes(&stack, &s, &[s.sigs[0].layer()], |_| {});
+    // Signed before tagpin was deployed: pushed to the upstream directly.
+    created(&put(stack.registry.addr, s.repo, &s.tag, &first), "the old signature");
+    let both = signature_bytes(&stack, &s, &[s.sigs[0].layer(), s.sigs[1].layer()], |_| {});
+    created(&put(stack.tagpin.addr, s.repo, &s.tag, &both), "a second signature");
+    assert_eq!(
+        upstream_digest(&stack.registry, s.repo, &s.tag),
+        Some(image::sha256(&both))
+    );
+    stack
+        .tagpin
+        .wait_for_audit(|e| e["action"] == "pin_adopted" && e["pinned_digest"] == image::sha256(&first));
+    let e = refused(&put(stack.tagpin.addr, s.repo, &s.tag, &first), "not_append_only");
+    assert_eq!(e["detail"]["pinned_digest"], image::sha256(&both));
+    assert_eq!(
+        upstream_digest(&stack.registry, s.repo, &s.tag),
+        Some(image::sha256(&both))
+    );
+}
+
+#[test]
 fn an_audited_tag_delete_the_upstream_accepts_carries_a_warning_and_an_event() {
     // An upstream that deletes tags (distribution-spec end-9 by tag), as distribution
     // 2.8 does not: 404 until pushed, then it takes the push and the delete.
@@ -643,4 +700,32 @@ fn an_audited_tag_delete_the_upstream_accepts_carries_a_warning_and_an_event() {
     created(&r, "after the audited delete");
     let warning = r.header("warning").expect("still audited");
     assert!(warning.contains(&format!("pinned to {}", a.digest())), "{warning}");
+}
+
+#[test]
+#[ignore = "bug: tagpin logs `listening` before it installs its SIGHUP handler, so a SIGHUP sent as soon as it reports listening kills it"]
+fn a_sighup_sent_as_soon_as_tagpin_reports_listening_reloads_instead_of_killing_it() {
+    let registry = Registry::start();
+    let config = ConfigFile::new(LATEST_MUTABLE);
+    for round in 0..40 {
+        let data = tempfile::tempdir().unwrap();
+        let tagpin = Tagpin::start(&registry.url(), data.path(), &["--config", config.arg()]);
+        sighup(&tagpin);
+        let mut reloaded = false;
+        for _ in 0..500 {
+            if tagpin.audit_events().iter().any(|e| e["action"] == "policy_reloaded") {
+                reloaded = true;
+                break;
+            }
+            if try_request(tagpin.addr, "GET", "/healthz", &[], b"").is_err() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(
+            reloaded,
+            "round {round}: the SIGHUP killed tagpin:\n{}",
+            tagpin.logs().join("\n")
+        );
+    }
 }
