@@ -13,6 +13,7 @@ pub mod http;
 pub mod image;
 pub mod paging;
 pub mod procs;
+pub mod signing;
 pub mod watch;
 
 pub use self::http::{request, request_without_host, try_request, Resp};

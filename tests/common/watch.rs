@@ -88,6 +88,11 @@ impl WatchRelay {
         }
     }
 
+    /// The request lines (`METHOD target`) that have passed towards the upstream so far.
+    pub fn requests(&self) -> Vec<String> {
+        self.requests.lock().unwrap().clone()
+    }
+
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
