@@ -703,7 +703,6 @@ fn an_audited_tag_delete_the_upstream_accepts_carries_a_warning_and_an_event() {
 }
 
 #[test]
-#[ignore = "bug: tagpin logs `listening` before it installs its SIGHUP handler, so a SIGHUP sent as soon as it reports listening kills it"]
 fn a_sighup_sent_as_soon_as_tagpin_reports_listening_reloads_instead_of_killing_it() {
     let registry = Registry::start();
     let config = ConfigFile::new(LATEST_MUTABLE);

@@ -113,7 +113,15 @@ async fn delete_tag(
         return delete_released_tag(app, parts, body, repo, tag, pinned, decided, who).await;
     }
     if decided.mode != Mode::Audit {
-        event(app, AuditAction::DeleteRefused, who, &repo, Some(&tag), pinned.as_ref(), Some(decided));
+        event(
+            app,
+            AuditAction::DeleteRefused,
+            who,
+            &repo,
+            Some(&tag),
+            pinned.as_ref(),
+            Some(decided),
+        );
         let (r, t) = (repo.clone(), tag.clone());
         let refused = crate::store::Refused {
             at: crate::store::now_secs(),
@@ -185,7 +193,15 @@ async fn delete_released_tag(
             let (r, t, id) = (repo.clone(), tag.clone(), who.request_id.clone());
             app.store_call(move |s| s.end_release(&r, &t, HistoryEvent::Released, Some(&id)))
                 .await?;
-            event(&app, AuditAction::DeleteReleased, &who, &repo, Some(&tag), pinned.as_ref(), Some(decided));
+            event(
+                &app,
+                AuditAction::DeleteReleased,
+                &who,
+                &repo,
+                Some(&tag),
+                pinned.as_ref(),
+                Some(decided),
+            );
         }
         Ok(super::to_client(&app, resp, origin.as_deref()))
     })

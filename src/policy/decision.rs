@@ -239,7 +239,10 @@ mod tests {
     fn a_release_lets_one_push_move_a_pinned_tag_but_not_a_claimed_one() {
         let mut i = input("x", Held::Pinned(d(2)), Mode::Immutable, None);
         i.released = true;
-        assert_eq!(decide_push(&d(1), &[i.clone()]).verdicts[0].1, Verdict::Released { from: d(2) });
+        assert_eq!(
+            decide_push(&d(1), &[i.clone()]).verdicts[0].1,
+            Verdict::Released { from: d(2) }
+        );
         // The same digest is an identical re-push and leaves the release unused.
         assert_eq!(decide_push(&d(2), &[i.clone()]).verdicts[0].1, Verdict::Identical);
         i.held = Held::Claimed(d(2));
