@@ -142,6 +142,25 @@ impl HttpBody for NotifyEnd {
     }
 }
 
+/// A body fed by a channel: each message is one frame, and the body ends when the
+/// sender is dropped. For answers produced page by page (an export), so memory holds one
+/// page, not the whole answer.
+pub fn channel(capacity: usize) -> (tokio::sync::mpsc::Sender<Bytes>, Body) {
+    let (tx, rx) = tokio::sync::mpsc::channel(capacity);
+    (tx, ChannelBody(rx).boxed_unsync())
+}
+
+struct ChannelBody(tokio::sync::mpsc::Receiver<Bytes>);
+
+impl HttpBody for ChannelBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.0.poll_recv(cx).map(|m| m.map(|b| Ok(Frame::data(b))))
+    }
+}
+
 /// Box `inner` behind an idle timeout; a body that is already complete (a GET's empty
 /// request body) needs no timer and becomes a plain empty body.
 pub fn with_idle_timeout<B>(inner: B, idle: Duration) -> Body

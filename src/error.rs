@@ -47,6 +47,18 @@ pub enum ProxyError {
     PinNotRecorded(StoreError),
     #[error("internal error: {0}")]
     Internal(String),
+    /// Admin API: no token, or not one of the configured ones.
+    #[error("a valid admin token is required (Authorization: Bearer <token>)")]
+    AdminUnauthorized,
+    /// Admin API: what was asked for does not exist.
+    #[error("{0}")]
+    AdminNotFound(String),
+    /// Admin API: the request cannot be carried out as written.
+    #[error("{0}")]
+    AdminBadRequest(String),
+    /// Admin API: the request conflicts with what the store holds (an import).
+    #[error("{0}")]
+    AdminConflict(String),
 }
 
 impl ProxyError {
@@ -92,6 +104,10 @@ impl ProxyError {
                 (S::SERVICE_UNAVAILABLE, C::Unavailable)
             }
             Self::Internal(_) => (S::INTERNAL_SERVER_ERROR, C::Unknown),
+            Self::AdminUnauthorized => (S::UNAUTHORIZED, C::Unauthorized),
+            Self::AdminNotFound(_) => (S::NOT_FOUND, C::NameUnknown),
+            Self::AdminBadRequest(_) => (S::BAD_REQUEST, C::Unsupported),
+            Self::AdminConflict(_) => (S::CONFLICT, C::Denied),
         }
     }
 

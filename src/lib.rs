@@ -14,6 +14,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod app;
 pub mod body;
 pub mod cli;
@@ -85,6 +86,23 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             .map_err(|source| StartError::Worker { worker, source })?;
         finished.push(done_rx);
     }
+    let admin_listener = match &shared.config.admin {
+        Some(a) => {
+            let bind = |source| StartError::Bind { addr: a.listen, source };
+            let l = tokio::net::TcpListener::bind(a.listen).await.map_err(bind)?;
+            let local = l.local_addr().map_err(bind)?;
+            tracing::info!(addr = %local, tokens = a.tokens.len(), "admin API listening");
+            Some(l)
+        }
+        None => None,
+    };
+    let admin_task = admin_listener.map(|l| {
+        let admin = Arc::new(admin::Admin::new(App::worker(Arc::clone(&shared))));
+        let mut stop = stop_rx.clone();
+        tokio::spawn(admin::serve(admin, l, async move {
+            let _ = stop.wait_for(|s| *s).await;
+        }))
+    });
     // Installed before "listening" is announced: until a handler exists, SIGHUP's default
     // action ends the process, and whoever reads that line may send one at once.
     let mut hangups = hangup_signals();
@@ -112,6 +130,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let _ = stop_tx.send(true);
     for done in finished {
         let _ = done.await;
+    }
+    if let Some(task) = admin_task {
+        let _ = task.await;
     }
     Ok(())
 }

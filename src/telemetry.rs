@@ -125,6 +125,15 @@ impl Requester {
     }
 }
 
+impl Requester {
+    /// An operator using the admin API: the token's name is who acts.
+    pub fn admin(request_id: String, client: SocketAddr, name: &str, headers: &HeaderMap) -> Self {
+        let mut who = Self::from_headers(request_id, client, headers);
+        who.user = Some(format!("admin:{name}"));
+        who
+    }
+}
+
 /// The user name of `Authorization: Basic …`, never the password; `None` for any other scheme.
 pub fn basic_user(headers: &HeaderMap) -> Option<String> {
     let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;

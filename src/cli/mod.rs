@@ -91,6 +91,20 @@ pub struct ServeArgs {
     /// Milliseconds a client has to send its request headers [default: 30000].
     #[arg(long, env = "TAGPIN_CLIENT_HEADER_TIMEOUT_MS")]
     pub client_header_timeout_ms: Option<u64>,
+    /// Address of the admin API listener, e.g. 127.0.0.1:5051 [default: off]. Keep it on a
+    /// private address: it can release tags.
+    #[arg(long, env = "TAGPIN_ADMIN_LISTEN")]
+    pub admin_listen: Option<String>,
+    /// File of admin tokens, one `name:token` per line (required with --admin-listen).
+    #[arg(long, env = "TAGPIN_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+    /// File with tagpin's own upstream credentials, one `user:password` line, for seeding
+    /// and drift checks (Basic auth and the registry token flow).
+    #[arg(long, env = "TAGPIN_UPSTREAM_CREDENTIALS_FILE")]
+    pub upstream_credentials_file: Option<PathBuf>,
+    /// Run the drift check this often, e.g. 10m [default: off].
+    #[arg(long, env = "TAGPIN_DRIFT_INTERVAL")]
+    pub drift_interval: Option<String>,
     /// Milliseconds in-flight requests get to finish after SIGTERM [default: 30000].
     #[arg(long, env = "TAGPIN_SHUTDOWN_GRACE_MS")]
     pub shutdown_grace_ms: Option<u64>,
@@ -127,6 +141,10 @@ impl ServeArgs {
             workers: self.workers.or(file.workers),
             tls_cert: self.tls_cert.or(file.tls_cert),
             tls_key: self.tls_key.or(file.tls_key),
+            admin_listen: self.admin_listen.or(file.admin_listen),
+            admin_token_file: self.admin_token_file.or(file.admin_token_file),
+            upstream_credentials_file: self.upstream_credentials_file.or(file.upstream_credentials_file),
+            drift_interval: self.drift_interval.or(file.drift_interval),
             timeouts: Some(RawTimeouts {
                 upstream_connect_ms: self.upstream_connect_timeout_ms.or(t.upstream_connect_ms),
                 upstream_header_ms: self.upstream_header_timeout_ms.or(t.upstream_header_ms),

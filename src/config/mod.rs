@@ -4,6 +4,7 @@
 
 mod raw;
 mod rules;
+mod secrets;
 mod validate;
 
 use std::net::SocketAddr;
@@ -60,7 +61,38 @@ pub struct Config {
     pub workers: usize,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    /// The admin API: its address and tokens. `None`: no admin listener.
+    pub admin: Option<AdminConfig>,
+    /// tagpin's own upstream credentials, for seeding and drift checks.
+    pub upstream_credentials: Option<Credentials>,
+    /// How often the server runs the drift check; `None`: never on its own.
+    pub drift_interval: Option<Duration>,
     pub timeouts: Timeouts,
+}
+
+/// A secret that never shows in `Debug` output or logs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// The admin listener and who may use it.
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    /// `(name, token)`: the name is who acts in audit events and history.
+    pub tokens: Vec<(String, Secret)>,
+}
+
+/// A user and password.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pub user: String,
+    pub password: Secret,
 }
 
 /// The config file, and the flags that replace its policy keys, for SIGHUP reloads.

@@ -27,6 +27,10 @@ pub struct RawConfig {
     pub workers: Option<usize>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    pub admin_listen: Option<String>,
+    pub admin_token_file: Option<PathBuf>,
+    pub upstream_credentials_file: Option<PathBuf>,
+    pub drift_interval: Option<String>,
     pub timeouts: Option<RawTimeouts>,
 }
 

@@ -114,6 +114,54 @@ impl RawConfig {
             }
             (None, None) => {}
         }
+        let self_listen_port = listen.port();
+        let admin = match (self.admin_listen.filter(|s| !s.is_empty()), &self.admin_token_file) {
+            (None, _) => None,
+            (Some(_), None) => {
+                return Err(ConfigError::invalid(
+                    "admin_token_file",
+                    "is required with admin_listen: one name:token per line",
+                ))
+            }
+            (Some(addr), Some(file)) => {
+                let listen: SocketAddr = addr
+                    .parse()
+                    .map_err(|_| ConfigError::invalid("admin_listen", format!("{addr:?} is not an IP:port address")))?;
+                if listen.port() != 0 && listen.port() == self_listen_port {
+                    return Err(ConfigError::invalid(
+                        "admin_listen",
+                        "must not be the registry port: the admin API has a listener of its own",
+                    ));
+                }
+                if listen == SocketAddr::from(([0, 0, 0, 0], listen.port())) {
+                    tracing::warn!("the admin API listens on every address; keep it on a private one (SECURITY.md)");
+                }
+                Some(super::AdminConfig {
+                    listen,
+                    tokens: super::secrets::admin_tokens(file)?,
+                })
+            }
+        };
+        let upstream_credentials = self
+            .upstream_credentials_file
+            .as_deref()
+            .map(super::secrets::credentials)
+            .transpose()?;
+        let drift_interval = self
+            .drift_interval
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                humantime::parse_duration(&s)
+                    .ok()
+                    .filter(|d| *d >= Duration::from_secs(1))
+                    .ok_or_else(|| {
+                        ConfigError::invalid(
+                            "drift_interval",
+                            format!("{s:?} is not a duration of at least 1s, e.g. 10m"),
+                        )
+                    })
+            })
+            .transpose()?;
         let t = self.timeouts.unwrap_or_default();
         let ms = |key: &'static str, v: Option<u64>, default: u64| -> Result<Duration, ConfigError> {
             match v.unwrap_or(default) {
@@ -156,6 +204,9 @@ impl RawConfig {
             workers,
             tls_cert: self.tls_cert,
             tls_key: self.tls_key,
+            admin,
+            upstream_credentials,
+            drift_interval,
             timeouts,
         })
     }

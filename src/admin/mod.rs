@@ -1,0 +1,146 @@
+//! The admin API: a second listener, off unless `--admin-listen` is set, never on the
+//! registry port. Every request needs `Authorization: Bearer <token>` ([`auth`]); paths are
+//! versioned under `/admin/v1/` ([`routes`]); answers are JSON (JSON lines for export and
+//! seed progress). It calls the policy and the store, never the proxy handlers, and every
+//! change it makes is an audit event naming the token's name.
+//!
+//! Errors go through the one mapping of [`crate::error::ProxyError`], so a refused admin
+//! request gets the same OCI error envelope as a refused push.
+
+pub mod auth;
+mod pins;
+pub mod routes;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+
+use self::auth::Tokens;
+use self::routes::{AdminRoute, RouteProblem};
+use crate::app::App;
+use crate::body::{self, Body};
+use crate::error::ProxyError;
+use crate::telemetry::Requester;
+
+/// The admin side's state: the proxy's shared state (through an `App` on the admin's own
+/// runtime, for its upstream client) and the token digests.
+pub struct Admin {
+    pub app: App,
+    tokens: Tokens,
+}
+
+impl Admin {
+    pub fn new(app: App) -> Self {
+        let tokens = Tokens::new(app.config.admin.as_ref().map_or(&[][..], |a| &a.tokens));
+        Self { app, tokens }
+    }
+}
+
+/// Serve the admin API until `shutdown` resolves.
+pub async fn serve(admin: Arc<Admin>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+    let graceful = GracefulShutdown::new();
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(admin.app.config.timeouts.client_header);
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(conn) => conn,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let admin = Arc::clone(&admin);
+        let conn = http.serve_connection(
+            TokioIo::new(stream),
+            service_fn(move |req| {
+                let admin = Arc::clone(&admin);
+                async move { Ok::<_, Infallible>(handle(&admin, req, peer).await) }
+            }),
+        );
+        let watched = graceful.watch(conn);
+        tokio::spawn(async move {
+            let _ = watched.await;
+        });
+    }
+    let grace = admin.app.config.timeouts.shutdown_grace;
+    let _ = tokio::time::timeout(grace, graceful.shutdown()).await;
+}
+
+/// Answer one admin request. Never fails.
+pub async fn handle(admin: &Admin, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    let request_id = admin.app.next_request_id();
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let result = match admin.tokens.authorize(req.headers()) {
+        None => Err(ProxyError::AdminUnauthorized),
+        Some(name) => {
+            let who = Requester::admin(request_id.clone(), peer, name, req.headers());
+            dispatch(admin, req, &who).await
+        }
+    };
+    let resp = match result {
+        Ok(resp) => resp,
+        Err(e) => {
+            let unauthorized = matches!(e, ProxyError::AdminUnauthorized);
+            // Never the request's headers: they carry the token.
+            tracing::info!(request_id, %method, path, error = %e, "admin request refused");
+            let mut resp = e.into_response(&request_id, StatusCode::CONFLICT);
+            if unauthorized {
+                resp.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"tagpin-admin\""),
+                );
+            }
+            resp
+        }
+    };
+    tracing::debug!(request_id, %method, path, status = resp.status().as_u16(), "admin request");
+    resp
+}
+
+async fn dispatch(admin: &Admin, req: Request<Incoming>, who: &Requester) -> Result<Response<Body>, ProxyError> {
+    let route = routes::classify(req.method(), req.uri().path(), req.uri().query()).map_err(|p| match p {
+        RouteProblem::NotFound => ProxyError::AdminNotFound("no admin endpoint has this method and path".into()),
+        RouteProblem::Bad(why) => ProxyError::AdminBadRequest(why),
+    })?;
+    let app = &admin.app;
+    match route {
+        AdminRoute::ListPins {
+            repository,
+            after,
+            limit,
+        } => pins::list(app, repository, after, limit).await,
+        AdminRoute::ShowPin { repository, tag } => pins::show(app, repository, tag).await,
+        AdminRoute::CreateRelease => pins::create_release(app, req, who).await,
+        AdminRoute::CancelRelease { repository, tag } => pins::cancel_release(app, repository, tag, who).await,
+        AdminRoute::Export => pins::export(app).await,
+        AdminRoute::Import => pins::import(app, req, who).await,
+        AdminRoute::Seed { .. } | AdminRoute::Verify { .. } => Err(ProxyError::AdminNotFound(
+            "seed and verify need --upstream-credentials-file support, not built into this version".into(),
+        )),
+    }
+}
+
+/// A JSON answer.
+pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+    let mut resp = Response::new(body::full(value.to_string()));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}

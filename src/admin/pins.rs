@@ -1,0 +1,264 @@
+//! Admin handlers over the store: list and show pins, releases, export and import.
+
+use http::{Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use serde_json::{json, Value};
+
+use super::json;
+use crate::app::App;
+use crate::body::Body;
+use crate::error::ProxyError;
+use crate::oci::{Repository, Tag};
+use crate::store::{now_secs, Exported, HistoryEvent, Release, TagState};
+use crate::telemetry::{AuditAction, AuditEvent, Requester};
+
+/// Longest release allowed (issue: at most 24 hours), and the default.
+pub const MAX_RELEASE_SECS: u64 = 24 * 3600;
+pub const DEFAULT_RELEASE_SECS: u64 = 15 * 60;
+/// Largest import body: a million pins with short histories fit well inside.
+const MAX_IMPORT_BYTES: usize = 1 << 30;
+
+/// One pin as the list shows it.
+fn summary(app: &App, repo: &Repository, tag: &Tag, state: &TagState) -> Value {
+    let decided = app.policy().decide(repo, tag);
+    let (kind, pin, claim) = match state {
+        TagState::Pinned(p) => ("pinned", Some(p), None),
+        TagState::Claimed(c) => ("claimed", None, Some(c)),
+        TagState::Advancing { pin, claim } => ("advancing", Some(pin), Some(claim)),
+    };
+    json!({
+        "repository": repo.as_str(),
+        "tag": tag.as_str(),
+        "state": kind,
+        "digest": state.digest().as_str(),
+        "source": pin.map(|p| p.source),
+        "pinned_at": pin.map(|p| p.pinned_at),
+        "claimed_digest": claim.map(|c| c.digest.as_str()),
+        "claimed_at": claim.map(|c| c.claimed_at),
+        "mode": decided.mode.as_str(),
+        "rule": decided.by.to_string(),
+    })
+}
+
+/// `GET /admin/v1/pins`: one page, with the cursor of the next.
+pub async fn list(
+    app: &App,
+    repository: Option<Repository>,
+    after: Option<(Repository, Tag)>,
+    limit: usize,
+) -> Result<Response<Body>, ProxyError> {
+    let page = app
+        .store_call(move |s| s.list(repository.as_ref(), after.as_ref(), limit))
+        .await?;
+    let next = (page.len() == limit)
+        .then(|| page.last().map(|(r, t, _)| format!("{r}:{t}")))
+        .flatten();
+    let pins: Vec<Value> = page.iter().map(|(r, t, s)| summary(app, r, t, s)).collect();
+    Ok(json(StatusCode::OK, &json!({ "pins": pins, "next": next })))
+}
+
+/// `GET /admin/v1/pin`: the pin, its whole history, its refused attempts and release.
+pub async fn show(app: &App, repository: Repository, tag: Tag) -> Result<Response<Body>, ProxyError> {
+    let (r, t) = (repository.clone(), tag.clone());
+    let (state, refused, release) = app
+        .store_call(move |s| Ok((s.state(&r, &t)?, s.refusals(&r, &t)?, s.release(&r, &t)?)))
+        .await?;
+    let Some(state) = state else {
+        return Err(ProxyError::AdminNotFound(format!("{repository}:{tag} has no pin")));
+    };
+    let mut out = summary(app, &repository, &tag, &state);
+    let history = match &state {
+        TagState::Pinned(p) | TagState::Advancing { pin: p, .. } => serde_json::to_value(&p.history),
+        TagState::Claimed(_) => Ok(json!([])),
+    }
+    .map_err(|e| ProxyError::Internal(e.to_string()))?;
+    out["history"] = history;
+    out["refused"] = serde_json::to_value(&refused).map_err(|e| ProxyError::Internal(e.to_string()))?;
+    out["release"] = serde_json::to_value(&release).map_err(|e| ProxyError::Internal(e.to_string()))?;
+    Ok(json(StatusCode::OK, &out))
+}
+
+fn admin_event(app: &App, action: AuditAction, who: &Requester, repo: &Repository, tag: Option<&Tag>) {
+    AuditEvent {
+        action,
+        who,
+        repository: repo,
+        tag,
+        pinned: None,
+        attempted: None,
+        decided: tag.map(|t| app.policy().decide(repo, t)),
+    }
+    .emit(&app.metrics);
+}
+
+async fn read_body(req: Request<Incoming>, limit: usize) -> Result<bytes::Bytes, ProxyError> {
+    let body = http_body_util::Limited::new(req.into_body(), limit);
+    body.collect()
+        .await
+        .map(|c| c.to_bytes())
+        .map_err(|e| ProxyError::AdminBadRequest(format!("cannot read the request body: {e}")))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReleaseRequest {
+    repository: String,
+    tag: String,
+    reason: String,
+    ttl_seconds: Option<u64>,
+}
+
+/// `POST /admin/v1/releases`: break glass for one push (or delete) of a pinned tag.
+pub async fn create_release(app: &App, req: Request<Incoming>, who: &Requester) -> Result<Response<Body>, ProxyError> {
+    let body = read_body(req, 64 * 1024).await?;
+    let r: ReleaseRequest =
+        serde_json::from_slice(&body).map_err(|e| ProxyError::AdminBadRequest(format!("bad release request: {e}")))?;
+    let repo = Repository::parse(&r.repository).map_err(|e| ProxyError::AdminBadRequest(e.to_string()))?;
+    let tag = Tag::parse(&r.tag).map_err(|e| ProxyError::AdminBadRequest(e.to_string()))?;
+    let reason = r.reason.trim().to_owned();
+    if reason.is_empty() {
+        return Err(ProxyError::AdminBadRequest("a release needs a reason".into()));
+    }
+    let ttl = r.ttl_seconds.unwrap_or(DEFAULT_RELEASE_SECS);
+    if !(1..=MAX_RELEASE_SECS).contains(&ttl) {
+        return Err(ProxyError::AdminBadRequest(format!(
+            "ttl_seconds must be 1 to {MAX_RELEASE_SECS} (24 hours)"
+        )));
+    }
+    let by = who
+        .user
+        .as_deref()
+        .unwrap_or("admin")
+        .trim_start_matches("admin:")
+        .to_owned();
+    let now = now_secs();
+    let release = Release {
+        by,
+        reason,
+        created_at: now,
+        expires_at: now + ttl,
+    };
+    let (rr, tt, rel) = (repo.clone(), tag.clone(), release.clone());
+    let pinned = app
+        .store_call(move |s| {
+            let pinned = matches!(s.state(&rr, &tt)?, Some(TagState::Pinned(_)));
+            if pinned {
+                s.set_release(&rr, &tt, &rel)?;
+            }
+            Ok(pinned)
+        })
+        .await?;
+    if !pinned {
+        return Err(ProxyError::AdminNotFound(format!(
+            "{repo}:{tag} has no settled pin to release (it is free, or a push to it is in flight)"
+        )));
+    }
+    admin_event(app, AuditAction::ReleaseCreated, who, &repo, Some(&tag));
+    let mut out = serde_json::to_value(&release).map_err(|e| ProxyError::Internal(e.to_string()))?;
+    out["repository"] = json!(repo.as_str());
+    out["tag"] = json!(tag.as_str());
+    Ok(json(StatusCode::CREATED, &out))
+}
+
+/// `DELETE /admin/v1/releases`: withdraw a release before it is used.
+pub async fn cancel_release(
+    app: &App,
+    repo: Repository,
+    tag: Tag,
+    who: &Requester,
+) -> Result<Response<Body>, ProxyError> {
+    let (r, t, id) = (repo.clone(), tag.clone(), who.request_id.clone());
+    let removed = app
+        .store_call(move |s| s.end_release(&r, &t, HistoryEvent::ReleaseCancelled, Some(&id)))
+        .await?;
+    match removed {
+        Some(release) => {
+            admin_event(app, AuditAction::ReleaseCancelled, who, &repo, Some(&tag));
+            Ok(json(
+                StatusCode::OK,
+                &json!({"cancelled": release, "repository": repo.as_str(), "tag": tag.as_str()}),
+            ))
+        }
+        None => Err(ProxyError::AdminNotFound(format!("{repo}:{tag} has no release"))),
+    }
+}
+
+/// Pins per page of an export.
+const EXPORT_PAGE: usize = 1000;
+
+/// `GET /admin/v1/export`: every pin with its history, as JSON lines, a page at a time.
+pub async fn export(app: &App) -> Result<Response<Body>, ProxyError> {
+    // The first page is read here, so a store failure is an error response, not a cut body.
+    let first = app.store_call(|s| s.list(None, None, EXPORT_PAGE)).await?;
+    let (tx, body) = crate::body::channel(4);
+    let store = std::sync::Arc::clone(&app.store);
+    tokio::spawn(async move {
+        let mut page = first;
+        loop {
+            let mut chunk = Vec::new();
+            for (r, t, state) in &page {
+                let pin = match state {
+                    TagState::Pinned(p) | TagState::Advancing { pin: p, .. } => p,
+                    // A claim is an outcome not yet known, not a pin to carry elsewhere.
+                    TagState::Claimed(_) => continue,
+                };
+                let line =
+                    serde_json::to_vec(&Exported::of(r.clone(), t.clone(), pin)).expect("serialising cannot fail");
+                chunk.extend_from_slice(&line);
+                chunk.push(b'\n');
+            }
+            if !chunk.is_empty() && tx.send(chunk.into()).await.is_err() {
+                return; // the client went away
+            }
+            if page.len() < EXPORT_PAGE {
+                return;
+            }
+            let after = page.last().map(|(r, t, _)| (r.clone(), t.clone()));
+            let store = std::sync::Arc::clone(&store);
+            page = match tokio::task::spawn_blocking(move || store.list(None, after.as_ref(), EXPORT_PAGE)).await {
+                Ok(Ok(p)) => p,
+                // The body ends early; the client sees a short export without a final
+                // newline-terminated summary, and `tagpin export` reports it.
+                _ => return,
+            };
+        }
+    });
+    let mut resp = Response::new(body);
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/x-ndjson"),
+    );
+    Ok(resp)
+}
+
+/// Parse JSON lines of exported pins.
+pub fn parse_export(bytes: &[u8]) -> Result<Vec<Exported>, String> {
+    bytes
+        .split(|b| *b == b'\n')
+        .enumerate()
+        .filter(|(_, l)| !l.iter().all(u8::is_ascii_whitespace))
+        .map(|(i, l)| serde_json::from_slice(l).map_err(|e| format!("line {}: {e}", i + 1)))
+        .collect()
+}
+
+/// `POST /admin/v1/import`: JSON lines into the store, all or nothing.
+pub async fn import(app: &App, req: Request<Incoming>, who: &Requester) -> Result<Response<Body>, ProxyError> {
+    let body = read_body(req, MAX_IMPORT_BYTES).await?;
+    let records = parse_export(&body).map_err(ProxyError::AdminBadRequest)?;
+    let outcome = app.store_call(move |s| s.import(&records)).await?;
+    if !outcome.conflicts.is_empty() {
+        let shown: Vec<&str> = outcome.conflicts.iter().take(5).map(String::as_str).collect();
+        return Err(ProxyError::AdminConflict(format!(
+            "{} conflicting record(s), nothing written: {}",
+            outcome.conflicts.len(),
+            shown.join("; ")
+        )));
+    }
+    tracing::info!(target: "tagpin::audit", action = AuditAction::Imported.as_str(), imported = outcome.imported, unchanged = outcome.unchanged, user = who.user.as_deref().unwrap_or(""), request_id = who.request_id.as_str(), "imported");
+    app.metrics.decision(AuditAction::Imported);
+    Ok(json(
+        StatusCode::OK,
+        &json!({"imported": outcome.imported, "unchanged": outcome.unchanged}),
+    ))
+}

@@ -1,0 +1,177 @@
+//! The admin API's paths, classified by one pure function. Everything is under
+//! `/admin/v1/`; repositories and tags travel as query parameters (`?repository=a/b&tag=v1`),
+//! so a name with slashes never has to be escaped into a path segment.
+
+use http::Method;
+
+use crate::oci::{Repository, Tag};
+
+/// An admin request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminRoute {
+    /// `GET /admin/v1/pins[?repository=R][&after=R:T][&limit=N]`
+    ListPins {
+        repository: Option<Repository>,
+        after: Option<(Repository, Tag)>,
+        limit: usize,
+    },
+    /// `GET /admin/v1/pin?repository=R&tag=T`
+    ShowPin { repository: Repository, tag: Tag },
+    /// `POST /admin/v1/releases` with a JSON body.
+    CreateRelease,
+    /// `DELETE /admin/v1/releases?repository=R&tag=T`
+    CancelRelease { repository: Repository, tag: Tag },
+    /// `POST /admin/v1/seed[?repository=R]`
+    Seed { repository: Option<Repository> },
+    /// `GET /admin/v1/verify[?repository=R]`
+    Verify { repository: Option<Repository> },
+    /// `GET /admin/v1/export`
+    Export,
+    /// `POST /admin/v1/import` with JSON lines.
+    Import,
+}
+
+/// Largest page of `ListPins`, and the default.
+pub const MAX_PAGE: usize = 1000;
+
+/// Classify an admin request; `Err` carries the message of a 400 (or 404 for no route).
+pub fn classify(method: &Method, path: &str, query: Option<&str>) -> Result<AdminRoute, RouteProblem> {
+    let params: Vec<(String, String)> = form_urlencoded::parse(query.unwrap_or("").as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    let get = |key: &str| params.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
+    let repository = || -> Result<Option<Repository>, RouteProblem> {
+        get("repository")
+            .map(|r| Repository::parse(r).map_err(|e| RouteProblem::Bad(e.to_string())))
+            .transpose()
+    };
+    let required = || -> Result<(Repository, Tag), RouteProblem> {
+        let r = repository()?.ok_or_else(|| RouteProblem::Bad("the repository parameter is required".into()))?;
+        let t = get("tag").ok_or_else(|| RouteProblem::Bad("the tag parameter is required".into()))?;
+        let t = Tag::parse(t).map_err(|e| RouteProblem::Bad(e.to_string()))?;
+        Ok((r, t))
+    };
+    match (method.as_str(), path) {
+        ("GET", "/admin/v1/pins") => {
+            let after = get("after")
+                .filter(|a| !a.is_empty())
+                .map(|a| {
+                    let (r, t) = a
+                        .rsplit_once(':')
+                        .ok_or_else(|| RouteProblem::Bad("after must be REPOSITORY:TAG".into()))?;
+                    Ok::<_, RouteProblem>((
+                        Repository::parse(r).map_err(|e| RouteProblem::Bad(e.to_string()))?,
+                        Tag::parse(t).map_err(|e| RouteProblem::Bad(e.to_string()))?,
+                    ))
+                })
+                .transpose()?;
+            let limit = match get("limit") {
+                None => MAX_PAGE,
+                Some(n) => n
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=MAX_PAGE).contains(n))
+                    .ok_or_else(|| RouteProblem::Bad(format!("limit must be 1 to {MAX_PAGE}")))?,
+            };
+            Ok(AdminRoute::ListPins {
+                repository: repository()?,
+                after,
+                limit,
+            })
+        }
+        ("GET", "/admin/v1/pin") => {
+            let (repository, tag) = required()?;
+            Ok(AdminRoute::ShowPin { repository, tag })
+        }
+        ("POST", "/admin/v1/releases") => Ok(AdminRoute::CreateRelease),
+        ("DELETE", "/admin/v1/releases") => {
+            let (repository, tag) = required()?;
+            Ok(AdminRoute::CancelRelease { repository, tag })
+        }
+        ("POST", "/admin/v1/seed") => Ok(AdminRoute::Seed {
+            repository: repository()?,
+        }),
+        ("GET", "/admin/v1/verify") => Ok(AdminRoute::Verify {
+            repository: repository()?,
+        }),
+        ("GET", "/admin/v1/export") => Ok(AdminRoute::Export),
+        ("POST", "/admin/v1/import") => Ok(AdminRoute::Import),
+        (_, p) if p.starts_with("/admin/v1/") => Err(RouteProblem::NotFound),
+        _ => Err(RouteProblem::NotFound),
+    }
+}
+
+/// Why an admin request has no route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteProblem {
+    NotFound,
+    Bad(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn c(m: &str, p: &str, q: Option<&str>) -> Result<AdminRoute, RouteProblem> {
+        classify(&Method::from_bytes(m.as_bytes()).unwrap(), p, q)
+    }
+
+    #[test]
+    fn a_table_of_admin_requests() {
+        let r = |s: &str| Repository::parse(s).unwrap();
+        let t = |s: &str| Tag::parse(s).unwrap();
+        assert_eq!(
+            c("GET", "/admin/v1/pin", Some("repository=team%2Fapp&tag=1.0")),
+            Ok(AdminRoute::ShowPin {
+                repository: r("team/app"),
+                tag: t("1.0")
+            })
+        );
+        // A slash need not be escaped in a query value.
+        assert_eq!(
+            c("GET", "/admin/v1/pin", Some("repository=team/app&tag=1.0")),
+            Ok(AdminRoute::ShowPin {
+                repository: r("team/app"),
+                tag: t("1.0")
+            })
+        );
+        assert_eq!(
+            c("GET", "/admin/v1/pins", Some("after=a%2Fb%3Av1&limit=10")),
+            Ok(AdminRoute::ListPins {
+                repository: None,
+                after: Some((r("a/b"), t("v1"))),
+                limit: 10
+            })
+        );
+        assert_eq!(
+            c("GET", "/admin/v1/pins", None),
+            Ok(AdminRoute::ListPins {
+                repository: None,
+                after: None,
+                limit: MAX_PAGE
+            })
+        );
+        assert!(matches!(
+            c("GET", "/admin/v1/pins", Some("limit=0")),
+            Err(RouteProblem::Bad(_))
+        ));
+        assert!(matches!(
+            c("GET", "/admin/v1/pin", Some("repository=A&tag=x")),
+            Err(RouteProblem::Bad(_))
+        ));
+        assert!(matches!(
+            c("GET", "/admin/v1/pin", Some("repository=a")),
+            Err(RouteProblem::Bad(_))
+        ));
+        assert_eq!(c("POST", "/admin/v1/releases", None), Ok(AdminRoute::CreateRelease));
+        assert_eq!(c("GET", "/admin/v1/export", None), Ok(AdminRoute::Export));
+        assert_eq!(c("PUT", "/admin/v1/export", None), Err(RouteProblem::NotFound));
+        assert_eq!(c("GET", "/v2/", None), Err(RouteProblem::NotFound));
+        assert_eq!(
+            c("POST", "/admin/v1/seed", Some("repository=x")),
+            Ok(AdminRoute::Seed {
+                repository: Some(r("x"))
+            })
+        );
+    }
+}
