@@ -12,10 +12,12 @@ use std::time::{Duration, Instant};
 use common::fake::{refused_port, Action, FakeUpstream};
 use common::*;
 
-const SHORT: [&str; 6] = [
+const SHORT: [&str; 8] = [
     "--upstream-connect-timeout-ms",
     "500",
     "--upstream-header-timeout-ms",
+    "1500",
+    "--upstream-check-timeout-ms",
     "1500",
     "--body-idle-timeout-ms",
     "1000",
@@ -85,6 +87,48 @@ fn a_hang_at_connect_is_cut_by_the_connect_timeout() {
     assert_eq!(r.oci_code(), "UNAVAILABLE");
     assert_serving(&t);
     drop(listener);
+}
+
+#[test]
+fn a_hung_upstream_fails_a_push_at_the_check_timeout_not_the_header_timeout() {
+    // Every request reaches the upstream and gets no answer. The forwarded-request header
+    // timeout is a minute; tagpin's own tag check gives up after 800 ms, so the push is
+    // answered long before the minute (the bound below is which timeout applied, not a
+    // performance figure) and nothing is forwarded or pinned.
+    let fake = FakeUpstream::start(|_, _| Action::Hang);
+    let data = tempfile::tempdir().unwrap();
+    let t = Tagpin::start(
+        &fake.url(),
+        data.path(),
+        &[
+            "--upstream-header-timeout-ms",
+            "60000",
+            "--upstream-check-timeout-ms",
+            "800",
+        ],
+    );
+    let img = Image::random(220, 10);
+    let start = Instant::now();
+    let r = img.put_manifest(t.addr, "f", "v1", "");
+    let took = start.elapsed();
+    assert_eq!((r.status, r.oci_code().as_str()), (504, "UNAVAILABLE"), "{}", r.text());
+    assert!(
+        took < Duration::from_secs(30),
+        "the 60 s header timeout applied: {took:?}"
+    );
+    assert!(
+        fake.requests().iter().all(|s| s.method != "PUT"),
+        "{:?}",
+        fake.requests()
+    );
+    // Nothing was pinned or claimed: against an upstream that answers, another digest
+    // takes the tag.
+    drop(t);
+    let registry = Registry::start();
+    let t = Tagpin::start(&registry.url(), data.path(), &[]);
+    let other = Image::random(221, 10);
+    other.push_blobs(t.addr, "f", "");
+    assert_eq!(other.put_manifest(t.addr, "f", "v1", "").status, 201);
 }
 
 #[test]

@@ -85,6 +85,10 @@ pub struct ServeArgs {
     /// Milliseconds to wait for the upstream's response headers [default: 60000].
     #[arg(long, env = "TAGPIN_UPSTREAM_HEADER_TIMEOUT_MS")]
     pub upstream_header_timeout_ms: Option<u64>,
+    /// Milliseconds tagpin waits for the upstream in its own checks (the tag check before a
+    /// push, tag listings, fetching a pinned manifest) [default: 10000].
+    #[arg(long, env = "TAGPIN_UPSTREAM_CHECK_TIMEOUT_MS")]
+    pub upstream_check_timeout_ms: Option<u64>,
     /// Milliseconds a body (either direction) may stall before the transfer is cut [default: 60000].
     #[arg(long, env = "TAGPIN_BODY_IDLE_TIMEOUT_MS")]
     pub body_idle_timeout_ms: Option<u64>,
@@ -148,6 +152,7 @@ impl ServeArgs {
             timeouts: Some(RawTimeouts {
                 upstream_connect_ms: self.upstream_connect_timeout_ms.or(t.upstream_connect_ms),
                 upstream_header_ms: self.upstream_header_timeout_ms.or(t.upstream_header_ms),
+                upstream_check_ms: self.upstream_check_timeout_ms.or(t.upstream_check_ms),
                 body_idle_ms: self.body_idle_timeout_ms.or(t.body_idle_ms),
                 client_header_ms: self.client_header_timeout_ms.or(t.client_header_ms),
                 shutdown_grace_ms: self.shutdown_grace_ms.or(t.shutdown_grace_ms),

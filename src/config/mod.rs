@@ -111,6 +111,8 @@ pub struct ReloadSource {
 pub struct Timeouts {
     pub upstream_connect: Duration,
     pub upstream_header: Duration,
+    /// tagpin's own upstream calls for a decision (tag check, listing, pinned manifest).
+    pub upstream_check: Duration,
     pub body_idle: Duration,
     pub client_header: Duration,
     pub shutdown_grace: Duration,

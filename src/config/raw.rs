@@ -39,6 +39,7 @@ pub struct RawConfig {
 pub struct RawTimeouts {
     pub upstream_connect_ms: Option<u64>,
     pub upstream_header_ms: Option<u64>,
+    pub upstream_check_ms: Option<u64>,
     pub body_idle_ms: Option<u64>,
     pub client_header_ms: Option<u64>,
     pub shutdown_grace_ms: Option<u64>,

@@ -172,6 +172,7 @@ impl RawConfig {
         let timeouts = Timeouts {
             upstream_connect: ms("timeouts.upstream_connect_ms", t.upstream_connect_ms, 5_000)?,
             upstream_header: ms("timeouts.upstream_header_ms", t.upstream_header_ms, 60_000)?,
+            upstream_check: ms("timeouts.upstream_check_ms", t.upstream_check_ms, 10_000)?,
             body_idle: ms("timeouts.body_idle_ms", t.body_idle_ms, 60_000)?,
             client_header: ms("timeouts.client_header_ms", t.client_header_ms, 30_000)?,
             shutdown_grace: ms("timeouts.shutdown_grace_ms", t.shutdown_grace_ms, 30_000)?,

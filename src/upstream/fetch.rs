@@ -39,7 +39,7 @@ impl Upstream {
             req = req.header(header::AUTHORIZATION, auth);
         }
         let resp = self
-            .send(req.body(body::empty()).expect("static request parts are valid"))
+            .send_check(req.body(body::empty()).expect("static request parts are valid"))
             .await?;
         match resp.status() {
             StatusCode::OK => {}
@@ -54,7 +54,11 @@ impl Upstream {
         }
         let mut body = resp.into_body();
         let mut buf = BytesMut::new();
-        while let Some(frame) = body.frame().await {
+        let deadline = tokio::time::Instant::now() + self.check_timeout();
+        while let Some(frame) = tokio::time::timeout_at(deadline, body.frame())
+            .await
+            .map_err(|_| UpstreamError::HeaderTimeout(self.check_timeout()))?
+        {
             let frame = frame.map_err(|e| UpstreamError::Transport(error_chain(&e)))?;
             if let Ok(data) = frame.into_data() {
                 if buf.len() + data.len() > limit {

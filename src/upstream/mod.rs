@@ -102,6 +102,7 @@ pub struct Upstream {
     client: Client<HttpsConnector<HttpConnector>, Body>,
     origin: Origin,
     header_timeout: Duration,
+    check_timeout: Duration,
 }
 
 impl Upstream {
@@ -151,6 +152,7 @@ impl Upstream {
             client,
             origin: config.upstream.clone(),
             header_timeout: config.timeouts.upstream_header,
+            check_timeout: config.timeouts.upstream_check,
         }
     }
 
@@ -172,6 +174,27 @@ impl Upstream {
     /// the request body has been sent: a multi-gigabyte upload takes as long as it takes,
     /// and while it flows only the body idle timeout applies to it.
     pub async fn send(&self, req: Request<Body>) -> Result<Response<Incoming>, UpstreamError> {
+        self.send_within(req, self.header_timeout).await
+    }
+
+    /// Send a request tagpin makes for its own decision (a tag check, a tag listing, a
+    /// fetch of a pinned manifest): these have no upload to wait for, so a hung upstream
+    /// is detected after the check timeout, not the long header timeout of forwarded
+    /// requests.
+    pub async fn send_check(&self, req: Request<Body>) -> Result<Response<Incoming>, UpstreamError> {
+        self.send_within(req, self.check_timeout).await
+    }
+
+    /// The bound on reading the body of a check's answer.
+    pub fn check_timeout(&self) -> Duration {
+        self.check_timeout
+    }
+
+    async fn send_within(
+        &self,
+        req: Request<Body>,
+        header_timeout: Duration,
+    ) -> Result<Response<Incoming>, UpstreamError> {
         let classify = |r: Result<Response<Incoming>, hyper_util::client::legacy::Error>| match r {
             Ok(resp) => Ok(resp),
             Err(e) if e.is_connect() => Err(UpstreamError::Connect(error_chain(&e))),
@@ -192,8 +215,8 @@ impl Upstream {
                 _ = sent => {}
             }
         }
-        match tokio::time::timeout(self.header_timeout, response).await {
-            Err(_) => Err(UpstreamError::HeaderTimeout(self.header_timeout)),
+        match tokio::time::timeout(header_timeout, response).await {
+            Err(_) => Err(UpstreamError::HeaderTimeout(header_timeout)),
             Ok(r) => classify(r),
         }
     }
@@ -214,7 +237,7 @@ impl Upstream {
             req = req.header(header::AUTHORIZATION, auth);
         }
         let req = req.body(body::empty()).expect("static request parts are valid");
-        let resp = self.send(req).await?;
+        let resp = self.send_check(req).await?;
         match resp.status() {
             StatusCode::OK => resp
                 .headers()
@@ -261,7 +284,7 @@ impl Upstream {
                 req = req.header(header::AUTHORIZATION, auth);
             }
             let resp = self
-                .send(req.body(body::empty()).expect("static request parts are valid"))
+                .send_check(req.body(body::empty()).expect("static request parts are valid"))
                 .await?;
             match resp.status() {
                 StatusCode::OK => {}
@@ -270,8 +293,9 @@ impl Upstream {
                 status => return Err(failed(format!("{target} answered {status}"))),
             }
             next = next_page(resp.headers(), &self.origin).map_err(failed)?;
-            let bytes = http_body_util::BodyExt::collect(resp.into_body())
+            let bytes = tokio::time::timeout(self.check_timeout, http_body_util::BodyExt::collect(resp.into_body()))
                 .await
+                .map_err(|_| UpstreamError::HeaderTimeout(self.check_timeout))?
                 .map_err(|e| UpstreamError::Transport(error_chain(&e)))?
                 .to_bytes();
             #[derive(serde::Deserialize)]
@@ -292,7 +316,7 @@ impl Upstream {
             .header(header::USER_AGENT, concat!("tagpin/", env!("CARGO_PKG_VERSION")))
             .body(body::empty())
             .expect("static request parts are valid");
-        let resp = self.send(req).await?;
+        let resp = self.send_check(req).await?;
         match resp.status() {
             StatusCode::OK | StatusCode::UNAUTHORIZED => Ok(()),
             status => Err(UpstreamError::Transport(format!("GET /v2/ answered {status}"))),
