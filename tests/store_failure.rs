@@ -89,9 +89,9 @@ impl PinStore for FlakyStore {
         self.check(&self.fail_reads)?;
         self.inner.delete_in_flight(r, d)
     }
-    fn protect(&self, r: &Repository, h: &Digest, refs: &[Digest]) -> Result<(), StoreError> {
+    fn protect(&self, r: &Repository, h: &Digest, refs: &[Digest], durable: bool) -> Result<(), StoreError> {
         self.check(&self.fail_writes)?;
-        self.inner.protect(r, h, refs)
+        self.inner.protect(r, h, refs, durable)
     }
     fn has_refs(&self, r: &Repository, h: &Digest) -> Result<bool, StoreError> {
         self.check(&self.fail_reads)?;

@@ -183,10 +183,17 @@ impl PushJob {
 
         // Pinned means pullable: what this manifest depends on is recorded before it
         // becomes pinned content (see `refs`).
-        let deps = match super::refs::protect(app, &repo, &attempted, Some(&bytes), &parts.headers).await? {
-            Ok(deps) => deps,
-            Err(challenge) => return Ok(super::challenge::for_push(challenge, &repo, &who.request_id)),
-        };
+        let claim_follows = decision.verdicts.iter().any(|(_, v)| {
+            matches!(
+                v,
+                Verdict::NewPin | Verdict::Append { .. } | Verdict::AuditMove { .. } | Verdict::Released { .. }
+            )
+        });
+        let deps =
+            match super::refs::protect(app, &repo, &attempted, Some(&bytes), &parts.headers, claim_follows).await? {
+                Ok(deps) => deps,
+                Err(challenge) => return Ok(super::challenge::for_push(challenge, &repo, &who.request_id)),
+            };
         for digest in std::iter::once(&attempted).chain(&deps) {
             let (r, d) = (repo.clone(), digest.clone());
             if app.store_call(move |s| s.delete_in_flight(&r, &d)).await? {

@@ -24,12 +24,15 @@ const MAX_FETCHES: usize = 4096;
 /// Make sure the references of `holder` are recorded; `bytes` are its manifest when at
 /// hand (a push), else it is fetched. Returns the digests newly recorded (empty when they
 /// were recorded before). `Err(response)` when the upstream wants credentials.
+/// `claim_follows`: the caller writes a claim (flushed) right after, which makes this
+/// record durable too.
 pub async fn protect(
     app: &App,
     repo: &Repository,
     holder: &Digest,
     bytes: Option<&[u8]>,
     headers: &HeaderMap,
+    claim_follows: bool,
 ) -> Result<Result<Vec<Digest>, Response<Incoming>>, ProxyError> {
     let (r, h) = (repo.clone(), holder.clone());
     if app.store_call(move |s| s.has_refs(&r, &h)).await? {
@@ -78,7 +81,7 @@ pub async fn protect(
     }
     let deps: Vec<Digest> = deps.into_iter().collect();
     let (r, h, d) = (repo.clone(), holder.clone(), deps.clone());
-    app.store_call(move |s| s.protect(&r, &h, &d)).await?;
+    app.store_call(move |s| s.protect(&r, &h, &d, !claim_follows)).await?;
     Ok(Ok(deps))
 }
 
@@ -90,7 +93,7 @@ pub async fn protect_repository(
 ) -> Result<Result<(), Response<Incoming>>, ProxyError> {
     let r = repo.clone();
     for holder in app.store_call(move |s| s.holders(&r)).await? {
-        if let Err(challenge) = protect(app, repo, &holder, None, headers).await? {
+        if let Err(challenge) = protect(app, repo, &holder, None, headers, false).await? {
             return Ok(Err(challenge));
         }
     }

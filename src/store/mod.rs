@@ -357,8 +357,10 @@ pub trait PinStore: Send + Sync + 'static {
 
     /// Record, durably, that the manifest `holder` of `repo` depends on `refs` (its blobs,
     /// child manifests and their blobs), so none of them can be deleted while it is
-    /// pinned. Recorded before the pin or claim that makes `holder` pinned content.
-    fn protect(&self, repo: &Repository, holder: &Digest, refs: &[Digest]) -> Result<(), StoreError>;
+    /// pinned. Recorded before the pin or claim that makes `holder` pinned content. With
+    /// `durable: false` the write is made durable by the caller's next durable write (the
+    /// claim that follows it), which saves an fsync on every new push.
+    fn protect(&self, repo: &Repository, holder: &Digest, refs: &[Digest], durable: bool) -> Result<(), StoreError>;
 
     /// Whether the references of `holder` have been recorded.
     fn has_refs(&self, repo: &Repository, holder: &Digest) -> Result<bool, StoreError>;
@@ -455,7 +457,7 @@ impl PinStore for UnavailableStore {
     fn delete_in_flight(&self, _: &Repository, _: &Digest) -> Result<bool, StoreError> {
         self.fail()
     }
-    fn protect(&self, _: &Repository, _: &Digest, _: &[Digest]) -> Result<(), StoreError> {
+    fn protect(&self, _: &Repository, _: &Digest, _: &[Digest], _: bool) -> Result<(), StoreError> {
         self.fail()
     }
     fn has_refs(&self, _: &Repository, _: &Digest) -> Result<bool, StoreError> {

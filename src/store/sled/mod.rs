@@ -610,7 +610,7 @@ impl PinStore for SledStore {
         Ok(t.deletes.scan_prefix(&prefix).next().transpose().map_err(io)?.is_some())
     }
 
-    fn protect(&self, repo: &Repository, holder: &Digest, refs: &[Digest]) -> Result<(), StoreError> {
+    fn protect(&self, repo: &Repository, holder: &Digest, refs: &[Digest], durable: bool) -> Result<(), StoreError> {
         let t = self.trees()?;
         let result = (&t.refs, &t.holders).transaction(|(tx_refs, tx_holders)| {
             for r in refs {
@@ -623,7 +623,10 @@ impl PinStore for SledStore {
             Ok::<_, ConflictableTransactionError<StoreError>>(())
         });
         settle(result)?;
-        self.flush(&t)
+        if durable {
+            self.flush(&t)?;
+        }
+        Ok(())
     }
 
     fn has_refs(&self, repo: &Repository, holder: &Digest) -> Result<bool, StoreError> {

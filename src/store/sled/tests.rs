@@ -152,8 +152,8 @@ fn references_are_recorded_per_repository_and_holder() {
     let (repo, tag) = ab();
     let other = Repository::parse("a").unwrap();
     assert!(!s.has_refs(&repo, &d('1')).unwrap());
-    s.protect(&repo, &d('1'), &[d('a'), d('b')]).unwrap();
-    s.protect(&repo, &d('2'), &[d('b')]).unwrap();
+    s.protect(&repo, &d('1'), &[d('a'), d('b')], true).unwrap();
+    s.protect(&repo, &d('2'), &[d('b')], false).unwrap();
     assert!(s.has_refs(&repo, &d('1')).unwrap());
     assert_eq!(s.referenced_by(&repo, &d('a')).unwrap(), vec![d('1')]);
     assert_eq!(s.referenced_by(&repo, &d('b')).unwrap(), vec![d('1'), d('2')]);
