@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::fake::LaggyRelay;
+use common::watch::WatchRelay;
 use common::*;
 
 /// Generous bound for "the server ended it": the configured limits are about 1 s.
@@ -116,7 +116,7 @@ fn a_flood_of_idle_connections_is_bounded_and_others_are_still_served() {
 #[test]
 fn sigterm_lets_in_flight_requests_finish() {
     let registry = Registry::start();
-    let relay = LaggyRelay::start(registry.addr, Duration::from_millis(1500));
+    let relay = WatchRelay::start_with_delay(registry.addr, Duration::from_millis(1500));
     let data = tempfile::tempdir().unwrap();
     let mut tagpin = Tagpin::start(&relay.url(), data.path(), &["--shutdown-grace-ms", "20000"]);
     let addr = tagpin.addr;

@@ -11,7 +11,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
-use common::fake::LaggyRelay;
 use common::watch::WatchRelay;
 use common::*;
 
@@ -156,7 +155,7 @@ fn a_tag_query_push_racing_a_push_by_tag_has_one_winner() {
 #[test]
 fn a_crash_after_the_upstream_accepted_but_before_the_pin_keeps_the_tag_reserved() {
     let registry = Registry::start();
-    let relay = LaggyRelay::start(registry.addr, Duration::from_millis(1500));
+    let relay = WatchRelay::start_with_delay(registry.addr, Duration::from_millis(1500));
     let data = tempfile::tempdir().unwrap();
     let a = Image::random(403, 256);
     a.push_blobs(registry.addr, "win", "");

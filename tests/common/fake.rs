@@ -1,5 +1,5 @@
-//! Misbehaving peers for failure tests: a scripted fake upstream, a relay that delays
-//! the upstream's answers, and a port nobody listens on. All on 127.0.0.1.
+//! Misbehaving peers for failure tests: a scripted fake upstream and a port nobody listens
+//! on. All on 127.0.0.1. (The relay that delays answers is `watch::WatchRelay`.)
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -176,52 +176,4 @@ fn hang(stop: &AtomicBool) {
 pub fn refused_port() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap()
-}
-
-/// A TCP relay to `target` that holds back every chunk the target sends by `delay`:
-/// the upstream has already acted on a request while tagpin is still waiting for the
-/// answer, which opens the window between "upstream accepted" and "pin written".
-pub struct LaggyRelay {
-    pub addr: SocketAddr,
-}
-
-impl LaggyRelay {
-    pub fn start(target: SocketAddr, delay: Duration) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        std::thread::spawn(move || {
-            for client in listener.incoming() {
-                let Ok(client) = client else { continue };
-                let Ok(server) = TcpStream::connect(target) else {
-                    continue;
-                };
-                let (mut c_read, mut s_write) = (client.try_clone().unwrap(), server.try_clone().unwrap());
-                std::thread::spawn(move || {
-                    let _ = std::io::copy(&mut c_read, &mut s_write);
-                    let _ = s_write.shutdown(std::net::Shutdown::Write);
-                });
-                let (mut s_read, mut c_write) = (server, client);
-                std::thread::spawn(move || {
-                    let mut buf = vec![0; 64 * 1024];
-                    loop {
-                        match s_read.read(&mut buf) {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => {
-                                std::thread::sleep(delay);
-                                if c_write.write_all(&buf[..n]).is_err() {
-                                    break;
-                                }
-                            }
-                        }
-                    }
-                    let _ = c_write.shutdown(std::net::Shutdown::Write);
-                });
-            }
-        });
-        Self { addr }
-    }
-
-    pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
 }

@@ -316,6 +316,26 @@ fn repo_prefix(repo: &Repository) -> Vec<u8> {
     p
 }
 
+/// The values after `prefix \0` of every key of `tree` that starts with it, parsed.
+fn suffixes<T>(
+    tree: &sled::Tree,
+    mut prefix: Vec<u8>,
+    parse: impl Fn(&str) -> Option<T>,
+    what: &str,
+) -> Result<Vec<T>, StoreError> {
+    prefix.push(0);
+    tree.scan_prefix(&prefix)
+        .keys()
+        .map(|k| {
+            let k = k.map_err(io)?;
+            std::str::from_utf8(&k[prefix.len()..])
+                .ok()
+                .and_then(&parse)
+                .ok_or_else(|| corrupt(&k, what))
+        })
+        .collect()
+}
+
 type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
 
 fn abort(e: StoreError) -> ConflictableTransactionError<StoreError> {
@@ -558,19 +578,12 @@ impl PinStore for SledStore {
 
     fn tags_pinned_to(&self, repo: &Repository, digest: &Digest) -> Result<Vec<Tag>, StoreError> {
         let t = self.trees()?;
-        let mut prefix = digest_key(repo, digest);
-        prefix.push(0);
-        t.by_digest
-            .scan_prefix(&prefix)
-            .keys()
-            .map(|k| {
-                let k = k.map_err(io)?;
-                std::str::from_utf8(&k[prefix.len()..])
-                    .ok()
-                    .and_then(|t| Tag::parse(t).ok())
-                    .ok_or_else(|| corrupt(&k, "not a tag"))
-            })
-            .collect()
+        suffixes(
+            &t.by_digest,
+            digest_key(repo, digest),
+            |s| Tag::parse(s).ok(),
+            "not a tag",
+        )
     }
 
     fn begin_delete(&self, repo: &Repository, digest: &Digest, request_id: &str) -> Result<(), StoreError> {
@@ -653,19 +666,12 @@ impl PinStore for SledStore {
 
     fn referenced_by(&self, repo: &Repository, digest: &Digest) -> Result<Vec<Digest>, StoreError> {
         let t = self.trees()?;
-        let mut prefix = digest_key(repo, digest);
-        prefix.push(0);
-        t.refs
-            .scan_prefix(&prefix)
-            .keys()
-            .map(|k| {
-                let k = k.map_err(io)?;
-                std::str::from_utf8(&k[prefix.len()..])
-                    .ok()
-                    .and_then(|d| Digest::parse(d).ok())
-                    .ok_or_else(|| corrupt(&k, "not a digest"))
-            })
-            .collect()
+        suffixes(
+            &t.refs,
+            digest_key(repo, digest),
+            |s| Digest::parse(s).ok(),
+            "not a digest",
+        )
     }
 
     fn list(
