@@ -155,7 +155,9 @@ fn a_tag_query_push_racing_a_push_by_tag_has_one_winner() {
 #[test]
 fn a_crash_after_the_upstream_accepted_but_before_the_pin_keeps_the_tag_reserved() {
     let registry = Registry::start();
-    let relay = WatchRelay::start_with_delay(registry.addr, Duration::from_millis(1500));
+    // Answers are held back 4 s: the kill lands long before the upstream's 201 reaches
+    // tagpin, even on a machine too busy to run this thread for a second or two.
+    let relay = WatchRelay::start_with_delay(registry.addr, Duration::from_secs(4));
     let data = tempfile::tempdir().unwrap();
     let a = Image::random(403, 256);
     a.push_blobs(registry.addr, "win", "");
