@@ -204,7 +204,7 @@ fn a_delete_cut_off_in_flight_keeps_its_digest_from_being_pinned_until_settled()
     let registry = Registry::start();
     // The upstream's answers are held back, so the delete is done at the upstream while
     // tagpin still waits; the kill lands in that window.
-    let relay = WatchRelay::start_with_delay(registry.addr, Duration::from_millis(1500));
+    let relay = WatchRelay::start_with_delay(registry.addr, Duration::from_secs(4));
     let data = tempfile::tempdir().unwrap();
     let img = Image::random(705, 256);
     img.push_blobs(registry.addr, "del", "");
