@@ -88,6 +88,13 @@ impl Shared {
     /// keep flowing and every write that needs a decision is refused with 503 (fail
     /// closed), and `/readyz` says so.
     pub fn new(config: Config) -> Result<Self, StartError> {
+        if let Some(db) = &config.database {
+            // A database that cannot be reached does not stop tagpin (it fails closed and
+            // recovers by itself); one holding a newer schema does.
+            let store = crate::store::PgStore::open(db.config.clone()).map_err(StartError::Store)?;
+            tracing::info!(database = %db.display, "pin store: PostgreSQL");
+            return Self::with_store(config, Arc::new(store));
+        }
         let store: Arc<dyn PinStore> = match SledStore::open(&config.data_dir) {
             Ok(s) => {
                 tracing::info!(data_dir = %config.data_dir.display(), pins = s.pin_count(), claims = s.claim_count(), "pin store opened");

@@ -95,6 +95,14 @@ pub struct ServeArgs {
     /// Milliseconds a client has to send its request headers [default: 30000].
     #[arg(long, env = "TAGPIN_CLIENT_HEADER_TIMEOUT_MS")]
     pub client_header_timeout_ms: Option<u64>,
+    /// PostgreSQL store for several replicas, postgres://user@host:port/db?sslmode=disable
+    /// (the password may come from --database-password-file) [default: the sled store in
+    /// --data-dir].
+    #[arg(long, env = "TAGPIN_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// File holding the database password (one line).
+    #[arg(long, env = "TAGPIN_DATABASE_PASSWORD_FILE")]
+    pub database_password_file: Option<PathBuf>,
     /// Address of the admin API listener, e.g. 127.0.0.1:5051 [default: off]. Keep it on a
     /// private address: it can release tags.
     #[arg(long, env = "TAGPIN_ADMIN_LISTEN")]
@@ -145,6 +153,8 @@ impl ServeArgs {
             workers: self.workers.or(file.workers),
             tls_cert: self.tls_cert.or(file.tls_cert),
             tls_key: self.tls_key.or(file.tls_key),
+            database_url: self.database_url.or(file.database_url),
+            database_password_file: self.database_password_file.or(file.database_password_file),
             admin_listen: self.admin_listen.or(file.admin_listen),
             admin_token_file: self.admin_token_file.or(file.admin_token_file),
             upstream_credentials_file: self.upstream_credentials_file.or(file.upstream_credentials_file),

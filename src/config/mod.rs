@@ -61,6 +61,8 @@ pub struct Config {
     pub workers: usize,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    /// The PostgreSQL store; `None`: the sled store in `data_dir`.
+    pub database: Option<Database>,
     /// The admin API: its address and tokens. `None`: no admin listener.
     pub admin: Option<AdminConfig>,
     /// tagpin's own upstream credentials, for seeding and drift checks.
@@ -77,6 +79,20 @@ pub struct Secret(pub String);
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("<redacted>")
+    }
+}
+
+/// A PostgreSQL connection. `Debug` shows neither the URL nor the password.
+#[derive(Clone)]
+pub struct Database {
+    pub config: postgres::Config,
+    /// Host and database name, for log lines.
+    pub display: String,
+}
+
+impl std::fmt::Debug for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Database({})", self.display)
     }
 }
 

@@ -27,6 +27,8 @@ pub struct RawConfig {
     pub workers: Option<usize>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    pub database_url: Option<String>,
+    pub database_password_file: Option<PathBuf>,
     pub admin_listen: Option<String>,
     pub admin_token_file: Option<PathBuf>,
     pub upstream_credentials_file: Option<PathBuf>,

@@ -142,6 +142,10 @@ impl RawConfig {
                 })
             }
         };
+        let database = match self.database_url.filter(|s| !s.is_empty()) {
+            None => None,
+            Some(url) => Some(super::secrets::database(&url, self.database_password_file.as_deref())?),
+        };
         let upstream_credentials = self
             .upstream_credentials_file
             .as_deref()
@@ -205,6 +209,7 @@ impl RawConfig {
             workers,
             tls_cert: self.tls_cert,
             tls_key: self.tls_key,
+            database,
             admin,
             upstream_credentials,
             drift_interval,

@@ -25,12 +25,14 @@
 //! `spawn_blocking`. A pin is never removed or replaced: it is a tombstone that outlives
 //! the tag at the upstream.
 
+mod postgres;
 mod sled;
 
 use serde::{Deserialize, Serialize};
 
 use crate::oci::{Digest, Repository, Tag};
 
+pub use self::postgres::PgStore;
 pub use self::sled::SledStore;
 
 /// How a pin came to be.
