@@ -137,7 +137,16 @@ impl PushJob {
             let append = match (&held, decided.mode) {
                 (Held::Pinned(p), Mode::AppendOnly) if p != &attempted => {
                     match pinned_manifest(app, &repo, p, &parts.headers).await? {
-                        Ok(pinned) => Some(policy::check_append(&pinned, &bytes)),
+                        Ok(pinned) => {
+                            // Parsing two manifests of up to the size limit is CPU work: off the
+                            // async worker, which serves other connections meanwhile.
+                            let new = bytes.clone();
+                            Some(
+                                tokio::task::spawn_blocking(move || policy::check_append(&pinned, &new))
+                                    .await
+                                    .map_err(|e| ProxyError::Internal(format!("append check failed: {e}")))?,
+                            )
+                        }
                         Err(challenge) => {
                             return Ok(super::challenge::for_push(challenge, &repo, &who.request_id));
                         }
