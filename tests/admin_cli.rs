@@ -200,6 +200,7 @@ fn admin_requests_without_the_right_token_get_401() {
         assert_eq!(out.code, 2, "{}", out.stderr);
         assert!(out.stderr.contains("401 UNAUTHORIZED"), "{}", out.stderr);
         assert!(!out.stderr.contains(token), "{}", out.stderr);
+        println!("{name} token:\n{}", out.stderr);
     }
     let out = cli_with(&["pins", "list"], &a.addr.to_string(), None, None);
     assert_eq!(out.code, 2);
@@ -386,6 +387,11 @@ fn an_export_restored_offline_is_enforced_by_a_second_instance() {
     let export = a.cli(&["export"]).ok();
     assert_eq!(export.json_lines().len(), 3);
     assert!(export.stderr.contains("exported 3 pins"), "{}", export.stderr);
+    println!(
+        "export (first line):\n{}\n{}",
+        export.stdout.lines().next().unwrap(),
+        export.stderr
+    );
 
     // The running instance's data dir is locked: said plainly, exit 2.
     let data = a.stack.data.path().display().to_string();
@@ -396,11 +402,13 @@ fn an_export_restored_offline_is_enforced_by_a_second_instance() {
         "{}",
         locked.stderr
     );
+    println!("export --data-dir on a running instance:\n{}", locked.stderr);
 
     let restored = tempfile::tempdir().unwrap();
     let dir = restored.path().join("data").display().to_string();
     let out = offline(&["import", "--data-dir", &dir, "-"], Some(export.stdout.as_bytes())).ok();
     assert_eq!(out.stdout.trim(), "imported 3 pins; 0 already held unchanged");
+    println!("import --data-dir:\n{}", out.stdout);
     // Importing the same export again changes nothing.
     let again = offline(
         &["import", "--data-dir", &dir, "--json"],
@@ -460,6 +468,7 @@ fn an_import_that_conflicts_writes_nothing() {
 
     let out = a.cli(&["import", &path]);
     assert_eq!(out.code, 1, "{}", out.stderr);
+    println!("a conflicting import:\n{}", out.stderr);
     assert!(
         out.stderr.contains("nothing written") && out.stderr.contains("1.0"),
         "{}",

@@ -252,7 +252,7 @@ pub fn api_error(status: StatusCode, body: &[u8]) -> CliError {
         .map(str::to_owned)
         .unwrap_or_else(|| String::from_utf8_lossy(body).trim().chars().take(200).collect());
     if status == StatusCode::UNAUTHORIZED {
-        message.push_str(" (check --admin-token-file or TAGPIN_ADMIN_TOKEN)");
+        message.push_str("; check --admin-token-file or TAGPIN_ADMIN_TOKEN");
     }
     CliError::Api {
         status: status.as_u16(),

@@ -26,12 +26,14 @@ pub fn min_widths(t: &mut Table, widths: &[u16]) {
     t.set_constraints(widths.iter().map(|w| ColumnConstraint::LowerBoundary(Width::Fixed(*w))));
 }
 
-/// Write a table followed by a newline; a table without rows writes nothing.
+/// Write a table, flush left; a table without rows writes nothing.
 pub fn print(out: &mut dyn Write, t: &Table) -> std::io::Result<()> {
     if t.row_count() == 0 {
         return Ok(());
     }
     for line in t.lines() {
+        // Every line starts with the first column's padding: drop it.
+        let line = line.strip_prefix(' ').unwrap_or(&line);
         writeln!(out, "{}", line.trim_end())?;
     }
     Ok(())
@@ -127,7 +129,7 @@ mod tests {
         print(&mut out, &t).unwrap();
         let text = String::from_utf8(out).unwrap();
         assert!(text.lines().all(|l| !l.ends_with(' ')), "{text:?}");
-        assert!(text.starts_with(" A"), "{text:?}");
-        assert!(text.contains(" x "), "{text:?}");
+        assert!(text.starts_with("A "), "{text:?}");
+        assert!(text.contains("\nx "), "{text:?}");
     }
 }

@@ -233,9 +233,9 @@ mod tests {
         render_show(&pin(), &mut out).unwrap();
         let text = String::from_utf8(out).unwrap();
         assert!(text.starts_with("prod/api:1.0\n"), "{text}");
-        assert!(text.contains(&format!("digest     {D2}")), "{text}");
+        assert!(text.contains(&format!("\ndigest     {D2}")), "{text}");
         assert!(text.contains("immutable (rule default)"), "{text}");
-        assert!(text.contains("release    none"), "{text}");
+        assert!(text.contains("\nrelease    none"), "{text}");
         let released = text.lines().find(|l| l.contains("released")).unwrap();
         assert!(
             released.contains("alice") && released.contains("bad build") && released.contains("sha256:111111111111"),
