@@ -282,7 +282,7 @@ fn a_release_lets_one_different_push_through_and_no_second() {
     assert_eq!(a.push("team/app", "1.0", &first), 201);
     assert_eq!(a.push("team/app", "1.0", &fixed), 409);
 
-    let release = a
+    let out = a
         .cli(&[
             "release",
             "team/app:1.0",
@@ -290,14 +290,16 @@ fn a_release_lets_one_different_push_through_and_no_second() {
             "CVE-2024-1 rebuild",
             "--ttl",
             "15m",
-            "--json",
         ])
-        .ok()
-        .json();
-    assert_eq!(
-        (release["by"].as_str(), release["tag"].as_str()),
-        (Some("alice"), Some("1.0"))
+        .ok();
+    println!("release:\n{}", out.stdout);
+    assert!(
+        out.stdout.ends_with(" (by alice: CVE-2024-1 rebuild)\n"),
+        "{}",
+        out.stdout
     );
+    let release = a.cli(&["pins", "show", "team/app:1.0", "--json"]).ok().json()["release"].clone();
+    assert_eq!(release["by"], "alice");
     let ttl = release["expires_at"].as_u64().unwrap() - release["created_at"].as_u64().unwrap();
     assert_eq!(ttl, 900);
 
@@ -333,13 +335,18 @@ fn an_expired_or_cancelled_release_lets_nothing_through() {
     let other = first.variant("other");
     assert_eq!(a.push("team/app", "1.0", &first), 201);
 
-    let out = a
-        .cli(&["release", "team/app:1.0", "--reason", "try", "--ttl", "1s"])
-        .ok();
-    println!("release:\n{}", out.stdout);
-    assert!(out
-        .stdout
-        .starts_with("released team/app:1.0 for one push or delete until "));
+    let release = a
+        .cli(&["release", "team/app:1.0", "--reason", "try", "--ttl", "1s", "--json"])
+        .ok()
+        .json();
+    assert_eq!(
+        (release["tag"].as_str(), release["reason"].as_str()),
+        (Some("1.0"), Some("try"))
+    );
+    assert_eq!(
+        release["expires_at"].as_u64().unwrap() - release["created_at"].as_u64().unwrap(),
+        1
+    );
     // Well past the second (expiry is compared in whole seconds).
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(a.push("team/app", "1.0", &other), 409);
