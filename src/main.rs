@@ -1,5 +1,6 @@
 //! The `tagpin` binary: parse the command line, load and validate config, start
-//! telemetry, serve until SIGTERM or Ctrl-C.
+//! telemetry, serve until SIGTERM or Ctrl-C. The operator commands are dispatched to
+//! `tagpin::cli`, which runs them and returns their exit status.
 
 #![forbid(unsafe_code)]
 
@@ -25,7 +26,8 @@ fn main() -> ExitCode {
             let text = e.to_string();
             let first = text.lines().next().unwrap_or("invalid arguments");
             eprintln!("tagpin: {}", first.trim_start_matches("error: "));
-            return ExitCode::from(EX_USAGE);
+            // 64 (EX_USAGE) for serve and policy; the admin clients document 2.
+            return ExitCode::from(tagpin::cli::usage_exit_code(std::env::args_os()));
         }
     };
     let args = match cli.command {
@@ -39,6 +41,7 @@ fn main() -> ExitCode {
                 }
             };
         }
+        client => return ExitCode::from(tagpin::cli::run_client(client)),
     };
     let file = match args.config.as_deref().map(RawConfig::load).transpose() {
         Ok(file) => file.unwrap_or_default(),

@@ -1,5 +1,11 @@
-//! The command line. Every flag can also be set by a `TAGPIN_*` environment variable and
-//! by the config file; precedence is flag, then environment, then file, then default.
+//! The command line. Every flag of `serve` can also be set by a `TAGPIN_*` environment
+//! variable and by the config file; precedence is flag, then environment, then file, then
+//! default.
+//!
+//! The operator commands (`pins`, `release`, `seed`, `verify`, `export`, `import`) are
+//! clients of the admin API, one file each: they parse, call, and format ([`client`],
+//! [`output`]). Their exit status is 0 on success, 1 where a command's `--help` says so,
+//! 2 on any other error, with a one-line message on stderr.
 
 use std::path::PathBuf;
 
@@ -7,7 +13,16 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::{LogFormat, RawConfig, RawTimeouts};
 
+pub mod client;
+pub mod output;
+pub mod pins;
 pub mod policy;
+pub mod release;
+pub mod seed;
+pub mod transfer;
+pub mod verify;
+
+use self::client::{CliError, Client, EXIT_ERROR};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -27,6 +42,72 @@ pub enum Command {
     /// Inspect the protection policy without a server running.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
+    /// List pins, or show one with its history (admin API).
+    #[command(subcommand)]
+    Pins(pins::PinsCommand),
+    /// Let one push or delete move a pinned tag, for a limited time (admin API).
+    Release(release::ReleaseArgs),
+    /// Adopt the tags the upstream already holds as pins (admin API).
+    Seed(seed::SeedArgs),
+    /// Check that the upstream still holds every pinned tag at its pin (admin API).
+    Verify(verify::VerifyArgs),
+    /// Write every pin with its history as JSON lines to stdout (admin API or --data-dir).
+    Export(transfer::ExportArgs),
+    /// Load pins written by `export`, all or nothing (admin API or --data-dir).
+    Import(transfer::ImportArgs),
+}
+
+/// The subcommands that are admin API clients, whose usage errors exit 2 like their
+/// other errors (`serve` and `policy` keep 64, EX_USAGE).
+const CLIENT_COMMANDS: [&str; 6] = ["pins", "release", "seed", "verify", "export", "import"];
+
+/// The exit status of a command line clap refused: 2 for a client command, else 64.
+pub fn usage_exit_code<I: IntoIterator<Item = std::ffi::OsString>>(args: I) -> u8 {
+    let first = args.into_iter().skip(1).find(|a| !a.to_string_lossy().starts_with('-'));
+    match first {
+        Some(cmd) if CLIENT_COMMANDS.contains(&cmd.to_string_lossy().as_ref()) => EXIT_ERROR,
+        _ => 64,
+    }
+}
+
+/// Run an operator command to completion and return its exit status; errors are
+/// printed as one line on stderr. `serve` and `policy` are not handled here.
+pub fn run_client(command: Command) -> u8 {
+    let env = |key: &str| std::env::var_os(key);
+    let result = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Io(format!("cannot start the runtime: {e}")))
+        .and_then(|rt| rt.block_on(dispatch(command, &env)));
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            let text = e.to_string();
+            eprintln!("tagpin: {}", text.lines().next().unwrap_or("failed"));
+            EXIT_ERROR
+        }
+    }
+}
+
+async fn dispatch(command: Command, env: &dyn Fn(&str) -> Option<std::ffi::OsString>) -> Result<u8, CliError> {
+    let stdout = std::io::stdout();
+    let mut out = std::io::LineWriter::new(stdout.lock());
+    match command {
+        Command::Pins(pins::PinsCommand::List(a)) => pins::list(&Client::new(&a.admin, env)?, &a, &mut out).await,
+        Command::Pins(pins::PinsCommand::Show(a)) => pins::show(&Client::new(&a.admin, env)?, &a, &mut out).await,
+        Command::Release(a) => release::run(&Client::new(&a.admin, env)?, &a, &mut out).await,
+        Command::Seed(a) => seed::run(&Client::new(&a.admin, env)?, &a, &mut out).await,
+        Command::Verify(a) => verify::run(&Client::new(&a.admin, env)?, &a, &mut out).await,
+        Command::Export(a) => {
+            let client = a.data_dir.is_none().then(|| Client::new(&a.admin, env)).transpose()?;
+            transfer::export(&a, client.as_ref(), &mut out).await
+        }
+        Command::Import(a) => {
+            let client = a.data_dir.is_none().then(|| Client::new(&a.admin, env)).transpose()?;
+            transfer::import(&a, client.as_ref(), &mut out).await
+        }
+        Command::Serve(_) | Command::Policy(_) => Err(CliError::Usage("not an admin API command".into())),
+    }
 }
 
 #[derive(Debug, Args)]
@@ -170,5 +251,20 @@ impl ServeArgs {
                 manifest_budget_wait_ms: self.manifest_budget_wait_ms.or(t.manifest_budget_wait_ms),
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_commands_exit_2_on_usage_errors_and_the_others_64() {
+        let code = |args: &[&str]| usage_exit_code(args.iter().map(std::ffi::OsString::from));
+        assert_eq!(code(&["tagpin", "pins", "lst"]), 2);
+        assert_eq!(code(&["tagpin", "release", "--bogus"]), 2);
+        assert_eq!(code(&["tagpin", "serve", "--bogus"]), 64);
+        assert_eq!(code(&["tagpin", "--bogus"]), 64);
+        assert_eq!(code(&["tagpin"]), 64);
     }
 }

@@ -1,0 +1,256 @@
+//! `tagpin pins list` and `tagpin pins show REPOSITORY:TAG`: what tagpin holds each tag
+//! to, read through the admin API (`GET /admin/v1/pins`, `GET /admin/v1/pin`).
+
+use std::io::Write;
+
+use clap::{Args, Subcommand};
+use http::Method;
+use serde_json::Value;
+
+use super::client::{AdminArgs, CliError, Client, EXIT_FOUND, EXIT_OK};
+use super::output;
+
+#[derive(Debug, Subcommand)]
+pub enum PinsCommand {
+    /// List every pin (or one repository's), a page at a time as the admin API serves them.
+    List(ListArgs),
+    /// Show one pin with its history, refused attempts and release.
+    Show(ShowArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Exit status: 0 listed (none is a success); 2 on any error.")]
+pub struct ListArgs {
+    /// Only this repository's pins.
+    #[arg(long)]
+    pub repository: Option<String>,
+    /// One JSON object per line (the admin API's pin records), for scripts.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub admin: AdminArgs,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Exit status: 0 shown; 1 the tag has no pin; 2 on any other error.")]
+pub struct ShowArgs {
+    /// The tag, as REPOSITORY:TAG (e.g. prod/api:1.4.2).
+    pub reference: String,
+    /// The admin API's JSON record, for scripts.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub admin: AdminArgs,
+}
+
+/// Pins asked for per page: the admin API's largest page.
+const PAGE: &str = "1000";
+
+/// Column widths of the list, so every page lines up under the first one's header.
+const LIST_WIDTHS: [u16; 6] = [24, 12, 9, 19, 11, 20];
+
+/// `pins list`: follow `next` until the last page, writing each page as it arrives, so
+/// memory holds one page however many pins there are.
+pub async fn list(client: &Client, args: &ListArgs, out: &mut dyn Write) -> Result<u8, CliError> {
+    let mut after: Option<String> = None;
+    let mut shown = 0usize;
+    loop {
+        let mut query = vec![("limit", PAGE)];
+        if let Some(r) = &args.repository {
+            query.push(("repository", r.as_str()));
+        }
+        if let Some(a) = &after {
+            query.push(("after", a.as_str()));
+        }
+        let page = client.json(Method::GET, "pins", &query, None).await?;
+        let pins = page["pins"]
+            .as_array()
+            .ok_or_else(|| CliError::Protocol("a pins page without a pins list".into()))?;
+        if args.json {
+            for pin in pins {
+                writeln!(out, "{pin}").map_err(io)?;
+            }
+        } else {
+            output::print(out, &list_table(pins, shown == 0)).map_err(io)?;
+        }
+        out.flush().map_err(io)?;
+        shown += pins.len();
+        match page["next"].as_str() {
+            // A cursor that does not move would loop forever.
+            Some(next) if after.as_deref() != Some(next) && !pins.is_empty() => after = Some(next.to_owned()),
+            _ => break,
+        }
+    }
+    if shown == 0 && !args.json {
+        writeln!(out, "no pins").map_err(io)?;
+    }
+    Ok(EXIT_OK)
+}
+
+/// One page of the list as a table; the header only on the first page.
+pub fn list_table(pins: &[Value], header: bool) -> comfy_table::Table {
+    let mut t = output::table(if header {
+        &["REPOSITORY", "TAG", "STATE", "DIGEST", "MODE", "PINNED AT"]
+    } else {
+        &[]
+    });
+    for p in pins {
+        t.add_row(vec![
+            output::text(&p["repository"]),
+            output::text(&p["tag"]),
+            output::text(&p["state"]),
+            output::short_digest(&p["digest"]),
+            output::text(&p["mode"]),
+            output::time(&p["pinned_at"]),
+        ]);
+    }
+    // After the rows: comfy-table keeps constraints only for columns it has.
+    output::min_widths(&mut t, &LIST_WIDTHS);
+    t
+}
+
+/// `pins show`: exit 1 when the tag has no pin.
+pub async fn show(client: &Client, args: &ShowArgs, out: &mut dyn Write) -> Result<u8, CliError> {
+    let (repo, tag) = super::policy::parse_reference(&args.reference).map_err(|e| CliError::Usage(e.to_string()))?;
+    let query = [("repository", repo.as_str()), ("tag", tag.as_str())];
+    let pin = match client.json(Method::GET, "pin", &query, None).await {
+        Ok(pin) => pin,
+        Err(e) if e.status() == Some(404) => {
+            eprintln!("tagpin: {repo}:{tag} has no pin");
+            return Ok(EXIT_FOUND);
+        }
+        Err(e) => return Err(e),
+    };
+    if args.json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&pin).unwrap_or_default()).map_err(io)?;
+    } else {
+        render_show(&pin, out).map_err(io)?;
+    }
+    Ok(EXIT_OK)
+}
+
+/// One pin for people: its fields, then its history and refused attempts as tables.
+pub fn render_show(p: &Value, out: &mut dyn Write) -> std::io::Result<()> {
+    writeln!(out, "{}:{}", output::text(&p["repository"]), output::text(&p["tag"]))?;
+    let mut fields = output::table(&[]);
+    fields.add_row(vec!["state".into(), output::text(&p["state"])]);
+    fields.add_row(vec!["digest".into(), output::text(&p["digest"])]);
+    fields.add_row(vec!["source".into(), output::text(&p["source"])]);
+    fields.add_row(vec!["pinned at".into(), output::time(&p["pinned_at"])]);
+    fields.add_row(vec![
+        "mode".into(),
+        format!("{} (rule {})", output::text(&p["mode"]), output::text(&p["rule"])),
+    ]);
+    if !p["claimed_digest"].is_null() {
+        fields.add_row(vec![
+            "in flight".into(),
+            format!(
+                "{} since {}",
+                output::text(&p["claimed_digest"]),
+                output::time(&p["claimed_at"])
+            ),
+        ]);
+    }
+    let release = &p["release"];
+    fields.add_row(vec![
+        "release".into(),
+        if release.is_null() {
+            "none".into()
+        } else {
+            format!(
+                "by {} until {}: {}",
+                output::text(&release["by"]),
+                output::time(&release["expires_at"]),
+                output::text(&release["reason"])
+            )
+        },
+    ]);
+    output::print(out, &fields)?;
+
+    let history = p["history"].as_array().map_or(&[][..], Vec::as_slice);
+    writeln!(out, "\nHISTORY")?;
+    let mut t = output::table(&["AT", "EVENT", "DIGEST", "FROM", "BY", "REASON"]);
+    for h in history {
+        t.add_row(vec![
+            output::time(&h["at"]),
+            output::text(&h["event"]),
+            output::short_digest(&h["digest"]),
+            output::short_digest(&h["from"]),
+            output::text(&h["by"]),
+            output::text(&h["reason"]),
+        ]);
+    }
+    output::print(out, &t)?;
+
+    let refused = p["refused"].as_array().map_or(&[][..], Vec::as_slice);
+    writeln!(out, "\nREFUSED ({})", refused.len())?;
+    let mut t = output::table(&["AT", "ATTEMPTED", "CLIENT", "USER", "USER AGENT"]);
+    for r in refused {
+        t.add_row(vec![
+            output::time(&r["at"]),
+            if r["attempted"].is_null() {
+                "(delete)".into()
+            } else {
+                output::short_digest(&r["attempted"])
+            },
+            output::text(&r["client"]),
+            output::text(&r["user"]),
+            output::text(&r["user_agent"]),
+        ]);
+    }
+    output::print(out, &t)
+}
+
+fn io(e: std::io::Error) -> CliError {
+    CliError::Io(format!("cannot write the output: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const D1: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+    const D2: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
+
+    fn pin() -> Value {
+        json!({
+            "repository": "prod/api", "tag": "1.0", "state": "pinned", "digest": D2,
+            "source": "push", "pinned_at": 0, "claimed_digest": null, "claimed_at": null,
+            "mode": "immutable", "rule": "default",
+            "history": [
+                {"at": 0, "event": "push", "digest": D1},
+                {"at": 60, "event": "released", "digest": D2, "from": D1, "by": "alice", "reason": "bad build"}
+            ],
+            "refused": [{"at": 120, "attempted": D1, "client": "127.0.0.1:1", "user": null, "user_agent": "skopeo", "request_id": "r1"}],
+            "release": null
+        })
+    }
+
+    #[test]
+    fn show_lists_fields_history_and_refusals() {
+        let mut out = Vec::new();
+        render_show(&pin(), &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("prod/api:1.0\n"), "{text}");
+        assert!(text.contains(&format!("\ndigest     {D2}")), "{text}");
+        assert!(text.contains("immutable (rule default)"), "{text}");
+        assert!(text.contains("\nrelease    none"), "{text}");
+        let released = text.lines().find(|l| l.contains("released")).unwrap();
+        assert!(
+            released.contains("alice") && released.contains("bad build") && released.contains("sha256:111111111111"),
+            "{text}"
+        );
+        assert!(text.contains("REFUSED (1)"), "{text}");
+    }
+
+    #[test]
+    fn pages_after_the_first_have_no_header_and_line_up() {
+        let first = list_table(&[pin()], true).lines().collect::<Vec<_>>();
+        let second = list_table(&[pin()], false).lines().collect::<Vec<_>>();
+        assert_eq!(first.len(), 2);
+        assert!(first[0].contains("REPOSITORY"));
+        assert_eq!(second, vec![first[1].clone()]);
+        assert!(first[1].contains("sha256:222222222222 "), "{first:?}");
+    }
+}

@@ -1,0 +1,256 @@
+//! `tagpin export` and `tagpin import [FILE|-]`: every pin with its history as JSON lines
+//! (one [`Exported`] record a line), for backups and moving tagpin to a new data dir.
+//!
+//! Online, they call `GET /admin/v1/export` and `POST /admin/v1/import`. With
+//! `--data-dir`, they open the sled store directly, for a tagpin that is not running
+//! (restoring a backup before the first start); a running tagpin holds the data dir's
+//! lock, and the store refuses a second opener rather than let two disagree.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use clap::Args;
+use http::Method;
+use serde_json::Value;
+
+use super::client::{AdminArgs, CliError, Client, Lines, EXIT_FOUND, EXIT_OK};
+use crate::store::{Exported, ImportOutcome, PinStore, SledStore, StoreError, TagState};
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Exit status: 0 exported; 2 on any error (the data dir is in use by a running tagpin, \
+                        the admin API cannot be reached, the stream was cut)."
+)]
+pub struct ExportArgs {
+    /// Read the store in DIR directly instead of calling the admin API (tagpin must not
+    /// be running on it).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub admin: AdminArgs,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Exit status: 0 imported; 1 some records conflict with pins already held (a different \
+                        digest, or a push in flight), and nothing was written; 2 on any other error."
+)]
+pub struct ImportArgs {
+    /// JSON lines as `tagpin export` writes them; `-` or nothing for standard input.
+    #[arg(value_name = "FILE|-")]
+    pub file: Option<PathBuf>,
+    /// Write to the store in DIR directly instead of calling the admin API (tagpin must
+    /// not be running on it; the directory is created when missing).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// The result as one JSON object, for scripts.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub admin: AdminArgs,
+}
+
+fn io(e: std::io::Error) -> CliError {
+    CliError::Io(format!("cannot write the output: {e}"))
+}
+
+/// Open a data dir for the offline commands, saying plainly when a server holds it.
+pub fn open_store(dir: &Path) -> Result<SledStore, CliError> {
+    SledStore::open(dir).map_err(|e| match e {
+        StoreError::Locked(d) => CliError::Store(format!(
+            "data dir {d} is in use by a running tagpin; stop it first, or leave out --data-dir to go \
+             through its admin API"
+        )),
+        other => CliError::Store(other.to_string()),
+    })
+}
+
+/// Pins read per page of an offline export.
+const PAGE: usize = 1000;
+
+/// Export from a store, a page at a time. Claims are left out as the admin API leaves
+/// them out: an outcome not yet known is not a pin to carry elsewhere.
+pub fn export_store(store: &dyn PinStore, out: &mut dyn Write) -> Result<usize, CliError> {
+    let mut after = None;
+    let mut written = 0;
+    loop {
+        let page = store
+            .list(None, after.as_ref(), PAGE)
+            .map_err(|e| CliError::Store(e.to_string()))?;
+        for (repo, tag, state) in &page {
+            let pin = match state {
+                TagState::Pinned(p) | TagState::Advancing { pin: p, .. } => p,
+                TagState::Claimed(_) => continue,
+            };
+            let line = serde_json::to_string(&Exported::of(repo.clone(), tag.clone(), pin))
+                .map_err(|e| CliError::Store(e.to_string()))?;
+            writeln!(out, "{line}").map_err(io)?;
+            written += 1;
+        }
+        if page.len() < PAGE {
+            return Ok(written);
+        }
+        after = page.last().map(|(r, t, _)| (r.clone(), t.clone()));
+    }
+}
+
+/// `export`: JSON lines to `out`; the count to stderr.
+pub async fn export(args: &ExportArgs, client: Option<&Client>, out: &mut dyn Write) -> Result<u8, CliError> {
+    let written = match (&args.data_dir, client) {
+        (Some(dir), _) => {
+            if !dir.join("pins.sled").exists() {
+                return Err(CliError::Store(format!("{} holds no tagpin pin store", dir.display())));
+            }
+            export_store(&open_store(dir)?, out)?
+        }
+        (None, Some(client)) => {
+            let resp = client.send(Method::GET, "export", &[], None).await?;
+            let mut lines = Lines::new(resp.into_body());
+            let mut written = 0;
+            while let Some((line, complete)) = lines.next().await? {
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                // Every line is checked, so a stream cut inside a record is an error,
+                // not a backup that fails on restore.
+                if !complete || serde_json::from_slice::<Exported>(&line).is_err() {
+                    return Err(CliError::Protocol(format!(
+                        "the export was cut off after {written} records; do not use this output"
+                    )));
+                }
+                out.write_all(&line).map_err(io)?;
+                out.write_all(b"\n").map_err(io)?;
+                written += 1;
+            }
+            written
+        }
+        (None, None) => return Err(CliError::Usage("export needs the admin API or --data-dir".into())),
+    };
+    out.flush().map_err(io)?;
+    eprintln!("tagpin: exported {written} pins");
+    Ok(EXIT_OK)
+}
+
+/// Parse JSON lines of exported pins, naming the first bad line.
+pub fn parse_records(bytes: &[u8]) -> Result<Vec<Exported>, CliError> {
+    bytes
+        .split(|b| *b == b'\n')
+        .enumerate()
+        .filter(|(_, l)| !l.iter().all(u8::is_ascii_whitespace))
+        .map(|(i, l)| {
+            serde_json::from_slice(l)
+                .map_err(|e| CliError::Usage(format!("line {} is not an exported pin: {e}", i + 1)))
+        })
+        .collect()
+}
+
+fn read_input(file: Option<&Path>) -> Result<Vec<u8>, CliError> {
+    match file {
+        None => read_stdin(),
+        Some(p) if p == Path::new("-") => read_stdin(),
+        Some(p) => std::fs::read(p).map_err(|e| CliError::Io(format!("cannot read {}: {e}", p.display()))),
+    }
+}
+
+fn read_stdin() -> Result<Vec<u8>, CliError> {
+    let mut buf = Vec::new();
+    std::io::stdin()
+        .read_to_end(&mut buf)
+        .map_err(|e| CliError::Io(format!("cannot read standard input: {e}")))?;
+    Ok(buf)
+}
+
+/// The result line for people.
+pub fn describe(imported: u64, unchanged: u64) -> String {
+    format!("imported {imported} pins; {unchanged} already held unchanged")
+}
+
+/// `import`: all or nothing; exit 1 on conflicts.
+pub async fn import(args: &ImportArgs, client: Option<&Client>, out: &mut dyn Write) -> Result<u8, CliError> {
+    let bytes = read_input(args.file.as_deref())?;
+    let answer: Value = match (&args.data_dir, client) {
+        (Some(dir), _) => {
+            let records = parse_records(&bytes)?;
+            let store = open_store(dir)?;
+            let outcome: ImportOutcome = store.import(&records).map_err(|e| CliError::Store(e.to_string()))?;
+            if !outcome.conflicts.is_empty() {
+                let shown: Vec<&str> = outcome.conflicts.iter().take(5).map(String::as_str).collect();
+                eprintln!(
+                    "tagpin: {} conflicting record(s), nothing written: {}",
+                    outcome.conflicts.len(),
+                    shown.join("; ")
+                );
+                return Ok(EXIT_FOUND);
+            }
+            serde_json::json!({"imported": outcome.imported, "unchanged": outcome.unchanged})
+        }
+        (None, Some(client)) => {
+            let body = Some((Bytes::from(bytes), "application/x-ndjson"));
+            match client.send(Method::POST, "import", &[], body).await {
+                Ok(resp) => {
+                    let body = super::client::collect(resp.into_body()).await?;
+                    serde_json::from_slice(&body).map_err(|e| CliError::Protocol(format!("not JSON: {e}")))?
+                }
+                Err(CliError::Api {
+                    status: 409, message, ..
+                }) => {
+                    eprintln!("tagpin: {message}");
+                    return Ok(EXIT_FOUND);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        (None, None) => return Err(CliError::Usage("import needs the admin API or --data-dir".into())),
+    };
+    if args.json {
+        writeln!(out, "{answer}").map_err(io)?;
+    } else {
+        let n = |k: &str| answer[k].as_u64().unwrap_or(0);
+        writeln!(out, "{}", describe(n("imported"), n("unchanged"))).map_err(io)?;
+    }
+    Ok(EXIT_OK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::oci::{Digest, Repository, Tag};
+    use crate::store::{Pin, PinSource};
+
+    fn digest(n: u8) -> Digest {
+        Digest::parse(&format!("sha256:{}", format!("{n:02x}").repeat(32))).unwrap()
+    }
+
+    #[test]
+    fn an_offline_export_imports_into_an_empty_store() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let store = open_store(a.path()).unwrap();
+        let repo = Repository::parse("team/app").unwrap();
+        let pins: Vec<(Tag, Pin)> = (0..3)
+            .map(|i| {
+                (
+                    Tag::parse(&format!("v{i}")).unwrap(),
+                    Pin::now(digest(i), PinSource::Push),
+                )
+            })
+            .collect();
+        store.pin_if_absent(&repo, &pins).unwrap();
+        let mut out = Vec::new();
+        assert_eq!(export_store(&store, &mut out).unwrap(), 3);
+        let records = parse_records(&out).unwrap();
+        assert_eq!(records.len(), 3);
+        let other = open_store(b.path()).unwrap();
+        assert_eq!(other.import(&records).unwrap().imported, 3);
+        // A second opener of the same dir is told a tagpin holds it.
+        let e = open_store(a.path()).err().unwrap().to_string();
+        assert!(e.contains("in use by a running tagpin"), "{e}");
+    }
+
+    #[test]
+    fn a_bad_line_is_named_by_its_number() {
+        let e = parse_records(b"\n{}\n").unwrap_err().to_string();
+        assert!(e.starts_with("line 2 "), "{e}");
+        assert!(parse_records(b"\n  \n").unwrap().is_empty());
+    }
+}
