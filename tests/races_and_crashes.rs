@@ -137,18 +137,26 @@ fn a_tag_query_push_racing_a_push_by_tag_has_one_winner() {
             });
             (p.join().unwrap(), q.join().unwrap())
         });
-        // distribution 2.8 predates `?tag=` and ignores it: a push by digest that wins the
-        // lock is accepted without creating (or pinning) the tag, so the push by tag
-        // always gets it; a `?tag=` push decided after that is refused.
-        assert_eq!(by_tag, 201, "round {round}");
-        assert!(by_query == 201 || by_query == 409, "round {round}: {by_query}");
-        assert_eq!(
-            upstream_digest(&registry, "qt", &tag),
-            Some(a.digest()),
-            "round {round}"
-        );
-        let r = b.put_manifest(addr, "qt", &format!("{}?tag={tag}", b.digest()), "");
-        assert_eq!(r.status, 409, "round {round}: pinned to a");
+        // Exactly one reserves the tag. distribution 2.8 predates `?tag=` and ignores it,
+        // so when the push by digest wins, the tag stays absent at the upstream (reserved
+        // for b); when the push by tag wins, the upstream holds a. Never b by way of a
+        // refused push, never a move.
+        let mut statuses = [by_tag, by_query];
+        statuses.sort();
+        assert_eq!(statuses, [201, 409], "round {round}");
+        let at_upstream = upstream_digest(&registry, "qt", &tag);
+        if by_tag == 201 {
+            assert_eq!(at_upstream, Some(a.digest()), "round {round}");
+            let r = b.put_manifest(addr, "qt", &format!("{}?tag={tag}", b.digest()), "");
+            assert_eq!(r.status, 409, "round {round}: pinned to a");
+        } else {
+            assert_eq!(at_upstream, None, "round {round}");
+            assert_eq!(
+                a.put_manifest(addr, "qt", &tag, "").status,
+                409,
+                "round {round}: reserved for b"
+            );
+        }
     }
 }
 

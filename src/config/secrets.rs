@@ -90,7 +90,10 @@ pub fn database(url: &str, password_file: Option<&Path>) -> Result<super::Databa
         config.password(password);
     }
     if config.get_dbname().is_none() {
-        return Err(ConfigError::invalid("database_url", "names no database (postgres://host/DATABASE)"));
+        return Err(ConfigError::invalid(
+            "database_url",
+            "names no database (postgres://host/DATABASE)",
+        ));
     }
     let hosts: Vec<String> = config
         .get_hosts()
@@ -147,7 +150,11 @@ mod tests {
         let f = file("from-file\n");
         let d = database("postgresql://tagpin@db/pins", Some(f.path())).unwrap();
         assert_eq!(d.config.get_password(), Some(&b"from-file"[..]));
-        for bad in ["mysql://u:hunter2@h/db", "postgres://u:hunter2@h:notaport/db", "postgres://u:hunter2@h/"] {
+        for bad in [
+            "mysql://u:hunter2@h/db",
+            "postgres://u:hunter2@h:notaport/db",
+            "postgres://u:hunter2@h/",
+        ] {
             let e = database(bad, None).unwrap_err().to_string();
             assert!(e.starts_with("database_url"), "{e}");
             assert!(!e.contains("hunter2"), "{e}");

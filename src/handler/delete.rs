@@ -90,55 +90,57 @@ async fn delete_tag(
     if !decided.mode.is_protected() {
         return super::forward(app, parts, body, who).await;
     }
-    // The refusal does not depend on the store; the pin only enriches the message.
-    let (r, t) = (repo.clone(), tag.clone());
-    let pinned = app
-        .store_call(move |s| s.state(&r, &t))
-        .await
-        .ok()
-        .flatten()
-        .map(|s| s.digest().clone());
-    let refusal = Refusal::DeleteTag {
-        repo: repo.clone(),
-        tag: tag.clone(),
-        pinned: pinned.clone(),
-        mode: if decided.mode == Mode::Audit {
-            Mode::Immutable
-        } else {
-            decided.mode
-        },
-    };
-    let released = pinned.is_some() && super::release::in_force(app, &repo, &tag, who).await?;
-    if released {
-        return delete_released_tag(app, parts, body, repo, tag, pinned, decided, who).await;
-    }
-    if decided.mode != Mode::Audit {
-        event(
-            app,
-            AuditAction::DeleteRefused,
-            who,
-            &repo,
-            Some(&tag),
-            pinned.as_ref(),
-            Some(decided),
-        );
-        let (r, t) = (repo.clone(), tag.clone());
-        let refused = crate::store::Refused {
-            at: crate::store::now_secs(),
-            attempted: None,
-            client: who.client.to_string(),
-            user: who.user.clone(),
-            user_agent: who.user_agent.clone(),
-            request_id: who.request_id.clone(),
-        };
-        // Best effort: the refusal stands whether or not it could be recorded.
-        let _ = app.store_call(move |s| s.record_refusal(&r, &t, &refused)).await;
-        return Err(refusal.into());
-    }
-    // Audit: forwarded; the pin stays and its history records the delete.
-    let warning = warning_header(&format!("audit mode: {refusal}"));
+    // Decided and carried out under the tag's lock, as a push is, so a release cannot be
+    // used by a push and a delete at once, and nothing is deleted while a push to the tag
+    // is in flight.
     let who = who.clone();
     app.detached(move |app| async move {
+        let _guard = app.locks.push(&repo, std::slice::from_ref(&tag)).await;
+        let (r, t) = (repo.clone(), tag.clone());
+        let state = app.store_call(move |s| s.state(&r, &t)).await;
+        let pinned = state.as_ref().ok().and_then(|s| s.as_ref()).map(|s| s.digest().clone());
+        let settled = matches!(state, Ok(Some(crate::store::TagState::Pinned(_))));
+        if settled && super::release::in_force(&app, &repo, &tag, &who).await? {
+            return delete_released_tag(&app, parts, body, repo, tag, pinned, decided, &who).await;
+        }
+        let refusal = Refusal::DeleteTag {
+            repo: repo.clone(),
+            tag: tag.clone(),
+            pinned: pinned.clone(),
+            mode: if decided.mode == Mode::Audit {
+                Mode::Immutable
+            } else {
+                decided.mode
+            },
+        };
+        // An audit tag whose push is in flight is not deleted either: the in-flight rule
+        // holds in every mode.
+        let in_flight = matches!(state, Ok(Some(ref s)) if s.claim().is_some());
+        if decided.mode != Mode::Audit || in_flight {
+            event(
+                &app,
+                AuditAction::DeleteRefused,
+                &who,
+                &repo,
+                Some(&tag),
+                pinned.as_ref(),
+                Some(decided),
+            );
+            let (r, t) = (repo.clone(), tag.clone());
+            let refused = crate::store::Refused {
+                at: crate::store::now_secs(),
+                attempted: None,
+                client: who.client.to_string(),
+                user: who.user.clone(),
+                user_agent: who.user_agent.clone(),
+                request_id: who.request_id.clone(),
+            };
+            // Best effort: the refusal stands whether or not it could be recorded.
+            let _ = app.store_call(move |s| s.record_refusal(&r, &t, &refused)).await;
+            return Err(refusal.into());
+        }
+        // Audit: forwarded; the pin stays and its history records the delete.
+        let warning = warning_header(&format!("audit mode: {refusal}"));
         let origin = super::client_origin(&app, &parts.headers);
         let resp = app
             .upstream
@@ -167,11 +169,14 @@ async fn delete_tag(
     .await
 }
 
-/// A delete an operator's release lets through, once. The tag is deleted at the upstream;
-/// the pin stays as its tombstone, its history records the release that was used.
+/// A delete an operator's release lets through, once. The caller holds the tag's lock
+/// and found the tag pinned (no push in flight) with the release in force. The release
+/// is used up durably *before* the delete is forwarded, so it can never also let a push
+/// through; it is given back only when the upstream definitively refused the delete.
+/// The tag is deleted at the upstream; the pin stays as its tombstone.
 #[allow(clippy::too_many_arguments, reason = "the request's parts, named at the one call")]
 async fn delete_released_tag(
-    app: &Arc<App>,
+    app: &App,
     parts: Parts,
     body: Body,
     repo: Repository,
@@ -180,32 +185,44 @@ async fn delete_released_tag(
     decided: Decided,
     who: &Requester,
 ) -> Result<Response<Body>, ProxyError> {
-    let who = who.clone();
-    app.detached(move |app| async move {
-        let _guard = app.locks.push(&repo, std::slice::from_ref(&tag)).await;
-        let origin = super::client_origin(&app, &parts.headers);
-        let resp = app
-            .upstream
-            .send(super::upstream_request(&app, parts, body, &who))
-            .await
-            .map_err(forwarded_error)?;
-        if resp.status().is_success() {
-            let (r, t, id) = (repo.clone(), tag.clone(), who.request_id.clone());
-            app.store_call(move |s| s.end_release(&r, &t, HistoryEvent::Released, Some(&id)))
-                .await?;
-            event(
-                &app,
-                AuditAction::DeleteReleased,
-                &who,
-                &repo,
-                Some(&tag),
-                pinned.as_ref(),
-                Some(decided),
-            );
+    let (r, t, id) = (repo.clone(), tag.clone(), who.request_id.clone());
+    let Some(release) = app
+        .store_call(move |s| s.end_release(&r, &t, HistoryEvent::Released, Some(&id)))
+        .await?
+    else {
+        return Err(Refusal::DeleteTag {
+            repo,
+            tag,
+            pinned,
+            mode: decided.mode,
         }
-        Ok(super::to_client(&app, resp, origin.as_deref()))
-    })
-    .await
+        .into());
+    };
+    let origin = super::client_origin(app, &parts.headers);
+    let resp = app
+        .upstream
+        .send(super::upstream_request(app, parts, body, who))
+        .await
+        .map_err(forwarded_error)?;
+    let status = resp.status();
+    if status.is_success() {
+        event(
+            app,
+            AuditAction::DeleteReleased,
+            who,
+            &repo,
+            Some(&tag),
+            pinned.as_ref(),
+            Some(decided),
+        );
+    } else if !super::push::outcome_unknown(status) {
+        // Refused by the upstream: nothing was deleted, so the release is still owed.
+        let (r, t) = (repo.clone(), tag.clone());
+        if let Err(e) = app.store_call(move |s| s.set_release(&r, &t, &release)).await {
+            tracing::warn!(request_id = %who.request_id, error = %e, "cannot give back a release the upstream did not use");
+        }
+    }
+    Ok(super::to_client(app, resp, origin.as_deref()))
 }
 
 /// A forwarded request that got no answer: whether it was applied is unknown.

@@ -328,21 +328,24 @@ impl PushJob {
         let oci_tags = oci_tag_headers(resp.headers());
         let mut applied = Vec::with_capacity(to_settle.len());
         let mut not_applied = Vec::new();
+        let mut unconfirmed = Vec::new();
         for tag in to_settle {
             let known = match (&path_tag, &reported, &oci_tags) {
                 // A 2xx to a push by tag with the digest confirmed applied that tag.
                 (Some(p), Some(_), _) if p == &tag => Some(true),
                 // `OCI-Tag` lists the tags a push by digest applied (spec.md, "Pushing
-                // Manifests": registries that support `?tag=` answer with it).
+                // Manifests": registries that support `?tag=` answer with it): the
+                // upstream's own word, for the tags it lists and those it leaves out.
                 (None, Some(_), Some(listed)) => Some(listed.iter().any(|t| t == tag.as_str())),
                 _ => None,
             };
             let by_path = path_tag.as_ref() == Some(&tag);
-            let is_applied = match known {
-                Some(b) => b,
+            match known {
+                Some(true) => applied.push(tag),
+                Some(false) => not_applied.push(tag),
                 // No word from the upstream: ask it (distribution 2.8 ignores `?tag=`).
                 None => match app.upstream.tag_digest(&repo, &tag, authorization.as_ref()).await {
-                    Ok(TagAtUpstream::Present(d)) if d == attempted => true,
+                    Ok(TagAtUpstream::Present(d)) if d == attempted => applied.push(tag),
                     // A 2xx to a push *by tag* applied that tag: the HEAD only confirms
                     // the digest. One that disagrees (a stale cache, a replica behind)
                     // settles nothing, so the claim stays and the outcome is unknown.
@@ -350,23 +353,22 @@ impl PushJob {
                         tracing::warn!(request_id = %who.request_id, repository = %repo, %tag, "the upstream accepted a push by tag without naming its digest, and its HEAD does not show it; the tag stays reserved for the pushed digest");
                         return Err(ProxyError::OutcomeUnknown(UpstreamError::CheckNoDigest { tag }));
                     }
-                    Ok(TagAtUpstream::Present(_) | TagAtUpstream::Absent) => false,
-                    Ok(TagAtUpstream::Challenge(_)) | Err(_) => {
-                        tracing::warn!(request_id = %who.request_id, repository = %repo, %tag, "cannot confirm what the upstream applied; the tag stays reserved for the pushed digest");
-                        return Err(ProxyError::OutcomeUnknown(UpstreamError::CheckNoDigest { tag }));
-                    }
+                    // A `?tag=` the HEAD does not show: the upstream may have ignored it
+                    // (distribution 2.8 does) or the HEAD may lag behind the push. Either
+                    // way nothing is pinned (and no pin is audited), but nothing is freed
+                    // either: the claim keeps the tag reserved for this digest, which a
+                    // later push of it by tag completes.
+                    Ok(_) | Err(_) => unconfirmed.push(tag),
                 },
-            };
-            if is_applied {
-                applied.push(tag);
-            } else {
-                not_applied.push(tag);
             }
         }
         if !not_applied.is_empty() {
-            tracing::warn!(request_id = %who.request_id, repository = %repo, tags = ?not_applied.iter().map(Tag::as_str).collect::<Vec<_>>(), "the upstream accepted the push but did not apply these tags; nothing is pinned for them");
+            tracing::warn!(request_id = %who.request_id, repository = %repo, tags = ?not_applied.iter().map(Tag::as_str).collect::<Vec<_>>(), "the upstream's OCI-Tag answer leaves out these tags; their claims are withdrawn");
             let withdrawn: Vec<Tag> = not_applied.iter().filter(|t| mine.contains(t)).cloned().collect();
             self::withdraw(app, &repo, &withdrawn, &who).await;
+        }
+        if !unconfirmed.is_empty() {
+            tracing::warn!(request_id = %who.request_id, repository = %repo, tags = ?unconfirmed.iter().map(Tag::as_str).collect::<Vec<_>>(), "the upstream accepted the push but does not show these tags on it; they stay reserved for the pushed digest");
         }
         if !applied.is_empty() {
             let (r, tags, d) = (repo.clone(), applied.clone(), attempted.clone());
@@ -435,6 +437,13 @@ impl PushJob {
                 &attempted,
                 decided_of(tag),
             );
+        }
+        if !unconfirmed.is_empty() {
+            let names: Vec<&str> = unconfirmed.iter().map(Tag::as_str).collect();
+            warnings.push(policy::warning_header(&format!(
+                "tagpin: the upstream did not confirm tag(s) {} of {repo}; they are not pinned and stay reserved for {attempted}",
+                names.join(", ")
+            )));
         }
         let mut out = to_client(app, resp, origin.as_deref());
         for w in warnings {

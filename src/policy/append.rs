@@ -182,8 +182,10 @@ mod tests {
 
     #[test]
     fn entries_compare_as_objects_whatever_their_key_order() {
-        let a: Value = serde_json::from_str(r#"{"digest":"sha256:1","size":1,"annotations":{"x":"1","y":"2"}}"#).unwrap();
-        let b: Value = serde_json::from_str(r#"{"annotations":{"y":"2","x":"1"},"size":1,"digest":"sha256:1"}"#).unwrap();
+        let a: Value =
+            serde_json::from_str(r#"{"digest":"sha256:1","size":1,"annotations":{"x":"1","y":"2"}}"#).unwrap();
+        let b: Value =
+            serde_json::from_str(r#"{"annotations":{"y":"2","x":"1"},"size":1,"digest":"sha256:1"}"#).unwrap();
         assert_eq!(check_append(&manifest(vec![a]), &manifest(vec![b])), Ok(()));
     }
 

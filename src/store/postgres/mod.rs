@@ -32,8 +32,8 @@ use r2d2::Pool;
 use r2d2_postgres::PostgresConnectionManager;
 
 use super::{
-    Claim, ClaimKind, Exported, HistoryEntry, HistoryEvent, ImportOutcome, Pin, PinSource, PinStore, Refused,
-    Release, StoreError, TagState, MAX_REFUSALS,
+    Claim, ClaimKind, Exported, HistoryEntry, HistoryEvent, ImportOutcome, Pin, PinSource, PinStore, Refused, Release,
+    StoreError, TagState, MAX_REFUSALS,
 };
 use crate::oci::{Digest, Repository, Tag};
 
@@ -85,7 +85,9 @@ impl PgStore {
         match store.client().and_then(|mut c| migrate(&mut c)) {
             Ok(()) => {}
             Err(e @ StoreError::Corrupt { .. }) => return Err(e),
-            Err(e) => tracing::error!(error = %e, "database unavailable at start; writes that need a decision are refused until it answers"),
+            Err(e) => {
+                tracing::error!(error = %e, "database unavailable at start; writes that need a decision are refused until it answers")
+            }
         }
         Ok(store)
     }
@@ -123,7 +125,8 @@ fn lock_key(repo: &Repository, tag: &Tag) -> String {
 
 /// Apply the migrations this database lacks, one replica at a time.
 pub fn migrate(c: &mut Client) -> Result<(), StoreError> {
-    c.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK]).map_err(db)?;
+    c.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
+        .map_err(db)?;
     let result = (|| {
         c.batch_execute(
             "CREATE TABLE IF NOT EXISTS tagpin_schema (version INT PRIMARY KEY, applied_at BIGINT NOT NULL)",
@@ -210,7 +213,11 @@ fn claim_of(row: &postgres::Row, key: &str) -> Result<Claim, StoreError> {
 }
 
 /// The state of one tag, read inside a transaction (or on a plain connection).
-fn read_state<C: postgres::GenericClient>(c: &mut C, repo: &Repository, tag: &Tag) -> Result<Option<TagState>, StoreError> {
+fn read_state<C: postgres::GenericClient>(
+    c: &mut C,
+    repo: &Repository,
+    tag: &Tag,
+) -> Result<Option<TagState>, StoreError> {
     let key = lock_key(repo, tag);
     let pin = c
         .query_opt(
@@ -255,7 +262,12 @@ fn write_pin<C: postgres::GenericClient>(c: &mut C, repo: &Repository, tag: &Tag
     Ok(())
 }
 
-fn write_claim<C: postgres::GenericClient>(c: &mut C, repo: &Repository, tag: &Tag, claim: &Claim) -> Result<(), StoreError> {
+fn write_claim<C: postgres::GenericClient>(
+    c: &mut C,
+    repo: &Repository,
+    tag: &Tag,
+    claim: &Claim,
+) -> Result<(), StoreError> {
     c.execute(
         "INSERT INTO claims (repository, tag, digest, request_id, claimed_at, kind) VALUES ($1, $2, $3, $4, $5, $6)",
         &[
@@ -329,7 +341,13 @@ impl PinStore for PgStore {
         })
     }
 
-    fn claim_advance(&self, repo: &Repository, tag: &Tag, from: &Digest, claim: &Claim) -> Result<TagState, StoreError> {
+    fn claim_advance(
+        &self,
+        repo: &Repository,
+        tag: &Tag,
+        from: &Digest,
+        claim: &Claim,
+    ) -> Result<TagState, StoreError> {
         let mut keys = vec![lock_key(repo, tag)];
         self.with_locks(&mut keys, |tx| match read_state(tx, repo, tag)? {
             Some(TagState::Pinned(pin)) if &pin.digest == from => {
@@ -378,8 +396,8 @@ impl PinStore for PgStore {
                                 )
                                 .map_err(db)?
                             {
-                                let r: Release = serde_json::from_value(row.get(0))
-                                    .map_err(|e| corrupt(&lock_key(repo, tag), e))?;
+                                let r: Release =
+                                    serde_json::from_value(row.get(0)).map_err(|e| corrupt(&lock_key(repo, tag), e))?;
                                 entry.by = Some(r.by);
                                 entry.reason = Some(r.reason);
                             }
@@ -479,7 +497,12 @@ impl PinStore for PgStore {
         c.execute(
             "INSERT INTO deletes (repository, digest, request_id, started_at) VALUES ($1, $2, $3, $4)
              ON CONFLICT DO NOTHING",
-            &[&repo.as_str(), &digest.as_str(), &request_id, &(super::now_secs() as i64)],
+            &[
+                &repo.as_str(),
+                &digest.as_str(),
+                &request_id,
+                &(super::now_secs() as i64),
+            ],
         )
         .map_err(db)?;
         Ok(())
@@ -658,9 +681,10 @@ impl PinStore for PgStore {
             for r in records {
                 if let Some(earlier) = seen.insert(lock_key(&r.repository, &r.tag), r.digest.clone()) {
                     if earlier != r.digest {
-                        outcome
-                            .conflicts
-                            .push(format!("{}:{} appears twice with different digests", r.repository, r.tag));
+                        outcome.conflicts.push(format!(
+                            "{}:{} appears twice with different digests",
+                            r.repository, r.tag
+                        ));
                     }
                     continue;
                 }
