@@ -96,7 +96,9 @@ impl ProxyError {
                 | UpstreamError::CheckNoDigest { .. }
                 | UpstreamError::DigestMismatch { .. }
                 | UpstreamError::Tls(_)
-                | UpstreamError::TagList { .. } => (S::BAD_GATEWAY, C::Unavailable),
+                | UpstreamError::TagList { .. }
+                | UpstreamError::OwnAuth(_)
+                | UpstreamError::Catalog(_) => (S::BAD_GATEWAY, C::Unavailable),
             },
             Self::OutcomeUnknown(UpstreamError::HeaderTimeout(_)) => (S::GATEWAY_TIMEOUT, C::Unavailable),
             Self::OutcomeUnknown(_) => (S::BAD_GATEWAY, C::Unavailable),
