@@ -25,7 +25,7 @@ use crate::store::{Pin, PinSource};
 use crate::telemetry::{AuditAction, AuditEvent, Requester};
 
 /// A progress line at the start of each repository, and every this many tags in one.
-const PROGRESS_EVERY: u64 = 100;
+const PROGRESS_EVERY: usize = 100;
 
 /// What a seed did so far.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -145,7 +145,7 @@ async fn walk(
         counts.repositories += 1;
         for (i, tag) in tags.iter().enumerate() {
             counts.tags_seen += 1;
-            if i > 0 && i as u64 % PROGRESS_EVERY == 0 {
+            if i > 0 && i.is_multiple_of(PROGRESS_EVERY) {
                 progress(tx, counts, repo).await?;
             }
             if !policy.is_protected(repo, tag) {
