@@ -437,3 +437,23 @@ fn seeding_with_basic_credentials_works_and_logs_none_and_wrong_ones_are_an_erro
     let r = wrong.admin_request("POST", "/admin/v1/seed");
     assert_eq!(r.status, 502, "{}", r.text());
 }
+
+#[test]
+fn a_tag_page_on_another_origin_ends_the_seed_with_an_error_and_adopts_nothing_of_it() {
+    let registry = Registry::start();
+    let base = Image::random(7, 256);
+    put(registry.addr, "a", "1.0", &base.variant("1"), "");
+    put(registry.addr, "a", "2.0", &base.variant("2"), "");
+    let relay = paging::start(registry.addr, Links::Other("http://127.0.0.2:9".into()));
+    let s = Setup::start(&relay.url(), None, &[], &[]);
+
+    let r = s.admin_request("POST", "/admin/v1/seed");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let last: Value = serde_json::from_str(r.text().lines().last().unwrap()).unwrap();
+    let error = last["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error line: {}", r.text()));
+    assert!(error.contains("127.0.0.2:9"), "{error}");
+    let pins = s.admin_request("GET", "/admin/v1/pins").json();
+    assert_eq!(pins["pins"], serde_json::json!([]), "{pins}");
+}

@@ -7,6 +7,8 @@
 //!
 //! A check that fails (the upstream is down, refuses tagpin's credentials) is logged and
 //! changes nothing: the gauge keeps the last check's counts and the memory its states.
+//! The memory is the process's own: after a restart, each tag still drifted is reported
+//! once more by the first check.
 
 use std::collections::HashMap;
 use std::future::Future;

@@ -6,7 +6,9 @@
 //!
 //! A claim without a pin is a push in flight, not a pin to check; it is left out (and
 //! its tag is not unpinned either). The periodic drift check ([`super::drift`]) runs
-//! the same [`check`].
+//! the same [`check`]; a requested verify only answers, it sets no gauge and emits no
+//! audit event (it changes nothing). Any upstream failure fails the whole verify: a
+//! report on part of the pins would read as "the rest is fine".
 
 use std::collections::HashSet;
 
