@@ -96,7 +96,9 @@ impl ProxyError {
                 | UpstreamError::CheckNoDigest { .. }
                 | UpstreamError::DigestMismatch { .. }
                 | UpstreamError::Tls(_)
-                | UpstreamError::TagList { .. } => (S::BAD_GATEWAY, C::Unavailable),
+                | UpstreamError::TagList { .. }
+                | UpstreamError::OwnAuth(_)
+                | UpstreamError::Catalog(_) => (S::BAD_GATEWAY, C::Unavailable),
             },
             Self::OutcomeUnknown(UpstreamError::HeaderTimeout(_)) => (S::GATEWAY_TIMEOUT, C::Unavailable),
             Self::OutcomeUnknown(_) => (S::BAD_GATEWAY, C::Unavailable),
@@ -133,6 +135,11 @@ impl ProxyError {
             ) => {
                 "tagpin could not learn what the upstream holds, so it refuses the write"
             }
+            Self::Upstream(UpstreamError::OwnAuth(_)) => {
+                "the upstream refused tagpin's own credentials (--upstream-credentials-file), or its token \
+                 could not be had"
+            }
+            Self::Upstream(UpstreamError::Catalog(_)) => "tagpin could not read the upstream's catalog to its end",
             Self::Upstream(UpstreamError::TagList { .. }) => {
                 "tagpin could not list every tag of this repository at the upstream, so it refuses the delete"
             }

@@ -11,6 +11,10 @@
 //!    committed once the upstream accepted it;
 //! 5. every decision is an audit event ([`telemetry`]); every error is one OCI error
 //!    response ([`error`]).
+//!
+//! Beside the registry port, [`admin`] serves the admin API on a listener of its own;
+//! its seed and verify (and the periodic drift check, [`admin::drift`]) walk the
+//! upstream with tagpin's own credentials ([`upstream::own`]), never a client's.
 
 #![forbid(unsafe_code)]
 
@@ -103,6 +107,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             let _ = stop.wait_for(|s| *s).await;
         }))
     });
+    // On the main runtime, beside the admin listener: it needs no worker of its own.
+    let drift_task = shared.config.drift_interval.map(|every| {
+        let app = App::worker(Arc::clone(&shared));
+        let mut stop = stop_rx.clone();
+        tokio::spawn(admin::drift::run(app, every, async move {
+            let _ = stop.wait_for(|s| *s).await;
+        }))
+    });
     // Installed before "listening" is announced: until a handler exists, SIGHUP's default
     // action ends the process, and whoever reads that line may send one at once.
     let mut hangups = hangup_signals();
@@ -132,6 +144,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         let _ = done.await;
     }
     if let Some(task) = admin_task {
+        let _ = task.await;
+    }
+    if let Some(task) = drift_task {
         let _ = task.await;
     }
     Ok(())

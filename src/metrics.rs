@@ -1,6 +1,6 @@
 //! Prometheus metrics, served at `GET /metrics` in the OpenMetrics text format: the
 //! decisions (the same counts as the audit log), responses by status class, upstream and
-//! store failures, and open connections.
+//! store failures, open connections, and the last drift check's tags by state.
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -22,6 +22,11 @@ struct ClassLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabel {
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabel {
     kind: &'static str,
 }
@@ -34,6 +39,20 @@ pub struct Metrics {
     store_failures: Counter,
     policy_reload_failures: Counter,
     open_connections: Gauge,
+    drift_tags: Family<StateLabel, Gauge>,
+}
+
+/// Tags by state in one drift check.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct DriftCounts {
+    /// Pinned, and the upstream holds the pinned digest.
+    pub same: u64,
+    /// Pinned, and the upstream holds another digest.
+    pub moved: u64,
+    /// Pinned, and the upstream holds nothing under the tag.
+    pub missing: u64,
+    /// Protected tags at the upstream that have no pin.
+    pub unpinned: u64,
 }
 
 impl Default for Metrics {
@@ -75,7 +94,14 @@ impl Default for Metrics {
             "Client connections open now",
             open_connections.clone(),
         );
+        let drift_tags = Family::<StateLabel, Gauge>::default();
+        registry.register(
+            "drift_tags",
+            "Tags by state in the last periodic drift check (same, moved, missing, unpinned)",
+            drift_tags.clone(),
+        );
         Self {
+            drift_tags,
             registry,
             decisions,
             responses,
@@ -119,6 +145,20 @@ impl Metrics {
         self.policy_reload_failures.inc();
     }
 
+    /// The result of a drift check.
+    pub fn drift(&self, counts: &DriftCounts) {
+        for (state, n) in [
+            ("same", counts.same),
+            ("moved", counts.moved),
+            ("missing", counts.missing),
+            ("unpinned", counts.unpinned),
+        ] {
+            self.drift_tags
+                .get_or_create(&StateLabel { state })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
+
     /// The text exposition, with the connection gauge set to `open_connections`.
     pub fn render(&self, open_connections: usize) -> String {
         self.open_connections
@@ -142,7 +182,14 @@ mod tests {
         m.response(http::StatusCode::CONFLICT);
         m.upstream_failure("timeout");
         m.store_failure();
+        m.drift(&DriftCounts {
+            same: 4,
+            moved: 1,
+            ..DriftCounts::default()
+        });
         let text = m.render(3);
+        assert!(text.contains("tagpin_drift_tags{state=\"moved\"} 1"), "{text}");
+        assert!(text.contains("tagpin_drift_tags{state=\"missing\"} 0"), "{text}");
         assert!(
             text.contains("tagpin_decisions_total{action=\"push_refused\"} 2"),
             "{text}"

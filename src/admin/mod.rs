@@ -8,8 +8,11 @@
 //! request gets the same OCI error envelope as a refused push.
 
 pub mod auth;
+pub mod drift;
 mod pins;
 pub mod routes;
+mod seed;
+pub mod verify;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -82,7 +85,7 @@ pub async fn serve(admin: Arc<Admin>, listener: TcpListener, shutdown: impl Futu
 }
 
 /// Answer one admin request. Never fails.
-pub async fn handle(admin: &Admin, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+pub async fn handle(admin: &Arc<Admin>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
     let request_id = admin.app.next_request_id();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
@@ -113,7 +116,7 @@ pub async fn handle(admin: &Admin, req: Request<Incoming>, peer: SocketAddr) -> 
     resp
 }
 
-async fn dispatch(admin: &Admin, req: Request<Incoming>, who: &Requester) -> Result<Response<Body>, ProxyError> {
+async fn dispatch(admin: &Arc<Admin>, req: Request<Incoming>, who: &Requester) -> Result<Response<Body>, ProxyError> {
     let route = routes::classify(req.method(), req.uri().path(), req.uri().query()).map_err(|p| match p {
         RouteProblem::NotFound => ProxyError::AdminNotFound("no admin endpoint has this method and path".into()),
         RouteProblem::Bad(why) => ProxyError::AdminBadRequest(why),
@@ -130,9 +133,8 @@ async fn dispatch(admin: &Admin, req: Request<Incoming>, who: &Requester) -> Res
         AdminRoute::CancelRelease { repository, tag } => pins::cancel_release(app, repository, tag, who).await,
         AdminRoute::Export => pins::export(app).await,
         AdminRoute::Import => pins::import(app, req, who).await,
-        AdminRoute::Seed { .. } | AdminRoute::Verify { .. } => Err(ProxyError::AdminNotFound(
-            "seed and verify need --upstream-credentials-file support, not built into this version".into(),
-        )),
+        AdminRoute::Seed { repository } => seed::start(Arc::clone(admin), repository, who.clone()).await,
+        AdminRoute::Verify { repository } => verify::verify(app, repository).await,
     }
 }
 

@@ -4,9 +4,11 @@
 //! Failures are classified here by where they happened (connect, waiting for headers,
 //! transport) so the handler can answer 502, 503 or 504 without parsing strings.
 
+mod catalog;
 pub mod expect;
 mod fetch;
 pub mod headers;
+pub mod own;
 
 pub use fetch::Fetched;
 
@@ -60,6 +62,12 @@ pub enum UpstreamError {
     /// write that needed the list is refused (fail closed).
     #[error("cannot list the tags of {repo} at the upstream: {reason}")]
     TagList { repo: Repository, reason: String },
+    /// tagpin's own credentials were refused, or its token could not be had.
+    #[error("the upstream refused tagpin's own credentials: {0}")]
+    OwnAuth(String),
+    /// The catalog could not be read to its end.
+    #[error("cannot list the upstream's repositories: {0}")]
+    Catalog(String),
 }
 
 impl UpstreamError {
@@ -74,6 +82,8 @@ impl UpstreamError {
             }
             Self::DigestMismatch { .. } => "digest",
             Self::Tls(_) => "tls",
+            Self::OwnAuth(_) => "auth",
+            Self::Catalog(_) => "check",
         }
     }
 }
@@ -103,6 +113,25 @@ pub struct Upstream {
     origin: Origin,
     header_timeout: Duration,
     check_timeout: Duration,
+    /// tagpin's own credentials, for the requests it makes for itself.
+    own: own::OwnAuth,
+}
+
+/// Whose credentials a request carries.
+#[derive(Clone, Copy)]
+enum As<'a> {
+    /// The client's `Authorization`, passed on as is.
+    Client(Option<&'a HeaderValue>),
+    /// tagpin's own ([`own`]).
+    Own,
+}
+
+/// A tag list read to its end.
+enum Listing {
+    Tags(Vec<Tag>),
+    /// The first page answered 404: the upstream does not know the repository.
+    Unknown,
+    Challenge(Response<Incoming>),
 }
 
 impl Upstream {
@@ -153,6 +182,7 @@ impl Upstream {
             origin: config.upstream.clone(),
             header_timeout: config.timeouts.upstream_header,
             check_timeout: config.timeouts.upstream_check,
+            own: own::OwnAuth::new(config.upstream_credentials.clone()),
         }
     }
 
@@ -228,16 +258,12 @@ impl Upstream {
         tag: &Tag,
         authorization: Option<&HeaderValue>,
     ) -> Result<TagAtUpstream, UpstreamError> {
-        let mut req = Request::builder()
-            .method(Method::HEAD)
-            .uri(self.uri_for(&format!("/v2/{repo}/manifests/{tag}")))
-            .header(header::ACCEPT, MANIFEST_ACCEPT)
-            .header(header::USER_AGENT, concat!("tagpin/", env!("CARGO_PKG_VERSION")));
-        if let Some(auth) = authorization {
-            req = req.header(header::AUTHORIZATION, auth);
-        }
-        let req = req.body(body::empty()).expect("static request parts are valid");
-        let resp = self.send_check(req).await?;
+        self.tag_digest_as(repo, tag, As::Client(authorization)).await
+    }
+
+    async fn tag_digest_as(&self, repo: &Repository, tag: &Tag, who: As<'_>) -> Result<TagAtUpstream, UpstreamError> {
+        let target = format!("/v2/{repo}/manifests/{tag}");
+        let resp = self.get_as(Method::HEAD, &target, Some(MANIFEST_ACCEPT), who).await?;
         match resp.status() {
             StatusCode::OK => resp
                 .headers()
@@ -265,6 +291,40 @@ impl Upstream {
         repo: &Repository,
         authorization: Option<&HeaderValue>,
     ) -> Result<TagList, UpstreamError> {
+        Ok(match self.list_tags_as(repo, As::Client(authorization)).await? {
+            Listing::Tags(tags) => TagList::Tags(tags),
+            Listing::Unknown => TagList::Tags(Vec::new()),
+            Listing::Challenge(resp) => TagList::Challenge(resp),
+        })
+    }
+
+    /// A request with no body, carrying the client's credentials or tagpin's own.
+    async fn get_as(
+        &self,
+        method: Method,
+        target: &str,
+        accept: Option<&'static str>,
+        who: As<'_>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let authorization = match who {
+            As::Own => return self.send_own(method, target, accept).await,
+            As::Client(a) => a,
+        };
+        let mut req = Request::builder()
+            .method(method)
+            .uri(self.uri_for(target))
+            .header(header::USER_AGENT, concat!("tagpin/", env!("CARGO_PKG_VERSION")));
+        if let Some(accept) = accept {
+            req = req.header(header::ACCEPT, accept);
+        }
+        if let Some(auth) = authorization {
+            req = req.header(header::AUTHORIZATION, auth);
+        }
+        self.send_check(req.body(body::empty()).expect("static request parts are valid"))
+            .await
+    }
+
+    async fn list_tags_as(&self, repo: &Repository, who: As<'_>) -> Result<Listing, UpstreamError> {
         let failed = |reason: String| UpstreamError::TagList {
             repo: repo.clone(),
             reason,
@@ -277,19 +337,11 @@ impl Upstream {
             if pages > MAX_TAG_PAGES {
                 return Err(failed(format!("more than {MAX_TAG_PAGES} pages")));
             }
-            let mut req = Request::builder()
-                .uri(self.uri_for(&target))
-                .header(header::USER_AGENT, concat!("tagpin/", env!("CARGO_PKG_VERSION")));
-            if let Some(auth) = authorization {
-                req = req.header(header::AUTHORIZATION, auth);
-            }
-            let resp = self
-                .send_check(req.body(body::empty()).expect("static request parts are valid"))
-                .await?;
+            let resp = self.get_as(Method::GET, &target, None, who).await?;
             match resp.status() {
                 StatusCode::OK => {}
-                StatusCode::NOT_FOUND if pages == 1 => return Ok(TagList::Tags(tags)),
-                StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => return Ok(TagList::Challenge(resp)),
+                StatusCode::NOT_FOUND if pages == 1 => return Ok(Listing::Unknown),
+                StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => return Ok(Listing::Challenge(resp)),
                 status => return Err(failed(format!("{target} answered {status}"))),
             }
             next = next_page(resp.headers(), &self.origin).map_err(failed)?;
@@ -306,7 +358,7 @@ impl Upstream {
                 serde_json::from_slice(&bytes).map_err(|e| failed(format!("{target} is not valid JSON: {e}")))?;
             tags.extend(page.tags.unwrap_or_default().iter().filter_map(|t| Tag::parse(t).ok()));
         }
-        Ok(TagList::Tags(tags))
+        Ok(Listing::Tags(tags))
     }
 
     /// `GET /v2/` for readiness: any answer that shows a registry (200 or 401) counts.

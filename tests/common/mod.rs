@@ -14,6 +14,7 @@ pub mod image;
 pub mod paging;
 pub mod procs;
 pub mod signing;
+pub mod token;
 pub mod watch;
 
 pub use self::http::{request, request_without_host, try_request, Resp};

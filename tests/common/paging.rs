@@ -1,8 +1,8 @@
 //! A relay in front of the real registry that pages tag lists one tag at a time with
 //! absolute `Link` URLs (distribution 2.8 ignores `n` and answers every tag at once).
 //! Tag-list requests are answered from the registry's full list; manifest HEADs and every
-//! other request are passed on with all manifest types accepted, so digests are the
-//! registry's own. Built on [`FakeUpstream`], which records what it was asked.
+//! other request (the catalog, with its `Link` pages) are passed on with all manifest
+//! types accepted, so digests are the registry's own. Built on [`FakeUpstream`], which records what it was asked.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -31,7 +31,8 @@ pub fn start(registry: SocketAddr, links: Links) -> FakeUpstream {
             return tag_page(registry, repo, query, &link_origin);
         }
         let r = request(registry, method, target, &[("Accept", ACCEPT_ALL)], b"");
-        let headers = ["content-type", "docker-content-digest"]
+        // `link`: the catalog's own next pages (relative), followed through the relay.
+        let headers = ["content-type", "docker-content-digest", "link"]
             .iter()
             .filter_map(|h| r.header(h).map(|v| (h.to_string(), v.to_owned())))
             .collect();

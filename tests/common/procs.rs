@@ -33,6 +33,18 @@ pub struct RegistryOptions {
     pub basic_auth: Option<(String, String)>,
     /// Serve HTTPS with this certificate and key (PEM files).
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// Require registry tokens from this realm (distribution's `auth: token`).
+    pub token_auth: Option<TokenAuth>,
+}
+
+/// The `auth: token` section of distribution's config.
+#[derive(Clone)]
+pub struct TokenAuth {
+    pub realm: String,
+    pub service: String,
+    pub issuer: String,
+    /// PEM certificate(s) whose keys may sign tokens.
+    pub root_cert_bundle: PathBuf,
 }
 
 /// A running `docker-registry` (distribution 2.8) with its own temp storage.
@@ -60,6 +72,15 @@ impl Registry {
             auth = format!(
                 "auth:\n  htpasswd:\n    realm: tagpin-test\n    path: {}\n",
                 dir.path().join("htpasswd").display()
+            );
+        }
+        if let Some(t) = &options.token_auth {
+            auth = format!(
+                "auth:\n  token:\n    realm: {}\n    service: {}\n    issuer: {}\n    rootcertbundle: {}\n",
+                t.realm,
+                t.service,
+                t.issuer,
+                t.root_cert_bundle.display()
             );
         }
         let tls = match &options.tls {
@@ -214,6 +235,27 @@ impl Tagpin {
             .and_then(|l| l.split_whitespace().nth(1))
             .and_then(|v| v.parse().ok())
             .expect("VmRSS in /proc/<pid>/status")
+    }
+
+    /// The admin API's address, from its `admin API listening` line (logged before
+    /// `listening`, so it is there once `start` returned).
+    pub fn admin_addr(&self) -> SocketAddr {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let found = self.logs().iter().find_map(|l| {
+                let v = serde_json::from_str::<serde_json::Value>(l).ok()?;
+                (v["message"] == "admin API listening").then(|| v["addr"].as_str().unwrap_or("").parse().ok())?
+            });
+            if let Some(addr) = found {
+                return addr;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no admin API listening line in:\n{}",
+                self.logs().join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub fn host(&self) -> String {

@@ -1,0 +1,165 @@
+//! The periodic drift check (`--drift-interval`): [`verify::check`] over every pin, on
+//! the main runtime. Each check sets the gauge `tagpin_drift_tags{state}` and emits one
+//! `drift_detected` audit event per tag that became moved or missing (or moved to yet
+//! another digest) since the last check, so a tag that stays moved is reported once,
+//! not every interval. The event's `pinned_digest` is the pin, its `attempted_digest`
+//! the digest the upstream holds now (empty when the tag is missing there).
+//!
+//! A check that fails (the upstream is down, refuses tagpin's credentials) is logged and
+//! changes nothing: the gauge keeps the last check's counts and the memory its states.
+//! The memory is the process's own: after a restart, each tag still drifted is reported
+//! once more by the first check.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::HeaderMap;
+
+use super::verify::{self, Checked, Drift, Report};
+use crate::app::App;
+use crate::oci::{Digest, Repository, Tag};
+use crate::telemetry::{AuditAction, AuditEvent, Requester};
+
+/// Who acts in the check's audit events.
+pub const DRIFT_USER: &str = "tagpin:drift-check";
+
+/// The last state of each pinned tag that was not `same`.
+#[derive(Default)]
+pub struct Memory {
+    last: HashMap<(Repository, Tag), (Drift, Option<Digest>)>,
+}
+
+impl Memory {
+    /// The tags whose drift is new since the last report; the memory becomes `report`'s.
+    pub fn changes<'r>(&mut self, report: &'r Report) -> Vec<&'r Checked> {
+        let mut now = HashMap::new();
+        let mut changed = Vec::new();
+        for c in report.tags.iter().filter(|c| c.state != Drift::Same) {
+            let key = (c.repository.clone(), c.tag.clone());
+            let state = (c.state, c.upstream_digest.clone());
+            if self.last.get(&key) != Some(&state) {
+                changed.push(c);
+            }
+            now.insert(key, state);
+        }
+        self.last = now;
+        changed
+    }
+}
+
+/// Run a check every `every` until `stop` resolves.
+pub async fn run(app: App, every: Duration, stop: impl Future<Output = ()>) {
+    tokio::pin!(stop);
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut memory = Memory::default();
+    tracing::info!(every = ?every, "drift check scheduled");
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            () = &mut stop => return,
+        }
+        let report = tokio::select! {
+            r = verify::check(&app, None) => r,
+            () = &mut stop => return,
+        };
+        let report = match report {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "drift check failed; the last counts stay");
+                continue;
+            }
+        };
+        app.metrics.drift(&report.counts);
+        let who = requester(&app);
+        for c in memory.changes(&report) {
+            AuditEvent {
+                action: AuditAction::DriftDetected,
+                who: &who,
+                repository: &c.repository,
+                tag: Some(&c.tag),
+                pinned: Some(&c.pinned_digest),
+                attempted: c.upstream_digest.as_ref(),
+                decided: Some(app.policy().decide(&c.repository, &c.tag)),
+            }
+            .emit(&app.metrics);
+        }
+        let n = report.counts;
+        tracing::info!(
+            request_id = who.request_id,
+            same = n.same,
+            moved = n.moved,
+            missing = n.missing,
+            unpinned = n.unpinned,
+            "drift check done"
+        );
+    }
+}
+
+fn requester(app: &App) -> Requester {
+    let mut who = Requester::from_headers(
+        app.next_request_id(),
+        SocketAddr::from(([0, 0, 0, 0], 0)),
+        &HeaderMap::new(),
+    );
+    who.user = Some(DRIFT_USER.into());
+    who
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::DriftCounts;
+
+    fn checked(tag: &str, state: Drift, upstream: Option<&str>) -> Checked {
+        let d = |c: char| Digest::parse(&format!("sha256:{}", c.to_string().repeat(64))).unwrap();
+        Checked {
+            repository: Repository::parse("a").unwrap(),
+            tag: Tag::parse(tag).unwrap(),
+            pinned_digest: d('0'),
+            upstream_digest: upstream.map(|u| d(u.chars().next().unwrap())),
+            state,
+        }
+    }
+
+    fn report(tags: Vec<Checked>) -> Report {
+        Report {
+            tags,
+            counts: DriftCounts::default(),
+        }
+    }
+
+    fn names(c: Vec<&Checked>) -> Vec<String> {
+        c.iter().map(|c| format!("{}:{:?}", c.tag, c.state)).collect()
+    }
+
+    #[test]
+    fn each_change_is_reported_once() {
+        let mut m = Memory::default();
+        let first = report(vec![
+            checked("same", Drift::Same, Some("0")),
+            checked("moved", Drift::Moved, Some("1")),
+        ]);
+        assert_eq!(names(m.changes(&first)), ["moved:Moved"]);
+        assert!(
+            m.changes(&first).is_empty(),
+            "a tag that stays moved is not reported again"
+        );
+        // Moved again to another digest, and the other tag deleted: two new changes.
+        let second = report(vec![
+            checked("same", Drift::Missing, None),
+            checked("moved", Drift::Moved, Some("2")),
+        ]);
+        assert_eq!(names(m.changes(&second)), ["same:Missing", "moved:Moved"]);
+        // Back to the pin, then moved once more: reported again.
+        assert!(m
+            .changes(&report(vec![checked("moved", Drift::Same, Some("0"))]))
+            .is_empty());
+        assert_eq!(
+            names(m.changes(&report(vec![checked("moved", Drift::Moved, Some("2"))]))),
+            ["moved:Moved"]
+        );
+    }
+}
