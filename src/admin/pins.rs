@@ -198,13 +198,8 @@ pub async fn export(app: &App) -> Result<Response<Body>, ProxyError> {
         loop {
             let mut chunk = Vec::new();
             for (r, t, state) in &page {
-                let pin = match state {
-                    TagState::Pinned(p) | TagState::Advancing { pin: p, .. } => p,
-                    // A claim is an outcome not yet known, not a pin to carry elsewhere.
-                    TagState::Claimed(_) => continue,
-                };
-                let line =
-                    serde_json::to_vec(&Exported::of(r.clone(), t.clone(), pin)).expect("serialising cannot fail");
+                let line = serde_json::to_vec(&Exported::from_state(r.clone(), t.clone(), state))
+                    .expect("serialising cannot fail");
                 chunk.extend_from_slice(&line);
                 chunk.push(b'\n');
             }

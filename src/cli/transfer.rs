@@ -15,7 +15,7 @@ use http::Method;
 use serde_json::Value;
 
 use super::client::{AdminArgs, CliError, Client, Lines, EXIT_FOUND, EXIT_OK};
-use crate::store::{Exported, ImportOutcome, PinStore, SledStore, StoreError, TagState};
+use crate::store::{Exported, ImportOutcome, PinStore, SledStore, StoreError};
 
 #[derive(Debug, Args)]
 #[command(
@@ -79,11 +79,7 @@ pub fn export_store(store: &dyn PinStore, out: &mut dyn Write) -> Result<usize, 
             .list(None, after.as_ref(), PAGE)
             .map_err(|e| CliError::Store(e.to_string()))?;
         for (repo, tag, state) in &page {
-            let pin = match state {
-                TagState::Pinned(p) | TagState::Advancing { pin: p, .. } => p,
-                TagState::Claimed(_) => continue,
-            };
-            let line = serde_json::to_string(&Exported::of(repo.clone(), tag.clone(), pin))
+            let line = serde_json::to_string(&Exported::from_state(repo.clone(), tag.clone(), state))
                 .map_err(|e| CliError::Store(e.to_string()))?;
             writeln!(out, "{line}").map_err(io)?;
             written += 1;

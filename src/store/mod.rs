@@ -246,15 +246,36 @@ pub struct Release {
     pub expires_at: u64,
 }
 
-/// One tag's record as exported: the pin and its whole history.
+/// One tag's record as exported: the pin and its whole history, and the claim of a push
+/// whose outcome is not known. A claim is carried over, not dropped: a store restored
+/// without it would let the claimed tag be taken (or an advancing append-only tag be
+/// rolled back) while that push may still land.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Exported {
     pub repository: Repository,
     pub tag: Tag,
+    /// The pinned digest; for a tag with only a claim, the claimed one.
     pub digest: Digest,
     pub source: PinSource,
     pub pinned_at: u64,
     pub history: Vec<HistoryEntry>,
+    /// `false` for a tag that has a claim and no pin yet.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub pinned: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim: Option<Claim>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[allow(
+    clippy::trivially_copy_pass_by_ref,
+    reason = "serde's skip_serializing_if passes a reference"
+)]
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 impl Exported {
@@ -266,15 +287,49 @@ impl Exported {
             source: pin.source,
             pinned_at: pin.pinned_at,
             history: pin.history.clone(),
+            pinned: true,
+            claim: None,
         }
     }
 
-    pub fn pin(&self) -> Pin {
-        Pin {
+    /// The record of any state a tag can be in.
+    pub fn from_state(repository: Repository, tag: Tag, state: &TagState) -> Self {
+        match state {
+            TagState::Pinned(p) => Self::of(repository, tag, p),
+            TagState::Advancing { pin, claim } => Self {
+                claim: Some(claim.clone()),
+                ..Self::of(repository, tag, pin)
+            },
+            TagState::Claimed(c) => Self {
+                repository,
+                tag,
+                digest: c.digest.clone(),
+                source: PinSource::Push,
+                pinned_at: c.claimed_at,
+                history: Vec::new(),
+                pinned: false,
+                claim: Some(c.clone()),
+            },
+        }
+    }
+
+    /// The pin this record holds, if it holds one.
+    pub fn pin(&self) -> Option<Pin> {
+        self.pinned.then(|| Pin {
             digest: self.digest.clone(),
             source: self.source,
             pinned_at: self.pinned_at,
             history: self.history.clone(),
+        })
+    }
+
+    /// The state this record restores.
+    pub fn state(&self) -> Option<TagState> {
+        match (self.pin(), self.claim.clone()) {
+            (Some(pin), Some(claim)) => Some(TagState::Advancing { pin, claim }),
+            (Some(pin), None) => Some(TagState::Pinned(pin)),
+            (None, Some(claim)) => Some(TagState::Claimed(claim)),
+            (None, None) => None,
         }
     }
 }

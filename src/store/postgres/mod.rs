@@ -690,7 +690,8 @@ impl PinStore for PgStore {
                 }
                 match read_state(tx, &r.repository, &r.tag)? {
                     None => writes.push(r),
-                    Some(TagState::Pinned(p)) if p.digest == r.digest => outcome.unchanged += 1,
+                    Some(state) if Some(&state) == r.state().as_ref() => outcome.unchanged += 1,
+                    Some(TagState::Pinned(p)) if p.digest == r.digest && r.claim.is_none() => outcome.unchanged += 1,
                     Some(state) => outcome.conflicts.push(format!(
                         "{}:{} is held to {} here, the import says {}",
                         r.repository,
@@ -705,7 +706,12 @@ impl PinStore for PgStore {
                 return Ok(outcome);
             }
             for r in writes {
-                write_pin(tx, &r.repository, &r.tag, &r.pin())?;
+                if let Some(pin) = r.pin() {
+                    write_pin(tx, &r.repository, &r.tag, &pin)?;
+                }
+                if let Some(claim) = &r.claim {
+                    write_claim(tx, &r.repository, &r.tag, claim)?;
+                }
                 outcome.imported += 1;
             }
             Ok(outcome)

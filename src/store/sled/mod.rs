@@ -805,7 +805,8 @@ impl PinStore for SledStore {
                 }
                 match tx_state(tx_pins, tx_claims, &key)? {
                     None => writes.push(r),
-                    Some(TagState::Pinned(p)) if p.digest == r.digest => outcome.unchanged += 1,
+                    Some(state) if Some(&state) == r.state().as_ref() => outcome.unchanged += 1,
+                    Some(TagState::Pinned(p)) if p.digest == r.digest && r.claim.is_none() => outcome.unchanged += 1,
                     Some(state) => outcome.conflicts.push(format!(
                         "{}:{} is held to {} here, the import says {}",
                         r.repository,
@@ -819,8 +820,15 @@ impl PinStore for SledStore {
                 return Ok(outcome);
             }
             for r in writes {
-                tx_pins.insert(tag_key(&r.repository, &r.tag), encode_pin(&r.pin()))?;
-                tx_index.insert(index_key(&r.repository, &r.digest, &r.tag), &[][..])?;
+                let key = tag_key(&r.repository, &r.tag);
+                if let Some(pin) = r.pin() {
+                    tx_pins.insert(key.clone(), encode_pin(&pin))?;
+                    tx_index.insert(index_key(&r.repository, &pin.digest, &r.tag), &[][..])?;
+                }
+                if let Some(claim) = &r.claim {
+                    tx_claims.insert(key, encode_claim(claim))?;
+                    tx_index.insert(index_key(&r.repository, &claim.digest, &r.tag), &[][..])?;
+                }
                 outcome.imported += 1;
             }
             Ok(outcome)
