@@ -122,8 +122,8 @@ impl ProxyError {
                  tagpin keeps the tag reserved for this digest: repeat the same request to settle it"
             }
             Self::CannotDecide(_) => {
-                "tagpin cannot read the pinned manifest this append-only push must extend, so it cannot decide \
-                 and refuses it; nothing was changed, retry later"
+                "tagpin cannot read a pinned manifest this decision needs (for an append-only push, the one it \
+                 must extend), so it refuses the write; nothing was changed, retry later"
             }
             Self::PinNotRecorded(_) => {
                 "the upstream accepted the push but tagpin could not record the pin; the tag stays reserved \

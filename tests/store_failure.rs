@@ -12,8 +12,8 @@ use common::*;
 use tagpin::config::RawConfig;
 use tagpin::oci::{Digest, Repository, Tag};
 use tagpin::store::{
-    Claim, Exported, HistoryEntry, HistoryEvent, ImportOutcome, Pin, PinStore, Refused, Release, SledStore, StoreError,
-    TagState,
+    Claim, Exported, HistoryEntry, HistoryEvent, ImportOutcome, Pin, PinStore, Protect, Refused, Release, SledStore,
+    StoreError, TagState,
 };
 
 /// A real store with switches that make reads, writes, or only the confirmation of an
@@ -89,9 +89,9 @@ impl PinStore for FlakyStore {
         self.check(&self.fail_reads)?;
         self.inner.delete_in_flight(r, d)
     }
-    fn protect(&self, r: &Repository, h: &Digest, refs: &[Digest], durable: bool) -> Result<(), StoreError> {
+    fn protect(&self, r: &Repository, h: &Digest, refs: &[Digest], how: Protect) -> Result<(), StoreError> {
         self.check(&self.fail_writes)?;
-        self.inner.protect(r, h, refs, durable)
+        self.inner.protect(r, h, refs, how)
     }
     fn has_refs(&self, r: &Repository, h: &Digest) -> Result<bool, StoreError> {
         self.check(&self.fail_reads)?;

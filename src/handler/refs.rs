@@ -48,8 +48,11 @@ pub async fn protect(
                 fetched = b;
                 &fetched
             }
-            // Gone at the upstream: nothing left to keep from deletion.
-            Fetched::Absent => &[],
+            // A pinned manifest the upstream says it lacks (deleted behind tagpin's back,
+            // or a lagging replica): it has nothing to protect right now, but recording
+            // "depends on nothing" would be for good. Nothing is recorded, so the next
+            // decision asks again and protects its content once the upstream serves it.
+            Fetched::Absent => return Ok(Ok(Vec::new())),
             Fetched::Challenge(resp) => return Ok(Err(resp)),
         },
     };
@@ -57,6 +60,7 @@ pub async fn protect(
     let mut deps: BTreeSet<Digest> = refs.blobs.into_iter().collect();
     let mut queue: Vec<Digest> = refs.manifests;
     let mut fetches = 0;
+    let mut complete = true;
     while let Some(child) = queue.pop() {
         if !deps.insert(child.clone()) {
             continue;
@@ -73,15 +77,19 @@ pub async fn protect(
                 deps.extend(r.blobs);
                 queue.extend(r.manifests);
             }
-            // A child the upstream does not hold makes the push itself invalid; its
-            // digest alone is recorded.
-            Fetched::Absent => {}
+            // A child the upstream does not serve: its digest is recorded, its blobs are
+            // not known, so the holder is asked about again next time.
+            Fetched::Absent => complete = false,
             Fetched::Challenge(resp) => return Ok(Err(resp)),
         }
     }
     let deps: Vec<Digest> = deps.into_iter().collect();
     let (r, h, d) = (repo.clone(), holder.clone(), deps.clone());
-    app.store_call(move |s| s.protect(&r, &h, &d, !claim_follows)).await?;
+    let how = crate::store::Protect {
+        durable: !claim_follows,
+        complete,
+    };
+    app.store_call(move |s| s.protect(&r, &h, &d, how)).await?;
     Ok(Ok(deps))
 }
 

@@ -232,6 +232,17 @@ pub struct Refused {
     pub request_id: String,
 }
 
+/// How [`PinStore::protect`] records references.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Protect {
+    /// `false`: made durable by the caller's next durable write (the claim that follows
+    /// it), which saves an fsync on every new push.
+    pub durable: bool,
+    /// `false`: some references could not be learned (a child manifest the upstream did
+    /// not serve), so the holder is not marked as recorded and is asked about again.
+    pub complete: bool,
+}
+
 /// Refused attempts kept per tag.
 pub const MAX_REFUSALS: usize = 100;
 
@@ -414,10 +425,8 @@ pub trait PinStore: Send + Sync + 'static {
 
     /// Record, durably, that the manifest `holder` of `repo` depends on `refs` (its blobs,
     /// child manifests and their blobs), so none of them can be deleted while it is
-    /// pinned. Recorded before the pin or claim that makes `holder` pinned content. With
-    /// `durable: false` the write is made durable by the caller's next durable write (the
-    /// claim that follows it), which saves an fsync on every new push.
-    fn protect(&self, repo: &Repository, holder: &Digest, refs: &[Digest], durable: bool) -> Result<(), StoreError>;
+    /// pinned. Recorded before the pin or claim that makes `holder` pinned content.
+    fn protect(&self, repo: &Repository, holder: &Digest, refs: &[Digest], how: Protect) -> Result<(), StoreError>;
 
     /// Whether the references of `holder` have been recorded.
     fn has_refs(&self, repo: &Repository, holder: &Digest) -> Result<bool, StoreError>;
@@ -514,7 +523,7 @@ impl PinStore for UnavailableStore {
     fn delete_in_flight(&self, _: &Repository, _: &Digest) -> Result<bool, StoreError> {
         self.fail()
     }
-    fn protect(&self, _: &Repository, _: &Digest, _: &[Digest], _: bool) -> Result<(), StoreError> {
+    fn protect(&self, _: &Repository, _: &Digest, _: &[Digest], _: Protect) -> Result<(), StoreError> {
         self.fail()
     }
     fn has_refs(&self, _: &Repository, _: &Digest) -> Result<bool, StoreError> {

@@ -32,8 +32,8 @@ use r2d2::Pool;
 use r2d2_postgres::PostgresConnectionManager;
 
 use super::{
-    Claim, ClaimKind, Exported, HistoryEntry, HistoryEvent, ImportOutcome, Pin, PinSource, PinStore, Refused, Release,
-    StoreError, TagState, MAX_REFUSALS,
+    Claim, ClaimKind, Exported, HistoryEntry, HistoryEvent, ImportOutcome, Pin, PinSource, PinStore, Protect, Refused,
+    Release, StoreError, TagState, MAX_REFUSALS,
 };
 use crate::oci::{Digest, Repository, Tag};
 
@@ -534,7 +534,7 @@ impl PinStore for PgStore {
         .is_some())
     }
 
-    fn protect(&self, repo: &Repository, holder: &Digest, refs: &[Digest], _durable: bool) -> Result<(), StoreError> {
+    fn protect(&self, repo: &Repository, holder: &Digest, refs: &[Digest], how: Protect) -> Result<(), StoreError> {
         // Every commit is durable here; there is no fsync to save.
         let mut c = self.client()?;
         let mut tx = c.transaction().map_err(db)?;
@@ -545,11 +545,13 @@ impl PinStore for PgStore {
             )
             .map_err(db)?;
         }
-        tx.execute(
-            "INSERT INTO holders (repository, holder) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-            &[&repo.as_str(), &holder.as_str()],
-        )
-        .map_err(db)?;
+        if how.complete {
+            tx.execute(
+                "INSERT INTO holders (repository, holder) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                &[&repo.as_str(), &holder.as_str()],
+            )
+            .map_err(db)?;
+        }
         tx.commit().map_err(db)
     }
 

@@ -37,8 +37,8 @@ use self::records::{
     corrupt, decode_claim, decode_pin, decode_refusals, encode_claim, encode_pin, encode_refusals, DeleteRecord,
 };
 use super::{
-    Claim, ClaimKind, Exported, HistoryEntry, HistoryEvent, ImportOutcome, Pin, PinSource, PinStore, Refused, Release,
-    StoreError, TagState, MAX_REFUSALS,
+    Claim, ClaimKind, Exported, HistoryEntry, HistoryEvent, ImportOutcome, Pin, PinSource, PinStore, Protect, Refused,
+    Release, StoreError, TagState, MAX_REFUSALS,
 };
 use crate::oci::{Digest, Repository, Tag};
 
@@ -623,7 +623,7 @@ impl PinStore for SledStore {
         Ok(t.deletes.scan_prefix(&prefix).next().transpose().map_err(io)?.is_some())
     }
 
-    fn protect(&self, repo: &Repository, holder: &Digest, refs: &[Digest], durable: bool) -> Result<(), StoreError> {
+    fn protect(&self, repo: &Repository, holder: &Digest, refs: &[Digest], how: Protect) -> Result<(), StoreError> {
         let t = self.trees()?;
         let result = (&t.refs, &t.holders).transaction(|(tx_refs, tx_holders)| {
             for r in refs {
@@ -632,11 +632,13 @@ impl PinStore for SledStore {
                 key.extend_from_slice(holder.as_str().as_bytes());
                 tx_refs.insert(key, &[][..])?;
             }
-            tx_holders.insert(digest_key(repo, holder), &[][..])?;
+            if how.complete {
+                tx_holders.insert(digest_key(repo, holder), &[][..])?;
+            }
             Ok::<_, ConflictableTransactionError<StoreError>>(())
         });
         settle(result)?;
-        if durable {
+        if how.durable {
             self.flush(&t)?;
         }
         Ok(())

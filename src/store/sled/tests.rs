@@ -152,8 +152,45 @@ fn references_are_recorded_per_repository_and_holder() {
     let (repo, tag) = ab();
     let other = Repository::parse("a").unwrap();
     assert!(!s.has_refs(&repo, &d('1')).unwrap());
-    s.protect(&repo, &d('1'), &[d('a'), d('b')], true).unwrap();
-    s.protect(&repo, &d('2'), &[d('b')], false).unwrap();
+    s.protect(
+        &repo,
+        &d('1'),
+        &[d('a'), d('b')],
+        Protect {
+            durable: true,
+            complete: true,
+        },
+    )
+    .unwrap();
+    s.protect(
+        &repo,
+        &d('2'),
+        &[d('b')],
+        Protect {
+            durable: false,
+            complete: true,
+        },
+    )
+    .unwrap();
+    s.protect(
+        &repo,
+        &d('9'),
+        &[d('e')],
+        Protect {
+            durable: true,
+            complete: false,
+        },
+    )
+    .unwrap();
+    assert!(
+        !s.has_refs(&repo, &d('9')).unwrap(),
+        "incomplete references are asked about again"
+    );
+    assert_eq!(
+        s.referenced_by(&repo, &d('e')).unwrap(),
+        vec![d('9')],
+        "but what was learned protects already"
+    );
     assert!(s.has_refs(&repo, &d('1')).unwrap());
     assert_eq!(s.referenced_by(&repo, &d('a')).unwrap(), vec![d('1')]);
     assert_eq!(s.referenced_by(&repo, &d('b')).unwrap(), vec![d('1'), d('2')]);
