@@ -88,7 +88,14 @@ async fn delete_tag(
 ) -> Result<Response<Body>, ProxyError> {
     let decided = app.policy().decide(&repo, &tag);
     if !decided.mode.is_protected() {
-        return super::forward(app, parts, body, who).await;
+        // Under the tag's lock too, for the same reason as a mutable push (see push.rs).
+        let who = who.clone();
+        return app
+            .detached(move |app| async move {
+                let _guard = app.locks.push(&repo, std::slice::from_ref(&tag)).await;
+                super::forward(&app, parts, body, &who).await
+            })
+            .await;
     }
     // Decided and carried out under the tag's lock, as a push is, so a release cannot be
     // used by a push and a delete at once, and nothing is deleted while a push to the tag

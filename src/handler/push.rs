@@ -55,6 +55,7 @@ pub async fn manifest_put(
     }
     // One snapshot of the policy decides the whole request, even across a reload.
     let policy = app.policy();
+    let named = tags.clone();
     let protected: Vec<(Tag, Decided)> = tags
         .into_iter()
         .map(|t| {
@@ -64,8 +65,19 @@ pub async fn manifest_put(
         .filter(|(_, d)| d.mode.is_protected())
         .collect();
     if protected.is_empty() {
-        // Nothing to decide: an untagged push by digest, or only excluded tags.
-        return super::forward(app, parts, body, who).await;
+        // Nothing to decide: an untagged push by digest, or only mutable tags. A tagged
+        // one still holds its tags' locks until the upstream answers, so a policy reload
+        // that makes them protected cannot let a decided push race this write.
+        if named.is_empty() {
+            return super::forward(app, parts, body, who).await;
+        }
+        let who = who.clone();
+        return app
+            .detached(move |app| async move {
+                let _guard = app.locks.push(&repo, &named).await;
+                super::forward(&app, parts, body, &who).await
+            })
+            .await;
     }
 
     let bytes = manifest::read_limited(&parts.headers, body, &app.manifest_limits).await?;
@@ -250,7 +262,14 @@ impl PushJob {
             };
             let claim = Claim::of_kind(attempted.clone(), &who.request_id, kind);
             let (r, t, f) = (repo.clone(), tag.clone(), from.clone());
-            let state = app.store_call(move |s| s.claim_advance(&r, &t, &f, &claim)).await?;
+            let state = match app.store_call(move |s| s.claim_advance(&r, &t, &f, &claim)).await {
+                Ok(state) => state,
+                Err(e) => {
+                    // Nothing was forwarded: take back what this push already claimed.
+                    self::withdraw(app, &repo, &mine, &who).await;
+                    return Err(e);
+                }
+            };
             mine.push(tag.clone());
             if !is_mine(&state, &who.request_id) {
                 lost.push(lost_to(tag, &state, decided_of(tag)));
