@@ -136,6 +136,9 @@ impl PinStore for FlakyStore {
         self.check(&self.fail_writes)?;
         self.inner.import(records)
     }
+    fn lead(&self) -> Result<bool, StoreError> {
+        self.inner.lead()
+    }
     fn check(&self) -> Result<(), StoreError> {
         self.check(&self.fail_reads)?;
         self.check(&self.fail_writes)?;

@@ -328,7 +328,9 @@ async fn delete_digest(
     // tag count (a superseded or now-mutable manifest protects nothing).
     let (r, d) = (repo.clone(), digest.clone());
     let mut dependents = Vec::new();
-    for holder in app.store_call(move |s| s.referenced_by(&r, &d)).await? {
+    let referenced = app.store_call(move |s| s.referenced_by(&r, &d)).await?;
+    let referenced_count = referenced.len();
+    for holder in referenced {
         let tags = holding_tags(app, policy, &repo, &holder).await?;
         if !tags.is_empty() {
             dependents.push((holder, tags));
@@ -386,6 +388,24 @@ async fn delete_digest(
 
     let (r, d, id) = (repo.clone(), digest.clone(), who.request_id.clone());
     app.store_call(move |s| s.begin_delete(&r, &d, &id)).await?;
+    // The other half of the cross-replica handshake with pushes (push.rs): the delete is
+    // recorded; a push that claimed this digest before the record is seen now.
+    let now_held = if kind == Content::Manifest {
+        holding_tags(app, policy, &repo, &digest).await
+    } else {
+        Ok(Vec::new())
+    };
+    let (r, d) = (repo.clone(), digest.clone());
+    let now_referenced = app.store_call(move |s| s.referenced_by(&r, &d)).await;
+    let newly_held = match (&now_held, &now_referenced) {
+        (Ok(tags), Ok(holders)) => tags.len() > direct.len() || holders.len() > referenced_count,
+        _ => true,
+    };
+    if newly_held {
+        let (r, d, id) = (repo.clone(), digest.clone(), who.request_id.clone());
+        let _ = app.store_call(move |s| s.end_delete(&r, &d, Some(&id))).await;
+        return Err(Refusal::DeleteInFlight { repo, digest }.into());
+    }
     let origin = super::client_origin(app, &parts.headers);
     let settle = |app: &App, only_mine: bool| {
         let (r, d, id) = (repo.clone(), digest.clone(), who.request_id.clone());

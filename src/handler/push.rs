@@ -288,6 +288,31 @@ impl PushJob {
             .into());
         }
 
+        // Across replicas no process lock orders this push against a digest delete on
+        // another replica, so both write their intent first and then look for the other's:
+        // this push's claims are on disk now; a delete recorded before them is seen here,
+        // and one recorded after them sees the claims (delete.rs). One of the two refuses.
+        if !mine.is_empty() {
+            for digest in std::iter::once(&attempted).chain(&deps) {
+                let (r, d) = (repo.clone(), digest.clone());
+                let in_flight = match app.store_call(move |s| s.delete_in_flight(&r, &d)).await {
+                    Ok(b) => b,
+                    Err(e) => {
+                        self::withdraw(app, &repo, &mine, &who).await;
+                        return Err(e);
+                    }
+                };
+                if in_flight {
+                    self::withdraw(app, &repo, &mine, &who).await;
+                    return Err(Refusal::DeleteInFlight {
+                        repo,
+                        digest: digest.clone(),
+                    }
+                    .into());
+                }
+            }
+        }
+
         // The body is forwarded as the exact bytes hashed, with a length instead of chunks.
         let authorization = parts.headers.get(header::AUTHORIZATION).cloned();
         parts.headers.insert(header::CONTENT_LENGTH, bytes.len().into());

@@ -467,6 +467,11 @@ pub trait PinStore: Send + Sync + 'static {
     /// digest, or a claim), atomically and durably.
     fn import(&self, records: &[Exported]) -> Result<ImportOutcome, StoreError>;
 
+    /// Whether this process may run work that one replica at a time should do (the
+    /// periodic drift check) now. A single-process store always may; a shared one grants
+    /// it to one process until that process goes away.
+    fn lead(&self) -> Result<bool, StoreError>;
+
     /// Whether the store can serve reads and durable writes now.
     fn check(&self) -> Result<(), StoreError>;
 }
@@ -559,6 +564,9 @@ impl PinStore for UnavailableStore {
         self.fail()
     }
     fn import(&self, _: &[Exported]) -> Result<ImportOutcome, StoreError> {
+        self.fail()
+    }
+    fn lead(&self) -> Result<bool, StoreError> {
         self.fail()
     }
     fn check(&self) -> Result<(), StoreError> {

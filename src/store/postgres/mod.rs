@@ -47,7 +47,12 @@ type Manager = PostgresConnectionManager<NoTls>;
 
 pub struct PgStore {
     pool: Pool<Manager>,
+    /// The connection holding the leader lock while this replica leads.
+    leader: std::sync::Mutex<Option<r2d2::PooledConnection<Manager>>>,
 }
+
+/// The session advisory lock one replica holds to run singleton work ("drift" in ASCII).
+const LEADER_LOCK: i64 = 0x6472_6966_74;
 
 /// Errors never carry the connection string: `postgres::Error` does not print it.
 fn db(e: postgres::Error) -> StoreError {
@@ -81,7 +86,10 @@ impl PgStore {
             .min_idle(Some(0))
             .connection_timeout(Duration::from_secs(3))
             .build_unchecked(manager);
-        let store = Self { pool };
+        let store = Self {
+            pool,
+            leader: std::sync::Mutex::new(None),
+        };
         match store.client().and_then(|mut c| migrate(&mut c)) {
             Ok(()) => {}
             Err(e @ StoreError::Corrupt { .. }) => return Err(e),
@@ -718,6 +726,27 @@ impl PinStore for PgStore {
             }
             Ok(outcome)
         })
+    }
+
+    fn lead(&self) -> Result<bool, StoreError> {
+        let mut slot = self.leader.lock().unwrap_or_else(|p| p.into_inner());
+        // Still leading while the session that holds the lock is alive; a replica that
+        // dies loses its session, and with it the lock, to the next that asks.
+        if let Some(c) = slot.as_mut() {
+            if c.query_one("SELECT 1", &[]).is_ok() {
+                return Ok(true);
+            }
+            *slot = None;
+        }
+        let mut c = self.pool.get().map_err(pool_err)?;
+        let got: bool = c
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&LEADER_LOCK])
+            .map_err(db)?
+            .get(0);
+        if got {
+            *slot = Some(c);
+        }
+        Ok(got)
     }
 
     fn check(&self) -> Result<(), StoreError> {

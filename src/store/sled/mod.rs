@@ -840,6 +840,11 @@ impl PinStore for SledStore {
         Ok(outcome)
     }
 
+    fn lead(&self) -> Result<bool, StoreError> {
+        // The data dir's lock already makes this the only process on the store.
+        Ok(true)
+    }
+
     fn check(&self) -> Result<(), StoreError> {
         // A read and a flush: the flush fails on a read-only or full disk.
         let t = self.trees()?;
