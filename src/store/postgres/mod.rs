@@ -52,7 +52,7 @@ pub struct PgStore {
 }
 
 /// The session advisory lock one replica holds to run singleton work ("drift" in ASCII).
-const LEADER_LOCK: i64 = 0x6472_6966_74;
+const LEADER_LOCK: i64 = 0x0064_7269_6674;
 
 /// Errors never carry the connection string: `postgres::Error` does not print it.
 fn db(e: postgres::Error) -> StoreError {
