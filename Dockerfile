@@ -9,13 +9,17 @@ COPY benches ./benches
 RUN cargo build --release --locked --bin tagpin && strip target/release/tagpin
 
 FROM debian:bookworm-slim
+# ca-certificates is left unpinned on purpose: the trust store must follow Debian's
+# security updates, and a pinned version would freeze it at build time.
+# hadolint ignore=DL3008
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --home-dir /data --shell /usr/sbin/nologin tagpin \
     && mkdir -p /data && chown tagpin:tagpin /data
 COPY --from=build /src/target/release/tagpin /usr/local/bin/tagpin
 COPY config/tagpin.toml /etc/tagpin/tagpin.toml
-USER tagpin
+# Numeric, so the runtime (and Kubernetes' runAsNonRoot check) need no passwd lookup.
+USER 10001:10001
 VOLUME ["/data"]
 EXPOSE 5050
 ENV TAGPIN_LISTEN=0.0.0.0:5050 \

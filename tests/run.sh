@@ -4,7 +4,8 @@
 #    skopeo, htpasswd; nginx and ab for the benchmark smoke run) when they are missing;
 # 2. checks formatting and lints;
 # 3. runs every unit and integration test;
-# 4. runs the side-by-side benchmark in its short smoke mode, so it cannot rot
+# 4. checks the deploy files offline (tests/deploy_check.sh);
+# 5. runs the side-by-side benchmark in its short smoke mode, so it cannot rot
 #    (figures from a smoke run mean nothing; bench/run.sh without --smoke measures).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -46,5 +47,7 @@ echo "== cargo test"
 # at once than there are cores. Benches run once each in test mode, with their own args.
 cargo test --locked --lib --bins --tests -- --test-threads="${TEST_THREADS:-4}"
 cargo test --locked --benches
+echo "== deploy files (kubernetes-validate --strict, hadolint)"
+tests/deploy_check.sh
 echo "== benchmark smoke run (bench/run.sh --smoke)"
 bench/run.sh --smoke
