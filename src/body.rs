@@ -144,20 +144,40 @@ impl HttpBody for NotifyEnd {
 
 /// A body fed by a channel: each message is one frame, and the body ends when the
 /// sender is dropped. For answers produced page by page (an export), so memory holds one
-/// page, not the whole answer.
-pub fn channel(capacity: usize) -> (tokio::sync::mpsc::Sender<Bytes>, Body) {
+/// page, not the whole answer. [`BodySender::fail`] ends it with an error instead, which
+/// cuts the response short on the wire (no final chunk), so a client can never take a
+/// truncated answer for a whole one.
+pub fn channel(capacity: usize) -> (BodySender, Body) {
     let (tx, rx) = tokio::sync::mpsc::channel(capacity);
-    (tx, ChannelBody(rx).boxed_unsync())
+    (BodySender(tx), ChannelBody(rx).boxed_unsync())
 }
 
-struct ChannelBody(tokio::sync::mpsc::Receiver<Bytes>);
+/// The sending half of [`channel`].
+pub struct BodySender(tokio::sync::mpsc::Sender<Result<Bytes, BoxError>>);
+
+/// The receiving body went away (the client left).
+#[derive(Debug)]
+pub struct Gone;
+
+impl BodySender {
+    pub async fn send(&self, bytes: Bytes) -> Result<(), Gone> {
+        self.0.send(Ok(bytes)).await.map_err(|_| Gone)
+    }
+
+    /// End the body with an error: the answer is incomplete.
+    pub async fn fail(&self, why: String) {
+        let _ = self.0.send(Err(why.into())).await;
+    }
+}
+
+struct ChannelBody(tokio::sync::mpsc::Receiver<Result<Bytes, BoxError>>);
 
 impl HttpBody for ChannelBody {
     type Data = Bytes;
     type Error = BoxError;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        self.0.poll_recv(cx).map(|m| m.map(|b| Ok(Frame::data(b))))
+        self.0.poll_recv(cx).map(|m| m.map(|r| r.map(Frame::data)))
     }
 }
 

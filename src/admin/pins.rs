@@ -213,9 +213,10 @@ pub async fn export(app: &App) -> Result<Response<Body>, ProxyError> {
             let store = std::sync::Arc::clone(&store);
             page = match tokio::task::spawn_blocking(move || store.list(None, after.as_ref(), EXPORT_PAGE)).await {
                 Ok(Ok(p)) => p,
-                // The body ends early; the client sees a short export without a final
-                // newline-terminated summary, and `tagpin export` reports it.
-                _ => return,
+                // Cut the response short (no final chunk): `tagpin export` sees an
+                // incomplete answer and fails, never a short backup that looks whole.
+                Ok(Err(e)) => return tx.fail(format!("export stopped: {e}")).await,
+                Err(e) => return tx.fail(format!("export stopped: {e}")).await,
             };
         }
     });

@@ -14,7 +14,6 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Response};
 use serde::Serialize;
 use serde_json::json;
-use tokio::sync::mpsc::Sender;
 
 use super::Admin;
 use crate::app::App;
@@ -116,7 +115,7 @@ fn line(value: &serde_json::Value) -> Bytes {
     v.into()
 }
 
-async fn progress(tx: &Sender<Bytes>, counts: &Counts, current: &Repository) -> Result<(), Stop> {
+async fn progress(tx: &crate::body::BodySender, counts: &Counts, current: &Repository) -> Result<(), Stop> {
     let value = json!({"progress": {
         "repositories": counts.repositories,
         "tags_seen": counts.tags_seen,
@@ -132,7 +131,7 @@ async fn walk(
     app: &App,
     repos: &[Repository],
     who: &Requester,
-    tx: &Sender<Bytes>,
+    tx: &crate::body::BodySender,
     counts: &mut Counts,
 ) -> Result<(), Stop> {
     let policy = app.policy();
