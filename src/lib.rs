@@ -57,7 +57,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     listener.set_nonblocking(true).map_err(bind)?;
     let local = listener.local_addr().map_err(bind)?;
     let workers = config.workers;
-    let shared = Arc::new(Shared::new(config)?);
+    // Opening the store may block (PostgreSQL's synchronous client connects and migrates
+    // on its own runtime): off this async context.
+    let shared = tokio::task::spawn_blocking(move || Shared::new(config))
+        .await
+        .map_err(|e| StartError::Worker {
+            worker: 0,
+            source: std::io::Error::other(e.to_string()),
+        })??;
+    let shared = Arc::new(shared);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut finished = Vec::with_capacity(workers);
     for worker in 0..workers {

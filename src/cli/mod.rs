@@ -99,11 +99,13 @@ async fn dispatch(command: Command, env: &dyn Fn(&str) -> Option<std::ffi::OsStr
         Command::Seed(a) => seed::run(&Client::new(&a.admin, env)?, &a, &mut out).await,
         Command::Verify(a) => verify::run(&Client::new(&a.admin, env)?, &a, &mut out).await,
         Command::Export(a) => {
-            let client = a.data_dir.is_none().then(|| Client::new(&a.admin, env)).transpose()?;
+            let offline = a.data_dir.is_some() || a.database.database_url.is_some();
+            let client = (!offline).then(|| Client::new(&a.admin, env)).transpose()?;
             transfer::export(&a, client.as_ref(), &mut out).await
         }
         Command::Import(a) => {
-            let client = a.data_dir.is_none().then(|| Client::new(&a.admin, env)).transpose()?;
+            let offline = a.data_dir.is_some() || a.database.database_url.is_some();
+            let client = (!offline).then(|| Client::new(&a.admin, env)).transpose()?;
             transfer::import(&a, client.as_ref(), &mut out).await
         }
         Command::Serve(_) | Command::Policy(_) => Err(CliError::Usage("not an admin API command".into())),

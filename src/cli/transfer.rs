@@ -4,7 +4,9 @@
 //! Online, they call `GET /admin/v1/export` and `POST /admin/v1/import`. With
 //! `--data-dir`, they open the sled store directly, for a tagpin that is not running
 //! (restoring a backup before the first start); a running tagpin holds the data dir's
-//! lock, and the store refuses a second opener rather than let two disagree.
+//! lock, and the store refuses a second opener rather than let two disagree. With
+//! `--database-url`, they work on a PostgreSQL store (moving from sled to PostgreSQL:
+//! export from the data dir, import into the database).
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -25,8 +27,10 @@ use crate::store::{Exported, ImportOutcome, PinStore, SledStore, StoreError};
 pub struct ExportArgs {
     /// Read the store in DIR directly instead of calling the admin API (tagpin must not
     /// be running on it).
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", conflicts_with = "database_url")]
     pub data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
     #[command(flatten)]
     pub admin: AdminArgs,
 }
@@ -42,13 +46,52 @@ pub struct ImportArgs {
     pub file: Option<PathBuf>,
     /// Write to the store in DIR directly instead of calling the admin API (tagpin must
     /// not be running on it; the directory is created when missing).
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", conflicts_with = "database_url")]
     pub data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
     /// The result as one JSON object, for scripts.
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
     pub admin: AdminArgs,
+}
+
+/// A PostgreSQL store to export from or import into directly.
+#[derive(Debug, Args)]
+pub struct DatabaseArgs {
+    /// Work on the PostgreSQL store at this URL instead of calling the admin API.
+    #[arg(long, env = "TAGPIN_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// File holding the database password (one line).
+    #[arg(long, env = "TAGPIN_DATABASE_PASSWORD_FILE")]
+    pub database_password_file: Option<PathBuf>,
+}
+
+/// The store an offline command works on: a data dir or a database; `None` when the
+/// command goes through the admin API.
+pub fn offline_store(
+    data_dir: Option<&Path>,
+    db: &DatabaseArgs,
+    creating: bool,
+) -> Result<Option<std::sync::Arc<dyn PinStore>>, CliError> {
+    if let Some(url) = &db.database_url {
+        let cfg = crate::config::database_config(url, db.database_password_file.as_deref())
+            .map_err(|e| CliError::Usage(e.to_string()))?;
+        let store = crate::store::PgStore::open(cfg.config).map_err(|e| CliError::Store(e.to_string()))?;
+        // Fail now, with the reason, rather than on the first record.
+        store.check().map_err(|e| CliError::Store(e.to_string()))?;
+        return Ok(Some(std::sync::Arc::new(store)));
+    }
+    match data_dir {
+        None => Ok(None),
+        Some(dir) => {
+            if !creating && !dir.join("pins.sled").exists() {
+                return Err(CliError::Store(format!("{} holds no tagpin pin store", dir.display())));
+            }
+            Ok(Some(std::sync::Arc::new(open_store(dir)?)))
+        }
+    }
 }
 
 fn io(e: std::io::Error) -> CliError {
@@ -93,12 +136,37 @@ pub fn export_store(store: &dyn PinStore, out: &mut dyn Write) -> Result<usize, 
 
 /// `export`: JSON lines to `out`; the count to stderr.
 pub async fn export(args: &ExportArgs, client: Option<&Client>, out: &mut dyn Write) -> Result<u8, CliError> {
-    let written = match (&args.data_dir, client) {
-        (Some(dir), _) => {
-            if !dir.join("pins.sled").exists() {
-                return Err(CliError::Store(format!("{} holds no tagpin pin store", dir.display())));
+    let (dir, db) = (args.data_dir.clone(), &args.database);
+    let db_args = DatabaseArgs {
+        database_url: db.database_url.clone(),
+        database_password_file: db.database_password_file.clone(),
+    };
+    // Store calls block (sled's, and PostgreSQL's synchronous client): off the runtime.
+    let store = tokio::task::spawn_blocking(move || offline_store(dir.as_deref(), &db_args, false))
+        .await
+        .map_err(|e| CliError::Store(e.to_string()))??;
+    let written = match (store, client) {
+        (Some(store), _) => {
+            let mut after = None;
+            let mut written = 0;
+            loop {
+                let s = std::sync::Arc::clone(&store);
+                let from = after.clone();
+                let page = tokio::task::spawn_blocking(move || s.list(None, from.as_ref(), PAGE))
+                    .await
+                    .map_err(|e| CliError::Store(e.to_string()))?
+                    .map_err(|e| CliError::Store(e.to_string()))?;
+                for (repo, tag, state) in &page {
+                    let line = serde_json::to_string(&Exported::from_state(repo.clone(), tag.clone(), state))
+                        .map_err(|e| CliError::Store(e.to_string()))?;
+                    writeln!(out, "{line}").map_err(io)?;
+                    written += 1;
+                }
+                if page.len() < PAGE {
+                    break written;
+                }
+                after = page.last().map(|(r, t, _)| (r.clone(), t.clone()));
             }
-            export_store(&open_store(dir)?, out)?
         }
         (None, Some(client)) => {
             let resp = client.send(Method::GET, "export", &[], None).await?;
@@ -165,11 +233,21 @@ pub fn describe(imported: u64, unchanged: u64) -> String {
 /// `import`: all or nothing; exit 1 on conflicts.
 pub async fn import(args: &ImportArgs, client: Option<&Client>, out: &mut dyn Write) -> Result<u8, CliError> {
     let bytes = read_input(args.file.as_deref())?;
-    let answer: Value = match (&args.data_dir, client) {
-        (Some(dir), _) => {
+    let (dir, db) = (args.data_dir.clone(), &args.database);
+    let db_args = DatabaseArgs {
+        database_url: db.database_url.clone(),
+        database_password_file: db.database_password_file.clone(),
+    };
+    let store = tokio::task::spawn_blocking(move || offline_store(dir.as_deref(), &db_args, true))
+        .await
+        .map_err(|e| CliError::Store(e.to_string()))??;
+    let answer: Value = match (store, client) {
+        (Some(store), _) => {
             let records = parse_records(&bytes)?;
-            let store = open_store(dir)?;
-            let outcome: ImportOutcome = store.import(&records).map_err(|e| CliError::Store(e.to_string()))?;
+            let outcome: ImportOutcome = tokio::task::spawn_blocking(move || store.import(&records))
+                .await
+                .map_err(|e| CliError::Store(e.to_string()))?
+                .map_err(|e| CliError::Store(e.to_string()))?;
             if !outcome.conflicts.is_empty() {
                 let shown: Vec<&str> = outcome.conflicts.iter().take(5).map(String::as_str).collect();
                 eprintln!(

@@ -5,6 +5,8 @@
 mod raw;
 mod rules;
 mod secrets;
+
+pub use secrets::database as database_config;
 mod validate;
 
 use std::net::SocketAddr;
