@@ -92,36 +92,48 @@ impl AuditAction {
     }
 }
 
-/// Who made the request, as far as tagpin can tell without holding credentials.
+/// Who made the request, as far as tagpin can tell without holding credentials. Built for
+/// every request, so it only keeps the header values (reference-counted, no copy) and
+/// turns them into text when an audit event or a record needs it.
 #[derive(Debug, Clone)]
 pub struct Requester {
     pub request_id: String,
     pub client: SocketAddr,
-    pub user_agent: String,
     pub user: Option<String>,
+    user_agent: Option<http::HeaderValue>,
     /// `X-Forwarded-For` as received: who the client was behind a load balancer. Not
     /// verified by tagpin; a client can write anything there.
-    pub forwarded_for: String,
+    forwarded_for: Option<http::HeaderValue>,
+}
+
+/// A header value as text for the audit trail: at most 256 characters, nothing that is
+/// not visible ASCII (a value is bytes, not necessarily UTF-8).
+fn audit_text(v: Option<&http::HeaderValue>) -> String {
+    v.and_then(|v| v.to_str().ok()).unwrap_or("").chars().take(256).collect()
 }
 
 impl Requester {
     pub fn from_headers(request_id: String, client: SocketAddr, headers: &HeaderMap) -> Self {
-        let text = |name: http::header::HeaderName| -> String {
-            headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .chars()
-                .take(256)
-                .collect()
-        };
+        static X_FORWARDED_FOR: http::header::HeaderName = http::header::HeaderName::from_static("x-forwarded-for");
         Self {
             request_id,
             client,
-            user_agent: text(http::header::USER_AGENT),
-            user: basic_user(headers),
-            forwarded_for: text(http::header::HeaderName::from_static("x-forwarded-for")),
+            user_agent: headers.get(http::header::USER_AGENT).cloned(),
+            user: if headers.contains_key(http::header::AUTHORIZATION) {
+                basic_user(headers)
+            } else {
+                None
+            },
+            forwarded_for: headers.get(&X_FORWARDED_FOR).cloned(),
         }
+    }
+
+    pub fn user_agent(&self) -> String {
+        audit_text(self.user_agent.as_ref())
+    }
+
+    pub fn forwarded_for(&self) -> String {
+        audit_text(self.forwarded_for.as_ref())
     }
 }
 
@@ -181,9 +193,9 @@ impl AuditEvent<'_> {
                     mode,
                     rule = rule.as_str(),
                     client = %self.who.client,
-                    user_agent = self.who.user_agent.as_str(),
+                    user_agent = self.who.user_agent().as_str(),
                     user,
-                    forwarded_for = self.who.forwarded_for.as_str(),
+                    forwarded_for = self.who.forwarded_for().as_str(),
                     request_id = self.who.request_id.as_str(),
                     "{}", self.action.as_str()
                 )

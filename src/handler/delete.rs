@@ -139,7 +139,7 @@ async fn delete_tag(
                 attempted: None,
                 client: who.client.to_string(),
                 user: who.user.clone(),
-                user_agent: who.user_agent.clone(),
+                user_agent: who.user_agent(),
                 request_id: who.request_id.clone(),
             };
             // Best effort: the refusal stands whether or not it could be recorded.

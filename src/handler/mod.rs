@@ -88,12 +88,19 @@ async fn handle_inner(app: &Arc<App>, req: Request<Incoming>, who: &Requester) -
 /// Forward a request and stream the answer back. A client's `Expect: 100-continue` on a
 /// body not yet read is the upstream's to answer (RFC 9110 10.1.1, `upstream::expect`).
 async fn forward(app: &App, parts: Parts, body: Body, who: &Requester) -> Result<Response<Body>, ProxyError> {
-    let origin = client_origin(app, &parts.headers);
+    // The client's origin is only needed to rewrite a Location or Link: keep the Host
+    // value (a reference count) and build the origin's text only for such an answer.
+    let host = parts.headers.get(header::HOST).cloned();
     use crate::upstream::expect;
     let expects = expect::expects_continue(&parts.headers) && !http_body::Body::is_end_stream(&body);
     let mut req = upstream_request(app, parts, body, who);
     let expectation = expects.then(|| expect::forward(&mut req));
-    let resp = to_client(app, app.upstream.send(req).await?, origin.as_deref());
+    let upstream = app.upstream.send(req).await?;
+    let rewrites = upstream.headers().contains_key(header::LOCATION) || upstream.headers().contains_key(header::LINK);
+    let origin = rewrites
+        .then(|| headers::client_origin_of_host(app.config.public_url.as_ref(), host.as_ref(), app.client_proto()))
+        .flatten();
+    let resp = to_client(app, upstream, origin.as_deref());
     Ok(match expectation {
         Some(e) => e.answered(resp),
         None => resp,
@@ -117,10 +124,14 @@ fn upstream_request(app: &App, parts: Parts, body: Body, who: &Requester) -> Req
     // Whatever the client expected was of tagpin, and hyper meets it when the body is
     // first read; `forward` passes an expectation on while the body is still unread.
     headers.remove(header::EXPECT);
-    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let target = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
     let mut req = Request::new(body);
     *req.method_mut() = parts.method;
-    *req.uri_mut() = app.upstream.uri_for(target);
+    *req.uri_mut() = app.upstream.uri_for_parsed(target);
     *req.version_mut() = Version::HTTP_11;
     *req.headers_mut() = headers;
     req

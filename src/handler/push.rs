@@ -542,7 +542,7 @@ async fn record_refusal(app: &App, repo: &Repository, tag: &Tag, who: &Requester
         attempted: attempted.cloned(),
         client: who.client.to_string(),
         user: who.user.clone(),
-        user_agent: who.user_agent.clone(),
+        user_agent: who.user_agent(),
         request_id: who.request_id.clone(),
     };
     let (r, t) = (repo.clone(), tag.clone());

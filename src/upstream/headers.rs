@@ -25,17 +25,23 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 
 /// Remove hop-by-hop headers, including every header the `Connection` header names.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
+    // One look at the names present first: most messages carry none of these, or only
+    // `Connection`, and each removal costs a hash of the name, every request, both ways.
+    let is_hop = |name: &HeaderName| HOP_BY_HOP.contains(name) || name.as_str() == "proxy-connection";
+    if !headers.keys().any(is_hop) {
+        return;
+    }
+    let mut doomed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
         .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+    doomed.extend(headers.keys().filter(|n| is_hop(n)).cloned());
+    for name in &doomed {
         headers.remove(name);
     }
-    headers.remove("proxy-connection");
 }
 
 /// Prepare a client's request headers for the upstream: drop hop-by-hop headers, let the
@@ -75,10 +81,15 @@ pub fn to_upstream(headers: &mut HeaderMap, client_ip: IpAddr, proto: &'static s
 /// `Host` of its request. `None` when neither is known (an HTTP/1.0 request may omit
 /// `Host`, RFC 9112 3.2): locations then become relative, see [`rewrite_locations`].
 pub fn client_origin(public_url: Option<&Origin>, headers: &HeaderMap, proto: &str) -> Option<String> {
+    client_origin_of_host(public_url, headers.get(header::HOST), proto)
+}
+
+/// [`client_origin`] from the `Host` value alone.
+pub fn client_origin_of_host(public_url: Option<&Origin>, host: Option<&HeaderValue>, proto: &str) -> Option<String> {
     if let Some(p) = public_url {
         return Some(p.to_string());
     }
-    let host = headers.get(header::HOST)?.to_str().ok()?;
+    let host = host?.to_str().ok()?;
     Some(format!("{proto}://{host}"))
 }
 

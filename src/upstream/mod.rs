@@ -191,6 +191,16 @@ impl Upstream {
     }
 
     /// The upstream URI for a client's path and query, which are passed on byte for byte.
+    /// The upstream URI for a client's already parsed path and query: no re-parse, the
+    /// parts share the client's bytes.
+    pub fn uri_for_parsed(&self, path_and_query: http::uri::PathAndQuery) -> Uri {
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(self.origin.scheme.clone());
+        parts.authority = Some(self.origin.authority.clone());
+        parts.path_and_query = Some(path_and_query);
+        Uri::from_parts(parts).expect("a validated origin plus a parsed path is a valid URI")
+    }
+
     pub fn uri_for(&self, path_and_query: &str) -> Uri {
         Uri::builder()
             .scheme(self.origin.scheme.clone())

@@ -1,0 +1,123 @@
+#!/usr/bin/env python3
+"""Instructions per proxied manifest request, tagpin beside nginx, counted by valgrind's
+callgrind: a figure that does not depend on how busy the (shared) machine is.
+
+Both proxies run one worker under callgrind in front of the same registry. Each gets a
+warm-up, then its counters are zeroed (callgrind_control -z), N requests are sent with
+`ab -k` on one keep-alive connection, and the counters are dumped: the instructions of
+exactly those N requests, user space only (callgrind counts no kernel work).
+
+    python3 bench/instructions.py --tagpin target/release/tagpin [--requests 2000]
+"""
+import argparse
+import glob
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(__file__))
+import bench  # noqa: E402  (shares the registry, push and nginx helpers)
+
+
+def callgrind(argv, out_dir, name):
+    out = os.path.join(out_dir, f"{name}.%p.out")
+    return subprocess.Popen(["valgrind", "--tool=callgrind", "--quiet", f"--callgrind-out-file={out}"] + argv,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def total_ir(path):
+    """The `totals:` (or summary) line of a callgrind dump."""
+    with open(path) as f:
+        for line in f:
+            if line.startswith(("totals:", "summary:")):
+                return int(line.split()[1])
+    raise RuntimeError(f"no totals in {path}")
+
+
+def measure(pid, out_dir, name, addr, path, head, n):
+    args = ["ab", "-q", "-k", "-c", "1", "-n", str(n), "-H", f"Accept: {bench.MANIFEST_TYPE}"]
+    if head:
+        args.append("-i")
+    run = lambda: subprocess.run(args + [f"http://{addr}{path}"], capture_output=True, text=True, check=True)
+    run()  # warm-up: pools, buffers, lazy statics
+    subprocess.run(["callgrind_control", "-z", str(pid)], capture_output=True, check=True)
+    out = run().stdout
+    if re.search(r"Non-2xx responses:\s+\d+", out) or re.search(r"Failed requests:\s+[1-9]", out):
+        raise RuntimeError(out)
+    before = set(glob.glob(os.path.join(out_dir, f"{name}.{pid}.out*")))
+    subprocess.run(["callgrind_control", "-d", str(pid)], capture_output=True, check=True)
+    for _ in range(100):
+        new = set(glob.glob(os.path.join(out_dir, f"{name}.{pid}.out*"))) - before
+        if new:
+            time.sleep(0.3)
+            return total_ir(sorted(new)[-1]) / n
+        time.sleep(0.1)
+    raise RuntimeError("callgrind wrote no dump")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tagpin", required=True)
+    ap.add_argument("--requests", type=int, default=2000)
+    ap.add_argument("--keep", help="copy the callgrind dumps into this directory (for callgrind_annotate)")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        reg, up = bench.start_registry(tmp)
+        cfg = b'{"architecture":"amd64","os":"linux"}'
+        layer = os.urandom(1024)
+        cd, ld = bench.push_blob(up, "bench", cfg), bench.push_blob(up, "bench", layer)
+        m = bench.manifest(cd, len(cfg), ld, len(layer), "instructions")
+        status, _, _ = bench.request(up, "PUT", "/v2/bench/manifests/v1", m, {"Content-Type": bench.MANIFEST_TYPE})
+        assert status == 201, status
+        port = bench.free_port()
+        tp = callgrind([args.tagpin, "serve", "--listen", f"127.0.0.1:{port}", "--upstream", f"http://{up}",
+                        "--data-dir", os.path.join(tmp, "data"), "--workers", "1", "--log-format", "json"], tmp, "tagpin")
+        ng_root = os.path.join(tmp, "nginx")
+        os.makedirs(ng_root)
+        ng_port = bench.free_port()
+        user = "user root root;\n" if os.geteuid() == 0 else ""
+        with open(os.path.join(ng_root, "nginx.conf"), "w") as f:
+            f.write(f"""{user}master_process off; daemon off; worker_processes 1;
+error_log {ng_root}/error.log warn; pid {ng_root}/nginx.pid;
+events {{ worker_connections 1024; }}
+http {{ access_log off; client_body_temp_path {ng_root}/body; proxy_temp_path {ng_root}/proxy;
+  fastcgi_temp_path {ng_root}/f; uwsgi_temp_path {ng_root}/u; scgi_temp_path {ng_root}/s;
+  upstream registry {{ server {up}; keepalive 64; }}
+  server {{ listen 127.0.0.1:{ng_port};
+    location / {{ proxy_pass http://registry; proxy_http_version 1.1; proxy_set_header Connection "";
+      proxy_set_header Host $http_host; proxy_buffering off; proxy_request_buffering off; }} }} }}
+""")
+        ng = callgrind([bench.tool("nginx"), "-p", ng_root, "-c", os.path.join(ng_root, "nginx.conf")], tmp, "nginx")
+        for p in (port, ng_port):
+            for _ in range(600):
+                try:
+                    bench.request(f"127.0.0.1:{p}", "GET", "/v2/")
+                    break
+                except OSError:
+                    time.sleep(0.1)
+        rows = []
+        for method in ("HEAD", "GET"):
+            t = measure(tp.pid, tmp, "tagpin", f"127.0.0.1:{port}", "/v2/bench/manifests/v1", method == "HEAD", args.requests)
+            n = measure(ng.pid, tmp, "nginx", f"127.0.0.1:{ng_port}", "/v2/bench/manifests/v1", method == "HEAD", args.requests)
+            rows.append((method, t, n))
+        for p in (tp, ng, reg):
+            p.terminate()
+        for p in (tp, ng, reg):
+            try:
+                p.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        if args.keep:
+            for f in glob.glob(os.path.join(tmp, "*.out*")):
+                subprocess.run(["cp", f, args.keep])
+        print("| request | tagpin instructions/req | nginx instructions/req | tagpin / nginx |")
+        print("|---|---:|---:|---:|")
+        for method, t, n in rows:
+            print(f"| {method}, 1 conn | {t:,.0f} | {n:,.0f} | {t / n:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
