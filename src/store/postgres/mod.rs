@@ -95,7 +95,11 @@ impl PgStore {
             pool,
             migrated: AtomicBool::new(false),
         };
-        match store.client().map(drop) {
+        // The synchronous client drives its own runtime, which panics when entered from
+        // an async task, and `open` is called from tagpin's async start: migrate on a
+        // thread of its own.
+        let first = std::thread::scope(|scope| scope.spawn(|| store.client().map(drop)).join());
+        match first.unwrap_or_else(|_| Err(StoreError::Unavailable("database: migration panicked".into()))) {
             Ok(()) => {}
             Err(e @ StoreError::Corrupt { .. }) => return Err(e),
             Err(e) => {
