@@ -158,6 +158,31 @@ pub fn basic(user: &str, pass: &str) -> String {
     )
 }
 
+/// With `TAGPIN_TEST_STORE=postgres`, the database standing in for `data_dir`: one per
+/// data dir path (named after its hash), created on first use on a PostgreSQL server
+/// shared by the test process, so a tagpin restarted on the same data dir sees the same
+/// pins. `None`: the sled store in `data_dir`, the default.
+pub fn store_url(data_dir: &Path) -> Option<String> {
+    use std::hash::{Hash as _, Hasher as _};
+    match std::env::var("TAGPIN_TEST_STORE").as_deref() {
+        Ok("postgres") => {}
+        Ok("sled") | Ok("") | Err(_) => return None,
+        Ok(other) => panic!("TAGPIN_TEST_STORE={other}: expected sled or postgres"),
+    }
+    static CREATED: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    // DefaultHasher::new() has fixed keys: the same path gets the same name every time.
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    data_dir.hash(&mut h);
+    let name = format!("dir_{:016x}", h.finish());
+    let server = super::postgres::shared();
+    let mut created = CREATED.lock().unwrap_or_else(|p| p.into_inner());
+    if !created.contains(&name) {
+        server.create_database(&name);
+        created.push(name.clone());
+    }
+    Some(server.url(&name))
+}
+
 /// A running tagpin, started from the binary cargo built for this test run, logging JSON.
 pub struct Tagpin {
     pub addr: SocketAddr,
@@ -177,9 +202,11 @@ impl Tagpin {
         if !upstream.is_empty() {
             cmd.args(["--upstream", upstream]);
         }
-        cmd.arg("--data-dir")
-            .arg(data_dir)
-            .args(extra)
+        match store_url(data_dir) {
+            Some(url) => cmd.args(["--database-url", &url]),
+            None => cmd.arg("--data-dir").arg(data_dir),
+        };
+        cmd.args(extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
