@@ -196,17 +196,28 @@ impl Tagpin {
     }
 
     pub fn start_env(upstream: &str, data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
+        let store: Vec<std::ffi::OsString> = match store_url(data_dir) {
+            Some(url) => vec!["--database-url".into(), url.into()],
+            None => vec!["--data-dir".into(), data_dir.into()],
+        };
+        Self::spawn(upstream, &store, extra, env)
+    }
+
+    /// A tagpin on the PostgreSQL database at `url`, whatever `TAGPIN_TEST_STORE` says:
+    /// for tests of several replicas sharing one database.
+    pub fn start_on_database(upstream: &str, url: &str, extra: &[&str]) -> Self {
+        Self::spawn(upstream, &["--database-url".into(), url.into()], extra, &[])
+    }
+
+    fn spawn(upstream: &str, store: &[std::ffi::OsString], extra: &[&str], env: &[(&str, &str)]) -> Self {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tagpin"));
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"]);
         // An empty upstream leaves it to the environment or a config file.
         if !upstream.is_empty() {
             cmd.args(["--upstream", upstream]);
         }
-        match store_url(data_dir) {
-            Some(url) => cmd.args(["--database-url", &url]),
-            None => cmd.arg("--data-dir").arg(data_dir),
-        };
-        cmd.args(extra)
+        cmd.args(store)
+            .args(extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
