@@ -430,9 +430,9 @@ fn refusals_are_capped(s: &dyn PinStore) {
     assert!(s.refusals(&r, &t).unwrap().is_empty());
     let refused = |n: usize| Refused {
         at: n as u64,
-        attempted: (n % 2 == 0).then(|| dn(n)),
+        attempted: n.is_multiple_of(2).then(|| dn(n)),
         client: "127.0.0.1".into(),
-        user: (n % 3 == 0).then(|| format!("user-{n}")),
+        user: n.is_multiple_of(3).then(|| format!("user-{n}")),
         user_agent: "test".into(),
         request_id: format!("req-{n}"),
     };
