@@ -268,7 +268,11 @@ impl App {
 
 /// Append `n` in lower-case hex, as `format!("{n:x}")` would.
 fn push_hex(out: &mut String, n: u64) {
-    let digits = if n == 0 { 1 } else { (64 - n.leading_zeros()).div_ceil(4) };
+    let digits = if n == 0 {
+        1
+    } else {
+        (64 - n.leading_zeros()).div_ceil(4)
+    };
     for shift in (0..digits).rev() {
         let nibble = ((n >> (shift * 4)) & 0xf) as u8;
         out.push(char::from(if nibble < 10 { b'0' + nibble } else { b'a' + nibble - 10 }));

@@ -109,7 +109,11 @@ pub struct Requester {
 /// A header value as text for the audit trail: at most 256 characters, nothing that is
 /// not visible ASCII (a value is bytes, not necessarily UTF-8).
 fn audit_text(v: Option<&http::HeaderValue>) -> String {
-    v.and_then(|v| v.to_str().ok()).unwrap_or("").chars().take(256).collect()
+    v.and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .chars()
+        .take(256)
+        .collect()
 }
 
 impl Requester {

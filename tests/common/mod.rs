@@ -12,6 +12,7 @@ pub mod fake;
 pub mod http;
 pub mod image;
 pub mod paging;
+pub mod postgres;
 pub mod procs;
 pub mod signing;
 pub mod token;

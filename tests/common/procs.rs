@@ -158,6 +158,31 @@ pub fn basic(user: &str, pass: &str) -> String {
     )
 }
 
+/// With `TAGPIN_TEST_STORE=postgres`, the database standing in for `data_dir`: one per
+/// data dir path (named after its hash), created on first use on a PostgreSQL server
+/// shared by the test process, so a tagpin restarted on the same data dir sees the same
+/// pins. `None`: the sled store in `data_dir`, the default.
+pub fn store_url(data_dir: &Path) -> Option<String> {
+    use std::hash::{Hash as _, Hasher as _};
+    match std::env::var("TAGPIN_TEST_STORE").as_deref() {
+        Ok("postgres") => {}
+        Ok("sled") | Ok("") | Err(_) => return None,
+        Ok(other) => panic!("TAGPIN_TEST_STORE={other}: expected sled or postgres"),
+    }
+    static CREATED: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    // DefaultHasher::new() has fixed keys: the same path gets the same name every time.
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    data_dir.hash(&mut h);
+    let name = format!("dir_{:016x}", h.finish());
+    let server = super::postgres::shared();
+    let mut created = CREATED.lock().unwrap_or_else(|p| p.into_inner());
+    if !created.contains(&name) {
+        server.create_database(&name);
+        created.push(name.clone());
+    }
+    Some(server.url(&name))
+}
+
 /// A running tagpin, started from the binary cargo built for this test run, logging JSON.
 pub struct Tagpin {
     pub addr: SocketAddr,
@@ -171,14 +196,27 @@ impl Tagpin {
     }
 
     pub fn start_env(upstream: &str, data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
+        let store: Vec<std::ffi::OsString> = match store_url(data_dir) {
+            Some(url) => vec!["--database-url".into(), url.into()],
+            None => vec!["--data-dir".into(), data_dir.into()],
+        };
+        Self::spawn(upstream, &store, extra, env)
+    }
+
+    /// A tagpin on the PostgreSQL database at `url`, whatever `TAGPIN_TEST_STORE` says:
+    /// for tests of several replicas sharing one database.
+    pub fn start_on_database(upstream: &str, url: &str, extra: &[&str]) -> Self {
+        Self::spawn(upstream, &["--database-url".into(), url.into()], extra, &[])
+    }
+
+    fn spawn(upstream: &str, store: &[std::ffi::OsString], extra: &[&str], env: &[(&str, &str)]) -> Self {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tagpin"));
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"]);
         // An empty upstream leaves it to the environment or a config file.
         if !upstream.is_empty() {
             cmd.args(["--upstream", upstream]);
         }
-        cmd.arg("--data-dir")
-            .arg(data_dir)
+        cmd.args(store)
             .args(extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())

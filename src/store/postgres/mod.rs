@@ -25,6 +25,7 @@
 //! lock so replicas starting together apply each migration once; a database holding a
 //! newer schema than this tagpin knows is refused.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use postgres::{Client, NoTls, Transaction};
@@ -49,14 +50,23 @@ pub struct PgStore {
     pool: Pool<Manager>,
     /// The connection holding the leader lock while this replica leads.
     leader: std::sync::Mutex<Option<r2d2::PooledConnection<Manager>>>,
+    /// The schema is known to be current. Until then every call migrates first; after,
+    /// none does: migrating takes the migration lock, so doing it on every call would
+    /// serialise every store call of every replica behind one session lock.
+    migrated: AtomicBool,
 }
 
 /// The session advisory lock one replica holds to run singleton work ("drift" in ASCII).
 const LEADER_LOCK: i64 = 0x0064_7269_6674;
 
-/// Errors never carry the connection string: `postgres::Error` does not print it.
+/// Errors never carry the connection string: `postgres::Error` does not print it. Its
+/// `Display` of a server error is only "db error", so the server's code and message are
+/// added, which is what an operator needs to act.
 fn db(e: postgres::Error) -> StoreError {
-    StoreError::Unavailable(format!("database: {e}"))
+    match e.as_db_error() {
+        Some(d) => StoreError::Unavailable(format!("database: {} ({})", d.message(), d.code().code())),
+        None => StoreError::Unavailable(format!("database: {e}")),
+    }
 }
 
 fn pool_err(e: r2d2::Error) -> StoreError {
@@ -89,8 +99,13 @@ impl PgStore {
         let store = Self {
             pool,
             leader: std::sync::Mutex::new(None),
+            migrated: AtomicBool::new(false),
         };
-        match store.client().and_then(|mut c| migrate(&mut c)) {
+        // The synchronous client drives its own runtime, which panics when entered from
+        // an async task, and `open` is called from tagpin's async start: migrate on a
+        // thread of its own.
+        let first = std::thread::scope(|scope| scope.spawn(|| store.client().map(drop)).join());
+        match first.unwrap_or_else(|_| Err(StoreError::Unavailable("database: migration panicked".into()))) {
             Ok(()) => {}
             Err(e @ StoreError::Corrupt { .. }) => return Err(e),
             Err(e) => {
@@ -103,7 +118,10 @@ impl PgStore {
     fn client(&self) -> Result<r2d2::PooledConnection<Manager>, StoreError> {
         let mut c = self.pool.get().map_err(pool_err)?;
         // A replica that started while the database was down migrates on first use.
-        migrate(&mut c)?;
+        if !self.migrated.load(Ordering::Acquire) {
+            migrate(&mut c)?;
+            self.migrated.store(true, Ordering::Release);
+        }
         Ok(c)
     }
 
@@ -127,8 +145,11 @@ impl PgStore {
     }
 }
 
+/// The advisory lock name of a tag (hashed to the lock's 64-bit key by the server). Not
+/// `\0`-separated like sled's keys: PostgreSQL text cannot hold a NUL byte, and a `:`
+/// cannot occur in a validated repository name, so the names cannot collide either.
 fn lock_key(repo: &Repository, tag: &Tag) -> String {
-    format!("{repo}\0{tag}")
+    format!("{repo}:{tag}")
 }
 
 /// Apply the migrations this database lacks, one replica at a time.
@@ -485,10 +506,13 @@ impl PinStore for PgStore {
 
     fn tags_pinned_to(&self, repo: &Repository, digest: &Digest) -> Result<Vec<Tag>, StoreError> {
         let mut c = self.client()?;
+        // Every listing is in byte order (COLLATE "C"), as sled's keys are, whatever the
+        // database's collation: with ICU or glibc `en_US`, `T1` would sort after `a1`.
         let rows = c
             .query(
-                "SELECT tag FROM pins WHERE repository = $1 AND digest = $2
-                 UNION SELECT tag FROM claims WHERE repository = $1 AND digest = $2 ORDER BY 1",
+                "SELECT tag FROM (SELECT tag FROM pins WHERE repository = $1 AND digest = $2
+                 UNION SELECT tag FROM claims WHERE repository = $1 AND digest = $2) u
+                 ORDER BY tag COLLATE \"C\"",
                 &[&repo.as_str(), &digest.as_str()],
             )
             .map_err(db)?;
@@ -577,7 +601,8 @@ impl PinStore for PgStore {
         let mut c = self.client()?;
         let rows = c
             .query(
-                "SELECT digest FROM pins WHERE repository = $1 UNION SELECT digest FROM claims WHERE repository = $1 ORDER BY 1",
+                "SELECT digest FROM (SELECT digest FROM pins WHERE repository = $1
+                 UNION SELECT digest FROM claims WHERE repository = $1) u ORDER BY digest COLLATE \"C\"",
                 &[&repo.as_str()],
             )
             .map_err(db)?;
@@ -588,7 +613,7 @@ impl PinStore for PgStore {
         let mut c = self.client()?;
         let rows = c
             .query(
-                "SELECT holder FROM refs WHERE repository = $1 AND ref = $2 ORDER BY holder",
+                "SELECT holder FROM refs WHERE repository = $1 AND ref = $2 ORDER BY holder COLLATE \"C\"",
                 &[&repo.as_str(), &digest.as_str()],
             )
             .map_err(db)?;
