@@ -68,20 +68,39 @@ pub struct DatabaseArgs {
     pub database_password_file: Option<PathBuf>,
 }
 
+/// A store handle that is let go of on a thread of its own: PostgreSQL's synchronous
+/// client blocks while its connections close, which must not happen on the async runtime
+/// the commands run on, whichever way the command ends.
+pub struct OfflineStore(Option<std::sync::Arc<dyn PinStore>>);
+
+impl OfflineStore {
+    fn shared(&self) -> std::sync::Arc<dyn PinStore> {
+        std::sync::Arc::clone(self.0.as_ref().expect("present until dropped"))
+    }
+}
+
+impl Drop for OfflineStore {
+    fn drop(&mut self) {
+        if let Some(store) = self.0.take() {
+            let _ = std::thread::spawn(move || drop(store)).join();
+        }
+    }
+}
+
 /// The store an offline command works on: a data dir or a database; `None` when the
 /// command goes through the admin API.
 pub fn offline_store(
     data_dir: Option<&Path>,
     db: &DatabaseArgs,
     creating: bool,
-) -> Result<Option<std::sync::Arc<dyn PinStore>>, CliError> {
+) -> Result<Option<OfflineStore>, CliError> {
     if let Some(url) = &db.database_url {
         let cfg = crate::config::database_config(url, db.database_password_file.as_deref())
             .map_err(|e| CliError::Usage(e.to_string()))?;
         let store = crate::store::PgStore::open(cfg.config).map_err(|e| CliError::Store(e.to_string()))?;
         // Fail now, with the reason, rather than on the first record.
         store.check().map_err(|e| CliError::Store(e.to_string()))?;
-        return Ok(Some(std::sync::Arc::new(store)));
+        return Ok(Some(OfflineStore(Some(std::sync::Arc::new(store)))));
     }
     match data_dir {
         None => Ok(None),
@@ -89,7 +108,7 @@ pub fn offline_store(
             if !creating && !dir.join("pins.sled").exists() {
                 return Err(CliError::Store(format!("{} holds no tagpin pin store", dir.display())));
             }
-            Ok(Some(std::sync::Arc::new(open_store(dir)?)))
+            Ok(Some(OfflineStore(Some(std::sync::Arc::new(open_store(dir)?)))))
         }
     }
 }
@@ -150,7 +169,7 @@ pub async fn export(args: &ExportArgs, client: Option<&Client>, out: &mut dyn Wr
             let mut after = None;
             let mut written = 0;
             loop {
-                let s = std::sync::Arc::clone(&store);
+                let s = store.shared();
                 let from = after.clone();
                 let page = tokio::task::spawn_blocking(move || s.list(None, from.as_ref(), PAGE))
                     .await
@@ -244,7 +263,8 @@ pub async fn import(args: &ImportArgs, client: Option<&Client>, out: &mut dyn Wr
     let answer: Value = match (store, client) {
         (Some(store), _) => {
             let records = parse_records(&bytes)?;
-            let outcome: ImportOutcome = tokio::task::spawn_blocking(move || store.import(&records))
+            let shared = store.shared();
+            let outcome: ImportOutcome = tokio::task::spawn_blocking(move || shared.import(&records))
                 .await
                 .map_err(|e| CliError::Store(e.to_string()))?
                 .map_err(|e| CliError::Store(e.to_string()))?;

@@ -203,6 +203,11 @@ impl Tagpin {
         Self::spawn(upstream, &store, extra, env)
     }
 
+    /// A tagpin on the sled store in `data_dir`, whatever `TAGPIN_TEST_STORE` says.
+    pub fn start_on_data_dir(upstream: &str, data_dir: &Path, extra: &[&str]) -> Self {
+        Self::spawn(upstream, &["--data-dir".into(), data_dir.into()], extra, &[])
+    }
+
     /// A tagpin on the PostgreSQL database at `url`, whatever `TAGPIN_TEST_STORE` says:
     /// for tests of several replicas sharing one database.
     pub fn start_on_database(upstream: &str, url: &str, extra: &[&str]) -> Self {
