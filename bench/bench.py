@@ -1,11 +1,14 @@
 #!/usr/bin/env python3
-"""Side-by-side benchmark of one upstream registry served three ways: directly, through
-tagpin and through nginx (a plain streaming reverse proxy). The targets are measured in
-rotating order within each round, so machine noise hits all three alike.
+"""Side-by-side benchmark of one upstream registry served four ways: directly, through
+tagpin (sled store), through tagpin on PostgreSQL (tagpin-pg, manifest requests only) and
+through nginx (a plain streaming reverse proxy). The targets are measured in rotating order
+within each round, so machine noise hits all of them alike. haproxy, with splicing and in
+TCP mode, is the reference for how fast a blob download can be relayed at all.
 
 Run through bench/run.sh, which installs the tools and builds tagpin first."""
 
 import argparse
+import glob
 import http.client
 import json
 import os
@@ -17,11 +20,14 @@ import subprocess
 import sys
 import tempfile
 import shutil
+import signal
 import threading
 import time
 from hashlib import sha256
 
-TARGETS = ["direct", "tagpin", "nginx"]
+TARGETS = ["direct", "tagpin", "tagpin-pg", "nginx"]
+# Blob transfers and memory are measured without tagpin-pg: the store is not on that path.
+BLOB_TARGETS = ["direct", "tagpin", "nginx"]
 MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
 
 
@@ -90,13 +96,68 @@ http:
     return proc, m.group(1)
 
 
-def start_tagpin(binary, upstream, tmp):
+def rotate(items, r):
+    k = r % len(items)
+    return items[k:] + items[:k]
+
+
+def start_tagpin(binary, upstream, store_args):
+    """`store_args` is ["--data-dir", DIR] (sled) or ["--database-url", URL] (PostgreSQL)."""
     proc = subprocess.Popen(
-        [binary, "serve", "--listen", "127.0.0.1:0", "--upstream", f"http://{upstream}", "--data-dir",
-         os.path.join(tmp, "tagpin-data"), "--log-format", "json", "--max-connections", "20000"],
+        [binary, "serve", "--listen", "127.0.0.1:0", "--upstream", f"http://{upstream}", *store_args,
+         "--log-format", "json", "--max-connections", "20000"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "RUST_LOG": "info"})
     m = wait_for_line(proc, r'"addr":"(127\.0\.0\.1:\d+)".*"message":"listening"|"message":"listening".*"addr":"(127\.0\.0\.1:\d+)"')
     return proc, m.group(1) or m.group(2)
+
+
+def pg_bin(name):
+    """A PostgreSQL server program (Debian keeps them in /usr/lib/postgresql/VERSION/bin)."""
+    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"),
+                   key=lambda p: [int(x) for x in re.findall(r"\d+", p.split("/")[4])])
+    if found:
+        return found[-1]
+    return tool(name)
+
+
+def start_postgres(tmp):
+    """A private PostgreSQL server in tmp/pg holding an empty database `bench`; returns the
+    postmaster's process and the database URL for tagpin. As root, the server runs as the
+    `postgres` system user (PostgreSQL refuses to run as root)."""
+    as_root = os.geteuid() == 0
+    data = os.path.join(tmp, "pg")
+    os.makedirs(data)
+    if as_root:
+        import pwd
+        pw = pwd.getpwnam("postgres")
+        os.chmod(tmp, 0o711)  # mkdtemp's 0700 would keep the postgres user out
+        os.chown(data, pw.pw_uid, pw.pw_gid)
+    os.chmod(data, 0o700)
+    runas = ["runuser", "-u", "postgres", "--"] if as_root else []
+    init = subprocess.run(runas + [pg_bin("initdb"), "-D", data, "-A", "trust", "-U", "tagpin"],
+                          cwd=tmp, capture_output=True, text=True)
+    if init.returncode != 0:
+        raise RuntimeError(f"initdb failed:\n{init.stdout}{init.stderr}")
+    port = free_port()
+    logf = open(os.path.join(tmp, "postgres.log"), "wb")
+    # Popen(user=...) rather than runuser so that the pid is the postmaster's own.
+    proc = subprocess.Popen([pg_bin("postgres"), "-D", data, "-p", str(port), "-k", data,
+                             "-c", "listen_addresses=127.0.0.1"],
+                            stdout=logf, stderr=subprocess.STDOUT, cwd=tmp, user="postgres" if as_root else None)
+    logf.close()
+    psql = [tool("psql"), "-h", "127.0.0.1", "-p", str(port), "-U", "tagpin", "-X", "-q", "-v", "ON_ERROR_STOP=1"]
+    deadline = time.time() + 30
+    while True:
+        ready = subprocess.run(psql + ["postgres", "-c", "SELECT 1"], capture_output=True, text=True)
+        if ready.returncode == 0:
+            break
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            with open(os.path.join(tmp, "postgres.log")) as f:
+                raise RuntimeError(f"PostgreSQL did not start:\n{f.read()}{ready.stderr}")
+        time.sleep(0.1)
+    subprocess.run(psql + ["postgres", "-c", "CREATE DATABASE bench"], check=True, capture_output=True)
+    return proc, f"postgres://tagpin@127.0.0.1:{port}/bench"
 
 
 def start_nginx(upstream, tmp):
@@ -146,6 +207,33 @@ def spawn_listening(argv, port):
             time.sleep(0.05)
     proc.kill()
     raise RuntimeError(f"{argv[0]} did not start listening on port {port}")
+
+
+def start_haproxy_tcp(upstream, tmp):
+    """haproxy in TCP mode with 1 MiB buffers and no splicing: bytes copied through user
+    space with no HTTP parsing at all, the limit for a proxy that copies."""
+    port = free_port()
+    cfg = os.path.join(tmp, "haproxy-tcp.cfg")
+    with open(cfg, "w") as f:
+        f.write(f"""global
+  maxconn 2000
+  nosplice
+  tune.bufsize 1048576
+defaults
+  mode tcp
+  timeout connect 5s
+  timeout client 120s
+  timeout server 120s
+  no option splice-auto
+  no option splice-request
+  no option splice-response
+frontend f
+  bind 127.0.0.1:{port}
+  default_backend b
+backend b
+  server registry {upstream}
+""")
+    return spawn_listening([tool("haproxy"), "-f", cfg], port)
 
 
 def start_haproxy(upstream, tmp):
@@ -353,6 +441,8 @@ def versions(tagpin_bin):
         "tagpin": first_line([tagpin_bin, "--version"]),
         "registry": first_line(["docker-registry", "--version"]),
         "nginx": first_line([tool("nginx"), "-v"]),
+        "postgres": first_line([pg_bin("postgres"), "--version"]),
+        "haproxy": first_line([tool("haproxy"), "-v"]),
         "ab": first_line(["ab", "-V"]),
     }
 
@@ -374,17 +464,24 @@ def main():
 
     tmp = tempfile.mkdtemp(prefix="tagpin-bench-")
     procs = []
+    pg = None
     try:
         reg, up = start_registry(tmp)
         procs.append(reg)
-        tp, tp_addr = start_tagpin(args.tagpin, up, tmp)
+        tp, tp_addr = start_tagpin(args.tagpin, up, ["--data-dir", os.path.join(tmp, "tagpin-data")])
         procs.append(tp)
+        pg, pg_url = start_postgres(tmp)
+        tpg, tpg_addr = start_tagpin(args.tagpin, up, ["--database-url", pg_url])
+        procs.append(tpg)
         ng, ng_addr = start_nginx(up, tmp)
         procs.append(ng)
         hp, hp_addr = start_haproxy(up, tmp)
         procs.append(hp)
-        addrs = {"direct": up, "tagpin": tp_addr, "nginx": ng_addr}
-        log(f"registry {up}, tagpin {tp_addr}, nginx {ng_addr}; blob {blob_mib} MiB, {rounds} round(s)")
+        ht, ht_addr = start_haproxy_tcp(up, tmp)
+        procs.append(ht)
+        addrs = {"direct": up, "tagpin": tp_addr, "tagpin-pg": tpg_addr, "nginx": ng_addr}
+        log(f"registry {up}, tagpin {tp_addr}, tagpin-pg {tpg_addr} ({pg_url}), nginx {ng_addr}; "
+            f"blob {blob_mib} MiB, {rounds} round(s)")
 
         # Test data: one large blob, plus small blobs for manifests in every repository.
         blob_path = os.path.join(tmp, "blob.bin")
@@ -421,31 +518,38 @@ def main():
 
         peak_reset = reset_peak_rss(tp.pid)
         for r in range(rounds):
-            order = TARGETS[r % 3:] + TARGETS[:r % 3]
+            order = rotate(BLOB_TARGETS, r)
             log(f"round {r + 1}: large blob download and upload ({', '.join(order)})")
             for t in order:
                 record("blob download (MiB/s)", t, curl_download(addrs[t], f"/v2/bench/big/blobs/{big}") / 2**20)
-            results.setdefault("_splice", []).append(curl_download(hp_addr, f"/v2/bench/big/blobs/{big}") / 2**20)
+            for key, addr in rotate([("_splice", hp_addr), ("_tcp", ht_addr)], r):
+                results.setdefault(key, []).append(curl_download(addr, f"/v2/bench/big/blobs/{big}") / 2**20)
             for t in order:
                 record("blob upload (MiB/s)", t, curl_upload(addrs[t], f"bench/up-{t}", blob_path, big) / 2**20)
         peak_transfer_kib = proc_status(tp.pid, "VmHWM")
 
         for r in range(rounds if not smoke else 1):
-            order = TARGETS[r % 3:] + TARGETS[:r % 3]
+            order = rotate(TARGETS, r)
             for conc in (1, 32, 256):
                 log(f"round {r + 1}: manifest HEAD/GET at {conc} connections")
                 for method in ("HEAD", "GET"):
                     for t in order:
-                        pid = {"tagpin": tp.pid, "nginx": ng.pid}.get(t)
+                        pid = {"tagpin": tp.pid, "tagpin-pg": tpg.pid, "nginx": ng.pid}.get(t)
                         cpu0 = cpu_seconds([pid]) if pid else 0
+                        # PostgreSQL's backends are the postmaster's children.
+                        db0 = cpu_seconds([pg.pid]) if t == "tagpin-pg" else 0
                         rps, n = ab(addrs[t], f"/v2/bench/read-{t}/manifests/v1", conc, ab_seconds, method == "HEAD")
                         record(f"manifest {method} req/s, {conc} conn", t, rps)
+                        cpu_row = results.setdefault("_cpu", {}).setdefault((method, conc), {})
                         if pid:
                             cpu = (cpu_seconds([pid]) - cpu0) * 1e6 / max(1, n)
-                            results.setdefault("_cpu", {}).setdefault((method, conc), {}).setdefault(t, []).append(cpu)
+                            cpu_row.setdefault(t, []).append(cpu)
+                        if t == "tagpin-pg":
+                            db = (cpu_seconds([pg.pid]) - db0) * 1e6 / max(1, n)
+                            cpu_row.setdefault("postgres", []).append(db)
 
         for r in range(rounds):
-            order = TARGETS[r % 3:] + TARGETS[:r % 3]
+            order = rotate(TARGETS, r)
             log(f"round {r + 1}: manifest PUT latency")
             for t in order:
                 lat = put_latencies(addrs[t], f"bench/put-{t}", small[f"bench/put-{t}"], puts, r, False)
@@ -473,6 +577,14 @@ def main():
                 p.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 p.kill()
+        if pg is not None:
+            # SIGINT is PostgreSQL's fast shutdown (SIGTERM would wait for sessions to end).
+            pg.send_signal(signal.SIGINT)
+            try:
+                pg.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pg.kill()
+                pg.wait()
         subprocess.run(["rm", "-rf", tmp])
 
 
@@ -481,7 +593,7 @@ def write_report(out_dir, results, mem, smoke, blob_mib, rounds, ab_seconds, put
     for metric, per in results.items():
         if metric.startswith("_"):
             continue
-        med = {t: statistics.median(per[t]) for t in TARGETS}
+        med = {t: statistics.median(per[t]) if per.get(t) else None for t in TARGETS}
         rows.append((metric, med, "higher"))
     for key, name in (("_put", "PUT new tag"), ("_repush", "PUT identical re-push")):
         for p in (50, 99):
@@ -489,41 +601,64 @@ def write_report(out_dir, results, mem, smoke, blob_mib, rounds, ab_seconds, put
             rows.append((f"{name} p{p} (ms)", med, "lower"))
 
     def ratio(a, b):
+        if a is None or b is None:
+            return "–"
         return f"{a / b:.2f}" if b else "n/a"
 
     lines = []
     cmd = "bench/run.sh --smoke" if smoke else "bench/run.sh"
     v = versions(tagpin_bin)
+    pv = re.search(r"PostgreSQL\)? (\d+(?:\.\d+)?)", v["postgres"])
+    pg_version = f"PostgreSQL {pv.group(1)}" if pv else "PostgreSQL"
     lines.append(f"Produced by `{cmd}` on {time.strftime('%Y-%m-%d')}, {machine()}.")
     lines.append(f"Upstream {v['registry']}; {v['nginx']} with `proxy_buffering off`, `proxy_request_buffering off` "
-                 f"and keep-alive to the upstream; {v['tagpin']} (release build, every tag protected). "
+                 f"and keep-alive to the upstream; {v['tagpin']} (release build, every tag protected) with its sled "
+                 f"store (tagpin) and on a local {pg_version} started by the benchmark (tagpin-pg, default "
+                 f"settings, manifest requests only; – where not measured). "
                  f"Blob {blob_mib} MiB with curl, {rounds} round(s) in rotating order (medians); manifest reads with "
                  f"`ab -k` for {ab_seconds} s per point; {puts} sequential PUTs per target and round on one "
                  f"keep-alive connection, each pinned durably by tagpin.")
     lines.append("")
-    lines.append("| measurement | direct | tagpin | nginx | tagpin / direct | nginx / direct | tagpin / nginx |")
-    lines.append("|---|---:|---:|---:|---:|---:|---:|")
+    lines.append("| measurement | direct | tagpin | tagpin-pg | nginx | tagpin / direct | tagpin-pg / direct "
+                 "| nginx / direct | tagpin / nginx | tagpin-pg / tagpin |")
+    lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for metric, med, _ in rows:
-        d, t, n = med["direct"], med["tagpin"], med["nginx"]
-        fmt = "{:.2f}" if "(ms)" in metric else "{:.0f}"
-        lines.append(f"| {metric} | {fmt.format(d)} | {fmt.format(t)} | {fmt.format(n)} | {ratio(t, d)} | "
-                     f"{ratio(n, d)} | {ratio(t, n)} |")
+        d, t, g, n = med["direct"], med["tagpin"], med["tagpin-pg"], med["nginx"]
+
+        def fmt(x):
+            if x is None:
+                return "–"
+            return f"{x:.2f}" if "(ms)" in metric else f"{x:.0f}"
+        lines.append(f"| {metric} | {fmt(d)} | {fmt(t)} | {fmt(g)} | {fmt(n)} | {ratio(t, d)} | {ratio(g, d)} | "
+                     f"{ratio(n, d)} | {ratio(t, n)} | {ratio(g, t)} |")
     lines.append("")
     peak = mem["peak_transfer_kib"] / 1024
     note = "" if mem["peak_reset"] else " (since start: peak RSS could not be reset)"
     splice = statistics.median(results["_splice"])
+    tcp = statistics.median(results["_tcp"])
     direct_dl = statistics.median(results["blob download (MiB/s)"]["direct"])
+    tagpin_dl = statistics.median(results["blob download (MiB/s)"]["tagpin"])
     lines.append("Proxy CPU time per manifest request (user + system, from /proc, medians): a measure of the "
-                 "proxy's own cost that does not depend on how busy the shared machine was.")
+                 "proxy's own cost that does not depend on how busy the shared machine was. For tagpin-pg the "
+                 "PostgreSQL server's CPU per request is given apart (its backends, not counted in the proxy's).")
     lines.append("")
-    lines.append("| request | tagpin µs/req | nginx µs/req | tagpin / nginx |")
-    lines.append("|---|---:|---:|---:|")
+    lines.append("| request | tagpin µs/req | tagpin-pg µs/req | PostgreSQL µs/req | nginx µs/req | tagpin / nginx "
+                 "| tagpin-pg / nginx |")
+    lines.append("|---|---:|---:|---:|---:|---:|---:|")
     for (method, conc), per in results["_cpu"].items():
         t, n = statistics.median(per["tagpin"]), statistics.median(per["nginx"])
-        lines.append(f"| {method}, {conc} conn | {t:.0f} | {n:.0f} | {ratio(t, n)} |")
+        g, db = statistics.median(per["tagpin-pg"]), statistics.median(per["postgres"])
+        lines.append(f"| {method}, {conc} conn | {t:.0f} | {g:.0f} | {db:.0f} | {n:.0f} | {ratio(t, n)} | "
+                     f"{ratio(g, n)} |")
     lines.append("")
-    lines.append(f"Reference for the blob download: haproxy 2.6 relaying with kernel splicing (zero-copy) reaches "
+    hv = re.search(r"version (\d+\.\d+)", v["haproxy"])
+    haproxy = f"haproxy {hv.group(1)}" if hv else "haproxy"
+    lines.append(f"Reference for the blob download: {haproxy} relaying with kernel splicing (zero-copy) reaches "
                  f"{splice:.0f} MiB/s ({splice / direct_dl:.2f} of direct) in the same rounds.")
+    lines.append("")
+    lines.append(f"Limit for a copying proxy: {haproxy} in TCP mode (`mode tcp`, `tune.bufsize 1048576`, no "
+                 f"splicing) reaches {tcp:.0f} MiB/s ({tcp / direct_dl:.2f} of direct); tagpin reaches "
+                 f"{tagpin_dl / tcp:.2f} of it.")
     lines.append("")
     lines.append(f"tagpin peak RSS during the large transfers: **{peak:.1f} MiB**{note}.")
     per_conn = (mem["rss_idle_kib"] - mem["rss_before_idle_kib"]) / max(1, mem["idle"])
@@ -544,19 +679,22 @@ def chart(out_dir, rows):
     fig, ax = plt.subplots(figsize=(11, 0.45 * len(rows) + 1.5))
     labels = [m for m, _, _ in rows]
     y = range(len(rows))
-    for i, (name, color) in enumerate((("tagpin", "#2b7bb9"), ("nginx", "#999999"))):
+    series = (("tagpin", "#2b7bb9"), ("tagpin-pg", "#7fb8e0"), ("nginx", "#999999"))
+    height = 0.8 / len(series)
+    for i, (name, color) in enumerate(series):
         vals = []
         for _, med, better in rows:
-            r = med[name] / med["direct"] if med["direct"] else 0
+            r = med[name] / med["direct"] if med[name] is not None and med["direct"] else 0
             vals.append(r if better == "higher" else (1 / r if r else 0))
-        ax.barh([p + (0.2 if i else -0.2) for p in y], vals, height=0.4, label=name, color=color)
+        offset = (i - (len(series) - 1) / 2) * height
+        ax.barh([p + offset for p in y], vals, height=height, label=name, color=color)
     ax.axvline(1.0, color="black", linewidth=0.8)
     ax.set_yticks(list(y))
     ax.set_yticklabels(labels)
     ax.invert_yaxis()
     ax.set_xlabel("relative to the registry alone (1.0 = as fast; higher is better, latency inverted)")
     ax.legend(loc="lower right")
-    ax.set_title("tagpin and nginx in front of distribution 2.8")
+    ax.set_title("tagpin (sled and PostgreSQL stores) and nginx in front of distribution 2.8")
     fig.tight_layout()
     fig.savefig(os.path.join(out_dir, "chart.png"), dpi=110)
 

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Side-by-side benchmark: the upstream registry directly, through tagpin, through nginx.
+# Side-by-side benchmark: the upstream registry directly, through tagpin, through tagpin on
+# PostgreSQL (a private server the benchmark starts, for the manifest measurements), through nginx.
 #   bench/run.sh            full run (512 MiB blob, 10 s per load point); writes
 #                           bench/results.md and bench/chart.png
-# haproxy with kernel splicing (zero-copy relaying) is measured on the blob download
-# only, as a reference for how fast any proxy can relay a blob on this machine.
+# haproxy with kernel splicing (zero-copy relaying) and haproxy in TCP mode without splicing
+# are measured on the blob download only, as references for how fast any proxy (and any
+# proxy that copies) can relay a blob on this machine.
 #   bench/run.sh --smoke    a few seconds per measurement, small sizes; writes to
 #                           bench/out-smoke/ (what CI runs so the benchmark cannot rot)
 set -euo pipefail
@@ -14,6 +16,8 @@ missing=()
 for bin in "${!pkg_for[@]}"; do
   command -v "$bin" >/dev/null 2>&1 || [ -x "/usr/sbin/$bin" ] || missing+=("${pkg_for[$bin]}")
 done
+# Debian keeps initdb and postgres out of PATH, in /usr/lib/postgresql/VERSION/bin.
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null && command -v psql >/dev/null 2>&1 || missing+=(postgresql)
 if [ "${#missing[@]}" -gt 0 ]; then
   sudo_cmd=()
   [ "$(id -u)" = 0 ] || sudo_cmd=(sudo)
