@@ -58,7 +58,7 @@ pub struct ImportArgs {
 }
 
 /// A PostgreSQL store to export from or import into directly.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct DatabaseArgs {
     /// Work on the PostgreSQL store at this URL instead of calling the admin API.
     #[arg(long, env = "TAGPIN_DATABASE_URL")]
@@ -131,35 +131,23 @@ pub fn open_store(dir: &Path) -> Result<SledStore, CliError> {
 /// Pins read per page of an offline export.
 const PAGE: usize = 1000;
 
-/// Export from a store, a page at a time. Claims are left out as the admin API leaves
-/// them out: an outcome not yet known is not a pin to carry elsewhere.
-pub fn export_store(store: &dyn PinStore, out: &mut dyn Write) -> Result<usize, CliError> {
-    let mut after = None;
-    let mut written = 0;
-    loop {
-        let page = store
-            .list(None, after.as_ref(), PAGE)
+/// Write one page of a store's listing as export lines (claims included, see
+/// [`Exported::from_state`]); returns how many.
+fn write_page(
+    page: &[(crate::oci::Repository, crate::oci::Tag, crate::store::TagState)],
+    out: &mut dyn Write,
+) -> Result<usize, CliError> {
+    for (repo, tag, state) in page {
+        let line = serde_json::to_string(&Exported::from_state(repo.clone(), tag.clone(), state))
             .map_err(|e| CliError::Store(e.to_string()))?;
-        for (repo, tag, state) in &page {
-            let line = serde_json::to_string(&Exported::from_state(repo.clone(), tag.clone(), state))
-                .map_err(|e| CliError::Store(e.to_string()))?;
-            writeln!(out, "{line}").map_err(io)?;
-            written += 1;
-        }
-        if page.len() < PAGE {
-            return Ok(written);
-        }
-        after = page.last().map(|(r, t, _)| (r.clone(), t.clone()));
+        writeln!(out, "{line}").map_err(io)?;
     }
+    Ok(page.len())
 }
 
 /// `export`: JSON lines to `out`; the count to stderr.
 pub async fn export(args: &ExportArgs, client: Option<&Client>, out: &mut dyn Write) -> Result<u8, CliError> {
-    let (dir, db) = (args.data_dir.clone(), &args.database);
-    let db_args = DatabaseArgs {
-        database_url: db.database_url.clone(),
-        database_password_file: db.database_password_file.clone(),
-    };
+    let (dir, db_args) = (args.data_dir.clone(), args.database.clone());
     // Store calls block (sled's, and PostgreSQL's synchronous client): off the runtime.
     let store = tokio::task::spawn_blocking(move || offline_store(dir.as_deref(), &db_args, false))
         .await
@@ -175,12 +163,7 @@ pub async fn export(args: &ExportArgs, client: Option<&Client>, out: &mut dyn Wr
                     .await
                     .map_err(|e| CliError::Store(e.to_string()))?
                     .map_err(|e| CliError::Store(e.to_string()))?;
-                for (repo, tag, state) in &page {
-                    let line = serde_json::to_string(&Exported::from_state(repo.clone(), tag.clone(), state))
-                        .map_err(|e| CliError::Store(e.to_string()))?;
-                    writeln!(out, "{line}").map_err(io)?;
-                    written += 1;
-                }
+                written += write_page(&page, out)?;
                 if page.len() < PAGE {
                     break written;
                 }
@@ -252,11 +235,7 @@ pub fn describe(imported: u64, unchanged: u64) -> String {
 /// `import`: all or nothing; exit 1 on conflicts.
 pub async fn import(args: &ImportArgs, client: Option<&Client>, out: &mut dyn Write) -> Result<u8, CliError> {
     let bytes = read_input(args.file.as_deref())?;
-    let (dir, db) = (args.data_dir.clone(), &args.database);
-    let db_args = DatabaseArgs {
-        database_url: db.database_url.clone(),
-        database_password_file: db.database_password_file.clone(),
-    };
+    let (dir, db_args) = (args.data_dir.clone(), args.database.clone());
     let store = tokio::task::spawn_blocking(move || offline_store(dir.as_deref(), &db_args, true))
         .await
         .map_err(|e| CliError::Store(e.to_string()))??;
@@ -331,7 +310,8 @@ mod tests {
             .collect();
         store.pin_if_absent(&repo, &pins).unwrap();
         let mut out = Vec::new();
-        assert_eq!(export_store(&store, &mut out).unwrap(), 3);
+        let page = store.list(None, None, PAGE).unwrap();
+        assert_eq!(write_page(&page, &mut out).unwrap(), 3);
         let records = parse_records(&out).unwrap();
         assert_eq!(records.len(), 3);
         let other = open_store(b.path()).unwrap();
