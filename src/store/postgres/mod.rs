@@ -710,32 +710,7 @@ impl PinStore for PgStore {
     fn import(&self, records: &[Exported]) -> Result<ImportOutcome, StoreError> {
         let mut keys = records.iter().map(|r| lock_key(&r.repository, &r.tag)).collect();
         self.with_locks(&mut keys, |tx| {
-            let mut outcome = ImportOutcome::default();
-            let mut seen = std::collections::HashMap::new();
-            let mut writes = Vec::new();
-            for r in records {
-                if let Some(earlier) = seen.insert(lock_key(&r.repository, &r.tag), r.digest.clone()) {
-                    if earlier != r.digest {
-                        outcome.conflicts.push(format!(
-                            "{}:{} appears twice with different digests",
-                            r.repository, r.tag
-                        ));
-                    }
-                    continue;
-                }
-                match read_state(tx, &r.repository, &r.tag)? {
-                    None => writes.push(r),
-                    Some(state) if Some(&state) == r.state().as_ref() => outcome.unchanged += 1,
-                    Some(TagState::Pinned(p)) if p.digest == r.digest && r.claim.is_none() => outcome.unchanged += 1,
-                    Some(state) => outcome.conflicts.push(format!(
-                        "{}:{} is held to {} here, the import says {}",
-                        r.repository,
-                        r.tag,
-                        state.digest(),
-                        r.digest
-                    )),
-                }
-            }
+            let (mut outcome, writes) = super::plan_import(records, |r| read_state(tx, &r.repository, &r.tag))?;
             if !outcome.conflicts.is_empty() {
                 // Nothing written: the transaction commits no change.
                 return Ok(outcome);

@@ -791,33 +791,9 @@ impl PinStore for SledStore {
     fn import(&self, records: &[Exported]) -> Result<ImportOutcome, StoreError> {
         let t = self.trees()?;
         let result = (&t.pins, &t.claims, &t.by_digest).transaction(|(tx_pins, tx_claims, tx_index)| {
-            let mut outcome = ImportOutcome::default();
-            let mut seen = std::collections::HashMap::new();
-            let mut writes = Vec::new();
-            for r in records {
-                let key = tag_key(&r.repository, &r.tag);
-                if let Some(earlier) = seen.insert(key.clone(), r.digest.clone()) {
-                    if earlier != r.digest {
-                        outcome.conflicts.push(format!(
-                            "{}:{} appears twice with different digests",
-                            r.repository, r.tag
-                        ));
-                    }
-                    continue;
-                }
-                match tx_state(tx_pins, tx_claims, &key)? {
-                    None => writes.push(r),
-                    Some(state) if Some(&state) == r.state().as_ref() => outcome.unchanged += 1,
-                    Some(TagState::Pinned(p)) if p.digest == r.digest && r.claim.is_none() => outcome.unchanged += 1,
-                    Some(state) => outcome.conflicts.push(format!(
-                        "{}:{} is held to {} here, the import says {}",
-                        r.repository,
-                        r.tag,
-                        state.digest(),
-                        r.digest
-                    )),
-                }
-            }
+            let (mut outcome, writes) = super::plan_import(records, |r| {
+                tx_state(tx_pins, tx_claims, &tag_key(&r.repository, &r.tag))
+            })?;
             if !outcome.conflicts.is_empty() {
                 return Ok(outcome);
             }
