@@ -519,6 +519,12 @@ fn list_pages_through_pins_and_claims_in_key_order(s: &dyn PinStore) {
     assert!(s.list(None, None, 0).unwrap().is_empty());
 }
 
+/// The only store of its process may lead, and keeps leading.
+fn a_lone_store_leads(s: &dyn PinStore) {
+    assert!(s.lead().unwrap());
+    assert!(s.lead().unwrap(), "leading is kept, not re-won");
+}
+
 fn export(s: &dyn PinStore, r: &Repository) -> Vec<Exported> {
     s.list(Some(r), None, 1000)
         .unwrap()
@@ -742,6 +748,7 @@ contract!(
     claims_travel_through_export_and_import,
     racing_claims_have_one_winner,
     racing_advances_have_one_winner,
+    a_lone_store_leads,
 );
 
 // ---------------------------------------------------------------------------------------
@@ -778,6 +785,28 @@ fn postgres_claims_racing_across_stores_have_one_winner() {
         assert_eq!(winners, 1, "round {round}: {held:?}");
         assert!(held.windows(2).all(|w| w[0].1 == w[1].1), "round {round}: {held:?}");
     }
+}
+
+/// Of several stores on one database one leads (the periodic drift check runs there),
+/// and when it goes away another takes over.
+#[test]
+fn postgres_one_store_leads_and_leadership_passes_on() {
+    let name = fresh_database("lead");
+    let first = PgStore::open(shared().config(&name)).unwrap();
+    let second = PgStore::open(shared().config(&name)).unwrap();
+    assert!(first.lead().unwrap());
+    assert!(!second.lead().unwrap(), "two leaders");
+    assert!(first.lead().unwrap());
+    drop(first);
+    let mut took_over = false;
+    for _ in 0..50 {
+        if second.lead().unwrap() {
+            took_over = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(took_over, "the leader lock was not released with its store");
 }
 
 /// Stores opening together on an empty database apply the schema once.
