@@ -70,13 +70,28 @@ impl Trees {
     fn open(path: &Path, dir: &Path) -> Result<Self, StoreError> {
         // sled reports most damage as an error, but some corrupt files make it panic while
         // recovering; either way the store is unusable and tagpin must fail closed.
-        let opened = std::panic::catch_unwind(|| sled::Config::new().path(path).open()).map_err(|_| {
-            StoreError::Unavailable(format!(
-                "cannot open {}: sled panicked while recovering it",
-                dir.display()
-            ))
-        })?;
-        let db = opened.map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", dir.display())))?;
+        // sled's own file lock outlives a dropped database for a moment (its flusher
+        // thread lets go last). Only this process can hold it, since `tagpin.lock` keeps
+        // others out, so a reopen (after a failed flush, or a restart in a test) waits
+        // for it briefly instead of failing.
+        let mut attempts = 0;
+        let db = loop {
+            let opened = std::panic::catch_unwind(|| sled::Config::new().path(path).open()).map_err(|_| {
+                StoreError::Unavailable(format!(
+                    "cannot open {}: sled panicked while recovering it",
+                    dir.display()
+                ))
+            })?;
+            match opened {
+                Ok(db) => break db,
+                // sled reports it as `ErrorKind::Other` with this text (sled 0.34 config.rs).
+                Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") && attempts < 100 => {
+                    attempts += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => return Err(StoreError::Unavailable(format!("cannot open {}: {e}", dir.display()))),
+            }
+        };
         let tree = |name: &str| db.open_tree(name).map_err(io);
         let trees = Self {
             pins: tree("pins")?,
