@@ -25,6 +25,8 @@ import threading
 import time
 from hashlib import sha256
 
+import connections  # the script's directory is on sys.path; connections uses this module's helpers
+
 TARGETS = ["direct", "tagpin", "tagpin-pg", "nginx"]
 # Blob transfers and memory are measured without tagpin-pg: the store is not on that path.
 BLOB_TARGETS = ["direct", "tagpin", "nginx"]
@@ -395,21 +397,6 @@ def reset_peak_rss(pid):
         return False
 
 
-def idle_connections(addr, count):
-    """Open `count` keep-alive connections that each made one request, and hold them."""
-    host, port = addr.split(":")
-    socks = []
-    for _ in range(count):
-        s = socket.create_connection((host, int(port)), timeout=30)
-        s.sendall(f"GET /v2/ HTTP/1.1\r\nHost: {addr}\r\n\r\n".encode())
-        socks.append(s)
-    for s in socks:
-        data = b""
-        while b"\r\n\r\n" not in data:
-            data += s.recv(4096)
-    return socks
-
-
 def machine():
     cpu = "unknown CPU"
     try:
@@ -458,7 +445,7 @@ def main():
     rounds = 1 if smoke else 3
     ab_seconds = 1 if smoke else 5
     puts = 20 if smoke else 300
-    idle = 200 if smoke else 5000
+    conn_count = 200 if smoke else 10000
     out_dir = os.path.join("bench", "out-smoke") if smoke else "bench"
     os.makedirs(out_dir, exist_ok=True)
 
@@ -557,17 +544,10 @@ def main():
                 lat = put_latencies(addrs[t], f"bench/repush-{t}", small[f"bench/repush-{t}"], puts, r, True)
                 results.setdefault("_repush", {}).setdefault(t, []).extend(lat)
 
-        log(f"idle keep-alive connections: {idle}")
-        rss_before = proc_status(tp.pid, "VmRSS")
-        socks = idle_connections(tp_addr, idle)
-        time.sleep(0.5)
-        rss_idle = proc_status(tp.pid, "VmRSS")
-        for s in socks:
-            s.close()
-
+        conns = connections.measure(args.tagpin, up, ng_addr, ng.pid, tmp, conn_count)
         write_report(out_dir, results, {
             "peak_transfer_kib": peak_transfer_kib, "peak_reset": peak_reset,
-            "rss_before_idle_kib": rss_before, "rss_idle_kib": rss_idle, "idle": idle,
+            "connections": conns, "conn_count": conn_count,
         }, smoke, blob_mib, rounds, ab_seconds, puts, args.tagpin)
     finally:
         for p in procs:
@@ -661,9 +641,8 @@ def write_report(out_dir, results, mem, smoke, blob_mib, rounds, ab_seconds, put
                  f"{tagpin_dl / tcp:.2f} of it.")
     lines.append("")
     lines.append(f"tagpin peak RSS during the large transfers: **{peak:.1f} MiB**{note}.")
-    per_conn = (mem["rss_idle_kib"] - mem["rss_before_idle_kib"]) / max(1, mem["idle"])
-    lines.append(f"tagpin RSS with {mem['idle']} idle keep-alive connections: **{mem['rss_idle_kib'] / 1024:.1f} MiB** "
-                 f"({mem['rss_before_idle_kib'] / 1024:.1f} MiB before, about {per_conn:.1f} KiB per connection).")
+    lines.append("")
+    lines.extend(connections.report(mem["connections"], mem["conn_count"]))
     table = "\n".join(lines) + "\n"
     with open(os.path.join(out_dir, "results.md"), "w") as f:
         f.write(table)

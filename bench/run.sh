@@ -11,7 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-declare -A pkg_for=([docker-registry]=docker-registry [nginx]=nginx-light [ab]=apache2-utils [curl]=curl [haproxy]=haproxy)
+declare -A pkg_for=([docker-registry]=docker-registry [nginx]=nginx-light [ab]=apache2-utils [curl]=curl [haproxy]=haproxy [openssl]=openssl)
 missing=()
 for bin in "${!pkg_for[@]}"; do
   command -v "$bin" >/dev/null 2>&1 || [ -x "/usr/sbin/$bin" ] || missing+=("${pkg_for[$bin]}")
@@ -27,6 +27,7 @@ fi
 python3 -c 'import matplotlib' 2>/dev/null || python3 -m pip install -q matplotlib >/dev/null
 
 cargo build --release --locked --bin tagpin
-# 5,000 idle keep-alive connections need more descriptors than the usual default.
+# 10,000 concurrent keep-alive connections (client and proxy ends) need more descriptors
+# than the usual default.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 exec python3 bench/bench.py --tagpin target/release/tagpin "$@"

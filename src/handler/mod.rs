@@ -64,7 +64,6 @@ async fn handle_inner(app: &Arc<App>, req: Request<Incoming>, who: &Requester) -
     let body = body::with_idle_timeout(incoming, app.config.timeouts.body_idle);
     match route {
         Route::Health => Ok(plain(StatusCode::OK, "ok\n")),
-        Route::Ready => Ok(ready(app).await),
         Route::Metrics => {
             let open = app.config.max_connections - app.connections.available_permits();
             let mut resp = Response::new(body::full(app.metrics.render(open)));
@@ -74,13 +73,17 @@ async fn handle_inner(app: &Arc<App>, req: Request<Incoming>, who: &Requester) -
             );
             Ok(resp)
         }
+        // The decision paths are boxed: their state machines are kilobytes, and hyper
+        // keeps room for one request's future on every connection, idle ones included.
+        // Reads stay inline and allocation-free; a push pays one allocation.
         Route::ManifestPut { repo, reference, tags } => {
-            push::manifest_put(app, parts, body, push::Push { repo, reference, tags }, who).await
+            Box::pin(push::manifest_put(app, parts, body, push::Push { repo, reference, tags }, who)).await
         }
         Route::ManifestDelete { repo, reference } => {
-            delete::manifest_delete(app, parts, body, repo, reference, who).await
+            Box::pin(delete::manifest_delete(app, parts, body, repo, reference, who)).await
         }
-        Route::BlobDelete { repo, digest } => delete::blob_delete(app, parts, body, repo, digest, who).await,
+        Route::BlobDelete { repo, digest } => Box::pin(delete::blob_delete(app, parts, body, repo, digest, who)).await,
+        Route::Ready => Ok(Box::pin(ready(app)).await),
         Route::Read | Route::UploadStart { .. } | Route::UploadSession { .. } => forward(app, parts, body, who).await,
     }
 }
