@@ -99,6 +99,8 @@ impl AuditAction {
 pub struct Requester {
     pub request_id: String,
     pub client: SocketAddr,
+    /// The client's address as the `X-Forwarded-For` entry tagpin adds upstream.
+    pub client_ip: http::HeaderValue,
     pub user: Option<String>,
     user_agent: Option<http::HeaderValue>,
     /// `X-Forwarded-For` as received: who the client was behind a load balancer. Not
@@ -116,12 +118,33 @@ fn audit_text(v: Option<&http::HeaderValue>) -> String {
         .collect()
 }
 
+/// A client connection's peer, with its address already written out once for the
+/// `X-Forwarded-For` of every request on the connection (formatting an address per
+/// request showed in the profile).
+#[derive(Clone)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    ip: http::HeaderValue,
+}
+
+impl Peer {
+    pub fn new(addr: SocketAddr) -> Self {
+        let ip = http::HeaderValue::try_from(addr.ip().to_string()).expect("an IP address is a valid header value");
+        Self { addr, ip }
+    }
+}
+
 impl Requester {
     pub fn from_headers(request_id: String, client: SocketAddr, headers: &HeaderMap) -> Self {
+        Self::from_peer(request_id, &Peer::new(client), headers)
+    }
+
+    pub fn from_peer(request_id: String, peer: &Peer, headers: &HeaderMap) -> Self {
         static X_FORWARDED_FOR: http::header::HeaderName = http::header::HeaderName::from_static("x-forwarded-for");
         Self {
             request_id,
-            client,
+            client: peer.addr,
+            client_ip: peer.ip.clone(),
             user_agent: headers.get(http::header::USER_AGENT).cloned(),
             user: if headers.contains_key(http::header::AUTHORIZATION) {
                 basic_user(headers)

@@ -11,7 +11,6 @@ mod push;
 mod refs;
 mod release;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,12 +22,12 @@ use crate::app::App;
 use crate::body::{self, Body};
 use crate::error::ProxyError;
 use crate::route::{self, Route};
-use crate::telemetry::Requester;
+use crate::telemetry::{Peer, Requester};
 use crate::upstream::headers;
 
 /// Answer one request. Never fails.
-pub async fn handle(app: &Arc<App>, req: Request<Incoming>, client: SocketAddr) -> Response<Body> {
-    let who = Requester::from_headers(app.next_request_id(), client, req.headers());
+pub async fn handle(app: &Arc<App>, req: Request<Incoming>, client: &Peer) -> Response<Body> {
+    let who = Requester::from_peer(app.next_request_id(), client, req.headers());
     let method = req.method().clone();
     // A `Uri` clone shares its bytes: the path for the log lines costs no copy.
     let uri = req.uri().clone();
@@ -77,7 +76,14 @@ async fn handle_inner(app: &Arc<App>, req: Request<Incoming>, who: &Requester) -
         // keeps room for one request's future on every connection, idle ones included.
         // Reads stay inline and allocation-free; a push pays one allocation.
         Route::ManifestPut { repo, reference, tags } => {
-            Box::pin(push::manifest_put(app, parts, body, push::Push { repo, reference, tags }, who)).await
+            Box::pin(push::manifest_put(
+                app,
+                parts,
+                body,
+                push::Push { repo, reference, tags },
+                who,
+            ))
+            .await
         }
         Route::ManifestDelete { repo, reference } => {
             Box::pin(delete::manifest_delete(app, parts, body, repo, reference, who)).await
@@ -120,7 +126,7 @@ fn upstream_request(app: &App, parts: Parts, body: Body, who: &Requester) -> Req
     let mut headers = parts.headers;
     headers::to_upstream(
         &mut headers,
-        who.client.ip(),
+        &who.client_ip,
         app.client_proto(),
         app.config.public_url.as_ref(),
     );

@@ -92,9 +92,10 @@ async fn serve_connection<I>(app: Arc<App>, http: http1::Builder, io: I, watcher
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let client = Arc::new(crate::telemetry::Peer::new(peer));
     let svc = service_fn(move |req| {
-        let app = Arc::clone(&app);
-        async move { Ok::<_, Infallible>(handler::handle(&app, req, peer).await) }
+        let (app, client) = (Arc::clone(&app), Arc::clone(&client));
+        async move { Ok::<_, Infallible>(handler::handle(&app, req, &client).await) }
     });
     if let Err(e) = watcher.watch(http.serve_connection(TokioIo::new(io), svc)).await {
         tracing::debug!(%peer, error = %e, "connection ended with an error");

@@ -1,7 +1,5 @@
 //! Header edits between client and upstream, as small pure functions over `HeaderMap`.
 
-use std::net::IpAddr;
-
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 use crate::config::Origin;
@@ -49,7 +47,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
 /// Values an earlier proxy already set are kept, and the client address is appended.
 /// With a configured public URL, `X-Forwarded-Host` and `-Proto` name it instead, so
 /// registries that build absolute URLs from them (distribution does) point at it.
-pub fn to_upstream(headers: &mut HeaderMap, client_ip: IpAddr, proto: &'static str, public_url: Option<&Origin>) {
+pub fn to_upstream(headers: &mut HeaderMap, client_ip: &HeaderValue, proto: &'static str, public_url: Option<&Origin>) {
     remove_hop_by_hop(headers);
     if let Some(p) = public_url {
         headers.remove(header::HOST);
@@ -67,12 +65,13 @@ pub fn to_upstream(headers: &mut HeaderMap, client_ip: IpAddr, proto: &'static s
     if !headers.contains_key(&X_FORWARDED_PROTO) {
         headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
     }
-    let ip = client_ip.to_string();
+    // The de-facto list form (no RFC defines X-Forwarded-For): what the client sent,
+    // then the address this hop saw.
     let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {ip}"),
-        None => ip,
+        Some(prev) => HeaderValue::from_str(&format!("{prev}, {}", client_ip.to_str().unwrap_or(""))).ok(),
+        None => Some(client_ip.clone()),
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
+    if let Some(v) = xff {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
 }
@@ -307,7 +306,7 @@ mod tests {
     #[test]
     fn forwarded_headers_are_set_and_appended() {
         let mut h = map(&[("host", "tagpin:5050"), ("authorization", "Bearer t")]);
-        to_upstream(&mut h, "127.0.0.7".parse().unwrap(), "http", None);
+        to_upstream(&mut h, &HeaderValue::from_static("127.0.0.7"), "http", None);
         assert!(h.get("host").is_none());
         assert_eq!(h["x-forwarded-host"], "tagpin:5050");
         assert_eq!(h["x-forwarded-proto"], "http");
@@ -320,7 +319,7 @@ mod tests {
             ("x-forwarded-host", "outer"),
             ("x-forwarded-proto", "https"),
         ]);
-        to_upstream(&mut h, "::1".parse().unwrap(), "http", None);
+        to_upstream(&mut h, &HeaderValue::from_static("::1"), "http", None);
         assert_eq!(h["x-forwarded-for"], "127.0.0.4, ::1");
         assert_eq!(h["x-forwarded-host"], "outer");
         assert_eq!(h["x-forwarded-proto"], "https");
@@ -328,7 +327,7 @@ mod tests {
         let mut h = map(&[("host", "inner"), ("x-forwarded-host", "spoofed")]);
         to_upstream(
             &mut h,
-            "::1".parse().unwrap(),
+            &HeaderValue::from_static("::1"),
             "http",
             Some(&origin("https://pub.example:8443")),
         );

@@ -1,4 +1,4 @@
-//! The client side: one pooled HTTP/1.1 client to the upstream registry, over plain TCP
+//! The client side: pooled HTTP/1.1 connections to the upstream registry ([`pool`]), over plain TCP
 //! or rustls (ring provider, standard web roots plus an optional CA bundle).
 //!
 //! Failures are classified here by where they happened (connect, waiting for headers,
@@ -9,6 +9,7 @@ pub mod expect;
 mod fetch;
 pub mod headers;
 pub mod own;
+mod pool;
 
 pub use fetch::Fetched;
 
@@ -109,6 +110,9 @@ pub enum TagList {
 const MAX_TAG_PAGES: usize = 10_000;
 
 pub struct Upstream {
+    /// Connections to the upstream itself: every proxied request and check.
+    pool: pool::Pool,
+    /// Any other origin (the realm tagpin fetches its own tokens from).
     client: Client<HttpsConnector<HttpConnector>, Body>,
     origin: Origin,
     header_timeout: Duration,
@@ -173,11 +177,13 @@ impl Upstream {
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
+        let pool = pool::Pool::new(connector.clone(), &config.upstream, 512, Duration::from_secs(90));
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(512)
+            .pool_max_idle_per_host(8)
             .build(connector);
         Self {
+            pool,
             client,
             origin: config.upstream.clone(),
             header_timeout: config.timeouts.upstream_header,
@@ -235,29 +241,38 @@ impl Upstream {
         req: Request<Body>,
         header_timeout: Duration,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        let classify = |r: Result<Response<Incoming>, hyper_util::client::legacy::Error>| match r {
-            Ok(resp) => Ok(resp),
-            Err(e) if e.is_connect() => Err(UpstreamError::Connect(error_chain(&e))),
-            Err(e) => Err(UpstreamError::Transport(error_chain(&e))),
-        };
         let (req, sent) = if http_body::Body::is_end_stream(req.body()) {
             (req, None)
         } else {
             let (tx, rx) = tokio::sync::oneshot::channel();
             (req.map(|b| body::NotifyEnd::wrap(b, tx)), Some(rx))
         };
-        let response = self.client.request(req);
+        let response = self.dispatch(req);
         tokio::pin!(response);
         if let Some(sent) = sent {
             tokio::select! {
-                r = &mut response => return classify(r),
+                r = &mut response => return r,
                 // Sent in full, or dropped after a failure: either way the wait begins.
                 _ = sent => {}
             }
         }
         match tokio::time::timeout(header_timeout, response).await {
             Err(_) => Err(UpstreamError::HeaderTimeout(header_timeout)),
-            Ok(r) => classify(r),
+            Ok(r) => r,
+        }
+    }
+
+    /// The upstream's own origin through the pool, anything else through the general
+    /// client.
+    async fn dispatch(&self, req: Request<Body>) -> Result<Response<Incoming>, UpstreamError> {
+        let uri = req.uri();
+        if uri.scheme() == Some(&self.origin.scheme) && uri.authority() == Some(&self.origin.authority) {
+            return self.pool.send(req).await;
+        }
+        match self.client.request(req).await {
+            Ok(resp) => Ok(resp),
+            Err(e) if e.is_connect() => Err(UpstreamError::Connect(error_chain(&e))),
+            Err(e) => Err(UpstreamError::Transport(error_chain(&e))),
         }
     }
 
