@@ -34,7 +34,9 @@ struct KindLabel {
 pub struct Metrics {
     registry: Registry,
     decisions: Family<ActionLabel, Counter>,
-    responses: Family<ClassLabel, Counter>,
+    /// The counters of `responses` for 1xx to 5xx, looked up once: every response
+    /// counts, and a family lookup takes a lock and hashes the label.
+    responses_by_class: [Counter; 5],
     upstream_failures: Family<KindLabel, Counter>,
     store_failures: Counter,
     policy_reload_failures: Counter,
@@ -100,11 +102,13 @@ impl Default for Metrics {
             "Tags by state in the last periodic drift check (same, moved, missing, unpinned)",
             drift_tags.clone(),
         );
+        let responses_by_class =
+            ["1xx", "2xx", "3xx", "4xx", "5xx"].map(|class| responses.get_or_create(&ClassLabel { class }).clone());
         Self {
             drift_tags,
             registry,
             decisions,
-            responses,
+            responses_by_class,
             upstream_failures,
             store_failures,
             policy_reload_failures,
@@ -124,13 +128,13 @@ impl Metrics {
 
     pub fn response(&self, status: http::StatusCode) {
         let class = match status.as_u16() {
-            100..=199 => "1xx",
-            200..=299 => "2xx",
-            300..=399 => "3xx",
-            400..=499 => "4xx",
-            _ => "5xx",
+            100..=199 => 0,
+            200..=299 => 1,
+            300..=399 => 2,
+            400..=499 => 3,
+            _ => 4,
         };
-        self.responses.get_or_create(&ClassLabel { class }).inc();
+        self.responses_by_class[class].inc();
     }
 
     pub fn upstream_failure(&self, kind: &'static str) {
@@ -195,6 +199,7 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("tagpin_responses_total{class=\"4xx\"} 1"), "{text}");
+        assert!(text.contains("tagpin_responses_total{class=\"2xx\"} 0"), "{text}");
         assert!(
             text.contains("tagpin_upstream_failures_total{kind=\"timeout\"} 1"),
             "{text}"
