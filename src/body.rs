@@ -103,17 +103,47 @@ where
 }
 
 /// Reports through a oneshot channel when the wrapped body has been read to its end (or
-/// is dropped before that), so the sender of a request knows its body is out.
+/// is dropped before that), so the sender of a request knows its body is out; and
+/// records in [`Progress`] when it last handed out a frame, so the sender can tell a
+/// peer that stopped reading it (the body is then not polled at all, and its own idle
+/// timer never runs).
 pub struct NotifyEnd {
     inner: Body,
     done: Option<tokio::sync::oneshot::Sender<()>>,
+    progress: std::sync::Arc<Progress>,
+}
+
+/// When a body last made progress, readable from another task.
+pub struct Progress {
+    start: Instant,
+    /// Milliseconds since `start`.
+    last_ms: std::sync::atomic::AtomicU64,
+}
+
+impl Progress {
+    pub fn new() -> std::sync::Arc<Self> {
+        std::sync::Arc::new(Self {
+            start: Instant::now(),
+            last_ms: std::sync::atomic::AtomicU64::new(0),
+        })
+    }
+
+    fn record(&self) {
+        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn last(&self) -> Instant {
+        self.start + Duration::from_millis(self.last_ms.load(std::sync::atomic::Ordering::Relaxed))
+    }
 }
 
 impl NotifyEnd {
-    pub fn wrap(inner: Body, done: tokio::sync::oneshot::Sender<()>) -> Body {
+    pub fn wrap(inner: Body, done: tokio::sync::oneshot::Sender<()>, progress: std::sync::Arc<Progress>) -> Body {
         Self {
             inner,
             done: Some(done),
+            progress,
         }
         .boxed_unsync()
     }
@@ -125,6 +155,9 @@ impl HttpBody for NotifyEnd {
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(Some(_))) {
+            self.progress.record();
+        }
         if matches!(polled, Poll::Ready(None)) || self.inner.is_end_stream() {
             if let Some(done) = self.done.take() {
                 let _ = done.send(());

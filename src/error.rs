@@ -88,7 +88,7 @@ impl ProxyError {
             Self::DigestMismatch { .. } => (S::BAD_REQUEST, C::DigestInvalid),
             Self::Refused(_) => (refuse_status, C::Denied),
             Self::Upstream(u) => match u {
-                UpstreamError::HeaderTimeout(_) => (S::GATEWAY_TIMEOUT, C::Unavailable),
+                UpstreamError::HeaderTimeout(_) | UpstreamError::SendStalled(_) => (S::GATEWAY_TIMEOUT, C::Unavailable),
                 UpstreamError::Connect(_) => (S::BAD_GATEWAY, C::Unavailable),
                 UpstreamError::Transport(_)
                 | UpstreamError::CheckStatus { .. }
@@ -100,7 +100,9 @@ impl ProxyError {
                 | UpstreamError::OwnAuth(_)
                 | UpstreamError::Catalog(_) => (S::BAD_GATEWAY, C::Unavailable),
             },
-            Self::OutcomeUnknown(UpstreamError::HeaderTimeout(_)) => (S::GATEWAY_TIMEOUT, C::Unavailable),
+            Self::OutcomeUnknown(UpstreamError::HeaderTimeout(_) | UpstreamError::SendStalled(_)) => {
+                (S::GATEWAY_TIMEOUT, C::Unavailable)
+            }
             Self::OutcomeUnknown(_) => (S::BAD_GATEWAY, C::Unavailable),
             Self::Store(_) | Self::PinNotRecorded(_) | Self::CannotDecide(_) => {
                 (S::SERVICE_UNAVAILABLE, C::Unavailable)
@@ -116,7 +118,9 @@ impl ProxyError {
     /// The fixed client-facing message of a server-side error.
     fn public_message(&self) -> &'static str {
         match self {
-            Self::Upstream(UpstreamError::HeaderTimeout(_)) => "the upstream registry did not answer in time",
+            Self::Upstream(UpstreamError::HeaderTimeout(_) | UpstreamError::SendStalled(_)) => {
+                "the upstream registry did not answer in time"
+            }
             Self::OutcomeUnknown(_) => {
                 "the upstream registry did not answer, so whether it applied this write is not known; \
                  tagpin keeps the tag reserved for this digest: repeat the same request to settle it"

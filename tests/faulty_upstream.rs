@@ -153,6 +153,55 @@ fn a_hang_at_headers_is_a_504_and_nothing_is_forwarded() {
 }
 
 #[test]
+fn an_upstream_that_stops_reading_an_upload_is_a_504_at_the_body_idle_timeout() {
+    use std::io::{Read, Write};
+    let fake = FakeUpstream::start(|_, _| Action::StopReading);
+    let (t, _d) = tagpin_for(&fake.url());
+    let started = Instant::now();
+    let mut conn = std::net::TcpStream::connect(t.addr).unwrap();
+    conn.set_read_timeout(Some(PROMPT)).unwrap();
+    // 256 MiB announced, far beyond what the kernel buffers between the three peers: the
+    // upload stalls once the fake's socket is full.
+    let len: usize = 256 << 20;
+    let head = format!(
+        "PATCH /v2/f/blobs/uploads/u HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nContent-Length: {len}\r\n\r\n"
+    );
+    let mut writer = conn.try_clone().unwrap();
+    let feeder = std::thread::spawn(move || {
+        writer.write_all(head.as_bytes()).unwrap();
+        let chunk = vec![b'x'; 64 << 10];
+        let mut sent = 0;
+        while sent < len && writer.write_all(&chunk).is_ok() {
+            sent += chunk.len();
+            if started.elapsed() > PROMPT {
+                break;
+            }
+        }
+    });
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+        match conn.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&answer).to_string();
+    assert!(text.starts_with("HTTP/1.1 504"), "{text}");
+    assert!(started.elapsed() < PROMPT, "answered after {:?}", started.elapsed());
+    // Both directions, so the feeder's blocked write fails at once.
+    let _ = conn.shutdown(std::net::Shutdown::Both);
+    let _ = feeder.join();
+    assert_eq!(fake.requests().len(), 1, "{:?}", fake.requests());
+    let metrics = request(t.addr, "GET", "/metrics", &[], b"").text();
+    assert!(
+        metrics.contains("tagpin_upstream_failures_total{kind=\"timeout\"} 1"),
+        "{metrics}"
+    );
+    assert_serving(&t);
+}
+
+#[test]
 fn a_body_that_stalls_or_breaks_midway_is_cut_and_tagpin_keeps_serving() {
     let fake = FakeUpstream::start(|_, target| {
         if target.ends_with("stall") {

@@ -47,6 +47,10 @@ pub enum UpstreamError {
     Connect(String),
     #[error("the upstream sent no response headers within {0:?}")]
     HeaderTimeout(Duration),
+    /// The upstream took no part of the request body for the body idle limit (it stopped
+    /// reading), before answering.
+    #[error("the upstream took none of the request body for {0:?}")]
+    SendStalled(Duration),
     #[error("the upstream connection failed: {0}")]
     Transport(String),
     #[error("the upstream answered the tag check for {tag} with {status}")]
@@ -76,7 +80,7 @@ impl UpstreamError {
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Connect(_) => "connect",
-            Self::HeaderTimeout(_) => "timeout",
+            Self::HeaderTimeout(_) | Self::SendStalled(_) => "timeout",
             Self::Transport(_) => "transport",
             Self::CheckStatus { .. } | Self::CheckNoDigest { .. } | Self::FetchStatus { .. } | Self::TagList { .. } => {
                 "check"
@@ -117,6 +121,8 @@ pub struct Upstream {
     origin: Origin,
     header_timeout: Duration,
     check_timeout: Duration,
+    /// How long a request body may sit unread by the upstream.
+    body_idle: Duration,
     /// tagpin's own credentials, for the requests it makes for itself.
     own: own::OwnAuth,
 }
@@ -188,6 +194,7 @@ impl Upstream {
             origin: config.upstream.clone(),
             header_timeout: config.timeouts.upstream_header,
             check_timeout: config.timeouts.upstream_check,
+            body_idle: config.timeouts.body_idle,
             own: own::OwnAuth::new(config.upstream_credentials.clone()),
         }
     }
@@ -245,15 +252,31 @@ impl Upstream {
             (req, None)
         } else {
             let (tx, rx) = tokio::sync::oneshot::channel();
-            (req.map(|b| body::NotifyEnd::wrap(b, tx)), Some(rx))
+            let progress = body::Progress::new();
+            (
+                req.map(|b| body::NotifyEnd::wrap(b, tx, Arc::clone(&progress))),
+                Some((rx, progress)),
+            )
         };
         let response = self.dispatch(req);
         tokio::pin!(response);
-        if let Some(sent) = sent {
-            tokio::select! {
-                r = &mut response => return r,
-                // Sent in full, or dropped after a failure: either way the wait begins.
-                _ = sent => {}
+        if let Some((sent, progress)) = sent {
+            tokio::pin!(sent);
+            loop {
+                // An upstream that stops reading leaves the body unpolled, so neither the
+                // body's own idle timer nor the header timeout would ever start: watch
+                // the body's progress from here.
+                let stalled_at = progress.last() + self.body_idle;
+                tokio::select! {
+                    r = &mut response => return r,
+                    // Sent in full, or dropped after a failure: either way the wait begins.
+                    _ = &mut sent => break,
+                    () = tokio::time::sleep_until(stalled_at) => {
+                        if progress.last() + self.body_idle <= tokio::time::Instant::now() {
+                            return Err(UpstreamError::SendStalled(self.body_idle));
+                        }
+                    }
+                }
             }
         }
         match tokio::time::timeout(header_timeout, response).await {

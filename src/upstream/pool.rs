@@ -9,9 +9,12 @@
 //! A connection is taken most-recently-used first (its TCP state is the warmest), and
 //! goes back once hyper reports it ready for the next request, that is once the
 //! response body has been read to its end. A connection whose response body is dropped
-//! unread is closed by hyper and never comes back. A request that could not even be
-//! written on a reused connection (the upstream closed it while it sat idle, RFC 9112
-//! 9.3.1) is retried on another one; a request that was written is never retried here.
+//! unread is closed by hyper and never comes back. A request that hyper had not yet
+//! taken for a reused connection when that connection turned out closed is retried on
+//! another one; a request that may have been written is never retried here. So when the
+//! upstream closes an idle connection (RFC 9112 9.3.1) and the close has not been
+//! noticed yet as a request is written on it, that request fails (502), as it did with
+//! the general client: HTTP/1.1 cannot tell that close from one after reading.
 
 use std::future::poll_fn;
 use std::sync::{Arc, Mutex};
@@ -73,6 +76,21 @@ impl Idle {
     }
 }
 
+/// `Host` for `origin`: its host, and its port unless that is the scheme's default
+/// (RFC 9110 7.2 allows either; the general client omits it, and a registry that builds
+/// absolute URLs from `Host` must see the same value through either path).
+fn host_header(origin: &Origin) -> String {
+    let default = if origin.scheme == http::uri::Scheme::HTTPS {
+        443
+    } else {
+        80
+    };
+    match origin.authority.port_u16() {
+        Some(port) if port != default => format!("{}:{port}", origin.authority.host()),
+        _ => origin.authority.host().to_string(),
+    }
+}
+
 impl Pool {
     pub fn new(
         connector: HttpsConnector<HttpConnector>,
@@ -86,7 +104,7 @@ impl Pool {
             .path_and_query("/")
             .build()
             .expect("a validated origin is a valid URI");
-        let host = HeaderValue::from_str(origin.authority.as_str()).expect("an authority is a valid header value");
+        let host = HeaderValue::from_str(&host_header(origin)).expect("an authority is a valid header value");
         Self {
             connector,
             dial,
@@ -344,6 +362,26 @@ mod tests {
             "each request reached the upstream once"
         );
         assert_eq!(conns.load(Ordering::SeqCst), 20);
+    }
+
+    #[test]
+    fn host_carries_the_port_only_when_it_is_not_the_default() {
+        let origin = |scheme: http::uri::Scheme, authority: &str| Origin {
+            scheme,
+            authority: authority.parse().unwrap(),
+        };
+        use http::uri::Scheme;
+        for (o, host) in [
+            (origin(Scheme::HTTP, "reg:80"), "reg"),
+            (origin(Scheme::HTTP, "reg:5000"), "reg:5000"),
+            (origin(Scheme::HTTP, "reg"), "reg"),
+            (origin(Scheme::HTTPS, "reg.example:443"), "reg.example"),
+            (origin(Scheme::HTTPS, "reg.example:80"), "reg.example:80"),
+            (origin(Scheme::HTTP, "[::1]:80"), "[::1]"),
+            (origin(Scheme::HTTP, "[::1]:5001"), "[::1]:5001"),
+        ] {
+            assert_eq!(host_header(&o), host, "{o}");
+        }
     }
 
     #[tokio::test]

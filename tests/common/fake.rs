@@ -17,6 +17,9 @@ pub enum Action {
     },
     /// Read the request and never answer.
     Hang,
+    /// Read the request's headers, then neither read its body nor answer (an upstream
+    /// that stopped reading).
+    StopReading,
     /// Send headers announcing `len` bytes, then `sent` of them, then stall forever.
     StallBody { len: usize, sent: usize },
     /// Send headers announcing `len` bytes, then `sent` of them, then close the connection.
@@ -123,6 +126,12 @@ fn serve_conn(conn: TcpStream, script: &Script, seen: &Mutex<Vec<Seen>>, stop: &
                 }
             }
         }
+        let action = script(&method, &target);
+        if let Action::StopReading = action {
+            seen.lock().unwrap().push(Seen { method, target });
+            hang(stop);
+            return;
+        }
         let mut body = vec![0; len];
         if reader.read_exact(&mut body).is_err() {
             return;
@@ -131,7 +140,7 @@ fn serve_conn(conn: TcpStream, script: &Script, seen: &Mutex<Vec<Seen>>, stop: &
             method: method.clone(),
             target: target.clone(),
         });
-        match script(&method, &target) {
+        match action {
             Action::Respond { status, headers, body } => {
                 let mut head = format!("HTTP/1.1 {status} X\r\nContent-Length: {}\r\n", body.len());
                 for (k, v) in headers {
@@ -146,7 +155,7 @@ fn serve_conn(conn: TcpStream, script: &Script, seen: &Mutex<Vec<Seen>>, stop: &
                     return;
                 }
             }
-            Action::Hang => hang(stop),
+            Action::Hang | Action::StopReading => hang(stop),
             Action::StallBody { len, sent } => {
                 let _ = out.write_all(format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\n\r\n").as_bytes());
                 let _ = out.write_all(&vec![b'x'; sent]);
