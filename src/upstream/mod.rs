@@ -174,15 +174,7 @@ impl Upstream {
     /// A client for one worker. Its pooled connections live on the worker's runtime, so
     /// a request never wakes another thread.
     pub fn new(config: &Config, tls: rustls::ClientConfig) -> Self {
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(config.timeouts.upstream_connect));
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
+        let connector = connector(tls, config.timeouts.upstream_connect);
         let pool = pool::Pool::new(connector.clone(), &config.upstream, 512, Duration::from_secs(90));
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
@@ -203,7 +195,6 @@ impl Upstream {
         &self.origin
     }
 
-    /// The upstream URI for a client's path and query, which are passed on byte for byte.
     /// The upstream URI for a client's already parsed path and query: no re-parse, the
     /// parts share the client's bytes.
     pub fn uri_for_parsed(&self, path_and_query: http::uri::PathAndQuery) -> Uri {
@@ -453,6 +444,20 @@ fn next_page(headers: &http::HeaderMap, upstream: &Origin) -> Result<Option<Stri
         };
     }
     Ok(None)
+}
+
+/// What dials the upstream (and any other origin): TCP with a connect timeout, then
+/// rustls for https.
+fn connector(tls: rustls::ClientConfig, connect_timeout: Duration) -> HttpsConnector<HttpConnector> {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(connect_timeout));
+    hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http)
 }
 
 /// An error and its sources on one line, for logs.

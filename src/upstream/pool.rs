@@ -273,19 +273,17 @@ mod tests {
     }
 
     fn pool(origin: &Origin) -> Pool {
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
         let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_safe_default_protocol_versions()
             .unwrap()
             .with_root_certificates(rustls::RootCertStore::empty())
             .with_no_client_auth();
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
-        Pool::new(connector, origin, 4, Duration::from_secs(90))
+        Pool::new(
+            super::super::connector(tls, Duration::from_secs(5)),
+            origin,
+            4,
+            Duration::from_secs(90),
+        )
     }
 
     fn get(origin: &Origin) -> Request<Body> {
