@@ -184,6 +184,31 @@ impl Shared {
     }
 
     /// Run a store call off the async workers: sled's flush is a blocking fsync.
+    /// Apply a transition of [`crate::pinning`] to the records of `tags`, atomically and
+    /// durably ([`PinStore::update`]), with the store's clock and the in-doubt horizon;
+    /// returns what the transition returned.
+    pub async fn transition<T, F>(
+        &self,
+        repo: &crate::oci::Repository,
+        tags: &[crate::oci::Tag],
+        mut f: F,
+    ) -> Result<T, ProxyError>
+    where
+        T: Send + 'static,
+        F: FnMut(crate::pinning::Clock, &mut [crate::store::TagRecord]) -> T + Send + 'static,
+    {
+        let horizon = self.config.in_doubt_horizon.as_secs();
+        let (r, t) = (repo.clone(), tags.to_vec());
+        self.store_call(move |s| {
+            let mut out = None;
+            s.update(&r, &t, &mut |now, records| {
+                out = Some(f(crate::pinning::Clock { now, horizon }, records));
+            })?;
+            Ok(out.expect("a store update runs its change at least once"))
+        })
+        .await
+    }
+
     pub async fn store_call<T, F>(&self, f: F) -> Result<T, ProxyError>
     where
         T: Send + 'static,

@@ -123,7 +123,8 @@ impl ProxyError {
             }
             Self::OutcomeUnknown(_) => {
                 "the upstream registry did not answer, so whether it applied this write is not known; \
-                 tagpin keeps the tag reserved for this digest: repeat the same request to settle it"
+                 tagpin keeps its record of the write (the tag stays reserved for this digest) until the answer \
+                 is known or the in-doubt horizon passes: repeat the same request to settle it"
             }
             Self::CannotDecide(_) => {
                 "tagpin cannot read a pinned manifest this decision needs (for an append-only push, the one it \

@@ -29,6 +29,7 @@ pub mod locks;
 pub mod manifest;
 pub mod metrics;
 pub mod oci;
+pub mod pinning;
 pub mod policy;
 pub mod readiness;
 pub mod reload;

@@ -10,7 +10,8 @@ use crate::app::App;
 use crate::body::Body;
 use crate::error::ProxyError;
 use crate::oci::{Repository, Tag};
-use crate::store::{now_secs, Exported, HistoryEvent, Release, TagState};
+use crate::pinning::{self, Cancel, SetRelease};
+use crate::store::{now_secs, Exported, Release, TagState};
 use crate::telemetry::{AuditAction, AuditEvent, Requester};
 
 /// Longest release allowed (issue: at most 24 hours), and the default.
@@ -62,7 +63,10 @@ pub async fn list(
 pub async fn show(app: &App, repository: Repository, tag: Tag) -> Result<Response<Body>, ProxyError> {
     let (r, t) = (repository.clone(), tag.clone());
     let (state, refused, release) = app
-        .store_call(move |s| Ok((s.state(&r, &t)?, s.refusals(&r, &t)?, s.release(&r, &t)?)))
+        .store_call(move |s| {
+            let record = s.record(&r, &t)?;
+            Ok((record.state(), s.refusals(&r, &t)?, record.release))
+        })
         .await?;
     let Some(state) = state else {
         return Err(ProxyError::AdminNotFound(format!("{repository}:{tag} has no pin")));
@@ -134,25 +138,41 @@ pub async fn create_release(app: &App, req: Request<Incoming>, who: &Requester) 
         .to_owned();
     let now = now_secs();
     let release = Release {
+        id: format!("{now}-{}", who.request_id),
+        cancelled: false,
         by,
         reason,
         created_at: now,
         expires_at: now + ttl,
     };
-    let (rr, tt, rel) = (repo.clone(), tag.clone(), release.clone());
-    let pinned = app
-        .store_call(move |s| {
-            let pinned = matches!(s.state(&rr, &tt)?, Some(TagState::Pinned(_)));
-            if pinned {
-                s.set_release(&rr, &tt, &rel)?;
-            }
-            Ok(pinned)
+    let rel = release.clone();
+    let (set, expired) = app
+        .transition(&repo, std::slice::from_ref(&tag), move |clock, records| {
+            // The release's clock is the store's: on PostgreSQL every replica judges
+            // its expiry alike.
+            let mut rel = rel.clone();
+            rel.created_at = clock.now;
+            rel.expires_at = clock.now + ttl;
+            let (set, expired) = pinning::set_release(&mut records[0], &rel, clock);
+            ((set, rel), expired)
         })
         .await?;
-    if !pinned {
-        return Err(ProxyError::AdminNotFound(format!(
-            "{repo}:{tag} has no settled pin to release (it is free, or a push to it is in flight)"
-        )));
+    let expired: Vec<_> = expired.into_iter().map(|e| (tag.clone(), e)).collect();
+    crate::handler::report_expired(app, &repo, &expired, who);
+    let (set, release) = set;
+    match set {
+        SetRelease::Set => {}
+        SetRelease::NoPin => {
+            return Err(ProxyError::AdminNotFound(format!(
+                "{repo}:{tag} has no pin to release (it is free, or its first push is in flight)"
+            )))
+        }
+        SetRelease::Busy { request_id } => {
+            return Err(ProxyError::AdminConflict(format!(
+                "{repo}:{tag} has a write in flight (request {request_id}) whose outcome is not known yet; \
+                 release it once that is settled (tagpin claims list)"
+            )))
+        }
     }
     admin_event(app, AuditAction::ReleaseCreated, who, &repo, Some(&tag));
     let mut out = serde_json::to_value(&release).map_err(|e| ProxyError::Internal(e.to_string()))?;
@@ -168,19 +188,29 @@ pub async fn cancel_release(
     tag: Tag,
     who: &Requester,
 ) -> Result<Response<Body>, ProxyError> {
-    let (r, t, id) = (repo.clone(), tag.clone(), who.request_id.clone());
-    let removed = app
-        .store_call(move |s| s.end_release(&r, &t, HistoryEvent::ReleaseCancelled, Some(&id)))
+    let id = who.request_id.clone();
+    let (cancel, _) = app
+        .transition(&repo, std::slice::from_ref(&tag), move |clock, records| {
+            pinning::cancel_release(&mut records[0], &id, clock)
+        })
         .await?;
-    match removed {
-        Some(release) => {
+    match cancel {
+        Cancel::Cancelled(release) => {
             admin_event(app, AuditAction::ReleaseCancelled, who, &repo, Some(&tag));
             Ok(json(
                 StatusCode::OK,
                 &json!({"cancelled": release, "repository": repo.as_str(), "tag": tag.as_str()}),
             ))
         }
-        None => Err(ProxyError::AdminNotFound(format!("{repo}:{tag} has no release"))),
+        Cancel::InUse { release, request_id } => {
+            admin_event(app, AuditAction::ReleaseCancelled, who, &repo, Some(&tag));
+            Err(ProxyError::AdminConflict(format!(
+                "the release of {repo}:{tag} (by {}) is being used by request {request_id}, whose write may still land; \
+                 it is cancelled and will not be given back should the upstream refuse that write",
+                release.by
+            )))
+        }
+        Cancel::NoRelease => Err(ProxyError::AdminNotFound(format!("{repo}:{tag} has no release"))),
     }
 }
 

@@ -200,6 +200,11 @@ pub struct ServeArgs {
     /// Run the drift check this often, e.g. 10m [default: off].
     #[arg(long, env = "TAGPIN_DRIFT_INTERVAL")]
     pub drift_interval: Option<String>,
+    /// How long after it was forwarded a write whose answer was lost may still land at the
+    /// upstream; its record keeps the tag (or digest) reserved until then, e.g. 15m
+    /// [default: 15m; at least the upstream header timeout].
+    #[arg(long, env = "TAGPIN_IN_DOUBT_HORIZON")]
+    pub in_doubt_horizon: Option<String>,
     /// Milliseconds in-flight requests get to finish after SIGTERM [default: 30000].
     #[arg(long, env = "TAGPIN_SHUTDOWN_GRACE_MS")]
     pub shutdown_grace_ms: Option<u64>,
@@ -242,6 +247,7 @@ impl ServeArgs {
             admin_token_file: self.admin_token_file.or(file.admin_token_file),
             upstream_credentials_file: self.upstream_credentials_file.or(file.upstream_credentials_file),
             drift_interval: self.drift_interval.or(file.drift_interval),
+            in_doubt_horizon: self.in_doubt_horizon.or(file.in_doubt_horizon),
             timeouts: Some(RawTimeouts {
                 upstream_connect_ms: self.upstream_connect_timeout_ms.or(t.upstream_connect_ms),
                 upstream_header_ms: self.upstream_header_timeout_ms.or(t.upstream_header_ms),

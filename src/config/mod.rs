@@ -71,6 +71,9 @@ pub struct Config {
     pub upstream_credentials: Option<Credentials>,
     /// How often the server runs the drift check; `None`: never on its own.
     pub drift_interval: Option<Duration>,
+    /// How long a forwarded write whose answer was lost may still land; its record is
+    /// kept that long ([`crate::pinning`]).
+    pub in_doubt_horizon: Duration,
     pub timeouts: Timeouts,
 }
 

@@ -33,6 +33,7 @@ pub struct RawConfig {
     pub admin_token_file: Option<PathBuf>,
     pub upstream_credentials_file: Option<PathBuf>,
     pub drift_interval: Option<String>,
+    pub in_doubt_horizon: Option<String>,
     pub timeouts: Option<RawTimeouts>,
 }
 

@@ -191,6 +191,21 @@ impl RawConfig {
                 "must be shorter than timeouts.manifest_body_ms",
             ));
         }
+        let in_doubt_horizon = match self.in_doubt_horizon.filter(|s| !s.is_empty()) {
+            None => Duration::from_secs(15 * 60),
+            Some(s) => humantime::parse_duration(&s)
+                .ok()
+                .filter(|d| *d >= timeouts.upstream_header && d.as_secs() >= 1)
+                .ok_or_else(|| {
+                    ConfigError::invalid(
+                        "in_doubt_horizon",
+                        format!(
+                            "{s:?} is not a duration of at least the upstream header timeout ({}s), e.g. 15m",
+                            timeouts.upstream_header.as_secs()
+                        ),
+                    )
+                })?,
+        };
         Ok(Config {
             listen,
             upstream,
@@ -213,6 +228,7 @@ impl RawConfig {
             admin,
             upstream_credentials,
             drift_interval,
+            in_doubt_horizon,
             timeouts,
         })
     }

@@ -10,6 +10,9 @@ mod pins;
 mod push;
 mod refs;
 mod release;
+mod settle;
+
+pub use release::report_expired;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -7,13 +7,13 @@ use hyper::body::Incoming;
 use crate::app::App;
 use crate::error::ProxyError;
 use crate::oci::{Digest, Repository, Tag};
-use crate::policy::Held;
 use crate::store::{Pin, PinSource, TagState};
 use crate::telemetry::{AuditAction, AuditEvent, Requester};
 use crate::upstream::{TagAtUpstream, TagList};
 
-/// What `tag` is held to: the store's pin or claim, else the upstream's current digest,
-/// adopted as the pin; `Err(response)` when the upstream wants credentials for the check.
+/// The digest `tag` is pinned to: the store's pin, else (for a tag with neither pin nor
+/// write in flight) the upstream's current digest, adopted as the pin; `None` for a tag
+/// that is free or only claimed. `Err(response)` when the upstream wants credentials.
 /// `attempted` is the digest of the push being decided, for the adoption's audit event.
 /// The caller holds the tag's lock.
 pub async fn held(
@@ -23,17 +23,17 @@ pub async fn held(
     headers: &HeaderMap,
     who: &Requester,
     attempted: Option<&Digest>,
-) -> Result<Result<Held, Response<Incoming>>, ProxyError> {
+) -> Result<Result<Option<Digest>, Response<Incoming>>, ProxyError> {
     let (r, t) = (repo.clone(), tag.clone());
     if let Some(state) = app.store_call(move |s| s.state(&r, &t)).await? {
-        return Ok(Ok(held_by(state)));
+        return Ok(Ok(pinned(&state)));
     }
     match app
         .upstream
         .tag_digest(repo, tag, headers.get(header::AUTHORIZATION))
         .await?
     {
-        TagAtUpstream::Absent => Ok(Ok(Held::Free)),
+        TagAtUpstream::Absent => Ok(Ok(None)),
         TagAtUpstream::Challenge(resp) => Ok(Err(resp)),
         TagAtUpstream::Present(digest) => {
             let (r, entry) = (
@@ -55,19 +55,15 @@ pub async fn held(
                 decided: Some(app.policy().decide(repo, tag)),
             }
             .emit(&app.metrics);
-            Ok(Ok(held_by(state)))
+            Ok(Ok(pinned(&state)))
         }
     }
 }
 
-fn held_by(state: TagState) -> Held {
+fn pinned(state: &TagState) -> Option<Digest> {
     match state {
-        TagState::Pinned(p) => Held::Pinned(p.digest),
-        TagState::Claimed(c) => Held::Claimed(c.digest),
-        TagState::Advancing { pin, claim } => Held::Advancing {
-            from: pin.digest,
-            to: claim.digest,
-        },
+        TagState::Pinned(p) | TagState::Advancing { pin: p, .. } => Some(p.digest.clone()),
+        TagState::Claimed(_) => None,
     }
 }
 
@@ -98,4 +94,21 @@ pub async fn adopt_repository(
         }
     }
     Ok(Ok(()))
+}
+
+/// Keep a refused attempt for the security team. Best effort: the refusal stands
+/// whether or not it could be recorded (the audit event has it too).
+pub async fn record_refusal(app: &App, repo: &Repository, tag: &Tag, who: &Requester, attempted: Option<&Digest>) {
+    let refused = crate::store::Refused {
+        at: crate::store::now_secs(),
+        attempted: attempted.cloned(),
+        client: who.client.to_string(),
+        user: who.user.clone(),
+        user_agent: who.user_agent(),
+        request_id: who.request_id.clone(),
+    };
+    let (r, t) = (repo.clone(), tag.clone());
+    if let Err(e) = app.store_call(move |s| s.record_refusal(&r, &t, &refused)).await {
+        tracing::warn!(request_id = %who.request_id, error = %e, "cannot record a refused attempt");
+    }
 }

@@ -21,9 +21,15 @@ use crate::upstream::Fetched;
 /// theirs); an index beyond it is refused as undecidable rather than half-protected.
 const MAX_FETCHES: usize = 4096;
 
+/// The references of a manifest, and whether this call recorded them.
+pub struct Protected {
+    pub refs: Vec<Digest>,
+    pub new: bool,
+}
+
 /// Make sure the references of `holder` are recorded; `bytes` are its manifest when at
-/// hand (a push), else it is fetched. Returns the digests newly recorded (empty when they
-/// were recorded before). `Err(response)` when the upstream wants credentials.
+/// hand (a push), else it is fetched. Returns every reference recorded for it, whether
+/// recorded now or before. `Err(response)` when the upstream wants credentials.
 /// `claim_follows`: the caller writes a claim (flushed) right after, which makes this
 /// record durable too.
 pub async fn protect(
@@ -33,10 +39,16 @@ pub async fn protect(
     bytes: Option<&[u8]>,
     headers: &HeaderMap,
     claim_follows: bool,
-) -> Result<Result<Vec<Digest>, Response<Incoming>>, ProxyError> {
+) -> Result<Result<Protected, Response<Incoming>>, ProxyError> {
     let (r, h) = (repo.clone(), holder.clone());
-    if app.store_call(move |s| s.has_refs(&r, &h)).await? {
-        return Ok(Ok(Vec::new()));
+    let recorded = app
+        .store_call(move |s| match s.has_refs(&r, &h)? {
+            true => s.refs_of(&r, &h).map(Some),
+            false => Ok(None),
+        })
+        .await?;
+    if let Some(refs) = recorded {
+        return Ok(Ok(Protected { refs, new: false }));
     }
     let auth = headers.get(header::AUTHORIZATION);
     let limit = app.config.max_manifest_bytes;
@@ -52,7 +64,12 @@ pub async fn protect(
             // or a lagging replica): it has nothing to protect right now, but recording
             // "depends on nothing" would be for good. Nothing is recorded, so the next
             // decision asks again and protects its content once the upstream serves it.
-            Fetched::Absent => return Ok(Ok(Vec::new())),
+            Fetched::Absent => {
+                return Ok(Ok(Protected {
+                    refs: Vec::new(),
+                    new: true,
+                }))
+            }
             Fetched::Challenge(resp) => return Ok(Err(resp)),
         },
     };
@@ -90,7 +107,7 @@ pub async fn protect(
         complete,
     };
     app.store_call(move |s| s.protect(&r, &h, &d, how)).await?;
-    Ok(Ok(deps))
+    Ok(Ok(Protected { refs: deps, new: true }))
 }
 
 /// Record the references of every pinned or claimed manifest of `repo` that has none.

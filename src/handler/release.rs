@@ -1,38 +1,34 @@
-//! Break glass at decision time: whether an operator's release is in force on a tag.
-//! A release found expired is ended here, so its expiry is in the pin's history and the
-//! audit log even if nobody asks for it.
+//! What time settled while a transition looked at a tag: releases that expired (ended in
+//! the pin's history by the transition itself, announced here) and writes whose answer
+//! never came and that are past the in-doubt horizon.
 
 use crate::app::App;
-use crate::error::ProxyError;
 use crate::oci::{Repository, Tag};
-use crate::store::{now_secs, HistoryEvent};
+use crate::pinning::Expired;
 use crate::telemetry::{AuditAction, AuditEvent, Requester};
 
-/// Whether a release allows the next push (or delete) of `repo:tag` to move it.
-pub async fn in_force(app: &App, repo: &Repository, tag: &Tag, who: &Requester) -> Result<bool, ProxyError> {
-    let (r, t) = (repo.clone(), tag.clone());
-    let Some(release) = app.store_call(move |s| s.release(&r, &t)).await? else {
-        return Ok(false);
-    };
-    if release.expires_at > now_secs() {
-        return Ok(true);
-    }
-    let (r, t) = (repo.clone(), tag.clone());
-    if app
-        .store_call(move |s| s.end_release(&r, &t, HistoryEvent::ReleaseExpired, None))
-        .await?
-        .is_some()
-    {
-        AuditEvent {
-            action: AuditAction::ReleaseExpired,
-            who,
-            repository: repo,
-            tag: Some(tag),
-            pinned: None,
-            attempted: None,
-            decided: None,
+/// Announce what expired on each tag.
+pub fn report_expired(app: &App, repo: &Repository, expired: &[(Tag, Expired)], who: &Requester) {
+    for (tag, e) in expired {
+        match e {
+            Expired::Release(_) => AuditEvent {
+                action: AuditAction::ReleaseExpired,
+                who,
+                repository: repo,
+                tag: Some(tag),
+                pinned: None,
+                attempted: None,
+                decided: None,
+            }
+            .emit(&app.metrics),
+            Expired::Write(w) => {
+                tracing::warn!(repository = %repo, %tag, request_id = %w.request_id, digest = %w.digest, "a write whose answer never came is past the in-doubt horizon; it no longer reserves its tag");
+            }
         }
-        .emit(&app.metrics);
     }
-    Ok(false)
+}
+
+/// Pair what expired (by record index) with its tag.
+pub fn by_tag(tags: &[Tag], expired: Vec<(usize, Expired)>) -> Vec<(Tag, Expired)> {
+    expired.into_iter().map(|(i, e)| (tags[i].clone(), e)).collect()
 }

@@ -3,46 +3,52 @@
 //! # Why no interleaving of replicas moves a tag
 //! Every guarantee of the in-process design rests on the store's writes, not on the
 //! process's locks, so it holds across replicas:
-//! - every write that reads a tag's state and changes it runs in one transaction that
+//! - every change to a tag's records is one [`PinStore::update`]: a transaction that
 //!   first takes a transaction-scoped advisory lock per tag (`pg_advisory_xact_lock`,
-//!   sorted, so two transactions naming the same tags cannot deadlock). Two replicas
-//!   deciding the same tag are therefore serialised at the database for the short
-//!   moment of the write, whatever their process-local locks say;
-//! - a free tag is taken by inserting a claim *before* forwarding, in such a
-//!   transaction; the replica that loses the race reads the winner's claim back and
-//!   refuses (`push.rs`: "claimed by another writer"). An advance (append, audited move,
-//!   release) is claimed only if the tag is still pinned to the digest it was decided
-//!   against, so of two replicas' appends one wins and the other is refused;
-//! - a claim lives in the database, not in the replica: a replica killed at any point
-//!   leaves either nothing (before the commit of the claim) or the claim, which every
-//!   replica then treats like a pin for every other digest;
-//! - a commit is durable before `Ok` returns (the server's `synchronous_commit`, on by
-//!   default; a 201 is sent only after the pin's commit);
+//!   sorted, so two transactions naming the same tags cannot deadlock), then reads the
+//!   records, runs the pure transition of [`crate::pinning`] on them, writes back only
+//!   what changed and commits. Two replicas deciding the same tag are therefore
+//!   serialised at the database for the short moment of the update, whatever their
+//!   process-local locks say, and the second decides on what the first committed: of
+//!   two pushes racing for a free tag one records its write and the other finds it; of
+//!   two appends decided against the same pin, the second finds the first in flight or
+//!   the pin already moved;
+//! - a write is recorded in such a transaction *before* it is forwarded, and lives in
+//!   the database, not in the replica: a replica killed at any point leaves either
+//!   nothing (before the commit) or the record, which every replica then honours until
+//!   that write's own answer, an operator or the in-doubt horizon settles it;
+//! - the clock the transition gets is the database's, read once the locks are held, so
+//!   replicas whose clocks disagree judge a release's expiry and the in-doubt horizon
+//!   alike, and a tag's records never see time run backwards between two updates; delete
+//!   records are stamped and judged by the same clock;
+//! - a commit is durable before `Ok` returns: tagpin's sessions run with
+//!   `synchronous_commit = on` whatever the server's default. With `off` (a common
+//!   tuning), a commit returns before its WAL reaches the disk and a database crash can
+//!   lose it: a pin whose 201 the client already has, or the record of a write that was
+//!   forwarded, and the tag could then be taken by another digest. (`on` also waits for
+//!   synchronous standbys' flush, where the server has any; `remote_apply` adds only
+//!   visibility on the standbys, which tagpin does not read from);
 //! - when the database cannot be reached or a statement fails, the call fails and the
 //!   write is refused (503); the pool reconnects by itself once the database is back.
 //!
-//! The schema is created and migrated at start by [`migrate`], under a session advisory
-//! lock so replicas starting together apply each migration once; a database holding a
-//! newer schema than this tagpin knows is refused.
+//! The schema is created and migrated at start by [`migrate::migrate`].
+
+mod migrate;
+mod tags;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use postgres::{Client, NoTls, Transaction};
+use postgres::{NoTls, Transaction};
 use r2d2::Pool;
 use r2d2_postgres::PostgresConnectionManager;
 
+use self::migrate::migrate;
+use self::tags::DB_NOW;
 use super::{
-    Claim, ClaimKind, Exported, HistoryEntry, HistoryEvent, ImportOutcome, Pin, PinSource, PinStore, Protect, Refused,
-    Release, StoreError, TagState, MAX_REFUSALS,
+    DeleteRecord, Exported, ImportOutcome, PinStore, Protect, Refused, StoreError, TagRecord, TagState, MAX_REFUSALS,
 };
 use crate::oci::{Digest, Repository, Tag};
-
-/// Versioned migrations, applied in order; the version is the index plus one.
-const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_init.sql")];
-
-/// The advisory lock key that serialises migrations across replicas ("tagpin" in ASCII).
-const MIGRATION_LOCK: i64 = 0x7461_6770_696e;
 
 type Manager = PostgresConnectionManager<NoTls>;
 
@@ -88,8 +94,9 @@ impl PgStore {
         let mut config = config;
         config.connect_timeout(Duration::from_secs(3));
         // A statement that hangs (a lock held by a stuck session, a failing-over server)
-        // must not hold a push forever.
-        config.options("-c statement_timeout=5000 -c lock_timeout=5000");
+        // must not hold a push forever. `synchronous_commit=on` whatever the server's
+        // default: see the module docs.
+        config.options("-c statement_timeout=5000 -c lock_timeout=5000 -c synchronous_commit=on");
         let manager = PostgresConnectionManager::new(config, NoTls);
         let pool = Pool::builder()
             .max_size(16)
@@ -152,175 +159,6 @@ fn lock_key(repo: &Repository, tag: &Tag) -> String {
     format!("{repo}:{tag}")
 }
 
-/// Apply the migrations this database lacks, one replica at a time.
-pub fn migrate(c: &mut Client) -> Result<(), StoreError> {
-    c.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
-        .map_err(db)?;
-    let result = (|| {
-        c.batch_execute(
-            "CREATE TABLE IF NOT EXISTS tagpin_schema (version INT PRIMARY KEY, applied_at BIGINT NOT NULL)",
-        )
-        .map_err(db)?;
-        let current: i32 = c
-            .query_one("SELECT COALESCE(MAX(version), 0) FROM tagpin_schema", &[])
-            .map_err(db)?
-            .get(0);
-        let known = MIGRATIONS.len() as i32;
-        if current > known {
-            return Err(StoreError::Corrupt {
-                key: "tagpin_schema".into(),
-                why: format!(
-                    "the database holds schema version {current}, this tagpin knows up to {known}: upgrade tagpin"
-                ),
-            });
-        }
-        for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
-            let version = i as i32 + 1;
-            let mut tx = c.transaction().map_err(db)?;
-            tx.batch_execute(sql).map_err(db)?;
-            tx.execute(
-                "INSERT INTO tagpin_schema (version, applied_at) VALUES ($1, $2)",
-                &[&version, &(super::now_secs() as i64)],
-            )
-            .map_err(db)?;
-            tx.commit().map_err(db)?;
-            tracing::info!(version, "database schema migrated");
-        }
-        Ok(())
-    })();
-    let _ = c.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK]);
-    result
-}
-
-fn source_str(s: PinSource) -> &'static str {
-    match s {
-        PinSource::Push => "push",
-        PinSource::Adopted => "adopted",
-    }
-}
-
-fn kind_str(k: ClaimKind) -> &'static str {
-    match k {
-        ClaimKind::New => "new",
-        ClaimKind::Append => "append",
-        ClaimKind::AuditMove => "audit_move",
-        ClaimKind::Release => "release",
-    }
-}
-
-fn pin_of(row: &postgres::Row, key: &str) -> Result<Pin, StoreError> {
-    let digest: String = row.get("digest");
-    let source: String = row.get("source");
-    let history: serde_json::Value = row.get("history");
-    Ok(Pin {
-        digest: Digest::parse(&digest).map_err(|e| corrupt(key, e))?,
-        source: match source.as_str() {
-            "push" => PinSource::Push,
-            "adopted" => PinSource::Adopted,
-            other => return Err(corrupt(key, format!("unknown source {other}"))),
-        },
-        pinned_at: row.get::<_, i64>("pinned_at") as u64,
-        history: serde_json::from_value(history).map_err(|e| corrupt(key, e))?,
-    })
-}
-
-fn claim_of(row: &postgres::Row, key: &str) -> Result<Claim, StoreError> {
-    let digest: String = row.get("digest");
-    let kind: String = row.get("kind");
-    Ok(Claim {
-        digest: Digest::parse(&digest).map_err(|e| corrupt(key, e))?,
-        request_id: row.get("request_id"),
-        claimed_at: row.get::<_, i64>("claimed_at") as u64,
-        kind: match kind.as_str() {
-            "new" => ClaimKind::New,
-            "append" => ClaimKind::Append,
-            "audit_move" => ClaimKind::AuditMove,
-            "release" => ClaimKind::Release,
-            other => return Err(corrupt(key, format!("unknown claim kind {other}"))),
-        },
-    })
-}
-
-/// The state of one tag, read inside a transaction (or on a plain connection).
-fn read_state<C: postgres::GenericClient>(
-    c: &mut C,
-    repo: &Repository,
-    tag: &Tag,
-) -> Result<Option<TagState>, StoreError> {
-    let key = lock_key(repo, tag);
-    let pin = c
-        .query_opt(
-            "SELECT digest, source, pinned_at, history FROM pins WHERE repository = $1 AND tag = $2",
-            &[&repo.as_str(), &tag.as_str()],
-        )
-        .map_err(db)?
-        .map(|r| pin_of(&r, &key))
-        .transpose()?;
-    let claim = c
-        .query_opt(
-            "SELECT digest, request_id, claimed_at, kind FROM claims WHERE repository = $1 AND tag = $2",
-            &[&repo.as_str(), &tag.as_str()],
-        )
-        .map_err(db)?
-        .map(|r| claim_of(&r, &key))
-        .transpose()?;
-    Ok(match (pin, claim) {
-        (Some(pin), Some(claim)) => Some(TagState::Advancing { pin, claim }),
-        (Some(pin), None) => Some(TagState::Pinned(pin)),
-        (None, Some(claim)) => Some(TagState::Claimed(claim)),
-        (None, None) => None,
-    })
-}
-
-fn write_pin<C: postgres::GenericClient>(c: &mut C, repo: &Repository, tag: &Tag, pin: &Pin) -> Result<(), StoreError> {
-    let history = serde_json::to_value(&pin.history).expect("serialising history cannot fail");
-    c.execute(
-        "INSERT INTO pins (repository, tag, digest, source, pinned_at, history) VALUES ($1, $2, $3, $4, $5, $6)
-         ON CONFLICT (repository, tag) DO UPDATE SET digest = EXCLUDED.digest, source = EXCLUDED.source,
-         pinned_at = EXCLUDED.pinned_at, history = EXCLUDED.history",
-        &[
-            &repo.as_str(),
-            &tag.as_str(),
-            &pin.digest.as_str(),
-            &source_str(pin.source),
-            &(pin.pinned_at as i64),
-            &history,
-        ],
-    )
-    .map_err(db)?;
-    Ok(())
-}
-
-fn write_claim<C: postgres::GenericClient>(
-    c: &mut C,
-    repo: &Repository,
-    tag: &Tag,
-    claim: &Claim,
-) -> Result<(), StoreError> {
-    c.execute(
-        "INSERT INTO claims (repository, tag, digest, request_id, claimed_at, kind) VALUES ($1, $2, $3, $4, $5, $6)",
-        &[
-            &repo.as_str(),
-            &tag.as_str(),
-            &claim.digest.as_str(),
-            &claim.request_id,
-            &(claim.claimed_at as i64),
-            &kind_str(claim.kind),
-        ],
-    )
-    .map_err(db)?;
-    Ok(())
-}
-
-fn delete_claim<C: postgres::GenericClient>(c: &mut C, repo: &Repository, tag: &Tag) -> Result<(), StoreError> {
-    c.execute(
-        "DELETE FROM claims WHERE repository = $1 AND tag = $2",
-        &[&repo.as_str(), &tag.as_str()],
-    )
-    .map_err(db)?;
-    Ok(())
-}
-
 fn parse_digests(rows: Vec<postgres::Row>, what: &str) -> Result<Vec<Digest>, StoreError> {
     rows.iter()
         .map(|r| {
@@ -331,146 +169,17 @@ fn parse_digests(rows: Vec<postgres::Row>, what: &str) -> Result<Vec<Digest>, St
 }
 
 impl PinStore for PgStore {
-    fn state(&self, repo: &Repository, tag: &Tag) -> Result<Option<TagState>, StoreError> {
-        let mut c = self.client()?;
-        read_state(&mut *c, repo, tag)
+    fn record(&self, repo: &Repository, tag: &Tag) -> Result<TagRecord, StoreError> {
+        self.read(repo, tag)
     }
 
-    fn pin_if_absent(&self, repo: &Repository, pins: &[(Tag, Pin)]) -> Result<Vec<TagState>, StoreError> {
-        let mut keys = pins.iter().map(|(t, _)| lock_key(repo, t)).collect();
-        self.with_locks(&mut keys, |tx| {
-            let mut in_force = Vec::with_capacity(pins.len());
-            for (tag, pin) in pins {
-                match read_state(tx, repo, tag)? {
-                    Some(state) => in_force.push(state),
-                    None => {
-                        write_pin(tx, repo, tag, pin)?;
-                        in_force.push(TagState::Pinned(pin.clone()));
-                    }
-                }
-            }
-            Ok(in_force)
-        })
-    }
-
-    fn claim(&self, repo: &Repository, tags: &[Tag], claim: &Claim) -> Result<Vec<TagState>, StoreError> {
-        let mut keys = tags.iter().map(|t| lock_key(repo, t)).collect();
-        self.with_locks(&mut keys, |tx| {
-            let mut in_force = Vec::with_capacity(tags.len());
-            for tag in tags {
-                match read_state(tx, repo, tag)? {
-                    Some(state) => in_force.push(state),
-                    None => {
-                        write_claim(tx, repo, tag, claim)?;
-                        in_force.push(TagState::Claimed(claim.clone()));
-                    }
-                }
-            }
-            Ok(in_force)
-        })
-    }
-
-    fn claim_advance(
+    fn update(
         &self,
         repo: &Repository,
-        tag: &Tag,
-        from: &Digest,
-        claim: &Claim,
-    ) -> Result<TagState, StoreError> {
-        let mut keys = vec![lock_key(repo, tag)];
-        self.with_locks(&mut keys, |tx| match read_state(tx, repo, tag)? {
-            Some(TagState::Pinned(pin)) if &pin.digest == from => {
-                write_claim(tx, repo, tag, claim)?;
-                Ok(TagState::Advancing {
-                    pin,
-                    claim: claim.clone(),
-                })
-            }
-            Some(other) => Ok(other),
-            None => Err(StoreError::Corrupt {
-                key: format!("{repo}:{tag}"),
-                why: "an advance was claimed for a tag that has no pin".into(),
-            }),
-        })
-    }
-
-    fn confirm(&self, repo: &Repository, tags: &[Tag], digest: &Digest) -> Result<Vec<TagState>, StoreError> {
-        let mut keys = tags.iter().map(|t| lock_key(repo, t)).collect();
-        self.with_locks(&mut keys, |tx| {
-            let mut in_force = Vec::with_capacity(tags.len());
-            for tag in tags {
-                match read_state(tx, repo, tag)? {
-                    Some(TagState::Claimed(c)) if &c.digest == digest => {
-                        let mut pin = Pin::now(digest.clone(), PinSource::Push);
-                        pin.history[0].request_id = Some(c.request_id.clone());
-                        delete_claim(tx, repo, tag)?;
-                        write_pin(tx, repo, tag, &pin)?;
-                        in_force.push(TagState::Pinned(pin));
-                    }
-                    Some(TagState::Advancing { mut pin, claim }) if &claim.digest == digest => {
-                        let from = std::mem::replace(&mut pin.digest, digest.clone());
-                        let event = match claim.kind {
-                            ClaimKind::AuditMove => HistoryEvent::AuditMove,
-                            ClaimKind::Release => HistoryEvent::Released,
-                            ClaimKind::Append | ClaimKind::New => HistoryEvent::Append,
-                        };
-                        let mut entry = HistoryEntry::new(event, digest.clone(), Some(from));
-                        entry.request_id = Some(claim.request_id.clone());
-                        if claim.kind == ClaimKind::Release {
-                            // The release is used up with this push, in the same commit.
-                            if let Some(row) = tx
-                                .query_opt(
-                                    "DELETE FROM releases WHERE repository = $1 AND tag = $2 RETURNING record",
-                                    &[&repo.as_str(), &tag.as_str()],
-                                )
-                                .map_err(db)?
-                            {
-                                let r: Release =
-                                    serde_json::from_value(row.get(0)).map_err(|e| corrupt(&lock_key(repo, tag), e))?;
-                                entry.by = Some(r.by);
-                                entry.reason = Some(r.reason);
-                            }
-                        }
-                        pin.history.push(entry);
-                        delete_claim(tx, repo, tag)?;
-                        write_pin(tx, repo, tag, &pin)?;
-                        in_force.push(TagState::Pinned(pin));
-                    }
-                    Some(state) => in_force.push(state),
-                    None => {
-                        let pin = Pin::now(digest.clone(), PinSource::Push);
-                        write_pin(tx, repo, tag, &pin)?;
-                        in_force.push(TagState::Pinned(pin));
-                    }
-                }
-            }
-            Ok(in_force)
-        })
-    }
-
-    fn withdraw(&self, repo: &Repository, tags: &[Tag], request_id: &str) -> Result<(), StoreError> {
-        let mut keys = tags.iter().map(|t| lock_key(repo, t)).collect();
-        self.with_locks(&mut keys, |tx| {
-            for tag in tags {
-                tx.execute(
-                    "DELETE FROM claims WHERE repository = $1 AND tag = $2 AND request_id = $3",
-                    &[&repo.as_str(), &tag.as_str(), &request_id],
-                )
-                .map_err(db)?;
-            }
-            Ok(())
-        })
-    }
-
-    fn record_event(&self, repo: &Repository, tag: &Tag, entry: &HistoryEntry) -> Result<(), StoreError> {
-        let mut keys = vec![lock_key(repo, tag)];
-        self.with_locks(&mut keys, |tx| {
-            if let Some(TagState::Pinned(mut pin) | TagState::Advancing { mut pin, .. }) = read_state(tx, repo, tag)? {
-                pin.history.push(entry.clone());
-                write_pin(tx, repo, tag, &pin)?;
-            }
-            Ok(())
-        })
+        tags: &[Tag],
+        change: &mut dyn FnMut(u64, &mut [TagRecord]),
+    ) -> Result<Vec<TagRecord>, StoreError> {
+        self.update_records(repo, tags, change)
     }
 
     fn record_refusal(&self, repo: &Repository, tag: &Tag, refused: &Refused) -> Result<(), StoreError> {
@@ -525,45 +234,78 @@ impl PinStore for PgStore {
     }
 
     fn begin_delete(&self, repo: &Repository, digest: &Digest, request_id: &str) -> Result<(), StoreError> {
+        // A repeat of one request restarts its record's time, as on every backend.
         let mut c = self.client()?;
         c.execute(
-            "INSERT INTO deletes (repository, digest, request_id, started_at) VALUES ($1, $2, $3, $4)
-             ON CONFLICT DO NOTHING",
-            &[
-                &repo.as_str(),
-                &digest.as_str(),
-                &request_id,
-                &(super::now_secs() as i64),
-            ],
+            &format!(
+                "INSERT INTO deletes (repository, digest, request_id, started_at) VALUES ($1, $2, $3, {DB_NOW})
+                 ON CONFLICT (repository, digest, request_id) DO UPDATE SET started_at = EXCLUDED.started_at"
+            ),
+            &[&repo.as_str(), &digest.as_str(), &request_id],
         )
         .map_err(db)?;
         Ok(())
     }
 
-    fn end_delete(&self, repo: &Repository, digest: &Digest, request_id: Option<&str>) -> Result<(), StoreError> {
+    fn end_delete(&self, repo: &Repository, digest: &Digest, request_id: &str) -> Result<(), StoreError> {
         let mut c = self.client()?;
-        match request_id {
-            Some(id) => c.execute(
-                "DELETE FROM deletes WHERE repository = $1 AND digest = $2 AND request_id = $3",
-                &[&repo.as_str(), &digest.as_str(), &id],
-            ),
-            None => c.execute(
-                "DELETE FROM deletes WHERE repository = $1 AND digest = $2",
-                &[&repo.as_str(), &digest.as_str()],
-            ),
+        c.execute(
+            "DELETE FROM deletes WHERE repository = $1 AND digest = $2 AND request_id = $3",
+            &[&repo.as_str(), &digest.as_str(), &request_id],
+        )
+        .map_err(db)?;
+        Ok(())
+    }
+
+    fn deletes_in_flight(
+        &self,
+        repo: &Repository,
+        digests: &[Digest],
+        horizon: u64,
+    ) -> Result<Vec<Digest>, StoreError> {
+        if digests.is_empty() {
+            return Ok(Vec::new());
         }
-        .map_err(db)?;
-        Ok(())
+        let mut c = self.client()?;
+        let wanted: Vec<&str> = digests.iter().map(Digest::as_str).collect();
+        // `started_at > now - horizon` rather than `started_at + horizon > now`: the
+        // subtraction cannot overflow a bigint for any horizon.
+        let horizon = i64::try_from(horizon).unwrap_or(i64::MAX);
+        let rows = c
+            .query(
+                &format!(
+                    "SELECT DISTINCT digest FROM deletes WHERE repository = $1 AND digest = ANY($2)
+                     AND started_at > {DB_NOW} - $3"
+                ),
+                &[&repo.as_str(), &wanted, &horizon],
+            )
+            .map_err(db)?;
+        let young: std::collections::HashSet<String> = rows.iter().map(|r| r.get(0)).collect();
+        Ok(digests.iter().filter(|d| young.contains(d.as_str())).cloned().collect())
     }
 
-    fn delete_in_flight(&self, repo: &Repository, digest: &Digest) -> Result<bool, StoreError> {
+    fn list_deletes(&self, repo: Option<&Repository>) -> Result<Vec<DeleteRecord>, StoreError> {
         let mut c = self.client()?;
-        Ok(c.query_opt(
-            "SELECT 1 FROM deletes WHERE repository = $1 AND digest = $2 LIMIT 1",
-            &[&repo.as_str(), &digest.as_str()],
-        )
-        .map_err(db)?
-        .is_some())
+        let rows = c
+            .query(
+                "SELECT repository, digest, request_id, started_at FROM deletes
+                 WHERE ($1::text IS NULL OR repository = $1)
+                 ORDER BY repository COLLATE \"C\", digest COLLATE \"C\", request_id COLLATE \"C\"",
+                &[&repo.map(Repository::as_str)],
+            )
+            .map_err(db)?;
+        rows.iter()
+            .map(|row| {
+                let (r, d): (String, String) = (row.get(0), row.get(1));
+                let key = format!("{r}@{d}");
+                Ok(DeleteRecord {
+                    repository: Repository::parse(&r).map_err(|e| corrupt(&key, e))?,
+                    digest: Digest::parse(&d).map_err(|e| corrupt(&key, e))?,
+                    request_id: row.get(2),
+                    started_at: row.get::<_, i64>(3).max(0) as u64,
+                })
+            })
+            .collect()
     }
 
     fn protect(&self, repo: &Repository, holder: &Digest, refs: &[Digest], how: Protect) -> Result<(), StoreError> {
@@ -597,6 +339,17 @@ impl PinStore for PgStore {
         .is_some())
     }
 
+    fn refs_of(&self, repo: &Repository, holder: &Digest) -> Result<Vec<Digest>, StoreError> {
+        let mut c = self.client()?;
+        let rows = c
+            .query(
+                "SELECT ref FROM refs WHERE repository = $1 AND holder = $2 ORDER BY ref COLLATE \"C\"",
+                &[&repo.as_str(), &holder.as_str()],
+            )
+            .map_err(db)?;
+        parse_digests(rows, repo.as_str())
+    }
+
     fn holders(&self, repo: &Repository) -> Result<Vec<Digest>, StoreError> {
         let mut c = self.client()?;
         let rows = c
@@ -626,106 +379,11 @@ impl PinStore for PgStore {
         after: Option<&(Repository, Tag)>,
         limit: usize,
     ) -> Result<Vec<(Repository, Tag, TagState)>, StoreError> {
-        let mut c = self.client()?;
-        let (after_repo, after_tag) = after.map_or(("", ""), |(r, t)| (r.as_str(), t.as_str()));
-        // Byte order (COLLATE "C") matches sled's key order, so a cursor means the same
-        // on both backends; `\0` sorts before any character of a name.
-        let rows = c
-            .query(
-                "SELECT k.repository, k.tag FROM (
-                   SELECT repository, tag FROM pins UNION SELECT repository, tag FROM claims) k
-                 WHERE ($1::text IS NULL OR k.repository = $1)
-                   AND (k.repository COLLATE \"C\", k.tag COLLATE \"C\") > ($2 COLLATE \"C\", $3 COLLATE \"C\")
-                 ORDER BY k.repository COLLATE \"C\", k.tag COLLATE \"C\" LIMIT $4",
-                &[&repo.map(Repository::as_str), &after_repo, &after_tag, &(limit as i64)],
-            )
-            .map_err(db)?;
-        let mut out = Vec::with_capacity(rows.len());
-        for row in rows {
-            let (r, t): (String, String) = (row.get(0), row.get(1));
-            let key = format!("{r}:{t}");
-            let r = Repository::parse(&r).map_err(|e| corrupt(&key, e))?;
-            let t = Tag::parse(&t).map_err(|e| corrupt(&key, e))?;
-            if let Some(state) = read_state(&mut *c, &r, &t)? {
-                out.push((r, t, state));
-            }
-        }
-        Ok(out)
-    }
-
-    fn set_release(&self, repo: &Repository, tag: &Tag, release: &Release) -> Result<(), StoreError> {
-        let record = serde_json::to_value(release).expect("serialising a release cannot fail");
-        let mut c = self.client()?;
-        c.execute(
-            "INSERT INTO releases (repository, tag, record) VALUES ($1, $2, $3)
-             ON CONFLICT (repository, tag) DO UPDATE SET record = EXCLUDED.record",
-            &[&repo.as_str(), &tag.as_str(), &record],
-        )
-        .map_err(db)?;
-        Ok(())
-    }
-
-    fn release(&self, repo: &Repository, tag: &Tag) -> Result<Option<Release>, StoreError> {
-        let mut c = self.client()?;
-        c.query_opt(
-            "SELECT record FROM releases WHERE repository = $1 AND tag = $2",
-            &[&repo.as_str(), &tag.as_str()],
-        )
-        .map_err(db)?
-        .map(|r| serde_json::from_value(r.get(0)).map_err(|e| corrupt(&lock_key(repo, tag), e)))
-        .transpose()
-    }
-
-    fn end_release(
-        &self,
-        repo: &Repository,
-        tag: &Tag,
-        event: HistoryEvent,
-        request_id: Option<&str>,
-    ) -> Result<Option<Release>, StoreError> {
-        let mut keys = vec![lock_key(repo, tag)];
-        self.with_locks(&mut keys, |tx| {
-            let Some(row) = tx
-                .query_opt(
-                    "DELETE FROM releases WHERE repository = $1 AND tag = $2 RETURNING record",
-                    &[&repo.as_str(), &tag.as_str()],
-                )
-                .map_err(db)?
-            else {
-                return Ok(None);
-            };
-            let release: Release = serde_json::from_value(row.get(0)).map_err(|e| corrupt(&lock_key(repo, tag), e))?;
-            if let Some(TagState::Pinned(mut pin) | TagState::Advancing { mut pin, .. }) = read_state(tx, repo, tag)? {
-                let mut entry = HistoryEntry::new(event, pin.digest.clone(), None);
-                entry.by = Some(release.by.clone());
-                entry.reason = Some(release.reason.clone());
-                entry.request_id = request_id.map(str::to_owned);
-                pin.history.push(entry);
-                write_pin(tx, repo, tag, &pin)?;
-            }
-            Ok(Some(release))
-        })
+        self.list_states(repo, after, limit)
     }
 
     fn import(&self, records: &[Exported]) -> Result<ImportOutcome, StoreError> {
-        let mut keys = records.iter().map(|r| lock_key(&r.repository, &r.tag)).collect();
-        self.with_locks(&mut keys, |tx| {
-            let (mut outcome, writes) = super::plan_import(records, |r| read_state(tx, &r.repository, &r.tag))?;
-            if !outcome.conflicts.is_empty() {
-                // Nothing written: the transaction commits no change.
-                return Ok(outcome);
-            }
-            for r in writes {
-                if let Some(pin) = r.pin() {
-                    write_pin(tx, &r.repository, &r.tag, &pin)?;
-                }
-                if let Some(claim) = &r.claim {
-                    write_claim(tx, &r.repository, &r.tag, claim)?;
-                }
-                outcome.imported += 1;
-            }
-            Ok(outcome)
-        })
+        self.import_records(records)
     }
 
     fn lead(&self) -> Result<bool, StoreError> {

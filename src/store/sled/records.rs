@@ -1,15 +1,17 @@
-//! The records the sled backend stores, as JSON, and the migration of records written by
-//! earlier versions (a pin without a history gets the one its source implies).
+//! The records the sled backend stores, as JSON, and the reading of records written by
+//! earlier versions: a pin without a history gets the one its source implies, and a
+//! tag's single claim object reads as a list of one write.
 
 use serde::{Deserialize, Serialize};
 
 use crate::oci::Digest;
-use crate::store::{Claim, HistoryEntry, HistoryEvent, Pin, PinSource, Refused, StoreError};
+use crate::store::{Claim, HistoryEntry, HistoryEvent, Pin, PinSource, Refused, Release, StoreError};
 
 /// Records carry no version of their own; this key of the `meta` tree says which format
 /// the whole store is in. 1 (or absent): pins without history. 2: with history.
+/// 3: a tag's writes in flight as a list, and the `refs_by_holder` index.
 pub const FORMAT_KEY: &[u8] = b"format";
-pub const FORMAT: u8 = 2;
+pub const FORMAT: u8 = 3;
 
 #[derive(Serialize, Deserialize)]
 pub struct PinRecord {
@@ -60,12 +62,28 @@ pub fn encode_pin(pin: &Pin) -> Vec<u8> {
     .expect("serialising a pin record cannot fail")
 }
 
-pub fn decode_claim(key: &[u8], bytes: &[u8]) -> Result<Claim, StoreError> {
+/// A tag's writes in flight. Formats before 3 held at most one, as a single object.
+pub fn decode_writes(key: &[u8], bytes: &[u8]) -> Result<Vec<Claim>, StoreError> {
+    let is_list = bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
+    if is_list {
+        serde_json::from_slice(bytes).map_err(|e| corrupt(key, e))
+    } else {
+        serde_json::from_slice(bytes)
+            .map(|one: Claim| vec![one])
+            .map_err(|e| corrupt(key, e))
+    }
+}
+
+pub fn encode_writes(writes: &[Claim]) -> Vec<u8> {
+    serde_json::to_vec(writes).expect("serialising claim records cannot fail")
+}
+
+pub fn decode_release(key: &[u8], bytes: &[u8]) -> Result<Release, StoreError> {
     serde_json::from_slice(bytes).map_err(|e| corrupt(key, e))
 }
 
-pub fn encode_claim(claim: &Claim) -> Vec<u8> {
-    serde_json::to_vec(claim).expect("serialising a claim record cannot fail")
+pub fn encode_release(release: &Release) -> Vec<u8> {
+    serde_json::to_vec(release).expect("serialising a release cannot fail")
 }
 
 pub fn decode_refusals(key: &[u8], bytes: &[u8]) -> Result<Vec<Refused>, StoreError> {
@@ -76,8 +94,18 @@ pub fn encode_refusals(list: &[Refused]) -> Vec<u8> {
     serde_json::to_vec(list).expect("serialising refusals cannot fail")
 }
 
+/// The value of a `deletes` entry (the key holds repository, digest and request).
 #[derive(Serialize, Deserialize)]
-pub struct DeleteRecord {
+pub struct DeleteEntry {
     pub request_id: String,
+    /// Seconds since the Unix epoch, by this host's clock.
     pub started_at: u64,
+}
+
+pub fn decode_delete(key: &[u8], bytes: &[u8]) -> Result<DeleteEntry, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| corrupt(key, e))
+}
+
+pub fn encode_delete(entry: &DeleteEntry) -> Vec<u8> {
+    serde_json::to_vec(entry).expect("serialising a delete record cannot fail")
 }

@@ -1,8 +1,11 @@
-//! Unit tests of the sled backend.
+//! Unit tests of the sled backend: what survives a reopen, flush failures, the data dir
+//! lock and the migration of earlier formats. Behaviour every backend shares is checked
+//! by the contract suite (`tests/store_contract.rs`).
 
 use std::sync::atomic::Ordering;
 
 use super::*;
+use crate::store::{Claim, ClaimKind, Pin, PinSource, Release};
 
 thread_local! {
     pub(super) static FAIL_FLUSH: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
@@ -14,6 +17,17 @@ fn d(c: char) -> Digest {
 
 fn ab() -> (Repository, Tag) {
     (Repository::parse("a/b").unwrap(), Tag::parse("v1").unwrap())
+}
+
+fn release(id: &str) -> Release {
+    Release {
+        id: id.into(),
+        cancelled: false,
+        by: "alice".into(),
+        reason: "fix".into(),
+        created_at: 1,
+        expires_at: u64::MAX,
+    }
 }
 
 #[test]
@@ -38,80 +52,51 @@ fn first_pin_wins_and_survives_reopen() {
 }
 
 #[test]
-fn a_claim_holds_the_tag_like_a_pin_and_survives_reopen() {
+fn writes_and_a_release_survive_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let (repo, tag) = ab();
+    let record = TagRecord {
+        pin: Some(Pin::now(d('a'), PinSource::Push)),
+        writes: vec![
+            Claim::of_kind(d('b'), "r1", ClaimKind::Release),
+            Claim::of_kind(d('b'), "r2", ClaimKind::Release),
+        ],
+        release: Some(Release {
+            cancelled: true,
+            ..release("rel-1")
+        }),
+    };
     {
         let s = SledStore::open(dir.path()).unwrap();
-        let c = Claim::now(d('a'), "req-1");
-        let got = s.claim(&repo, std::slice::from_ref(&tag), &c).unwrap();
-        assert_eq!(got, vec![TagState::Claimed(c.clone())]);
-        // A second claim and an adoption both find the first claim.
-        let got = s
-            .claim(&repo, std::slice::from_ref(&tag), &Claim::now(d('b'), "req-2"))
+        let written = s
+            .update(&repo, std::slice::from_ref(&tag), &mut |_, r| r[0] = record.clone())
             .unwrap();
-        assert_eq!(got, vec![TagState::Claimed(c.clone())]);
-        let got = s
-            .pin_if_absent(&repo, &[(tag.clone(), Pin::now(d('b'), PinSource::Adopted))])
-            .unwrap();
-        assert_eq!(got, vec![TagState::Claimed(c)]);
+        assert_eq!(written, vec![record.clone()]);
     }
-    // A crash (here: close and reopen) keeps the claim: its outcome is still unknown.
+    // A crash (here: close and reopen) keeps every write: their outcomes are unknown.
     let s = SledStore::open(dir.path()).unwrap();
-    assert!(matches!(s.state(&repo, &tag).unwrap(), Some(TagState::Claimed(c)) if c.digest == d('a')));
-    assert_eq!(s.tags_pinned_to(&repo, &d('a')).unwrap(), vec![tag]);
+    assert_eq!(s.record(&repo, &tag).unwrap(), record);
+    assert_eq!(s.claim_count(), 1);
+    assert_eq!(s.tags_pinned_to(&repo, &d('b')).unwrap(), vec![tag]);
 }
 
 #[test]
-fn confirm_turns_the_claim_into_a_pin() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = SledStore::open(dir.path()).unwrap();
-    let (repo, tag) = ab();
-    s.claim(&repo, std::slice::from_ref(&tag), &Claim::now(d('a'), "r"))
-        .unwrap();
-    let got = s.confirm(&repo, std::slice::from_ref(&tag), &d('a')).unwrap();
-    assert!(matches!(&got[0], TagState::Pinned(p) if p.digest == d('a') && p.source == PinSource::Push));
-    assert!(matches!(s.state(&repo, &tag).unwrap(), Some(TagState::Pinned(_))));
-    assert_eq!(s.claim_count(), 0);
-    // Confirming another digest never moves the pin.
-    let got = s.confirm(&repo, std::slice::from_ref(&tag), &d('b')).unwrap();
-    assert_eq!(got[0].digest(), &d('a'));
-    assert_eq!(s.tags_pinned_to(&repo, &d('a')).unwrap(), vec![tag]);
-}
-
-#[test]
-fn only_the_creating_request_withdraws_a_claim() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = SledStore::open(dir.path()).unwrap();
-    let (repo, tag) = ab();
-    s.claim(&repo, std::slice::from_ref(&tag), &Claim::now(d('a'), "creator"))
-        .unwrap();
-    s.withdraw(&repo, std::slice::from_ref(&tag), "a-retry").unwrap();
-    assert!(s.state(&repo, &tag).unwrap().is_some());
-    s.withdraw(&repo, std::slice::from_ref(&tag), "creator").unwrap();
-    assert_eq!(s.state(&repo, &tag).unwrap(), None);
-    assert!(s.tags_pinned_to(&repo, &d('a')).unwrap().is_empty());
-}
-
-#[test]
-fn deletes_in_flight_are_recorded_until_settled() {
+fn deletes_in_flight_survive_reopen_until_settled() {
     let dir = tempfile::tempdir().unwrap();
     let (repo, _) = ab();
     {
         let s = SledStore::open(dir.path()).unwrap();
         s.begin_delete(&repo, &d('a'), "r").unwrap();
-        assert!(s.delete_in_flight(&repo, &d('a')).unwrap());
-        assert!(!s.delete_in_flight(&repo, &d('b')).unwrap());
     }
     let s = SledStore::open(dir.path()).unwrap();
-    assert!(s.delete_in_flight(&repo, &d('a')).unwrap());
-    s.end_delete(&repo, &d('a'), Some("other")).unwrap();
-    assert!(
-        s.delete_in_flight(&repo, &d('a')).unwrap(),
-        "another request's refusal settles nothing"
+    assert_eq!(
+        s.deletes_in_flight(&repo, &[d('a'), d('b')], 600).unwrap(),
+        vec![d('a')]
     );
-    s.end_delete(&repo, &d('a'), Some("r")).unwrap();
-    assert!(!s.delete_in_flight(&repo, &d('a')).unwrap());
+    s.end_delete(&repo, &d('a'), "other").unwrap();
+    assert_eq!(s.deletes_in_flight(&repo, &[d('a')], 600).unwrap(), vec![d('a')]);
+    s.end_delete(&repo, &d('a'), "r").unwrap();
+    assert!(s.deletes_in_flight(&repo, &[d('a')], 600).unwrap().is_empty());
 }
 
 #[test]
@@ -122,10 +107,12 @@ fn after_a_failed_flush_nothing_is_answered_from_memory_until_a_flush_succeeds()
     FAIL_FLUSH.with(|f| f.set(true));
     let pin = Pin::now(d('a'), PinSource::Push);
     assert!(s.pin_if_absent(&repo, &[(tag.clone(), pin)]).is_err());
+    assert!(s.dirty.load(Ordering::Acquire));
     FAIL_FLUSH.with(|f| f.set(false));
     // The real disk is fine here, so the next call's flush succeeds and the pin, now
-    // durable, may be answered.
+    // durable, may be answered. The caller of the failed write acted on nothing.
     assert_eq!(s.state(&repo, &tag).unwrap().unwrap().digest(), &d('a'));
+    assert!(!s.dirty.load(Ordering::Acquire));
     FAIL_FLUSH.with(|f| f.set(true));
     assert!(s.check().is_err());
     assert!(s.dirty.load(Ordering::Acquire));
@@ -133,89 +120,18 @@ fn after_a_failed_flush_nothing_is_answered_from_memory_until_a_flush_succeeds()
 }
 
 #[test]
-fn a_claim_whose_flush_fails_is_taken_back() {
+fn an_update_that_changes_nothing_does_not_flush() {
     let dir = tempfile::tempdir().unwrap();
     let s = SledStore::open(dir.path()).unwrap();
     let (repo, tag) = ab();
+    s.pin_if_absent(&repo, &[(tag.clone(), Pin::now(d('a'), PinSource::Push))])
+        .unwrap();
     FAIL_FLUSH.with(|f| f.set(true));
-    assert!(s
-        .claim(&repo, std::slice::from_ref(&tag), &Claim::now(d('a'), "r"))
-        .is_err());
+    let got = s.update(&repo, std::slice::from_ref(&tag), &mut |_, _| {});
+    let changed = s.update(&repo, std::slice::from_ref(&tag), &mut |_, r| r[0].pin = None);
     FAIL_FLUSH.with(|f| f.set(false));
-    assert_eq!(s.state(&repo, &tag).unwrap(), None);
-}
-
-#[test]
-fn references_are_recorded_per_repository_and_holder() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = SledStore::open(dir.path()).unwrap();
-    let (repo, tag) = ab();
-    let other = Repository::parse("a").unwrap();
-    assert!(!s.has_refs(&repo, &d('1')).unwrap());
-    s.protect(
-        &repo,
-        &d('1'),
-        &[d('a'), d('b')],
-        Protect {
-            durable: true,
-            complete: true,
-        },
-    )
-    .unwrap();
-    s.protect(
-        &repo,
-        &d('2'),
-        &[d('b')],
-        Protect {
-            durable: false,
-            complete: true,
-        },
-    )
-    .unwrap();
-    s.protect(
-        &repo,
-        &d('9'),
-        &[d('e')],
-        Protect {
-            durable: true,
-            complete: false,
-        },
-    )
-    .unwrap();
-    assert!(
-        !s.has_refs(&repo, &d('9')).unwrap(),
-        "incomplete references are asked about again"
-    );
-    assert_eq!(
-        s.referenced_by(&repo, &d('e')).unwrap(),
-        vec![d('9')],
-        "but what was learned protects already"
-    );
-    assert!(s.has_refs(&repo, &d('1')).unwrap());
-    assert_eq!(s.referenced_by(&repo, &d('a')).unwrap(), vec![d('1')]);
-    assert_eq!(s.referenced_by(&repo, &d('b')).unwrap(), vec![d('1'), d('2')]);
-    assert!(s.referenced_by(&other, &d('a')).unwrap().is_empty());
-    assert!(s.referenced_by(&repo, &d('c')).unwrap().is_empty());
-    s.pin_if_absent(&repo, &[(tag, Pin::now(d('1'), PinSource::Push))])
-        .unwrap();
-    s.claim(&repo, &[Tag::parse("v2").unwrap()], &Claim::now(d('3'), "r"))
-        .unwrap();
-    s.pin_if_absent(&other, &[(Tag::parse("x").unwrap(), Pin::now(d('4'), PinSource::Push))])
-        .unwrap();
-    assert_eq!(s.holders(&repo).unwrap(), vec![d('1'), d('3')]);
-}
-
-#[test]
-fn digest_index_is_per_repository() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = SledStore::open(dir.path()).unwrap();
-    let a = Repository::parse("a").unwrap();
-    let ab = Repository::parse("a/b").unwrap();
-    let t = Tag::parse("v1").unwrap();
-    s.pin_if_absent(&ab, &[(t, Pin::now(d('c'), PinSource::Adopted))])
-        .unwrap();
-    assert!(s.tags_pinned_to(&a, &d('c')).unwrap().is_empty());
-    assert_eq!(s.tags_pinned_to(&ab, &d('c')).unwrap().len(), 1);
+    assert_eq!(got.unwrap()[0].pin.as_ref().map(|p| &p.digest), Some(&d('a')));
+    assert!(changed.is_err(), "a change is flushed");
 }
 
 #[test]
@@ -225,172 +141,91 @@ fn a_second_open_of_the_same_dir_is_locked_out() {
     assert!(matches!(SledStore::open(dir.path()), Err(StoreError::Locked(_))));
 }
 
-#[test]
-fn list_pages_through_pins_and_claims_in_key_order() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = SledStore::open(dir.path()).unwrap();
-    let a = Repository::parse("a").unwrap();
-    let ab = Repository::parse("a/b").unwrap();
-    for i in 0..5 {
-        let tag = Tag::parse(&format!("t{i}")).unwrap();
-        if i % 2 == 0 {
-            s.pin_if_absent(&a, &[(tag, Pin::now(d('1'), PinSource::Push))])
-                .unwrap();
-        } else {
-            s.claim(&a, &[tag], &Claim::now(d('2'), "r")).unwrap();
-        }
+/// Write a data dir of format 2: one claim object per tag, no `refs_by_holder`.
+fn write_format_2(dir: &std::path::Path) {
+    let db = sled::Config::new().path(dir.join("pins.sled")).open().unwrap();
+    let tree = |n: &str| db.open_tree(n).unwrap();
+    let digest = |c: char| c.to_string().repeat(64);
+    let claim = format!(
+        r#"{{"digest":"sha256:{}","request_id":"old-req","claimed_at":1700000000,"kind":"append"}}"#,
+        digest('b')
+    );
+    let pin = format!(
+        r#"{{"digest":"sha256:{}","source":"push","pinned_at":1700000000,"history":[{{"at":1700000000,"event":"push","digest":"sha256:{}"}}]}}"#,
+        digest('a'),
+        digest('a')
+    );
+    tree("pins").insert("a/b\0v1", pin.as_bytes()).unwrap();
+    tree("claims").insert("a/b\0v1", claim.as_bytes()).unwrap();
+    let (by_digest, refs) = (tree("by_digest"), tree("refs"));
+    for c in ['a', 'b'] {
+        by_digest
+            .insert(format!("a/b\0sha256:{}\0v1", digest(c)), &[][..])
+            .unwrap();
     }
-    s.pin_if_absent(&ab, &[(Tag::parse("x").unwrap(), Pin::now(d('3'), PinSource::Adopted))])
-        .unwrap();
-    let mut seen = Vec::new();
-    let mut after = None;
-    loop {
-        let page = s.list(None, after.as_ref(), 2).unwrap();
-        if page.is_empty() {
-            break;
-        }
-        after = page.last().map(|(r, t, _)| (r.clone(), t.clone()));
-        seen.extend(
-            page.into_iter()
-                .map(|(r, t, st)| format!("{r}:{t}:{}", matches!(st, TagState::Claimed(_)))),
-        );
+    for r in ['e', 'f'] {
+        refs.insert(format!("a/b\0sha256:{}\0sha256:{}", digest(r), digest('a')), &[][..])
+            .unwrap();
     }
-    assert_eq!(
-        seen,
-        [
-            "a:t0:false",
-            "a:t1:true",
-            "a:t2:false",
-            "a:t3:true",
-            "a:t4:false",
-            "a/b:x:false"
-        ]
-    );
-    // Filtered by repository: `a` does not include `a/b`.
-    assert_eq!(s.list(Some(&a), None, 100).unwrap().len(), 5);
-    assert_eq!(s.list(Some(&ab), None, 100).unwrap().len(), 1);
+    tree("meta").insert(records::FORMAT_KEY, &[2u8][..]).unwrap();
+    db.flush().unwrap();
 }
 
 #[test]
-fn a_release_is_used_once_by_the_advance_it_allows() {
+fn a_format_2_data_dir_is_migrated_claims_become_lists_and_refs_get_their_reverse_index() {
     let dir = tempfile::tempdir().unwrap();
-    let s = SledStore::open(dir.path()).unwrap();
+    write_format_2(dir.path());
     let (repo, tag) = ab();
-    s.pin_if_absent(&repo, &[(tag.clone(), Pin::now(d('a'), PinSource::Push))])
-        .unwrap();
-    let release = Release {
-        by: "alice".into(),
-        reason: "broken build".into(),
-        created_at: 1,
-        expires_at: u64::MAX,
-    };
-    s.set_release(&repo, &tag, &release).unwrap();
-    assert_eq!(s.release(&repo, &tag).unwrap(), Some(release));
-    let claim = Claim::of_kind(d('b'), "r", ClaimKind::Release);
-    s.claim_advance(&repo, &tag, &d('a'), &claim).unwrap();
-    let got = s.confirm(&repo, std::slice::from_ref(&tag), &d('b')).unwrap();
-    let TagState::Pinned(pin) = &got[0] else {
-        panic!("{got:?}")
-    };
-    assert_eq!(pin.digest, d('b'));
-    let last = pin.history.last().unwrap();
+    let s = SledStore::open(dir.path()).unwrap();
+    let record = s.record(&repo, &tag).unwrap();
+    assert_eq!(record.pin.as_ref().map(|p| &p.digest), Some(&d('a')));
+    assert_eq!(record.writes.len(), 1, "{record:?}");
+    let w = &record.writes[0];
     assert_eq!(
-        (last.event, last.by.as_deref(), last.reason.as_deref()),
-        (HistoryEvent::Released, Some("alice"), Some("broken build"))
+        (&w.digest, w.request_id.as_str(), w.kind, &w.release_id),
+        (&d('b'), "old-req", ClaimKind::Append, &None)
     );
-    assert_eq!(last.from, Some(d('a')));
-    assert_eq!(s.release(&repo, &tag).unwrap(), None, "used up");
-    assert_eq!(s.tags_pinned_to(&repo, &d('a')).unwrap(), Vec::<Tag>::new());
-    assert_eq!(s.tags_pinned_to(&repo, &d('b')).unwrap(), vec![tag]);
+    assert_eq!(s.refs_of(&repo, &d('a')).unwrap(), vec![d('e'), d('f')]);
+    assert_eq!(s.holders(&repo).unwrap(), vec![d('a'), d('b')]);
+    let t = s.trees().unwrap();
+    assert_eq!(t.meta.get(records::FORMAT_KEY).unwrap().as_deref(), Some(&[3u8][..]));
+    let stored = t.claims.get(tag_key(&repo, &tag)).unwrap().unwrap();
+    assert_eq!(stored.first(), Some(&b'['), "rewritten as a list");
+    // The migrated write is settled like any other.
+    s.update(&repo, std::slice::from_ref(&tag), &mut |_, r| r[0].writes.clear())
+        .unwrap();
+    assert_eq!(s.tags_pinned_to(&repo, &d('b')).unwrap(), Vec::<Tag>::new());
 }
 
 #[test]
-fn an_ended_release_is_recorded_in_the_history() {
+fn a_single_claim_object_decodes_as_one_write() {
+    let one = br#" {"digest":"sha256:1111111111111111111111111111111111111111111111111111111111111111","request_id":"r","claimed_at":5}"#;
+    let writes = records::decode_writes(b"k", one).unwrap();
+    assert_eq!(writes.len(), 1);
+    assert_eq!((writes[0].kind, writes[0].claimed_at), (ClaimKind::New, 5));
+    assert!(records::decode_writes(b"k", b"{\"digest\":1}").is_err());
+    assert!(records::decode_writes(b"k", b"[{}]").is_err());
+}
+
+#[test]
+fn a_data_dir_of_a_newer_format_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let s = SledStore::open(dir.path()).unwrap();
-    let (repo, tag) = ab();
-    s.pin_if_absent(&repo, &[(tag.clone(), Pin::now(d('a'), PinSource::Push))])
-        .unwrap();
-    let release = Release {
-        by: "bob".into(),
-        reason: "r".into(),
-        created_at: 1,
-        expires_at: 2,
-    };
-    s.set_release(&repo, &tag, &release).unwrap();
-    assert_eq!(
-        s.end_release(&repo, &tag, HistoryEvent::ReleaseExpired, None).unwrap(),
-        Some(release)
-    );
-    assert_eq!(
-        s.end_release(&repo, &tag, HistoryEvent::ReleaseExpired, None).unwrap(),
-        None
-    );
-    let Some(TagState::Pinned(pin)) = s.state(&repo, &tag).unwrap() else {
-        panic!()
-    };
-    assert_eq!(pin.history.last().unwrap().event, HistoryEvent::ReleaseExpired);
-    assert_eq!(pin.digest, d('a'));
+    {
+        let db = sled::Config::new().path(dir.path().join("pins.sled")).open().unwrap();
+        db.open_tree("meta")
+            .unwrap()
+            .insert(records::FORMAT_KEY, &[records::FORMAT + 1][..])
+            .unwrap();
+        db.flush().unwrap();
+    }
+    assert!(matches!(SledStore::open(dir.path()), Err(StoreError::Corrupt { .. })));
 }
 
 #[test]
-fn an_import_that_conflicts_writes_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = SledStore::open(dir.path()).unwrap();
-    let (repo, tag) = ab();
-    s.pin_if_absent(&repo, &[(tag.clone(), Pin::now(d('a'), PinSource::Push))])
-        .unwrap();
-    let rec = |t: &str, digest: char| {
-        Exported::of(
-            repo.clone(),
-            Tag::parse(t).unwrap(),
-            &Pin::now(d(digest), PinSource::Push),
-        )
-    };
-    let out = s.import(&[rec("v1", 'a'), rec("v2", 'b')]).unwrap();
-    assert_eq!((out.imported, out.unchanged, out.conflicts.len()), (1, 1, 0));
-    let out = s.import(&[rec("v3", 'c'), rec("v1", 'f')]).unwrap();
-    assert_eq!(out.conflicts.len(), 1, "{out:?}");
-    assert_eq!(out.imported, 0);
-    assert_eq!(
-        s.state(&repo, &Tag::parse("v3").unwrap()).unwrap(),
-        None,
-        "nothing written"
-    );
-    assert_eq!(s.tags_pinned_to(&repo, &d('b')).unwrap().len(), 1);
-}
-
-#[test]
-fn claims_travel_through_export_and_import() {
-    let from = tempfile::tempdir().unwrap();
-    let s = SledStore::open(from.path()).unwrap();
-    let (repo, tag) = ab();
-    let free = Tag::parse("free").unwrap();
-    s.pin_if_absent(&repo, &[(tag.clone(), Pin::now(d('a'), PinSource::Push))])
-        .unwrap();
-    s.claim_advance(&repo, &tag, &d('a'), &Claim::of_kind(d('b'), "r1", ClaimKind::Append))
-        .unwrap();
-    s.claim(&repo, std::slice::from_ref(&free), &Claim::now(d('c'), "r2"))
-        .unwrap();
-    let records: Vec<Exported> = s
-        .list(None, None, 10)
-        .unwrap()
-        .into_iter()
-        .map(|(r, t, st)| Exported::from_state(r, t, &st))
-        .collect();
-    // Through JSON, as `tagpin export | tagpin import` carries them.
-    let text: Vec<String> = records.iter().map(|r| serde_json::to_string(r).unwrap()).collect();
-    let back: Vec<Exported> = text.iter().map(|l| serde_json::from_str(l).unwrap()).collect();
-    let to = tempfile::tempdir().unwrap();
-    let t = SledStore::open(to.path()).unwrap();
-    assert_eq!(t.import(&back).unwrap().imported, 2);
-    assert_eq!(
-        t.state(&repo, &tag).unwrap(),
-        s.state(&repo, &tag).unwrap(),
-        "an advance in flight stays in flight"
-    );
-    assert!(matches!(t.state(&repo, &free).unwrap(), Some(TagState::Claimed(c)) if c.digest == d('c')));
-    assert_eq!(t.tags_pinned_to(&repo, &d('c')).unwrap(), vec![free]);
-    // Importing the same records again changes nothing.
-    assert_eq!(t.import(&back).unwrap().unchanged, 2);
+fn a_release_written_before_releases_had_ids_still_reads() {
+    let old = br#"{"by":"bob","reason":"r","created_at":1,"expires_at":2}"#;
+    let got = records::decode_release(b"k", old).unwrap();
+    assert_eq!((got.id.as_str(), got.cancelled, got.by.as_str()), ("", false, "bob"));
+    let round = records::decode_release(b"k", &records::encode_release(&release("x"))).unwrap();
+    assert_eq!(round, release("x"));
 }

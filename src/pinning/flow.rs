@@ -1,0 +1,67 @@
+//! The small pure steps handlers take between transitions: what an answer settled, what
+//! a push must check against deletes in flight, whether a delete's holders changed
+//! between its two looks. Shared with the simulation, so it checks the same steps.
+
+use super::mutation::{self, Mutation};
+use super::Outcome;
+use crate::oci::{Digest, Tag};
+
+/// What the upstream said about whether a 2xx push applied one tag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TagWord {
+    /// The push was by this tag and the upstream confirmed the digest.
+    PathTag,
+    /// `OCI-Tag` headers: whether they list the tag (spec.md, "Pushing Manifests").
+    Listed(bool),
+    /// A `HEAD` of the tag afterwards: `Some(digest)` present, `None` absent.
+    Head(Option<Digest>),
+    /// No word: the `HEAD` failed.
+    Unknown,
+}
+
+/// The outcome for one tag of a push the upstream answered 2xx. `by_path`: the tag is
+/// the push's path tag (a 2xx to a push by tag applied it; only a disagreeing `HEAD`
+/// leaves it unknown). For a `?tag=`, an answer that shows the tag absent or at another
+/// digest settles that it was not created (distribution 2.8 ignores `?tag=`).
+pub fn tag_outcome(attempted: &Digest, by_path: bool, word: &TagWord) -> Outcome {
+    match word {
+        TagWord::PathTag | TagWord::Listed(true) => Outcome::Applied,
+        TagWord::Head(Some(d)) if d == attempted => Outcome::Applied,
+        _ if by_path => Outcome::Unknown,
+        TagWord::Listed(false) | TagWord::Head(_) if !mutation::on(Mutation::JoinWithoutDecision) => {
+            Outcome::NotApplied
+        }
+        _ => Outcome::Unknown,
+    }
+}
+
+/// The digests a push of `attempted` must find no delete in flight for before it may be
+/// pinned: the manifest and everything it depends on, whether its references were
+/// recorded now (`new_refs`) or earlier (`recorded`).
+pub fn delete_checks(attempted: &Digest, new_refs: &[Digest], recorded: &[Digest]) -> Vec<Digest> {
+    let mut out = vec![attempted.clone()];
+    out.extend(new_refs.iter().cloned());
+    if !mutation::on(Mutation::RefsNotChecked) {
+        out.extend(recorded.iter().cloned());
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// What a digest delete saw holding the digest: protected tags and dependent manifests.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HeldBy {
+    pub tags: Vec<Tag>,
+    pub dependents: Vec<Digest>,
+}
+
+/// Whether anything holds the digest now that did not when the delete was decided (a
+/// push claimed it between the delete's two looks): then the delete is not forwarded.
+pub fn newly_held(before: &HeldBy, after: &HeldBy) -> bool {
+    if mutation::on(Mutation::RefsNotChecked) {
+        return after.tags.len() > before.tags.len() || after.dependents.len() > before.dependents.len();
+    }
+    after.tags.iter().any(|t| !before.tags.contains(t))
+        || after.dependents.iter().any(|d| !before.dependents.contains(d))
+}

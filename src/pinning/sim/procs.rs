@@ -1,0 +1,614 @@
+//! Requests as the handlers carry them out, one atomic step at a time: each step is one
+//! store transition, one store read, or one exchange with the upstream, in the order
+//! `handler/push.rs` and `handler/delete.rs` take them.
+
+use super::world::{self, decided, extends, Fate, Licence, Op, Write, HORIZON};
+use super::World;
+use crate::oci::{Digest, Tag};
+use crate::pinning::flow::{self, HeldBy, TagWord};
+use crate::pinning::mutation::{self, Mutation};
+use crate::pinning::{self as machine, DigestDelete, Holder, Outcome, PushTag, TagDelete};
+use crate::policy::{Mode, NotAppend};
+use crate::store::{HistoryEvent, Pin, PinSource, Release, TagRecord};
+
+#[derive(Clone)]
+pub enum Kind {
+    Push { tag: Tag, digest: Digest, by_tag: bool },
+    TagDelete { tag: Tag },
+    DigestDelete { digest: Digest, manifest: bool },
+}
+
+impl std::fmt::Debug for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Push {
+                tag,
+                digest,
+                by_tag: true,
+            } => write!(f, "PUT {tag} = {}", world::short(digest)),
+            Self::Push { tag, digest, .. } => write!(f, "PUT {}?tag={tag}", world::short(digest)),
+            Self::TagDelete { tag } => write!(f, "DELETE {tag}"),
+            Self::DigestDelete { digest, .. } => write!(f, "DELETE {}", world::short(digest)),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    Adopt,
+    Gather,
+    Decide,
+    Check,
+    Record,
+    Forward,
+    Await,
+    Settle,
+}
+
+/// The upstream's answer as the handler classifies it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Answer {
+    Ok,
+    NotFound,
+    Refused,
+    Unknown,
+}
+
+#[derive(Clone, Debug)]
+pub struct Proc {
+    pub id: String,
+    pub replica: usize,
+    pub kind: Kind,
+    pub phase: Phase,
+    pub answer: Option<Answer>,
+    snapshot: TagRecord,
+    append: Option<(Digest, Result<(), NotAppend>)>,
+    new_refs: Vec<Digest>,
+    held: HeldBy,
+    released: Vec<Tag>,
+    audited: bool,
+    stash: Option<Release>,
+    /// When its record was written: the write must reach the upstream soon after, and
+    /// lands (if ever) within the horizon of it.
+    recorded_at: u64,
+}
+
+impl Proc {
+    pub fn new(id: String, replica: usize, kind: Kind) -> Self {
+        let phase = match kind {
+            Kind::TagDelete { .. } => Phase::Decide,
+            Kind::DigestDelete { .. } => Phase::Adopt,
+            Kind::Push { .. } => Phase::Gather,
+        };
+        Self {
+            id,
+            replica,
+            kind,
+            phase,
+            answer: None,
+            snapshot: TagRecord::default(),
+            append: None,
+            new_refs: Vec::new(),
+            held: HeldBy::default(),
+            released: Vec::new(),
+            audited: false,
+            stash: None,
+            recorded_at: 0,
+        }
+    }
+}
+
+/// What a step did: go on, or the request is answered.
+pub enum Next {
+    Continue,
+    Done,
+}
+
+pub fn step(w: &mut World, p: &mut Proc) -> Result<Next, String> {
+    world::acting(w.skews[p.replica]);
+    match p.kind.clone() {
+        Kind::Push { tag, digest, by_tag } => push(w, p, &tag, &digest, by_tag),
+        Kind::TagDelete { tag } => tag_delete(w, p, &tag),
+        Kind::DigestDelete { digest, manifest } => digest_delete(w, p, &digest, manifest),
+    }
+}
+
+fn push(w: &mut World, p: &mut Proc, tag: &Tag, digest: &Digest, by_tag: bool) -> Result<Next, String> {
+    match p.phase {
+        Phase::Gather => {
+            // The client uploads the layers first, most of the time.
+            if w.rng.chance(85) {
+                w.up.blobs.extend(world::layers_of(digest));
+            }
+            adopt(w, p, tag);
+            p.snapshot = w.store.record(tag);
+            p.append = match (&p.snapshot.pin, w.ghost.mode(tag)) {
+                (Some(pin), Mode::AppendOnly) if &pin.digest != digest => Some((
+                    pin.digest.clone(),
+                    if extends(&pin.digest, digest) {
+                        Ok(())
+                    } else {
+                        Err(NotAppend::MediaTypeChanged)
+                    },
+                )),
+                _ => None,
+            };
+            if !w.store.refs.contains_key(digest) {
+                p.new_refs = world::layers_of(digest);
+                w.store.refs.insert(digest.clone(), p.new_refs.clone());
+            }
+            p.phase = Phase::Decide;
+            Ok(Next::Continue)
+        }
+        Phase::Decide => {
+            let mode = w.ghost.mode(tag);
+            let input = [PushTag {
+                tag: tag.clone(),
+                decided: decided(mode),
+                append: p.append.clone(),
+            }];
+            let stale = mutation::on(Mutation::ReleaseTakenByRemoval)
+                .then(|| p.snapshot.release.clone())
+                .flatten();
+            let mut before = w.store.record(tag);
+            if before.release.is_none() {
+                before.release = stale.clone();
+            }
+            let (id, d) = (p.id.clone(), digest.clone());
+            let mut begun = None;
+            w.update(std::slice::from_ref(tag), |now, recs| {
+                if recs[0].release.is_none() {
+                    recs[0].release = stale.clone();
+                }
+                begun = Some(machine::begin_push(recs, &input, &d, &id, world::clock(now)));
+            });
+            let begun = begun.expect("transition ran");
+            w.log(format!(
+                "{} decides push {} -> {tag}: {:?}",
+                p.id,
+                world::short(digest),
+                verdicts(&begun.decision)
+            ));
+            let Ok(verdicts) = begun.decision else {
+                return Ok(Next::Done);
+            };
+            let ghost_before = w.store.record(tag);
+            let check = w.ghost.may_move(tag, &before, digest, w.now);
+            check.map_err(|e| format!("decision without licence: {e}"))?;
+            let release = matches!(verdicts[0], machine::Verdict::Released { .. })
+                .then(|| {
+                    ghost_before
+                        .writes
+                        .iter()
+                        .find(|x| x.request_id == p.id)
+                        .and_then(|x| x.release_id.clone())
+                })
+                .flatten();
+            w.licence(
+                &p.id,
+                tag,
+                before.pin.as_ref().map(|x| x.digest.clone()),
+                Some(digest.clone()),
+                release,
+            );
+            p.recorded_at = w.now;
+            p.phase = Phase::Check;
+            Ok(Next::Continue)
+        }
+        Phase::Check => {
+            let recorded = w.store.refs.get(digest).cloned().unwrap_or_default();
+            let checks = flow::delete_checks(digest, &p.new_refs, &recorded);
+            let busy = w.store.deletes_in_flight(&checks, w.now);
+            if !busy.is_empty() {
+                settle_push(w, p, tag, digest, Outcome::NotApplied);
+                w.log(format!(
+                    "{} refused: delete in flight of {}",
+                    p.id,
+                    world::short(&busy[0])
+                ));
+                return Ok(Next::Done);
+            }
+            p.phase = Phase::Forward;
+            Ok(Next::Continue)
+        }
+        Phase::Forward => {
+            if stale(w, p) {
+                settle_push(w, p, tag, digest, Outcome::NotApplied);
+                return Ok(Next::Done);
+            }
+            let applies = by_tag || w.up.tag_param;
+            let write = Write::Manifest {
+                digest: digest.clone(),
+                tag: applies.then(|| tag.clone()),
+            };
+            forward(w, p, write);
+            Ok(Next::Continue)
+        }
+        Phase::Await | Phase::Record | Phase::Adopt => Ok(Next::Continue),
+        Phase::Settle => {
+            let outcome = match p.answer.expect("answered") {
+                Answer::Ok => {
+                    let word = if by_tag {
+                        TagWord::PathTag
+                    } else if w.up.tag_param {
+                        TagWord::Listed(true)
+                    } else {
+                        TagWord::Head(w.up.tags.get(tag).cloned())
+                    };
+                    flow::tag_outcome(digest, by_tag, &word)
+                }
+                Answer::NotFound | Answer::Refused => Outcome::NotApplied,
+                Answer::Unknown => Outcome::Unknown,
+            };
+            let settled = settle_push(w, p, tag, digest, outcome);
+            if outcome == Outcome::Applied && !matches!(settled, machine::Settled::LandedAgainstPin { .. }) {
+                if let Some(pin) = w.store.record(tag).pin {
+                    w.ghost.acked.insert(tag.clone(), pin.digest);
+                }
+            }
+            Ok(Next::Done)
+        }
+    }
+}
+
+/// Adoption (`handler/pins.rs`): a tag tagpin holds nothing for takes what the upstream
+/// holds under it as its pin.
+fn adopt(w: &mut World, p: &Proc, tag: &Tag) {
+    let rec = w.store.record(tag);
+    if rec.pin.is_some() || !rec.writes.is_empty() {
+        return;
+    }
+    let Some(there) = w.up.tags.get(tag).cloned() else {
+        return;
+    };
+    let now = w.now;
+    w.update(std::slice::from_ref(tag), |_, recs| {
+        if recs[0].pin.is_none() && recs[0].writes.is_empty() {
+            let mut pin = Pin::now(there.clone(), PinSource::Adopted);
+            pin.pinned_at = now;
+            recs[0].pin = Some(pin);
+        }
+    });
+    w.store
+        .refs
+        .entry(there.clone())
+        .or_insert_with(|| world::layers_of(&there));
+    w.log(format!("{} adopts {tag} at {}", p.id, world::short(&there)));
+}
+
+fn verdicts(d: &Result<Vec<machine::Verdict>, Vec<crate::policy::Conflict>>) -> String {
+    match d {
+        Ok(v) => format!("{v:?}"),
+        Err(c) => format!("refused ({:?})", c.iter().map(|c| &c.reason).collect::<Vec<_>>()),
+    }
+}
+
+fn settle_push(w: &mut World, p: &Proc, tag: &Tag, digest: &Digest, outcome: Outcome) -> machine::Settled {
+    let (id, d) = (p.id.clone(), digest.clone());
+    let mut out = None;
+    w.update(std::slice::from_ref(tag), |now, recs| {
+        out = Some(machine::settle_push(&mut recs[0], &d, &id, outcome, world::clock(now)).0);
+    });
+    let out = out.expect("transition ran");
+    w.log(format!(
+        "{} settles push {} -> {tag}: {outcome:?} => {out:?}",
+        p.id,
+        world::short(digest)
+    ));
+    out
+}
+
+/// A decision too old to act on: the handler refuses rather than forward a write whose
+/// record may pass the horizon while it is still on its way (`handler::FRESH`).
+fn stale(w: &World, p: &Proc) -> bool {
+    w.now >= p.recorded_at + HORIZON / 4
+}
+
+fn forward(w: &mut World, p: &mut Proc, write: Write) {
+    let fate = match w.rng.below(10) {
+        0..=4 => Fate::Answered,
+        5 | 6 => Fate::Refused,
+        7 => Fate::AppliedLost,
+        8 => Fate::LateApply,
+        _ => Fate::Lost,
+    };
+    w.log(format!("{} forwards {write:?} ({fate:?})", p.id));
+    w.up.ops.push(Op {
+        request: p.id.clone(),
+        write,
+        fate,
+        applied: false,
+        answered: false,
+        took_effect: None,
+        deadline: p.recorded_at + HORIZON - 1,
+    });
+    p.phase = Phase::Await;
+}
+
+fn classify(p: &Proc) -> Outcome {
+    match p.answer.expect("answered") {
+        Answer::Ok => Outcome::Applied,
+        Answer::NotFound | Answer::Refused => Outcome::NotApplied,
+        Answer::Unknown => Outcome::Unknown,
+    }
+}
+
+fn tag_delete(w: &mut World, p: &mut Proc, tag: &Tag) -> Result<Next, String> {
+    match p.phase {
+        Phase::Decide => {
+            let mode = w.ghost.mode(tag);
+            let before = w.store.record(tag);
+            let id = p.id.clone();
+            let mut decision = None;
+            if mutation::on(Mutation::ReleaseTakenByRemoval) {
+                // The old way: the release removed and its use recorded before forwarding.
+                let now = w.now;
+                let mut stash = None;
+                w.update(std::slice::from_ref(tag), |_, recs| {
+                    let r = &mut recs[0];
+                    let ok = r.pin.is_some() && r.writes.is_empty();
+                    stash = r.release.clone().filter(|rel| ok && rel.expires_at > now);
+                    if let Some(rel) = &stash {
+                        r.release = None;
+                        let pin = r.pin.as_mut().expect("checked");
+                        let mut e = crate::store::HistoryEntry::new(HistoryEvent::Released, pin.digest.clone(), None);
+                        e.request_id = Some(id.clone());
+                        e.by = Some(rel.by.clone());
+                        pin.history.push(e);
+                    }
+                });
+                p.stash = stash;
+                if p.stash.is_some() {
+                    decision = Some(TagDelete::Forward { released: true });
+                }
+            }
+            let decision = match decision {
+                Some(d) => d,
+                None => {
+                    let mut out = None;
+                    w.update(std::slice::from_ref(tag), |now, recs| {
+                        out = Some(machine::begin_tag_delete(&mut recs[0], mode, &id, world::clock(now)).0);
+                    });
+                    out.expect("transition ran")
+                }
+            };
+            w.log(format!("{} decides delete of {tag}: {decision:?}", p.id));
+            let TagDelete::Forward { released } = decision else {
+                return Ok(Next::Done);
+            };
+            let release = if released {
+                let rel = p.stash.clone().or(before.release.clone());
+                let valid = rel.as_ref().is_some_and(|r| w.ghost.release_valid(&r.id, w.now));
+                if !valid {
+                    return Err(format!(
+                        "decision without licence: delete of {tag} under a release that is not valid"
+                    ));
+                }
+                rel.map(|r| r.id)
+            } else if mode != Mode::Audit {
+                return Err(format!(
+                    "decision without licence: delete of {mode:?} {tag} without a release"
+                ));
+            } else {
+                None
+            };
+            w.licence(&p.id, tag, before.pin.map(|x| x.digest), None, release);
+            p.recorded_at = w.now;
+            let write = Write::DeleteTag(tag.clone());
+            forward(w, p, write);
+            Ok(Next::Continue)
+        }
+        Phase::Settle => {
+            let outcome = classify(p);
+            if let Some(rel) = p.stash.clone() {
+                if outcome == Outcome::NotApplied {
+                    w.update(std::slice::from_ref(tag), |_, recs| recs[0].release = Some(rel.clone()));
+                }
+            } else {
+                let id = p.id.clone();
+                w.update(std::slice::from_ref(tag), |now, recs| {
+                    machine::settle_tag_delete(&mut recs[0], &id, outcome, world::clock(now));
+                });
+            }
+            w.log(format!("{} settles delete of {tag}: {outcome:?}", p.id));
+            Ok(Next::Done)
+        }
+        _ => Ok(Next::Continue),
+    }
+}
+
+/// The protected tags holding `d`, with their records.
+fn holders(w: &World, d: &Digest) -> Vec<Holder> {
+    w.store
+        .tags_pinned_to(d)
+        .into_iter()
+        .map(|t| Holder {
+            decided: decided(w.ghost.mode(&t)),
+            record: w.store.record(&t),
+            tag: t,
+        })
+        .collect()
+}
+
+fn held_by(w: &World, d: &Digest) -> (Vec<Holder>, Vec<(Digest, Vec<Holder>)>, HeldBy) {
+    let direct = holders(w, d);
+    let dependents: Vec<(Digest, Vec<Holder>)> = w
+        .store
+        .referenced_by(d)
+        .into_iter()
+        .map(|h| {
+            let tags = holders(w, &h);
+            (h, tags)
+        })
+        .filter(|(_, tags)| !tags.is_empty())
+        .collect();
+    let held = HeldBy {
+        tags: direct.iter().map(|h| h.tag.clone()).collect(),
+        dependents: dependents.iter().map(|(h, _)| h.clone()).collect(),
+    };
+    (direct, dependents, held)
+}
+
+fn digest_delete(w: &mut World, p: &mut Proc, d: &Digest, manifest: bool) -> Result<Next, String> {
+    match p.phase {
+        Phase::Adopt => {
+            // `adopt_repository`: every tag the upstream lists, before any lock.
+            let tags: Vec<Tag> = w.up.tags.keys().cloned().collect();
+            for t in tags {
+                adopt(w, p, &t);
+            }
+            p.phase = Phase::Gather;
+            Ok(Next::Continue)
+        }
+        Phase::Gather => {
+            let (direct, dependents, held) = held_by(w, d);
+            let direct = if manifest { direct } else { Vec::new() };
+            let decision = machine::decide_digest_delete(&direct, &dependents, world::clock(w.now));
+            w.log(format!("{} decides delete of {}: {decision:?}", p.id, world::short(d)));
+            let all_released = !direct.is_empty()
+                && direct.iter().all(|h| {
+                    h.record.writes.is_empty()
+                        && h.record.pin.as_ref().is_some_and(|x| &x.digest == d)
+                        && h.record
+                            .release
+                            .as_ref()
+                            .is_some_and(|r| w.ghost.release_valid(&r.id, w.now))
+                })
+                && dependents.is_empty();
+            let (released, audited) = match decision {
+                DigestDelete::Forward { released, audited } => (released, audited),
+                DigestDelete::RefuseHeld(_) if all_released => {
+                    return Err(format!(
+                        "a delete of {} was refused though every tag on it is released",
+                        world::short(d)
+                    ))
+                }
+                _ => return Ok(Next::Done),
+            };
+            if !released.is_empty() {
+                let (id, dd) = (p.id.clone(), d.clone());
+                let mut took = false;
+                w.update(&released, |now, recs| {
+                    took = machine::take_releases(recs, &dd, &id, world::clock(now))
+                });
+                if !took {
+                    return Ok(Next::Done);
+                }
+                p.recorded_at = w.now;
+                for h in direct.iter().filter(|h| released.contains(&h.tag)) {
+                    let rel = h.record.release.as_ref().map(|r| r.id.clone());
+                    if !rel.as_ref().is_some_and(|id| w.ghost.release_valid(id, w.now)) {
+                        return Err(format!(
+                            "decision without licence: delete of {} under {}'s invalid release",
+                            world::short(d),
+                            h.tag
+                        ));
+                    }
+                    w.licence(
+                        &p.id,
+                        &h.tag,
+                        h.record.pin.as_ref().map(|x| x.digest.clone()),
+                        None,
+                        rel,
+                    );
+                }
+            }
+            for h in &direct {
+                if h.decided.mode != Mode::Audit && !released.contains(&h.tag) {
+                    return Err(format!(
+                        "decision without licence: delete of {} held by {}",
+                        world::short(d),
+                        h.tag
+                    ));
+                }
+            }
+            p.audited = !audited.is_empty();
+            if p.audited || !released.is_empty() {
+                w.ghost.excusing.insert(p.id.clone());
+            }
+            p.released = released;
+            p.held = held;
+            p.phase = Phase::Record;
+            Ok(Next::Continue)
+        }
+        Phase::Record => {
+            w.store.deletes.push((d.clone(), p.id.clone(), w.now));
+            if p.released.is_empty() {
+                p.recorded_at = w.now;
+            }
+            p.phase = Phase::Check;
+            Ok(Next::Continue)
+        }
+        Phase::Check => {
+            let (_, _, after) = held_by(w, d);
+            let after = if manifest {
+                after
+            } else {
+                HeldBy {
+                    tags: Vec::new(),
+                    ..after
+                }
+            };
+            let before = if manifest {
+                p.held.clone()
+            } else {
+                HeldBy {
+                    tags: Vec::new(),
+                    ..p.held.clone()
+                }
+            };
+            if flow::newly_held(&before, &after) || stale(w, p) {
+                w.log(format!("{} sees {} newly held: refused", p.id, world::short(d)));
+                settle_digest_delete(w, p, d, Outcome::NotApplied, false);
+                return Ok(Next::Done);
+            }
+            let write = if manifest {
+                Write::DeleteManifest(d.clone())
+            } else {
+                Write::DeleteBlob(d.clone())
+            };
+            forward(w, p, write);
+            Ok(Next::Continue)
+        }
+        Phase::Settle => {
+            let answer = p.answer.expect("answered");
+            let outcome = classify(p);
+            settle_digest_delete(w, p, d, outcome, answer == Answer::Ok || answer == Answer::NotFound);
+            Ok(Next::Done)
+        }
+        _ => Ok(Next::Continue),
+    }
+}
+
+/// Settle a digest delete's own record (`gone`: the answer says the content is gone) and
+/// the releases it took.
+fn settle_digest_delete(w: &mut World, p: &Proc, d: &Digest, outcome: Outcome, gone: bool) {
+    if outcome != Outcome::Unknown {
+        if gone && mutation::on(Mutation::DeleteSettledByAnyAnswer) {
+            w.store.deletes.retain(|(x, _, _)| x != d);
+        } else {
+            w.store.deletes.retain(|(x, id, _)| !(x == d && id == &p.id));
+        }
+    }
+    if !p.released.is_empty() {
+        let id = p.id.clone();
+        w.update(&p.released, |now, recs| {
+            for r in recs.iter_mut() {
+                machine::settle_tag_delete(r, &id, outcome, world::clock(now));
+            }
+        });
+    }
+    w.log(format!("{} settles delete of {}: {outcome:?}", p.id, world::short(d)));
+}
+
+/// The licence a forwarded write carries, for the checks at apply time.
+pub fn licence(w: &mut World, id: &str, tag: &Tag, from: Option<Digest>, to: Option<Digest>, release: Option<String>) {
+    let any = to.is_none() && release.is_none();
+    w.ghost.licences.entry(id.to_owned()).or_default().push(Licence {
+        tag: tag.clone(),
+        from,
+        to,
+        release,
+        any,
+    });
+}

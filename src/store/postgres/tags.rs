@@ -1,0 +1,271 @@
+//! A tag's record in the PostgreSQL backend: its pin (`pins`), writes in flight (one
+//! `claims` row per request, in the order written) and release (`releases`), read in
+//! one statement and changed in one transaction under the tag's advisory lock; and the
+//! views built from them (listing) and import.
+
+use std::collections::HashSet;
+
+use postgres::GenericClient;
+
+use super::{corrupt, db, lock_key, PgStore};
+use crate::oci::{Repository, Tag};
+use crate::store::{
+    plan_import, Claim, ClaimKind, Exported, ImportOutcome, Pin, PinSource, StoreError, TagRecord, TagState,
+};
+
+/// The database's clock, in whole seconds since the Unix epoch. `clock_timestamp()`, not
+/// `now()`: `now()` is when the transaction began, before it waited for its locks, so a
+/// transaction that waited would see time earlier than the one it waited for.
+pub(super) const DB_NOW: &str = "floor(extract(epoch FROM clock_timestamp()))::bigint";
+
+/// A tag's whole record and the database's clock, in one statement (one snapshot).
+fn record_sql() -> String {
+    format!(
+        "SELECT p.digest, p.source, p.pinned_at, p.history,
+           (SELECT COALESCE(jsonb_agg(jsonb_build_object(
+                'digest', c.digest, 'request_id', c.request_id, 'claimed_at', c.claimed_at,
+                'kind', c.kind, 'release_id', c.release_id) ORDER BY c.position), '[]'::jsonb)
+            FROM claims c WHERE c.repository = $1 AND c.tag = $2) AS writes,
+           (SELECT r.record FROM releases r WHERE r.repository = $1 AND r.tag = $2) AS release,
+           {DB_NOW} AS now
+         FROM (VALUES (1)) AS one LEFT JOIN pins p ON p.repository = $1 AND p.tag = $2"
+    )
+}
+
+/// The record of `tag`, and the database's clock when it was read.
+pub(super) fn read_record<C: GenericClient>(
+    c: &mut C,
+    repo: &Repository,
+    tag: &Tag,
+) -> Result<(TagRecord, u64), StoreError> {
+    let key = lock_key(repo, tag);
+    let row = c
+        .query_one(&record_sql(), &[&repo.as_str(), &tag.as_str()])
+        .map_err(db)?;
+    let pin = match row.get::<_, Option<String>>("digest") {
+        Some(digest) => Some(Pin {
+            digest: crate::oci::Digest::parse(&digest).map_err(|e| corrupt(&key, e))?,
+            source: match row.get::<_, String>("source").as_str() {
+                "push" => PinSource::Push,
+                "adopted" => PinSource::Adopted,
+                other => return Err(corrupt(&key, format!("unknown source {other}"))),
+            },
+            pinned_at: row.get::<_, i64>("pinned_at") as u64,
+            history: serde_json::from_value(row.get("history")).map_err(|e| corrupt(&key, e))?,
+        }),
+        None => None,
+    };
+    let writes: Vec<Claim> = serde_json::from_value(row.get("writes")).map_err(|e| corrupt(&key, e))?;
+    let release = row
+        .get::<_, Option<serde_json::Value>>("release")
+        .map(|v| serde_json::from_value(v).map_err(|e| corrupt(&key, e)))
+        .transpose()?;
+    let now = row.get::<_, i64>("now").max(0) as u64;
+    Ok((TagRecord { pin, writes, release }, now))
+}
+
+fn source_str(s: PinSource) -> &'static str {
+    match s {
+        PinSource::Push => "push",
+        PinSource::Adopted => "adopted",
+    }
+}
+
+/// As serde names it, so the rows read back through [`Claim`]'s own decoding.
+fn kind_str(k: ClaimKind) -> &'static str {
+    match k {
+        ClaimKind::New => "new",
+        ClaimKind::Append => "append",
+        ClaimKind::AuditMove => "audit_move",
+        ClaimKind::Release => "release",
+        ClaimKind::Identical => "identical",
+        ClaimKind::Delete => "delete",
+    }
+}
+
+/// Write the parts of `after` that differ from `before` (what the tag holds now).
+fn write_record<C: GenericClient>(
+    c: &mut C,
+    repo: &Repository,
+    tag: &Tag,
+    before: &TagRecord,
+    after: &TagRecord,
+) -> Result<(), StoreError> {
+    let (r, t) = (repo.as_str(), tag.as_str());
+    if before.pin != after.pin {
+        match &after.pin {
+            Some(pin) => {
+                let history = serde_json::to_value(&pin.history).expect("serialising history cannot fail");
+                c.execute(
+                    "INSERT INTO pins (repository, tag, digest, source, pinned_at, history)
+                     VALUES ($1, $2, $3, $4, $5, $6)
+                     ON CONFLICT (repository, tag) DO UPDATE SET digest = EXCLUDED.digest,
+                       source = EXCLUDED.source, pinned_at = EXCLUDED.pinned_at, history = EXCLUDED.history",
+                    &[
+                        &r,
+                        &t,
+                        &pin.digest.as_str(),
+                        &source_str(pin.source),
+                        &(pin.pinned_at as i64),
+                        &history,
+                    ],
+                )
+            }
+            None => c.execute("DELETE FROM pins WHERE repository = $1 AND tag = $2", &[&r, &t]),
+        }
+        .map_err(db)?;
+    }
+    if before.writes != after.writes {
+        c.execute("DELETE FROM claims WHERE repository = $1 AND tag = $2", &[&r, &t])
+            .map_err(db)?;
+        for (position, w) in after.writes.iter().enumerate() {
+            c.execute(
+                "INSERT INTO claims (repository, tag, digest, request_id, claimed_at, kind, release_id, position)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                &[
+                    &r,
+                    &t,
+                    &w.digest.as_str(),
+                    &w.request_id,
+                    &(w.claimed_at as i64),
+                    &kind_str(w.kind),
+                    &w.release_id,
+                    &(position as i32),
+                ],
+            )
+            .map_err(db)?;
+        }
+    }
+    if before.release != after.release {
+        match &after.release {
+            Some(release) => {
+                let record = serde_json::to_value(release).expect("serialising a release cannot fail");
+                c.execute(
+                    "INSERT INTO releases (repository, tag, record) VALUES ($1, $2, $3)
+                     ON CONFLICT (repository, tag) DO UPDATE SET record = EXCLUDED.record",
+                    &[&r, &t, &record],
+                )
+            }
+            None => c.execute("DELETE FROM releases WHERE repository = $1 AND tag = $2", &[&r, &t]),
+        }
+        .map_err(db)?;
+    }
+    Ok(())
+}
+
+/// A tag's writes are one per request (the table's key): a second write of one request
+/// is a caller's bug, refused the same on every backend.
+fn check_writes(repo: &Repository, tag: &Tag, record: &TagRecord) -> Result<(), StoreError> {
+    let mut seen = HashSet::new();
+    match record.writes.iter().find(|w| !seen.insert(w.request_id.as_str())) {
+        Some(twice) => Err(StoreError::Corrupt {
+            key: format!("{repo}:{tag}"),
+            why: format!("two writes in flight for request {}", twice.request_id),
+        }),
+        None => Ok(()),
+    }
+}
+
+impl PgStore {
+    pub(super) fn read(&self, repo: &Repository, tag: &Tag) -> Result<TagRecord, StoreError> {
+        let mut c = self.client()?;
+        Ok(read_record(&mut *c, repo, tag)?.0)
+    }
+
+    /// [`crate::store::PinStore::update`]: one transaction holding every tag's lock, so
+    /// `change` runs once, on what the last transaction on these tags committed. Of a tag
+    /// named twice, the last copy is written.
+    pub(super) fn update_records(
+        &self,
+        repo: &Repository,
+        tags: &[Tag],
+        change: &mut dyn FnMut(u64, &mut [TagRecord]),
+    ) -> Result<Vec<TagRecord>, StoreError> {
+        let mut keys = tags.iter().map(|t| lock_key(repo, t)).collect();
+        self.with_locks(&mut keys, |tx| {
+            let mut before = Vec::with_capacity(tags.len());
+            // The clock is read with the records, after every lock is held.
+            let mut now = None;
+            for tag in tags {
+                let (record, at) = read_record(tx, repo, tag)?;
+                now.get_or_insert(at);
+                before.push(record);
+            }
+            let now = match now {
+                Some(at) => at,
+                None => tx
+                    .query_one(&format!("SELECT {DB_NOW}"), &[])
+                    .map_err(db)?
+                    .get::<_, i64>(0)
+                    .max(0) as u64,
+            };
+            let mut after = before.clone();
+            change(now, &mut after);
+            for (i, tag) in tags.iter().enumerate() {
+                if before[i] == after[i] || tags[i + 1..].contains(tag) {
+                    continue;
+                }
+                check_writes(repo, tag, &after[i])?;
+                write_record(tx, repo, tag, &before[i], &after[i])?;
+            }
+            Ok(after)
+        })
+    }
+
+    pub(super) fn list_states(
+        &self,
+        repo: Option<&Repository>,
+        after: Option<&(Repository, Tag)>,
+        limit: usize,
+    ) -> Result<Vec<(Repository, Tag, TagState)>, StoreError> {
+        let mut c = self.client()?;
+        let (after_repo, after_tag) = after.map_or(("", ""), |(r, t)| (r.as_str(), t.as_str()));
+        // Byte order (COLLATE "C") matches sled's key order, so a cursor means the same
+        // on both backends; `\0` sorts before any character of a name.
+        let rows = c
+            .query(
+                "SELECT k.repository, k.tag FROM (
+                   SELECT repository, tag FROM pins UNION SELECT repository, tag FROM claims) k
+                 WHERE ($1::text IS NULL OR k.repository = $1)
+                   AND (k.repository COLLATE \"C\", k.tag COLLATE \"C\") > ($2 COLLATE \"C\", $3 COLLATE \"C\")
+                 ORDER BY k.repository COLLATE \"C\", k.tag COLLATE \"C\" LIMIT $4",
+                &[&repo.map(Repository::as_str), &after_repo, &after_tag, &(limit as i64)],
+            )
+            .map_err(db)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let (r, t): (String, String) = (row.get(0), row.get(1));
+            let key = format!("{r}:{t}");
+            let r = Repository::parse(&r).map_err(|e| corrupt(&key, e))?;
+            let t = Tag::parse(&t).map_err(|e| corrupt(&key, e))?;
+            if let Some(state) = read_record(&mut *c, &r, &t)?.0.state() {
+                out.push((r, t, state));
+            }
+        }
+        Ok(out)
+    }
+
+    pub(super) fn import_records(&self, records: &[Exported]) -> Result<ImportOutcome, StoreError> {
+        let mut keys = records.iter().map(|r| lock_key(&r.repository, &r.tag)).collect();
+        self.with_locks(&mut keys, |tx| {
+            let (mut outcome, writes) = plan_import(records, |r| -> Result<_, StoreError> {
+                Ok(read_record(tx, &r.repository, &r.tag)?.0.state())
+            })?;
+            if !outcome.conflicts.is_empty() {
+                // Nothing written: the transaction commits no change.
+                return Ok(outcome);
+            }
+            for r in writes {
+                let (before, _) = read_record(tx, &r.repository, &r.tag)?;
+                let after = TagRecord {
+                    pin: r.pin(),
+                    writes: r.claim.iter().cloned().collect(),
+                    release: before.release.clone(),
+                };
+                write_record(tx, &r.repository, &r.tag, &before, &after)?;
+                outcome.imported += 1;
+            }
+            Ok(outcome)
+        })
+    }
+}

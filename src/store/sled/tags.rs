@@ -1,0 +1,277 @@
+//! A tag's record in the sled backend: its pin, writes in flight and release, kept in
+//! three trees under one key and read and changed together in one transaction, with the
+//! `by_digest` index following every change; and the views built from them (listing,
+//! holders) and import.
+
+use std::cell::RefCell;
+use std::collections::HashSet;
+
+use sled::transaction::TransactionalTree;
+use sled::Transactional;
+
+use super::records::{decode_release, encode_release};
+use super::{
+    abort, corrupt, decode_pin, decode_writes, encode_pin, encode_writes, io, repo_prefix, settle, tag_key, under,
+    SledStore, TxResult,
+};
+use crate::oci::{Digest, Repository, Tag};
+use crate::store::{now_secs, plan_import, Exported, ImportOutcome, StoreError, TagRecord, TagState};
+
+/// The trees of a tag's record, inside one transaction.
+struct TxTrees<'a> {
+    pins: &'a TransactionalTree,
+    claims: &'a TransactionalTree,
+    releases: &'a TransactionalTree,
+    /// `None` where only reading.
+    index: Option<&'a TransactionalTree>,
+}
+
+impl TxTrees<'_> {
+    fn read(&self, key: &[u8]) -> TxResult<TagRecord> {
+        let pin = match self.pins.get(key)? {
+            Some(v) => Some(decode_pin(key, &v).map_err(abort)?),
+            None => None,
+        };
+        let writes = match self.claims.get(key)? {
+            Some(v) => decode_writes(key, &v).map_err(abort)?,
+            None => Vec::new(),
+        };
+        let release = match self.releases.get(key)? {
+            Some(v) => Some(decode_release(key, &v).map_err(abort)?),
+            None => None,
+        };
+        Ok(TagRecord { pin, writes, release })
+    }
+
+    /// Write the parts of `after` that differ from `before` (what the tag holds now), and
+    /// move the tag's index entries from the digests it no longer holds to the new ones.
+    fn write(&self, repo: &Repository, tag: &Tag, before: &TagRecord, after: &TagRecord) -> TxResult<()> {
+        let key = tag_key(repo, tag);
+        if before.pin != after.pin {
+            match &after.pin {
+                Some(pin) => self.pins.insert(key.clone(), encode_pin(pin))?,
+                None => self.pins.remove(key.clone())?,
+            };
+        }
+        if before.writes != after.writes {
+            if after.writes.is_empty() {
+                self.claims.remove(key.clone())?;
+            } else {
+                self.claims.insert(key.clone(), encode_writes(&after.writes))?;
+            }
+        }
+        if before.release != after.release {
+            match &after.release {
+                Some(release) => self.releases.insert(key, encode_release(release))?,
+                None => self.releases.remove(key)?,
+            };
+        }
+        let index = self.index.expect("a write transaction includes the index");
+        let (old, new) = (before.digests(), after.digests());
+        for gone in old.difference(&new) {
+            index.remove(index_key(repo, gone, tag))?;
+        }
+        for added in new.difference(&old) {
+            index.insert(index_key(repo, added, tag), &[][..])?;
+        }
+        Ok(())
+    }
+}
+
+fn index_key(repo: &Repository, digest: &Digest, tag: &Tag) -> Vec<u8> {
+    under(super::digest_key(repo, digest), tag.as_str())
+}
+
+/// A tag's writes are one per request: a second write of one request is a caller's bug,
+/// refused the same on every backend.
+fn check_writes(repo: &Repository, tag: &Tag, record: &TagRecord) -> Result<(), StoreError> {
+    let mut seen = HashSet::new();
+    match record.writes.iter().find(|w| !seen.insert(w.request_id.as_str())) {
+        Some(twice) => Err(StoreError::Corrupt {
+            key: format!("{repo}:{tag}"),
+            why: format!("two writes in flight for request {}", twice.request_id),
+        }),
+        None => Ok(()),
+    }
+}
+
+impl SledStore {
+    pub(super) fn read_record(&self, repo: &Repository, tag: &Tag) -> Result<TagRecord, StoreError> {
+        let t = self.trees()?;
+        let key = tag_key(repo, tag);
+        // In a transaction: reading the trees one by one could see a pin already moved and
+        // the write that moved it still there, or neither.
+        let result = (&t.pins, &t.claims, &t.releases).transaction(|(pins, claims, releases)| {
+            TxTrees {
+                pins,
+                claims,
+                releases,
+                index: None,
+            }
+            .read(&key)
+        });
+        settle(result)
+    }
+
+    /// [`crate::store::PinStore::update`]. sled runs one transaction at a time, so the
+    /// closure's retry on conflict does not happen in practice; it would start again from
+    /// records read afresh if it did. Of a tag named twice, the last copy is written.
+    pub(super) fn update_records(
+        &self,
+        repo: &Repository,
+        tags: &[Tag],
+        change: &mut dyn FnMut(u64, &mut [TagRecord]),
+    ) -> Result<Vec<TagRecord>, StoreError> {
+        let t = self.trees()?;
+        let keys: Vec<Vec<u8>> = tags.iter().map(|tag| tag_key(repo, tag)).collect();
+        // sled's transaction takes an `Fn`; the change runs once per attempt.
+        let change = RefCell::new(change);
+        let result = (&t.pins, &t.claims, &t.releases, &t.by_digest).transaction(|(pins, claims, releases, index)| {
+            let tx = TxTrees {
+                pins,
+                claims,
+                releases,
+                index: Some(index),
+            };
+            let before = keys.iter().map(|k| tx.read(k)).collect::<TxResult<Vec<_>>>()?;
+            let mut after = before.clone();
+            (*change.borrow_mut())(now_secs(), &mut after);
+            let mut changed = false;
+            for (i, tag) in tags.iter().enumerate() {
+                if before[i] == after[i] || tags[i + 1..].contains(tag) {
+                    continue;
+                }
+                check_writes(repo, tag, &after[i]).map_err(abort)?;
+                tx.write(repo, tag, &before[i], &after[i])?;
+                changed = true;
+            }
+            Ok((after, changed))
+        });
+        let (after, changed) = settle(result)?;
+        if changed {
+            // Durable before the caller acts on it: a 201 means the pin survives a crash,
+            // and nothing is forwarded under a write record that may not be on disk.
+            self.flush(&t)?;
+        }
+        Ok(after)
+    }
+
+    /// The distinct digests of `repo`'s records, from the index, in byte order.
+    pub(super) fn digests_held(&self, repo: &Repository) -> Result<Vec<Digest>, StoreError> {
+        let t = self.trees()?;
+        let prefix = repo_prefix(repo);
+        let mut out: Vec<Digest> = Vec::new();
+        for key in t.by_digest.scan_prefix(&prefix).keys() {
+            let key = key.map_err(io)?;
+            let digest = std::str::from_utf8(&key[prefix.len()..])
+                .ok()
+                .and_then(|rest| rest.split_once('\0'))
+                .and_then(|(d, _)| Digest::parse(d).ok())
+                .ok_or_else(|| corrupt(&key, "not repo, digest and tag"))?;
+            // Keys are sorted, so the tags of one digest are next to each other.
+            if out.last() != Some(&digest) {
+                out.push(digest);
+            }
+        }
+        Ok(out)
+    }
+
+    pub(super) fn list_states(
+        &self,
+        repo: Option<&Repository>,
+        after: Option<&(Repository, Tag)>,
+        limit: usize,
+    ) -> Result<Vec<(Repository, Tag, TagState)>, StoreError> {
+        let t = self.trees()?;
+        let prefix = repo.map(repo_prefix).unwrap_or_default();
+        let start = match after {
+            Some((r, tag)) => {
+                let mut k = tag_key(r, tag);
+                k.push(0); // the smallest key after it
+                k
+            }
+            None => prefix.clone(),
+        };
+        let parse_key = |k: &[u8]| -> Result<(Repository, Tag), StoreError> {
+            let text = std::str::from_utf8(k).map_err(|e| corrupt(k, e))?;
+            let (r, tg) = text.split_once('\0').ok_or_else(|| corrupt(k, "no separator"))?;
+            Ok((
+                Repository::parse(r).map_err(|e| corrupt(k, e))?,
+                Tag::parse(tg).map_err(|e| corrupt(k, e))?,
+            ))
+        };
+        // Pins and writes are two trees in the same key order: merge them, a key at a time.
+        let mut pins = t.pins.range(start.clone()..).peekable();
+        let mut claims = t.claims.range(start..).peekable();
+        let mut out = Vec::with_capacity(limit.min(1024));
+        while out.len() < limit {
+            let next_pin = pins
+                .peek()
+                .map(|r| r.as_ref().map(|(k, _)| k.clone()).map_err(|e| io(e.clone())));
+            let next_claim = claims
+                .peek()
+                .map(|r| r.as_ref().map(|(k, _)| k.clone()).map_err(|e| io(e.clone())));
+            let key = match (next_pin.transpose()?, next_claim.transpose()?) {
+                (None, None) => break,
+                (Some(a), None) => a,
+                (None, Some(b)) => b,
+                (Some(a), Some(b)) => a.min(b),
+            };
+            if !key.starts_with(&prefix) {
+                break;
+            }
+            let mut record = TagRecord::default();
+            if let Some(Ok((k, _))) = pins.peek() {
+                if *k == key {
+                    let (k, v) = pins.next().expect("peeked").map_err(io)?;
+                    record.pin = Some(decode_pin(&k, &v)?);
+                }
+            }
+            if let Some(Ok((k, _))) = claims.peek() {
+                if *k == key {
+                    let (k, v) = claims.next().expect("peeked").map_err(io)?;
+                    record.writes = decode_writes(&k, &v)?;
+                }
+            }
+            let (r, tag) = parse_key(&key)?;
+            if let Some(state) = record.state() {
+                out.push((r, tag, state));
+            }
+        }
+        Ok(out)
+    }
+
+    pub(super) fn import_records(&self, records: &[Exported]) -> Result<ImportOutcome, StoreError> {
+        let t = self.trees()?;
+        let result = (&t.pins, &t.claims, &t.releases, &t.by_digest).transaction(|(pins, claims, releases, index)| {
+            let tx = TxTrees {
+                pins,
+                claims,
+                releases,
+                index: Some(index),
+            };
+            let (mut outcome, writes) = plan_import(records, |r| -> TxResult<_> {
+                Ok(tx.read(&tag_key(&r.repository, &r.tag))?.state())
+            })?;
+            if !outcome.conflicts.is_empty() {
+                return Ok(outcome);
+            }
+            for r in writes {
+                let before = tx.read(&tag_key(&r.repository, &r.tag))?;
+                let after = TagRecord {
+                    pin: r.pin(),
+                    writes: r.claim.iter().cloned().collect(),
+                    release: before.release.clone(),
+                };
+                tx.write(&r.repository, &r.tag, &before, &after)?;
+                outcome.imported += 1;
+            }
+            Ok(outcome)
+        });
+        let outcome = settle(result)?;
+        if outcome.imported > 0 {
+            self.flush(&t)?;
+        }
+        Ok(outcome)
+    }
+}
