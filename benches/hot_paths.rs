@@ -59,7 +59,8 @@ fn store(c: &mut Criterion) {
             BatchSize::SmallInput,
         )
     });
-    // A new tag's push costs a durable claim before forwarding and its confirmation after.
+    // A new tag's push costs a durable record before forwarding and its settlement after,
+    // each a transition of the pinning state machine applied by the store.
     c.bench_function("durable claim + confirm", |b| {
         b.iter_batched(
             || {
@@ -67,10 +68,26 @@ fn store(c: &mut Criterion) {
                 vec![Tag::parse(&format!("claimed{n}")).unwrap()]
             },
             |tags| {
+                let clock = |now| tagpin::pinning::Clock { now, horizon: 900 };
+                let input = [tagpin::pinning::PushTag {
+                    tag: tags[0].clone(),
+                    decided: tagpin::policy::Decided {
+                        mode: tagpin::policy::Mode::Immutable,
+                        by: tagpin::policy::DecidedBy::Default,
+                    },
+                    append: None,
+                }];
                 store
-                    .claim(&repo, &tags, &tagpin::store::Claim::now(digest.clone(), "bench"))
+                    .update(&repo, &tags, &mut |now, records| {
+                        tagpin::pinning::begin_push(records, &input, &digest, "bench", clock(now));
+                    })
                     .unwrap();
-                store.confirm(&repo, &tags, &digest).unwrap()
+                store
+                    .update(&repo, &tags, &mut |now, records| {
+                        let applied = tagpin::pinning::Outcome::Applied;
+                        tagpin::pinning::settle_push(&mut records[0], &digest, "bench", applied, clock(now));
+                    })
+                    .unwrap()
             },
             BatchSize::SmallInput,
         )

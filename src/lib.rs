@@ -7,8 +7,9 @@
 //! 3. reads, blobs and uploads are streamed through [`upstream`] untouched;
 //! 4. a manifest push naming a protected tag ([`policy::Protection`]) is read by
 //!    [`manifest`] (bounded in size, time and, across all connections, memory), hashed,
-//!    decided by [`policy::decide_push`] against [`store`], and forwarded; the pin is
-//!    committed once the upstream accepted it;
+//!    decided by the per-tag state machine [`pinning`] (its transitions applied
+//!    atomically by [`store`]), recorded, forwarded, and settled by the upstream's
+//!    answer: the pin follows once the upstream accepted it;
 //! 5. every decision is an audit event ([`telemetry`]); every error is one OCI error
 //!    response ([`error`]).
 //!

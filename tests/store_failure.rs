@@ -12,12 +12,11 @@ use common::*;
 use tagpin::config::RawConfig;
 use tagpin::oci::{Digest, Repository, Tag};
 use tagpin::store::{
-    Claim, Exported, HistoryEntry, HistoryEvent, ImportOutcome, Pin, PinStore, Protect, Refused, Release, SledStore,
-    StoreError, TagState,
+    DeleteRecord, Exported, ImportOutcome, PinStore, Protect, Refused, SledStore, StoreError, TagRecord, TagState,
 };
 
-/// A real store with switches that make reads, writes, or only the confirmation of an
-/// accepted push fail.
+/// A real store with switches that make reads, writes, or only the recording of a pin
+/// (an update that sets or moves one: the confirmation of an accepted push) fail.
 struct FlakyStore {
     inner: SledStore,
     fail_reads: AtomicBool,
@@ -28,34 +27,45 @@ struct FlakyStore {
 impl FlakyStore {
     fn check(&self, flag: &AtomicBool) -> Result<(), StoreError> {
         if flag.load(Ordering::SeqCst) {
-            Err(StoreError::Io("injected failure: /secret/internal/path".into()))
+            Err(injected())
         } else {
             Ok(())
         }
     }
 }
 
+fn injected() -> StoreError {
+    StoreError::Io("injected failure: /secret/internal/path".into())
+}
+
 impl PinStore for FlakyStore {
-    fn state(&self, r: &Repository, t: &Tag) -> Result<Option<TagState>, StoreError> {
+    fn record(&self, r: &Repository, t: &Tag) -> Result<TagRecord, StoreError> {
         self.check(&self.fail_reads)?;
-        self.inner.state(r, t)
+        self.inner.record(r, t)
     }
-    fn pin_if_absent(&self, r: &Repository, p: &[(Tag, Pin)]) -> Result<Vec<TagState>, StoreError> {
+    fn update(
+        &self,
+        r: &Repository,
+        t: &[Tag],
+        change: &mut dyn FnMut(u64, &mut [TagRecord]),
+    ) -> Result<Vec<TagRecord>, StoreError> {
         self.check(&self.fail_writes)?;
-        self.inner.pin_if_absent(r, p)
-    }
-    fn claim(&self, r: &Repository, t: &[Tag], c: &Claim) -> Result<Vec<TagState>, StoreError> {
-        self.check(&self.fail_writes)?;
-        self.inner.claim(r, t, c)
-    }
-    fn confirm(&self, r: &Repository, t: &[Tag], d: &Digest) -> Result<Vec<TagState>, StoreError> {
-        self.check(&self.fail_writes)?;
-        self.check(&self.fail_confirms)?;
-        self.inner.confirm(r, t, d)
-    }
-    fn withdraw(&self, r: &Repository, t: &[Tag], id: &str) -> Result<(), StoreError> {
-        self.check(&self.fail_writes)?;
-        self.inner.withdraw(r, t, id)
+        let fail_pins = self.fail_confirms.load(Ordering::SeqCst);
+        let mut refused = false;
+        let written = self.inner.update(r, t, &mut |now, records| {
+            let before = records.to_vec();
+            change(now, records);
+            // A change that sets or moves a pin is undone before it is written, and fails.
+            let digest = |r: &TagRecord| r.pin.as_ref().map(|p| p.digest.clone());
+            refused = fail_pins && before.iter().zip(records.iter()).any(|(b, a)| digest(b) != digest(a));
+            if refused {
+                records.clone_from_slice(&before);
+            }
+        })?;
+        if refused {
+            return Err(injected());
+        }
+        Ok(written)
     }
     fn tags_pinned_to(&self, r: &Repository, d: &Digest) -> Result<Vec<Tag>, StoreError> {
         self.check(&self.fail_reads)?;
@@ -65,17 +75,17 @@ impl PinStore for FlakyStore {
         self.check(&self.fail_writes)?;
         self.inner.begin_delete(r, d, id)
     }
-    fn end_delete(&self, r: &Repository, d: &Digest, id: Option<&str>) -> Result<(), StoreError> {
+    fn end_delete(&self, r: &Repository, d: &Digest, id: &str) -> Result<(), StoreError> {
         self.check(&self.fail_writes)?;
         self.inner.end_delete(r, d, id)
     }
-    fn claim_advance(&self, r: &Repository, t: &Tag, from: &Digest, c: &Claim) -> Result<TagState, StoreError> {
-        self.check(&self.fail_writes)?;
-        self.inner.claim_advance(r, t, from, c)
+    fn deletes_in_flight(&self, r: &Repository, d: &[Digest], horizon: u64) -> Result<Vec<Digest>, StoreError> {
+        self.check(&self.fail_reads)?;
+        self.inner.deletes_in_flight(r, d, horizon)
     }
-    fn record_event(&self, r: &Repository, t: &Tag, e: &HistoryEntry) -> Result<(), StoreError> {
-        self.check(&self.fail_writes)?;
-        self.inner.record_event(r, t, e)
+    fn list_deletes(&self, r: Option<&Repository>) -> Result<Vec<DeleteRecord>, StoreError> {
+        self.check(&self.fail_reads)?;
+        self.inner.list_deletes(r)
     }
     fn record_refusal(&self, r: &Repository, t: &Tag, x: &Refused) -> Result<(), StoreError> {
         self.check(&self.fail_writes)?;
@@ -85,10 +95,6 @@ impl PinStore for FlakyStore {
         self.check(&self.fail_reads)?;
         self.inner.refusals(r, t)
     }
-    fn delete_in_flight(&self, r: &Repository, d: &Digest) -> Result<bool, StoreError> {
-        self.check(&self.fail_reads)?;
-        self.inner.delete_in_flight(r, d)
-    }
     fn protect(&self, r: &Repository, h: &Digest, refs: &[Digest], how: Protect) -> Result<(), StoreError> {
         self.check(&self.fail_writes)?;
         self.inner.protect(r, h, refs, how)
@@ -96,6 +102,10 @@ impl PinStore for FlakyStore {
     fn has_refs(&self, r: &Repository, h: &Digest) -> Result<bool, StoreError> {
         self.check(&self.fail_reads)?;
         self.inner.has_refs(r, h)
+    }
+    fn refs_of(&self, r: &Repository, h: &Digest) -> Result<Vec<Digest>, StoreError> {
+        self.check(&self.fail_reads)?;
+        self.inner.refs_of(r, h)
     }
     fn holders(&self, r: &Repository) -> Result<Vec<Digest>, StoreError> {
         self.check(&self.fail_reads)?;
@@ -113,24 +123,6 @@ impl PinStore for FlakyStore {
     ) -> Result<Vec<(Repository, Tag, TagState)>, StoreError> {
         self.check(&self.fail_reads)?;
         self.inner.list(r, after, limit)
-    }
-    fn set_release(&self, r: &Repository, t: &Tag, x: &Release) -> Result<(), StoreError> {
-        self.check(&self.fail_writes)?;
-        self.inner.set_release(r, t, x)
-    }
-    fn release(&self, r: &Repository, t: &Tag) -> Result<Option<Release>, StoreError> {
-        self.check(&self.fail_reads)?;
-        self.inner.release(r, t)
-    }
-    fn end_release(
-        &self,
-        r: &Repository,
-        t: &Tag,
-        e: HistoryEvent,
-        id: Option<&str>,
-    ) -> Result<Option<Release>, StoreError> {
-        self.check(&self.fail_writes)?;
-        self.inner.end_release(r, t, e, id)
     }
     fn import(&self, records: &[Exported]) -> Result<ImportOutcome, StoreError> {
         self.check(&self.fail_writes)?;
@@ -251,11 +243,18 @@ fn a_pin_write_that_fails_after_the_upstream_accepted_leaves_the_tag_reserved() 
     assert_eq!(r.json()["errors"][0]["detail"]["state"], "claimed");
 
     store.fail_confirms.store(false, Ordering::SeqCst);
-    // The client's retry completes the push and pins it.
+    // The client's retry completes the push and pins it. The first push's record stays
+    // (its answer was never recorded, and only that settles it, or the in-doubt
+    // horizon): it holds the same digest, so it keeps nothing but other digests out.
     assert_eq!(a.put_manifest(addr, "w", "v1", "").status, 201);
+    let (repo, tag) = (Repository::parse("w").unwrap(), Tag::parse("v1").unwrap());
+    let record = store.record(&repo, &tag).unwrap();
+    assert_eq!(record.pin.map(|p| p.digest.to_string()), Some(a.digest()));
+    assert_eq!(record.writes.len(), 1, "{:?}", record.writes);
+    assert_eq!(record.writes[0].digest.to_string(), a.digest());
     let r = a.variant("b").put_manifest(addr, "w", "v1", "");
     assert_eq!(r.status, 409, "{}", r.text());
-    assert_eq!(r.json()["errors"][0]["detail"]["state"], "pinned");
+    assert_eq!(r.json()["errors"][0]["detail"]["pinned_digest"], a.digest());
     assert_eq!(upstream_digest(&registry, "w", "v1"), Some(a.digest()));
 }
 

@@ -25,7 +25,7 @@ use crate::app::App;
 use crate::body::Body;
 use crate::error::ProxyError;
 use crate::oci::{Digest, Reference, Repository, Tag};
-use crate::pinning::{self, flow, DigestDelete, Holder, Outcome, TagDelete};
+use crate::pinning::{self, flow, Dependents, DigestDelete, Holder, Outcome, TagDelete};
 use crate::policy::{warning_header, Decided, Mode, Policy, Refusal};
 use crate::telemetry::{AuditAction, AuditEvent, Requester};
 use crate::upstream::UpstreamError;
@@ -272,6 +272,7 @@ impl DigestJob {
                 return Err(self.refuse_held(app, &direct, released));
             }
         }
+        let recorded_at = std::time::Instant::now();
         let (r, d, id) = (self.repo.clone(), self.digest.clone(), self.who.request_id.clone());
         if let Err(e) = app.store_call(move |s| s.begin_delete(&r, &d, &id)).await {
             self.settle_releases(app, &released, Outcome::NotApplied).await;
@@ -281,7 +282,8 @@ impl DigestJob {
         // delete is recorded; a push that claimed the digest (or content needing it)
         // before the record is seen now.
         let after = self.held_by(app, &policy).await.map(|(_, _, h)| h);
-        if after.map_or(true, |after| flow::newly_held(&before, &after)) {
+        let fresh = flow::fresh(recorded_at.elapsed().as_secs(), app.config.in_doubt_horizon.as_secs());
+        if !fresh || after.map_or(true, |after| flow::newly_held(&before, &after)) {
             self.settle(app, &released, Outcome::NotApplied).await;
             return Err(Refusal::DeleteInFlight {
                 repo: self.repo.clone(),
@@ -308,11 +310,7 @@ impl DigestJob {
     }
 
     /// The protected tags holding the digest and the pinned manifests depending on it.
-    async fn held_by(
-        &self,
-        app: &App,
-        policy: &Policy,
-    ) -> Result<(Vec<Holder>, Vec<(Digest, Vec<Holder>)>, flow::HeldBy), ProxyError> {
+    async fn held_by(&self, app: &App, policy: &Policy) -> Result<(Vec<Holder>, Dependents, flow::HeldBy), ProxyError> {
         let direct = match self.kind {
             Content::Manifest => holders(app, policy, &self.repo, &self.digest).await?,
             Content::Blob => Vec::new(),

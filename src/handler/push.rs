@@ -138,6 +138,7 @@ impl PushJob {
             Err(challenge) => return Ok(super::challenge::for_push(challenge, &self.repo, &self.who.request_id)),
         };
         let (inputs, verdicts) = self.decide(app, appends).await?;
+        let decided_at = std::time::Instant::now();
         let recorded: Vec<Tag> = inputs.iter().map(|i| i.tag.clone()).collect();
         let checks = match refs.new {
             true => flow::delete_checks(&self.attempted, &refs.refs, &[]),
@@ -146,6 +147,12 @@ impl PushJob {
         if let Err(e) = self.check_deletes(app, checks).await {
             self.withdraw(app, &recorded).await;
             return Err(e);
+        }
+        if !flow::fresh(decided_at.elapsed().as_secs(), app.config.in_doubt_horizon.as_secs()) {
+            self.withdraw(app, &recorded).await;
+            return Err(ProxyError::CannotDecide(
+                "the store took too long to confirm the decision; nothing was forwarded, retry".into(),
+            ));
         }
         self.forward_and_settle(app, &inputs, &verdicts).await
     }

@@ -115,6 +115,9 @@ pub struct Holder {
     pub record: TagRecord,
 }
 
+/// Pinned manifests depending on a digest, each with the protected tags holding it.
+pub type Dependents = Vec<(Digest, Vec<Holder>)>;
+
 /// The decision for a delete of a digest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DigestDelete {
@@ -132,7 +135,7 @@ pub enum DigestDelete {
 
 /// Decide a delete of a digest held directly by `direct` and depended on by the pinned
 /// manifests `dependents` (each with the protected tags that hold it).
-pub fn decide_digest_delete(direct: &[Holder], dependents: &[(Digest, Vec<Holder>)], clock: Clock) -> DigestDelete {
+pub fn decide_digest_delete(direct: &[Holder], dependents: &Dependents, clock: Clock) -> DigestDelete {
     let enforcing = |h: &&Holder| h.decided.mode != Mode::Audit;
     let held: Vec<&Holder> = direct.iter().filter(enforcing).collect();
     let mut released = Vec::new();

@@ -41,9 +41,12 @@ mod push;
 mod release;
 #[cfg(test)]
 mod sim;
+#[cfg(test)]
+mod tests;
 
 pub use delete::{
-    begin_tag_delete, decide_digest_delete, note_audited_delete, settle_tag_delete, DigestDelete, Holder, TagDelete,
+    begin_tag_delete, decide_digest_delete, note_audited_delete, settle_tag_delete, Dependents, DigestDelete, Holder,
+    TagDelete,
 };
 pub use push::{begin_push, settle_push, Begun, PushTag, Settled, Verdict};
 pub use release::{cancel_release, clear_writes, set_release, take_releases, Cancel, SetRelease};

@@ -73,7 +73,7 @@ pub fn begin_push(
     for (record, input) in records.iter().zip(tags) {
         match decide(record, input, attempted, clock) {
             Ok(v) => verdicts.push(v),
-            Err(c) => conflicts.push(c),
+            Err(c) => conflicts.push(*c),
         }
     }
     if !conflicts.is_empty() {
@@ -102,13 +102,15 @@ pub fn begin_push(
 }
 
 /// The decision for one tag.
-fn decide(record: &TagRecord, input: &PushTag, attempted: &Digest, clock: Clock) -> Result<Verdict, Conflict> {
-    let conflict = |pinned: &Digest, claimed: bool, reason: ConflictReason| Conflict {
-        tag: input.tag.clone(),
-        pinned: pinned.clone(),
-        claimed,
-        reason,
-        decided: Some(input.decided),
+fn decide(record: &TagRecord, input: &PushTag, attempted: &Digest, clock: Clock) -> Result<Verdict, Box<Conflict>> {
+    let conflict = |pinned: &Digest, claimed: bool, reason: ConflictReason| {
+        Box::new(Conflict {
+            tag: input.tag.clone(),
+            pinned: pinned.clone(),
+            claimed,
+            reason,
+            decided: Some(input.decided),
+        })
     };
     // The in-flight rule holds in every mode: while a write of another digest may still
     // land, nothing else is decided against the tag.

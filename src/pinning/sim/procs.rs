@@ -298,10 +298,9 @@ fn settle_push(w: &mut World, p: &Proc, tag: &Tag, digest: &Digest, outcome: Out
     out
 }
 
-/// A decision too old to act on: the handler refuses rather than forward a write whose
-/// record may pass the horizon while it is still on its way (`handler::FRESH`).
+/// A decision too old to act on ([`flow::fresh`]).
 fn stale(w: &World, p: &Proc) -> bool {
-    w.now >= p.recorded_at + HORIZON / 4
+    !flow::fresh(w.now - p.recorded_at, HORIZON)
 }
 
 fn forward(w: &mut World, p: &mut Proc, write: Write) {
@@ -430,9 +429,9 @@ fn holders(w: &World, d: &Digest) -> Vec<Holder> {
         .collect()
 }
 
-fn held_by(w: &World, d: &Digest) -> (Vec<Holder>, Vec<(Digest, Vec<Holder>)>, HeldBy) {
+fn held_by(w: &World, d: &Digest) -> (Vec<Holder>, machine::Dependents, HeldBy) {
     let direct = holders(w, d);
-    let dependents: Vec<(Digest, Vec<Holder>)> = w
+    let dependents: machine::Dependents = w
         .store
         .referenced_by(d)
         .into_iter()
