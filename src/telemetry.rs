@@ -61,6 +61,9 @@ pub enum AuditAction {
     DriftDetected,
     /// Pins imported by an operator.
     Imported,
+    /// An operator cleared the records of writes (or digest deletes) whose outcome was
+    /// lost, knowing they failed.
+    ClaimCleared,
     /// SIGHUP: a new policy is in force.
     PolicyReloaded,
     /// SIGHUP: the new config was invalid; the old policy stays in force.
@@ -86,6 +89,7 @@ impl AuditAction {
             Self::Seeded => "seeded",
             Self::DriftDetected => "drift_detected",
             Self::Imported => "imported",
+            Self::ClaimCleared => "claim_cleared",
             Self::PolicyReloaded => "policy_reloaded",
             Self::PolicyReloadFailed => "policy_reload_failed",
         }

@@ -70,7 +70,7 @@ echo "== cargo test, PostgreSQL pin store (TAGPIN_TEST_STORE=postgres)"
 # admin_cli, ...); the PostgreSQL store has its own contract and replica tests above.
 TAGPIN_TEST_STORE=postgres cargo test --locked \
   --test push_and_pin --test in_flight --test pinned_content --test policy_modes \
-  --test races_and_crashes --test faulty_upstream -- --test-threads="${TEST_THREADS:-4}"
+  --test races_and_crashes --test faulty_upstream --test claims -- --test-threads="${TEST_THREADS:-4}"
 echo "== deploy files (kubernetes-validate --strict, hadolint)"
 tests/deploy_check.sh
 echo "== benchmark smoke run (bench/run.sh --smoke)"

@@ -8,6 +8,7 @@
 //! request gets the same OCI error envelope as a refused push.
 
 pub mod auth;
+mod claims;
 pub mod drift;
 mod pins;
 pub mod routes;
@@ -135,6 +136,8 @@ async fn dispatch(admin: &Arc<Admin>, req: Request<Incoming>, who: &Requester) -
         AdminRoute::Import => pins::import(app, req, who).await,
         AdminRoute::Seed { repository } => seed::start(Arc::clone(admin), repository, who.clone()).await,
         AdminRoute::Verify { repository } => verify::verify(app, repository).await,
+        AdminRoute::ListClaims { repository } => claims::list(app, repository).await,
+        AdminRoute::ClearClaims => claims::clear(app, req, who).await,
     }
 }
 

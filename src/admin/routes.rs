@@ -29,6 +29,11 @@ pub enum AdminRoute {
     Export,
     /// `POST /admin/v1/import` with JSON lines.
     Import,
+    /// `GET /admin/v1/claims[?repository=R]`: the records of writes and digest deletes
+    /// whose outcome is not known.
+    ListClaims { repository: Option<Repository> },
+    /// `POST /admin/v1/claims/clear` with a JSON body naming a tag or a digest.
+    ClearClaims,
 }
 
 /// Largest page of `ListPins`, and the default.
@@ -96,6 +101,10 @@ pub fn classify(method: &Method, path: &str, query: Option<&str>) -> Result<Admi
         }),
         ("GET", "/admin/v1/export") => Ok(AdminRoute::Export),
         ("POST", "/admin/v1/import") => Ok(AdminRoute::Import),
+        ("GET", "/admin/v1/claims") => Ok(AdminRoute::ListClaims {
+            repository: repository()?,
+        }),
+        ("POST", "/admin/v1/claims/clear") => Ok(AdminRoute::ClearClaims),
         (_, p) if p.starts_with("/admin/v1/") => Err(RouteProblem::NotFound),
         _ => Err(RouteProblem::NotFound),
     }
@@ -173,5 +182,25 @@ mod tests {
                 repository: Some(r("x"))
             })
         );
+        assert_eq!(
+            c("GET", "/admin/v1/claims", None),
+            Ok(AdminRoute::ListClaims { repository: None })
+        );
+        assert_eq!(
+            c("GET", "/admin/v1/claims", Some("repository=team/app")),
+            Ok(AdminRoute::ListClaims {
+                repository: Some(r("team/app"))
+            })
+        );
+        assert!(matches!(
+            c("GET", "/admin/v1/claims", Some("repository=Team")),
+            Err(RouteProblem::Bad(_))
+        ));
+        assert_eq!(c("POST", "/admin/v1/claims/clear", None), Ok(AdminRoute::ClearClaims));
+        // Clearing changes the store: never by GET, and only at its own path.
+        assert_eq!(c("GET", "/admin/v1/claims/clear", None), Err(RouteProblem::NotFound));
+        assert_eq!(c("POST", "/admin/v1/claims", None), Err(RouteProblem::NotFound));
+        assert_eq!(c("DELETE", "/admin/v1/claims", None), Err(RouteProblem::NotFound));
+        assert_eq!(c("POST", "/admin/v1/claims/clear/", None), Err(RouteProblem::NotFound));
     }
 }

@@ -2,10 +2,10 @@
 //! variable and by the config file; precedence is flag, then environment, then file, then
 //! default.
 //!
-//! The operator commands (`pins`, `release`, `seed`, `verify`, `export`, `import`) are
-//! clients of the admin API, one file each: they parse, call, and format ([`client`],
-//! [`output`]). Their exit status is 0 on success, 1 where a command's `--help` says so,
-//! 2 on any other error, with a one-line message on stderr.
+//! The operator commands (`pins`, `release`, `claims`, `seed`, `verify`, `export`,
+//! `import`) are clients of the admin API, one file each: they parse, call, and format
+//! ([`client`], [`output`]). Their exit status is 0 on success, 1 where a command's
+//! `--help` says so, 2 on any other error, with a one-line message on stderr.
 
 use std::path::PathBuf;
 
@@ -13,6 +13,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::{LogFormat, RawConfig, RawTimeouts};
 
+pub mod claims;
 pub mod client;
 pub mod output;
 pub mod pins;
@@ -47,6 +48,10 @@ pub enum Command {
     Pins(pins::PinsCommand),
     /// Let one push or delete move a pinned tag, for a limited time (admin API).
     Release(release::ReleaseArgs),
+    /// List the records of pushes and deletes whose outcome was lost, or clear those known
+    /// to have failed (admin API).
+    #[command(subcommand)]
+    Claims(claims::ClaimsCommand),
     /// Adopt the tags the upstream already holds as pins (admin API).
     Seed(seed::SeedArgs),
     /// Check that the upstream still holds every pinned tag at its pin (admin API).
@@ -59,7 +64,7 @@ pub enum Command {
 
 /// The subcommands that are admin API clients, whose usage errors exit 2 like their
 /// other errors (`serve` and `policy` keep 64, EX_USAGE).
-const CLIENT_COMMANDS: [&str; 6] = ["pins", "release", "seed", "verify", "export", "import"];
+const CLIENT_COMMANDS: [&str; 7] = ["pins", "release", "claims", "seed", "verify", "export", "import"];
 
 /// The exit status of a command line clap refused: 2 for a client command, else 64.
 pub fn usage_exit_code<I: IntoIterator<Item = std::ffi::OsString>>(args: I) -> u8 {
@@ -96,6 +101,13 @@ async fn dispatch(command: Command, env: &dyn Fn(&str) -> Option<std::ffi::OsStr
         Command::Pins(pins::PinsCommand::List(a)) => pins::list(&Client::new(&a.admin, env)?, &a, &mut out).await,
         Command::Pins(pins::PinsCommand::Show(a)) => pins::show(&Client::new(&a.admin, env)?, &a, &mut out).await,
         Command::Release(a) => release::run(&Client::new(&a.admin, env)?, &a, &mut out).await,
+        Command::Claims(claims::ClaimsCommand::List(a)) => {
+            claims::list(&Client::new(&a.admin, env)?, &a, &mut out).await
+        }
+        Command::Claims(claims::ClaimsCommand::Clear(a)) => {
+            claims::reason(&a)?;
+            claims::clear(&Client::new(&a.admin, env)?, &a, &mut out).await
+        }
         Command::Seed(a) => seed::run(&Client::new(&a.admin, env)?, &a, &mut out).await,
         Command::Verify(a) => verify::run(&Client::new(&a.admin, env)?, &a, &mut out).await,
         Command::Export(a) => {
@@ -271,6 +283,7 @@ mod tests {
         let code = |args: &[&str]| usage_exit_code(args.iter().map(std::ffi::OsString::from));
         assert_eq!(code(&["tagpin", "pins", "lst"]), 2);
         assert_eq!(code(&["tagpin", "release", "--bogus"]), 2);
+        assert_eq!(code(&["tagpin", "claims", "clear", "a/b:v1"]), 2);
         assert_eq!(code(&["tagpin", "serve", "--bogus"]), 64);
         assert_eq!(code(&["tagpin", "--bogus"]), 64);
         assert_eq!(code(&["tagpin"]), 64);
