@@ -127,8 +127,9 @@ impl ProxyError {
                  is known or the in-doubt horizon passes: repeat the same request to settle it"
             }
             Self::CannotDecide(_) => {
-                "tagpin cannot read a pinned manifest this decision needs (for an append-only push, the one it \
-                 must extend), so it refuses the write; nothing was changed, retry later"
+                "tagpin cannot decide this write safely now (it could not read a pinned manifest the decision \
+                 needs, such as the one an append-only push must extend, or the decision took too long to \
+                 carry out), so it refuses the write; nothing was changed, retry later"
             }
             Self::PinNotRecorded(_) => {
                 "the upstream accepted the push but tagpin could not record the pin; the tag stays reserved \

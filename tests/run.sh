@@ -21,6 +21,7 @@ declare -A pkg_for=(
   [openssl]=openssl
   [curl]=curl
   [initdb]=postgresql
+  [faketime]=faketime
 )
 missing=()
 for bin in "${!pkg_for[@]}"; do
@@ -70,7 +71,8 @@ echo "== cargo test, PostgreSQL pin store (TAGPIN_TEST_STORE=postgres)"
 # admin_cli, ...); the PostgreSQL store has its own contract and replica tests above.
 TAGPIN_TEST_STORE=postgres cargo test --locked \
   --test push_and_pin --test in_flight --test pinned_content --test policy_modes \
-  --test races_and_crashes --test faulty_upstream --test claims -- --test-threads="${TEST_THREADS:-4}"
+  --test races_and_crashes --test faulty_upstream --test claims \
+  --test in_flight_records --test deletes_settled --test releases_once -- --test-threads="${TEST_THREADS:-4}"
 echo "== deploy files (kubernetes-validate --strict, hadolint)"
 tests/deploy_check.sh
 echo "== benchmark smoke run (bench/run.sh --smoke)"

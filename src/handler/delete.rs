@@ -282,7 +282,7 @@ impl DigestJob {
         // delete is recorded; a push that claimed the digest (or content needing it)
         // before the record is seen now.
         let after = self.held_by(app, &policy).await.map(|(_, _, h)| h);
-        let fresh = flow::fresh(recorded_at.elapsed().as_secs(), app.config.in_doubt_horizon.as_secs());
+        let fresh = flow::fresh(recorded_at.elapsed(), app.config.in_doubt_horizon);
         if !fresh || after.map_or(true, |after| flow::newly_held(&before, &after)) {
             self.settle(app, &released, Outcome::NotApplied).await;
             return Err(Refusal::DeleteInFlight {

@@ -148,7 +148,7 @@ impl PushJob {
             self.withdraw(app, &recorded).await;
             return Err(e);
         }
-        if !flow::fresh(decided_at.elapsed().as_secs(), app.config.in_doubt_horizon.as_secs()) {
+        if !flow::fresh(decided_at.elapsed(), app.config.in_doubt_horizon) {
             self.withdraw(app, &recorded).await;
             return Err(ProxyError::CannotDecide(
                 "the store took too long to confirm the decision; nothing was forwarded, retry".into(),

@@ -66,10 +66,10 @@ pub fn newly_held(before: &HeldBy, after: &HeldBy) -> bool {
         || after.dependents.iter().any(|d| !before.dependents.contains(d))
 }
 
-/// Whether a decision recorded `elapsed` seconds ago may still be carried out. A write
-/// forwarded long after its record was written could still be on its way when the record
-/// passes the in-doubt horizon, so past a quarter of the horizon the handler withdraws the
+/// Whether a decision recorded `elapsed` ago may still be carried out. A write forwarded
+/// long after its record was written could still be on its way when the record passes
+/// the in-doubt horizon, so past a quarter of the horizon the handler withdraws the
 /// record and refuses (503) instead of forwarding.
-pub fn fresh(elapsed: u64, horizon: u64) -> bool {
+pub fn fresh(elapsed: std::time::Duration, horizon: std::time::Duration) -> bool {
     elapsed < horizon / 4
 }

@@ -114,7 +114,12 @@ fn decide(record: &TagRecord, input: &PushTag, attempted: &Digest, clock: Clock)
     };
     // The in-flight rule holds in every mode: while a write of another digest may still
     // land, nothing else is decided against the tag.
-    if let Some(other) = record.writes.iter().find(|w| &w.digest != attempted) {
+    let pinned = record.pin.as_ref().map(|p| &p.digest);
+    if let Some(other) = record
+        .writes
+        .iter()
+        .find(|w| &w.digest != attempted && Some(&w.digest) != pinned)
+    {
         return Err(conflict(&other.digest, true, ConflictReason::InFlight));
     }
     let Some(pin) = &record.pin else {
@@ -124,6 +129,25 @@ fn decide(record: &TagRecord, input: &PushTag, attempted: &Digest, clock: Clock)
         return Ok(Verdict::Identical);
     }
     let from = pin.digest.clone();
+    let verdict =
+        decide_move(record, input, attempted, &from, clock).map_err(|reason| conflict(&from, false, reason))?;
+    // A write of the pinned digest itself (an identical re-push, a delete of the tag) is in
+    // flight: a move that would otherwise be allowed waits until it is settled.
+    if record.writes.iter().any(|w| w.digest == from) {
+        return Err(conflict(&from, false, ConflictReason::InFlight));
+    }
+    Ok(verdict)
+}
+
+/// Whether moving the pinned tag from `from` to `attempted` is allowed now.
+fn decide_move(
+    record: &TagRecord,
+    input: &PushTag,
+    attempted: &Digest,
+    from: &Digest,
+    clock: Clock,
+) -> Result<Verdict, ConflictReason> {
+    let from = from.clone();
     let joining = record.writes.iter().find(|w| &w.digest == attempted);
     if let Some(j) = joining {
         if mutation::on(Mutation::JoinWithoutDecision) {
@@ -151,9 +175,12 @@ fn decide(record: &TagRecord, input: &PushTag, attempted: &Digest, clock: Clock)
         (Mode::Audit, _) => Ok(Verdict::AuditMove { from }),
         (Mode::AppendOnly, Some((against, Ok(())))) if against == &from => Ok(Verdict::Append { from }),
         (Mode::AppendOnly, Some((against, Err(why)))) if against == &from => {
-            Err(conflict(&from, false, ConflictReason::NotAppendOnly(why.clone())))
+            Err(ConflictReason::NotAppendOnly(why.clone()))
         }
-        _ => Err(conflict(&from, false, ConflictReason::Immutable)),
+        // Compared with a digest the tag was pinned to when this push looked, but another
+        // push has moved it since: decided again by pushing again.
+        (Mode::AppendOnly, Some(_)) => Err(ConflictReason::InFlight),
+        _ => Err(ConflictReason::Immutable),
     }
 }
 

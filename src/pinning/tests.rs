@@ -90,8 +90,9 @@ fn modes_decide_a_push_of_another_digest() {
             Some((d(2), Err(why.clone()))),
             Err(ConflictReason::NotAppendOnly(why)),
         ),
-        // A comparison with a digest the tag is no longer pinned to counts for nothing.
-        (Mode::AppendOnly, Some((d(3), Ok(()))), Err(ConflictReason::Immutable)),
+        // A comparison with a digest the tag is no longer pinned to counts for nothing:
+        // another push moved it meanwhile.
+        (Mode::AppendOnly, Some((d(3), Ok(()))), Err(ConflictReason::InFlight)),
         (Mode::AppendOnly, None, Err(ConflictReason::Immutable)),
     ];
     for (mode, append, want) in cases {

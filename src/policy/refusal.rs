@@ -26,7 +26,7 @@ pub enum Refusal {
     },
     /// A push of a manifest whose delete was forwarded with an unknown outcome: pinning a
     /// tag to it could leave the tag on a manifest the upstream deletes a moment later.
-    #[error("{repo}@{digest} has a delete in flight whose outcome is not known; tagpin refuses to pin content that needs it until that is settled. Repeat the DELETE of this digest (it is safe to repeat), then push again")]
+    #[error("{repo}@{digest} has a delete in flight whose outcome is not known; tagpin refuses to pin content that needs it until that delete's own answer settles it or the in-doubt horizon passes. Push again later, or, if you know that delete failed, clear it with `tagpin claims clear {repo}@{digest} --reason ...`")]
     DeleteInFlight { repo: Repository, digest: Digest },
     /// A delete of a manifest or blob that pinned content depends on: an index's child,
     /// or the config or a layer of a pinned manifest. The pinned tag would stay on its
@@ -54,11 +54,17 @@ fn move_message(repo: &Repository, attempted: &Digest, conflicts: &[Conflict]) -
         n => format!(" ({} more tag(s) of this push are held too: see detail)", n - 1),
     };
     match &first.reason {
-        ConflictReason::InFlight => format!(
+        ConflictReason::InFlight if first.claimed => format!(
             "tag {repo}:{} is reserved for {} by an earlier push whose outcome is not known yet, \
              and tagpin refuses to move it to {attempted}{more}. Re-push {} to complete that push, \
              or push this content under a new tag",
             first.tag, first.pinned, first.pinned
+        ),
+        ConflictReason::InFlight => format!(
+            "tag {repo}:{} is pinned to {} and another write to it is in flight (or moved it while this \
+             push was decided), so tagpin refuses to move it to {attempted} now{more}. Push again once \
+             that write is settled",
+            first.tag, first.pinned
         ),
         ConflictReason::NotAppendOnly(why) => format!(
             "tag {repo}:{} is append-only: it is pinned to {} and tagpin refuses {attempted} because {why}{more}. \

@@ -8,7 +8,10 @@
     reason = "each test binary uses a different part of the harness"
 )]
 
+pub mod admin;
 pub mod fake;
+pub mod gate;
+pub mod hold;
 pub mod http;
 pub mod image;
 pub mod paging;

@@ -214,8 +214,18 @@ impl Tagpin {
         Self::spawn(upstream, &["--database-url".into(), url.into()], extra, &[])
     }
 
+    /// Like [`Tagpin::start_on_database`], with extra environment variables for the
+    /// process (e.g. libfaketime's `LD_PRELOAD` and `FAKETIME`, for a replica whose clock
+    /// disagrees with the others').
+    pub fn start_on_database_env(upstream: &str, url: &str, extra: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::spawn(upstream, &["--database-url".into(), url.into()], extra, env)
+    }
+
     fn spawn(upstream: &str, store: &[std::ffi::OsString], extra: &[&str], env: &[(&str, &str)]) -> Self {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tagpin"));
+        // `TAGPIN_TEST_BIN` runs a suite against another build (an older one, to show a
+        // test fails without the fix it guards).
+        let bin = std::env::var_os("TAGPIN_TEST_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_tagpin").into());
+        let mut cmd = Command::new(bin);
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"]);
         // An empty upstream leaves it to the environment or a config file.
         if !upstream.is_empty() {

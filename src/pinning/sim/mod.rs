@@ -44,6 +44,13 @@ pub struct World {
     /// The store before the last transition, lost by a crash when commits are not durable.
     last: Option<Store>,
     releases: usize,
+    /// Requests whose answer was lost, which their clients repeat.
+    pub retries: Vec<Kind>,
+    /// How many tags and manifests this seed's clients use: few make collisions likely.
+    tags: usize,
+    manifests: usize,
+    /// This seed's mix of requests (see `fresh`).
+    mix: [usize; 5],
 }
 
 impl World {
@@ -54,6 +61,15 @@ impl World {
             ..Upstream::default()
         };
         let mut ghost = Ghost::default();
+        let tags = 1 + rng.below(TAGS);
+        let manifests = 2 + rng.below(world::LAYERS.len() - 1);
+        let mix = [
+            30 + rng.below(30),
+            rng.below(20),
+            rng.below(20),
+            rng.below(25),
+            rng.below(25),
+        ];
         for t in 0..TAGS {
             ghost.modes.insert(world::tag(t), pick_mode(&mut rng));
         }
@@ -67,6 +83,10 @@ impl World {
             trace: Vec::new(),
             last: None,
             releases: 0,
+            retries: Vec::new(),
+            tags,
+            manifests,
+            mix,
         }
     }
 
@@ -220,31 +240,54 @@ fn spawn(w: &mut World, procs: &mut Vec<Proc>, next_id: &mut usize) {
     *next_id += 1;
     let id = format!("r{next_id}");
     let replica = w.rng.below(REPLICAS);
-    let tag = world::tag(w.rng.below(TAGS));
-    let m = world::manifest(w.rng.below(world::LAYERS.len()));
-    let kind = match w.rng.below(100) {
-        0..=44 => Kind::Push {
+    let tag = world::tag(w.rng.below(w.tags));
+    let m = world::manifest(w.rng.below(w.manifests));
+    let retry = (!w.retries.is_empty() && w.rng.chance(60)).then(|| w.retries.remove(0));
+    let kind = match retry {
+        Some(kind) => kind,
+        None => fresh(w, tag, m),
+    };
+    w.log(format!("{id}@R{replica} arrives: {kind:?}"));
+    procs.push(Proc::new(id, replica, kind));
+}
+
+fn fresh(w: &mut World, tag: Tag, m: Digest) -> Kind {
+    // Weights of push by tag, push with `?tag=`, tag delete, digest delete, blob delete.
+    let weights = w.mix;
+    let mut roll = w.rng.below(weights.iter().sum());
+    let pick = weights
+        .iter()
+        .position(|&x| {
+            let hit = roll < x;
+            roll = roll.saturating_sub(x);
+            hit
+        })
+        .unwrap_or(0);
+    match pick {
+        0 => Kind::Push {
             tag,
             digest: m,
             by_tag: true,
         },
-        45..=56 => Kind::Push {
+        1 => Kind::Push {
             tag,
             digest: m,
             by_tag: false,
         },
-        57..=68 => Kind::TagDelete { tag },
-        69..=87 => Kind::DigestDelete {
+        2 => Kind::TagDelete { tag },
+        3 => Kind::DigestDelete {
             digest: m,
             manifest: true,
         },
-        _ => Kind::DigestDelete {
-            digest: world::layer(w.rng.below(4)),
-            manifest: false,
-        },
-    };
-    w.log(format!("{id}@R{replica} arrives: {kind:?}"));
-    procs.push(Proc::new(id, replica, kind));
+        _ => {
+            // A layer of a manifest in play.
+            let layers = world::layers_of(&m);
+            Kind::DigestDelete {
+                digest: layers[w.rng.below(layers.len())].clone(),
+                manifest: false,
+            }
+        }
+    }
 }
 
 fn upstream_event(w: &mut World, procs: &mut [Proc], i: usize, stats: &mut Stats) -> Result<(), String> {
@@ -333,7 +376,7 @@ fn apply(w: &mut World, o: &world::Op, stats: &mut Stats) -> Result<bool, String
 }
 
 fn operator(w: &mut World, procs: &[Proc]) {
-    let t = world::tag(w.rng.below(TAGS));
+    let t = world::tag(w.rng.below(w.tags));
     match w.rng.below(10) {
         0..=3 => {
             w.releases += 1;

@@ -241,6 +241,7 @@ fn push(w: &mut World, p: &mut Proc, tag: &Tag, digest: &Digest, by_tag: bool) -
                 Answer::Unknown => Outcome::Unknown,
             };
             let settled = settle_push(w, p, tag, digest, outcome);
+            retry_lost(w, p, outcome);
             if outcome == Outcome::Applied && !matches!(settled, machine::Settled::LandedAgainstPin { .. }) {
                 if let Some(pin) = w.store.record(tag).pin {
                     w.ghost.acked.insert(tag.clone(), pin.digest);
@@ -298,17 +299,25 @@ fn settle_push(w: &mut World, p: &Proc, tag: &Tag, digest: &Digest, outcome: Out
     out
 }
 
+/// A client whose request got no answer usually repeats it.
+fn retry_lost(w: &mut World, p: &Proc, outcome: Outcome) {
+    if outcome == Outcome::Unknown && w.rng.chance(70) {
+        w.retries.push(p.kind.clone());
+    }
+}
+
 /// A decision too old to act on ([`flow::fresh`]).
 fn stale(w: &World, p: &Proc) -> bool {
-    !flow::fresh(w.now - p.recorded_at, HORIZON)
+    let secs = std::time::Duration::from_secs;
+    !flow::fresh(secs(w.now - p.recorded_at), secs(HORIZON))
 }
 
 fn forward(w: &mut World, p: &mut Proc, write: Write) {
-    let fate = match w.rng.below(10) {
-        0..=4 => Fate::Answered,
-        5 | 6 => Fate::Refused,
-        7 => Fate::AppliedLost,
-        8 => Fate::LateApply,
+    let fate = match w.rng.below(20) {
+        0..=8 => Fate::Answered,
+        9..=11 => Fate::Refused,
+        12 | 13 => Fate::AppliedLost,
+        14..=17 => Fate::LateApply,
         _ => Fate::Lost,
     };
     w.log(format!("{} forwards {write:?} ({fate:?})", p.id));
@@ -410,6 +419,7 @@ fn tag_delete(w: &mut World, p: &mut Proc, tag: &Tag) -> Result<Next, String> {
                 });
             }
             w.log(format!("{} settles delete of {tag}: {outcome:?}", p.id));
+            retry_lost(w, p, outcome);
             Ok(Next::Done)
         }
         _ => Ok(Next::Continue),
@@ -573,6 +583,7 @@ fn digest_delete(w: &mut World, p: &mut Proc, d: &Digest, manifest: bool) -> Res
             let answer = p.answer.expect("answered");
             let outcome = classify(p);
             settle_digest_delete(w, p, d, outcome, answer == Answer::Ok || answer == Answer::NotFound);
+            retry_lost(w, p, outcome);
             Ok(Next::Done)
         }
         _ => Ok(Next::Continue),
