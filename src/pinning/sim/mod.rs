@@ -17,6 +17,7 @@
 //! Each regression in [`crate::pinning::mutation`] puts back one way a tag moved before;
 //! `every_regression_is_found` shows each is caught within the default seeds.
 
+mod digest;
 mod procs;
 mod world;
 
