@@ -5,7 +5,10 @@
 //! upstream that answers every manifest PUT and DELETE with 504 and applies nothing, so
 //! its record stays (on a tag with no pin, for good); then a tagpin on the same store in
 //! front of the real registry shows it, refuses what it holds back, and lets go once an
-//! operator clears it. Whether a tag moved is decided by asking the upstream directly.
+//! operator clears it, one request's record at a time: a clear names the request
+//! (`--request`, the id `claims list` shows) and leaves every other request's record of
+//! the tag or digest standing. Whether a tag moved is decided by asking the upstream
+//! directly.
 
 mod common;
 
@@ -117,6 +120,20 @@ fn detail(r: &Resp) -> Value {
     r.json()["errors"][0]["detail"].clone()
 }
 
+/// The request ids of `records` (a `claims list --json` list), in order.
+fn request_ids(records: &Value) -> Vec<String> {
+    records
+        .as_array()
+        .unwrap_or_else(|| panic!("not a list: {records}"))
+        .iter()
+        .map(|c| {
+            let id = c["request_id"].as_str().unwrap_or_default();
+            assert!(!id.is_empty(), "a record without a request id: {c}");
+            id.to_owned()
+        })
+        .collect()
+}
+
 /// Run `lose` against a tagpin on `data`'s store whose upstream answers every manifest
 /// PUT and DELETE with 504 and applies nothing (404 for everything else), then kill it:
 /// the records of those writes stay in the store.
@@ -170,13 +187,42 @@ fn a_push_whose_answer_was_lost_holds_its_tag_until_an_operator_clears_it() {
     assert_eq!(detail(&r)["state"], "claimed");
     assert_eq!(detail(&r)["pinned_digest"], lost.digest());
 
+    let id = c["request_id"].as_str().unwrap();
+    assert!(table.lines().nth(2).is_some_and(|row| row.ends_with(id)), "{table}");
+
+    // Another request's id clears nothing.
     let reason = "upstream answered 504; the manifest never reached it";
+    let wrong = a.cli(&[
+        "claims",
+        "clear",
+        &format!("{REPO}:v1"),
+        "--request",
+        "no-such-request",
+        "--reason",
+        reason,
+    ]);
+    assert_eq!(wrong.code, 2, "{}", wrong.stdout);
+    assert!(wrong.stderr.contains("404"), "{}", wrong.stderr);
+    assert_eq!(a.push(&other, "v1").status, 409);
+
     let out = a
-        .cli(&["claims", "clear", &format!("{REPO}:v1"), "--reason", reason])
+        .cli(&[
+            "claims",
+            "clear",
+            &format!("{REPO}:v1"),
+            "--request",
+            id,
+            "--reason",
+            reason,
+        ])
         .ok();
-    println!("$ tagpin claims clear {REPO}:v1 --reason \"{reason}\"\n{}", out.stdout);
+    println!(
+        "$ tagpin claims clear {REPO}:v1 --request {id} --reason \"{reason}\"\n{}",
+        out.stdout
+    );
     assert!(
-        out.stdout.starts_with(&format!("cleared 1 write record of {REPO}:v1 ")),
+        out.stdout
+            .starts_with(&format!("cleared the write record of request {id} on {REPO}:v1 ")),
         "{}",
         out.stdout
     );
@@ -197,7 +243,15 @@ fn a_push_whose_answer_was_lost_holds_its_tag_until_an_operator_clears_it() {
     assert_eq!(event["cleared"], c["request_id"]);
 
     // Nothing is left to clear, and the tag is free for the other digest.
-    let again = a.cli(&["claims", "clear", &format!("{REPO}:v1"), "--reason", reason]);
+    let again = a.cli(&[
+        "claims",
+        "clear",
+        &format!("{REPO}:v1"),
+        "--request",
+        id,
+        "--reason",
+        reason,
+    ]);
     assert_eq!(again.code, 2, "{}", again.stdout);
     assert!(
         again.stderr.contains("404") && again.stderr.contains("no write record"),
@@ -224,21 +278,28 @@ fn a_digest_delete_whose_answer_was_lost_blocks_pinning_it_until_cleared() {
     let img = Image::random(1102, 64);
     let digest = img.digest();
     let data = tempfile::tempdir().unwrap();
+    // Two deletes of the digest, both answered 504: one record each.
     with_lost_answers(data.path(), |t| {
-        let r = request(t.addr, "DELETE", &format!("/v2/{REPO}/manifests/{digest}"), &[], b"");
-        assert_eq!(r.status, 504, "{}", r.text());
+        for _ in 0..2 {
+            let r = request(t.addr, "DELETE", &format!("/v2/{REPO}/manifests/{digest}"), &[], b"");
+            assert_eq!(r.status, 504, "{}", r.text());
+        }
     });
     let a = Admin::start(Registry::start(), data);
 
     let listed = a.cli(&["claims", "list", "--repository", REPO, "--json"]).ok().json();
     assert!(listed["claims"].as_array().unwrap().is_empty(), "{listed}");
     let deletes = listed["deletes"].as_array().unwrap();
-    assert_eq!(deletes.len(), 1, "{listed}");
-    assert_eq!(
-        (&deletes[0]["repository"], &deletes[0]["digest"]),
-        (&Value::from(REPO), &Value::from(digest.as_str()))
-    );
-    assert_eq!(deletes[0]["past_horizon"], false, "{listed}");
+    assert_eq!(deletes.len(), 2, "{listed}");
+    for d in deletes {
+        assert_eq!(
+            (&d["repository"], &d["digest"]),
+            (&Value::from(REPO), &Value::from(digest.as_str()))
+        );
+        assert_eq!(d["past_horizon"], false, "{listed}");
+    }
+    let ids = request_ids(&listed["deletes"]);
+    assert_ne!(ids[0], ids[1], "{listed}");
     let elsewhere = a
         .cli(&["claims", "list", "--repository", "other/app", "--json"])
         .ok()
@@ -250,48 +311,201 @@ fn a_digest_delete_whose_answer_was_lost_blocks_pinning_it_until_cleared() {
     assert_eq!(detail(&r)["reason"], "delete_in_flight");
     assert_eq!(a.upstream("v2"), None, "nothing was forwarded");
 
-    let out = a
-        .cli(&[
+    // Clearing the first ends its record only: the second delete may still land.
+    let clear = |id: &str| {
+        a.cli(&[
             "claims",
             "clear",
             &format!("{REPO}@{digest}"),
+            "--request",
+            id,
             "--reason",
             "the registry refused it",
             "--json",
         ])
-        .ok()
-        .json();
+    };
+    let out = clear(&ids[0]).ok().json();
     assert_eq!(
-        (&out["digest"], &out["by"]),
-        (&Value::from(digest.as_str()), &Value::from("alice"))
+        (&out["digest"], &out["by"], &out["request_id"]),
+        (
+            &Value::from(digest.as_str()),
+            &Value::from("alice"),
+            &Value::from(ids[0].as_str())
+        ),
+        "{out}"
     );
-    assert_eq!(out["cleared"][0]["request_id"], deletes[0]["request_id"], "{out}");
+    assert_eq!(out["cleared"].as_array().map(Vec::len), Some(1), "{out}");
+    assert_eq!(out["cleared"][0]["request_id"], ids[0].as_str(), "{out}");
+    let event = a.tagpin.wait_for_audit(|e| e["action"] == "claim_cleared");
+    assert_eq!(event["cleared"], ids[0].as_str(), "{event}");
+    let listed = a.cli(&["claims", "list", "--json"]).ok().json();
+    assert_eq!(request_ids(&listed["deletes"]), [ids[1].clone()], "{listed}");
+    let r = a.push(&img, "v2");
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert_eq!(detail(&r)["reason"], "delete_in_flight");
+    assert_eq!(a.upstream("v2"), None, "nothing was forwarded");
+
+    let again = clear(&ids[0]);
+    assert_eq!(again.code, 2);
+    assert!(
+        again.stderr.contains("404") && again.stderr.contains("no delete record"),
+        "{}",
+        again.stderr
+    );
+
+    let out = clear(&ids[1]).ok().json();
+    assert_eq!(out["request_id"], ids[1].as_str(), "{out}");
     assert_eq!(a.push(&img, "v2").status, 201);
     assert_eq!(a.upstream("v2"), Some(digest.clone()));
-    let out = a.cli(&["claims", "clear", &format!("{REPO}@{digest}"), "--reason", "again"]);
-    assert_eq!(out.code, 2);
-    assert!(out.stderr.contains("no delete record"), "{}", out.stderr);
+    let listed = a.cli(&["claims", "list", "--json"]).ok().json();
+    assert!(listed["deletes"].as_array().unwrap().is_empty(), "{listed}");
 }
 
 #[test]
-fn clearing_needs_a_reason_and_the_api_a_token() {
+fn clearing_one_of_two_lost_pushes_leaves_the_other_holding_the_tag() {
+    let lost = Image::random(1103, 64);
+    let other = lost.variant("other");
+    let data = tempfile::tempdir().unwrap();
+    // Two pushes of one digest whose answers were lost (the second a client's retry, or
+    // the same push through another replica): each holds a record of its own.
+    with_lost_answers(data.path(), |t| {
+        for _ in 0..2 {
+            let r = lost.put_manifest(t.addr, REPO, "v1", "");
+            assert_eq!(r.status, 504, "{}", r.text());
+        }
+    });
+    let a = Admin::start(Registry::start(), data);
+
+    let listed = a.cli(&["claims", "list", "--json"]).ok().json();
+    let ids = request_ids(&listed["claims"]);
+    assert_eq!(ids.len(), 2, "{listed}");
+    assert_ne!(ids[0], ids[1], "{listed}");
+    for c in listed["claims"].as_array().unwrap() {
+        assert_eq!(
+            (&c["tag"], &c["digest"]),
+            (&Value::from("v1"), &Value::from(lost.digest()))
+        );
+    }
+    let table = a.cli(&["claims", "list"]).ok().stdout;
+    println!("$ tagpin claims list\n{table}");
+    assert!(table.starts_with("WRITES (2)\n"), "{table}");
+    for id in &ids {
+        assert!(table.lines().any(|row| row.ends_with(id.as_str())), "{id}: {table}");
+    }
+
+    // The first request is known to have failed: its record goes, and only its.
+    let reason = "upstream answered 504 and does not hold the tag";
+    let tag = format!("{REPO}:v1");
+    let out = a
+        .cli(&[
+            "claims",
+            "clear",
+            &tag,
+            "--request",
+            &ids[0],
+            "--reason",
+            reason,
+            "--json",
+        ])
+        .ok()
+        .json();
+    assert_eq!(out["request_id"], ids[0].as_str(), "{out}");
+    assert_eq!(out["cleared"].as_array().map(Vec::len), Some(1), "{out}");
+    assert_eq!(out["cleared"][0]["request_id"], ids[0].as_str(), "{out}");
+    let event = a.tagpin.wait_for_audit(|e| e["action"] == "claim_cleared");
+    assert_eq!(
+        (&event["cleared"], &event["tag"], &event["attempted_digest"]),
+        (
+            &Value::from(ids[0].as_str()),
+            &Value::from("v1"),
+            &Value::from(lost.digest())
+        ),
+        "{event}"
+    );
+
+    // The second may still land: it keeps holding the tag.
+    let listed = a.cli(&["claims", "list", "--json"]).ok().json();
+    assert_eq!(request_ids(&listed["claims"]), [ids[1].clone()], "{listed}");
+    let r = a.push(&other, "v1");
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert_eq!(detail(&r)["state"], "claimed");
+    assert_eq!(detail(&r)["pinned_digest"], lost.digest());
+    assert_eq!(a.upstream("v1"), None, "nothing was forwarded");
+    let again = a.cli(&["claims", "clear", &tag, "--request", &ids[0], "--reason", reason]);
+    assert_eq!(again.code, 2, "{}", again.stdout);
+    assert!(again.stderr.contains("no write record"), "{}", again.stderr);
+
+    // Once the second is known to have failed too, the tag is free.
+    let out = a
+        .cli(&["claims", "clear", &tag, "--request", &ids[1], "--reason", reason])
+        .ok();
+    assert!(
+        out.stdout
+            .starts_with(&format!("cleared the write record of request {} on {tag} ", ids[1])),
+        "{}",
+        out.stdout
+    );
+    let out = a.cli(&["claims", "list"]).ok();
+    assert!(out.stdout.starts_with("no write or delete records"), "{}", out.stdout);
+    let r = a.push(&other, "v1");
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(a.upstream("v1"), Some(other.digest()));
+}
+
+#[test]
+fn clearing_needs_a_request_and_a_reason_and_the_api_a_token() {
     let a = Admin::start(Registry::start(), tempfile::tempdir().unwrap());
-    let out = a.cli(&["claims", "clear", &format!("{REPO}:v1")]);
+    let tag = format!("{REPO}:v1");
+    let digest = format!("{REPO}@sha256:{}", "1".repeat(64));
+    for target in [&tag, &digest] {
+        let out = a.cli(&["claims", "clear", target, "--reason", "lost"]);
+        assert_eq!(out.code, 2, "{}", out.stdout);
+        assert!(out.stderr.contains("--request"), "{}", out.stderr);
+    }
+    let out = a.cli(&["claims", "clear", &tag, "--request", "", "--reason", "lost"]);
+    assert_eq!(out.code, 2, "{}", out.stdout);
+    assert!(out.stderr.contains("--request"), "{}", out.stderr);
+    let out = a.cli(&["claims", "clear", &tag, "--request", "r-1"]);
     assert_eq!(out.code, 2, "{}", out.stdout);
     assert!(out.stderr.contains("--reason"), "{}", out.stderr);
-    let out = a.cli(&["claims", "clear", &format!("{REPO}:v1"), "--reason", " "]);
+    let out = a.cli(&["claims", "clear", &tag, "--request", "r-1", "--reason", " "]);
     assert_eq!(out.code, 2, "{}", out.stdout);
-    // The API asks for one too, whatever the client.
-    let bearer = format!("Bearer {TOKEN}");
-    let r = request(
+    // Both are checked before the token: no token file, the same error.
+    let out = cli(
+        &["claims", "clear", &tag, "--reason", "lost"],
         a.addr,
-        "POST",
-        "/admin/v1/claims/clear",
-        &[("Authorization", &bearer), ("Content-Type", "application/json")],
-        format!(r#"{{"repository":"{REPO}","tag":"v1"}}"#).as_bytes(),
+        Path::new("/nonexistent/token"),
     );
+    assert_eq!(out.code, 2, "{}", out.stdout);
+    assert!(out.stderr.contains("--request"), "{}", out.stderr);
+
+    // The API asks for both too, whatever the client.
+    let bearer = format!("Bearer {TOKEN}");
+    let post = |body: String| {
+        request(
+            a.addr,
+            "POST",
+            "/admin/v1/claims/clear",
+            &[("Authorization", &bearer), ("Content-Type", "application/json")],
+            body.as_bytes(),
+        )
+    };
+    let r = post(format!(r#"{{"repository":"{REPO}","tag":"v1","request_id":"r-1"}}"#));
     assert_eq!(r.status, 400, "{}", r.text());
     assert!(r.text().contains("needs a reason"), "{}", r.text());
+    let r = post(format!(r#"{{"repository":"{REPO}","tag":"v1","reason":"lost"}}"#));
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("needs a request_id"), "{}", r.text());
+    let r = post(format!(
+        r#"{{"repository":"{REPO}","digest":"sha256:{}","request_id":"","reason":"lost"}}"#,
+        "1".repeat(64)
+    ));
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("needs a request_id"), "{}", r.text());
+    let r = post(format!(
+        r#"{{"repository":"{REPO}","tag":"v1","request_id":"r-1","reason":"lost"}}"#
+    ));
+    assert_eq!(r.status, 404, "{}", r.text());
 
     for (method, path) in [("GET", "/admin/v1/claims"), ("POST", "/admin/v1/claims/clear")] {
         let r = request(a.addr, method, path, &[], b"");

@@ -1,15 +1,19 @@
 //! The records of writes whose outcome was lost, for operators: `GET /admin/v1/claims`
-//! lists them, `POST /admin/v1/claims/clear` clears those an operator knows failed.
+//! lists them, `POST /admin/v1/claims/clear` clears the record of one request an
+//! operator knows failed.
 //!
 //! Only a write's own answer settles its record ([`crate::pinning`], "The in-flight
 //! rule"). When that answer is lost (a 504, a reset, a kill), the write's [`Claim`] keeps
 //! its tag held to its digest until the in-doubt horizon has passed, and on a tag with no
 //! pin for good, since the write may have bound the tag at the upstream; a digest delete's
 //! record keeps its digest from being pinned until the horizon. Clearing is the operator's
-//! word that the write did not take effect: a tag's records go in one transition
-//! ([`pinning::clear_writes`], noted in the pin's history), a digest's delete records one
-//! request at a time ([`crate::store::PinStore::end_delete`]); either is one
-//! `claim_cleared` audit event that carries the reason.
+//! word that one request's write did not take effect, so a clear names that request and
+//! removes its record only: another request of the same tag or digest (a retry on
+//! another replica, say) may still be in flight and land, and its record keeps holding
+//! the tag. A tag's record goes in one transition ([`pinning::clear_writes`], noted in
+//! the pin's history), a digest's delete record through
+//! [`crate::store::PinStore::end_delete`]; either is one `claim_cleared` audit event that
+//! names the request and carries the reason.
 
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
@@ -97,12 +101,12 @@ pub async fn list(app: &App, repository: Option<Repository>) -> Result<Response<
     Ok(json(StatusCode::OK, &json!({ "claims": claims, "deletes": deletes })))
 }
 
-/// What a clear request names.
+/// Where the record to clear is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Target {
-    /// Every write record of the tag.
+    /// The request's write record of the tag.
     Tag(Tag),
-    /// Every delete record of the digest.
+    /// The request's delete record of the digest.
     Digest(Digest),
 }
 
@@ -112,26 +116,50 @@ struct ClearRequest {
     repository: String,
     tag: Option<String>,
     digest: Option<String>,
+    request_id: Option<String>,
     reason: Option<String>,
 }
 
-/// A clear request's repository, target and (trimmed, non-empty) reason.
-fn parse_clear(body: &[u8]) -> Result<(Repository, Target, String), ProxyError> {
+/// A parsed clear request: whose record, where, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Clear {
+    repository: Repository,
+    target: Target,
+    /// The one request whose record goes (as `claims` lists it).
+    request_id: String,
+    /// Trimmed, non-empty.
+    reason: String,
+}
+
+/// A clear request: its repository, target, request id and reason.
+fn parse_clear(body: &[u8]) -> Result<Clear, ProxyError> {
     let bad = ProxyError::AdminBadRequest;
     let r: ClearRequest = serde_json::from_slice(body).map_err(|e| bad(format!("bad clear request: {e}")))?;
-    let repo = Repository::parse(&r.repository).map_err(|e| bad(e.to_string()))?;
+    let repository = Repository::parse(&r.repository).map_err(|e| bad(e.to_string()))?;
     let target = match (r.tag, r.digest) {
         (Some(t), None) => Target::Tag(Tag::parse(&t).map_err(|e| bad(e.to_string()))?),
         (None, Some(d)) => Target::Digest(Digest::parse(&d).map_err(|e| bad(e.to_string()))?),
         _ => return Err(bad("a clear request names either a tag or a digest".into())),
     };
+    // Never trimmed or defaulted: it must be exactly the id `claims` lists.
+    let request_id = r.request_id.unwrap_or_default();
+    if request_id.trim().is_empty() {
+        return Err(bad(
+            "clearing needs a request_id: the request whose write is known to have failed (as GET /admin/v1/claims lists it); another request's record is never cleared".into(),
+        ));
+    }
     let reason = r.reason.as_deref().map(str::trim).unwrap_or_default().to_owned();
     if reason.is_empty() {
         return Err(bad(
             "clearing needs a reason: why the write is known to have failed".into()
         ));
     }
-    Ok((repo, target, reason))
+    Ok(Clear {
+        repository,
+        target,
+        request_id,
+        reason,
+    })
 }
 
 async fn read_body(req: Request<Incoming>) -> Result<bytes::Bytes, ProxyError> {
@@ -142,10 +170,16 @@ async fn read_body(req: Request<Incoming>) -> Result<bytes::Bytes, ProxyError> {
         .map_err(|e| ProxyError::AdminBadRequest(format!("cannot read the request body: {e}")))
 }
 
-/// `POST /admin/v1/claims/clear`: clear every write record of a tag, or every delete
-/// record of a digest. 404 when there is none.
+/// `POST /admin/v1/claims/clear`: clear one request's write record of a tag, or its
+/// delete record of a digest; every other request's record stays. 404 when that request
+/// has none there.
 pub async fn clear(app: &App, req: Request<Incoming>, who: &Requester) -> Result<Response<Body>, ProxyError> {
-    let (repo, target, reason) = parse_clear(&read_body(req).await?)?;
+    let Clear {
+        repository: repo,
+        target,
+        request_id,
+        reason,
+    } = parse_clear(&read_body(req).await?)?;
     // The token's name, as a release names it.
     let by = who
         .user
@@ -154,10 +188,11 @@ pub async fn clear(app: &App, req: Request<Incoming>, who: &Requester) -> Result
         .trim_start_matches("admin:")
         .to_owned();
     let mut out = match target {
-        Target::Tag(tag) => clear_tag(app, &repo, tag, &by, &reason, who).await?,
-        Target::Digest(digest) => clear_digest(app, &repo, digest, &reason, who).await?,
+        Target::Tag(tag) => clear_tag(app, &repo, tag, &request_id, &by, &reason, who).await?,
+        Target::Digest(digest) => clear_digest(app, &repo, digest, &request_id, &reason, who).await?,
     };
     out["repository"] = json!(repo.as_str());
+    out["request_id"] = json!(request_id);
     out["by"] = json!(by);
     out["reason"] = json!(reason);
     Ok(json(StatusCode::OK, &out))
@@ -167,23 +202,23 @@ async fn clear_tag(
     app: &App,
     repo: &Repository,
     tag: Tag,
+    request_id: &str,
     by: &str,
     reason: &str,
     who: &Requester,
 ) -> Result<Value, ProxyError> {
-    let (by, why) = (by.to_owned(), reason.to_owned());
+    let (id, by, why) = (request_id.to_owned(), by.to_owned(), reason.to_owned());
     let (cleared, pinned) = app
         .transition(repo, std::slice::from_ref(&tag), move |clock, records| {
-            let cleared = pinning::clear_writes(&mut records[0], &by, &why, clock);
+            let cleared = pinning::clear_writes(&mut records[0], &id, &by, &why, clock);
             (cleared, records[0].pin.as_ref().map(|p| p.digest.clone()))
         })
         .await?;
     let Some(first) = cleared.first() else {
         return Err(ProxyError::AdminNotFound(format!(
-            "{repo}:{tag} has no write record to clear: no push or delete of it has an unknown outcome"
+            "{repo}:{tag} has no write record of request {request_id} to clear: that request's push or delete has its answer, or never was (see `tagpin claims list`)"
         )));
     };
-    let requests: Vec<&str> = cleared.iter().map(|w| w.request_id.as_str()).collect();
     audit(
         app,
         who,
@@ -191,7 +226,7 @@ async fn clear_tag(
         Some(&tag),
         pinned.as_ref(),
         &first.digest,
-        &requests,
+        request_id,
         reason,
     );
     Ok(json!({
@@ -204,30 +239,30 @@ async fn clear_digest(
     app: &App,
     repo: &Repository,
     digest: Digest,
+    request_id: &str,
     reason: &str,
     who: &Requester,
 ) -> Result<Value, ProxyError> {
-    let (r, d) = (repo.clone(), digest.clone());
+    let (r, d, id) = (repo.clone(), digest.clone(), request_id.to_owned());
     let cleared = app
         .store_call(move |s| {
             let records: Vec<DeleteRecord> = s
                 .list_deletes(Some(&r))?
                 .into_iter()
-                .filter(|x| x.digest == d)
+                .filter(|x| x.digest == d && x.request_id == id)
                 .collect();
-            for x in &records {
-                s.end_delete(&r, &d, &x.request_id)?;
+            if !records.is_empty() {
+                s.end_delete(&r, &d, &id)?;
             }
             Ok(records)
         })
         .await?;
     if cleared.is_empty() {
         return Err(ProxyError::AdminNotFound(format!(
-            "{repo}@{digest} has no delete record to clear: no delete of it has an unknown outcome"
+            "{repo}@{digest} has no delete record of request {request_id} to clear: that request's delete has its answer, or never was (see `tagpin claims list`)"
         )));
     }
-    let requests: Vec<&str> = cleared.iter().map(|x| x.request_id.as_str()).collect();
-    audit(app, who, repo, None, None, &digest, &requests, reason);
+    audit(app, who, repo, None, None, &digest, request_id, reason);
     let cleared: Vec<Value> = cleared
         .iter()
         .map(|x| json!({"request_id": x.request_id, "started_at": x.started_at}))
@@ -235,8 +270,8 @@ async fn clear_digest(
     Ok(json!({ "digest": digest.as_str(), "cleared": cleared }))
 }
 
-/// The `claim_cleared` audit event: the fields of every audit event, plus the requests
-/// whose records were cleared and the operator's reason (which a tag with no pin has no
+/// The `claim_cleared` audit event: the fields of every audit event, plus the request
+/// whose record was cleared and the operator's reason (which a tag with no pin has no
 /// history to keep).
 #[allow(
     clippy::too_many_arguments,
@@ -249,7 +284,7 @@ fn audit(
     tag: Option<&Tag>,
     pinned: Option<&Digest>,
     digest: &Digest,
-    requests: &[&str],
+    cleared: &str,
     reason: &str,
 ) {
     app.metrics.decision(AuditAction::ClaimCleared);
@@ -269,7 +304,7 @@ fn audit(
         user = who.user.as_deref().unwrap_or(""),
         forwarded_for = who.forwarded_for().as_str(),
         request_id = who.request_id.as_str(),
-        cleared = requests.join(",").as_str(),
+        cleared,
         reason,
         "{}", AuditAction::ClaimCleared.as_str()
     );
@@ -350,28 +385,47 @@ mod tests {
     }
 
     #[test]
-    fn a_clear_request_names_a_tag_or_a_digest_and_a_reason() {
+    fn a_clear_request_names_a_tag_or_a_digest_a_request_and_a_reason() {
         let parse = |s: &str| parse_clear(s.as_bytes());
-        let (repo, target, reason) = parse(r#"{"repository":"a/b","tag":"v1","reason":" lost "}"#).unwrap();
+        let c = parse(r#"{"repository":"a/b","tag":"v1","request_id":"r-1","reason":" lost "}"#).unwrap();
         assert_eq!(
-            (repo.as_str(), target, reason.as_str()),
-            ("a/b", Target::Tag(Tag::parse("v1").unwrap()), "lost")
+            c,
+            Clear {
+                repository: Repository::parse("a/b").unwrap(),
+                target: Target::Tag(Tag::parse("v1").unwrap()),
+                request_id: "r-1".into(),
+                reason: "lost".into(),
+            }
         );
-        let body = format!(r#"{{"repository":"a","digest":"{}","reason":"gone"}}"#, d('e'));
-        assert_eq!(parse(&body).unwrap().1, Target::Digest(d('e')));
+        let body = format!(
+            r#"{{"repository":"a","digest":"{}","request_id":"r-2","reason":"gone"}}"#,
+            d('e')
+        );
+        let c = parse(&body).unwrap();
+        assert_eq!((c.target, c.request_id.as_str()), (Target::Digest(d('e')), "r-2"));
 
         let bad = |s: &str| match parse(s) {
             Err(ProxyError::AdminBadRequest(why)) => why,
             other => panic!("{s}: expected a 400, got {other:?}"),
         };
-        assert!(bad(r#"{"repository":"a","tag":"v1"}"#).contains("needs a reason"));
-        assert!(bad(r#"{"repository":"a","tag":"v1","reason":"  "}"#).contains("needs a reason"));
-        let both = format!(r#"{{"repository":"a","tag":"v1","digest":"{}","reason":"x"}}"#, d('e'));
+        assert!(bad(r#"{"repository":"a","tag":"v1","request_id":"r-1"}"#).contains("needs a reason"));
+        assert!(bad(r#"{"repository":"a","tag":"v1","request_id":"r-1","reason":"  "}"#).contains("needs a reason"));
+        // One request's record, never every record of the tag or digest.
+        assert!(bad(r#"{"repository":"a","tag":"v1","reason":"x"}"#).contains("needs a request_id"));
+        assert!(bad(r#"{"repository":"a","tag":"v1","request_id":"","reason":"x"}"#).contains("needs a request_id"));
+        assert!(bad(r#"{"repository":"a","tag":"v1","request_id":" ","reason":"x"}"#).contains("needs a request_id"));
+        let no_id = format!(r#"{{"repository":"a","digest":"{}","reason":"x"}}"#, d('e'));
+        assert!(bad(&no_id).contains("needs a request_id"));
+        bad(r#"{"repository":"a","tag":"v1","request_id":7,"reason":"x"}"#);
+        let both = format!(
+            r#"{{"repository":"a","tag":"v1","digest":"{}","request_id":"r","reason":"x"}}"#,
+            d('e')
+        );
         assert!(bad(&both).contains("either a tag or a digest"));
-        assert!(bad(r#"{"repository":"a","reason":"x"}"#).contains("either a tag or a digest"));
-        bad(r#"{"repository":"A","tag":"v1","reason":"x"}"#);
-        bad(r#"{"repository":"a","digest":"sha256:abc","reason":"x"}"#);
-        bad(r#"{"repository":"a","tag":"v1","reason":"x","force":true}"#);
+        assert!(bad(r#"{"repository":"a","request_id":"r","reason":"x"}"#).contains("either a tag or a digest"));
+        bad(r#"{"repository":"A","tag":"v1","request_id":"r","reason":"x"}"#);
+        bad(r#"{"repository":"a","digest":"sha256:abc","request_id":"r","reason":"x"}"#);
+        bad(r#"{"repository":"a","tag":"v1","request_id":"r","reason":"x","force":true}"#);
         bad("not json");
     }
 }

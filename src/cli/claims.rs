@@ -1,7 +1,8 @@
 //! `tagpin claims list [--repository R]` and `tagpin claims clear REPOSITORY:TAG |
-//! REPOSITORY@DIGEST --reason TEXT`: the records of pushes and deletes whose outcome was
-//! lost, and clearing those an operator knows failed, through `GET /admin/v1/claims` and
-//! `POST /admin/v1/claims/clear`.
+//! REPOSITORY@DIGEST --request ID --reason TEXT`: the records of pushes and deletes whose
+//! outcome was lost, and clearing the record of one request an operator knows failed
+//! (never every record of a tag or digest: another request may still be in flight),
+//! through `GET /admin/v1/claims` and `POST /admin/v1/claims/clear`.
 
 use std::io::Write;
 
@@ -15,15 +16,30 @@ use crate::oci::{Digest, Repository, Tag};
 
 #[derive(Debug, Subcommand)]
 pub enum ClaimsCommand {
-    /// List the records of pushes and deletes whose outcome is not known.
+    /// List the records of pushes and deletes whose outcome is not known, one per request.
     List(ListArgs),
-    /// Clear the write records of a tag, or the delete records of a digest, whose writes
-    /// are known to have failed.
+    /// Clear one request's write record of a tag, or its delete record of a digest, when
+    /// that request is known to have failed.
     Clear(ClearArgs),
 }
 
+/// What to know before clearing, for both commands' help (a macro, so `concat!` takes it).
+macro_rules! clear_only {
+    () => {
+        "Clear only a request you know failed: the upstream does not hold its digest under the \
+         tag (for a delete: still holds the digest) and the request is over, e.g. its client got \
+         the 504 long ago. `claims clear` removes that request's record and no other: another \
+         request of the same tag or digest (a retry on another replica) may still be in flight, \
+         and its record is left alone to keep holding the tag."
+    };
+}
+
 #[derive(Debug, Args)]
-#[command(after_help = "Exit status: 0 listed (none is a success); 2 on any error.")]
+#[command(after_help = concat!(
+    "Each row is one request's record; REQUEST ID is what `claims clear --request` takes.\n\n",
+    clear_only!(),
+    "\n\nExit status: 0 listed (none is a success); 2 on any error."
+))]
 pub struct ListArgs {
     /// Only this repository's records.
     #[arg(long)]
@@ -36,16 +52,23 @@ pub struct ListArgs {
 }
 
 #[derive(Debug, Args)]
-#[command(
-    after_help = "Only clear a record whose write you know did not take effect at the upstream: while it \
-                  stands, no other digest can take the tag (or the digest cannot be pinned).\n\n\
-                  Exit status: 0 cleared; 2 on any error, e.g. no record to clear or no --reason."
-)]
+#[command(after_help = concat!(
+    "While a request's record stands, no other digest can take the tag (or the digest cannot be \
+     pinned). ",
+    clear_only!(),
+    "\n\nExit status: 0 cleared; 2 on any error, e.g. that request has no record there, or no \
+     --request or --reason."
+))]
 pub struct ClearArgs {
-    /// REPOSITORY:TAG clears every write record of the tag; REPOSITORY@sha256:… every
+    /// REPOSITORY:TAG: the request's write record of the tag; REPOSITORY@sha256:…: its
     /// delete record of the digest.
     #[arg(value_name = "REPOSITORY:TAG|REPOSITORY@DIGEST", value_parser = parse_target)]
     pub target: Target,
+    /// Required: the request whose record to clear, as `claims list` shows it (REQUEST ID).
+    /// Only that request's record goes.
+    // Checked in `dispatch` (through `reason`) rather than by clap, like `--reason`.
+    #[arg(long, value_name = "ID")]
+    pub request: Option<String>,
     /// Required: why the write is known to have failed, recorded in the audit log (and in
     /// a pinned tag's history).
     // Checked in `clear` rather than by clap, so its absence is a one-line error that
@@ -95,7 +118,8 @@ pub async fn list(client: &Client, args: &ListArgs, out: &mut dyn Write) -> Resu
     Ok(EXIT_OK)
 }
 
-/// The records for people: a table of tag writes, then one of digest deletes.
+/// The records for people: a table of tag writes, then one of digest deletes, one row per
+/// request, its id in full in the last column (what `claims clear --request` takes).
 pub fn render_list(answer: &Value, out: &mut dyn Write) -> std::io::Result<()> {
     let claims = answer["claims"].as_array().map_or(&[][..], Vec::as_slice);
     let deletes = answer["deletes"].as_array().map_or(&[][..], Vec::as_slice);
@@ -109,9 +133,9 @@ pub fn render_list(answer: &Value, out: &mut dyn Write) -> std::io::Result<()> {
         "DIGEST",
         "KIND",
         "PINNED TO",
-        "REQUEST",
         "AGE",
         "PAST HORIZON",
+        "REQUEST ID",
     ]);
     for c in claims {
         t.add_row(vec![
@@ -120,21 +144,21 @@ pub fn render_list(answer: &Value, out: &mut dyn Write) -> std::io::Result<()> {
             output::short_digest(&c["digest"]),
             output::text(&c["kind"]),
             output::short_digest(&c["pinned_digest"]),
-            output::text(&c["request_id"]),
             age(&c["age_seconds"]),
             yes_no(&c["past_horizon"]),
+            output::text(&c["request_id"]),
         ]);
     }
     output::print(out, &t)?;
     writeln!(out, "\nDELETES ({})", deletes.len())?;
-    let mut t = output::table(&["REPOSITORY", "DIGEST", "REQUEST", "AGE", "PAST HORIZON"]);
+    let mut t = output::table(&["REPOSITORY", "DIGEST", "AGE", "PAST HORIZON", "REQUEST ID"]);
     for d in deletes {
         t.add_row(vec![
             output::text(&d["repository"]),
             output::short_digest(&d["digest"]),
-            output::text(&d["request_id"]),
             age(&d["age_seconds"]),
             yes_no(&d["past_horizon"]),
+            output::text(&d["request_id"]),
         ]);
     }
     output::print(out, &t)
@@ -159,8 +183,20 @@ fn yes_no(v: &Value) -> String {
     }
 }
 
-/// The reason `claims clear` was given; checked before anything else (the token too).
+/// The request `claims clear` was given, as given (it must match the listed id exactly).
+pub fn request(args: &ClearArgs) -> Result<&str, CliError> {
+    match args.request.as_deref() {
+        Some(r) if !r.trim().is_empty() => Ok(r),
+        _ => Err(CliError::Usage(
+            "clearing needs --request ID: the request known to have failed, as `tagpin claims list` shows it; other requests' records stay".into(),
+        )),
+    }
+}
+
+/// The reason `claims clear` was given, after its `--request`; both are checked before
+/// anything else (the token too).
 pub fn reason(args: &ClearArgs) -> Result<&str, CliError> {
+    request(args)?;
     match args.reason.as_deref().map(str::trim) {
         Some(r) if !r.is_empty() => Ok(r),
         _ => Err(CliError::Usage(
@@ -169,15 +205,15 @@ pub fn reason(args: &ClearArgs) -> Result<&str, CliError> {
     }
 }
 
-/// `claims clear`: the records cleared, in one sentence.
+/// `claims clear`: the record cleared, in one sentence.
 pub async fn clear(client: &Client, args: &ClearArgs, out: &mut dyn Write) -> Result<u8, CliError> {
-    let reason = reason(args)?;
-    let body = match &args.target {
-        Target::Tag(repo, tag) => json!({"repository": repo.as_str(), "tag": tag.as_str(), "reason": reason}),
-        Target::Digest(repo, digest) => {
-            json!({"repository": repo.as_str(), "digest": digest.as_str(), "reason": reason})
-        }
+    let (request, reason) = (request(args)?, reason(args)?);
+    let mut body = match &args.target {
+        Target::Tag(repo, tag) => json!({"repository": repo.as_str(), "tag": tag.as_str()}),
+        Target::Digest(repo, digest) => json!({"repository": repo.as_str(), "digest": digest.as_str()}),
     };
+    body["request_id"] = json!(request);
+    body["reason"] = json!(reason);
     let answer = client.json(Method::POST, "claims/clear", &[], Some(body)).await?;
     if args.json {
         writeln!(out, "{answer}").map_err(io)?;
@@ -187,32 +223,33 @@ pub async fn clear(client: &Client, args: &ClearArgs, out: &mut dyn Write) -> Re
     Ok(EXIT_OK)
 }
 
-/// What was cleared, in one sentence.
+/// What was cleared, in one sentence: whose record, of what.
 pub fn describe_clear(r: &Value) -> String {
     let cleared = r["cleared"].as_array().map_or(&[][..], Vec::as_slice);
-    let n = cleared.len();
-    let requests: Vec<String> = cleared.iter().map(|c| output::text(&c["request_id"])).collect();
-    let requests = format!("request{} {}", if n == 1 { "" } else { "s" }, requests.join(", "));
+    let request = match &r["request_id"] {
+        Value::Null => cleared.first().map_or(Value::Null, |c| c["request_id"].clone()),
+        id => id.clone(),
+    };
     let (what, of) = if r["tag"].is_null() {
         (
             "delete",
             format!("{}@{}", output::text(&r["repository"]), output::text(&r["digest"])),
         )
     } else {
+        let digest = cleared.first().map_or(Value::Null, |c| c["digest"].clone());
         (
             "write",
-            format!("{}:{}", output::text(&r["repository"]), output::text(&r["tag"])),
+            format!(
+                "{}:{} ({})",
+                output::text(&r["repository"]),
+                output::text(&r["tag"]),
+                output::short_digest(&digest)
+            ),
         )
     };
-    let digest = if r["tag"].is_null() {
-        String::new()
-    } else {
-        let digest = cleared.first().map_or(Value::Null, |c| c["digest"].clone());
-        format!("{}, ", output::short_digest(&digest))
-    };
     format!(
-        "cleared {n} {what} record{} of {of} ({digest}{requests}) (by {}: {})",
-        if n == 1 { "" } else { "s" },
+        "cleared the {what} record of request {} on {of} (by {}: {})",
+        output::text(&request),
         output::text(&r["by"]),
         output::text(&r["reason"]),
     )
@@ -262,26 +299,53 @@ mod tests {
     }
 
     #[test]
-    fn clear_needs_a_target_and_a_reason() {
+    fn clear_needs_a_target_a_request_and_a_reason() {
         let parse = |args: &[&str]| Cli::try_parse_from(std::iter::once("claims").chain(args.iter().copied()));
-        let cli = parse(&["clear", "a/b:v1", "--reason", "lost at the upstream"]).unwrap();
-        let ClaimsCommand::Clear(args) = cli.claims else {
-            panic!("not a clear")
+        let clear = |args: &[&str]| match parse(args).unwrap().claims {
+            ClaimsCommand::Clear(a) => a,
+            ClaimsCommand::List(_) => panic!("not a clear"),
         };
+        let args = clear(&[
+            "clear",
+            "a/b:v1",
+            "--request",
+            "r-1",
+            "--reason",
+            "lost at the upstream",
+        ]);
+        assert_eq!(args.request.as_deref(), Some("r-1"));
         assert_eq!(args.reason.as_deref(), Some("lost at the upstream"));
         assert!(matches!(args.target, Target::Tag(..)));
+        assert_eq!(request(&args).unwrap(), "r-1");
         assert_eq!(reason(&args).unwrap(), "lost at the upstream");
-        for missing in [&["clear", "a/b:v1"][..], &["clear", "a/b:v1", "--reason", "  "]] {
-            let ClaimsCommand::Clear(args) = parse(missing).unwrap().claims else {
-                panic!("not a clear")
-            };
-            assert!(
-                reason(&args).unwrap_err().to_string().contains("--reason"),
-                "{missing:?}"
-            );
+        let args = clear(&["clear", &format!("a/b@{D1}"), "--request", "r-2", "--reason", "x"]);
+        assert!(matches!(args.target, Target::Digest(..)));
+        assert_eq!(request(&args).unwrap(), "r-2");
+
+        // `reason` is what `dispatch` checks before the token: it wants both flags.
+        for missing in [
+            &["clear", "a/b:v1", "--reason", "x"][..],
+            &["clear", "a/b:v1", "--request", " ", "--reason", "x"],
+            &["clear", "a/b:v1"],
+        ] {
+            let args = clear(missing);
+            let e = reason(&args).unwrap_err();
+            assert!(matches!(e, CliError::Usage(_)), "{missing:?}");
+            let e = e.to_string();
+            assert!(e.contains("--request ID") && !e.contains('\n'), "{missing:?}: {e}");
         }
-        assert!(parse(&["clear", "--reason", "x"]).is_err(), "a target is required");
-        assert!(parse(&["clear", "a/b", "--reason", "x"]).is_err());
+        for missing in [
+            &["clear", "a/b:v1", "--request", "r-1"][..],
+            &["clear", "a/b:v1", "--request", "r-1", "--reason", "  "],
+        ] {
+            let e = reason(&clear(missing)).unwrap_err().to_string();
+            assert!(e.contains("--reason") && !e.contains('\n'), "{missing:?}: {e}");
+        }
+        assert!(
+            parse(&["clear", "--request", "r", "--reason", "x"]).is_err(),
+            "a target is required"
+        );
+        assert!(parse(&["clear", "a/b", "--request", "r", "--reason", "x"]).is_err());
         let cli = parse(&["list", "--repository", "a/b", "--json"]).unwrap();
         let ClaimsCommand::List(args) = cli.claims else {
             panic!("not a list")
@@ -290,26 +354,47 @@ mod tests {
     }
 
     #[test]
+    fn the_help_says_to_clear_only_a_request_known_to_have_failed() {
+        use clap::CommandFactory;
+        let cli = Cli::command();
+        for name in ["list", "clear"] {
+            let sub = cli.find_subcommand(name).unwrap();
+            let help = sub.get_after_help().unwrap().to_string();
+            for words in ["request you know failed", "504", "may still be in flight", "left alone"] {
+                assert!(help.contains(words), "{name}: {words:?} not in {help}");
+            }
+        }
+        let clear = cli.find_subcommand("clear").unwrap();
+        let request = clear.get_arguments().find(|a| a.get_id() == "request").unwrap();
+        assert!(request.get_help().unwrap().to_string().contains("claims list"));
+    }
+
+    #[test]
     fn clears_read_as_one_sentence() {
-        let tag = json!({"repository": "a/b", "tag": "v1", "by": "alice", "reason": "504, never landed",
+        let tag = json!({"repository": "a/b", "tag": "v1", "request_id": "r-1", "by": "alice",
+                         "reason": "504, never landed",
                          "cleared": [{"digest": D1, "request_id": "r-1", "kind": "new", "claimed_at": 0}]});
         assert_eq!(
             describe_clear(&tag),
-            "cleared 1 write record of a/b:v1 (sha256:111111111111, request r-1) (by alice: 504, never landed)"
+            "cleared the write record of request r-1 on a/b:v1 (sha256:111111111111) (by alice: 504, never landed)"
         );
-        let digest = json!({"repository": "a/b", "digest": D2, "by": "bob", "reason": "refused",
-                            "cleared": [{"request_id": "r-2", "started_at": 0}, {"request_id": "r-3", "started_at": 5}]});
+        let digest = json!({"repository": "a/b", "digest": D2, "request_id": "r-2", "by": "bob", "reason": "refused",
+                            "cleared": [{"request_id": "r-2", "started_at": 0}]});
         assert_eq!(
             describe_clear(&digest),
-            format!("cleared 2 delete records of a/b@{D2} (requests r-2, r-3) (by bob: refused)")
+            format!("cleared the delete record of request r-2 on a/b@{D2} (by bob: refused)")
         );
     }
 
     #[test]
-    fn the_list_shows_writes_then_deletes() {
+    fn the_list_shows_writes_then_deletes_one_row_per_request() {
         let answer = json!({
-            "claims": [{"repository": "a/b", "tag": "v1", "digest": D1, "request_id": "r-1", "kind": "new",
-                        "claimed_at": 0, "age_seconds": 4000, "past_horizon": true, "pinned_digest": null}],
+            "claims": [{"repository": "a/b", "tag": "v1", "digest": D1, "request_id": "7cf3d645037894d8-0",
+                        "kind": "new", "claimed_at": 0, "age_seconds": 4000, "past_horizon": true,
+                        "pinned_digest": null},
+                       {"repository": "a/b", "tag": "v1", "digest": D1, "request_id": "7cf3d645037894d8-1",
+                        "kind": "new", "claimed_at": 0, "age_seconds": 30, "past_horizon": false,
+                        "pinned_digest": null}],
             "deletes": [{"repository": "a/b", "digest": D2, "request_id": "r-2", "started_at": 0,
                          "age_seconds": 30, "past_horizon": false}]
         });
@@ -317,20 +402,34 @@ mod tests {
         render_list(&answer, &mut out).unwrap();
         let text = String::from_utf8(out).unwrap();
         let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines[0], "WRITES (1)");
+        assert_eq!(lines[0], "WRITES (2)");
         assert!(
-            lines[1].starts_with("REPOSITORY") && lines[1].ends_with("PAST HORIZON"),
+            lines[1].starts_with("REPOSITORY") && lines[1].ends_with("REQUEST ID"),
             "{text}"
         );
         let row: Vec<&str> = lines[2].split_whitespace().collect();
         assert_eq!(
             row,
-            ["a/b", "v1", "sha256:111111111111", "new", "-", "r-1", "66m", "yes"],
+            [
+                "a/b",
+                "v1",
+                "sha256:111111111111",
+                "new",
+                "-",
+                "66m",
+                "yes",
+                "7cf3d645037894d8-0"
+            ],
             "{text}"
         );
-        assert_eq!(lines[4], "DELETES (1)");
-        let row: Vec<&str> = lines[6].split_whitespace().collect();
-        assert_eq!(row, ["a/b", "sha256:222222222222", "r-2", "30s", "no"], "{text}");
+        // Each request's id in full, in the same column.
+        let col = lines[1].find("REQUEST ID").unwrap();
+        assert_eq!(&lines[2][col..], "7cf3d645037894d8-0", "{text}");
+        assert_eq!(&lines[3][col..], "7cf3d645037894d8-1", "{text}");
+        assert_eq!(lines[5], "DELETES (1)");
+        assert!(lines[6].ends_with("REQUEST ID"), "{text}");
+        let row: Vec<&str> = lines[7].split_whitespace().collect();
+        assert_eq!(row, ["a/b", "sha256:222222222222", "30s", "no", "r-2"], "{text}");
 
         let mut out = Vec::new();
         render_list(&json!({"claims": [], "deletes": []}), &mut out).unwrap();

@@ -195,13 +195,15 @@ impl RawConfig {
             None => Duration::from_secs(15 * 60),
             Some(s) => humantime::parse_duration(&s)
                 .ok()
-                .filter(|d| *d >= timeouts.upstream_header && d.as_secs() >= 1)
+                // A decided write is forwarded within a quarter of the horizon and waited for
+                // at most a quarter more; the upstream gets the other half to apply it.
+                .filter(|d| *d >= timeouts.upstream_header * 2 && d.as_secs() >= 1)
                 .ok_or_else(|| {
                     ConfigError::invalid(
                         "in_doubt_horizon",
                         format!(
-                            "{s:?} is not a duration of at least the upstream header timeout ({}s), e.g. 15m",
-                            timeouts.upstream_header.as_secs()
+                            "{s:?} is not a duration of at least twice the upstream header timeout ({}s), e.g. 15m",
+                            (timeouts.upstream_header * 2).as_secs()
                         ),
                     )
                 })?,

@@ -137,7 +137,7 @@ async fn delete_tag(
         .pin
         .map(|p| p.digest);
         let origin = super::client_origin(&app, &parts.headers);
-        let sent = app.upstream.send(super::upstream_request(&app, parts, body, &who)).await;
+        let sent = super::settle::bounded(&app, app.upstream.send(super::upstream_request(&app, parts, body, &who))).await;
         let outcome = outcome_of(&sent);
         let id = who.request_id.clone();
         let settled = app
@@ -148,7 +148,11 @@ async fn delete_tag(
         if let Err(e) = settled {
             tracing::error!(request_id = %who.request_id, error = %e, "cannot settle the record of a tag delete; the tag stays reserved until the in-doubt horizon");
         }
-        let resp = sent.map_err(forwarded_error)?;
+        // An audited delete of a tag with no pin holds no record: its timeout promises none.
+        let resp = match pinned {
+            Some(_) => sent.map_err(forwarded_error)?,
+            None => sent?,
+        };
         if outcome != Outcome::Applied {
             return Ok(super::to_client(&app, resp, origin.as_deref()));
         }
@@ -292,10 +296,8 @@ impl DigestJob {
             .into());
         }
         let origin = super::client_origin(app, &parts.headers);
-        let sent = app
-            .upstream
-            .send(super::upstream_request(app, parts, body, &self.who))
-            .await;
+        let send = app.upstream.send(super::upstream_request(app, parts, body, &self.who));
+        let sent = super::settle::bounded(app, send).await;
         let outcome = outcome_of(&sent);
         self.settle(app, &released, outcome).await;
         let resp = sent.map_err(forwarded_error)?;
@@ -325,7 +327,10 @@ impl DigestJob {
         }
         let held = flow::HeldBy {
             tags: direct.iter().map(|h| h.tag.clone()).collect(),
-            dependents: dependents.iter().map(|(d, _)| d.clone()).collect(),
+            dependents: dependents
+                .iter()
+                .flat_map(|(d, tags)| tags.iter().map(move |h| (d.clone(), h.tag.clone())))
+                .collect(),
         };
         Ok((direct, dependents, held))
     }

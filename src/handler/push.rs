@@ -137,8 +137,9 @@ impl PushJob {
             Ok(p) => p,
             Err(challenge) => return Ok(super::challenge::for_push(challenge, &self.repo, &self.who.request_id)),
         };
-        let (inputs, verdicts) = self.decide(app, appends).await?;
+        // Measured from before the records are written, so a slow commit counts too.
         let decided_at = std::time::Instant::now();
+        let (inputs, verdicts) = self.decide(app, appends).await?;
         let recorded: Vec<Tag> = inputs.iter().map(|i| i.tag.clone()).collect();
         let checks = match refs.new {
             true => flow::delete_checks(&self.attempted, &refs.refs, &[]),
@@ -275,7 +276,7 @@ impl PushJob {
         let mut parts = self.parts.clone();
         parts.headers.insert(header::CONTENT_LENGTH, self.bytes.len().into());
         let req = upstream_request(app, parts, body::full(self.bytes.clone()), &self.who);
-        let resp = match app.upstream.send(req).await {
+        let resp = match settle::bounded(app, app.upstream.send(req)).await {
             Ok(resp) => resp,
             Err(e @ UpstreamError::Connect(_)) => {
                 // No connection, so nothing was sent: the push definitively did not happen.

@@ -6,7 +6,20 @@ use http::{HeaderMap, HeaderValue, StatusCode};
 use crate::app::App;
 use crate::oci::{Repository, Tag};
 use crate::pinning::flow::TagWord;
-use crate::upstream::TagAtUpstream;
+use crate::upstream::{TagAtUpstream, UpstreamError};
+
+/// Send a decided write and wait for its answer, for at most a quarter of the in-doubt
+/// horizon in all (on top of the header and body limits, which bound each stall): the
+/// write's record must outlive it. Past that, the outcome is unknown (504).
+pub async fn bounded<F>(app: &App, send: F) -> Result<hyper::Response<hyper::body::Incoming>, UpstreamError>
+where
+    F: std::future::Future<Output = Result<hyper::Response<hyper::body::Incoming>, UpstreamError>>,
+{
+    let limit = app.config.in_doubt_horizon / 4;
+    tokio::time::timeout(limit, send)
+        .await
+        .unwrap_or(Err(UpstreamError::HeaderTimeout(limit)))
+}
 
 /// A gateway error (502, 503, 504) may come from a proxy in front of the upstream that
 /// gave up waiting while the upstream itself goes on: it says nothing about the outcome.

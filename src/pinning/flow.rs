@@ -49,18 +49,30 @@ pub fn delete_checks(attempted: &Digest, new_refs: &[Digest], recorded: &[Digest
     out
 }
 
-/// What a digest delete saw holding the digest: protected tags and dependent manifests.
+/// What a digest delete saw holding the digest: protected tags pinned or claimed to it,
+/// and each pinned manifest depending on it with the protected tags holding that one.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HeldBy {
     pub tags: Vec<Tag>,
-    pub dependents: Vec<Digest>,
+    pub dependents: Vec<(Digest, Tag)>,
 }
 
 /// Whether anything holds the digest now that did not when the delete was decided (a
-/// push claimed it between the delete's two looks): then the delete is not forwarded.
+/// push claimed it, or content depending on it, between the delete's two looks): then
+/// the delete is not forwarded. Holders are compared themselves, tag by tag: a manifest
+/// that was a dependent held only by an audited tag may since be held by an enforcing one.
 pub fn newly_held(before: &HeldBy, after: &HeldBy) -> bool {
     if mutation::on(Mutation::RefsNotChecked) {
         return after.tags.len() > before.tags.len() || after.dependents.len() > before.dependents.len();
+    }
+    if mutation::on(Mutation::DependentsByDigest) {
+        let digests = |h: &HeldBy| {
+            h.dependents
+                .iter()
+                .map(|(d, _)| d.clone())
+                .collect::<std::collections::BTreeSet<_>>()
+        };
+        return after.tags.iter().any(|t| !before.tags.contains(t)) || !digests(after).is_subset(&digests(before));
     }
     after.tags.iter().any(|t| !before.tags.contains(t))
         || after.dependents.iter().any(|d| !before.dependents.contains(d))
@@ -71,5 +83,5 @@ pub fn newly_held(before: &HeldBy, after: &HeldBy) -> bool {
 /// the in-doubt horizon, so past a quarter of the horizon the handler withdraws the
 /// record and refuses (503) instead of forwarding.
 pub fn fresh(elapsed: std::time::Duration, horizon: std::time::Duration) -> bool {
-    elapsed < horizon / 4
+    elapsed < horizon / 4 || mutation::on(Mutation::StaleForward)
 }

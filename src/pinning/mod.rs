@@ -116,7 +116,8 @@ pub fn expire(record: &mut TagRecord, clock: Clock) -> Vec<Expired> {
     let pinned = record.pin.is_some();
     let (old, live): (Vec<Claim>, Vec<Claim>) = std::mem::take(&mut record.writes)
         .into_iter()
-        .partition(|w| pinned && w.claimed_at.saturating_add(clock.horizon) <= clock.now);
+        // Times are whole seconds: a record counts for the whole of its last second.
+        .partition(|w| pinned && w.claimed_at.saturating_add(clock.horizon) < clock.now);
     record.writes = live;
     for w in old {
         if let (Some(id), Some(r)) = (&w.release_id, &record.release) {
@@ -188,6 +189,14 @@ pub(crate) mod mutation {
         NoReleaseForDigestDelete,
         /// 9: a commit acknowledged before it is durable.
         AsyncCommit,
+        /// Review A: a delete's second look compares dependent manifests by digest, not
+        /// by the tags holding them.
+        DependentsByDigest,
+        /// Review B: clearing a tag's records clears every request's, not the one named.
+        ClearAllWrites,
+        /// Review C: a decision forwarded however long after its record was written, so
+        /// the write may land after the record passed the horizon.
+        StaleForward,
     }
 
     #[cfg(not(test))]

@@ -1,6 +1,7 @@
 //! Operators' events on a tag: a release (break glass) set or cancelled, writes whose
 //! outcome was lost cleared by hand.
 
+use super::mutation::{self, Mutation};
 use super::{expire, history, in_use, Clock, Expired};
 use crate::store::{Claim, ClaimKind, HistoryEvent, Release, TagRecord};
 
@@ -110,11 +111,16 @@ pub fn take_releases(records: &mut [TagRecord], digest: &crate::oci::Digest, req
     true
 }
 
-/// An operator clears every write record of the tag (their pushes are known to have
-/// failed). A release they used is spent, never given back. Returns what was cleared.
-pub fn clear_writes(record: &mut TagRecord, by: &str, reason: &str, clock: Clock) -> Vec<Claim> {
+/// An operator clears the write record of `request_id` on the tag (its push is known to
+/// have failed); no other request's record, which may still land. A release it used is
+/// spent, never given back. Returns what was cleared.
+pub fn clear_writes(record: &mut TagRecord, request_id: &str, by: &str, reason: &str, clock: Clock) -> Vec<Claim> {
     expire(record, clock);
-    let cleared = std::mem::take(&mut record.writes);
+    let all = mutation::on(Mutation::ClearAllWrites);
+    let (cleared, kept): (Vec<Claim>, Vec<Claim>) = std::mem::take(&mut record.writes)
+        .into_iter()
+        .partition(|w| all || w.request_id == request_id);
+    record.writes = kept;
     if cleared.is_empty() {
         return cleared;
     }
@@ -131,6 +137,12 @@ pub fn clear_writes(record: &mut TagRecord, by: &str, reason: &str, clock: Clock
         created_at: clock.now,
         expires_at: clock.now,
     };
-    history(record, HistoryEvent::ClaimCleared, Some(&note), None, clock.now);
+    history(
+        record,
+        HistoryEvent::ClaimCleared,
+        Some(&note),
+        Some(request_id),
+        clock.now,
+    );
     cleared
 }

@@ -192,8 +192,14 @@ fn only_a_writes_own_answer_settles_it_and_the_horizon_ends_it_under_a_pin() {
     );
     let (s, _) = settle_push(&mut r, &d(2), "a", Outcome::Unknown, CLOCK);
     assert_eq!((s, r.writes.len()), (Settled::Kept, 1));
-    let later = Clock {
+    // It counts for the whole of its last second, and not after it.
+    let last = Clock {
         now: CLOCK.now + 100,
+        ..CLOCK
+    };
+    assert!(expire(&mut r, last).is_empty());
+    let later = Clock {
+        now: CLOCK.now + 101,
         ..CLOCK
     };
     assert_eq!(expire(&mut r, later).len(), 1);

@@ -38,7 +38,10 @@ fn held_by(w: &World, d: &Digest) -> (Vec<Holder>, machine::Dependents, HeldBy) 
         .collect();
     let held = HeldBy {
         tags: direct.iter().map(|h| h.tag.clone()).collect(),
-        dependents: dependents.iter().map(|(h, _)| h.clone()).collect(),
+        dependents: dependents
+            .iter()
+            .flat_map(|(h, tags)| tags.iter().map(move |t| (h.clone(), t.tag.clone())))
+            .collect(),
     };
     (direct, dependents, held)
 }
@@ -117,8 +120,13 @@ pub(super) fn digest_delete(w: &mut World, p: &mut Proc, d: &Digest, manifest: b
                 }
             }
             p.audited = !audited.is_empty();
-            if p.audited || !released.is_empty() {
-                w.ghost.excusing.insert(p.id.clone());
+            let licensed: Vec<Tag> = audited
+                .iter()
+                .map(|(t, _)| t.clone())
+                .chain(released.iter().cloned())
+                .collect();
+            if !licensed.is_empty() {
+                w.ghost.excusing.insert(p.id.clone(), licensed);
             }
             p.released = released;
             p.held = held;

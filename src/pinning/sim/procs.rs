@@ -328,7 +328,7 @@ pub(super) fn forward(w: &mut World, p: &mut Proc, write: Write) {
         applied: false,
         answered: false,
         took_effect: None,
-        deadline: p.recorded_at + HORIZON - 1,
+        deadline: p.recorded_at + world::LANDS_WITHIN,
     });
     p.phase = Phase::Await;
 }

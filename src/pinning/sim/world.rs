@@ -10,9 +10,13 @@ use crate::pinning::Clock;
 use crate::policy::{Decided, DecidedBy, Mode};
 use crate::store::{HistoryEvent, TagRecord};
 
-/// The in-doubt horizon of the simulation, in seconds; the upstream never applies a
-/// write later than this after it was forwarded.
+/// The in-doubt horizon of the simulation, in seconds.
 pub const HORIZON: u64 = 120;
+
+/// The latest a write lands, after its record was written: a decision is carried out
+/// within a quarter of the horizon ([`crate::pinning::flow::fresh`]) and the upstream
+/// applies a write within half of it after receiving it (the configuration's rule).
+pub const LANDS_WITHIN: u64 = HORIZON * 3 / 4;
 
 /// A small deterministic generator (splitmix64): the whole run follows from the seed.
 pub struct Rng(u64);
@@ -109,7 +113,7 @@ impl Store {
     pub fn deletes_in_flight(&self, digests: &[Digest], now: u64) -> Vec<Digest> {
         digests
             .iter()
-            .filter(|d| self.deletes.iter().any(|(x, _, at)| x == *d && at + HORIZON > now))
+            .filter(|d| self.deletes.iter().any(|(x, _, at)| x == *d && at + HORIZON >= now))
             .cloned()
             .collect()
     }
@@ -234,10 +238,11 @@ pub struct Ghost {
     pub releases: BTreeMap<String, GhostRelease>,
     /// Requests whose write the upstream applied.
     pub applied: BTreeSet<String>,
-    /// Content deleted with a licence (audited or released): not owed to pins.
-    pub excused: BTreeSet<Digest>,
-    /// Digest deletes decided past audited or released holders.
-    pub excusing: BTreeSet<String>,
+    /// Content deleted with a licence (audited or released) for a tag: not owed to that
+    /// tag's pin.
+    pub excused: BTreeSet<(Tag, Digest)>,
+    /// Digest deletes decided past audited or released holders: those tags.
+    pub excusing: BTreeMap<String, Vec<Tag>>,
     /// Pins acknowledged to a client.
     pub acked: BTreeMap<Tag, Digest>,
 }
@@ -368,14 +373,15 @@ pub fn check_content(store: &Store, up: &Upstream, ghost: &Ghost) -> Result<(), 
     }
     for (t, rec) in &store.tags {
         let Some(pin) = &rec.pin else { continue };
-        if ghost.mode(t) == Mode::Audit || ghost.excused.contains(&pin.digest) {
+        let excused = |d: &Digest| ghost.excused.contains(&(t.clone(), d.clone()));
+        if ghost.mode(t) == Mode::Audit || excused(&pin.digest) {
             continue;
         }
         let mut needed = vec![pin.digest.clone()];
         needed.extend(layers_of(&pin.digest));
         for d in needed {
             let present = up.manifests.contains(&d) || up.blobs.contains(&d);
-            if !present && !ghost.excused.contains(&d) {
+            if !present && !excused(&d) {
                 return Err(format!(
                     "{t} is pinned to {} but {} is gone from the upstream",
                     short(&pin.digest),

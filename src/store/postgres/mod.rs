@@ -268,14 +268,15 @@ impl PinStore for PgStore {
         }
         let mut c = self.client()?;
         let wanted: Vec<&str> = digests.iter().map(Digest::as_str).collect();
-        // `started_at > now - horizon` rather than `started_at + horizon > now`: the
-        // subtraction cannot overflow a bigint for any horizon.
+        // `started_at >= now - horizon` rather than `started_at + horizon >= now`: the
+        // subtraction cannot overflow a bigint for any horizon. Inclusive: times are
+        // whole seconds, so a record counts for the whole of its last second.
         let horizon = i64::try_from(horizon).unwrap_or(i64::MAX);
         let rows = c
             .query(
                 &format!(
                     "SELECT DISTINCT digest FROM deletes WHERE repository = $1 AND digest = ANY($2)
-                     AND started_at > {DB_NOW} - $3"
+                     AND started_at >= {DB_NOW} - $3"
                 ),
                 &[&repo.as_str(), &wanted, &horizon],
             )

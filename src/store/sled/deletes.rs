@@ -51,7 +51,9 @@ impl SledStore {
         for digest in digests {
             for item in t.deletes.scan_prefix(under(digest_key(repo, digest), "")) {
                 let (k, v) = item.map_err(io)?;
-                if decode_delete(&k, &v)?.started_at.saturating_add(horizon) > now {
+                // Inclusive: times are whole seconds, so a record counts for the whole
+                // of its last second.
+                if decode_delete(&k, &v)?.started_at.saturating_add(horizon) >= now {
                     out.push(digest.clone());
                     break;
                 }
