@@ -2,7 +2,8 @@
 //! `&dyn PinStore` and run against every backend: sled in a temp dir, and PostgreSQL with
 //! a fresh database per test on one server per test process. A backend that differs from
 //! the others in any behaviour here fails the same-named test. Deletes, references and
-//! refusals are in `store_contract_refs.rs`.
+//! refusals are in `store_contract_refs.rs`; what only PostgreSQL has (several replicas on
+//! one database, migrations) in `store_support/postgres_only.rs`, run from here.
 
 mod common;
 #[macro_use]
@@ -11,16 +12,12 @@ mod store_support;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Barrier;
 
-use common::postgres::{fresh_database, shared};
 use store_support::*;
 use tagpin::oci::{Digest, Repository, Tag};
 use tagpin::store::{
-    now_secs, Claim, ClaimKind, Exported, HistoryEntry, HistoryEvent, PgStore, Pin, PinSource, PinStore, Release,
-    StoreError, TagRecord, TagState,
+    now_secs, Claim, ClaimKind, Exported, HistoryEntry, HistoryEvent, Pin, PinSource, PinStore, Release, StoreError,
+    TagRecord, TagState,
 };
-
-// ---------------------------------------------------------------------------------------
-// The contract.
 
 fn first_pin_wins(s: &dyn PinStore) {
     let (r, t) = (repo("a/b"), tag("v1"));
@@ -79,6 +76,7 @@ fn several_writes_and_a_release_round_trip(s: &dyn PinStore) {
             cancelled: true,
             ..release("rel-7")
         }),
+        history: Vec::new(),
     };
     let written = s
         .update(&r, one(&t), &mut |_, records| records[0] = record.clone())
@@ -518,6 +516,65 @@ fn writes_travel_through_export_and_import(s: &dyn PinStore) {
     assert_eq!(s.import(&unchanged).unwrap().unchanged, 1);
 }
 
+/// The history of a tag with no pin (an operator cleared its write) is kept on its own,
+/// holds no digest and lists nothing; once the tag is pinned it starts the pin's history
+/// and is stored nowhere else.
+fn the_history_of_a_tag_with_no_pin_starts_its_pin(s: &dyn PinStore) {
+    let (r, t) = (repo("a/b"), tag("v1"));
+    let mut cleared = HistoryEntry::new(HistoryEvent::ClaimCleared, d('b'), None);
+    cleared.at = 7;
+    cleared.request_id = Some("req-1".into());
+    cleared.by = Some("alice".into());
+    cleared.reason = Some("upstream lost it".into());
+    let notes = vec![cleared, HistoryEntry::new(HistoryEvent::ClaimCleared, d('c'), None)];
+    let alone = TagRecord {
+        history: notes.clone(),
+        ..TagRecord::default()
+    };
+    let written = s
+        .update(&r, one(&t), &mut |_, records| records[0].history = notes.clone())
+        .unwrap();
+    assert_eq!(written, vec![alone.clone()], "returned as written");
+    assert_eq!(s.record(&r, &t).unwrap(), alone, "read back as written, in order");
+    assert_eq!(s.state(&r, &t).unwrap(), None);
+    assert!(s.list(None, None, 10).unwrap().is_empty());
+    assert!(s.tags_pinned_to(&r, &d('b')).unwrap().is_empty());
+    assert!(s.holders(&r).unwrap().is_empty());
+    // Kept beside a write, and after it.
+    let with_write = add_write(s, &r, &t, &Claim::now(d('d'), "w"));
+    assert_eq!(s.record(&r, &t).unwrap(), with_write);
+    assert_eq!((with_write.history, with_write.writes.len()), (notes.clone(), 1));
+    assert_eq!(remove_write(s, &r, &t, "w"), alone);
+    assert_eq!(s.record(&r, &t).unwrap(), alone);
+    // Pinned: the notes start the pin's history, and are kept nowhere else.
+    let p = pin('a');
+    let written = s
+        .update(&r, one(&t), &mut |_, records| records[0].set_pin(p.clone()))
+        .unwrap();
+    let got = s.record(&r, &t).unwrap();
+    assert_eq!(got, written[0]);
+    assert!(got.history.is_empty());
+    let expected: Vec<HistoryEntry> = notes.iter().chain(&p.history).cloned().collect();
+    assert_eq!(got.pin.map(|p| p.history), Some(expected));
+    // Nothing of the notes is left behind the pin: without it the record is empty.
+    s.update(&r, one(&t), &mut |_, records| records[0].pin = None).unwrap();
+    assert_eq!(s.record(&r, &t).unwrap(), TagRecord::default());
+    // Adoption pins a tag with only notes the same way; cleared, notes are gone.
+    let (u, v) = (tag("adopted"), tag("cleared"));
+    s.update(&r, &[u.clone(), v.clone()], &mut |_, rs| {
+        rs.iter_mut().for_each(|x| x.history = notes.clone())
+    })
+    .unwrap();
+    s.pin_if_absent(&r, &[(u.clone(), Pin::now(d('e'), PinSource::Adopted))])
+        .unwrap();
+    let got = s.record(&r, &u).unwrap();
+    assert!(got.history.is_empty());
+    assert_eq!(got.pin.unwrap().history[..2], notes[..]);
+    s.update(&r, one(&v), &mut |_, records| records[0].history.clear())
+        .unwrap();
+    assert_eq!(s.record(&r, &v).unwrap(), TagRecord::default());
+}
+
 contract!(
     first_pin_wins,
     adoption_leaves_a_tag_with_a_write_alone,
@@ -532,202 +589,9 @@ contract!(
     import_is_all_or_nothing,
     writes_travel_through_export_and_import,
     a_lone_store_leads,
+    the_history_of_a_tag_with_no_pin_starts_its_pin,
 );
 
-// ---------------------------------------------------------------------------------------
-// PostgreSQL only: what several replicas on one database rely on.
-
-/// Read-modify-write updates through separate stores (separate pools, as separate
-/// replicas have) on one database are serialised: nothing lost, nothing twice.
-#[test]
-fn postgres_updates_through_several_stores_are_serialised() {
-    const STORES: usize = 4;
-    const EACH: usize = 20;
-    let name = fresh_database("replicas");
-    let stores: Vec<PgStore> = (0..STORES)
-        .map(|_| PgStore::open(shared().config(&name)).unwrap())
-        .collect();
-    let (r, t) = (repo("race"), tag("counter"));
-    stores[0].pin_if_absent(&r, &[(t.clone(), pin('a'))]).unwrap();
-    let barrier = Barrier::new(STORES * 2);
-    std::thread::scope(|sc| {
-        for i in 0..STORES * 2 {
-            let (r, t, barrier, s) = (&r, &t, &barrier, &stores[i % STORES]);
-            sc.spawn(move || {
-                barrier.wait();
-                for n in 0..EACH {
-                    s.update(r, one(t), &mut |_, records| {
-                        let pin = records[0].pin.as_mut().unwrap();
-                        let mut entry = HistoryEntry::new(HistoryEvent::AuditDelete, pin.digest.clone(), None);
-                        entry.request_id = Some(format!("{i}-{n}"));
-                        pin.history.push(entry);
-                    })
-                    .unwrap();
-                }
-            });
-        }
-    });
-    let p = stores[1].record(&r, &t).unwrap().pin.unwrap();
-    let mut marks: Vec<String> = p.history[1..].iter().map(|e| e.request_id.clone().unwrap()).collect();
-    marks.sort();
-    marks.dedup();
-    assert_eq!(
-        (p.history.len(), marks.len()),
-        (1 + STORES * 2 * EACH, STORES * 2 * EACH)
-    );
-}
-
-/// A record left unchanged by an update is not rewritten: its row is the same row
-/// version (`xmin`) as before.
-#[test]
-fn postgres_an_unchanged_record_keeps_its_row_version() {
-    let name = fresh_database("unchanged");
-    let s = PgStore::open(shared().config(&name)).unwrap();
-    let r = repo("a");
-    s.pin_if_absent(&r, &[(tag("kept"), pin('a'))]).unwrap();
-    let mut c = shared().connect(&name);
-    let version = |c: &mut ::postgres::Client| -> String {
-        c.query_one("SELECT xmin::text FROM pins WHERE tag = 'kept'", &[])
-            .unwrap()
-            .get(0)
-    };
-    let before = version(&mut c);
-    s.update(&r, &[tag("kept"), tag("other")], &mut |_, records| {
-        records[1].pin = Some(pin('b'))
-    })
-    .unwrap();
-    assert_eq!(version(&mut c), before);
-}
-
-/// A database of schema version 1 (one claim row per tag) is migrated: its claim reads
-/// as the tag's one write, and more writes can join it.
-#[test]
-fn postgres_a_version_1_database_is_migrated() {
-    let name = fresh_database("v1");
-    let mut c = shared().connect(&name);
-    c.batch_execute(include_str!("../src/store/postgres/migrations/0001_init.sql"))
-        .unwrap();
-    c.batch_execute(&format!(
-        "CREATE TABLE tagpin_schema (version INT PRIMARY KEY, applied_at BIGINT NOT NULL);
-         INSERT INTO tagpin_schema VALUES (1, 0);
-         INSERT INTO claims (repository, tag, digest, request_id, claimed_at, kind)
-           VALUES ('a', 'v1', '{}', 'old', 1700000000, 'release');
-         INSERT INTO refs (repository, ref, holder) VALUES ('a', '{}', '{}');",
-        d('b'),
-        d('e'),
-        d('b')
-    ))
-    .unwrap();
-    let s = PgStore::open(shared().config(&name)).unwrap();
-    let (r, t) = (repo("a"), tag("v1"));
-    let old = Claim {
-        digest: d('b'),
-        request_id: "old".into(),
-        claimed_at: 1_700_000_000,
-        kind: ClaimKind::Release,
-        release_id: None,
-    };
-    assert_eq!(s.record(&r, &t).unwrap().writes, vec![old.clone()]);
-    let new = add_write(&s, &r, &t, &Claim::now(d('b'), "new"));
-    assert_eq!(new.writes.len(), 2);
-    assert_eq!(s.record(&r, &t).unwrap(), new);
-    assert_eq!(s.refs_of(&r, &d('b')).unwrap(), vec![d('e')]);
-    let versions: Vec<i32> = c
-        .query("SELECT version FROM tagpin_schema ORDER BY version", &[])
-        .unwrap()
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
-    assert_eq!(versions, vec![1, 2]);
-}
-
-/// Of several stores on one database one leads (the periodic drift check runs there),
-/// and when it goes away another takes over.
-#[test]
-fn postgres_one_store_leads_and_leadership_passes_on() {
-    let name = fresh_database("lead");
-    let first = PgStore::open(shared().config(&name)).unwrap();
-    let second = PgStore::open(shared().config(&name)).unwrap();
-    assert!(first.lead().unwrap());
-    assert!(!second.lead().unwrap(), "two leaders");
-    assert!(first.lead().unwrap());
-    drop(first);
-    let mut took_over = false;
-    for _ in 0..50 {
-        if second.lead().unwrap() {
-            took_over = true;
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    assert!(took_over, "the leader lock was not released with its store");
-}
-
-/// Stores opening together on an empty database apply the schema once.
-#[test]
-fn postgres_stores_opening_together_migrate_once() {
-    let name = fresh_database("migrate");
-    let barrier = Barrier::new(6);
-    std::thread::scope(|sc| {
-        for _ in 0..6 {
-            let (barrier, name) = (&barrier, &name);
-            sc.spawn(move || {
-                let config = shared().config(name);
-                barrier.wait();
-                PgStore::open(config).unwrap().check().unwrap();
-            });
-        }
-    });
-    let mut c = shared().connect(&name);
-    let rows = c
-        .query("SELECT version FROM tagpin_schema ORDER BY version", &[])
-        .unwrap();
-    assert_eq!(rows.iter().map(|r| r.get::<_, i32>(0)).collect::<Vec<_>>(), vec![1, 2]);
-}
-
-/// A database holding a newer schema than this tagpin knows is refused at open.
-#[test]
-fn postgres_refuses_a_newer_schema() {
-    let name = fresh_database("newer");
-    PgStore::open(shared().config(&name)).unwrap();
-    shared()
-        .connect(&name)
-        .execute("INSERT INTO tagpin_schema (version, applied_at) VALUES (99, 0)", &[])
-        .unwrap();
-    assert!(matches!(
-        PgStore::open(shared().config(&name)),
-        Err(StoreError::Corrupt { .. })
-    ));
-}
-
-/// While the server is down every call fails (the caller refuses the write); once it is
-/// back, the same store answers again without being reopened, and nothing was lost.
-#[test]
-fn postgres_store_fails_while_the_server_is_down_and_recovers() {
-    let mut server = common::postgres::PgServer::start();
-    server.create_database("outage");
-    let s = PgStore::open(server.config("outage")).unwrap();
-    let (r, t) = (repo("a"), tag("v1"));
-    s.pin_if_absent(&r, &[(t.clone(), pin('a'))]).unwrap();
-    server.stop();
-    assert!(s.state(&r, &t).is_err());
-    let write = Claim::now(d('b'), "x");
-    assert!(s
-        .update(&r, &[tag("v2")], &mut |_, records| records[0]
-            .writes
-            .push(write.clone()))
-        .is_err());
-    assert!(s.check().is_err());
-    server.start_again();
-    let mut back = false;
-    for _ in 0..100 {
-        if s.check().is_ok() {
-            back = true;
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    assert!(back, "the store did not recover");
-    assert_eq!(s.state(&r, &t).unwrap().map(|st| st.digest().clone()), Some(d('a')));
-    assert_eq!(s.state(&r, &tag("v2")).unwrap(), None, "the failed update left nothing");
-}
+// PostgreSQL only: what several replicas on one database rely on, and migrations.
+#[path = "store_support/postgres_only.rs"]
+mod postgres_only;

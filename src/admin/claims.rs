@@ -337,6 +337,7 @@ mod tests {
             pin: Some(Pin::now(d('a'), PinSource::Push)),
             writes: vec![claim.clone()],
             release: None,
+            history: Vec::new(),
         };
         let v = write_json(&repo, &tag, &record, &claim, 1060, 900);
         assert_eq!(v["repository"], "team/app");

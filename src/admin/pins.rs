@@ -59,28 +59,48 @@ pub async fn list(
     Ok(json(StatusCode::OK, &json!({ "pins": pins, "next": next })))
 }
 
-/// `GET /admin/v1/pin`: the pin, its whole history, its refused attempts and release.
+/// `GET /admin/v1/pin`: the pin, its whole history, its refused attempts and release. A
+/// tag with no pin and no write is shown ("free") while it has a history of its own (an
+/// operator cleared its write), which starts the pin's history once it is pinned.
 pub async fn show(app: &App, repository: Repository, tag: Tag) -> Result<Response<Body>, ProxyError> {
     let (r, t) = (repository.clone(), tag.clone());
-    let (state, refused, release) = app
-        .store_call(move |s| {
-            let record = s.record(&r, &t)?;
-            Ok((record.state(), s.refusals(&r, &t)?, record.release))
-        })
+    let (record, refused) = app
+        .store_call(move |s| Ok((s.record(&r, &t)?, s.refusals(&r, &t)?)))
         .await?;
-    let Some(state) = state else {
-        return Err(ProxyError::AdminNotFound(format!("{repository}:{tag} has no pin")));
+    let (mut out, history) = match record.state() {
+        Some(state) => {
+            let out = summary(app, &repository, &tag, &state);
+            let history = match state {
+                TagState::Pinned(p) | TagState::Advancing { pin: p, .. } => p.history,
+                TagState::Claimed(_) => record.history,
+            };
+            (out, history)
+        }
+        None if !record.history.is_empty() => (free(app, &repository, &tag), record.history),
+        None => return Err(ProxyError::AdminNotFound(format!("{repository}:{tag} has no pin"))),
     };
-    let mut out = summary(app, &repository, &tag, &state);
-    let history = match &state {
-        TagState::Pinned(p) | TagState::Advancing { pin: p, .. } => serde_json::to_value(&p.history),
-        TagState::Claimed(_) => Ok(json!([])),
-    }
-    .map_err(|e| ProxyError::Internal(e.to_string()))?;
-    out["history"] = history;
-    out["refused"] = serde_json::to_value(&refused).map_err(|e| ProxyError::Internal(e.to_string()))?;
-    out["release"] = serde_json::to_value(&release).map_err(|e| ProxyError::Internal(e.to_string()))?;
+    let internal = |e: serde_json::Error| ProxyError::Internal(e.to_string());
+    out["history"] = serde_json::to_value(&history).map_err(internal)?;
+    out["refused"] = serde_json::to_value(&refused).map_err(internal)?;
+    out["release"] = serde_json::to_value(&record.release).map_err(internal)?;
     Ok(json(StatusCode::OK, &out))
+}
+
+/// A tag with no pin and no write, as [`summary`] shows a held one.
+fn free(app: &App, repo: &Repository, tag: &Tag) -> Value {
+    let decided = app.policy().decide(repo, tag);
+    json!({
+        "repository": repo.as_str(),
+        "tag": tag.as_str(),
+        "state": "free",
+        "digest": null,
+        "source": null,
+        "pinned_at": null,
+        "claimed_digest": null,
+        "claimed_at": null,
+        "mode": decided.mode.as_str(),
+        "rule": decided.by.to_string(),
+    })
 }
 
 fn admin_event(app: &App, action: AuditAction, who: &Requester, repo: &Repository, tag: Option<&Tag>) {

@@ -147,19 +147,33 @@ pub fn expire(record: &mut TagRecord, clock: Clock) -> Vec<Expired> {
     out
 }
 
-/// Append an entry about `record`'s pin (at its digest) to its history; nothing when the
-/// tag has no pin.
+/// Append an entry about the tag to its history: the pin's, at its digest; for a tag with
+/// no pin yet (only for an operator's clearing), the record's own, at `digest`.
 fn history(record: &mut TagRecord, event: HistoryEvent, release: Option<&Release>, request: Option<&str>, at: u64) {
-    if let Some(pin) = record.pin.as_mut() {
-        let mut entry = HistoryEntry::new(event, pin.digest.clone(), None);
-        entry.at = at;
-        entry.request_id = request.map(str::to_owned);
-        if let Some(r) = release {
-            entry.by = Some(r.by.clone());
-            entry.reason = Some(r.reason.clone());
-        }
-        pin.history.push(entry);
+    history_at(record, None, event, release, request, at);
+}
+
+fn history_at(
+    record: &mut TagRecord,
+    digest: Option<&crate::oci::Digest>,
+    event: HistoryEvent,
+    release: Option<&Release>,
+    request: Option<&str>,
+    at: u64,
+) {
+    let (list, digest) = match (record.pin.as_mut(), digest) {
+        (Some(pin), _) => (&mut pin.history, pin.digest.clone()),
+        (None, Some(d)) => (&mut record.history, d.clone()),
+        (None, None) => return,
+    };
+    let mut entry = HistoryEntry::new(event, digest, None);
+    entry.at = at;
+    entry.request_id = request.map(str::to_owned);
+    if let Some(r) = release {
+        entry.by = Some(r.by.clone());
+        entry.reason = Some(r.reason.clone());
     }
+    list.push(entry);
 }
 
 /// Deliberate regressions, each putting back one way a protected tag moved before this

@@ -249,7 +249,7 @@ fn applied(record: &mut TagRecord, attempted: &Digest, request_id: &str, own: Op
         pin.pinned_at = now;
         pin.history[0].at = now;
         pin.history[0].request_id = Some(request_id.to_owned());
-        record.pin = Some(pin);
+        record.set_pin(pin);
         return Settled::Pinned;
     };
     if &pin.digest == attempted {

@@ -2,7 +2,7 @@
 //! outcome was lost cleared by hand.
 
 use super::mutation::{self, Mutation};
-use super::{expire, history, in_use, Clock, Expired};
+use super::{expire, history, history_at, in_use, Clock, Expired};
 use crate::store::{Claim, ClaimKind, HistoryEvent, Release, TagRecord};
 
 /// What putting a release on a tag did.
@@ -137,8 +137,10 @@ pub fn clear_writes(record: &mut TagRecord, request_id: &str, by: &str, reason: 
         created_at: clock.now,
         expires_at: clock.now,
     };
-    history(
+    let digest = cleared[0].digest.clone();
+    history_at(
         record,
+        Some(&digest),
         HistoryEvent::ClaimCleared,
         Some(&note),
         Some(request_id),

@@ -75,7 +75,7 @@ pub trait PinStore: Send + Sync + 'static {
         let records = self.update(repo, &tags, &mut |_, records| {
             for (record, (_, pin)) in records.iter_mut().zip(pins) {
                 if record.pin.is_none() && record.writes.is_empty() {
-                    record.pin = Some(pin.clone());
+                    record.set_pin(pin.clone());
                 }
             }
         })?;

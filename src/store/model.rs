@@ -193,12 +193,24 @@ pub struct TagRecord {
     pub pin: Option<Pin>,
     pub writes: Vec<Claim>,
     pub release: Option<Release>,
+    /// History of a tag that has no pin yet (an operator cleared its claim); it becomes
+    /// the start of the pin's history once the tag is pinned.
+    pub history: Vec<HistoryEntry>,
 }
 
 impl TagRecord {
-    /// No pin, no write and no release: the tag is free.
+    /// No pin, no write, no release and no history: nothing to keep.
     pub fn is_empty(&self) -> bool {
-        self.pin.is_none() && self.writes.is_empty() && self.release.is_none()
+        self.pin.is_none() && self.writes.is_empty() && self.release.is_none() && self.history.is_empty()
+    }
+
+    /// Pin the tag, with what was recorded before it had a pin as the start of its
+    /// history.
+    pub fn set_pin(&mut self, mut pin: Pin) {
+        let mut history = std::mem::take(&mut self.history);
+        history.append(&mut pin.history);
+        pin.history = history;
+        self.pin = Some(pin);
     }
 
     /// The view of this record that listings and exports show; `None` for a free tag.
@@ -237,7 +249,7 @@ impl TagRecord {
             TagState::Advancing { pin, claim } => Self {
                 pin: Some(pin),
                 writes: vec![claim],
-                release: None,
+                ..Self::default()
             },
         }
     }

@@ -267,7 +267,7 @@ pub(super) fn adopt(w: &mut World, p: &Proc, tag: &Tag) {
         if recs[0].pin.is_none() && recs[0].writes.is_empty() {
             let mut pin = Pin::now(there.clone(), PinSource::Adopted);
             pin.pinned_at = now;
-            recs[0].pin = Some(pin);
+            recs[0].set_pin(pin);
         }
     });
     w.store

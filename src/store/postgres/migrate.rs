@@ -10,6 +10,7 @@ use crate::store::StoreError;
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_init.sql"),
     include_str!("migrations/0002_writes_per_request.sql"),
+    include_str!("migrations/0003_tag_notes.sql"),
 ];
 
 /// The advisory lock key that serialises migrations across replicas ("tagpin" in ASCII).

@@ -1,5 +1,6 @@
 //! A tag's record in the PostgreSQL backend: its pin (`pins`), writes in flight (one
-//! `claims` row per request, in the order written) and release (`releases`), read in
+//! `claims` row per request, in the order written), release (`releases`) and the history
+//! of a tag with no pin yet (`notes`), read in
 //! one statement and changed in one transaction under the tag's advisory lock; and the
 //! views built from them (listing) and import.
 
@@ -27,6 +28,7 @@ fn record_sql() -> String {
                 'kind', c.kind, 'release_id', c.release_id) ORDER BY c.position), '[]'::jsonb)
             FROM claims c WHERE c.repository = $1 AND c.tag = $2) AS writes,
            (SELECT r.record FROM releases r WHERE r.repository = $1 AND r.tag = $2) AS release,
+           (SELECT n.history FROM notes n WHERE n.repository = $1 AND n.tag = $2) AS notes,
            {DB_NOW} AS now
          FROM (VALUES (1)) AS one LEFT JOIN pins p ON p.repository = $1 AND p.tag = $2"
     )
@@ -60,8 +62,20 @@ pub(super) fn read_record<C: GenericClient>(
         .get::<_, Option<serde_json::Value>>("release")
         .map(|v| serde_json::from_value(v).map_err(|e| corrupt(&key, e)))
         .transpose()?;
+    let history = match row.get::<_, Option<serde_json::Value>>("notes") {
+        Some(v) => serde_json::from_value(v).map_err(|e| corrupt(&key, e))?,
+        None => Vec::new(),
+    };
     let now = row.get::<_, i64>("now").max(0) as u64;
-    Ok((TagRecord { pin, writes, release }, now))
+    Ok((
+        TagRecord {
+            pin,
+            writes,
+            release,
+            history,
+        },
+        now,
+    ))
 }
 
 fn source_str(s: PinSource) -> &'static str {
@@ -147,6 +161,19 @@ fn write_record<C: GenericClient>(
                 )
             }
             None => c.execute("DELETE FROM releases WHERE repository = $1 AND tag = $2", &[&r, &t]),
+        }
+        .map_err(db)?;
+    }
+    if before.history != after.history {
+        if after.history.is_empty() {
+            c.execute("DELETE FROM notes WHERE repository = $1 AND tag = $2", &[&r, &t])
+        } else {
+            let history = serde_json::to_value(&after.history).expect("serialising history cannot fail");
+            c.execute(
+                "INSERT INTO notes (repository, tag, history) VALUES ($1, $2, $3)
+                 ON CONFLICT (repository, tag) DO UPDATE SET history = EXCLUDED.history",
+                &[&r, &t, &history],
+            )
         }
         .map_err(db)?;
     }
@@ -257,11 +284,16 @@ impl PgStore {
             }
             for r in writes {
                 let (before, _) = read_record(tx, &r.repository, &r.tag)?;
-                let after = TagRecord {
-                    pin: r.pin(),
+                // What the tag had before it was pinned starts the imported pin's history.
+                let mut after = TagRecord {
+                    pin: None,
                     writes: r.claim.iter().cloned().collect(),
                     release: before.release.clone(),
+                    history: before.history.clone(),
                 };
+                if let Some(pin) = r.pin() {
+                    after.set_pin(pin);
+                }
                 write_record(tx, &r.repository, &r.tag, &before, &after)?;
                 outcome.imported += 1;
             }

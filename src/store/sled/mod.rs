@@ -3,6 +3,8 @@
 //! - `claims`:    `repo \0 tag`             -> JSON list of the tag's writes in flight,
 //!   one per request (format 2 held one object); absent when there is none;
 //! - `releases`:  `repo \0 tag`             -> JSON release (break glass) in force;
+//! - `notes`:     `repo \0 tag`             -> JSON list of the history of a tag that has
+//!   no pin yet (an operator cleared its claim); absent when there is none;
 //! - `by_digest`: `repo \0 digest \0 tag`   -> empty, for every digest of a tag's record
 //!   (its pin and each write's), so "is this digest pinned?" is a prefix scan instead of
 //!   a walk over every pin. [`PinStore::update`] keeps it in step with the records it
@@ -19,7 +21,7 @@
 //!
 //! `\0` cannot occur in a validated repository, tag or digest, so keys cannot collide.
 //!
-//! A tag's record lives in three trees under one key; it is read and written only in
+//! A tag's record lives in four trees under one key; it is read and written only in
 //! transactions over all of them (sled runs transactions one at a time, across every
 //! tree), so no reader sees half of a change. The store's clock is this host's.
 //!
@@ -70,6 +72,7 @@ struct Trees {
     holders: sled::Tree,
     refused: sled::Tree,
     releases: sled::Tree,
+    notes: sled::Tree,
     meta: sled::Tree,
 }
 
@@ -110,6 +113,7 @@ impl Trees {
             holders: tree("holders")?,
             refused: tree("refused")?,
             releases: tree("releases")?,
+            notes: tree("notes")?,
             meta: tree("meta")?,
             db,
         };

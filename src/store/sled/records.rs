@@ -9,7 +9,9 @@ use crate::store::{Claim, HistoryEntry, HistoryEvent, Pin, PinSource, Refused, R
 
 /// Records carry no version of their own; this key of the `meta` tree says which format
 /// the whole store is in. 1 (or absent): pins without history. 2: with history.
-/// 3: a tag's writes in flight as a list, and the `refs_by_holder` index.
+/// 3: a tag's writes in flight as a list, and the `refs_by_holder` index. The `notes`
+/// tree came later without a new format: a store without it has no notes, which is
+/// what an absent tree reads as, so there is nothing to migrate.
 pub const FORMAT_KEY: &[u8] = b"format";
 pub const FORMAT: u8 = 3;
 
@@ -84,6 +86,15 @@ pub fn decode_release(key: &[u8], bytes: &[u8]) -> Result<Release, StoreError> {
 
 pub fn encode_release(release: &Release) -> Vec<u8> {
     serde_json::to_vec(release).expect("serialising a release cannot fail")
+}
+
+/// The history of a tag that has no pin yet.
+pub fn decode_notes(key: &[u8], bytes: &[u8]) -> Result<Vec<HistoryEntry>, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| corrupt(key, e))
+}
+
+pub fn encode_notes(history: &[HistoryEntry]) -> Vec<u8> {
+    serde_json::to_vec(history).expect("serialising history cannot fail")
 }
 
 pub fn decode_refusals(key: &[u8], bytes: &[u8]) -> Result<Vec<Refused>, StoreError> {

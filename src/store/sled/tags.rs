@@ -1,7 +1,7 @@
-//! A tag's record in the sled backend: its pin, writes in flight and release, kept in
-//! three trees under one key and read and changed together in one transaction, with the
-//! `by_digest` index following every change; and the views built from them (listing,
-//! holders) and import.
+//! A tag's record in the sled backend: its pin, writes in flight, release and the
+//! history of a tag with no pin yet, kept in four trees under one key and read and
+//! changed together in one transaction, with the `by_digest` index following every
+//! change; and the views built from them (listing, holders) and import.
 
 use std::cell::RefCell;
 use std::collections::HashSet;
@@ -9,7 +9,7 @@ use std::collections::HashSet;
 use sled::transaction::TransactionalTree;
 use sled::Transactional;
 
-use super::records::{decode_release, encode_release};
+use super::records::{decode_notes, decode_release, encode_notes, encode_release};
 use super::{
     abort, corrupt, decode_pin, decode_writes, encode_pin, encode_writes, io, repo_prefix, settle, tag_key, under,
     SledStore, TxResult,
@@ -22,6 +22,7 @@ struct TxTrees<'a> {
     pins: &'a TransactionalTree,
     claims: &'a TransactionalTree,
     releases: &'a TransactionalTree,
+    notes: &'a TransactionalTree,
     /// `None` where only reading.
     index: Option<&'a TransactionalTree>,
 }
@@ -40,7 +41,16 @@ impl TxTrees<'_> {
             Some(v) => Some(decode_release(key, &v).map_err(abort)?),
             None => None,
         };
-        Ok(TagRecord { pin, writes, release })
+        let history = match self.notes.get(key)? {
+            Some(v) => decode_notes(key, &v).map_err(abort)?,
+            None => Vec::new(),
+        };
+        Ok(TagRecord {
+            pin,
+            writes,
+            release,
+            history,
+        })
     }
 
     /// Write the parts of `after` that differ from `before` (what the tag holds now), and
@@ -62,9 +72,16 @@ impl TxTrees<'_> {
         }
         if before.release != after.release {
             match &after.release {
-                Some(release) => self.releases.insert(key, encode_release(release))?,
-                None => self.releases.remove(key)?,
+                Some(release) => self.releases.insert(key.clone(), encode_release(release))?,
+                None => self.releases.remove(key.clone())?,
             };
+        }
+        if before.history != after.history {
+            if after.history.is_empty() {
+                self.notes.remove(key)?;
+            } else {
+                self.notes.insert(key, encode_notes(&after.history))?;
+            }
         }
         let index = self.index.expect("a write transaction includes the index");
         let (old, new) = (before.digests(), after.digests());
@@ -101,11 +118,12 @@ impl SledStore {
         let key = tag_key(repo, tag);
         // In a transaction: reading the trees one by one could see a pin already moved and
         // the write that moved it still there, or neither.
-        let result = (&t.pins, &t.claims, &t.releases).transaction(|(pins, claims, releases)| {
+        let result = (&t.pins, &t.claims, &t.releases, &t.notes).transaction(|(pins, claims, releases, notes)| {
             TxTrees {
                 pins,
                 claims,
                 releases,
+                notes,
                 index: None,
             }
             .read(&key)
@@ -126,11 +144,13 @@ impl SledStore {
         let keys: Vec<Vec<u8>> = tags.iter().map(|tag| tag_key(repo, tag)).collect();
         // sled's transaction takes an `Fn`; the change runs once per attempt.
         let change = RefCell::new(change);
-        let result = (&t.pins, &t.claims, &t.releases, &t.by_digest).transaction(|(pins, claims, releases, index)| {
+        let trees = (&t.pins, &t.claims, &t.releases, &t.notes, &t.by_digest);
+        let result = trees.transaction(|(pins, claims, releases, notes, index)| {
             let tx = TxTrees {
                 pins,
                 claims,
                 releases,
+                notes,
                 index: Some(index),
             };
             let before = keys.iter().map(|k| tx.read(k)).collect::<TxResult<Vec<_>>>()?;
@@ -243,11 +263,13 @@ impl SledStore {
 
     pub(super) fn import_records(&self, records: &[Exported]) -> Result<ImportOutcome, StoreError> {
         let t = self.trees()?;
-        let result = (&t.pins, &t.claims, &t.releases, &t.by_digest).transaction(|(pins, claims, releases, index)| {
+        let trees = (&t.pins, &t.claims, &t.releases, &t.notes, &t.by_digest);
+        let result = trees.transaction(|(pins, claims, releases, notes, index)| {
             let tx = TxTrees {
                 pins,
                 claims,
                 releases,
+                notes,
                 index: Some(index),
             };
             let (mut outcome, writes) = plan_import(records, |r| -> TxResult<_> {
@@ -258,11 +280,16 @@ impl SledStore {
             }
             for r in writes {
                 let before = tx.read(&tag_key(&r.repository, &r.tag))?;
-                let after = TagRecord {
-                    pin: r.pin(),
+                // What the tag had before it was pinned starts the imported pin's history.
+                let mut after = TagRecord {
+                    pin: None,
                     writes: r.claim.iter().cloned().collect(),
                     release: before.release.clone(),
+                    history: before.history.clone(),
                 };
+                if let Some(pin) = r.pin() {
+                    after.set_pin(pin);
+                }
                 tx.write(&r.repository, &r.tag, &before, &after)?;
                 outcome.imported += 1;
             }

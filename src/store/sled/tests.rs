@@ -65,6 +65,7 @@ fn writes_and_a_release_survive_reopen() {
             cancelled: true,
             ..release("rel-1")
         }),
+        history: Vec::new(),
     };
     {
         let s = SledStore::open(dir.path()).unwrap();
@@ -78,6 +79,36 @@ fn writes_and_a_release_survive_reopen() {
     assert_eq!(s.record(&repo, &tag).unwrap(), record);
     assert_eq!(s.claim_count(), 1);
     assert_eq!(s.tags_pinned_to(&repo, &d('b')).unwrap(), vec![tag]);
+}
+
+#[test]
+fn the_history_of_a_tag_with_no_pin_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let (repo, tag) = ab();
+    let notes = vec![crate::store::HistoryEntry::new(
+        crate::store::HistoryEvent::ClaimCleared,
+        d('b'),
+        None,
+    )];
+    {
+        let s = SledStore::open(dir.path()).unwrap();
+        s.update(&repo, std::slice::from_ref(&tag), &mut |_, r| {
+            r[0].history = notes.clone()
+        })
+        .unwrap();
+    }
+    let s = SledStore::open(dir.path()).unwrap();
+    assert_eq!(s.record(&repo, &tag).unwrap().history, notes);
+    assert_eq!(s.pin_count(), 0);
+    assert!(s.tags_pinned_to(&repo, &d('b')).unwrap().is_empty());
+    // Pinned, the notes start the pin's history and leave the `notes` tree.
+    let pinned = s
+        .update(&repo, std::slice::from_ref(&tag), &mut |_, r| {
+            r[0].set_pin(Pin::now(d('a'), PinSource::Push))
+        })
+        .unwrap();
+    assert_eq!(pinned[0].pin.as_ref().unwrap().history[0], notes[0]);
+    assert!(s.trees().unwrap().notes.is_empty());
 }
 
 #[test]
