@@ -124,8 +124,9 @@ impl ProxyError {
             Self::OutcomeUnknown(_) => {
                 "the upstream registry did not answer, so whether it applied this write is not known; \
                  tagpin keeps its record of the write until that is known or the in-doubt horizon passes \
-                 (meanwhile a pushed tag stays reserved for this digest, and content a deleted digest is \
-                 needed by cannot be pinned); repeating the request is safe"
+                 (meanwhile a pushed tag stays reserved for this digest, a tag with no pin yet until a push \
+                 of the same digest or an operator clears it, and content a deleted digest is needed by \
+                 cannot be pinned); repeating the request is safe"
             }
             Self::CannotDecide(_) => {
                 "tagpin cannot decide this write safely now (it could not read a pinned manifest the decision \

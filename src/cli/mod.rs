@@ -214,7 +214,7 @@ pub struct ServeArgs {
     pub drift_interval: Option<String>,
     /// How long after it was forwarded a write whose answer was lost may still land at the
     /// upstream; its record keeps the tag (or digest) reserved until then, e.g. 15m
-    /// [default: 15m; at least the upstream header timeout].
+    /// [default: 15m; at least twice the upstream header timeout].
     #[arg(long, env = "TAGPIN_IN_DOUBT_HORIZON")]
     pub in_doubt_horizon: Option<String>,
     /// Milliseconds in-flight requests get to finish after SIGTERM [default: 30000].

@@ -26,7 +26,7 @@ pub enum Refusal {
     },
     /// A push of a manifest whose delete was forwarded with an unknown outcome: pinning a
     /// tag to it could leave the tag on a manifest the upstream deletes a moment later.
-    #[error("{repo}@{digest} has a delete in flight whose outcome is not known; tagpin refuses to pin content that needs it until that delete's own answer settles it or the in-doubt horizon passes. Push again later, or, if you know that delete failed, clear it with `tagpin claims clear {repo}@{digest} --reason ...`")]
+    #[error("{repo}@{digest} has a delete in flight whose outcome is not known; tagpin refuses to pin content that needs it until that delete's own answer settles it or the in-doubt horizon passes. Push again later, or, if you know that delete failed, find its request with `tagpin claims list` and clear it with `tagpin claims clear {repo}@{digest} --request ID --reason ...`")]
     DeleteInFlight { repo: Repository, digest: Digest },
     /// A delete of a manifest or blob that pinned content depends on: an index's child,
     /// or the config or a layer of a pinned manifest. The pinned tag would stay on its
