@@ -423,3 +423,16 @@ pub struct DeleteRecord {
     /// Seconds since the Unix epoch, by the store's clock.
     pub started_at: u64,
 }
+
+/// A tag's writes are one per request: a second write of one request is a caller's bug,
+/// refused the same on every backend before anything is written.
+pub fn check_writes(repo: &Repository, tag: &Tag, record: &TagRecord) -> Result<(), super::StoreError> {
+    let mut seen = std::collections::HashSet::new();
+    match record.writes.iter().find(|w| !seen.insert(w.request_id.as_str())) {
+        Some(twice) => Err(super::StoreError::Corrupt {
+            key: format!("{repo}:{tag}"),
+            why: format!("two writes in flight for request {}", twice.request_id),
+        }),
+        None => Ok(()),
+    }
+}

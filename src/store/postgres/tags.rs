@@ -4,8 +4,6 @@
 //! one statement and changed in one transaction under the tag's advisory lock; and the
 //! views built from them (listing) and import.
 
-use std::collections::HashSet;
-
 use postgres::GenericClient;
 
 use super::{corrupt, db, lock_key, PgStore};
@@ -180,19 +178,6 @@ fn write_record<C: GenericClient>(
     Ok(())
 }
 
-/// A tag's writes are one per request (the table's key): a second write of one request
-/// is a caller's bug, refused the same on every backend.
-fn check_writes(repo: &Repository, tag: &Tag, record: &TagRecord) -> Result<(), StoreError> {
-    let mut seen = HashSet::new();
-    match record.writes.iter().find(|w| !seen.insert(w.request_id.as_str())) {
-        Some(twice) => Err(StoreError::Corrupt {
-            key: format!("{repo}:{tag}"),
-            why: format!("two writes in flight for request {}", twice.request_id),
-        }),
-        None => Ok(()),
-    }
-}
-
 impl PgStore {
     pub(super) fn read(&self, repo: &Repository, tag: &Tag) -> Result<TagRecord, StoreError> {
         let mut c = self.client()?;
@@ -232,7 +217,7 @@ impl PgStore {
                 if before[i] == after[i] || tags[i + 1..].contains(tag) {
                     continue;
                 }
-                check_writes(repo, tag, &after[i])?;
+                crate::store::check_writes(repo, tag, &after[i])?;
                 write_record(tx, repo, tag, &before[i], &after[i])?;
             }
             Ok(after)

@@ -4,7 +4,6 @@
 //! change; and the views built from them (listing, holders) and import.
 
 use std::cell::RefCell;
-use std::collections::HashSet;
 
 use sled::transaction::TransactionalTree;
 use sled::Transactional;
@@ -99,19 +98,6 @@ fn index_key(repo: &Repository, digest: &Digest, tag: &Tag) -> Vec<u8> {
     under(super::digest_key(repo, digest), tag.as_str())
 }
 
-/// A tag's writes are one per request: a second write of one request is a caller's bug,
-/// refused the same on every backend.
-fn check_writes(repo: &Repository, tag: &Tag, record: &TagRecord) -> Result<(), StoreError> {
-    let mut seen = HashSet::new();
-    match record.writes.iter().find(|w| !seen.insert(w.request_id.as_str())) {
-        Some(twice) => Err(StoreError::Corrupt {
-            key: format!("{repo}:{tag}"),
-            why: format!("two writes in flight for request {}", twice.request_id),
-        }),
-        None => Ok(()),
-    }
-}
-
 impl SledStore {
     pub(super) fn read_record(&self, repo: &Repository, tag: &Tag) -> Result<TagRecord, StoreError> {
         let t = self.trees()?;
@@ -161,7 +147,7 @@ impl SledStore {
                 if before[i] == after[i] || tags[i + 1..].contains(tag) {
                     continue;
                 }
-                check_writes(repo, tag, &after[i]).map_err(abort)?;
+                crate::store::check_writes(repo, tag, &after[i]).map_err(abort)?;
                 tx.write(repo, tag, &before[i], &after[i])?;
                 changed = true;
             }
