@@ -7,12 +7,17 @@
 //!
 //! A check that fails (the upstream is down, refuses tagpin's credentials) is logged and
 //! changes nothing: the gauge keeps the last check's counts and the memory its states.
+//! A check that overruns (it takes longer than [`round_deadline`]) is abandoned the same
+//! way, and one that panics is logged at error; each of these is counted in
+//! `tagpin_upstream_failures_total{kind="drift_check"}`, and the next round follows at
+//! the next tick.
 //! The memory is the process's own: after a restart, each tag still drifted is reported
 //! once more by the first check.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::HeaderMap;
@@ -24,6 +29,17 @@ use crate::telemetry::{AuditAction, AuditEvent, Requester};
 
 /// Who acts in the check's audit events.
 pub const DRIFT_USER: &str = "tagpin:drift-check";
+/// The `kind` of `tagpin_upstream_failures_total` a failed, overrun or panicked check
+/// counts under.
+pub const DRIFT_FAILURE_KIND: &str = "drift_check";
+/// A check may always take this long, however short the interval.
+const MIN_ROUND: Duration = Duration::from_secs(60);
+
+/// How long one check may run before it is abandoned: the interval, but at least
+/// [`MIN_ROUND`] and at least a few upstream checks' time.
+pub fn round_deadline(every: Duration, check_timeout: Duration) -> Duration {
+    every.max(MIN_ROUND).max(check_timeout.saturating_mul(4))
+}
 
 /// The last state of each pinned tag that was not `same`.
 #[derive(Default)]
@@ -51,6 +67,8 @@ impl Memory {
 
 /// Run a check every `every` until `stop` resolves.
 pub async fn run(app: App, every: Duration, stop: impl Future<Output = ()>) {
+    let app = Arc::new(app);
+    let deadline = round_deadline(every, app.upstream.check_timeout());
     tokio::pin!(stop);
     let mut ticks = tokio::time::interval(every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -70,14 +88,35 @@ pub async fn run(app: App, every: Duration, stop: impl Future<Output = ()>) {
                 continue;
             }
         }
-        let report = tokio::select! {
-            r = verify::check(&app, None) => r,
-            () = &mut stop => return,
+        // Its own task, so a panic in it ends this round only.
+        let round = {
+            let app = Arc::clone(&app);
+            tokio::spawn(async move { verify::check(&app, None).await })
         };
-        let report = match report {
-            Ok(r) => r,
-            Err(e) => {
+        let abort = round.abort_handle();
+        let outcome = tokio::select! {
+            r = tokio::time::timeout(deadline, round) => r,
+            () = &mut stop => {
+                abort.abort();
+                return;
+            }
+        };
+        let report = match outcome {
+            Ok(Ok(Ok(r))) => r,
+            Ok(Ok(Err(e))) => {
+                app.metrics.upstream_failure(DRIFT_FAILURE_KIND);
                 tracing::warn!(error = %e, "drift check failed; the last counts stay");
+                continue;
+            }
+            Ok(Err(e)) => {
+                app.metrics.upstream_failure(DRIFT_FAILURE_KIND);
+                tracing::error!(error = %e, "drift check panicked; the last counts stay, the next check follows");
+                continue;
+            }
+            Err(_) => {
+                abort.abort();
+                app.metrics.upstream_failure(DRIFT_FAILURE_KIND);
+                tracing::warn!(deadline = ?deadline, "drift check overran and was abandoned; the last counts stay");
                 continue;
             }
         };

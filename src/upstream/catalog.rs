@@ -7,14 +7,64 @@
 //! catalog out; distribution's `docs/spec/api.md` "Catalog" defines `n`, `last` and the
 //! `Link` header), and a page that cannot be read is an error, so a seed or a check never
 //! reports on half the registry as if it were all of it.
+//!
+//! Each page (of the catalog or of a tag list) is bounded: its request, headers and body,
+//! must complete within the check timeout, its body may hold at most [`MAX_PAGE_BYTES`],
+//! and a `Link` that does not advance (to a page already read) ends the walk with an error.
 
+use std::collections::HashSet;
+use std::time::Duration;
+
+use bytes::Bytes;
 use http::{Method, StatusCode};
+use hyper::body::Incoming;
 
 use super::{error_chain, next_page, As, Listing, TagAtUpstream, Upstream, UpstreamError, MAX_TAG_PAGES};
 use crate::oci::{Digest, Repository, Tag};
 
 /// Repositories asked for per catalog page.
 pub const CATALOG_PAGE: usize = 100;
+/// Largest body of one listing page (catalog or tag list) read; a larger page ends the
+/// walk with an error.
+pub const MAX_PAGE_BYTES: usize = 16 * 1024 * 1024;
+
+/// The body of one listing page, at most [`MAX_PAGE_BYTES`], read by `until` (the page's
+/// deadline, `within` after its request went out). A page too large or too late is
+/// `failed(reason)`.
+pub(super) async fn read_page(
+    body: Incoming,
+    until: tokio::time::Instant,
+    within: Duration,
+    target: &str,
+    failed: &(dyn Fn(String) -> UpstreamError + Sync),
+) -> Result<Bytes, UpstreamError> {
+    let body = http_body_util::Limited::new(body, MAX_PAGE_BYTES);
+    match tokio::time::timeout_at(until, http_body_util::BodyExt::collect(body)).await {
+        Err(_) => Err(failed(format!("{target} was not read in full within {within:?}"))),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(failed(format!(
+            "{target} is larger than the page bound of {MAX_PAGE_BYTES} bytes"
+        ))),
+        Ok(Err(e)) => Err(UpstreamError::Transport(error_chain(&*e))),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+    }
+}
+
+/// Pages read so far in one walk, to refuse a `Link` that does not advance.
+#[derive(Default)]
+pub(super) struct Visited(HashSet<String>);
+
+impl Visited {
+    /// `next`, the page after `current`, unless it was read already (or is `current`).
+    pub(super) fn advance(&mut self, current: &str, next: Option<String>) -> Result<Option<String>, String> {
+        self.0.insert(current.to_owned());
+        match next {
+            Some(n) if self.0.contains(&n) => Err(format!(
+                "the Link after {current} does not advance: {n} was already read"
+            )),
+            next => Ok(next),
+        }
+    }
+}
 
 impl Upstream {
     /// Every repository the upstream lists, in its order. Names outside the grammar
@@ -23,12 +73,18 @@ impl Upstream {
         let mut next = Some(format!("/v2/_catalog?n={CATALOG_PAGE}"));
         let mut repos = Vec::new();
         let mut pages = 0;
+        let mut visited = Visited::default();
+        let failed = |reason: String| UpstreamError::Catalog(reason);
         while let Some(target) = next.take() {
             pages += 1;
             if pages > MAX_TAG_PAGES {
                 return Err(UpstreamError::Catalog(format!("more than {MAX_TAG_PAGES} pages")));
             }
-            let resp = self.get_as(Method::GET, &target, None, As::Own).await?;
+            let within = self.check_timeout;
+            let until = tokio::time::Instant::now() + within;
+            let resp = tokio::time::timeout_at(until, self.get_as(Method::GET, &target, None, As::Own))
+                .await
+                .map_err(|_| UpstreamError::HeaderTimeout(within))??;
             match resp.status() {
                 StatusCode::OK => {}
                 s @ (StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) => {
@@ -36,11 +92,9 @@ impl Upstream {
                 }
                 s => return Err(UpstreamError::Catalog(format!("{target} answered {s}"))),
             }
-            next = next_page(resp.headers(), &self.origin).map_err(UpstreamError::Catalog)?;
-            let bytes = http_body_util::BodyExt::collect(resp.into_body())
-                .await
-                .map_err(|e| UpstreamError::Transport(error_chain(&e)))?
-                .to_bytes();
+            let link = next_page(resp.headers(), &self.origin).map_err(failed)?;
+            next = visited.advance(&target, link).map_err(failed)?;
+            let bytes = read_page(resp.into_body(), until, within, &target, &failed).await?;
             #[derive(serde::Deserialize)]
             struct Page {
                 repositories: Option<Vec<String>>,
@@ -82,5 +136,133 @@ impl Upstream {
                 resp.status()
             ))),
         }
+    }
+}
+
+/// A scripted upstream on 127.0.0.1 for the bounds tests, one response per connection.
+#[cfg(test)]
+pub(crate) mod fake {
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use crate::upstream::Upstream;
+
+    pub enum Reply {
+        /// Status, extra header lines, body.
+        Full(u16, Vec<String>, Vec<u8>),
+        /// 200 announcing `len` bytes and sending none of them.
+        Stall(usize),
+        /// 200 with `len` bytes of `a`.
+        Big(usize),
+    }
+
+    /// Serve `script(target, own address)`; an upstream client with a check timeout
+    /// of `check_ms` talks to it.
+    pub async fn start(
+        check_ms: u64,
+        script: impl Fn(&str, SocketAddr) -> Reply + Send + Sync + 'static,
+    ) -> (SocketAddr, Upstream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let script = Arc::new(script);
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let script = Arc::clone(&script);
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match conn.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let text = String::from_utf8_lossy(&head).into_owned();
+                    let target = text.split(' ').nth(1).unwrap_or("").to_owned();
+                    let (status, extra, body, announce, stall) = match script(&target, addr) {
+                        Reply::Full(s, h, b) => (s, h, b.clone(), b.len(), false),
+                        Reply::Stall(len) => (200, vec![], vec![], len, true),
+                        Reply::Big(len) => (200, vec![], vec![b'a'; len], len, false),
+                    };
+                    let mut out = format!("HTTP/1.1 {status} X\r\nContent-Length: {announce}\r\nConnection: close\r\n");
+                    for h in extra {
+                        out.push_str(&h);
+                        out.push_str("\r\n");
+                    }
+                    out.push_str("\r\n");
+                    let _ = conn.write_all(out.as_bytes()).await;
+                    let _ = conn.write_all(&body).await;
+                    if stall {
+                        tokio::time::sleep(Duration::from_secs(3600)).await;
+                    }
+                });
+            }
+        });
+        let text = format!("upstream = \"http://{addr}\"\n[timeouts]\nupstream_check_ms = {check_ms}\n");
+        let config = crate::config::RawConfig::from_toml(&text, std::path::Path::new("t.toml"))
+            .unwrap()
+            .validate()
+            .unwrap();
+        let tls = Upstream::tls_config(&config).unwrap();
+        (addr, Upstream::new(&config, tls))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::fake::{start, Reply};
+    use super::*;
+
+    /// Generous: the walks under test end on their own bounds well before.
+    const GIVE_UP: Duration = Duration::from_secs(30);
+
+    #[tokio::test]
+    async fn a_catalog_page_over_the_bound_is_an_error_naming_the_bound() {
+        let (_, up) = start(10_000, |_, _| Reply::Big(MAX_PAGE_BYTES + 1)).await;
+        let e = tokio::time::timeout(GIVE_UP, up.catalog()).await.unwrap().unwrap_err();
+        assert!(matches!(e, UpstreamError::Catalog(_)), "{e}");
+        assert!(e.to_string().contains(&MAX_PAGE_BYTES.to_string()), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_link_that_does_not_advance_ends_the_walk_with_an_error() {
+        // The tag list links to itself; the catalog to its first page from its second.
+        let (_, up) = start(10_000, |target, _| {
+            let link = if target.contains("/tags/list") {
+                "</v2/a/tags/list>; rel=\"next\""
+            } else if target.contains("last=") {
+                "</v2/_catalog?n=100>; rel=\"next\""
+            } else {
+                "</v2/_catalog?n=100&last=a>; rel=\"next\""
+            };
+            let body = if target.contains("/tags/") {
+                br#"{"tags":["v1"]}"#.to_vec()
+            } else {
+                br#"{"repositories":["a"]}"#.to_vec()
+            };
+            Reply::Full(200, vec![format!("Link: {link}")], body)
+        })
+        .await;
+        let repo = Repository::parse("a").unwrap();
+        let e = tokio::time::timeout(GIVE_UP, up.own_list_tags(&repo))
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(matches!(e, UpstreamError::TagList { .. }), "{e}");
+        assert!(e.to_string().contains("does not advance"), "{e}");
+        let e = tokio::time::timeout(GIVE_UP, up.catalog()).await.unwrap().unwrap_err();
+        assert!(e.to_string().contains("does not advance"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_catalog_page_whose_body_stalls_fails_within_the_check_timeout() {
+        let (_, up) = start(300, |_, _| Reply::Stall(100)).await;
+        let r = tokio::time::timeout(GIVE_UP, up.catalog()).await;
+        assert!(r.expect("the catalog read is bounded").is_err());
     }
 }

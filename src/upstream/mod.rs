@@ -371,24 +371,27 @@ impl Upstream {
         let mut next = Some(format!("/v2/{repo}/tags/list"));
         let mut tags = Vec::new();
         let mut pages = 0;
+        let mut visited = catalog::Visited::default();
         while let Some(target) = next.take() {
             pages += 1;
             if pages > MAX_TAG_PAGES {
                 return Err(failed(format!("more than {MAX_TAG_PAGES} pages")));
             }
-            let resp = self.get_as(Method::GET, &target, None, who).await?;
+            // One deadline for the page: its request, headers and body.
+            let within = self.check_timeout;
+            let until = tokio::time::Instant::now() + within;
+            let resp = tokio::time::timeout_at(until, self.get_as(Method::GET, &target, None, who))
+                .await
+                .map_err(|_| UpstreamError::HeaderTimeout(within))??;
             match resp.status() {
                 StatusCode::OK => {}
                 StatusCode::NOT_FOUND if pages == 1 => return Ok(Listing::Unknown),
                 StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => return Ok(Listing::Challenge(resp)),
                 status => return Err(failed(format!("{target} answered {status}"))),
             }
-            next = next_page(resp.headers(), &self.origin).map_err(failed)?;
-            let bytes = tokio::time::timeout(self.check_timeout, http_body_util::BodyExt::collect(resp.into_body()))
-                .await
-                .map_err(|_| UpstreamError::HeaderTimeout(self.check_timeout))?
-                .map_err(|e| UpstreamError::Transport(error_chain(&e)))?
-                .to_bytes();
+            let link = next_page(resp.headers(), &self.origin).map_err(failed)?;
+            next = visited.advance(&target, link).map_err(failed)?;
+            let bytes = catalog::read_page(resp.into_body(), until, within, &target, &failed).await?;
             #[derive(serde::Deserialize)]
             struct Page {
                 tags: Option<Vec<String>>,

@@ -30,6 +30,8 @@ use crate::config::Credentials;
 const MAX_TOKEN_RESPONSE: usize = 64 * 1024;
 /// Lifetime of a token whose response gives none (token.md: "defaults to 60 seconds").
 const DEFAULT_EXPIRES_IN: u64 = 60;
+/// Longest a token is cached, whatever its `expires_in` says: one day.
+const MAX_EXPIRES_IN: u64 = 24 * 60 * 60;
 /// Scopes cached at most; past it, the cache starts over.
 const MAX_CACHED_SCOPES: usize = 10_000;
 
@@ -90,21 +92,19 @@ impl OwnAuth {
     }
 
     fn remember(&self, scope: &str, value: HeaderValue, expires_in: Duration) {
+        let expires_in = expires_in.min(Duration::from_secs(MAX_EXPIRES_IN));
         // A little early, so a token is not sent in its last second.
         let margin = (expires_in / 2).min(Duration::from_secs(5));
-        let mut tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
+        let Some(until) = now.checked_add(expires_in.saturating_sub(margin)) else {
+            return;
+        };
+        let mut tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
         tokens.retain(|_, t| t.until > now);
         if tokens.len() >= MAX_CACHED_SCOPES {
             tokens.clear();
         }
-        tokens.insert(
-            scope.to_owned(),
-            Cached {
-                value,
-                until: now + expires_in - margin,
-            },
-        );
+        tokens.insert(scope.to_owned(), Cached { value, until });
     }
 }
 
@@ -159,8 +159,24 @@ impl Upstream {
         self.send_check(build(Some(&auth))).await
     }
 
-    /// A token from `realm` for `scope`, with Basic credentials when configured.
+    /// A token from `realm` for `scope`, with Basic credentials when configured: the
+    /// request, its headers and its body within the check timeout.
     async fn fetch_token(
+        &self,
+        realm: &str,
+        service: Option<&str>,
+        scope: Option<&str>,
+    ) -> Result<HeaderValue, UpstreamError> {
+        let within = self.check_timeout;
+        match tokio::time::timeout(within, self.fetch_token_unbounded(realm, service, scope)).await {
+            Ok(r) => r,
+            Err(_) => Err(UpstreamError::OwnAuth(format!(
+                "token from {realm}: no complete answer within {within:?}"
+            ))),
+        }
+    }
+
+    async fn fetch_token_unbounded(
         &self,
         realm: &str,
         service: Option<&str>,
@@ -191,7 +207,7 @@ impl Upstream {
             req = req.header(header::AUTHORIZATION, basic);
         }
         let resp = self
-            .send(req.body(body::empty()).expect("a parsed URI is a valid request"))
+            .send_check(req.body(body::empty()).expect("a parsed URI is a valid request"))
             .await?;
         if resp.status() != StatusCode::OK {
             return Err(failed(format!("answered {}", resp.status())));
@@ -218,7 +234,7 @@ impl Upstream {
         let mut value = HeaderValue::try_from(format!("Bearer {token}"))
             .map_err(|_| failed("the token is not a valid header value".into()))?;
         value.set_sensitive(true);
-        let expires_in = answer.expires_in.unwrap_or(DEFAULT_EXPIRES_IN).max(1);
+        let expires_in = token_lifetime(answer.expires_in);
         if let Some(scope) = scope {
             self.own.remember(scope, value.clone(), Duration::from_secs(expires_in));
         }
@@ -230,6 +246,12 @@ impl Upstream {
         );
         Ok(value)
     }
+}
+
+/// How long a token answered with `expires_in` is cached: at least a second, at most
+/// [`MAX_EXPIRES_IN`].
+fn token_lifetime(expires_in: Option<u64>) -> u64 {
+    expires_in.unwrap_or(DEFAULT_EXPIRES_IN).clamp(1, MAX_EXPIRES_IN)
 }
 
 /// The scope distribution asks for on `target`, to use a cached token before any
@@ -455,5 +477,49 @@ mod tests {
         // A one-second token is kept half a second; well after, it is gone.
         std::thread::sleep(Duration::from_millis(600));
         assert!(own.up_front(Some("s")).is_none());
+    }
+}
+
+#[cfg(test)]
+mod bounds {
+    use std::time::Duration;
+
+    use super::super::catalog::fake::{start, Reply};
+    use super::*;
+
+    #[tokio::test]
+    async fn a_token_body_that_stalls_after_headers_fails_within_the_check_timeout() {
+        let (_, up) = start(300, |target, addr| {
+            if target.starts_with("/token") {
+                Reply::Stall(100)
+            } else {
+                Reply::Full(
+                    401,
+                    vec![format!(
+                        "WWW-Authenticate: Bearer realm=\"http://{addr}/token\",service=\"s\""
+                    )],
+                    vec![],
+                )
+            }
+        })
+        .await;
+        // Far below the 60 s header timeout the token request used to wait on.
+        let r = tokio::time::timeout(Duration::from_secs(20), up.send_own(Method::GET, "/v2/_catalog", None)).await;
+        let e = r.expect("the token fetch is bounded").unwrap_err();
+        assert!(matches!(e, UpstreamError::OwnAuth(_)), "{e}");
+    }
+
+    #[test]
+    fn an_expires_in_near_u64_max_does_not_panic_and_caches_for_the_cap() {
+        assert_eq!(token_lifetime(Some(u64::MAX)), MAX_EXPIRES_IN);
+        assert_eq!(token_lifetime(Some(0)), 1);
+        assert_eq!(token_lifetime(None), DEFAULT_EXPIRES_IN);
+        let own = OwnAuth::new(None);
+        own.remember("s", HeaderValue::from_static("Bearer t"), Duration::from_secs(u64::MAX));
+        let until = own.tokens.lock().unwrap()["s"].until;
+        let cap = Duration::from_secs(MAX_EXPIRES_IN);
+        assert!(until <= Instant::now() + cap);
+        assert!(until > Instant::now() + cap - Duration::from_secs(60));
+        assert_eq!(own.up_front(Some("s")).unwrap(), "Bearer t");
     }
 }
