@@ -436,3 +436,11 @@ pub fn check_writes(repo: &Repository, tag: &Tag, record: &TagRecord) -> Result<
         None => Ok(()),
     }
 }
+
+/// The records an update writes, by index: those its change altered; of a tag named twice,
+/// the last copy. The same rule on every backend.
+pub fn to_write(tags: &[Tag], before: &[TagRecord], after: &[TagRecord]) -> Vec<usize> {
+    (0..tags.len())
+        .filter(|&i| before[i] != after[i] && !tags[i + 1..].contains(&tags[i]))
+        .collect()
+}

@@ -213,12 +213,9 @@ impl PgStore {
             };
             let mut after = before.clone();
             change(now, &mut after);
-            for (i, tag) in tags.iter().enumerate() {
-                if before[i] == after[i] || tags[i + 1..].contains(tag) {
-                    continue;
-                }
-                crate::store::check_writes(repo, tag, &after[i])?;
-                write_record(tx, repo, tag, &before[i], &after[i])?;
+            for i in crate::store::to_write(tags, &before, &after) {
+                crate::store::check_writes(repo, &tags[i], &after[i])?;
+                write_record(tx, repo, &tags[i], &before[i], &after[i])?;
             }
             Ok(after)
         })

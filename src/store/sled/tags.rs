@@ -57,30 +57,24 @@ impl TxTrees<'_> {
     fn write(&self, repo: &Repository, tag: &Tag, before: &TagRecord, after: &TagRecord) -> TxResult<()> {
         let key = tag_key(repo, tag);
         if before.pin != after.pin {
-            match &after.pin {
-                Some(pin) => self.pins.insert(key.clone(), encode_pin(pin))?,
-                None => self.pins.remove(key.clone())?,
-            };
+            put(self.pins, &key, after.pin.as_ref().map(encode_pin))?;
         }
         if before.writes != after.writes {
-            if after.writes.is_empty() {
-                self.claims.remove(key.clone())?;
-            } else {
-                self.claims.insert(key.clone(), encode_writes(&after.writes))?;
-            }
+            put(
+                self.claims,
+                &key,
+                (!after.writes.is_empty()).then(|| encode_writes(&after.writes)),
+            )?;
         }
         if before.release != after.release {
-            match &after.release {
-                Some(release) => self.releases.insert(key.clone(), encode_release(release))?,
-                None => self.releases.remove(key.clone())?,
-            };
+            put(self.releases, &key, after.release.as_ref().map(encode_release))?;
         }
         if before.history != after.history {
-            if after.history.is_empty() {
-                self.notes.remove(key)?;
-            } else {
-                self.notes.insert(key, encode_notes(&after.history))?;
-            }
+            put(
+                self.notes,
+                &key,
+                (!after.history.is_empty()).then(|| encode_notes(&after.history)),
+            )?;
         }
         let index = self.index.expect("a write transaction includes the index");
         let (old, new) = (before.digests(), after.digests());
@@ -92,6 +86,15 @@ impl TxTrees<'_> {
         }
         Ok(())
     }
+}
+
+/// Store `value` under `key`, or remove the key when there is none.
+fn put(tree: &TransactionalTree, key: &[u8], value: Option<Vec<u8>>) -> TxResult<()> {
+    match value {
+        Some(v) => tree.insert(key, v)?,
+        None => tree.remove(key)?,
+    };
+    Ok(())
 }
 
 fn index_key(repo: &Repository, digest: &Digest, tag: &Tag) -> Vec<u8> {
@@ -143,12 +146,9 @@ impl SledStore {
             let mut after = before.clone();
             (*change.borrow_mut())(now_secs(), &mut after);
             let mut changed = false;
-            for (i, tag) in tags.iter().enumerate() {
-                if before[i] == after[i] || tags[i + 1..].contains(tag) {
-                    continue;
-                }
-                crate::store::check_writes(repo, tag, &after[i]).map_err(abort)?;
-                tx.write(repo, tag, &before[i], &after[i])?;
+            for i in crate::store::to_write(tags, &before, &after) {
+                crate::store::check_writes(repo, &tags[i], &after[i]).map_err(abort)?;
+                tx.write(repo, &tags[i], &before[i], &after[i])?;
                 changed = true;
             }
             Ok((after, changed))
