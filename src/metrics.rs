@@ -34,6 +34,7 @@ struct KindLabel {
 pub struct Metrics {
     registry: Registry,
     decisions: Family<ActionLabel, Counter>,
+    unauthenticated_refusals: Family<ActionLabel, Counter>,
     /// The counters of `responses` for 1xx to 5xx, looked up once: every response
     /// counts, and a family lookup takes a lock and hashes the label.
     responses_by_class: [Counter; 5],
@@ -65,6 +66,12 @@ impl Default for Metrics {
             "decisions",
             "Decisions on protected tags, by audit action",
             decisions.clone(),
+        );
+        let unauthenticated_refusals = Family::<ActionLabel, Counter>::default();
+        registry.register(
+            "unauthenticated_refusals",
+            "Refused writes from clients the upstream did not let read the repository (not audited)",
+            unauthenticated_refusals.clone(),
         );
         let responses = Family::<ClassLabel, Counter>::default();
         registry.register(
@@ -108,6 +115,7 @@ impl Default for Metrics {
             drift_tags,
             registry,
             decisions,
+            unauthenticated_refusals,
             responses_by_class,
             upstream_failures,
             store_failures,
@@ -120,6 +128,15 @@ impl Default for Metrics {
 impl Metrics {
     pub fn decision(&self, action: AuditAction) {
         self.decisions
+            .get_or_create(&ActionLabel {
+                action: action.as_str(),
+            })
+            .inc();
+    }
+
+    /// A refusal whose client the upstream did not accept: counted, not audited.
+    pub fn unauthenticated_refusal(&self, action: AuditAction) {
+        self.unauthenticated_refusals
             .get_or_create(&ActionLabel {
                 action: action.as_str(),
             })

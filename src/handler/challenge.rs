@@ -16,13 +16,24 @@ use crate::oci::{ErrorCode, ErrorEnvelope, Repository};
 
 /// The client's response for a tag check the upstream answered with 401 or 403.
 pub fn for_push(check: Response<Incoming>, repo: &Repository, request_id: &str) -> Response<Body> {
+    for_write(check, repo, request_id, PUSH)
+}
+
+/// The actions a push needs (the token spec's scope for `PUT`).
+pub const PUSH: &str = "pull,push";
+/// The action a delete needs (distribution asks `delete` for `DELETE`).
+pub const DELETE: &str = "delete";
+
+/// The client's response for a check, made for a write needing `actions`, that the
+/// upstream answered with 401 or 403: the challenge asks for the write's scope.
+pub fn for_write(check: Response<Incoming>, repo: &Repository, request_id: &str, actions: &str) -> Response<Body> {
     let status = check.status();
     let mut out = Response::new(body::empty());
     for value in check.headers().get_all(header::WWW_AUTHENTICATE) {
         let rewritten = value
             .to_str()
             .ok()
-            .and_then(|v| HeaderValue::from_str(&push_scope(v, repo)).ok())
+            .and_then(|v| HeaderValue::from_str(&write_scope(v, repo, actions)).ok())
             .unwrap_or_else(|| value.clone());
         out.headers_mut().append(header::WWW_AUTHENTICATE, rewritten);
     }
@@ -48,16 +59,16 @@ pub fn for_push(check: Response<Incoming>, repo: &Repository, request_id: &str) 
     out
 }
 
-/// A `Bearer` challenge asks for `pull` and `push` on `repo`; other schemes (Basic) have
-/// no scope and pass unchanged.
-pub fn push_scope(challenge: &str, repo: &Repository) -> String {
+/// A `Bearer` challenge asks for `actions` on `repo`; other schemes (Basic) have no scope
+/// and pass unchanged.
+pub fn write_scope(challenge: &str, repo: &Repository, actions: &str) -> String {
     let Some(params) = challenge
         .strip_prefix("Bearer ")
         .or_else(|| challenge.strip_prefix("bearer "))
     else {
         return challenge.to_owned();
     };
-    let wanted = format!("repository:{repo}:pull,push");
+    let wanted = format!("repository:{repo}:{actions}");
     let mut found = false;
     let mut parts: Vec<String> = split_params(params)
         .into_iter()
@@ -123,7 +134,7 @@ mod tests {
     fn a_pull_scope_becomes_pull_and_push() {
         let c = r#"Bearer realm="https://auth.example/token",service="registry",scope="repository:team/app:pull""#;
         assert_eq!(
-            push_scope(c, &repo()),
+            write_scope(c, &repo(), PUSH),
             r#"Bearer realm="https://auth.example/token",service="registry",scope="repository:team/app:pull,push""#
         );
     }
@@ -132,12 +143,12 @@ mod tests {
     fn a_challenge_without_scope_gets_one_and_other_scopes_stay() {
         let c = r#"Bearer realm="https://a/t",service="r""#;
         assert_eq!(
-            push_scope(c, &repo()),
+            write_scope(c, &repo(), PUSH),
             r#"Bearer realm="https://a/t",service="r",scope="repository:team/app:pull,push""#
         );
         let c = r#"Bearer realm="https://a/t",scope="repository:other:pull repository:team/app:pull""#;
         assert_eq!(
-            push_scope(c, &repo()),
+            write_scope(c, &repo(), PUSH),
             r#"Bearer realm="https://a/t",scope="repository:other:pull repository:team/app:pull,push""#
         );
     }
@@ -145,6 +156,6 @@ mod tests {
     #[test]
     fn basic_challenges_pass_unchanged() {
         let c = r#"Basic realm="tagpin-test""#;
-        assert_eq!(push_scope(c, &repo()), c);
+        assert_eq!(write_scope(c, &repo(), PUSH), c);
     }
 }

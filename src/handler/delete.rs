@@ -30,6 +30,8 @@ use crate::policy::{warning_header, Decided, Mode, Policy, Refusal};
 use crate::telemetry::{AuditAction, AuditEvent, Requester};
 use crate::upstream::UpstreamError;
 
+use super::refused::{Evidence, Refused};
+
 pub async fn manifest_delete(
     app: &Arc<App>,
     parts: Parts,
@@ -123,10 +125,19 @@ async fn delete_tag(
         let released = match decision {
             TagDelete::Forward { released } => released,
             TagDelete::Refuse { pinned, .. } => {
-                event(&app, AuditAction::DeleteRefused, &who, &repo, Some(&tag), pinned.as_ref(), Some(decided));
-                super::pins::record_refusal(&app, &repo, &tag, &who, None).await;
                 let mode = if decided.mode == Mode::Audit { Mode::Immutable } else { decided.mode };
-                return Err(Refusal::DeleteTag { repo, tag, pinned, mode }.into());
+                let refused = Refused {
+                    evidence: vec![Evidence {
+                        action: AuditAction::DeleteRefused,
+                        tag: Some(tag.clone()),
+                        pinned: pinned.clone(),
+                        attempted: None,
+                        decided: Some(decided),
+                        keep: true,
+                    }],
+                    refusal: Refusal::DeleteTag { repo, tag, pinned, mode },
+                };
+                return super::refused::answer(&app, refused, &parts.headers, &who).await;
             }
         };
         let pinned = app.store_call({
@@ -238,31 +249,32 @@ impl DigestJob {
         };
         let (released, audited) = match pinning::decide_digest_delete(&direct, &dependents, clock) {
             DigestDelete::Forward { released, audited } => (released, audited),
-            DigestDelete::RefuseHeld(tags) => return Err(self.refuse_held(app, &direct, tags)),
+            DigestDelete::RefuseHeld(tags) => {
+                return super::refused::answer(app, self.refuse_held(&direct, tags), &parts.headers, &self.who).await
+            }
             DigestDelete::RefuseReferenced(holders) => {
                 let held = dependents.iter().find(|(h, _)| h == &holders[0]).map(|(_, t)| t);
-                let decided = held.and_then(|t| t.first()).map(|h| h.decided);
-                AuditEvent {
-                    action: AuditAction::DeleteRefused,
-                    who: &self.who,
-                    repository: &self.repo,
-                    tag: None,
-                    pinned: Some(&holders[0]),
-                    attempted: Some(&self.digest),
-                    decided,
-                }
-                .emit(&app.metrics);
-                return Err(Refusal::DeleteReferenced {
-                    repo: self.repo.clone(),
-                    digest: self.digest.clone(),
-                    kind: if self.kind == Content::Manifest {
-                        "manifest"
-                    } else {
-                        "blob"
+                let refused = Refused {
+                    evidence: vec![Evidence {
+                        action: AuditAction::DeleteRefused,
+                        tag: None,
+                        pinned: Some(holders[0].clone()),
+                        attempted: Some(self.digest.clone()),
+                        decided: held.and_then(|t| t.first()).map(|h| h.decided),
+                        keep: false,
+                    }],
+                    refusal: Refusal::DeleteReferenced {
+                        repo: self.repo.clone(),
+                        digest: self.digest.clone(),
+                        kind: if self.kind == Content::Manifest {
+                            "manifest"
+                        } else {
+                            "blob"
+                        },
+                        holders,
                     },
-                    holders,
-                }
-                .into());
+                };
+                return super::refused::answer(app, refused, &parts.headers, &self.who).await;
             }
         };
         if !released.is_empty() {
@@ -273,7 +285,8 @@ impl DigestJob {
                 })
                 .await?;
             if !took {
-                return Err(self.refuse_held(app, &direct, released));
+                return super::refused::answer(app, self.refuse_held(&direct, released), &parts.headers, &self.who)
+                    .await;
             }
         }
         let recorded_at = std::time::Instant::now();
@@ -289,11 +302,11 @@ impl DigestJob {
         let fresh = flow::fresh(recorded_at.elapsed(), app.config.in_doubt_horizon);
         if !fresh || after.map_or(true, |after| flow::newly_held(&before, &after)) {
             self.settle(app, &released, Outcome::NotApplied).await;
-            return Err(Refusal::DeleteInFlight {
+            let refusal = Refusal::DeleteInFlight {
                 repo: self.repo.clone(),
                 digest: self.digest.clone(),
-            }
-            .into());
+            };
+            return super::refused::answer(app, refusal.into(), &parts.headers, &self.who).await;
         }
         let origin = super::client_origin(app, &parts.headers);
         let send = app.upstream.send(super::upstream_request(app, parts, body, &self.who));
@@ -335,24 +348,26 @@ impl DigestJob {
         Ok((direct, dependents, held))
     }
 
-    fn refuse_held(&self, app: &App, direct: &[Holder], tags: Vec<Tag>) -> ProxyError {
-        for h in direct.iter().filter(|h| tags.contains(&h.tag)) {
-            event(
-                app,
-                AuditAction::DeleteRefused,
-                &self.who,
-                &self.repo,
-                Some(&h.tag),
-                Some(&self.digest),
-                Some(h.decided),
-            );
+    fn refuse_held(&self, direct: &[Holder], tags: Vec<Tag>) -> Refused {
+        Refused {
+            evidence: direct
+                .iter()
+                .filter(|h| tags.contains(&h.tag))
+                .map(|h| Evidence {
+                    action: AuditAction::DeleteRefused,
+                    tag: Some(h.tag.clone()),
+                    pinned: Some(self.digest.clone()),
+                    attempted: None,
+                    decided: Some(h.decided),
+                    keep: false,
+                })
+                .collect(),
+            refusal: Refusal::DeleteDigest {
+                repo: self.repo.clone(),
+                digest: self.digest.clone(),
+                tags,
+            },
         }
-        Refusal::DeleteDigest {
-            repo: self.repo.clone(),
-            digest: self.digest.clone(),
-            tags,
-        }
-        .into()
     }
 
     /// Settle this request's delete record (never another's) and the releases it took.

@@ -9,6 +9,7 @@ mod delete;
 mod pins;
 mod push;
 mod refs;
+mod refused;
 mod release;
 mod settle;
 

@@ -1,7 +1,7 @@
 //! What a tag is held to, adopting the upstream's digest for tags that predate tagpin
 //! (or whose pin a crash kept from being written before claims existed).
 
-use http::{header, HeaderMap, Response};
+use http::{header, HeaderMap, HeaderValue, Response};
 use hyper::body::Incoming;
 
 use crate::app::App;
@@ -9,7 +9,7 @@ use crate::error::ProxyError;
 use crate::oci::{Digest, Repository, Tag};
 use crate::store::{Pin, PinSource, TagState};
 use crate::telemetry::{AuditAction, AuditEvent, Requester};
-use crate::upstream::{TagAtUpstream, TagList};
+use crate::upstream::{TagAtUpstream, TagList, UpstreamError};
 
 /// The digest `tag` is pinned to: the store's pin, else (for a tag with neither pin nor
 /// write in flight) the upstream's current digest, adopted as the pin; `None` for a tag
@@ -28,11 +28,7 @@ pub async fn held(
     if let Some(state) = app.store_call(move |s| s.state(&r, &t)).await? {
         return Ok(Ok(pinned(&state)));
     }
-    match app
-        .upstream
-        .tag_digest(repo, tag, headers.get(header::AUTHORIZATION))
-        .await?
-    {
+    match tag_at_upstream(app, repo, tag, headers.get(header::AUTHORIZATION)).await? {
         TagAtUpstream::Absent => Ok(Ok(None)),
         TagAtUpstream::Challenge(resp) => Ok(Err(resp)),
         TagAtUpstream::Present(digest) => {
@@ -41,13 +37,19 @@ pub async fn held(
                 vec![(tag.clone(), Pin::now(digest.clone(), PinSource::Adopted))],
             );
             let in_force = app.store_call(move |s| s.pin_if_absent(&r, &entry)).await?;
+            // Asked with tagpin's own credentials, the upstream never vouched for the
+            // client's: its claimed user is not named.
+            let mut who = who.clone();
+            if own_credentials(app) {
+                who.user = None;
+            }
             let state = in_force
                 .into_iter()
                 .next()
                 .unwrap_or(TagState::Pinned(Pin::now(digest, PinSource::Adopted)));
             AuditEvent {
                 action: AuditAction::PinAdopted,
-                who,
+                who: &who,
                 repository: repo,
                 tag: Some(tag),
                 pinned: Some(state.digest()),
@@ -58,6 +60,29 @@ pub async fn held(
             Ok(Ok(pinned(&state)))
         }
     }
+}
+
+/// Whether tagpin has upstream credentials of its own (`--upstream-credentials-file`).
+fn own_credentials(app: &App) -> bool {
+    app.config.upstream_credentials.is_some()
+}
+
+/// What the upstream holds under `repo:tag`. Asked with tagpin's own credentials when it
+/// has them, so a client's credential that may push but not read (a registry may answer
+/// it 404) cannot make a tag that predates tagpin look free; with the client's otherwise.
+pub async fn tag_at_upstream(
+    app: &App,
+    repo: &Repository,
+    tag: &Tag,
+    authorization: Option<&HeaderValue>,
+) -> Result<TagAtUpstream, UpstreamError> {
+    if !own_credentials(app) {
+        return app.upstream.tag_digest(repo, tag, authorization).await;
+    }
+    Ok(match app.upstream.own_tag_digest(repo, tag).await? {
+        Some(d) => TagAtUpstream::Present(d),
+        None => TagAtUpstream::Absent,
+    })
 }
 
 fn pinned(state: &TagState) -> Option<Digest> {
@@ -78,7 +103,12 @@ pub async fn adopt_repository(
     headers: &HeaderMap,
     who: &Requester,
 ) -> Result<Result<(), Response<Incoming>>, ProxyError> {
-    let tags = match app.upstream.list_tags(repo, headers.get(header::AUTHORIZATION)).await? {
+    let listed = if own_credentials(app) {
+        TagList::Tags(app.upstream.own_list_tags(repo).await?.unwrap_or_default())
+    } else {
+        app.upstream.list_tags(repo, headers.get(header::AUTHORIZATION)).await?
+    };
+    let tags = match listed {
         TagList::Tags(tags) => tags,
         TagList::Challenge(resp) => return Ok(Err(resp)),
     };

@@ -19,6 +19,7 @@
 use http::request::Parts;
 use http::{header, HeaderMap, Response};
 
+use super::refused::{Evidence, Refused};
 use super::settle::{self, tag_words};
 use super::{client_origin, to_client, upstream_request};
 use crate::app::App;
@@ -139,15 +140,25 @@ impl PushJob {
         };
         // Measured from before the records are written, so a slow commit counts too.
         let decided_at = std::time::Instant::now();
-        let (inputs, verdicts) = self.decide(app, appends).await?;
+        let (inputs, verdicts) = match self.decide(app, appends).await? {
+            Ok(decided) => decided,
+            Err(refused) => return super::refused::answer(app, refused, &self.parts.headers, &self.who).await,
+        };
         let recorded: Vec<Tag> = inputs.iter().map(|i| i.tag.clone()).collect();
         let checks = match refs.new {
             true => flow::delete_checks(&self.attempted, &refs.refs, &[]),
             false => flow::delete_checks(&self.attempted, &[], &refs.refs),
         };
-        if let Err(e) = self.check_deletes(app, checks).await {
-            self.withdraw(app, &recorded).await;
-            return Err(e);
+        match self.check_deletes(app, checks).await {
+            Ok(None) => {}
+            Ok(Some(refusal)) => {
+                self.withdraw(app, &recorded).await;
+                return super::refused::answer(app, refusal.into(), &self.parts.headers, &self.who).await;
+            }
+            Err(e) => {
+                self.withdraw(app, &recorded).await;
+                return Err(e);
+            }
         }
         if !flow::fresh(decided_at.elapsed(), app.config.in_doubt_horizon) {
             self.withdraw(app, &recorded).await;
@@ -205,8 +216,9 @@ impl PushJob {
     }
 
     /// Step 2: decide against the records and the policy in force now, and record the
-    /// write on every tag, in one transition. A refusal is audited and kept.
-    async fn decide(&self, app: &App, appends: Vec<Appended>) -> Result<(Vec<PushTag>, Vec<Verdict>), ProxyError> {
+    /// write on every tag, in one transition. A refusal carries the evidence it leaves
+    /// once its client is confirmed (`refused`).
+    async fn decide(&self, app: &App, appends: Vec<Appended>) -> Result<Result<Decision, Refused>, ProxyError> {
         let policy = app.policy();
         let inputs: Vec<PushTag> = appends
             .into_iter()
@@ -227,40 +239,42 @@ impl PushJob {
             .await?;
         let expired = super::release::by_tag(&tags, begun.expired);
         super::release::report_expired(app, &self.repo, &expired, &self.who);
-        match begun.decision {
+        Ok(match begun.decision {
             Ok(verdicts) => Ok((inputs, verdicts)),
-            Err(conflicts) => {
-                for c in &conflicts {
-                    self.audit(app, AuditAction::PushRefused, &c.tag, Some(&c.pinned), c.decided);
-                    super::pins::record_refusal(app, &self.repo, &c.tag, &self.who, Some(&self.attempted)).await;
-                }
-                Err(Refusal::Move {
+            Err(conflicts) => Err(Refused {
+                evidence: conflicts
+                    .iter()
+                    .map(|c| Evidence {
+                        action: AuditAction::PushRefused,
+                        tag: Some(c.tag.clone()),
+                        pinned: Some(c.pinned.clone()),
+                        attempted: Some(self.attempted.clone()),
+                        decided: c.decided,
+                        keep: true,
+                    })
+                    .collect(),
+                refusal: Refusal::Move {
                     repo: self.repo.clone(),
                     attempted: self.attempted.clone(),
                     conflicts,
-                }
-                .into())
-            }
-        }
+                },
+            }),
+        })
     }
 
     /// Step 3: across replicas no lock orders this push against a digest delete, so both
     /// write their record first and then look for the other's: a delete recorded before
     /// this push's records is seen here; one recorded after them sees the records
     /// (delete.rs). One of the two refuses.
-    async fn check_deletes(&self, app: &App, checks: Vec<Digest>) -> Result<(), ProxyError> {
+    async fn check_deletes(&self, app: &App, checks: Vec<Digest>) -> Result<Option<Refusal>, ProxyError> {
         let (r, horizon) = (self.repo.clone(), app.config.in_doubt_horizon.as_secs());
         let busy = app
             .store_call(move |s| s.deletes_in_flight(&r, &checks, horizon))
             .await?;
-        match busy.into_iter().next() {
-            None => Ok(()),
-            Some(digest) => Err(Refusal::DeleteInFlight {
-                repo: self.repo.clone(),
-                digest,
-            }
-            .into()),
-        }
+        Ok(busy.into_iter().next().map(|digest| Refusal::DeleteInFlight {
+            repo: self.repo.clone(),
+            digest,
+        }))
     }
 
     /// Step 4: forward the exact bytes hashed and settle every tag by the answer.
@@ -432,6 +446,9 @@ impl PushJob {
         .emit(&app.metrics);
     }
 }
+
+/// What the decision gave each tag that goes on.
+type Decision = (Vec<PushTag>, Vec<Verdict>);
 
 /// A tag of the push with its append-only comparison, if one was needed.
 type Appended = (Tag, Option<(Digest, Result<(), policy::NotAppend>)>);

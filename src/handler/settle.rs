@@ -72,7 +72,7 @@ pub async fn tag_words(
         let word = match (path_tag, &listed) {
             (Some(p), _) if p == tag && reported => TagWord::PathTag,
             (None, Some(listed)) if reported => TagWord::Listed(listed.iter().any(|t| t == tag.as_str())),
-            _ => match app.upstream.tag_digest(repo, tag, authorization).await {
+            _ => match super::pins::tag_at_upstream(app, repo, tag, authorization).await {
                 Ok(TagAtUpstream::Present(d)) => TagWord::Head(Some(d)),
                 Ok(TagAtUpstream::Absent) => TagWord::Head(None),
                 Ok(TagAtUpstream::Challenge(_)) | Err(_) => TagWord::Unknown,

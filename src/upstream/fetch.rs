@@ -80,3 +80,17 @@ impl Upstream {
         Ok(Fetched::Found(bytes))
     }
 }
+
+impl Upstream {
+    /// `method target` with the client's credentials and nothing else, for tagpin to
+    /// learn whether the upstream lets this client read what a refusal would describe.
+    pub async fn client_check(
+        &self,
+        method: Method,
+        target: &str,
+        authorization: Option<&HeaderValue>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        self.get_as(method, target, Some(MANIFEST_ACCEPT), super::As::Client(authorization))
+            .await
+    }
+}
