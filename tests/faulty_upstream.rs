@@ -456,6 +456,8 @@ fn a_201_without_docker_content_digest_is_confirmed_with_a_head_and_pinned() {
                 v1.lock().unwrap().get_or_insert(da.clone());
                 Action::status(201)
             }
+            // A registry's base endpoint, open to anyone here.
+            ("GET", "/v2/") => Action::status(200),
             _ => Action::status(404),
         }
     });
@@ -544,9 +546,10 @@ fn a_gateway_error_on_the_push_keeps_the_tag_reserved_and_a_400_frees_it() {
 fn a_2xx_by_tag_whose_confirming_head_is_stale_keeps_the_tag_reserved() {
     let (a, b) = (Image::random(213, 10), Image::random(214, 10));
     // A registry behind a cache that keeps answering the tag's HEAD with 404.
-    let fake = FakeUpstream::start(|method, _| match method {
+    let fake = FakeUpstream::start(|method, target| match method {
         "HEAD" => Action::status(404),
         "PUT" => Action::status(201),
+        "GET" if target == "/v2/" => Action::status(200),
         _ => Action::status(404),
     });
     let (t, _d) = tagpin_for(&fake.url());
@@ -575,12 +578,13 @@ fn a_refused_delete_does_not_settle_an_earlier_delete_with_an_unknown_outcome() 
     let deletes = Arc::new(AtomicUsize::new(0));
     let fake = FakeUpstream::start({
         let (deletes, digest) = (Arc::clone(&deletes), digest.clone());
-        move |method, _| match method {
+        move |method, target| match method {
             // The first delete never gets an answer (it may yet be applied); the second
             // is refused for lack of credentials.
             "DELETE" if deletes.fetch_add(1, Ordering::SeqCst) == 0 => Action::Hang,
             "DELETE" => Action::status(401),
             "PUT" => Action::with_header(201, "Docker-Content-Digest", &digest),
+            "GET" if target == "/v2/" => Action::status(200),
             _ => Action::status(404),
         }
     });

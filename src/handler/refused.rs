@@ -2,7 +2,9 @@
 //! which tags exist, what a digest holds), so it is shown only to a client the upstream
 //! lets read the repository: before the 409 goes out, tagpin asks the upstream, with the
 //! client's own credentials and nothing else, for what the refusal describes (a `HEAD`
-//! of the pinned manifest, or of the tag or digest a delete names). A 2xx gets the
+//! of the pinned manifest, or of the tag or digest a delete names; when that manifest is
+//! gone, the first page of the repository's tag list; when the repository is not there
+//! for this client either, `GET /v2/`, which only checks the credentials). A 2xx gets the
 //! refusal with its details, its audit events naming the user, and its entry in the
 //! tag's refused attempts. Any other answer (401 with its challenge, 403, 404) becomes
 //! the answer to the write, so the client learns what the upstream would have told it;
@@ -128,6 +130,21 @@ pub async fn answer(
         // whether the client may read the repository is what matters.
         check = repository_check(&repo, check.actions);
         resp = ask(&check).await?;
+    }
+    if resp.status() == StatusCode::NOT_FOUND {
+        // Nothing of the repository is there for this client: a repository whose first
+        // push is still in doubt, or a registry hiding it. Credentials the upstream
+        // accepts at all are those of a client it lets push.
+        let base = Check {
+            method: Method::GET,
+            target: "/v2/".to_owned(),
+            actions: check.actions,
+            unknown: check.unknown,
+        };
+        let at_base = ask(&base).await?;
+        if at_base.status().is_success() {
+            resp = at_base;
+        }
     }
     let status = resp.status();
     if status.is_success() {
