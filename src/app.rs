@@ -130,6 +130,7 @@ impl Shared {
             deadline: config.timeouts.manifest_body,
             budget: crate::manifest::Budget::new(
                 config.manifest_memory_budget_bytes,
+                config.manifest_memory_per_client_bytes,
                 config.timeouts.manifest_budget_wait,
             ),
         };

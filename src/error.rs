@@ -157,6 +157,10 @@ impl ProxyError {
             }
             Self::Upstream(_) => "the upstream registry connection failed; nothing was pinned",
             Self::Store(_) => "the tagpin pin store is unavailable, so tagpin refuses writes it cannot decide safely; reads still work",
+            Self::Manifest(ManifestError::Busy(e)) if e.scarce == crate::manifest::Scarce::ClientShare => {
+                "manifests from this client address already hold all the memory tagpin allows one address; \
+                 nothing was changed, retry shortly"
+            }
             Self::Manifest(ManifestError::Busy(_)) => {
                 "too many large manifests are being uploaded to tagpin at once; nothing was changed, retry shortly"
             }
@@ -239,19 +243,26 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_busy_budget_is_a_retryable_503_without_internal_text() {
-        let e = ProxyError::Manifest(ManifestError::Busy(crate::manifest::Exhausted {
-            wanted: 4_194_304,
-            waited: std::time::Duration::from_secs(2),
-        }));
-        let resp = e.into_response("req-2", StatusCode::CONFLICT);
-        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(resp.headers()[header::RETRY_AFTER], "1");
-        let v = json_of(resp).await;
-        assert_eq!(v["errors"][0]["code"], "UNAVAILABLE");
-        let message = v["errors"][0]["message"].as_str().unwrap();
-        assert!(message.contains("retry"), "{message}");
-        assert!(!message.contains("4194304"), "{message}");
+    async fn a_busy_budget_or_share_is_a_retryable_503_that_says_which() {
+        use crate::manifest::Scarce;
+        for (scarce, says) in [
+            (Scarce::Budget, "at once"),
+            (Scarce::ClientShare, "this client address"),
+        ] {
+            let e = ProxyError::Manifest(ManifestError::Busy(crate::manifest::Exhausted {
+                wanted: 4_194_304,
+                waited: std::time::Duration::from_secs(2),
+                scarce,
+            }));
+            let resp = e.into_response("req-2", StatusCode::CONFLICT);
+            assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(resp.headers()[header::RETRY_AFTER], "1");
+            let v = json_of(resp).await;
+            assert_eq!(v["errors"][0]["code"], "UNAVAILABLE");
+            let message = v["errors"][0]["message"].as_str().unwrap();
+            assert!(message.contains("retry") && message.contains(says), "{message}");
+            assert!(!message.contains("4194304"), "{message}");
+        }
     }
 
     #[tokio::test]

@@ -31,6 +31,11 @@ struct KindLabel {
     kind: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
     decisions: Family<ActionLabel, Counter>,
@@ -43,6 +48,7 @@ pub struct Metrics {
     policy_reload_failures: Counter,
     open_connections: Gauge,
     drift_tags: Family<StateLabel, Gauge>,
+    manifest_memory_refusals: Family<ReasonLabel, Counter>,
 }
 
 /// Tags by state in one drift check.
@@ -109,6 +115,12 @@ impl Default for Metrics {
             "Tags by state in the last periodic drift check (same, moved, missing, unpinned)",
             drift_tags.clone(),
         );
+        let manifest_memory_refusals = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "manifest_memory_refusals",
+            "Manifest pushes refused with 503 for want of memory, by what ran out (budget, client_share)",
+            manifest_memory_refusals.clone(),
+        );
         let responses_by_class =
             ["1xx", "2xx", "3xx", "4xx", "5xx"].map(|class| responses.get_or_create(&ClassLabel { class }).clone());
         Self {
@@ -121,6 +133,7 @@ impl Default for Metrics {
             store_failures,
             policy_reload_failures,
             open_connections,
+            manifest_memory_refusals,
         }
     }
 }
@@ -160,6 +173,14 @@ impl Metrics {
 
     pub fn store_failure(&self) {
         self.store_failures.inc();
+    }
+
+    /// A manifest body refused because the budget (`budget`) or its client address's
+    /// share of it (`client_share`) had no memory for it.
+    pub fn manifest_memory_refused(&self, reason: &'static str) {
+        self.manifest_memory_refusals
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
     }
 
     pub fn policy_reload_failed(&self) {
@@ -203,6 +224,7 @@ mod tests {
         m.response(http::StatusCode::CONFLICT);
         m.upstream_failure("timeout");
         m.store_failure();
+        m.manifest_memory_refused("client_share");
         m.drift(&DriftCounts {
             same: 4,
             moved: 1,
@@ -222,6 +244,10 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("tagpin_store_failures_total 1"), "{text}");
+        assert!(
+            text.contains("tagpin_manifest_memory_refusals_total{reason=\"client_share\"} 1"),
+            "{text}"
+        );
         assert!(text.contains("tagpin_open_connections 3"), "{text}");
         assert!(text.ends_with("# EOF\n"), "{text}");
     }

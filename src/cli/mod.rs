@@ -156,6 +156,9 @@ pub struct ServeArgs {
     /// Bytes all manifest bodies being read or forwarded may hold together; one eighth is kept for manifests up to 64 KiB [default: 67108864].
     #[arg(long, env = "TAGPIN_MANIFEST_MEMORY_BUDGET_BYTES")]
     pub manifest_memory_budget_bytes: Option<usize>,
+    /// Bytes of the manifest memory budget the bodies from one client address (an IPv6 /64) may hold; behind a load balancer, set it to the whole budget [default: a quarter of the budget, at least --max-manifest-bytes].
+    #[arg(long, env = "TAGPIN_MANIFEST_MEMORY_PER_CLIENT_BYTES")]
+    pub manifest_memory_per_client_bytes: Option<usize>,
     /// Most tags one push may name (path tag plus `tag` parameters) [default: 64].
     #[arg(long, env = "TAGPIN_MAX_TAGS_PER_PUSH")]
     pub max_tags_per_push: Option<usize>,
@@ -247,6 +250,9 @@ impl ServeArgs {
             refuse_status: self.refuse_status.or(file.refuse_status),
             max_manifest_bytes: self.max_manifest_bytes.or(file.max_manifest_bytes),
             manifest_memory_budget_bytes: self.manifest_memory_budget_bytes.or(file.manifest_memory_budget_bytes),
+            manifest_memory_per_client_bytes: self
+                .manifest_memory_per_client_bytes
+                .or(file.manifest_memory_per_client_bytes),
             max_tags_per_push: self.max_tags_per_push.or(file.max_tags_per_push),
             upstream_ca: self.upstream_ca.or(file.upstream_ca),
             max_connections: self.max_connections.or(file.max_connections),

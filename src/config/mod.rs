@@ -57,6 +57,8 @@ pub struct Config {
     pub max_manifest_bytes: usize,
     /// Bytes all manifest bodies being read or forwarded may hold together.
     pub manifest_memory_budget_bytes: usize,
+    /// Bytes of that budget the bodies from one client address (an IPv6 /64) may hold.
+    pub manifest_memory_per_client_bytes: usize,
     pub max_tags_per_push: usize,
     pub upstream_ca: Option<PathBuf>,
     pub max_connections: usize,

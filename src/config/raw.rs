@@ -21,6 +21,7 @@ pub struct RawConfig {
     pub refuse_status: Option<u16>,
     pub max_manifest_bytes: Option<usize>,
     pub manifest_memory_budget_bytes: Option<usize>,
+    pub manifest_memory_per_client_bytes: Option<usize>,
     pub max_tags_per_push: Option<usize>,
     pub upstream_ca: Option<PathBuf>,
     pub max_connections: Option<usize>,

@@ -74,6 +74,20 @@ impl RawConfig {
             ));
         }
         debug_assert!(crate::manifest::Budget::largest_grant(manifest_memory_budget_bytes) >= max_manifest_bytes);
+        // At least one manifest of the largest size, so every legal push can get its
+        // memory; at most the whole budget (which turns the share off).
+        let manifest_memory_per_client_bytes = self
+            .manifest_memory_per_client_bytes
+            .unwrap_or((manifest_memory_budget_bytes / 4).max(max_manifest_bytes));
+        if !(max_manifest_bytes..=manifest_memory_budget_bytes).contains(&manifest_memory_per_client_bytes) {
+            return Err(ConfigError::invalid(
+                "manifest_memory_per_client_bytes",
+                format!(
+                    "must be at least max_manifest_bytes ({max_manifest_bytes}) and at most \
+                     manifest_memory_budget_bytes ({manifest_memory_budget_bytes})"
+                ),
+            ));
+        }
         let max_tags_per_push = self.max_tags_per_push.unwrap_or(DEFAULT_MAX_TAGS_PER_PUSH);
         if !(1..=1024).contains(&max_tags_per_push) {
             return Err(ConfigError::invalid("max_tags_per_push", "must be between 1 and 1024"));
@@ -220,6 +234,7 @@ impl RawConfig {
             refuse_status,
             max_manifest_bytes,
             manifest_memory_budget_bytes,
+            manifest_memory_per_client_bytes,
             max_tags_per_push,
             upstream_ca: self.upstream_ca,
             max_connections,
@@ -272,8 +287,21 @@ mod tests {
         assert_eq!(c.log_format, LogFormat::Pretty);
         assert_eq!(c.timeouts.upstream_connect, Duration::from_secs(5));
         assert_eq!(c.manifest_memory_budget_bytes, 64 * 1024 * 1024);
+        assert_eq!(c.manifest_memory_per_client_bytes, 16 * 1024 * 1024);
         assert_eq!(c.timeouts.manifest_body, Duration::from_secs(30));
         assert_eq!(c.timeouts.manifest_budget_wait, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn the_per_client_share_defaults_to_a_quarter_of_the_budget_and_fits_the_largest_manifest() {
+        let c = raw("upstream = \"http://x\"\nmax_manifest_bytes = 20971520")
+            .validate()
+            .unwrap();
+        assert_eq!(c.manifest_memory_per_client_bytes, 20971520);
+        let c = raw("upstream = \"http://x\"\nmanifest_memory_per_client_bytes = 67108864")
+            .validate()
+            .unwrap();
+        assert_eq!(c.manifest_memory_per_client_bytes, 64 * 1024 * 1024);
     }
 
     #[test]
@@ -335,6 +363,14 @@ mod tests {
             (
                 "upstream = \"http://x\"\nmanifest_memory_budget_bytes = 1000",
                 "manifest_memory_budget_bytes",
+            ),
+            (
+                "upstream = \"http://x\"\nmanifest_memory_per_client_bytes = 4194303",
+                "manifest_memory_per_client_bytes",
+            ),
+            (
+                "upstream = \"http://x\"\nmanifest_memory_per_client_bytes = 67108865",
+                "manifest_memory_per_client_bytes",
             ),
             (
                 "upstream = \"http://x\"\n[timeouts]\nmanifest_body_ms = 1000",

@@ -46,6 +46,9 @@ pub async fn handle(app: &Arc<App>, req: Request<Incoming>, client: &Peer) -> Re
             match &e {
                 ProxyError::Upstream(u) | ProxyError::OutcomeUnknown(u) => app.metrics.upstream_failure(u.kind()),
                 ProxyError::Store(_) | ProxyError::PinNotRecorded(_) => app.metrics.store_failure(),
+                ProxyError::Manifest(crate::manifest::ManifestError::Busy(e)) => {
+                    app.metrics.manifest_memory_refused(e.scarce.as_str());
+                }
                 _ => {}
             }
             if status.is_server_error() {

@@ -72,7 +72,7 @@ pub async fn manifest_put(
             .await;
     }
 
-    let bytes = manifest::read_limited(&parts.headers, body, &app.manifest_limits).await?;
+    let bytes = manifest::read_limited(&parts.headers, body, &app.manifest_limits, who.client.ip()).await?;
     manifest::check_json(&bytes)?;
     let attempted = match &reference {
         Reference::Digest(claimed) => {

@@ -4,14 +4,16 @@
 //! (distribution-spec `spec.md`, "Pushing Manifests").
 
 mod budget;
+mod share;
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::HeaderMap;
 use http_body_util::BodyExt;
 
-pub use budget::{Budget, Exhausted, Reservation, SMALL_BODY_BYTES};
+pub use budget::{Budget, Exhausted, Reservation, Scarce, SMALL_BODY_BYTES};
 
 use crate::body::Body;
 
@@ -28,7 +30,7 @@ pub enum ManifestError {
     NotJson(String),
     #[error("the manifest body took longer than {limit:?} to arrive; nothing was changed")]
     TooSlow { limit: Duration },
-    #[error("too many large manifests are being uploaded at once: {0}")]
+    #[error("the manifest body got no memory: {0}")]
     Busy(#[from] Exhausted),
 }
 
@@ -47,8 +49,14 @@ pub struct Limits {
 /// Read the whole body within `limits`. A declared `Content-Length` over the size limit
 /// fails before anything is read; a body that goes past it fails as soon as it does.
 ///
-/// The returned bytes keep their memory counted against the budget until dropped.
-pub async fn read_limited(headers: &HeaderMap, body: Body, limits: &Limits) -> Result<Bytes, ManifestError> {
+/// The returned bytes keep their memory counted against the budget, and against the
+/// share of `client` (the connection's peer address), until dropped.
+pub async fn read_limited(
+    headers: &HeaderMap,
+    body: Body,
+    limits: &Limits,
+    client: IpAddr,
+) -> Result<Bytes, ManifestError> {
     let declared = headers
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -60,14 +68,19 @@ pub async fn read_limited(headers: &HeaderMap, body: Body, limits: &Limits) -> R
         Some(n) => Some(n as usize),
         None => None,
     };
-    tokio::time::timeout(limits.deadline, read_within_budget(declared, body, limits))
+    tokio::time::timeout(limits.deadline, read_within_budget(declared, body, limits, client))
         .await
         .map_err(|_| ManifestError::TooSlow { limit: limits.deadline })?
 }
 
-async fn read_within_budget(declared: Option<usize>, mut body: Body, limits: &Limits) -> Result<Bytes, ManifestError> {
+async fn read_within_budget(
+    declared: Option<usize>,
+    mut body: Body,
+    limits: &Limits,
+    client: IpAddr,
+) -> Result<Bytes, ManifestError> {
     let limit = limits.max_bytes;
-    let mut reservation = limits.budget.reservation();
+    let mut reservation = limits.budget.reservation(client);
     // A body with a declared length is admitted for all of it or not at all, before any
     // byte is read: bodies that each held part of the budget while waiting for the rest
     // could starve one another, and a refused body has cost nothing. (The memory itself
@@ -121,13 +134,14 @@ mod tests {
     use crate::body::{full, BoxError};
 
     const KIB: usize = 1024;
+    const C: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
     /// 1 MiB of budget (128 KiB reserved for small bodies), 512 KiB bodies at most.
     fn limits() -> Limits {
         Limits {
             max_bytes: 512 * KIB,
             deadline: Duration::from_secs(30),
-            budget: Budget::new(1024 * KIB, Duration::from_secs(1)),
+            budget: Budget::new(1024 * KIB, 1024 * KIB, Duration::from_secs(1)),
         }
     }
 
@@ -167,7 +181,7 @@ mod tests {
     #[tokio::test]
     async fn bytes_come_back_exactly() {
         let raw = b"{ \"schemaVersion\" : 2 }\n".to_vec();
-        let got = read_limited(&HeaderMap::new(), full(raw.clone()), &limits())
+        let got = read_limited(&HeaderMap::new(), full(raw.clone()), &limits(), C)
             .await
             .unwrap();
         assert_eq!(&got[..], &raw[..]);
@@ -175,10 +189,12 @@ mod tests {
 
     #[tokio::test]
     async fn the_limit_is_inclusive() {
-        assert!(read_limited(&HeaderMap::new(), full(vec![b' '; 1024]), &with_max(1024))
-            .await
-            .is_ok());
-        let e = read_limited(&HeaderMap::new(), full(vec![b' '; 1025]), &with_max(1024))
+        assert!(
+            read_limited(&HeaderMap::new(), full(vec![b' '; 1024]), &with_max(1024), C)
+                .await
+                .is_ok()
+        );
+        let e = read_limited(&HeaderMap::new(), full(vec![b' '; 1025]), &with_max(1024), C)
             .await
             .unwrap_err();
         assert!(matches!(e, ManifestError::TooLarge { limit: 1024 }));
@@ -186,7 +202,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_declared_length_over_the_limit_fails_before_reading() {
-        let e = read_limited(&len_header(5000), full(vec![]), &with_max(1024))
+        let e = read_limited(&len_header(5000), full(vec![]), &with_max(1024), C)
             .await
             .unwrap_err();
         assert!(matches!(e, ManifestError::TooLarge { .. }));
@@ -199,7 +215,7 @@ mod tests {
             ..limits()
         };
         let started = tokio::time::Instant::now();
-        let e = read_limited(&len_header(100), chunks(&[10], true), &l)
+        let e = read_limited(&len_header(100), chunks(&[10], true), &l, C)
             .await
             .unwrap_err();
         assert!(matches!(e, ManifestError::TooSlow { .. }), "{e}");
@@ -213,29 +229,29 @@ mod tests {
         // 512 KiB stalled bodies: one fits beside another only in the 896 KiB shared pool
         // if nothing else holds it.
         let half = len_header(512 * KIB);
-        let first = read_limited(&half, chunks(&[10], true), &l);
+        let first = read_limited(&half, chunks(&[10], true), &l, C);
         tokio::pin!(first);
         assert!(tokio::time::timeout(Duration::from_millis(10), &mut first)
             .await
             .is_err());
         assert_eq!(l.budget.available(), 512 * KIB, "admitted for all it declared");
-        let e = read_limited(&half, chunks(&[10], true), &l).await.unwrap_err();
+        let e = read_limited(&half, chunks(&[10], true), &l, C).await.unwrap_err();
         assert!(matches!(e, ManifestError::Busy(_)), "{e}");
         // A small body still gets its memory from the reserve.
-        let small = read_limited(&len_header(2 * KIB), chunks(&[2 * KIB], false), &l).await;
+        let small = read_limited(&len_header(2 * KIB), chunks(&[2 * KIB], false), &l, C).await;
         assert_eq!(small.unwrap().len(), 2 * KIB);
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_body_without_a_length_is_granted_memory_as_it_grows() {
         let l = limits();
-        let mut hog = l.budget.reservation();
+        let mut hog = l.budget.reservation(C);
         hog.grow_to(700 * KIB).await.unwrap();
         // 324 KiB remain (196 shared, 128 reserved): 100 KiB of chunks fit...
-        let ok = read_limited(&HeaderMap::new(), chunks(&[40 * KIB, 60 * KIB], false), &l).await;
+        let ok = read_limited(&HeaderMap::new(), chunks(&[40 * KIB, 60 * KIB], false), &l, C).await;
         assert_eq!(ok.unwrap().len(), 100 * KIB);
         // ... 400 KiB do not, and nothing stays held once refused.
-        let e = read_limited(&HeaderMap::new(), chunks(&[100 * KIB; 4], false), &l)
+        let e = read_limited(&HeaderMap::new(), chunks(&[100 * KIB; 4], false), &l, C)
             .await
             .unwrap_err();
         assert!(matches!(e, ManifestError::Busy(_)), "{e}");
@@ -245,7 +261,7 @@ mod tests {
     #[tokio::test]
     async fn the_bytes_returned_hold_their_memory_until_dropped() {
         let l = limits();
-        let got = read_limited(&len_header(3000), chunks(&[1000, 2000], false), &l)
+        let got = read_limited(&len_header(3000), chunks(&[1000, 2000], false), &l, C)
             .await
             .unwrap();
         assert_eq!(got.len(), 3000);

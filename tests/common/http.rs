@@ -2,7 +2,7 @@
 //! tests can send paths no well-behaved library would.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::time::Duration;
 
 #[derive(Debug)]
@@ -56,6 +56,36 @@ pub fn try_request(
     )
 }
 
+/// Like [`request`], from a connection bound to `local` (any address of 127.0.0.0/8 on
+/// Linux): for tests of what tagpin counts per client address.
+pub fn request_from(
+    local: IpAddr,
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Resp {
+    let s = connect_from(local, addr).unwrap_or_else(|e| panic!("connect {addr} from {local}: {e}"));
+    let start = format!("{method} {target} HTTP/1.1\r\nHost: {addr}\r\n");
+    exchange_on(s, &start, method, headers, body).unwrap_or_else(|e| panic!("{method} {target} from {local}: {e}"))
+}
+
+/// A blocking connection to `addr` from `local` (std cannot bind before connecting).
+pub fn connect_from(local: IpAddr, addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_io().build()?;
+    rt.block_on(async {
+        let socket = match addr {
+            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        };
+        socket.bind(SocketAddr::new(local, 0))?;
+        let stream = socket.connect(addr).await?.into_std()?;
+        stream.set_nonblocking(false)?;
+        Ok(stream)
+    })
+}
+
 /// An HTTP/1.0 request with no `Host` header, which HTTP/1.0 allows (RFC 9112 3.2 only
 /// requires it of HTTP/1.1): the server cannot tell which origin the client used.
 pub fn request_without_host(
@@ -78,7 +108,18 @@ fn exchange(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> Result<Resp, String> {
-    let mut s = TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
+    let s = TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
+    exchange_on(s, start, method, headers, body)
+}
+
+/// [`exchange`] on a connection already open.
+fn exchange_on(
+    mut s: TcpStream,
+    start: &str,
+    method: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<Resp, String> {
     s.set_read_timeout(Some(Duration::from_secs(120)))
         .map_err(|e| e.to_string())?;
     let mut head = format!("{start}Connection: close\r\n");
