@@ -81,7 +81,9 @@ impl ProxyError {
             },
             Self::TooManyTags { .. } => (S::URI_TOO_LONG, C::Unsupported),
             Self::Manifest(ManifestError::TooLarge { .. }) => (S::PAYLOAD_TOO_LARGE, C::SizeInvalid),
-            Self::Manifest(ManifestError::Body(_) | ManifestError::NotJson(_)) => (S::BAD_REQUEST, C::ManifestInvalid),
+            Self::Manifest(ManifestError::Body(_) | ManifestError::NotJson(_) | ManifestError::Ambiguous(_)) => {
+                (S::BAD_REQUEST, C::ManifestInvalid)
+            }
             Self::Manifest(ManifestError::TooSlow { .. }) => (S::REQUEST_TIMEOUT, C::ManifestInvalid),
             // Not the client's fault and gone in a moment: the memory budget is in use.
             Self::Manifest(ManifestError::Busy(_)) => (S::SERVICE_UNAVAILABLE, C::Unavailable),

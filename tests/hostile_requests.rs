@@ -256,3 +256,107 @@ fn bad_bodies_headers_and_tag_lists_get_clear_errors() {
     assert!(r.status == 431 || r.status == 400, "{}", r.status);
     env.assert_unmoved();
 }
+
+/// The manifest of `img` with every `from` key written as `to`.
+fn respelled(img: &Image, edits: &[(&str, &str)]) -> Vec<u8> {
+    let mut m = String::from_utf8(img.manifest.clone()).unwrap();
+    for (from, to) in edits {
+        assert!(m.contains(from), "{from} not in the manifest");
+        m = m.replacen(from, to, 1);
+    }
+    m.into_bytes()
+}
+
+#[test]
+fn manifests_the_upstream_reads_differently_are_refused_naming_the_key() {
+    // distribution decodes with Go's encoding/json: keys match fields in any case and the
+    // last of duplicate keys wins, so each of these is a valid image to the upstream
+    // (checked below) whose config and layers another reader would not see.
+    let Stack {
+        registry,
+        tagpin,
+        data: _data,
+    } = Stack::start(&[]);
+    let img = Image::random(110, 300);
+    img.push_blobs(tagpin.addr, "a/b", "");
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "case",
+            respelled(
+                &img,
+                &[(r#""config":"#, r#""Config":"#), (r#""layers":"#, r#""Layers":"#)],
+            ),
+            r#"manifest is ambiguous: the key "Config" at the top level differs only in case from the field "config""#,
+        ),
+        (
+            "twice",
+            respelled(&img, &[(r#""layers":["#, r#""layers":[],"layers":["#)]),
+            r#"manifest is ambiguous: the key "layers" appears twice at the top level"#,
+        ),
+        (
+            "inner",
+            respelled(&img, &[(r#""layers":[{"mediaType":"#, r#""layers":[{"MediaType":"#)]),
+            r#"the key "MediaType" in layers[0] differs only in case from the field "mediaType""#,
+        ),
+    ];
+    let ct = [("Content-Type", image::OCI_MANIFEST)];
+    for (tag, manifest, message) in &cases {
+        let r = request(tagpin.addr, "PUT", &format!("/v2/a/b/manifests/{tag}"), &ct, manifest);
+        assert_eq!(r.status, 400, "{tag} was not refused: {}", r.text());
+        assert_eq!(r.oci_code(), "MANIFEST_INVALID");
+        let said = r.json()["errors"][0]["message"].as_str().unwrap_or_default().to_owned();
+        assert!(said.contains(message), "{tag}: {said}");
+        assert_eq!(
+            upstream_digest(&registry, "a/b", tag),
+            None,
+            "{tag} reached the upstream"
+        );
+    }
+    // What tagpin refuses, the upstream itself takes as it stands.
+    for (tag, manifest, _) in &cases {
+        let r = request(
+            registry.addr,
+            "PUT",
+            &format!("/v2/a/b/manifests/direct-{tag}"),
+            &ct,
+            manifest,
+        );
+        assert_eq!(r.status, 201, "{tag}: {}", r.text());
+    }
+    // A manifest in the usual spelling is pinned as before.
+    assert_eq!(img.put_manifest(tagpin.addr, "a/b", "fine", "").status, 201);
+    assert_eq!(upstream_digest(&registry, "a/b", "fine"), Some(img.digest()));
+}
+
+#[test]
+fn a_pinned_manifest_keeps_its_layers_whatever_the_case_of_its_keys() {
+    // Pushed straight to the upstream, so tagpin first reads it when it adopts the tag:
+    // it must find the config and layer the upstream finds under "Config" and "Layers".
+    let Stack {
+        registry,
+        tagpin,
+        data: _data,
+    } = Stack::start(&[]);
+    let img = Image::random(111, 300);
+    img.push_blobs(registry.addr, "old", "");
+    let manifest = respelled(
+        &img,
+        &[(r#""config":"#, r#""Config":"#), (r#""layers":"#, r#""Layers":"#)],
+    );
+    let r = request(
+        registry.addr,
+        "PUT",
+        "/v2/old/manifests/v1",
+        &[("Content-Type", image::OCI_MANIFEST)],
+        &manifest,
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    for blob in [&img.layer, &img.config] {
+        let digest = image::sha256(blob);
+        let r = request(tagpin.addr, "DELETE", &format!("/v2/old/blobs/{digest}"), &[], b"");
+        assert_eq!(r.status, 409, "deleting {digest} was not refused: {}", r.text());
+        assert_eq!(r.json()["errors"][0]["detail"]["reason"], "referenced_by_pin");
+        let up = request(registry.addr, "HEAD", &format!("/v2/old/blobs/{digest}"), &[], b"");
+        assert_eq!(up.status, 200, "the upstream lost {digest}");
+    }
+}

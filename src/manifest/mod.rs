@@ -16,6 +16,7 @@ use http_body_util::BodyExt;
 pub use budget::{Budget, Exhausted, Reservation, Scarce, SMALL_BODY_BYTES};
 
 use crate::body::Body;
+use crate::oci::strict_json;
 
 /// The buffer's first allocation for a body of unknown length.
 const FIRST_ALLOCATION: usize = 16 * 1024;
@@ -28,6 +29,8 @@ pub enum ManifestError {
     Body(String),
     #[error("manifest is not valid JSON: {0}")]
     NotJson(String),
+    #[error("manifest is ambiguous: {0}")]
+    Ambiguous(crate::oci::strict_json::Ambiguity),
     #[error("the manifest body took longer than {limit:?} to arrive; nothing was changed")]
     TooSlow { limit: Duration },
     #[error("the manifest body got no memory: {0}")]
@@ -114,12 +117,15 @@ async fn read_within_budget(
     Ok(reservation.hold(buf))
 }
 
-/// A manifest must at least be JSON (image-spec `manifest.md`); anything else is refused
-/// with MANIFEST_INVALID before it can be pinned.
+/// A manifest must at least be JSON (image-spec `manifest.md`), and JSON the upstream
+/// registry reads as tagpin does: no duplicate keys, no key that differs only in case
+/// from a field name or another key ([`strict_json`]). Anything else is refused with
+/// MANIFEST_INVALID before it can be pinned.
 pub fn check_json(bytes: &[u8]) -> Result<(), ManifestError> {
-    serde_json::from_slice::<serde::de::IgnoredAny>(bytes)
-        .map(|_| ())
-        .map_err(|e| ManifestError::NotJson(e.to_string()))
+    strict_json::check(bytes).map_err(|e| match e {
+        strict_json::Refused::NotJson(e) => ManifestError::NotJson(e.to_string()),
+        strict_json::Refused::Ambiguous(a) => ManifestError::Ambiguous(a),
+    })
 }
 
 #[cfg(test)]
@@ -275,5 +281,10 @@ mod tests {
         assert!(check_json(b"{\"a\":[1,2]}").is_ok());
         assert!(check_json(b"not json").is_err());
         assert!(check_json(b"{\"a\":1} trailing").is_err());
+        let e = check_json(br#"{"schemaVersion":2,"Layers":[]}"#).unwrap_err();
+        assert!(matches!(e, ManifestError::Ambiguous(_)), "{e}");
+        assert!(e
+            .to_string()
+            .starts_with(r#"manifest is ambiguous: the key "Layers" at the top level"#));
     }
 }

@@ -4,6 +4,10 @@
 mod error;
 mod names;
 pub mod references;
+pub mod strict_json;
+
+#[cfg(test)]
+mod go_reading_tests;
 
 pub use error::{ErrorCode, ErrorEnvelope};
 pub use names::{Digest, DigestAlgorithm, NameError, Reference, Repository, Tag};
