@@ -21,6 +21,10 @@ pub enum NotAppend {
     NotAnObject,
     /// The pinned bytes are not a JSON object (nothing can be compared safely).
     PinnedNotAnObject,
+    /// The pinned bytes hold keys the upstream reads differently from this comparison
+    /// (a repeated key, or one differing only in case from a field name): a pin adopted
+    /// from the upstream as it stood. Nothing can be compared safely.
+    PinnedAmbiguous,
     MediaTypeChanged,
     SubjectChanged,
     /// Pinned entries missing from the new list: (list name, how many, first digest).
@@ -40,6 +44,11 @@ impl std::fmt::Display for NotAppend {
         match self {
             Self::NotAnObject => write!(f, "the pushed manifest is not a JSON object"),
             Self::PinnedNotAnObject => write!(f, "the pinned manifest is not a JSON object"),
+            Self::PinnedAmbiguous => write!(
+                f,
+                "the pinned manifest repeats a key or spells one in another case, so the upstream may read \
+                 its entries differently and nothing can be compared safely"
+            ),
             Self::MediaTypeChanged => write!(f, "it changes the manifest's mediaType"),
             Self::SubjectChanged => write!(f, "it changes, adds or removes the subject"),
             Self::EntriesRemoved { list, missing, first } => write!(
@@ -67,6 +76,9 @@ pub fn check_append(pinned: &[u8], new: &[u8]) -> Result<(), NotAppend> {
     let Ok(Value::Object(old)) = serde_json::from_slice::<Value>(pinned) else {
         return Err(NotAppend::PinnedNotAnObject);
     };
+    if crate::oci::strict_json::check(pinned).is_err() {
+        return Err(NotAppend::PinnedAmbiguous);
+    }
     let Ok(Value::Object(new)) = serde_json::from_slice::<Value>(new) else {
         return Err(NotAppend::NotAnObject);
     };
@@ -156,6 +168,19 @@ mod tests {
             "layers": layers
         }))
         .unwrap()
+    }
+
+    #[test]
+    fn a_pinned_manifest_the_upstream_reads_differently_cannot_be_extended() {
+        // Adopted as the upstream held it: "Manifests" is Go's `manifests`, whose entry
+        // this comparison would not see, so dropping it must not pass for an append.
+        let d = format!("sha256:{}", "a".repeat(64));
+        let pinned = format!(r#"{{"schemaVersion":2,"Manifests":[{{"digest":"{d}"}}]}}"#);
+        let new = r#"{"schemaVersion":2,"manifests":[]}"#;
+        assert!(matches!(
+            check_append(pinned.as_bytes(), new.as_bytes()),
+            Err(NotAppend::PinnedAmbiguous)
+        ));
     }
 
     #[test]
