@@ -42,6 +42,7 @@ pub struct Metrics {
     policy_reload_failures: Counter,
     open_connections: Gauge,
     drift_tags: Family<StateLabel, Gauge>,
+    write_stalls: Counter,
 }
 
 /// Tags by state in one drift check.
@@ -102,6 +103,12 @@ impl Default for Metrics {
             "Tags by state in the last periodic drift check (same, moved, missing, unpinned)",
             drift_tags.clone(),
         );
+        let write_stalls = Counter::default();
+        registry.register(
+            "client_write_stalls",
+            "Connections closed because the client read nothing of a response for the body idle timeout",
+            write_stalls.clone(),
+        );
         let responses_by_class =
             ["1xx", "2xx", "3xx", "4xx", "5xx"].map(|class| responses.get_or_create(&ClassLabel { class }).clone());
         Self {
@@ -113,6 +120,7 @@ impl Default for Metrics {
             store_failures,
             policy_reload_failures,
             open_connections,
+            write_stalls,
         }
     }
 }
@@ -143,6 +151,11 @@ impl Metrics {
 
     pub fn store_failure(&self) {
         self.store_failures.inc();
+    }
+
+    /// A connection was closed because its client stopped reading.
+    pub fn write_stall(&self) {
+        self.write_stalls.inc();
     }
 
     pub fn policy_reload_failed(&self) {
@@ -186,6 +199,7 @@ mod tests {
         m.response(http::StatusCode::CONFLICT);
         m.upstream_failure("timeout");
         m.store_failure();
+        m.write_stall();
         m.drift(&DriftCounts {
             same: 4,
             moved: 1,
@@ -205,6 +219,7 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("tagpin_store_failures_total 1"), "{text}");
+        assert!(text.contains("tagpin_client_write_stalls_total 1"), "{text}");
         assert!(text.contains("tagpin_open_connections 3"), "{text}");
         assert!(text.ends_with("# EOF\n"), "{text}");
     }
