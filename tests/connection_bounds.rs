@@ -170,7 +170,13 @@ fn a_request_head_over_64_kib_gets_431_and_one_under_it_is_served() {
     );
     let over = "a".repeat(64 * 1024 + 100);
     let r = request(tagpin.addr, "GET", "/v2/", &[("X-Fill", &over)], b"");
-    assert_eq!(r.status, 431, "{}", r.text());
+    assert_eq!(
+        r.status,
+        431,
+        "a head of {} bytes was not refused: {}",
+        over.len(),
+        r.text()
+    );
     // The connection that was refused leaves the others served.
     assert_eq!(request(tagpin.addr, "GET", "/v2/", &[], b"").status, 200);
 }
