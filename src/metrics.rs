@@ -49,6 +49,7 @@ pub struct Metrics {
     open_connections: Gauge,
     drift_tags: Family<StateLabel, Gauge>,
     manifest_memory_refusals: Family<ReasonLabel, Counter>,
+    write_stalls: Counter,
 }
 
 /// Tags by state in one drift check.
@@ -121,6 +122,12 @@ impl Default for Metrics {
             "Manifest pushes refused with 503 for want of memory, by what ran out (budget, client_share)",
             manifest_memory_refusals.clone(),
         );
+        let write_stalls = Counter::default();
+        registry.register(
+            "client_write_stalls",
+            "Connections closed because the client read nothing of a response for the body idle timeout",
+            write_stalls.clone(),
+        );
         let responses_by_class =
             ["1xx", "2xx", "3xx", "4xx", "5xx"].map(|class| responses.get_or_create(&ClassLabel { class }).clone());
         Self {
@@ -134,6 +141,7 @@ impl Default for Metrics {
             policy_reload_failures,
             open_connections,
             manifest_memory_refusals,
+            write_stalls,
         }
     }
 }
@@ -183,6 +191,11 @@ impl Metrics {
             .inc();
     }
 
+    /// A connection was closed because its client stopped reading.
+    pub fn write_stall(&self) {
+        self.write_stalls.inc();
+    }
+
     pub fn policy_reload_failed(&self) {
         self.policy_reload_failures.inc();
     }
@@ -225,6 +238,7 @@ mod tests {
         m.upstream_failure("timeout");
         m.store_failure();
         m.manifest_memory_refused("client_share");
+        m.write_stall();
         m.drift(&DriftCounts {
             same: 4,
             moved: 1,
@@ -248,6 +262,7 @@ mod tests {
             text.contains("tagpin_manifest_memory_refusals_total{reason=\"client_share\"} 1"),
             "{text}"
         );
+        assert!(text.contains("tagpin_client_write_stalls_total 1"), "{text}");
         assert!(text.contains("tagpin_open_connections 3"), "{text}");
         assert!(text.ends_with("# EOF\n"), "{text}");
     }

@@ -22,17 +22,18 @@ use std::sync::Arc;
 
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
 use self::auth::Tokens;
 use self::routes::{AdminRoute, RouteProblem};
 use crate::app::App;
 use crate::body::{self, Body};
 use crate::error::ProxyError;
+use crate::server::io::WriteDeadline;
 use crate::telemetry::Requester;
 
 /// The admin side's state: the proxy's shared state (through an `App` on the admin's own
@@ -49,14 +50,24 @@ impl Admin {
     }
 }
 
-/// Serve the admin API until `shutdown` resolves.
+/// Serve the admin API until `shutdown` resolves. It has a connection limit of its own
+/// (`admin_max_connections`), the registry port's header timeout and header size bound,
+/// and the same deadline on writes a client does not read: unauthenticated connections
+/// cannot take the descriptors the registry port needs.
 pub async fn serve(admin: Arc<Admin>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
     let graceful = GracefulShutdown::new();
-    let mut http = http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(admin.app.config.timeouts.client_header);
+    let config = &admin.app.config;
+    let http = crate::server::http1_builder(config);
+    let limit = Arc::new(Semaphore::new(config.admin_max_connections));
+    let write_idle = config.timeouts.body_idle;
     tokio::pin!(shutdown);
     loop {
+        // As on the registry port: beyond the limit, connections wait in the kernel's
+        // accept queue and cost no descriptor here.
+        let permit = tokio::select! {
+            p = Arc::clone(&limit).acquire_owned() => p.expect("the semaphore is never closed"),
+            () = &mut shutdown => break,
+        };
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(conn) => conn,
@@ -68,17 +79,21 @@ pub async fn serve(admin: Arc<Admin>, listener: TcpListener, shutdown: impl Futu
             },
             () = &mut shutdown => break,
         };
-        let admin = Arc::clone(&admin);
+        let service_admin = Arc::clone(&admin);
         let conn = http.serve_connection(
-            TokioIo::new(stream),
+            TokioIo::new(WriteDeadline::new(stream, write_idle)),
             service_fn(move |req| {
-                let admin = Arc::clone(&admin);
+                let admin = Arc::clone(&service_admin);
                 async move { Ok::<_, Infallible>(handle(&admin, req, peer).await) }
             }),
         );
         let watched = graceful.watch(conn);
+        let admin = Arc::clone(&admin);
         tokio::spawn(async move {
-            let _ = watched.await;
+            if let Err(e) = watched.await {
+                crate::server::connection_error(&admin.app.metrics, peer, &e);
+            }
+            drop(permit);
         });
     }
     let grace = admin.app.config.timeouts.shutdown_grace;

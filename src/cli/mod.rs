@@ -177,6 +177,12 @@ pub struct ServeArgs {
     /// Most client connections open at once [default: 4096].
     #[arg(long, env = "TAGPIN_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
+    /// Largest request head (request line and headers) in bytes; larger gets 431, 8192 to 1048576 [default: 65536].
+    #[arg(long, env = "TAGPIN_MAX_HEADER_BYTES")]
+    pub max_header_bytes: Option<usize>,
+    /// Most admin API connections open at once [default: 64].
+    #[arg(long, env = "TAGPIN_ADMIN_MAX_CONNECTIONS")]
+    pub admin_max_connections: Option<usize>,
     /// Milliseconds to connect to the upstream [default: 5000].
     #[arg(long, env = "TAGPIN_UPSTREAM_CONNECT_TIMEOUT_MS")]
     pub upstream_connect_timeout_ms: Option<u64>,
@@ -256,6 +262,8 @@ impl ServeArgs {
             max_tags_per_push: self.max_tags_per_push.or(file.max_tags_per_push),
             upstream_ca: self.upstream_ca.or(file.upstream_ca),
             max_connections: self.max_connections.or(file.max_connections),
+            max_header_bytes: self.max_header_bytes.or(file.max_header_bytes),
+            admin_max_connections: self.admin_max_connections.or(file.admin_max_connections),
             workers: self.workers.or(file.workers),
             tls_cert: self.tls_cert.or(file.tls_cert),
             tls_key: self.tls_key.or(file.tls_key),

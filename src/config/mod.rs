@@ -62,6 +62,11 @@ pub struct Config {
     pub max_tags_per_push: usize,
     pub upstream_ca: Option<PathBuf>,
     pub max_connections: usize,
+    /// Largest request head (request line and headers) a client may send, on both
+    /// listeners; also the cap on hyper's read buffer per connection.
+    pub max_header_bytes: usize,
+    /// Most admin API connections open at once.
+    pub admin_max_connections: usize,
     pub workers: usize,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,

@@ -25,6 +25,8 @@ pub struct RawConfig {
     pub max_tags_per_push: Option<usize>,
     pub upstream_ca: Option<PathBuf>,
     pub max_connections: Option<usize>,
+    pub max_header_bytes: Option<usize>,
+    pub admin_max_connections: Option<usize>,
     pub workers: Option<usize>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,

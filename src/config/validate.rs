@@ -17,6 +17,13 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
 /// permits; a million open connections is far past what one host's file descriptors
 /// allow anyway, so anything larger is a typo rather than a setting.
 pub const MAX_MAX_CONNECTIONS: usize = 1_000_000;
+/// 64 KiB: far above what registry clients send (a bearer token is a few KiB), a
+/// sixth of hyper's own default buffer.
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
+/// hyper's smallest read buffer; a head limit below it would not hold.
+pub const MIN_MAX_HEADER_BYTES: usize = 8 * 1024;
+pub const MAX_MAX_HEADER_BYTES: usize = 1024 * 1024;
+pub const DEFAULT_ADMIN_MAX_CONNECTIONS: usize = 64;
 /// 64 MiB: fourteen 4 MiB manifests at once plus the small-manifest reserve, well inside
 /// the 256 Mi memory limit of the shipped StatefulSet.
 pub const DEFAULT_MANIFEST_MEMORY_BUDGET_BYTES: usize = 64 * 1024 * 1024;
@@ -96,6 +103,20 @@ impl RawConfig {
         if !(1..=MAX_MAX_CONNECTIONS).contains(&max_connections) {
             return Err(ConfigError::invalid(
                 "max_connections",
+                format!("must be between 1 and {MAX_MAX_CONNECTIONS}"),
+            ));
+        }
+        let max_header_bytes = self.max_header_bytes.unwrap_or(DEFAULT_MAX_HEADER_BYTES);
+        if !(MIN_MAX_HEADER_BYTES..=MAX_MAX_HEADER_BYTES).contains(&max_header_bytes) {
+            return Err(ConfigError::invalid(
+                "max_header_bytes",
+                format!("must be between {MIN_MAX_HEADER_BYTES} and {MAX_MAX_HEADER_BYTES}"),
+            ));
+        }
+        let admin_max_connections = self.admin_max_connections.unwrap_or(DEFAULT_ADMIN_MAX_CONNECTIONS);
+        if !(1..=MAX_MAX_CONNECTIONS).contains(&admin_max_connections) {
+            return Err(ConfigError::invalid(
+                "admin_max_connections",
                 format!("must be between 1 and {MAX_MAX_CONNECTIONS}"),
             ));
         }
@@ -238,6 +259,8 @@ impl RawConfig {
             max_tags_per_push,
             upstream_ca: self.upstream_ca,
             max_connections,
+            max_header_bytes,
+            admin_max_connections,
             workers,
             tls_cert: self.tls_cert,
             tls_key: self.tls_key,
@@ -290,6 +313,8 @@ mod tests {
         assert_eq!(c.manifest_memory_per_client_bytes, 16 * 1024 * 1024);
         assert_eq!(c.timeouts.manifest_body, Duration::from_secs(30));
         assert_eq!(c.timeouts.manifest_budget_wait, Duration::from_secs(2));
+        assert_eq!(c.max_header_bytes, 64 * 1024);
+        assert_eq!(c.admin_max_connections, 64);
     }
 
     #[test]
@@ -384,6 +409,15 @@ mod tests {
             ("upstream = \"http://x\"\nworkers = 0", "workers"),
             ("upstream = \"http://x\"\nmax_connections = 0", "max_connections"),
             ("upstream = \"http://x\"\nmax_connections = 1000001", "max_connections"),
+            ("upstream = \"http://x\"\nmax_header_bytes = 8191", "max_header_bytes"),
+            (
+                "upstream = \"http://x\"\nmax_header_bytes = 1048577",
+                "max_header_bytes",
+            ),
+            (
+                "upstream = \"http://x\"\nadmin_max_connections = 0",
+                "admin_max_connections",
+            ),
             ("upstream = \"http://x\"\ntls_cert = \"/nonexistent\"", "tls_cert"),
         ];
         for (text, key) in cases {

@@ -1,7 +1,9 @@
 //! The listener: accepts connections up to a limit, optionally terminates TLS, serves
-//! HTTP/1.1 on each with a header-read timeout, and on shutdown stops accepting and
-//! drains in-flight requests for the grace period.
+//! HTTP/1.1 on each with a header-read timeout, a bound on header size and a deadline on
+//! writes the client does not read ([`io`]), and on shutdown stops accepting and drains
+//! in-flight requests for the grace period.
 
+pub mod io;
 pub mod tls;
 
 use std::convert::Infallible;
@@ -17,16 +19,14 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 
 use crate::app::App;
+use crate::config::Config;
 use crate::handler;
 
 /// Serve until `shutdown` resolves, then drain.
 pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
     let limit = Arc::clone(&app.connections);
     let graceful = GracefulShutdown::new();
-    let mut http = http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(app.config.timeouts.client_header)
-        .keep_alive(true);
+    let http = http1_builder(&app.config);
     tokio::pin!(shutdown);
     loop {
         // Wait for a free connection slot first: beyond the limit, new connections wait
@@ -87,17 +87,44 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<O
     }
 }
 
+/// The HTTP/1.1 settings of both listeners: the header timeout (which also ends a
+/// connection that sends nothing, and an idle keep-alive one) and the header size bound.
+/// hyper's read buffer is capped at the same size, so a connection holds at most
+/// `max_header_bytes` of unfinished headers and `max_connections` times that bounds them
+/// all; beyond it hyper answers 431 and closes.
+pub fn http1_builder(config: &Config) -> http1::Builder {
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(config.timeouts.client_header)
+        .max_header_size(config.max_header_bytes)
+        .max_buf_size(config.max_header_bytes)
+        .keep_alive(true);
+    http
+}
+
 /// Serve HTTP/1.1 on one accepted (and, with TLS, decrypted) connection.
 async fn serve_connection<I>(app: Arc<App>, http: http1::Builder, io: I, watcher: Watcher, peer: std::net::SocketAddr)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let io = io::WriteDeadline::new(io, app.config.timeouts.body_idle);
     let client = Arc::new(crate::telemetry::Peer::new(peer));
+    let metrics_app = Arc::clone(&app);
     let svc = service_fn(move |req| {
         let (app, client) = (Arc::clone(&app), Arc::clone(&client));
         async move { Ok::<_, Infallible>(handler::handle(&app, req, &client).await) }
     });
     if let Err(e) = watcher.watch(http.serve_connection(TokioIo::new(io), svc)).await {
+        connection_error(&metrics_app.metrics, peer, &e);
+    }
+}
+
+/// Log how a connection ended with an error; count a client that stopped reading.
+pub fn connection_error(metrics: &crate::metrics::Metrics, peer: std::net::SocketAddr, e: &hyper::Error) {
+    if io::is_write_stall(e) {
+        metrics.write_stall();
+        tracing::debug!(%peer, error = %e, "connection closed: the client stopped reading");
+    } else {
         tracing::debug!(%peer, error = %e, "connection ended with an error");
     }
 }

@@ -221,11 +221,41 @@ impl Tagpin {
         Self::spawn(upstream, &["--database-url".into(), url.into()], extra, env)
     }
 
+    /// Like [`Tagpin::start_env`] on the sled store, with the process's open-file limit
+    /// lowered to `nofile` (through `prlimit`, which execs tagpin, so the pid is tagpin's).
+    pub fn start_with_nofile(
+        upstream: &str,
+        data_dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        nofile: u64,
+    ) -> Self {
+        let store = ["--data-dir".into(), data_dir.into()];
+        Self::spawn_limited(upstream, &store, extra, env, Some(nofile))
+    }
+
     fn spawn(upstream: &str, store: &[std::ffi::OsString], extra: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::spawn_limited(upstream, store, extra, env, None)
+    }
+
+    fn spawn_limited(
+        upstream: &str,
+        store: &[std::ffi::OsString],
+        extra: &[&str],
+        env: &[(&str, &str)],
+        nofile: Option<u64>,
+    ) -> Self {
         // `TAGPIN_TEST_BIN` runs a suite against another build (an older one, to show a
         // test fails without the fix it guards).
         let bin = std::env::var_os("TAGPIN_TEST_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_tagpin").into());
-        let mut cmd = Command::new(bin);
+        let mut cmd = match nofile {
+            None => Command::new(bin),
+            Some(n) => {
+                let mut c = Command::new(require_binary("prlimit", "util-linux"));
+                c.arg(format!("--nofile={n}:{n}")).arg(bin);
+                c
+            }
+        };
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"]);
         // An empty upstream leaves it to the environment or a config file.
         if !upstream.is_empty() {
