@@ -1,16 +1,18 @@
 //! Answering a refusal. A refusal names private facts (the digest a tag is pinned to,
 //! which tags exist, what a digest holds), so it is shown only to a client the upstream
-//! lets read the repository: before the 409 goes out, tagpin asks the upstream, with the
-//! client's own credentials and nothing else, for what the refusal describes (a `HEAD`
-//! of the pinned manifest, or of the tag or digest a delete names; when that manifest is
-//! gone, the first page of the repository's tag list; when the repository is not there
-//! for this client either, `GET /v2/`, which only checks the credentials). A 2xx gets the
-//! refusal with its details, its audit events naming the user, and its entry in the
-//! tag's refused attempts. Any other answer (401 with its challenge, 403, 404) becomes
-//! the answer to the write, so the client learns what the upstream would have told it;
-//! such an attempt is only counted (`tagpin_unauthenticated_refusals_total`) and logged
-//! at most every few seconds, never recorded as evidence under a user name it may have
-//! made up. The write is refused either way: nothing is forwarded.
+//! accepts: before the 409 goes out, tagpin asks the upstream, with the client's own
+//! credentials and nothing else, for what the refusal describes (a `HEAD` of the pinned
+//! manifest, or of the tag or digest a delete names), then for the repository's tag
+//! list, then `GET /v2/`, stopping at the first answer that says yes or no about the
+//! client ([`checks_for`]). A 2xx gets the refusal with its details, its audit events
+//! naming the user, and its entry in the tag's refused attempts. A 401 (with its
+//! challenge, scoped for the write), 403 or other 4xx becomes the answer to the write,
+//! and so does the first 404 when nothing later confirms the client, so the client
+//! learns what the upstream would have told it. Such an attempt is only counted
+//! (`tagpin_unauthenticated_refusals_total`) and logged at most every few seconds, never
+//! recorded as evidence under a user name it may have made up. When no check gives an
+//! answer (5xx, no connection), the write is refused with 503 and no details. Nothing is
+//! forwarded in any case.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -62,7 +64,12 @@ struct Check {
 const MANIFEST_UNKNOWN: (ErrorCode, &str) = (ErrorCode::ManifestUnknown, "manifest unknown");
 const NAME_UNKNOWN: (ErrorCode, &str) = (ErrorCode::NameUnknown, "repository name not known to registry");
 
-fn check_for(r: &Refusal) -> Check {
+/// What to ask, in order, until one answer is a 2xx or tells the client no: what the
+/// refusal is about; the repository (that manifest may be gone behind tagpin's back, or
+/// be half written by a racing push, while the tag is held); and `GET /v2/`, for a
+/// repository the upstream holds nothing of yet (a first push still in doubt), where
+/// credentials the upstream accepts at all are those of a client it lets push.
+fn checks_for(r: &Refusal) -> Vec<Check> {
     use super::challenge::{DELETE, PUSH};
     let manifest = |repo: &Repository, reference: &str, actions| Check {
         method: Method::HEAD,
@@ -70,27 +77,32 @@ fn check_for(r: &Refusal) -> Check {
         actions,
         unknown: MANIFEST_UNKNOWN,
     };
-    match r {
-        Refusal::Move { repo, conflicts, .. } => manifest(repo, conflicts[0].pinned.as_str(), PUSH),
-        Refusal::DeleteTag { repo, tag, pinned, .. } => match pinned {
-            Some(d) => manifest(repo, d.as_str(), DELETE),
-            None => manifest(repo, tag.as_str(), DELETE),
-        },
-        Refusal::DeleteDigest { repo, digest, .. } => manifest(repo, digest.as_str(), DELETE),
-        Refusal::DeleteReferenced { repo, holders, .. } => manifest(repo, holders[0].as_str(), DELETE),
-        // The digest may be a blob, or already gone: ask for the repository instead.
-        Refusal::DeleteInFlight { repo, .. } => repository_check(repo, PUSH),
-    }
-}
-
-/// The first page (of one tag) of the repository's tag list.
-fn repository_check(repo: &Repository, actions: &'static str) -> Check {
-    Check {
+    let (repo, first) = match r {
+        Refusal::Move { repo, conflicts, .. } => (repo, Some(manifest(repo, conflicts[0].pinned.as_str(), PUSH))),
+        Refusal::DeleteTag { repo, tag, pinned, .. } => {
+            let reference = pinned.as_ref().map_or(tag.as_str(), Digest::as_str);
+            (repo, Some(manifest(repo, reference, DELETE)))
+        }
+        Refusal::DeleteDigest { repo, digest, .. } => (repo, Some(manifest(repo, digest.as_str(), DELETE))),
+        Refusal::DeleteReferenced { repo, holders, .. } => (repo, Some(manifest(repo, holders[0].as_str(), DELETE))),
+        // The digest may be a blob, or already gone: the repository is what to ask.
+        Refusal::DeleteInFlight { repo, .. } => (repo, None),
+    };
+    let actions = first.as_ref().map_or(PUSH, |c| c.actions);
+    let mut checks: Vec<Check> = first.into_iter().collect();
+    checks.push(Check {
         method: Method::GET,
         target: format!("/v2/{repo}/tags/list?n=1"),
         actions,
         unknown: NAME_UNKNOWN,
-    }
+    });
+    checks.push(Check {
+        method: Method::GET,
+        target: "/v2/".to_owned(),
+        actions,
+        unknown: NAME_UNKNOWN,
+    });
+    checks
 }
 
 fn repo_of(r: &Refusal) -> &Repository {
@@ -113,62 +125,68 @@ pub async fn answer(
 ) -> Result<Response<Body>, ProxyError> {
     let repo = repo_of(&refused.refusal).clone();
     let auth = headers.get(header::AUTHORIZATION);
-    let ask = |check: &Check| {
-        let (method, target) = (check.method.clone(), check.target.clone());
-        let repo = repo.clone();
-        async move {
-            app.upstream
-                .client_check(method, &target, auth)
-                .await
-                .map_err(|e| cannot_confirm(&repo, &e.to_string()))
-        }
-    };
-    let mut check = check_for(&refused.refusal);
-    let mut resp = ask(&check).await?;
-    if resp.status() == StatusCode::NOT_FOUND && check.method == Method::HEAD {
-        // The manifest may be gone behind tagpin's back while the tag is still held:
-        // whether the client may read the repository is what matters.
-        check = repository_check(&repo, check.actions);
-        resp = ask(&check).await?;
-    }
-    if resp.status() == StatusCode::NOT_FOUND {
-        // Nothing of the repository is there for this client: a repository whose first
-        // push is still in doubt, or a registry hiding it. Credentials the upstream
-        // accepts at all are those of a client it lets push.
-        let base = Check {
-            method: Method::GET,
-            target: "/v2/".to_owned(),
-            actions: check.actions,
-            unknown: check.unknown,
+    // The first 404, answered if no later check confirms the client; and why the last
+    // check that said nothing about the client said nothing.
+    let mut not_found: Option<(Check, Response<hyper::body::Incoming>)> = None;
+    let mut failed = String::new();
+    for check in checks_for(&refused.refusal) {
+        let resp = match app
+            .upstream
+            .client_check(check.method.clone(), &check.target, auth)
+            .await
+        {
+            Ok(resp) => resp,
+            Err(e) => {
+                failed = format!("{}: {e}", check.target);
+                continue;
+            }
         };
-        let at_base = ask(&base).await?;
-        if at_base.status().is_success() {
-            resp = at_base;
+        let status = resp.status();
+        if status.is_success() {
+            drop(resp);
+            write_evidence(app, &repo, &refused.evidence, who).await;
+            return Err(refused.refusal.into());
+        }
+        if status == StatusCode::NOT_FOUND {
+            not_found.get_or_insert((check, resp));
+        } else if status.is_client_error() {
+            unconfirmed(app, &refused, who, status);
+            return Ok(client_answer(check, resp, &repo, who));
+        } else {
+            // A 5xx (distribution answers 500 to a HEAD of a manifest a racing push is
+            // writing): no word on the client; the next check may give one.
+            failed = format!("{} answered {status}", check.target);
         }
     }
-    let status = resp.status();
-    if status.is_success() {
-        drop(resp);
-        write_evidence(app, &repo, &refused.evidence, who).await;
-        return Err(refused.refusal.into());
+    match not_found {
+        Some((check, resp)) => {
+            unconfirmed(app, &refused, who, resp.status());
+            Ok(client_answer(check, resp, &repo, who))
+        }
+        None => Err(cannot_confirm(&repo, &failed)),
     }
-    if status.is_server_error() || status.is_informational() || status.is_redirection() {
-        return Err(cannot_confirm(&repo, &format!("{} answered {status}", check.target)));
-    }
-    unconfirmed(app, &refused, who, status);
-    Ok(match status {
+}
+
+/// The upstream's answer to a check, as the answer to the write.
+fn client_answer(
+    check: Check,
+    resp: Response<hyper::body::Incoming>,
+    repo: &Repository,
+    who: &Requester,
+) -> Response<Body> {
+    match resp.status() {
         StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
-            super::challenge::for_write(resp, &repo, &who.request_id, check.actions)
+            super::challenge::for_write(resp, repo, &who.request_id, check.actions)
         }
-        StatusCode::NOT_FOUND => envelope(status, check.unknown, &repo, who, resp.headers()),
-        _ => envelope(
+        StatusCode::NOT_FOUND => envelope(resp.status(), check.unknown, repo, who, resp.headers()),
+        status => envelope(
             status,
             (ErrorCode::Denied, "requested access to the resource is denied"),
-            &repo,
+            repo,
             who,
             resp.headers(),
         ),
-    })
+    }
 }
 
 fn cannot_confirm(repo: &Repository, why: &str) -> ProxyError {
