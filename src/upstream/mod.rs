@@ -10,8 +10,10 @@ mod fetch;
 pub mod headers;
 pub mod own;
 mod pool;
+mod socket;
 
 pub use fetch::Fetched;
+pub use pool::Unsolicited;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -172,10 +174,16 @@ impl Upstream {
     }
 
     /// A client for one worker. Its pooled connections live on the worker's runtime, so
-    /// a request never wakes another thread.
-    pub fn new(config: &Config, tls: rustls::ClientConfig) -> Self {
+    /// a request never wakes another thread. `unsolicited` is shared by every worker.
+    pub fn new(config: &Config, tls: rustls::ClientConfig, unsolicited: Unsolicited) -> Self {
         let connector = connector(tls, config.timeouts.upstream_connect);
-        let pool = pool::Pool::new(connector.clone(), &config.upstream, 512, Duration::from_secs(90));
+        let pool = pool::Pool::new(
+            connector.clone(),
+            &config.upstream,
+            512,
+            Duration::from_secs(90),
+            unsolicited,
+        );
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(8)
