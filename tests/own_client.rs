@@ -1,5 +1,6 @@
 //! tagpin's own client to the upstream: its connection pool against an upstream that
-//! answers requests nobody sent, and its own credentials against token realms.
+//! answers requests nobody sent, its own credentials against token realms it must not
+//! use, and the bounds on what it reads for itself (seed, drift).
 
 mod common;
 
@@ -9,7 +10,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{request, Tagpin};
+use common::fake::{Action, FakeUpstream};
+use common::{request, Registry, RegistryOptions, Tagpin};
 
 /// The header only the unsolicited responses carry.
 const LATE: &str = "x-late-response";
@@ -90,4 +92,219 @@ fn a_late_unsolicited_upstream_response_never_reaches_a_client() {
     let (late, answered) = (late.into_inner(), answered.into_inner());
     assert_eq!(late, 0, "clients received the upstream's unsolicited response");
     assert_eq!(answered, 601, "every request got its own answer");
+}
+
+const ADMIN_TOKEN: &str = "own-client-admin-token-0123456789";
+const CREDENTIALS: &str = "seeder:seeder-pass-REALMCHECK";
+
+/// A token realm on 127.0.0.2 that answers every request with a token and records the
+/// `Authorization` each one carried.
+struct Realm {
+    addr: SocketAddr,
+    seen: Arc<Mutex<Vec<String>>>,
+}
+
+impl Realm {
+    fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.2:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&seen);
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let mut authorization = String::new();
+                let mut line = String::new();
+                while reader.read_line(&mut line).unwrap_or(0) > 0 && line != "\r\n" {
+                    if let Some((k, v)) = line.split_once(':') {
+                        if k.eq_ignore_ascii_case("authorization") {
+                            authorization = v.trim().to_owned();
+                        }
+                    }
+                    line.clear();
+                }
+                sink.lock().unwrap().push(authorization);
+                let body = r#"{"token":"realm-token","expires_in":60}"#;
+                let _ = conn.write_all(
+                    format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    )
+                    .as_bytes(),
+                );
+            }
+        });
+        Self { addr, seen }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}/token", self.addr)
+    }
+
+    fn requests(&self) -> Vec<String> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+/// A tagpin with the admin API and tagpin's own upstream credentials.
+fn seeder(
+    upstream: &str,
+    files: &std::path::Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> (Tagpin, tempfile::TempDir) {
+    let tokens = files.join("admin-tokens");
+    std::fs::write(&tokens, format!("ops:{ADMIN_TOKEN}\n")).unwrap();
+    let creds = files.join("upstream-credentials");
+    std::fs::write(&creds, format!("{CREDENTIALS}\n")).unwrap();
+    let mut args = vec![
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--admin-token-file",
+        tokens.to_str().unwrap(),
+        "--upstream-credentials-file",
+        creds.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let data = tempfile::tempdir().unwrap();
+    (Tagpin::start_env(upstream, data.path(), &args, env), data)
+}
+
+/// `POST /admin/v1/seed`: its whole answer, status and text.
+fn seed(tagpin: &Tagpin) -> (u16, String) {
+    let bearer = format!("Bearer {ADMIN_TOKEN}");
+    let r = request(
+        tagpin.admin_addr(),
+        "POST",
+        "/admin/v1/seed",
+        &[("Authorization", &bearer)],
+        b"",
+    );
+    (r.status, r.text())
+}
+
+/// A throwaway CA and a certificate for 127.0.0.1 signed by it, made with openssl.
+fn certificates(dir: &std::path::Path) -> (String, String, String) {
+    let openssl = common::procs::require_binary("openssl", "openssl");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(&openssl)
+            .current_dir(dir)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    std::fs::write(
+        dir.join("leaf.ext"),
+        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-days",
+        "2",
+    ];
+    run(&[
+        &["req", "-x509"][..],
+        &ec,
+        &["-keyout", "ca.key", "-out", "ca.pem", "-subj", "/CN=own-client CA"],
+    ]
+    .concat());
+    run(&[
+        &["req"][..],
+        &ec[..5],
+        &["-keyout", "leaf.key", "-out", "leaf.csr", "-subj", "/CN=127.0.0.1"],
+    ]
+    .concat());
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "leaf.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "leaf.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "leaf.ext",
+    ]);
+    let path = |f: &str| dir.join(f).display().to_string();
+    (path("ca.pem"), path("leaf.pem"), path("leaf.key"))
+}
+
+#[test]
+fn tagpins_credentials_never_go_to_an_http_realm_behind_an_https_upstream() {
+    let realm = Realm::start();
+    let files = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = certificates(files.path());
+    let registry = Registry::start_with(RegistryOptions {
+        tls: Some((cert.into(), key.into())),
+        token_auth: Some(common::procs::TokenAuth {
+            realm: realm.url(),
+            service: "own-client".into(),
+            issuer: "own-client".into(),
+            root_cert_bundle: ca.clone().into(),
+        }),
+        ..Default::default()
+    });
+    assert!(registry.url().starts_with("https://"));
+    let (tagpin, _data) = seeder(&registry.url(), files.path(), &["--upstream-ca", &ca], &[]);
+
+    let (status, text) = seed(&tagpin);
+    assert_eq!(realm.requests(), Vec::<String>::new(), "the realm was sent requests");
+    assert_ne!(status, 200, "{text}");
+    assert!(
+        text.contains(&format!("tagpin will not fetch a token from {}", realm.url())),
+        "{text}"
+    );
+    assert!(text.contains("plain http behind an https upstream"), "{text}");
+}
+
+#[test]
+fn a_token_realm_outside_the_allowlist_gets_no_request_and_one_on_it_does() {
+    let realm = Realm::start();
+    let challenge = format!(r#"Bearer realm="{}",service="own-client""#, realm.url());
+    let upstream = FakeUpstream::start(move |_, _| Action::with_header(401, "WWW-Authenticate", &challenge));
+    let files = tempfile::tempdir().unwrap();
+
+    // Set through the environment, which an older tagpin ignores rather than refuses.
+    let elsewhere = [(
+        "TAGPIN_TOKEN_REALMS",
+        "http://127.0.0.1:1/token,https://auth.example.com/",
+    )];
+    let (tagpin, _data) = seeder(&upstream.url(), files.path(), &[], &elsewhere);
+    let (status, text) = seed(&tagpin);
+    assert_eq!(realm.requests(), Vec::<String>::new(), "the realm was sent requests");
+    assert_ne!(status, 200, "{text}");
+    assert!(
+        text.contains(&format!("tagpin will not fetch a token from {}", realm.url())),
+        "{text}"
+    );
+    assert!(text.contains("it is not under any of token_realms"), "{text}");
+    drop(tagpin);
+
+    let listed = format!("http://{}/", realm.addr);
+    let (tagpin, _data) = seeder(&upstream.url(), files.path(), &["--token-realm", &listed], &[]);
+    seed(&tagpin);
+    let seen = realm.requests();
+    assert!(!seen.is_empty(), "the listed realm was asked for a token");
+    assert!(
+        seen.iter()
+            .all(|a| *a == common::basic("seeder", "seeder-pass-REALMCHECK")),
+        "{seen:?}"
+    );
 }

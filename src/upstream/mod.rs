@@ -10,6 +10,7 @@ mod fetch;
 pub mod headers;
 pub mod own;
 mod pool;
+mod realm;
 mod socket;
 
 pub use fetch::Fetched;
@@ -72,6 +73,9 @@ pub enum UpstreamError {
     /// tagpin's own credentials were refused, or its token could not be had.
     #[error("the upstream refused tagpin's own credentials: {0}")]
     OwnAuth(String),
+    /// A token realm the upstream named that tagpin will not send a request to.
+    #[error("tagpin will not fetch a token from {realm}: {reason}")]
+    TokenRealm { realm: String, reason: String },
     /// The catalog could not be read to its end.
     #[error("cannot list the upstream's repositories: {0}")]
     Catalog(String),
@@ -89,7 +93,7 @@ impl UpstreamError {
             }
             Self::DigestMismatch { .. } => "digest",
             Self::Tls(_) => "tls",
-            Self::OwnAuth(_) => "auth",
+            Self::OwnAuth(_) | Self::TokenRealm { .. } => "auth",
             Self::Catalog(_) => "check",
         }
     }
@@ -195,7 +199,7 @@ impl Upstream {
             header_timeout: config.timeouts.upstream_header,
             check_timeout: config.timeouts.upstream_check,
             body_idle: config.timeouts.body_idle,
-            own: own::OwnAuth::new(config.upstream_credentials.clone()),
+            own: own::OwnAuth::new(config.upstream_credentials.clone(), config.token_realms.clone()),
         }
     }
 
