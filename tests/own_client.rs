@@ -308,3 +308,150 @@ fn a_token_realm_outside_the_allowlist_gets_no_request_and_one_on_it_does() {
         "{seen:?}"
     );
 }
+
+/// Modes of [`hostile`], switched while tagpin runs.
+const NORMAL: usize = 0;
+const TOKEN_STALLS: usize = 1;
+const CATALOG_TRICKLES: usize = 2;
+const CATALOG_HUGE: usize = 3;
+const CATALOG_LOOPS: usize = 4;
+/// Every request challenged for a token; the first token request stalls after its
+/// headers, later ones answer a token with `expires_in` of `u64::MAX`.
+const TOKEN_STALLS_THEN_NEVER_EXPIRES: usize = 5;
+
+const DIGEST: &str = "sha256:abababababababababababababababababababababababababababababababab";
+
+/// An upstream holding `app:1.0` in mode [`NORMAL`], misbehaving as its mode says.
+fn hostile(mode: Arc<AtomicUsize>) -> FakeUpstream {
+    let own: Arc<std::sync::OnceLock<String>> = Arc::new(std::sync::OnceLock::new());
+    let origin = Arc::clone(&own);
+    let tokens = AtomicUsize::new(0);
+    let fake = FakeUpstream::start(move |method, target| {
+        let mode = mode.load(Ordering::SeqCst);
+        let challenge = || {
+            let realm = format!("{}/token", origin.get().unwrap());
+            Action::with_header(
+                401,
+                "WWW-Authenticate",
+                &format!(r#"Bearer realm="{realm}",service="s""#),
+            )
+        };
+        let json = |body: &str| Action::Respond {
+            status: 200,
+            headers: vec![("Content-Type".into(), "application/json".into())],
+            body: body.as_bytes().to_vec(),
+        };
+        if target.starts_with("/token") {
+            let first = tokens.fetch_add(1, Ordering::SeqCst) == 0;
+            return if mode == TOKEN_STALLS || first {
+                Action::StallBody { len: 100, sent: 0 }
+            } else {
+                json(&format!(r#"{{"token":"t","expires_in":{}}}"#, u64::MAX))
+            };
+        }
+        let catalog = target.starts_with("/v2/_catalog");
+        match mode {
+            TOKEN_STALLS | TOKEN_STALLS_THEN_NEVER_EXPIRES => challenge(),
+            CATALOG_TRICKLES if catalog => Action::Trickle {
+                body: br#"{"repositories":[]}                          "#.to_vec(),
+                every: Duration::from_secs(1),
+            },
+            CATALOG_HUGE if catalog => Action::Big { len: 256 << 20 },
+            CATALOG_LOOPS if catalog => Action::Respond {
+                status: 200,
+                headers: vec![("Link".into(), r#"</v2/_catalog?n=100>; rel="next""#.into())],
+                body: br#"{"repositories":[]}"#.to_vec(),
+            },
+            _ if catalog => json(r#"{"repositories":["app"]}"#),
+            _ if target.starts_with("/v2/app/tags/list") => json(r#"{"name":"app","tags":["1.0"]}"#),
+            _ if method == "HEAD" && target == "/v2/app/manifests/1.0" => {
+                Action::with_header(200, "Docker-Content-Digest", DIGEST)
+            }
+            _ => Action::status(404),
+        }
+    });
+    own.set(fake.url()).unwrap();
+    fake
+}
+
+fn logged(tagpin: &Tagpin, text: &str) -> bool {
+    tagpin.logs().iter().any(|l| l.contains(text))
+}
+
+#[test]
+fn seeds_against_a_stalled_token_and_a_trickling_huge_or_looping_catalog_end_with_errors() {
+    let mode = Arc::new(AtomicUsize::new(TOKEN_STALLS));
+    let upstream = hostile(Arc::clone(&mode));
+    let files = tempfile::tempdir().unwrap();
+    let (tagpin, _data) = seeder(
+        &upstream.url(),
+        files.path(),
+        &["--upstream-check-timeout-ms", "2000"],
+        &[],
+    );
+
+    // Each seed answers (the harness's client gives up after 120 s, far beyond the
+    // 2 s check timeout that now bounds each of these).
+    // (The token's own deadline and the catalog page's, which covers it, are the same
+    // length here: either may fire first.)
+    let (status, text) = seed(&tagpin);
+    assert!(matches!(status, 502 | 504), "a token that never arrives: {status} {text}");
+
+    mode.store(CATALOG_TRICKLES, Ordering::SeqCst);
+    let (status, text) = seed(&tagpin);
+    assert_eq!(status, 502, "a catalog at one byte a second: {text}");
+    assert!(logged(&tagpin, "was not read in full within"));
+
+    mode.store(CATALOG_HUGE, Ordering::SeqCst);
+    let before = tagpin.rss_kib();
+    let (status, text) = seed(&tagpin);
+    let grown = tagpin.rss_kib().saturating_sub(before);
+    assert_eq!(status, 502, "a 256 MiB catalog page: {text}");
+    assert!(logged(&tagpin, "larger than the page bound of 16777216 bytes"));
+    assert!(grown < 96 * 1024, "RSS grew by {grown} KiB reading one catalog page");
+
+    mode.store(CATALOG_LOOPS, Ordering::SeqCst);
+    let asked = |fake: &FakeUpstream| {
+        fake.requests()
+            .iter()
+            .filter(|r| r.target.starts_with("/v2/_catalog"))
+            .count()
+    };
+    let before = asked(&upstream);
+    let (status, text) = seed(&tagpin);
+    assert_eq!(status, 502, "a catalog whose next page is itself: {text}");
+    assert!(logged(&tagpin, "does not advance"));
+    assert!(
+        asked(&upstream) - before <= 2,
+        "{} catalog pages fetched",
+        asked(&upstream) - before
+    );
+}
+
+#[test]
+fn drift_checks_go_on_after_a_stalled_token_and_a_token_that_never_expires() {
+    let mode = Arc::new(AtomicUsize::new(NORMAL));
+    let upstream = hostile(Arc::clone(&mode));
+    let files = tempfile::tempdir().unwrap();
+    let extra = ["--upstream-check-timeout-ms", "2000", "--drift-interval", "2s"];
+    let (tagpin, _data) = seeder(&upstream.url(), files.path(), &extra, &[]);
+    let (status, text) = seed(&tagpin);
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains(r#""adopted":1"#), "{text}");
+
+    // From now on each round's tag check is challenged: the first round's token never
+    // arrives, the second's expires in u64::MAX seconds, and rounds must keep coming.
+    mode.store(TOKEN_STALLS_THEN_NEVER_EXPIRES, Ordering::SeqCst);
+    let tokens = || {
+        upstream
+            .requests()
+            .iter()
+            .filter(|r| r.target.starts_with("/token"))
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while tokens() < 3 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(tokens() >= 3, "drift stopped after {} token requests", tokens());
+}
