@@ -390,12 +390,26 @@ fn seeds_against_a_stalled_token_and_a_trickling_huge_or_looping_catalog_end_wit
         &[],
     );
 
-    // Each seed answers (the harness's client gives up after 120 s, far beyond the
-    // 2 s check timeout that now bounds each of these).
+    // Each seed answers within 30 s, far beyond the 2 s check timeout that bounds each of
+    // these, and far short of the 60 s the fake stalls for or a trickle takes.
+    let seed = |tagpin: &Tagpin| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let admin = tagpin.admin_addr();
+        std::thread::spawn(move || {
+            let bearer = format!("Bearer {ADMIN_TOKEN}");
+            let r = request(admin, "POST", "/admin/v1/seed", &[("Authorization", &bearer)], b"");
+            let _ = tx.send((r.status, r.text()));
+        });
+        rx.recv_timeout(Duration::from_secs(30))
+            .expect("the seed ends within 30 s")
+    };
     // (The token's own deadline and the catalog page's, which covers it, are the same
     // length here: either may fire first.)
     let (status, text) = seed(&tagpin);
-    assert!(matches!(status, 502 | 504), "a token that never arrives: {status} {text}");
+    assert!(
+        matches!(status, 502 | 504),
+        "a token that never arrives: {status} {text}"
+    );
 
     mode.store(CATALOG_TRICKLES, Ordering::SeqCst);
     let (status, text) = seed(&tagpin);
