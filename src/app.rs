@@ -43,6 +43,8 @@ pub struct Shared {
     /// Decisions running as detached tasks, so shutdown can let them finish.
     pub detached: Detached,
     upstream_tls: rustls::ClientConfig,
+    /// Whether the upstream was caught sending unsolicited responses (no more reuse).
+    upstream_unsolicited: crate::upstream::Unsolicited,
     request_seq: AtomicU64,
     request_prefix: String,
 }
@@ -146,6 +148,7 @@ impl Shared {
             locks: DecisionLocks::default(),
             detached: Detached::default(),
             upstream_tls: tls,
+            upstream_unsolicited: Default::default(),
             request_seq: AtomicU64::new(0),
             request_prefix: format!("{started:x}"),
         })
@@ -282,7 +285,11 @@ impl App {
 
     /// A worker's state. Call it on the worker's runtime.
     pub fn worker(shared: Arc<Shared>) -> Self {
-        let upstream = Upstream::new(&shared.config, shared.upstream_tls.clone());
+        let upstream = Upstream::new(
+            &shared.config,
+            shared.upstream_tls.clone(),
+            shared.upstream_unsolicited.clone(),
+        );
         Self { shared, upstream }
     }
 

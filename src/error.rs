@@ -100,6 +100,7 @@ impl ProxyError {
                 | UpstreamError::Tls(_)
                 | UpstreamError::TagList { .. }
                 | UpstreamError::OwnAuth(_)
+                | UpstreamError::TokenRealm { .. }
                 | UpstreamError::Catalog(_) => (S::BAD_GATEWAY, C::Unavailable),
             },
             Self::OutcomeUnknown(UpstreamError::HeaderTimeout(_) | UpstreamError::SendStalled(_)) => {
@@ -184,7 +185,12 @@ impl ProxyError {
         let envelope = if status.is_server_error() {
             ErrorEnvelope {
                 code,
-                message: self.public_message().to_owned(),
+                message: match &self {
+                    // Only tagpin's own requests meet a token realm, and what is
+                    // refused is the upstream's own URL: the operator needs to see it.
+                    Self::Upstream(e @ UpstreamError::TokenRealm { .. }) => e.to_string(),
+                    _ => self.public_message().to_owned(),
+                },
                 detail: json!({ "request_id": request_id }),
             }
         } else {

@@ -218,6 +218,11 @@ pub struct ServeArgs {
     /// and drift checks (Basic auth and the registry token flow).
     #[arg(long, env = "TAGPIN_UPSTREAM_CREDENTIALS_FILE")]
     pub upstream_credentials_file: Option<PathBuf>,
+    /// A token realm tagpin may fetch its own tokens from, as a URL prefix
+    /// (`https://auth.example.com/token`); repeatable. When given, no other realm is used
+    /// [default: any realm the built-in checks allow].
+    #[arg(long = "token-realm", env = "TAGPIN_TOKEN_REALMS", value_delimiter = ',')]
+    pub token_realms: Vec<String>,
     /// Run the drift check this often, e.g. 10m [default: off].
     #[arg(long, env = "TAGPIN_DRIFT_INTERVAL")]
     pub drift_interval: Option<String>,
@@ -272,6 +277,11 @@ impl ServeArgs {
             admin_listen: self.admin_listen.or(file.admin_listen),
             admin_token_file: self.admin_token_file.or(file.admin_token_file),
             upstream_credentials_file: self.upstream_credentials_file.or(file.upstream_credentials_file),
+            token_realms: if self.token_realms.is_empty() {
+                file.token_realms
+            } else {
+                Some(self.token_realms)
+            },
             drift_interval: self.drift_interval.or(file.drift_interval),
             in_doubt_horizon: self.in_doubt_horizon.or(file.in_doubt_horizon),
             timeouts: Some(RawTimeouts {

@@ -3,6 +3,7 @@
 //! the other, so a `Config` always holds values that were checked.
 
 mod raw;
+mod realm;
 mod rules;
 mod secrets;
 
@@ -16,6 +17,7 @@ use std::time::Duration;
 use http::StatusCode;
 
 pub use raw::{RawConfig, RawTimeouts};
+pub use realm::TokenRealm;
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
@@ -76,6 +78,9 @@ pub struct Config {
     pub admin: Option<AdminConfig>,
     /// tagpin's own upstream credentials, for seeding and drift checks.
     pub upstream_credentials: Option<Credentials>,
+    /// The token realms tagpin may fetch its own tokens from; empty: any that passes the
+    /// built-in checks ([`crate::upstream::own`]).
+    pub token_realms: Vec<TokenRealm>,
     /// How often the server runs the drift check; `None`: never on its own.
     pub drift_interval: Option<Duration>,
     /// How long a forwarded write whose answer was lost may still land; its record is

@@ -35,6 +35,7 @@ pub struct RawConfig {
     pub admin_listen: Option<String>,
     pub admin_token_file: Option<PathBuf>,
     pub upstream_credentials_file: Option<PathBuf>,
+    pub token_realms: Option<Vec<String>>,
     pub drift_interval: Option<String>,
     pub in_doubt_horizon: Option<String>,
     pub timeouts: Option<RawTimeouts>,

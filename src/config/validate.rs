@@ -186,6 +186,12 @@ impl RawConfig {
             .as_deref()
             .map(super::secrets::credentials)
             .transpose()?;
+        let token_realms = self
+            .token_realms
+            .unwrap_or_default()
+            .iter()
+            .map(|t| super::TokenRealm::parse(t.trim()).map_err(|e| ConfigError::invalid("token_realms", e)))
+            .collect::<Result<Vec<_>, _>>()?;
         let drift_interval = self
             .drift_interval
             .filter(|s| !s.is_empty())
@@ -267,6 +273,7 @@ impl RawConfig {
             database,
             admin,
             upstream_credentials,
+            token_realms,
             drift_interval,
             in_doubt_horizon,
             timeouts,
@@ -376,6 +383,10 @@ mod tests {
             ("upstream = \"http://x\"\nlisten = \"nope\"", "listen"),
             ("upstream = \"http://x\"\nrefuse_status = 500", "refuse_status"),
             ("upstream = \"http://x\"\nexclude = [\"a[\"]", "exclude"),
+            (
+                "upstream = \"http://x\"\ntoken_realms = [\"auth.example.com\"]",
+                "token_realms",
+            ),
             ("upstream = \"http://x\"\nmax_manifest_bytes = 10", "max_manifest_bytes"),
             (
                 "upstream = \"http://x\"\nmanifest_memory_budget_bytes = 4194304",

@@ -207,7 +207,7 @@ pub(crate) mod fake {
             .validate()
             .unwrap();
         let tls = Upstream::tls_config(&config).unwrap();
-        (addr, Upstream::new(&config, tls))
+        (addr, Upstream::new(&config, tls, Default::default()))
     }
 }
 

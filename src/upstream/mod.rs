@@ -10,8 +10,11 @@ mod fetch;
 pub mod headers;
 pub mod own;
 mod pool;
+mod realm;
+mod socket;
 
 pub use fetch::Fetched;
+pub use pool::Unsolicited;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -70,6 +73,9 @@ pub enum UpstreamError {
     /// tagpin's own credentials were refused, or its token could not be had.
     #[error("the upstream refused tagpin's own credentials: {0}")]
     OwnAuth(String),
+    /// A token realm the upstream named that tagpin will not send a request to.
+    #[error("tagpin will not fetch a token from {realm}: {reason}")]
+    TokenRealm { realm: String, reason: String },
     /// The catalog could not be read to its end.
     #[error("cannot list the upstream's repositories: {0}")]
     Catalog(String),
@@ -87,7 +93,7 @@ impl UpstreamError {
             }
             Self::DigestMismatch { .. } => "digest",
             Self::Tls(_) => "tls",
-            Self::OwnAuth(_) => "auth",
+            Self::OwnAuth(_) | Self::TokenRealm { .. } => "auth",
             Self::Catalog(_) => "check",
         }
     }
@@ -172,10 +178,16 @@ impl Upstream {
     }
 
     /// A client for one worker. Its pooled connections live on the worker's runtime, so
-    /// a request never wakes another thread.
-    pub fn new(config: &Config, tls: rustls::ClientConfig) -> Self {
+    /// a request never wakes another thread. `unsolicited` is shared by every worker.
+    pub fn new(config: &Config, tls: rustls::ClientConfig, unsolicited: Unsolicited) -> Self {
         let connector = connector(tls, config.timeouts.upstream_connect);
-        let pool = pool::Pool::new(connector.clone(), &config.upstream, 512, Duration::from_secs(90));
+        let pool = pool::Pool::new(
+            connector.clone(),
+            &config.upstream,
+            512,
+            Duration::from_secs(90),
+            unsolicited,
+        );
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(8)
@@ -187,7 +199,7 @@ impl Upstream {
             header_timeout: config.timeouts.upstream_header,
             check_timeout: config.timeouts.upstream_check,
             body_idle: config.timeouts.body_idle,
-            own: own::OwnAuth::new(config.upstream_credentials.clone()),
+            own: own::OwnAuth::new(config.upstream_credentials.clone(), config.token_realms.clone()),
         }
     }
 

@@ -8,7 +8,8 @@
 //! - `Bearer realm=…,service=…,scope=…` (the registry token flow of distribution's
 //!   `docs/spec/auth/token.md`): a token is fetched from the realm with Basic credentials
 //!   (or anonymously when none are configured), cached per scope until its `expires_in`,
-//!   and the request is repeated with it.
+//!   and the request is repeated with it. A realm [`super::realm::check`] refuses gets
+//!   no request at all.
 //!
 //! Neither the password nor a token is ever logged or put into an error: header values
 //! built here are marked sensitive, and errors name the realm and the status only.
@@ -24,7 +25,7 @@ use hyper::body::Incoming;
 
 use super::{error_chain, Upstream, UpstreamError};
 use crate::body;
-use crate::config::Credentials;
+use crate::config::{Credentials, TokenRealm};
 
 /// Largest token response read.
 const MAX_TOKEN_RESPONSE: usize = 64 * 1024;
@@ -38,6 +39,8 @@ const MAX_CACHED_SCOPES: usize = 10_000;
 /// The credentials and what the upstream asked for before.
 pub struct OwnAuth {
     credentials: Option<Credentials>,
+    /// `token_realms`: when not empty, the only realms used.
+    realms: Vec<TokenRealm>,
     tokens: Mutex<HashMap<String, Cached>>,
     /// The upstream asked for Basic: send it up front from then on.
     basic: AtomicBool,
@@ -60,9 +63,10 @@ pub enum Challenge {
 }
 
 impl OwnAuth {
-    pub fn new(credentials: Option<Credentials>) -> Self {
+    pub fn new(credentials: Option<Credentials>, realms: Vec<TokenRealm>) -> Self {
         Self {
             credentials,
+            realms,
             tokens: Mutex::new(HashMap::new()),
             basic: AtomicBool::new(false),
         }
@@ -197,9 +201,12 @@ impl Upstream {
         let uri: Uri = format!("{realm}{sep}{query}")
             .parse()
             .map_err(|_| failed("the realm is not a URL".into()))?;
-        if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.authority().is_none() {
-            return Err(failed("the realm is not an absolute http(s) URL".into()));
-        }
+        super::realm::check(&uri, &self.origin, &self.own.realms)
+            .await
+            .map_err(|reason| UpstreamError::TokenRealm {
+                realm: realm.to_owned(),
+                reason,
+            })?;
         let mut req = Request::builder()
             .uri(uri)
             .header(header::USER_AGENT, concat!("tagpin/", env!("CARGO_PKG_VERSION")));
@@ -463,10 +470,13 @@ mod tests {
 
     #[test]
     fn built_credentials_are_sensitive_and_cached_tokens_expire() {
-        let own = OwnAuth::new(Some(Credentials {
-            user: "u".into(),
-            password: crate::config::Secret("p".into()),
-        }));
+        let own = OwnAuth::new(
+            Some(Credentials {
+                user: "u".into(),
+                password: crate::config::Secret("p".into()),
+            }),
+            Vec::new(),
+        );
         let b = own.basic_value().unwrap();
         assert!(b.is_sensitive());
         assert_eq!(format!("{b:?}"), "Sensitive");
@@ -514,7 +524,7 @@ mod bounds {
         assert_eq!(token_lifetime(Some(u64::MAX)), MAX_EXPIRES_IN);
         assert_eq!(token_lifetime(Some(0)), 1);
         assert_eq!(token_lifetime(None), DEFAULT_EXPIRES_IN);
-        let own = OwnAuth::new(None);
+        let own = OwnAuth::new(None, Vec::new());
         own.remember("s", HeaderValue::from_static("Bearer t"), Duration::from_secs(u64::MAX));
         let until = own.tokens.lock().unwrap()["s"].until;
         let cap = Duration::from_secs(MAX_EXPIRES_IN);

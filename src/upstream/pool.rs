@@ -15,8 +15,19 @@
 //! upstream closes an idle connection (RFC 9112 9.3.1) and the close has not been
 //! noticed yet as a request is written on it, that request fails (502), as it did with
 //! the general client: HTTP/1.1 cannot tell that close from one after reading.
+//!
+//! An upstream that sends bytes nobody asked for (a second response after a complete
+//! one) could hand them to the next request on that connection, another client's. hyper
+//! reads an idle connection once tokio reports it readable and closes it on any byte;
+//! and before a connection is handed out, the pool asks the kernel whether anything is
+//! waiting on its socket ([`socket::Socket::waiting`]) and discards it if so. Bytes that
+//! arrive after the next request was written cannot be told from its response by any
+//! HTTP/1.1 client; so once the upstream has been caught once, on any connection of any
+//! worker, no connection to it is reused again: each request gets its own connection,
+//! and what the upstream sends after its response is read by nobody ([`Unsolicited`]).
 
 use std::future::poll_fn;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -28,6 +39,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use tokio::time::Instant;
 use tower_service::Service;
 
+use super::socket::{Socket, Waiting};
 use super::{error_chain, UpstreamError};
 use crate::body::Body;
 use crate::config::Origin;
@@ -38,26 +50,64 @@ pub struct Pool {
     dial: Uri,
     host: HeaderValue,
     idle: Arc<Idle>,
+    unsolicited: Unsolicited,
 }
 
+/// Whether the upstream has sent bytes on a connection where no response was due. Shared
+/// by every worker's pool; once set, it stays set for the life of the process and no
+/// connection is reused.
+#[derive(Clone, Default)]
+pub struct Unsolicited(Arc<AtomicBool>);
+
+impl Unsolicited {
+    pub fn seen(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// What a connection's driver ended with: hyper's error for bytes read where no
+    /// response was due (an idle connection, or more after a complete response).
+    fn note(&self, e: &hyper::Error) {
+        if e.to_string() == UNEXPECTED_MESSAGE {
+            self.record();
+        }
+    }
+
+    fn record(&self) {
+        if !self.0.swap(true, Ordering::Relaxed) {
+            tracing::error!(
+                "the upstream sent a response no request was waiting for; no upstream connection is reused from now on"
+            );
+        }
+    }
+}
+
+/// hyper's text for `Kind::UnexpectedMessage`, which it has no predicate for (the pool's
+/// tests fail if it changes).
+const UNEXPECTED_MESSAGE: &str = "received unexpected message from connection";
+
 struct Idle {
-    conns: Mutex<Vec<(SendRequest<Body>, Instant)>>,
+    conns: Mutex<Vec<(SendRequest<Body>, Socket, Instant)>>,
     max: usize,
     timeout: Duration,
 }
 
 impl Idle {
-    fn take(&self) -> Option<SendRequest<Body>> {
+    fn take(&self) -> Option<(SendRequest<Body>, Socket)> {
         let mut conns = self.conns.lock().expect("the idle list is never poisoned");
-        while let Some((conn, since)) = conns.pop() {
+        while let Some((conn, socket, since)) = conns.pop() {
             if !conn.is_closed() && since.elapsed() < self.timeout {
-                return Some(conn);
+                return Some((conn, socket));
             }
         }
         None
     }
 
-    fn put(&self, conn: SendRequest<Body>) {
+    /// Close every idle connection.
+    fn clear(&self) {
+        self.conns.lock().expect("the idle list is never poisoned").clear();
+    }
+
+    fn put(&self, conn: SendRequest<Body>, socket: Socket) {
         if conn.is_closed() {
             return;
         }
@@ -67,11 +117,11 @@ impl Idle {
         // idled too long, so a burst's leftovers do not hold sockets forever.
         let stale = conns
             .iter()
-            .take_while(|(c, since)| c.is_closed() || now.duration_since(*since) >= self.timeout)
+            .take_while(|(c, _, since)| c.is_closed() || now.duration_since(*since) >= self.timeout)
             .count();
         conns.drain(..stale);
         if conns.len() < self.max {
-            conns.push((conn, now));
+            conns.push((conn, socket, now));
         }
     }
 }
@@ -97,6 +147,7 @@ impl Pool {
         origin: &Origin,
         max_idle: usize,
         idle_timeout: Duration,
+        unsolicited: Unsolicited,
     ) -> Self {
         let dial = Uri::builder()
             .scheme(origin.scheme.clone())
@@ -114,6 +165,7 @@ impl Pool {
                 max: max_idle,
                 timeout: idle_timeout,
             }),
+            unsolicited,
         }
     }
 
@@ -131,12 +183,15 @@ impl Pool {
             .entry(header::HOST)
             .or_insert_with(|| self.host.clone());
         loop {
-            let (mut conn, reused) = match self.idle.take() {
-                Some(conn) => {
+            let (mut conn, socket, reused) = match self.checkout() {
+                Some((conn, socket)) => {
                     tracing::trace!("reusing an idle upstream connection");
-                    (conn, true)
+                    (conn, socket, true)
                 }
-                None => (self.connect().await?, false),
+                None => {
+                    let (conn, socket) = self.connect().await?;
+                    (conn, socket, false)
+                }
             };
             if conn.ready().await.is_err() {
                 if reused {
@@ -148,7 +203,7 @@ impl Pool {
             }
             match conn.try_send_request(req).await {
                 Ok(resp) => {
-                    self.give_back(conn);
+                    self.give_back(conn, socket);
                     return Ok(resp);
                 }
                 Err(mut e) => match e.take_message() {
@@ -163,35 +218,61 @@ impl Pool {
         }
     }
 
-    async fn connect(&self) -> Result<SendRequest<Body>, UpstreamError> {
+    /// An idle connection with nothing waiting on its socket, unless reuse has stopped.
+    fn checkout(&self) -> Option<(SendRequest<Body>, Socket)> {
+        while !self.unsolicited.seen() {
+            let (conn, socket) = self.idle.take()?;
+            match socket.waiting() {
+                Waiting::Nothing => return Some((conn, socket)),
+                Waiting::Plain => self.unsolicited.record(),
+                other => tracing::trace!(waiting = ?other, "idle upstream connection not reused"),
+            }
+        }
+        self.idle.clear();
+        None
+    }
+
+    async fn connect(&self) -> Result<(SendRequest<Body>, Socket), UpstreamError> {
         let mut connector = self.connector.clone();
         let failed = |e: &dyn std::error::Error| UpstreamError::Connect(error_chain(e));
         poll_fn(|cx| connector.poll_ready(cx)).await.map_err(|e| failed(&*e))?;
         let io = connector.call(self.dial.clone()).await.map_err(|e| failed(&*e))?;
-        let (conn, driver) = http1::Builder::new().handshake(io).await.map_err(|e| failed(&e))?;
+        let socket = Socket::new(io);
+        let (conn, driver) = http1::Builder::new()
+            .handshake(socket.clone())
+            .await
+            .map_err(|e| failed(&e))?;
         tracing::trace!(upstream = %self.dial, "new upstream connection");
+        let unsolicited = self.unsolicited.clone();
         tokio::spawn(async move {
             if let Err(e) = driver.await {
                 tracing::debug!(error = %error_chain(&e), "upstream connection ended with an error");
+                unsolicited.note(&e);
             }
         });
-        Ok(conn)
+        Ok((conn, socket))
     }
 
     /// Back to the idle stack once the connection can take the next request: at once
     /// when the response had no body, otherwise when its body has been read (a task
-    /// waits for that; an abandoned body closes the connection and ends the wait).
-    fn give_back(&self, mut conn: SendRequest<Body>) {
+    /// waits for that; an abandoned body closes the connection and ends the wait). Once
+    /// the upstream has sent unsolicited bytes, never: dropping `conn` closes the
+    /// connection after its response.
+    fn give_back(&self, mut conn: SendRequest<Body>, socket: Socket) {
+        if self.unsolicited.seen() {
+            return;
+        }
         if conn.is_ready() {
             tracing::trace!("upstream connection idle again");
-            self.idle.put(conn);
+            self.idle.put(conn, socket);
             return;
         }
         let idle = Arc::clone(&self.idle);
+        let unsolicited = self.unsolicited.clone();
         tokio::spawn(async move {
-            if conn.ready().await.is_ok() {
+            if conn.ready().await.is_ok() && !unsolicited.seen() {
                 tracing::trace!("upstream connection idle again after its response body");
-                idle.put(conn);
+                idle.put(conn, socket);
             }
         });
     }
@@ -218,6 +299,9 @@ mod tests {
         /// Keep serving, but send each body's second half 300 ms after its first, so a
         /// response is still streaming when the test sends its next request.
         Slow,
+        /// Keep serving, and 30 ms after each response write a second one, `late`,
+        /// that no request asked for.
+        Late,
     }
 
     /// A raw HTTP/1.1 upstream answering every request with `hello`; it counts the
@@ -261,6 +345,16 @@ mod tests {
                         if let After::Close = after {
                             return;
                         }
+                        if let After::Late = after {
+                            tokio::time::sleep(Duration::from_millis(30)).await;
+                            if sock
+                                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nlate")
+                                .await
+                                .is_err()
+                            {
+                                return;
+                            }
+                        }
                     }
                 });
             }
@@ -283,6 +377,7 @@ mod tests {
             origin,
             4,
             Duration::from_secs(90),
+            Unsolicited::default(),
         )
     }
 
@@ -360,6 +455,56 @@ mod tests {
             "each request reached the upstream once"
         );
         assert_eq!(conns.load(Ordering::SeqCst), 20);
+    }
+
+    #[tokio::test]
+    async fn bytes_on_an_idle_connection_close_it_and_stop_all_reuse() {
+        let (origin, conns, _) = upstream(After::Late).await;
+        let pool = pool(&origin);
+        let resp = pool.send(get(&origin)).await.unwrap();
+        assert_eq!(read_all(resp).await, b"hello");
+        // The unsolicited response arrives while the connection is idle in the pool.
+        for _ in 0..200 {
+            if pool.unsolicited.seen() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(pool.unsolicited.seen(), "hyper's error for it was recognised");
+        for i in 0..3 {
+            let resp = pool.send(get(&origin)).await.unwrap();
+            assert_eq!(read_all(resp).await, b"hello", "request {i}");
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(conns.load(Ordering::SeqCst), 4, "no connection is reused any more");
+    }
+
+    #[tokio::test]
+    async fn a_connection_with_bytes_waiting_is_not_used_for_the_next_request() {
+        // The upstream on a runtime of its own, so it runs while this one is blocked.
+        let other = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (other, (origin, conns, _)) = std::thread::spawn(move || {
+            let up = other.block_on(upstream(After::Late));
+            (other, up)
+        })
+        .join()
+        .unwrap();
+        let pool = pool(&origin);
+        let resp = pool.send(get(&origin)).await.unwrap();
+        assert_eq!(read_all(resp).await, b"hello");
+        tokio::task::yield_now().await;
+        // Block this (only) runtime thread: the unsolicited bytes arrive in the socket but
+        // the connection's task cannot see them before it is checked out again.
+        std::thread::sleep(Duration::from_millis(200));
+        let resp = pool.send(get(&origin)).await.unwrap();
+        assert_eq!(read_all(resp).await, b"hello");
+        assert_eq!(conns.load(Ordering::SeqCst), 2);
+        assert!(pool.unsolicited.seen());
+        other.shutdown_background();
     }
 
     #[test]

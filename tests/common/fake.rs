@@ -24,6 +24,10 @@ pub enum Action {
     StallBody { len: usize, sent: usize },
     /// Send headers announcing `len` bytes, then `sent` of them, then close the connection.
     CloseMidBody { len: usize, sent: usize },
+    /// A 200 whose `body` is sent one byte per `every`.
+    Trickle { body: Vec<u8>, every: Duration },
+    /// A 200 of `len` bytes (`{"repositories":["aaa…`), written as fast as it is read.
+    Big { len: usize },
 }
 
 impl Action {
@@ -166,6 +170,32 @@ fn serve_conn(conn: TcpStream, script: &Script, seen: &Mutex<Vec<Seen>>, stop: &
                 let _ = out.write_all(format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\n\r\n").as_bytes());
                 let _ = out.write_all(&vec![b'x'; sent]);
                 return;
+            }
+            Action::Trickle { body, every } => {
+                let len = body.len();
+                let _ = out.write_all(format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\n\r\n").as_bytes());
+                for b in body {
+                    if stop.load(Ordering::Relaxed) || out.write_all(&[b]).is_err() {
+                        return;
+                    }
+                    std::thread::sleep(every);
+                }
+            }
+            Action::Big { len } => {
+                let _ = out.write_all(format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\n\r\n").as_bytes());
+                let head = br#"{"repositories":[""#;
+                let chunk = vec![b'a'; 64 * 1024];
+                let mut left = len.saturating_sub(head.len());
+                if out.write_all(&head[..head.len().min(len)]).is_err() {
+                    return;
+                }
+                while left > 0 {
+                    let n = left.min(chunk.len());
+                    if stop.load(Ordering::Relaxed) || out.write_all(&chunk[..n]).is_err() {
+                        return;
+                    }
+                    left -= n;
+                }
             }
         }
     }
