@@ -1,5 +1,7 @@
 # Multi-stage build: compile in the Rust image, run from a slim Debian base as a non-root
-# user. The pin store lives in /data: mount a persistent volume there.
+# user. The pin store lives in /data: mount a persistent volume there. The default command
+# serves with /etc/tagpin/tagpin.toml (deploy/tagpin.toml: upstream http://registry:5000,
+# as in deploy/compose.yaml); mount another file there or override it with TAGPIN_*.
 FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
@@ -17,13 +19,11 @@ RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates
     && useradd --system --uid 10001 --home-dir /data --shell /usr/sbin/nologin tagpin \
     && mkdir -p /data && chown tagpin:tagpin /data
 COPY --from=build /src/target/release/tagpin /usr/local/bin/tagpin
-COPY config/tagpin.toml /etc/tagpin/tagpin.toml
+COPY deploy/tagpin.toml /etc/tagpin/tagpin.toml
 # Numeric, so the runtime (and Kubernetes' runAsNonRoot check) need no passwd lookup.
 USER 10001:10001
 VOLUME ["/data"]
 EXPOSE 5050
-ENV TAGPIN_LISTEN=0.0.0.0:5050 \
-    TAGPIN_DATA_DIR=/data \
-    TAGPIN_LOG_FORMAT=json
+# No healthcheck here: compose and Kubernetes declare theirs (`tagpin probe`, httpGet).
 ENTRYPOINT ["/usr/local/bin/tagpin"]
-CMD ["serve"]
+CMD ["serve", "--config", "/etc/tagpin/tagpin.toml"]

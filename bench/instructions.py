@@ -8,6 +8,8 @@ warm-up, then its counters are zeroed (callgrind_control -z), N requests are sen
 exactly those N requests, user space only (callgrind counts no kernel work).
 
     python3 bench/instructions.py --tagpin target/release/tagpin [--requests 2000]
+
+(with CARGO_TARGET_DIR set, the binary is $CARGO_TARGET_DIR/release/tagpin)
 """
 import argparse
 import glob

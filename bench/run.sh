@@ -26,8 +26,16 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 python3 -c 'import matplotlib' 2>/dev/null || python3 -m pip install -q matplotlib >/dev/null
 
-cargo build --release --locked --bin tagpin
+# Ask cargo where the binary is: CARGO_TARGET_DIR (or build.target-dir in a cargo config)
+# moves it away from target/release.
+tagpin_bin=$(cargo build --release --locked --bin tagpin --message-format=json-render-diagnostics |
+  python3 -c 'import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "tagpin" and m.get("executable"):
+        print(m["executable"])')
+[ -x "$tagpin_bin" ] || { echo "cargo did not report where it built tagpin" >&2; exit 1; }
 # 10,000 concurrent keep-alive connections (client and proxy ends) need more descriptors
 # than the usual default.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
-exec python3 bench/bench.py --tagpin target/release/tagpin "$@"
+exec python3 bench/bench.py --tagpin "$tagpin_bin" "$@"

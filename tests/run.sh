@@ -6,7 +6,8 @@
 # 2. checks formatting and lints;
 # 3. runs every unit and integration test, then the end-to-end suites again with the
 #    PostgreSQL pin store (TAGPIN_TEST_STORE=postgres);
-# 4. checks the deploy files offline (tests/deploy_check.sh);
+# 4. checks the deploy files (tests/deploy_check.sh: Kubernetes and compose schemas,
+#    hadolint, the compose healthchecks run against a local tagpin);
 # 5. runs the side-by-side benchmark in its short smoke mode, so it cannot rot
 #    (figures from a smoke run mean nothing; bench/run.sh without --smoke measures).
 set -euo pipefail
@@ -22,11 +23,19 @@ declare -A pkg_for=(
   [curl]=curl
   [initdb]=postgresql
   [faketime]=faketime
+  [dash]=dash
+  [jsonschema]=python3-jsonschema
 )
 missing=()
 for bin in "${!pkg_for[@]}"; do
   # Debian keeps PostgreSQL's server binaries off the PATH, in a versioned directory.
   if [ "$bin" = initdb ] && compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then
+    continue
+  fi
+  # tests/deploy_check.sh validates the compose files with Debian's python3 and its
+  # jsonschema module: another jsonschema on the PATH (pip, pyenv) does not count.
+  if [ "$bin" = jsonschema ]; then
+    [ -x /usr/bin/jsonschema ] || missing+=("${pkg_for[$bin]}")
     continue
   fi
   if ! command -v "$bin" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$bin" ]; then
@@ -73,7 +82,7 @@ TAGPIN_TEST_STORE=postgres cargo test --locked \
   --test push_and_pin --test in_flight --test pinned_content --test policy_modes \
   --test races_and_crashes --test faulty_upstream --test claims \
   --test in_flight_records --test deletes_settled --test releases_once -- --test-threads="${TEST_THREADS:-4}"
-echo "== deploy files (kubernetes-validate --strict, hadolint)"
+echo "== deploy files (kubernetes-validate --strict, hadolint, compose schema and healthchecks)"
 tests/deploy_check.sh
 echo "== benchmark smoke run (bench/run.sh --smoke)"
 bench/run.sh --smoke

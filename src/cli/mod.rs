@@ -15,9 +15,11 @@ use crate::config::{LogFormat, RawConfig, RawTimeouts};
 
 pub mod claims;
 pub mod client;
+pub mod demo_image;
 pub mod output;
 pub mod pins;
 pub mod policy;
+pub mod probe;
 pub mod release;
 pub mod seed;
 pub mod transfer;
@@ -60,6 +62,10 @@ pub enum Command {
     Export(transfer::ExportArgs),
     /// Load pins written by `export`, all or nothing (admin API or --data-dir).
     Import(transfer::ImportArgs),
+    /// Write a one-layer OCI image layout to push while trying tagpin out.
+    DemoImage(demo_image::DemoImageArgs),
+    /// GET a URL of a running tagpin (its /readyz) and exit 0 on 200, else 1: the container healthcheck.
+    Probe(probe::ProbeArgs),
 }
 
 /// The subcommands that are admin API clients, whose usage errors exit 2 like their
@@ -120,6 +126,8 @@ async fn dispatch(command: Command, env: &dyn Fn(&str) -> Option<std::ffi::OsStr
             let client = (!offline).then(|| Client::new(&a.admin, env)).transpose()?;
             transfer::import(&a, client.as_ref(), &mut out).await
         }
+        Command::DemoImage(a) => demo_image::run(&a, &mut out),
+        Command::Probe(a) => Ok(probe::run(&a, &mut out)),
         Command::Serve(_) | Command::Policy(_) => Err(CliError::Usage("not an admin API command".into())),
     }
 }
