@@ -387,3 +387,61 @@ fn a_push_only_credential_blinds_the_reference_check_and_deletes_a_pinned_layer(
     );
     assert_eq!(r.status, 409, "{}", r.text());
 }
+
+/// Findings 5-7 (connection bounds). `max_connections x max_header_bytes` is documented
+/// as the bound on request heads in memory, but a request that reaches a decision runs
+/// as a detached task that keeps its request head (`Parts`, whose header values share
+/// the bytes hyper read) after the client has gone and its connection slot is free. A
+/// tag delete waits without limit for the tag's lock (`locks.push`), which a first
+/// delete holds while the upstream is slow to answer its refusal check; any client, no
+/// credentials needed, can queue heads of 60 KiB behind it one connection at a time, and
+/// they pile up far beyond the connection limit.
+#[test]
+fn heads_of_requests_whose_clients_left_pile_up_in_detached_tasks_beyond_the_connection_bound() {
+    const SENT: usize = 1500;
+    const FILL: usize = 60 * 1024;
+    const MAX_CONNECTIONS: u64 = 8;
+    // The upstream answers `GET /v2/` and nothing else (its checks hang).
+    let fake = fake::FakeUpstream::start(|_, target| match target {
+        "/v2/" => fake::Action::status(200),
+        _ => fake::Action::Hang,
+    });
+    let data = tempfile::tempdir().unwrap();
+    let tagpin = Tagpin::start(
+        &fake.url(),
+        data.path(),
+        &[
+            "--workers",
+            "1",
+            "--max-connections",
+            "8",
+            "--upstream-check-timeout-ms",
+            "60000",
+        ],
+    );
+    assert_eq!(request(tagpin.addr, "GET", "/healthz", &[], b"").status, 200);
+    let baseline = tagpin.rss_kib();
+    let fill = "a".repeat(FILL);
+    let head = format!("DELETE /v2/app/manifests/v1 HTTP/1.1\r\nHost: tagpin\r\nX-Fill: {fill}\r\n\r\n");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for _ in 0..SENT {
+        assert!(Instant::now() < deadline, "sending took too long");
+        let mut s = TcpStream::connect(tagpin.addr).unwrap();
+        s.set_write_timeout(Some(Duration::from_secs(20))).unwrap();
+        let _ = s.write_all(head.as_bytes());
+        // The client leaves at once: its slot is free again as soon as tagpin sees it.
+        let _ = s.shutdown(std::net::Shutdown::Both);
+    }
+    // Give tagpin a moment to have read what was sent (bounded), then measure.
+    let bound = MAX_CONNECTIONS * 64 * 2 + 16 * 1024;
+    let mut grown = 0;
+    for _ in 0..40 {
+        std::thread::sleep(Duration::from_millis(100));
+        grown = grown.max(tagpin.rss_kib().saturating_sub(baseline));
+    }
+    assert!(
+        grown <= bound,
+        "{SENT} heads of {FILL} bytes from clients that left grew RSS by {grown} KiB; the \
+         connection bound ({MAX_CONNECTIONS} x 64 KiB) allows {bound} KiB"
+    );
+}
