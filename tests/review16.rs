@@ -445,3 +445,74 @@ fn heads_of_requests_whose_clients_left_pile_up_in_detached_tasks_beyond_the_con
          connection bound ({MAX_CONNECTIONS} x 64 KiB) allows {bound} KiB"
     );
 }
+
+/// Findings 1 and 2 on a registry open for reads and closed for writes (public
+/// repositories; a front that asks credentials only for `PUT`/`POST`/`DELETE`): the
+/// refusal check is a read (`HEAD` of the pinned manifest, tags/list, `GET /v2/`), and a
+/// read succeeds whatever `Authorization` says. So a client whose push the upstream
+/// would refuse with 401 is shown the refusal with its details, and its made-up user is
+/// kept in the tag's refused attempts and named in the audit log as confirmed.
+#[test]
+fn on_a_registry_open_for_reads_a_made_up_user_is_kept_as_evidence_and_shown_the_refusal() {
+    let pinned = format!("sha256:{}", "a".repeat(64));
+    let head_digest = pinned.clone();
+    let fake = fake::FakeUpstream::start(move |method, target| match (method, target) {
+        ("GET", "/v2/") => fake::Action::status(200),
+        ("HEAD", t) if t.starts_with("/v2/app/manifests/") => fake::Action::Respond {
+            status: 200,
+            headers: vec![
+                ("Docker-Content-Digest".into(), head_digest.clone()),
+                ("Content-Type".into(), image::OCI_MANIFEST.into()),
+                ("Content-Length".into(), "300".into()),
+            ],
+            body: vec![],
+        },
+        ("GET", t) if t.starts_with("/v2/app/tags/list") => fake::Action::Respond {
+            status: 200,
+            headers: vec![("Content-Type".into(), "application/json".into())],
+            body: br#"{"name":"app","tags":["v1"]}"#.to_vec(),
+        },
+        // Writes need credentials, and no made-up ones pass.
+        _ => fake::Action::with_header(401, "WWW-Authenticate", "Basic realm=\"writes\""),
+    });
+    let secrets = AdminSecrets::new();
+    let data = tempfile::tempdir().unwrap();
+    let flags = secrets.flags();
+    let tagpin = Tagpin::start(
+        &fake.url(),
+        data.path(),
+        &flags.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    const MADE_UP: &str = "alice-made-up";
+    let forged = basic(MADE_UP, "guessed");
+    let other = Image::random(16_30, 64);
+    let r = put(tagpin.addr, "app", "v1", &other.manifest, Some(&forged));
+    // The upstream itself answers every write 401 (the script's last arm), this one
+    // included: nothing but reads ever succeeds there.
+    assert!(
+        fake.requests().iter().all(|q| q.method != "PUT"),
+        "nothing was forwarded"
+    );
+    let admin = tagpin.admin_addr();
+    let pin = secrets.pin(admin, "app:v1").expect("v1 was adopted");
+    let kept: Vec<_> = pin["refused"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|a| a["user"] == MADE_UP)
+        .cloned()
+        .collect();
+    let named: Vec<_> = tagpin
+        .audit_events()
+        .into_iter()
+        .filter(|e| e["user"] == MADE_UP)
+        .map(|e| e["action"].clone())
+        .collect();
+    assert!(
+        r.status != 409 && kept.is_empty() && named.is_empty(),
+        "a client the upstream would not let push got {} ({}), its made-up user was kept as \
+         evidence {kept:?} and named in audit events {named:?}",
+        r.status,
+        r.text()
+    );
+}
