@@ -516,3 +516,26 @@ fn on_a_registry_open_for_reads_a_made_up_user_is_kept_as_evidence_and_shown_the
         r.text()
     );
 }
+
+/// Finding 1, without tagpin's own credentials: a client with no credentials pushing
+/// the pinned manifest again is forwarded (an identical push decides nothing) and gets
+/// the upstream's 401, while any other manifest gets tagpin's refusal-check 401. The two
+/// differ, so such a client can confirm a guessed digest of a pinned tag.
+#[test]
+fn an_anonymous_push_confirms_a_guessed_pinned_digest_by_the_401_it_gets() {
+    let registry = authenticating_registry();
+    let data = tempfile::tempdir().unwrap();
+    let tagpin = Tagpin::start(&registry.url(), data.path(), &[]);
+    let (a, b) = (Image::random(16_40, 512), Image::random(16_41, 512));
+    a.push_blobs(registry.addr, "app", &alice());
+    b.push_blobs(registry.addr, "app", &alice());
+    assert_eq!(put(tagpin.addr, "app", "v1", &a.manifest, Some(&alice())).status, 201);
+    let right = put(tagpin.addr, "app", "v1", &a.manifest, None);
+    let wrong = put(tagpin.addr, "app", "v1", &b.manifest, None);
+    assert_eq!((right.status, wrong.status), (401, 401));
+    assert_eq!(
+        shape(&right),
+        shape(&wrong),
+        "an anonymous push of the pinned digest is answered unlike one of another digest"
+    );
+}
