@@ -44,17 +44,30 @@ impl Stack {
 
 /// The digest the upstream itself holds under `repo:tag`, asked directly (never through
 /// tagpin), with every manifest media type accepted so nothing is converted.
+///
+/// distribution answers a `HEAD` of a tag whose push it is writing with a passing 500;
+/// such an answer is asked again (at most 50 times, 100 ms apart).
 pub fn upstream_digest(registry: &Registry, repo: &str, tag: &str) -> Option<String> {
-    let r = request(
-        registry.addr,
-        "HEAD",
-        &format!("/v2/{repo}/manifests/{tag}"),
-        &[
-            ("Accept", image::ACCEPT_ALL),
-            ("Authorization", &registry.auth_header()),
-        ],
-        b"",
-    );
+    let ask = || {
+        request(
+            registry.addr,
+            "HEAD",
+            &format!("/v2/{repo}/manifests/{tag}"),
+            &[
+                ("Accept", image::ACCEPT_ALL),
+                ("Authorization", &registry.auth_header()),
+            ],
+            b"",
+        )
+    };
+    let mut r = ask();
+    for _ in 0..50 {
+        if r.status != 500 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        r = ask();
+    }
     match r.status {
         200 => Some(
             r.header("docker-content-digest")
