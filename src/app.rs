@@ -273,7 +273,17 @@ impl App {
     {
         let app = Arc::clone(self);
         let shared = Arc::clone(&self.shared);
-        shared.detached.running.fetch_add(1, Ordering::AcqRel);
+        // A task outlives its client, so clients that send a write and leave could start
+        // tasks without end, each holding its request head: at most as many run as
+        // connections may be open (with those, twice `max_connections` heads in all).
+        let limit = self.config.max_connections;
+        if shared.detached.running.fetch_add(1, Ordering::AcqRel) >= limit {
+            drop(DetachedGuard(&shared.detached));
+            return Err(ProxyError::CannotDecide(format!(
+                "{limit} decisions are running already (max_connections; a client that leaves leaves its \
+                 decision running to the upstream's answer)"
+            )));
+        }
         let task = f(app);
         tokio::spawn(async move {
             let _running = DetachedGuard(&shared.detached);

@@ -7,7 +7,7 @@
 //! body (a `HEAD` answer has none). distribution-spec `spec.md`, "Error Codes", and the
 //! token auth spec's `scope="repository:<name>:pull,push"`.
 
-use http::{header, HeaderValue, Response, StatusCode};
+use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
 use hyper::body::Incoming;
 use serde_json::json;
 
@@ -27,9 +27,31 @@ pub const DELETE: &str = "delete";
 /// The client's response for a check, made for a write needing `actions`, that the
 /// upstream answered with 401 or 403: the challenge asks for the write's scope.
 pub fn for_write(check: Response<Incoming>, repo: &Repository, request_id: &str, actions: &str) -> Response<Body> {
-    let status = check.status();
+    render(check.status(), check.headers(), repo, request_id, actions)
+}
+
+/// A protected write's answer of 401 or 403 in the one form tagpin gives it, whether the
+/// upstream gave it to the forwarded write or to a check tagpin made for the write: a
+/// client the upstream turns away must not tell a pinned tag from a free one, or a
+/// guessed pinned digest from another, by the form of the answer. Other answers pass.
+pub fn uniform(resp: Response<Body>, repo: &Repository, request_id: &str, actions: &str) -> Response<Body> {
+    match resp.status() {
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+            render(resp.status(), resp.headers(), repo, request_id, actions)
+        }
+        _ => resp,
+    }
+}
+
+fn render(
+    status: StatusCode,
+    headers: &HeaderMap,
+    repo: &Repository,
+    request_id: &str,
+    actions: &str,
+) -> Response<Body> {
     let mut out = Response::new(body::empty());
-    for value in check.headers().get_all(header::WWW_AUTHENTICATE) {
+    for value in headers.get_all(header::WWW_AUTHENTICATE) {
         let rewritten = value
             .to_str()
             .ok()
@@ -37,7 +59,7 @@ pub fn for_write(check: Response<Incoming>, repo: &Repository, request_id: &str,
             .unwrap_or_else(|| value.clone());
         out.headers_mut().append(header::WWW_AUTHENTICATE, rewritten);
     }
-    if let Some(v) = check.headers().get("docker-distribution-api-version") {
+    if let Some(v) = headers.get("docker-distribution-api-version") {
         out.headers_mut().insert("docker-distribution-api-version", v.clone());
     }
     let (code, message) = if status == StatusCode::FORBIDDEN {

@@ -40,10 +40,17 @@ pub async fn manifest_delete(
     reference: Reference,
     who: &Requester,
 ) -> Result<Response<Body>, ProxyError> {
-    match reference {
+    let r = repo.clone();
+    let resp = match reference {
         Reference::Tag(tag) => delete_tag(app, parts, body, repo, tag, who).await,
         Reference::Digest(digest) => delete_content(app, parts, body, repo, digest, Content::Manifest, who).await,
-    }
+    }?;
+    Ok(uniform(resp, &r, who))
+}
+
+/// A delete's 401 or 403 in one form, whoever gave it (`challenge::uniform`).
+fn uniform(resp: Response<Body>, repo: &Repository, who: &Requester) -> Response<Body> {
+    super::challenge::uniform(resp, repo, &who.request_id, super::challenge::DELETE)
 }
 
 /// `DELETE /v2/<name>/blobs/<digest>` (end-10): refused while pinned content depends on
@@ -56,7 +63,9 @@ pub async fn blob_delete(
     digest: Digest,
     who: &Requester,
 ) -> Result<Response<Body>, ProxyError> {
-    delete_content(app, parts, body, repo, digest, Content::Blob, who).await
+    let r = repo.clone();
+    let resp = delete_content(app, parts, body, repo, digest, Content::Blob, who).await?;
+    Ok(uniform(resp, &r, who))
 }
 
 fn event(
@@ -109,7 +118,7 @@ async fn delete_tag(
     let who = who.clone();
     app.detached(move |app| async move {
         // Under the tag's lock, as a push is, and decided by the policy in force then.
-        let _guard = app.locks.push(&repo, std::slice::from_ref(&tag)).await;
+        let guard = app.locks.push(&repo, std::slice::from_ref(&tag)).await;
         let decided = app.policy().decide(&repo, &tag);
         if !decided.mode.is_protected() {
             return super::forward(&app, parts, body, &who).await;
@@ -137,6 +146,7 @@ async fn delete_tag(
                     }],
                     refusal: Refusal::DeleteTag { repo, tag, pinned, mode },
                 };
+                drop(guard);
                 return super::refused::answer(&app, refused, &parts.headers, &who).await;
             }
         };
@@ -234,12 +244,25 @@ struct DigestJob {
 
 impl DigestJob {
     async fn run(&self, app: &App, parts: Parts, body: Body) -> Result<Response<Body>, ProxyError> {
-        let _guard = app.locks.digest_delete(&self.repo).await;
+        let headers = parts.headers.clone();
+        let guard = app.locks.digest_delete(&self.repo).await;
+        let decided = self.locked(app, parts, body).await;
+        // A refusal recorded nothing: the checks of its client, which any client can make
+        // slow, run without holding up the repository's other deletes.
+        drop(guard);
+        match decided? {
+            Ok(resp) => Ok(resp),
+            Err(refused) => super::refused::answer(app, refused, &headers, &self.who).await,
+        }
+    }
+
+    /// Decide, record, re-check and forward, under the repository's delete lock.
+    async fn locked(&self, app: &App, parts: Parts, body: Body) -> Result<Result<Response<Body>, Refused>, ProxyError> {
         // Pins made since the unlocked pass were made by pushes, which record references
         // first; this pass only catches what an adoption added meanwhile.
         if let Err(challenge) = super::refs::protect_repository(app, &self.repo, &parts.headers).await? {
             let origin = super::client_origin(app, &parts.headers);
-            return Ok(super::to_client(app, challenge, origin.as_deref()));
+            return Ok(Ok(super::to_client(app, challenge, origin.as_deref())));
         }
         let policy = app.policy();
         let (direct, dependents, before) = self.held_by(app, &policy).await?;
@@ -249,9 +272,7 @@ impl DigestJob {
         };
         let (released, audited) = match pinning::decide_digest_delete(&direct, &dependents, clock) {
             DigestDelete::Forward { released, audited } => (released, audited),
-            DigestDelete::RefuseHeld(tags) => {
-                return super::refused::answer(app, self.refuse_held(&direct, tags), &parts.headers, &self.who).await
-            }
+            DigestDelete::RefuseHeld(tags) => return Ok(Err(self.refuse_held(&direct, tags))),
             DigestDelete::RefuseReferenced(holders) => {
                 let held = dependents.iter().find(|(h, _)| h == &holders[0]).map(|(_, t)| t);
                 let refused = Refused {
@@ -274,7 +295,7 @@ impl DigestJob {
                         holders,
                     },
                 };
-                return super::refused::answer(app, refused, &parts.headers, &self.who).await;
+                return Ok(Err(refused));
             }
         };
         if !released.is_empty() {
@@ -285,8 +306,7 @@ impl DigestJob {
                 })
                 .await?;
             if !took {
-                return super::refused::answer(app, self.refuse_held(&direct, released), &parts.headers, &self.who)
-                    .await;
+                return Ok(Err(self.refuse_held(&direct, released)));
             }
         }
         let recorded_at = std::time::Instant::now();
@@ -306,7 +326,7 @@ impl DigestJob {
                 repo: self.repo.clone(),
                 digest: self.digest.clone(),
             };
-            return super::refused::answer(app, refusal.into(), &parts.headers, &self.who).await;
+            return Ok(Err(refusal.into()));
         }
         let origin = super::client_origin(app, &parts.headers);
         let send = app.upstream.send(super::upstream_request(app, parts, body, &self.who));
@@ -321,7 +341,7 @@ impl DigestJob {
         if outcome == Outcome::Applied {
             self.report_applied(app, &direct, &released, &audited, &mut out).await;
         }
-        Ok(out)
+        Ok(Ok(out))
     }
 
     /// The protected tags holding the digest and the pinned manifests depending on it.

@@ -37,12 +37,10 @@ pub async fn held(
                 vec![(tag.clone(), Pin::now(digest.clone(), PinSource::Adopted))],
             );
             let in_force = app.store_call(move |s| s.pin_if_absent(&r, &entry)).await?;
-            // Asked with tagpin's own credentials, the upstream never vouched for the
-            // client's: its claimed user is not named.
+            // What the upstream held is adopted whoever asked, and the upstream has not
+            // vouched for the asking client's user: the event names none.
             let mut who = who.clone();
-            if own_credentials(app) {
-                who.user = None;
-            }
+            who.user = None;
             let state = in_force
                 .into_iter()
                 .next()

@@ -99,7 +99,14 @@ pub async fn manifest_put(
         attempted,
         who: who.clone(),
     };
-    app.detached(move |app| async move { job.run(&app).await }).await
+    let (repo, request_id) = (job.repo.clone(), job.who.request_id.clone());
+    let resp = app.detached(move |app| async move { job.run(&app).await }).await?;
+    Ok(super::challenge::uniform(
+        resp,
+        &repo,
+        &request_id,
+        super::challenge::PUSH,
+    ))
 }
 
 /// A push whose body is in hand: decided, forwarded and settled as one detached task.
@@ -120,7 +127,7 @@ type Early = Response<Body>;
 
 impl PushJob {
     async fn run(self, app: &App) -> Result<Response<Body>, ProxyError> {
-        let _guard = app.locks.push(&self.repo, &self.tags).await;
+        let guard = app.locks.push(&self.repo, &self.tags).await;
         let appends = match self.gather(app).await? {
             Ok(a) => a,
             Err(early) => return Ok(early),
@@ -142,7 +149,12 @@ impl PushJob {
         let decided_at = std::time::Instant::now();
         let (inputs, verdicts) = match self.decide(app, appends).await? {
             Ok(decided) => decided,
-            Err(refused) => return super::refused::answer(app, refused, &self.parts.headers, &self.who).await,
+            Err(refused) => {
+                // Nothing of this push is recorded: the checks of its client, which any
+                // client can make slow, run without holding up the tags' other writes.
+                drop(guard);
+                return super::refused::answer(app, refused, &self.parts.headers, &self.who).await;
+            }
         };
         let recorded: Vec<Tag> = inputs.iter().map(|i| i.tag.clone()).collect();
         let checks = match refs.new {
@@ -153,6 +165,7 @@ impl PushJob {
             Ok(None) => {}
             Ok(Some(refusal)) => {
                 self.withdraw(app, &recorded).await;
+                drop(guard);
                 return super::refused::answer(app, refusal.into(), &self.parts.headers, &self.who).await;
             }
             Err(e) => {
@@ -463,11 +476,7 @@ async fn pinned_manifest(
     headers: &HeaderMap,
 ) -> Result<Result<bytes::Bytes, hyper::Response<hyper::body::Incoming>>, ProxyError> {
     let auth = headers.get(header::AUTHORIZATION);
-    match app
-        .upstream
-        .manifest_by_digest(repo, pinned, auth, app.config.max_manifest_bytes)
-        .await
-    {
+    match super::refs::fetch(app, repo, pinned, auth, app.config.max_manifest_bytes).await {
         Ok(Fetched::Found(b)) => Ok(Ok(b)),
         Ok(Fetched::Challenge(resp)) => Ok(Err(resp)),
         Ok(Fetched::Absent) => Err(ProxyError::CannotDecide(format!(

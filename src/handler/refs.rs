@@ -9,7 +9,7 @@
 
 use std::collections::BTreeSet;
 
-use http::{header, HeaderMap, Response};
+use http::{header, HeaderMap, HeaderValue, Response};
 use hyper::body::Incoming;
 
 use crate::app::App;
@@ -55,7 +55,7 @@ pub async fn protect(
     let fetched;
     let top: &[u8] = match bytes {
         Some(b) => b,
-        None => match app.upstream.manifest_by_digest(repo, holder, auth, limit).await? {
+        None => match fetch(app, repo, holder, auth, limit).await? {
             Fetched::Found(b) => {
                 fetched = b;
                 &fetched
@@ -88,7 +88,7 @@ pub async fn protect(
                 "manifest {repo}@{holder} references more than {MAX_FETCHES} manifests"
             )));
         }
-        match app.upstream.manifest_by_digest(repo, &child, auth, limit).await? {
+        match fetch(app, repo, &child, auth, limit).await? {
             Fetched::Found(b) => {
                 let r = references(&b);
                 deps.extend(r.blobs);
@@ -123,4 +123,22 @@ pub async fn protect_repository(
         }
     }
     Ok(Ok(()))
+}
+
+/// A manifest by digest, asked with tagpin's own credentials when it has them, so a
+/// client credential that may push but not read (a registry may answer it 404) cannot
+/// hide what a pinned manifest depends on; with the client's otherwise.
+pub async fn fetch(
+    app: &App,
+    repo: &Repository,
+    digest: &Digest,
+    authorization: Option<&HeaderValue>,
+    limit: usize,
+) -> Result<Fetched, crate::upstream::UpstreamError> {
+    if app.config.upstream_credentials.is_some() {
+        return app.upstream.own_manifest_by_digest(repo, digest, limit).await;
+    }
+    app.upstream
+        .manifest_by_digest(repo, digest, authorization, limit)
+        .await
 }

@@ -144,7 +144,8 @@ pub async fn answer(
         let status = resp.status();
         if status.is_success() {
             drop(resp);
-            write_evidence(app, &repo, &refused.evidence, who).await;
+            let who = vouched(app, &check, auth, who).await;
+            write_evidence(app, &repo, &refused.evidence, &who).await;
             return Err(refused.refusal.into());
         }
         if status == StatusCode::NOT_FOUND {
@@ -165,6 +166,31 @@ pub async fn answer(
         }
         None => Err(cannot_confirm(&repo, &failed)),
     }
+}
+
+/// The requester as the evidence names it: a user only when the upstream vouched for
+/// the credentials, that is when the same check without them does not also succeed. An
+/// upstream that lets anyone read (public repositories, a front that asks for
+/// credentials on writes only) vouches for no one: the attempt is kept without a user.
+async fn vouched(app: &App, check: &Check, auth: Option<&HeaderValue>, who: &Requester) -> Requester {
+    let mut who = who.clone();
+    if who.user.is_none() || auth.is_none() {
+        return who;
+    }
+    let anonymous = app
+        .upstream
+        .client_check(check.method.clone(), &check.target, None)
+        .await;
+    if !matches!(&anonymous, Ok(r) if !r.status().is_success()) {
+        tracing::info!(
+            request_id = %who.request_id,
+            claimed_user = who.user.as_deref().unwrap_or(""),
+            "the upstream answers this check without credentials too, so it did not vouch for the user; \
+             the refused attempt is kept without one"
+        );
+        who.user = None;
+    }
+    who
 }
 
 /// The upstream's answer to a check, as the answer to the write.

@@ -9,11 +9,15 @@ use crate::telemetry::{AuditAction, AuditEvent, Requester};
 
 /// Announce what expired on each tag.
 pub fn report_expired(app: &App, repo: &Repository, expired: &[(Tag, Expired)], who: &Requester) {
+    // The request that noticed the expiry did not cause it, and the upstream has not
+    // vouched for its user yet: the event names no user.
+    let mut who = who.clone();
+    who.user = None;
     for (tag, e) in expired {
         match e {
             Expired::Release(_) => AuditEvent {
                 action: AuditAction::ReleaseExpired,
-                who,
+                who: &who,
                 repository: repo,
                 tag: Some(tag),
                 pinned: None,

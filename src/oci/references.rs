@@ -90,6 +90,35 @@ impl Role {
     }
 }
 
+/// An object key as Go reads it: bytes that are not UTF-8 (raw, or a lone surrogate
+/// escape) become U+FFFD rather than an error, so a key no field is named like cannot end
+/// the reading before the fields after it.
+struct LossyKey;
+
+impl<'de> DeserializeSeed<'de> for LossyKey {
+    type Value = String;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<String, D::Error> {
+        d.deserialize_bytes(self)
+    }
+}
+
+impl<'de> Visitor<'de> for LossyKey {
+    type Value = String;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an object key")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<String, E> {
+        Ok(v.to_owned())
+    }
+
+    fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<String, E> {
+        Ok(String::from_utf8_lossy(v).into_owned())
+    }
+}
+
 /// Reads one value in its role, adding the digests it names to `out`.
 struct Read<'a> {
     out: &'a mut References,
@@ -112,7 +141,7 @@ impl<'de> Visitor<'de> for Read<'_> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        while let Some(key) = map.next_key::<String>()? {
+        while let Some(key) = map.next_key_seed(LossyKey)? {
             match self.role.field(&key) {
                 Some(role) => map.next_value_seed(Read {
                     out: &mut *self.out,
@@ -232,5 +261,21 @@ mod tests {
         // Broken off after the first layer: what was read stays.
         let cut = format!(r#"{{"layers":[{{"digest":"{}"}},{{"dig"#, d('a'));
         assert_eq!(references(cut.as_bytes()).blobs.len(), 1);
+    }
+
+    #[test]
+    fn a_key_that_is_not_utf8_does_not_hide_the_fields_after_it() {
+        let layer = d('b');
+        let raw = [
+            br#"{"schemaVersion":2,"x"#.as_slice(),
+            &[0xff, 0xfe],
+            br#"":1,"layers":[{"digest":""#,
+            layer.as_bytes(),
+            br#""}]}"#,
+        ]
+        .concat();
+        assert_eq!(references(&raw).blobs.len(), 1, "raw bytes");
+        let escaped = format!(r#"{{"schemaVersion":2,"\ud800":1,"layers":[{{"digest":"{layer}"}}]}}"#);
+        assert_eq!(references(escaped.as_bytes()).blobs.len(), 1, "lone surrogate");
     }
 }

@@ -4,12 +4,11 @@
 //! the upstream serves under that name.
 
 use bytes::{Bytes, BytesMut};
-use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http::{HeaderValue, Method, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use super::{error_chain, Upstream, UpstreamError, MANIFEST_ACCEPT};
-use crate::body;
+use super::{error_chain, As, Upstream, UpstreamError, MANIFEST_ACCEPT};
 use crate::oci::{Digest, Repository};
 
 /// A manifest the upstream was asked for by digest.
@@ -30,17 +29,36 @@ impl Upstream {
         authorization: Option<&HeaderValue>,
         limit: usize,
     ) -> Result<Fetched, UpstreamError> {
-        let mut req = Request::builder()
-            .method(Method::GET)
-            .uri(self.uri_for(&format!("/v2/{repo}/manifests/{digest}")))
-            .header(header::ACCEPT, MANIFEST_ACCEPT)
-            .header(header::USER_AGENT, concat!("tagpin/", env!("CARGO_PKG_VERSION")));
-        if let Some(auth) = authorization {
-            req = req.header(header::AUTHORIZATION, auth);
+        self.manifest_by_digest_as(repo, digest, As::Client(authorization), limit)
+            .await
+    }
+
+    /// [`Upstream::manifest_by_digest`] with tagpin's own credentials: a client
+    /// credential that may push but not read cannot make a pinned manifest look gone.
+    pub async fn own_manifest_by_digest(
+        &self,
+        repo: &Repository,
+        digest: &Digest,
+        limit: usize,
+    ) -> Result<Fetched, UpstreamError> {
+        match self.manifest_by_digest_as(repo, digest, As::Own, limit).await? {
+            Fetched::Challenge(resp) => Err(UpstreamError::OwnAuth(format!(
+                "the manifest {repo}@{digest} answered {}",
+                resp.status()
+            ))),
+            other => Ok(other),
         }
-        let resp = self
-            .send_check(req.body(body::empty()).expect("static request parts are valid"))
-            .await?;
+    }
+
+    async fn manifest_by_digest_as(
+        &self,
+        repo: &Repository,
+        digest: &Digest,
+        who: As<'_>,
+        limit: usize,
+    ) -> Result<Fetched, UpstreamError> {
+        let target = format!("/v2/{repo}/manifests/{digest}");
+        let resp = self.get_as(Method::GET, &target, Some(MANIFEST_ACCEPT), who).await?;
         match resp.status() {
             StatusCode::OK => {}
             StatusCode::NOT_FOUND => return Ok(Fetched::Absent),
@@ -90,7 +108,7 @@ impl Upstream {
         target: &str,
         authorization: Option<&HeaderValue>,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        self.get_as(method, target, Some(MANIFEST_ACCEPT), super::As::Client(authorization))
+        self.get_as(method, target, Some(MANIFEST_ACCEPT), As::Client(authorization))
             .await
     }
 }
