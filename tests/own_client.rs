@@ -374,8 +374,19 @@ fn hostile(mode: Arc<AtomicUsize>) -> FakeUpstream {
     fake
 }
 
+/// Whether tagpin logged `text`, waiting for it at most 10 s (a line may be written just
+/// after the answer it explains).
 fn logged(tagpin: &Tagpin, text: &str) -> bool {
-    tagpin.logs().iter().any(|l| l.contains(text))
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if tagpin.logs().iter().any(|l| l.contains(text)) {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[test]
