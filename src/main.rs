@@ -23,9 +23,7 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(e) => {
-            let text = e.to_string();
-            let first = text.lines().next().unwrap_or("invalid arguments");
-            eprintln!("tagpin: {}", first.trim_start_matches("error: "));
+            eprintln!("tagpin: {}", tagpin::cli::one_line(&e.render().to_string()));
             // 64 (EX_USAGE) for serve and policy; the admin clients document 2.
             return ExitCode::from(tagpin::cli::usage_exit_code(std::env::args_os()));
         }
@@ -77,7 +75,7 @@ fn main() -> ExitCode {
     match runtime.block_on(tagpin::run(config, shutdown_signal())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = %e, "tagpin could not start");
+            // One line on stderr, like a config error: not also a log line saying the same.
             eprintln!("tagpin: {e}");
             ExitCode::FAILURE
         }

@@ -81,6 +81,26 @@ pub fn usage_exit_code<I: IntoIterator<Item = std::ffi::OsString>>(args: I) -> u
     }
 }
 
+/// Clap's whole message on one line (the commands promise one line on stderr): its first
+/// line alone ("the following required arguments were not provided:") would not name
+/// what is missing. Lines of a paragraph are joined by a space, paragraphs by "; ".
+pub fn one_line(clap_message: &str) -> String {
+    clap_message
+        .trim()
+        .trim_start_matches("error: ")
+        .split("\n\n")
+        .map(|p| {
+            p.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .filter(|p| !p.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// Run an operator command to completion and return its exit status; errors are
 /// printed as one line on stderr. `serve` and `policy` are not handled here.
 pub fn run_client(command: Command) -> u8 {
@@ -309,6 +329,19 @@ impl ServeArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_usage_error_names_what_is_missing_on_one_line() {
+        let e = Cli::try_parse_from(["tagpin", "release", "my-api:1.0"]).unwrap_err();
+        let line = one_line(&e.render().to_string());
+        assert!(!line.contains('\n'), "{line}");
+        assert!(
+            line.starts_with(
+                "the following required arguments were not provided: --reason <REASON>; Usage: tagpin release"
+            ),
+            "{line}"
+        );
+    }
 
     #[test]
     fn client_commands_exit_2_on_usage_errors_and_the_others_64() {
