@@ -164,6 +164,7 @@ fn refusals_are_capped(s: &dyn PinStore) {
     let refused = |n: usize| Refused {
         at: n as u64,
         attempted: n.is_multiple_of(2).then(|| dn(n)),
+        delete: n.is_multiple_of(5),
         client: "127.0.0.1".into(),
         user: n.is_multiple_of(3).then(|| format!("user-{n}")),
         user_agent: "test".into(),

@@ -188,10 +188,10 @@ pub fn render_show(p: &Value, out: &mut dyn Write) -> std::io::Result<()> {
     for r in refused {
         t.add_row(vec![
             output::time(&r["at"]),
-            if r["attempted"].is_null() {
-                "(delete)".into()
-            } else {
-                output::short_digest(&r["attempted"])
+            match (r["delete"].as_bool() == Some(true), r["attempted"].is_null()) {
+                (_, true) => "(delete)".into(),
+                (true, false) => format!("(delete) {}", output::short_digest(&r["attempted"])),
+                (false, false) => output::short_digest(&r["attempted"]),
             },
             output::text(&r["client"]),
             output::text(&r["user"]),

@@ -287,8 +287,11 @@ impl TagState {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Refused {
     pub at: u64,
-    /// `None` for a refused delete.
+    /// The digest pushed, or the digest a delete named; `None` for a delete of the tag.
     pub attempted: Option<Digest>,
+    /// A refused delete (of the tag, or of the digest in `attempted`), not a push.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub delete: bool,
     pub client: String,
     pub user: Option<String>,
     pub user_agent: String,
