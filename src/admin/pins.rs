@@ -116,6 +116,32 @@ fn admin_event(app: &App, action: AuditAction, who: &Requester, repo: &Repositor
     .emit(&app.metrics);
 }
 
+/// The `release_created` audit event: the fields of every audit event, plus who released
+/// the tag, why, and until when (seconds since the epoch).
+fn release_created(app: &App, who: &Requester, repo: &Repository, tag: &Tag, release: &Release) {
+    app.metrics.decision(AuditAction::ReleaseCreated);
+    let decided = app.policy().decide(repo, tag);
+    tracing::info!(
+        target: "tagpin::audit",
+        action = AuditAction::ReleaseCreated.as_str(),
+        repository = repo.as_str(),
+        tag = tag.as_str(),
+        pinned_digest = "",
+        attempted_digest = "",
+        mode = decided.mode.as_str(),
+        rule = decided.by.to_string().as_str(),
+        client = %who.client,
+        user_agent = who.user_agent().as_str(),
+        user = who.user.as_deref().unwrap_or(""),
+        forwarded_for = who.forwarded_for().as_str(),
+        request_id = who.request_id.as_str(),
+        by = release.by.as_str(),
+        reason = release.reason.as_str(),
+        expires_at = release.expires_at,
+        "{}", AuditAction::ReleaseCreated.as_str()
+    );
+}
+
 async fn read_body(req: Request<Incoming>, limit: usize) -> Result<bytes::Bytes, ProxyError> {
     let body = http_body_util::Limited::new(req.into_body(), limit);
     body.collect()
@@ -194,7 +220,7 @@ pub async fn create_release(app: &App, req: Request<Incoming>, who: &Requester) 
             )))
         }
     }
-    admin_event(app, AuditAction::ReleaseCreated, who, &repo, Some(&tag));
+    release_created(app, who, &repo, &tag, &release);
     let mut out = serde_json::to_value(&release).map_err(|e| ProxyError::Internal(e.to_string()))?;
     out["repository"] = json!(repo.as_str());
     out["tag"] = json!(tag.as_str());
