@@ -1,0 +1,285 @@
+//! What operators read: the CLI's messages, `pins show`/`verify`/`export`, the audit
+//! events and log lines, and the metrics listener. Every run honours `TAGPIN_TEST_BIN`,
+//! the server and the CLI alike, so the suite can be run against another build.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::admin::{AdminSecrets, CliOut};
+use common::*;
+use serde_json::Value;
+
+/// The binary under test.
+fn bin() -> PathBuf {
+    std::env::var_os("TAGPIN_TEST_BIN")
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_tagpin").into())
+        .into()
+}
+
+/// `tagpin ARGS` with no admin API flags and no `TAGPIN_*` from the test's environment.
+fn run(args: &[&str], env: &[(&str, &str)]) -> CliOut {
+    let mut cmd = Command::new(bin());
+    cmd.args(args).stdin(Stdio::null());
+    for (k, _) in std::env::vars() {
+        if k.starts_with("TAGPIN_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.envs(env.iter().copied());
+    let out = cmd.output().expect("run tagpin");
+    CliOut {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// `tagpin ARGS --admin-url … --admin-token-file …` against a running admin API.
+fn cli(secrets: &AdminSecrets, admin: SocketAddr, args: &[&str]) -> CliOut {
+    let url = format!("http://{admin}");
+    let token = secrets.token_file().display().to_string();
+    let mut all = args.to_vec();
+    all.extend(["--admin-url", &url, "--admin-token-file", &token]);
+    run(&all, &[])
+}
+
+/// A stack with the admin API on.
+fn admin_stack(extra: &[&str]) -> (Stack, AdminSecrets, SocketAddr) {
+    let secrets = AdminSecrets::new();
+    let mut flags = secrets.flags();
+    flags.extend(extra.iter().map(|s| s.to_string()));
+    let stack = Stack::start(&flags.iter().map(String::as_str).collect::<Vec<_>>());
+    let admin = stack.tagpin.admin_addr();
+    (stack, secrets, admin)
+}
+
+fn push(stack: &Stack, repo: &str, tag: &str, image: &Image) -> u16 {
+    image.push_blobs(stack.tagpin.addr, repo, "");
+    image.put_manifest(stack.tagpin.addr, repo, tag, "").status
+}
+
+#[test]
+fn a_missing_required_argument_is_named() {
+    let cases: [(&[&str], &[&str]); 3] = [
+        (&["release", "my-api:1.0"], &["--reason"]),
+        (&["pins", "show"], &["<REFERENCE>"]),
+        (&["release"], &["--reason", "<REFERENCE>"]),
+    ];
+    for (args, missing) in cases {
+        let out = run(args, &[]);
+        assert_eq!(out.code, 2, "{args:?}: {out:?}");
+        assert_eq!(out.stderr.lines().count(), 1, "one line on stderr: {out:?}");
+        let line = out.stderr.trim_end();
+        assert!(
+            line.starts_with("tagpin: the following required arguments were not provided:"),
+            "{line}"
+        );
+        let listed = line.split("; ").next().unwrap();
+        for m in missing {
+            assert!(listed.contains(m), "{args:?} does not name {m}: {line}");
+        }
+    }
+    // serve keeps EX_USAGE.
+    let out = run(&["serve", "--bogus"], &[]);
+    assert_eq!(out.code, 64, "{out:?}");
+    assert!(
+        out.stderr.contains("'--bogus'") && out.stderr.contains("Usage: tagpin serve"),
+        "{out:?}"
+    );
+}
+
+/// README's list of audit actions, from its "Audit log" section: the first code span of
+/// each bullet after "`action` is one of".
+fn readme_actions() -> Vec<String> {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let section = readme.split("\n## Audit log\n").nth(1).expect("an Audit log section");
+    let section = section.split("\n## ").next().unwrap();
+    let list = section.split("is one of").nth(1).expect("the list of actions");
+    let mut out = Vec::new();
+    for line in list.lines().skip(1).skip_while(|l| l.trim().is_empty()) {
+        if line.trim().is_empty() {
+            break;
+        }
+        let Some(item) = line.strip_prefix("- ") else { continue };
+        // `push_audited`, `delete_audited`: … names two.
+        let head = item.split(':').next().unwrap();
+        out.extend(head.split('`').skip(1).step_by(2).map(str::to_owned));
+    }
+    out
+}
+
+/// The code's actions: the strings of `AuditAction::as_str`.
+fn code_actions() -> Vec<String> {
+    let src = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/telemetry.rs")).unwrap();
+    let body = src.split("pub fn as_str(self)").nth(1).expect("AuditAction::as_str");
+    let body = body.split("\n    }\n").next().unwrap();
+    body.lines()
+        .filter_map(|l| l.split("=> \"").nth(1))
+        .map(|s| s.trim_end_matches("\",").to_owned())
+        .collect()
+}
+
+#[test]
+fn readme_lists_every_audit_action() {
+    let code = code_actions();
+    assert!(code.len() >= 19, "{code:?}");
+    let mut readme = readme_actions();
+    let mut sorted = code.clone();
+    sorted.sort();
+    readme.sort();
+    assert_eq!(readme, sorted, "README's Audit log list and AuditAction::as_str differ");
+}
+
+/// How often `needle` appears in everything a process wrote, stdout and stderr.
+fn times(out: &CliOut, needle: &str) -> usize {
+    out.stdout.matches(needle).count() + out.stderr.matches(needle).count()
+}
+
+#[test]
+fn a_start_failure_is_said_once() {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let data_dir = data.path().display().to_string();
+    let listen = busy.local_addr().unwrap().to_string();
+    let out = run(
+        &[
+            "serve",
+            "--listen",
+            &listen,
+            "--upstream",
+            "http://127.0.0.1:1",
+            "--data-dir",
+            &data_dir,
+        ],
+        &[],
+    );
+    assert_eq!(out.code, 1, "{out:?}");
+    assert_eq!(times(&out, "Address already in use"), 1, "{out:?}");
+
+    // A data dir another tagpin holds.
+    let registry = Registry::start();
+    let _holder = Tagpin::start_on_data_dir(&registry.url(), data.path(), &[]);
+    let out = run(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            &registry.url(),
+            "--data-dir",
+            &data_dir,
+        ],
+        &[],
+    );
+    assert_eq!(out.code, 1, "{out:?}");
+    let said = out.stderr.trim_end();
+    assert!(!said.is_empty(), "{out:?}");
+    assert_eq!(out.stderr.lines().count(), 1, "{out:?}");
+    assert_eq!(
+        times(&out, said.trim_start_matches("tagpin: ")),
+        1,
+        "said twice: {out:?}"
+    );
+}
+
+/// Poll `f` until it gives a value: at most 10 s.
+fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+#[test]
+fn a_refused_delete_by_digest_is_kept_with_its_digest() {
+    let (stack, secrets, admin) = admin_stack(&[]);
+    let img = Image::random(7101, 1000);
+    assert_eq!(push(&stack, "team/app", "1.0", &img), 201);
+    let digest = img.digest();
+    let r = request(
+        stack.tagpin.addr,
+        "DELETE",
+        &format!("/v2/team/app/manifests/{digest}"),
+        &[],
+        b"",
+    );
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert_eq!(
+        upstream_digest(&stack.registry, "team/app", "1.0"),
+        Some(digest.clone())
+    );
+    let event = stack
+        .tagpin
+        .wait_for_audit(|e| e["action"] == "delete_refused" && e["tag"] == "1.0");
+    assert_eq!(event["attempted_digest"], digest.as_str(), "{event}");
+    let shown = cli(&secrets, admin, &["pins", "show", "team/app:1.0", "--json"])
+        .ok()
+        .json();
+    let refused = shown["refused"].as_array().unwrap();
+    assert_eq!(refused.len(), 1, "{shown}");
+    assert_eq!(refused[0]["attempted"], digest.as_str(), "{shown}");
+    assert_eq!(refused[0]["delete"], true, "{shown}");
+    let table = cli(&secrets, admin, &["pins", "show", "team/app:1.0"]).ok().stdout;
+    assert!(table.contains("REFUSED (1)"), "{table}");
+    assert!(table.contains(&format!("(delete) {}", &digest[..19])), "{table}");
+}
+
+#[test]
+fn release_created_carries_its_reason() {
+    let (stack, secrets, admin) = admin_stack(&[]);
+    assert_eq!(push(&stack, "team/app", "1.0", &Image::random(7201, 1000)), 201);
+    cli(
+        &secrets,
+        admin,
+        &["release", "team/app:1.0", "--reason", "CVE-2024-1 rebuild"],
+    )
+    .ok();
+    let event = stack.tagpin.wait_for_audit(|e| e["action"] == "release_created");
+    assert_eq!(event["reason"], "CVE-2024-1 rebuild", "{event}");
+    assert_eq!(event["by"], "alice", "{event}");
+    assert!(event["expires_at"].as_u64().is_some(), "{event}");
+}
+
+#[test]
+fn a_reload_names_the_keys_that_need_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tagpin.toml");
+    std::fs::write(&path, "max_tags_per_push = 64\n").unwrap();
+    let registry = Registry::start();
+    let data = tempfile::tempdir().unwrap();
+    let config = path.display().to_string();
+    let tagpin = Tagpin::start(&registry.url(), data.path(), &["--config", &config]);
+    std::fs::write(
+        &path,
+        "max_tags_per_push = 32\nexclude = [\"latest\"]\n[timeouts]\nbody_idle_ms = 5000\n",
+    )
+    .unwrap();
+    let status = Command::new("kill")
+        .args(["-HUP", &tagpin.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let line = wait_for("the restart warning", || {
+        tagpin
+            .logs()
+            .into_iter()
+            .find(|l| l.contains("config keys other than rules and exclude changed"))
+    });
+    let v: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["keys"], "max_tags_per_push, timeouts.body_idle_ms", "{line}");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_tags_per_push, timeouts.body_idle_ms"),
+        "{line}"
+    );
+}
