@@ -11,7 +11,7 @@ use crate::body::Body;
 use crate::error::ProxyError;
 use crate::oci::{Repository, Tag};
 use crate::pinning::{self, Cancel, SetRelease};
-use crate::store::{now_secs, Exported, Release, TagState};
+use crate::store::{now_secs, Exported, Pin, Release, TagState};
 use crate::telemetry::{AuditAction, AuditEvent, Requester};
 
 /// Longest release allowed (issue: at most 24 hours), and the default.
@@ -35,6 +35,7 @@ fn summary(app: &App, repo: &Repository, tag: &Tag, state: &TagState) -> Value {
         "digest": state.digest().as_str(),
         "source": pin.map(|p| p.source),
         "pinned_at": pin.map(|p| p.pinned_at),
+        "digest_set_at": pin.map(Pin::digest_set_at),
         "claimed_digest": claim.map(|c| c.digest.as_str()),
         "claimed_at": claim.map(|c| c.claimed_at),
         "mode": decided.mode.as_str(),
@@ -62,27 +63,39 @@ pub async fn list(
 /// `GET /admin/v1/pin`: the pin, its whole history, its refused attempts and release. A
 /// tag with no pin and no write is shown ("free") while it has a history of its own (an
 /// operator cleared its write), which starts the pin's history once it is pinned.
+///
+/// The history and release are shown as of now: a release past its time is marked
+/// `"expired": true` and its `release_expired` entry is shown, stamped with its expiry,
+/// as the next write to the tag will record it (a read writes nothing).
 pub async fn show(app: &App, repository: Repository, tag: Tag) -> Result<Response<Body>, ProxyError> {
     let (r, t) = (repository.clone(), tag.clone());
     let (record, refused) = app
         .store_call(move |s| Ok((s.record(&r, &t)?, s.refusals(&r, &t)?)))
         .await?;
+    let clock = pinning::Clock {
+        now: now_secs(),
+        horizon: app.config.in_doubt_horizon.as_secs(),
+    };
+    let (view, release_expired) = pinning::as_of(&record, clock);
     let (mut out, history) = match record.state() {
         Some(state) => {
             let out = summary(app, &repository, &tag, &state);
-            let history = match state {
-                TagState::Pinned(p) | TagState::Advancing { pin: p, .. } => p.history,
-                TagState::Claimed(_) => record.history,
+            let history = match view.pin {
+                Some(p) => p.history,
+                None => view.history,
             };
             (out, history)
         }
-        None if !record.history.is_empty() => (free(app, &repository, &tag), record.history),
+        None if !record.history.is_empty() => (free(app, &repository, &tag), view.history),
         None => return Err(ProxyError::AdminNotFound(format!("{repository}:{tag} has no pin"))),
     };
     let internal = |e: serde_json::Error| ProxyError::Internal(e.to_string());
     out["history"] = serde_json::to_value(&history).map_err(internal)?;
     out["refused"] = serde_json::to_value(&refused).map_err(internal)?;
     out["release"] = serde_json::to_value(&record.release).map_err(internal)?;
+    if let Some(release) = out["release"].as_object_mut() {
+        release.insert("expired".into(), json!(release_expired));
+    }
     Ok(json(StatusCode::OK, &out))
 }
 
@@ -96,6 +109,7 @@ fn free(app: &App, repo: &Repository, tag: &Tag) -> Value {
         "digest": null,
         "source": null,
         "pinned_at": null,
+        "digest_set_at": null,
         "claimed_digest": null,
         "claimed_at": null,
         "mode": decided.mode.as_str(),

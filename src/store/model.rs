@@ -95,6 +95,21 @@ pub fn now_secs() -> u64 {
 }
 
 impl Pin {
+    /// When the tag was set to the digest it holds now: the latest history entry that
+    /// bound it (a push, adoption, append, audited or released move); `pinned_at` (its
+    /// first pin) for a history without one.
+    pub fn digest_set_at(&self) -> u64 {
+        use HistoryEvent as E;
+        self.history
+            .iter()
+            .rev()
+            .find(|e| {
+                e.digest == self.digest
+                    && matches!(e.event, E::Push | E::Adopted | E::Append | E::AuditMove | E::Released)
+            })
+            .map_or(self.pinned_at, |e| e.at)
+    }
+
     pub fn now(digest: Digest, source: PinSource) -> Self {
         let at = now_secs();
         let event = match source {
