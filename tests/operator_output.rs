@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::admin::{AdminSecrets, CliOut};
+use common::admin::{history, AdminSecrets, CliOut};
 use common::*;
 use serde_json::Value;
 
@@ -282,4 +282,98 @@ fn a_reload_names_the_keys_that_need_a_restart() {
             .contains("max_tags_per_push, timeouts.body_idle_ms"),
         "{line}"
     );
+}
+
+/// Seconds since the epoch as the CLI prints them.
+fn utc(secs: u64) -> String {
+    let out = Command::new("date")
+        .args(["-u", "-d", &format!("@{secs}"), "+%Y-%m-%dT%H:%M:%SZ"])
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+#[test]
+fn an_expired_release_shows_as_expired_and_is_stamped_with_its_time() {
+    let (stack, secrets, admin) = admin_stack(&[]);
+    let first = Image::random(7301, 1000);
+    assert_eq!(push(&stack, "team/app", "1.0", &first), 201);
+    let release = cli(
+        &secrets,
+        admin,
+        &["release", "team/app:1.0", "--reason", "try", "--ttl", "1s", "--json"],
+    )
+    .ok()
+    .json();
+    let until = release["expires_at"].as_u64().unwrap();
+    // Shown as expired once past its time, with nothing written to the tag meanwhile.
+    let shown = wait_for("the release to show as expired", || {
+        let p = cli(&secrets, admin, &["pins", "show", "team/app:1.0", "--json"])
+            .ok()
+            .json();
+        (p["release"]["expired"] == true).then_some(p)
+    });
+    let expired = history(&shown, "release_expired");
+    assert_eq!(expired.len(), 1, "{shown}");
+    assert_eq!(expired[0]["at"], until, "{shown}");
+    let table = cli(&secrets, admin, &["pins", "show", "team/app:1.0"]).ok().stdout;
+    assert!(
+        table.contains(&format!("expired unused at {} (by alice: try)", utc(until))),
+        "{table}"
+    );
+    // The next push finds it expired and records it stamped with its own time.
+    wait_for("a second past the release's time", || {
+        (now_secs() > until + 1).then_some(())
+    });
+    assert_eq!(push(&stack, "team/app", "1.0", &first.variant("after")), 409);
+    let stored = cli(&secrets, admin, &["pins", "show", "team/app:1.0", "--json"])
+        .ok()
+        .json();
+    assert!(stored["release"].is_null(), "{stored}");
+    let expired = history(&stored, "release_expired");
+    assert_eq!(expired.len(), 1, "{stored}");
+    assert_eq!(expired[0]["at"], until, "stamped with the release's time: {stored}");
+}
+
+#[test]
+fn pinned_at_is_when_the_current_digest_was_set() {
+    let (stack, secrets, admin) = admin_stack(&[]);
+    let first = Image::random(7401, 1000);
+    assert_eq!(push(&stack, "team/app", "1.0", &first), 201);
+    let pinned_at = cli(&secrets, admin, &["pins", "show", "team/app:1.0", "--json"])
+        .ok()
+        .json()["pinned_at"]
+        .as_u64()
+        .unwrap();
+    wait_for("the clock to pass the first pin's second", || {
+        (now_secs() > pinned_at).then_some(())
+    });
+    cli(&secrets, admin, &["release", "team/app:1.0", "--reason", "rebuild"]).ok();
+    let second = first.variant("rebuilt");
+    assert_eq!(push(&stack, "team/app", "1.0", &second), 201);
+    assert_eq!(
+        upstream_digest(&stack.registry, "team/app", "1.0"),
+        Some(second.digest())
+    );
+    let shown = cli(&secrets, admin, &["pins", "show", "team/app:1.0", "--json"])
+        .ok()
+        .json();
+    let moved = history(&shown, "released")[0]["at"].as_u64().unwrap();
+    assert!(moved > pinned_at, "{shown}");
+    let list = cli(&secrets, admin, &["pins", "list"]).ok().stdout;
+    let row = list.lines().find(|l| l.contains("team/app")).unwrap();
+    assert!(
+        row.trim_end().ends_with(&utc(moved)),
+        "PINNED AT of the current digest: {list}"
+    );
+    let table = cli(&secrets, admin, &["pins", "show", "team/app:1.0"]).ok().stdout;
+    assert!(table.contains(&format!("\npinned at  {}\n", utc(moved))), "{table}");
+    assert!(table.contains(&format!("\nfirst pin  {}\n", utc(pinned_at))), "{table}");
 }
