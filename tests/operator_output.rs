@@ -377,3 +377,44 @@ fn pinned_at_is_when_the_current_digest_was_set() {
     assert!(table.contains(&format!("\npinned at  {}\n", utc(moved))), "{table}");
     assert!(table.contains(&format!("\nfirst pin  {}\n", utc(pinned_at))), "{table}");
 }
+
+#[test]
+fn verify_names_the_unpinned_tags() {
+    let (stack, secrets, admin) = admin_stack(&[]);
+    let base = Image::random(7501, 1000);
+    assert_eq!(push(&stack, "team/app", "1.0", &base), 201);
+    // Straight at the upstream, past tagpin.
+    for (repo, tag, note) in [("team/app", "2.0", "a"), ("other/db", "7", "b")] {
+        let img = base.variant(note);
+        img.push_blobs(stack.registry.addr, repo, "");
+        assert_eq!(img.put_manifest(stack.registry.addr, repo, tag, "").status, 201);
+    }
+    let out = cli(&secrets, admin, &["verify"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    for (repo, tag) in [("team/app", "2.0"), ("other/db", "7")] {
+        let row = out.stdout.lines().find(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            cols.len() >= 3 && cols[0] == repo && cols[1] == tag
+        });
+        assert!(
+            row.is_some_and(|r| r.contains("unpinned")),
+            "{repo}:{tag} not named:\n{}",
+            out.stdout
+        );
+    }
+    assert!(
+        out.stdout
+            .contains("1 same, 0 moved, 0 missing, 2 unpinned at the upstream"),
+        "{}",
+        out.stdout
+    );
+    let report = cli(&secrets, admin, &["verify", "--json"]).ok().json();
+    let mut named: Vec<String> = report["unpinned"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no unpinned list: {report}"))
+        .iter()
+        .map(|u| format!("{}:{}", u["repository"].as_str().unwrap(), u["tag"].as_str().unwrap()))
+        .collect();
+    named.sort();
+    assert_eq!(named, ["other/db:7", "team/app:2.0"], "{report}");
+}
