@@ -277,31 +277,45 @@ pub async fn cancel_release(
 /// Pins per page of an export.
 const EXPORT_PAGE: usize = 1000;
 
-/// `GET /admin/v1/export`: every pin with its history, as JSON lines, a page at a time.
+/// One page of the export: up to [`EXPORT_PAGE`] pins after `after`, each with its
+/// refused attempts; and the cursor of the next page, `None` after the last.
+type ExportPage = (Vec<Exported>, Option<(Repository, Tag)>);
+
+fn export_page(
+    store: &dyn crate::store::PinStore,
+    after: Option<&(Repository, Tag)>,
+) -> Result<ExportPage, crate::store::StoreError> {
+    let page = store.list(None, after, EXPORT_PAGE)?;
+    let next = (page.len() == EXPORT_PAGE)
+        .then(|| page.last().map(|(r, t, _)| (r.clone(), t.clone())))
+        .flatten();
+    Ok((crate::store::export_page(store, &page)?, next))
+}
+
+/// `GET /admin/v1/export`: every pin with its history and refused attempts, as JSON lines,
+/// a page at a time.
 pub async fn export(app: &App) -> Result<Response<Body>, ProxyError> {
     // The first page is read here, so a store failure is an error response, not a cut body.
-    let first = app.store_call(|s| s.list(None, None, EXPORT_PAGE)).await?;
+    let first = app.store_call(|s| export_page(s, None)).await?;
     let (tx, body) = crate::body::channel(4);
     let store = std::sync::Arc::clone(&app.store);
     tokio::spawn(async move {
-        let mut page = first;
+        let (mut page, mut next) = first;
         loop {
             let mut chunk = Vec::new();
-            for (r, t, state) in &page {
-                let line = serde_json::to_vec(&Exported::from_state(r.clone(), t.clone(), state))
-                    .expect("serialising cannot fail");
+            for e in &page {
+                let line = serde_json::to_vec(e).expect("serialising cannot fail");
                 chunk.extend_from_slice(&line);
                 chunk.push(b'\n');
             }
             if !chunk.is_empty() && tx.send(chunk.into()).await.is_err() {
                 return; // the client went away
             }
-            if page.len() < EXPORT_PAGE {
+            let Some(after) = next.take() else {
                 return;
-            }
-            let after = page.last().map(|(r, t, _)| (r.clone(), t.clone()));
+            };
             let store = std::sync::Arc::clone(&store);
-            page = match tokio::task::spawn_blocking(move || store.list(None, after.as_ref(), EXPORT_PAGE)).await {
+            (page, next) = match tokio::task::spawn_blocking(move || export_page(&*store, Some(&after))).await {
                 Ok(Ok(p)) => p,
                 // Cut the response short (no final chunk): `tagpin export` sees an
                 // incomplete answer and fails, never a short backup that looks whole.

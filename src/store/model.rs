@@ -362,6 +362,10 @@ pub struct Exported {
     pub pinned: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub claim: Option<Claim>,
+    /// The tag's refused attempts (the last [`MAX_REFUSALS`]), oldest first: evidence a
+    /// restore keeps.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refused: Vec<Refused>,
 }
 
 fn yes() -> bool {
@@ -387,6 +391,7 @@ impl Exported {
             history: pin.history.clone(),
             pinned: true,
             claim: None,
+            refused: Vec::new(),
         }
     }
 
@@ -407,6 +412,7 @@ impl Exported {
                 history: Vec::new(),
                 pinned: false,
                 claim: Some(c.clone()),
+                refused: Vec::new(),
             },
         }
     }
