@@ -418,3 +418,30 @@ fn verify_names_the_unpinned_tags() {
     named.sort();
     assert_eq!(named, ["other/db:7", "team/app:2.0"], "{report}");
 }
+
+#[test]
+fn export_and_import_carry_the_refused_attempts() {
+    let (stack, secrets, admin) = admin_stack(&[]);
+    let first = Image::random(7601, 1000);
+    assert_eq!(push(&stack, "team/app", "1.0", &first), 201);
+    assert_eq!(push(&stack, "team/app", "1.0", &first.variant("other")), 409);
+    let shown = cli(&secrets, admin, &["pins", "show", "team/app:1.0", "--json"])
+        .ok()
+        .json();
+    let refused = shown["refused"].clone();
+    assert_eq!(refused.as_array().map(Vec::len), Some(1), "{shown}");
+    let export = cli(&secrets, admin, &["export"]).ok().stdout;
+    let line: Value = serde_json::from_str(export.lines().next().unwrap()).unwrap();
+    assert_eq!(line["refused"], refused, "the export carries them: {export}");
+    // Restored into a new data dir, offline, and exported from there.
+    let restored = tempfile::tempdir().unwrap();
+    let dir = restored.path().display().to_string();
+    let file = restored.path().join("pins.jsonl");
+    std::fs::write(&file, &export).unwrap();
+    let out = run(&["import", &file.display().to_string(), "--data-dir", &dir], &[]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let again = run(&["export", "--data-dir", &dir], &[]);
+    assert_eq!(again.code, 0, "{again:?}");
+    let line: Value = serde_json::from_str(again.stdout.lines().next().unwrap()).unwrap();
+    assert_eq!(line["refused"], refused, "the restore keeps them: {}", again.stdout);
+}
