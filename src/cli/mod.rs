@@ -16,6 +16,7 @@ use crate::config::{LogFormat, RawConfig, RawTimeouts};
 pub mod claims;
 pub mod client;
 pub mod demo_image;
+pub mod origin;
 pub mod output;
 pub mod pins;
 pub mod policy;
