@@ -445,3 +445,50 @@ fn export_and_import_carry_the_refused_attempts() {
     let line: Value = serde_json::from_str(again.stdout.lines().next().unwrap()).unwrap();
     assert_eq!(line["refused"], refused, "the restore keeps them: {}", again.stdout);
 }
+
+#[test]
+fn a_bad_environment_value_is_named_by_its_variable() {
+    let base = [
+        "serve",
+        "--upstream",
+        "http://127.0.0.1:1",
+        "--data-dir",
+        "/nonexistent/tagpin",
+    ];
+    let out = run(&base, &[("TAGPIN_REFUSE_STATUS", "500")]);
+    assert_eq!(out.code, 64, "{out:?}");
+    assert_eq!(
+        out.stderr.trim_end(),
+        "tagpin: invalid config: TAGPIN_REFUSE_STATUS: must be 409 or 403, not 500"
+    );
+    let out = run(&base, &[("TAGPIN_UPSTREAM_CONNECT_TIMEOUT_MS", "0")]);
+    assert_eq!(out.code, 64, "{out:?}");
+    assert!(
+        out.stderr
+            .starts_with("tagpin: invalid config: TAGPIN_UPSTREAM_CONNECT_TIMEOUT_MS: "),
+        "{out:?}"
+    );
+    // One clap itself refuses.
+    let out = run(&base, &[("TAGPIN_MAX_CONNECTIONS", "many")]);
+    assert_eq!(out.code, 64, "{out:?}");
+    assert!(out.stderr.contains("TAGPIN_MAX_CONNECTIONS"), "{out:?}");
+    // A flag is named as the flag, a file key as the key.
+    let mut flagged = base.to_vec();
+    flagged.extend(["--refuse-status", "500"]);
+    let out = run(&flagged, &[]);
+    assert!(
+        out.stderr.starts_with("tagpin: invalid config: --refuse-status: "),
+        "{out:?}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tagpin.toml");
+    std::fs::write(&file, "refuse_status = 500\n").unwrap();
+    let mut filed = base.to_vec();
+    let file = file.display().to_string();
+    filed.extend(["--config", &file]);
+    let out = run(&filed, &[]);
+    assert!(
+        out.stderr.starts_with("tagpin: invalid config: refuse_status: "),
+        "{out:?}"
+    );
+}
