@@ -243,6 +243,10 @@ pub struct ServeArgs {
     /// File of admin tokens, one `name:token` per line (required with --admin-listen).
     #[arg(long, env = "TAGPIN_ADMIN_TOKEN_FILE")]
     pub admin_token_file: Option<PathBuf>,
+    /// Address of a listener of its own for /metrics, e.g. 127.0.0.1:9090; when set, the
+    /// registry port no longer serves /metrics [default: the registry port serves it].
+    #[arg(long, env = "TAGPIN_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
     /// File with tagpin's own upstream credentials, one `user:password` line, for seeding
     /// and drift checks (Basic auth and the registry token flow).
     #[arg(long, env = "TAGPIN_UPSTREAM_CREDENTIALS_FILE")]
@@ -305,6 +309,7 @@ impl ServeArgs {
             database_password_file: self.database_password_file.or(file.database_password_file),
             admin_listen: self.admin_listen.or(file.admin_listen),
             admin_token_file: self.admin_token_file.or(file.admin_token_file),
+            metrics_listen: self.metrics_listen.or(file.metrics_listen),
             upstream_credentials_file: self.upstream_credentials_file.or(file.upstream_credentials_file),
             token_realms: if self.token_realms.is_empty() {
                 file.token_realms

@@ -34,6 +34,7 @@ pub struct RawConfig {
     pub database_password_file: Option<PathBuf>,
     pub admin_listen: Option<String>,
     pub admin_token_file: Option<PathBuf>,
+    pub metrics_listen: Option<String>,
     pub upstream_credentials_file: Option<PathBuf>,
     pub token_realms: Option<Vec<String>>,
     pub drift_interval: Option<String>,
