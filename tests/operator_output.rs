@@ -492,3 +492,33 @@ fn a_bad_environment_value_is_named_by_its_variable() {
         "{out:?}"
     );
 }
+
+#[test]
+fn metrics_can_have_a_listener_of_their_own() {
+    let registry = Registry::start();
+    let data = tempfile::tempdir().unwrap();
+    let tagpin = Tagpin::start(&registry.url(), data.path(), &["--metrics-listen", "127.0.0.1:0"]);
+    let metrics: SocketAddr = wait_for("the metrics listening line", || {
+        tagpin.logs().iter().find_map(|l| {
+            let v: Value = serde_json::from_str(l).ok()?;
+            (v["message"] == "metrics listening").then(|| v["addr"].as_str()?.parse().ok())?
+        })
+    });
+    assert_ne!(metrics, tagpin.addr);
+    let r = request(metrics, "GET", "/metrics", &[], b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.text().contains("# TYPE tagpin_decisions counter"), "{}", r.text());
+    assert_eq!(request(metrics, "GET", "/v2/", &[], b"").status, 404);
+    assert_eq!(request(metrics, "POST", "/metrics", &[], b"").status, 405);
+    // No longer on the registry port, which still serves everything else.
+    let r = request(tagpin.addr, "GET", "/metrics", &[], b"");
+    assert_eq!(r.status, 404, "{}", r.text());
+    assert!(!r.text().contains("# TYPE tagpin_decisions counter"));
+    assert_eq!(request(tagpin.addr, "GET", "/healthz", &[], b"").status, 200);
+    // Unset, the registry port serves /metrics as before.
+    let other = tempfile::tempdir().unwrap();
+    let plain = Tagpin::start(&registry.url(), other.path(), &[]);
+    let r = request(plain.addr, "GET", "/metrics", &[], b"");
+    assert_eq!(r.status, 200);
+    assert!(r.text().contains("# TYPE tagpin_decisions counter"));
+}
