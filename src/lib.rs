@@ -117,6 +117,19 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             let _ = stop.wait_for(|s| *s).await;
         }))
     });
+    let metrics_task = match shared.config.metrics_listen {
+        Some(at) => {
+            let bind = |source| StartError::Bind { addr: at, source };
+            let l = tokio::net::TcpListener::bind(at).await.map_err(bind)?;
+            tracing::info!(addr = %l.local_addr().map_err(bind)?, "metrics listening");
+            let app = Arc::new(App::worker(Arc::clone(&shared)));
+            let mut stop = stop_rx.clone();
+            Some(tokio::spawn(server::metrics::serve(app, l, async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })))
+        }
+        None => None,
+    };
     // On the main runtime, beside the admin listener: it needs no worker of its own.
     let drift_task = shared.config.drift_interval.map(|every| {
         let app = App::worker(Arc::clone(&shared));
@@ -154,6 +167,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         let _ = done.await;
     }
     if let Some(task) = admin_task {
+        let _ = task.await;
+    }
+    if let Some(task) = metrics_task {
         let _ = task.await;
     }
     if let Some(task) = drift_task {

@@ -6,7 +6,7 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 use tagpin::cli::policy::PolicyCommand;
 use tagpin::cli::{Cli, Command};
 use tagpin::config::{RawConfig, ReloadSource};
@@ -15,17 +15,19 @@ use tagpin::config::{RawConfig, ReloadSource};
 const EX_USAGE: u8 = 64;
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
+    let argv: Vec<String> = std::env::args_os().map(|a| a.to_string_lossy().into_owned()).collect();
+    let parsed = Cli::command()
+        .try_get_matches()
+        .and_then(|m| Cli::from_arg_matches(&m).map(|cli| (cli, m)));
+    let (cli, matches) = match parsed {
+        Ok(parsed) => parsed,
         Err(e) if !e.use_stderr() => {
             // --help and --version.
             let _ = e.print();
             return ExitCode::SUCCESS;
         }
         Err(e) => {
-            let text = e.to_string();
-            let first = text.lines().next().unwrap_or("invalid arguments");
-            eprintln!("tagpin: {}", first.trim_start_matches("error: "));
+            eprintln!("tagpin: {}", tagpin::cli::origin::usage_message(&e, &argv));
             // 64 (EX_USAGE) for serve and policy; the admin clients document 2.
             return ExitCode::from(tagpin::cli::usage_exit_code(std::env::args_os()));
         }
@@ -61,7 +63,8 @@ fn main() -> ExitCode {
             config
         }
         Err(e) => {
-            eprintln!("tagpin: invalid config: {e}");
+            let serve = matches.subcommand_matches("serve");
+            eprintln!("tagpin: invalid config: {}", tagpin::cli::origin::describe(&e, serve));
             return ExitCode::from(EX_USAGE);
         }
     };
@@ -77,7 +80,7 @@ fn main() -> ExitCode {
     match runtime.block_on(tagpin::run(config, shutdown_signal())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = %e, "tagpin could not start");
+            // One line on stderr, like a config error: not also a log line saying the same.
             eprintln!("tagpin: {e}");
             ExitCode::FAILURE
         }

@@ -40,13 +40,49 @@ pub fn reload(shared: &Shared) -> Result<String, ReloadError> {
     // Compare what else changed against the file tagpin started with.
     file.rules = None;
     file.exclude = None;
-    let mut started = source.file.clone();
-    started.rules = None;
-    started.exclude = None;
-    if file != started {
-        tracing::warn!(path = %source.path.display(), "config keys other than rules and exclude changed; they take effect at the next restart");
+    let changed = changed_keys(&source.file, &file);
+    if !changed.is_empty() {
+        let keys = changed.join(", ");
+        tracing::warn!(path = %source.path.display(), keys = %keys, "config keys other than rules and exclude changed: {keys}; they take effect at the next restart");
     }
     Ok(summary)
+}
+
+/// The keys (`timeouts.body_idle_ms` for a nested one) whose values differ between two
+/// files, rules and exclude aside, in alphabetical order.
+pub fn changed_keys(before: &RawConfig, after: &RawConfig) -> Vec<String> {
+    let as_map = |c: &RawConfig| match serde_json::to_value(c) {
+        Ok(serde_json::Value::Object(m)) => m,
+        _ => serde_json::Map::new(),
+    };
+    let (before, after) = (as_map(before), as_map(after));
+    let mut out = Vec::new();
+    for (key, new) in &after {
+        if key == "rules" || key == "exclude" {
+            continue;
+        }
+        let old = before.get(key).unwrap_or(&serde_json::Value::Null);
+        match (old, new) {
+            (serde_json::Value::Object(o), serde_json::Value::Object(n)) => {
+                for (sub, v) in n {
+                    if o.get(sub).unwrap_or(&serde_json::Value::Null) != v {
+                        out.push(format!("{key}.{sub}"));
+                    }
+                }
+            }
+            (serde_json::Value::Null, serde_json::Value::Object(n))
+            | (serde_json::Value::Object(n), serde_json::Value::Null) => {
+                out.extend(
+                    n.iter()
+                        .filter(|(_, v)| !v.is_null())
+                        .map(|(sub, _)| format!("{key}.{sub}")),
+                );
+            }
+            (o, n) if o != n => out.push(key.clone()),
+            _ => {}
+        }
+    }
+    out
 }
 
 /// Reload and report: the audit event, the metric and the log line.
@@ -57,5 +93,24 @@ pub fn reload_and_report(shared: &Shared) {
             tracing::warn!("SIGHUP received, but tagpin was started without --config: nothing to reload");
         }
         Err(e) => crate::telemetry::policy_event(&shared.metrics, Err(&e.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changed_keys_are_named_nested_ones_with_their_table() {
+        let path = std::path::Path::new("t.toml");
+        let a = RawConfig::from_toml("listen = \"127.0.0.1:1\"\nexclude = [\"a\"]\n", path).unwrap();
+        let b = RawConfig::from_toml(
+            "listen = \"127.0.0.1:2\"\nexclude = [\"b\"]\nworkers = 2\n[timeouts]\nbody_idle_ms = 5\n",
+            path,
+        )
+        .unwrap();
+        assert_eq!(changed_keys(&a, &b), ["listen", "timeouts.body_idle_ms", "workers"]);
+        assert_eq!(changed_keys(&b, &a), ["listen", "timeouts.body_idle_ms", "workers"]);
+        assert!(changed_keys(&a, &a).is_empty());
     }
 }

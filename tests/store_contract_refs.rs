@@ -7,7 +7,7 @@ mod common;
 mod store_support;
 
 use store_support::*;
-use tagpin::store::{now_secs, PinStore, Protect, Refused, MAX_REFUSALS};
+use tagpin::store::{export_page, now_secs, PinStore, Protect, Refused, MAX_REFUSALS};
 
 fn deletes_are_recorded_per_request_and_settled_only_by_their_own(s: &dyn PinStore) {
     const LONG: u64 = 3600;
@@ -164,6 +164,7 @@ fn refusals_are_capped(s: &dyn PinStore) {
     let refused = |n: usize| Refused {
         at: n as u64,
         attempted: n.is_multiple_of(2).then(|| dn(n)),
+        delete: n.is_multiple_of(5),
         client: "127.0.0.1".into(),
         user: n.is_multiple_of(3).then(|| format!("user-{n}")),
         user_agent: "test".into(),
@@ -182,7 +183,47 @@ fn refusals_are_capped(s: &dyn PinStore) {
     assert!(s.refusals(&repo("a"), &t).unwrap().is_empty());
 }
 
+/// Refused attempts travel through export and import: into a store without them they
+/// arrive whole; importing them again adds none twice.
+fn refusals_travel_through_export_and_import(s: &dyn PinStore) {
+    let (from, to, t) = (repo("from"), repo("to"), tag("v1"));
+    s.pin_if_absent(&from, &[(t.clone(), pin('a'))]).unwrap();
+    let refused = |n: u64, delete: bool| Refused {
+        at: n,
+        attempted: Some(d('b')),
+        delete,
+        client: "127.0.0.1:9".into(),
+        user: Some("mallory".into()),
+        user_agent: "test".into(),
+        request_id: format!("req-{n}"),
+    };
+    s.record_refusal(&from, &t, &refused(1, false)).unwrap();
+    s.record_refusal(&from, &t, &refused(2, true)).unwrap();
+    let page = s.list(Some(&from), None, 10).unwrap();
+    let back: Vec<_> = export_page(s, &page)
+        .unwrap()
+        .into_iter()
+        .map(|e| serde_json::to_string(&e).unwrap())
+        .map(|l| {
+            let mut e: tagpin::store::Exported = serde_json::from_str(&l).unwrap();
+            e.repository = to.clone();
+            e
+        })
+        .collect();
+    assert_eq!(back[0].refused, vec![refused(1, false), refused(2, true)]);
+    assert_eq!(s.import(&back).unwrap().imported, 1);
+    assert_eq!(s.refusals(&to, &t).unwrap(), s.refusals(&from, &t).unwrap());
+    // Again, onto a tag that was refused meanwhile: each attempt once, in time order.
+    s.record_refusal(&to, &t, &refused(3, false)).unwrap();
+    assert_eq!(s.import(&back).unwrap().unchanged, 1);
+    assert_eq!(
+        s.refusals(&to, &t).unwrap(),
+        vec![refused(1, false), refused(2, true), refused(3, false)]
+    );
+}
+
 contract!(
+    refusals_travel_through_export_and_import,
     deletes_are_recorded_per_request_and_settled_only_by_their_own,
     deletes_in_flight_honour_the_horizon,
     list_deletes_shows_every_record_in_key_order,

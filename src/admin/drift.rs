@@ -176,6 +176,7 @@ mod tests {
         Report {
             tags,
             counts: DriftCounts::default(),
+            unpinned: Vec::new(),
         }
     }
 

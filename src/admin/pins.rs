@@ -11,7 +11,7 @@ use crate::body::Body;
 use crate::error::ProxyError;
 use crate::oci::{Repository, Tag};
 use crate::pinning::{self, Cancel, SetRelease};
-use crate::store::{now_secs, Exported, Release, TagState};
+use crate::store::{now_secs, Exported, Pin, Release, TagState};
 use crate::telemetry::{AuditAction, AuditEvent, Requester};
 
 /// Longest release allowed (issue: at most 24 hours), and the default.
@@ -35,6 +35,7 @@ fn summary(app: &App, repo: &Repository, tag: &Tag, state: &TagState) -> Value {
         "digest": state.digest().as_str(),
         "source": pin.map(|p| p.source),
         "pinned_at": pin.map(|p| p.pinned_at),
+        "digest_set_at": pin.map(Pin::digest_set_at),
         "claimed_digest": claim.map(|c| c.digest.as_str()),
         "claimed_at": claim.map(|c| c.claimed_at),
         "mode": decided.mode.as_str(),
@@ -62,27 +63,39 @@ pub async fn list(
 /// `GET /admin/v1/pin`: the pin, its whole history, its refused attempts and release. A
 /// tag with no pin and no write is shown ("free") while it has a history of its own (an
 /// operator cleared its write), which starts the pin's history once it is pinned.
+///
+/// The history and release are shown as of now: a release past its time is marked
+/// `"expired": true` and its `release_expired` entry is shown, stamped with its expiry,
+/// as the next write to the tag will record it (a read writes nothing).
 pub async fn show(app: &App, repository: Repository, tag: Tag) -> Result<Response<Body>, ProxyError> {
     let (r, t) = (repository.clone(), tag.clone());
     let (record, refused) = app
         .store_call(move |s| Ok((s.record(&r, &t)?, s.refusals(&r, &t)?)))
         .await?;
+    let clock = pinning::Clock {
+        now: now_secs(),
+        horizon: app.config.in_doubt_horizon.as_secs(),
+    };
+    let (view, release_expired) = pinning::as_of(&record, clock);
     let (mut out, history) = match record.state() {
         Some(state) => {
             let out = summary(app, &repository, &tag, &state);
-            let history = match state {
-                TagState::Pinned(p) | TagState::Advancing { pin: p, .. } => p.history,
-                TagState::Claimed(_) => record.history,
+            let history = match view.pin {
+                Some(p) => p.history,
+                None => view.history,
             };
             (out, history)
         }
-        None if !record.history.is_empty() => (free(app, &repository, &tag), record.history),
+        None if !record.history.is_empty() => (free(app, &repository, &tag), view.history),
         None => return Err(ProxyError::AdminNotFound(format!("{repository}:{tag} has no pin"))),
     };
     let internal = |e: serde_json::Error| ProxyError::Internal(e.to_string());
     out["history"] = serde_json::to_value(&history).map_err(internal)?;
     out["refused"] = serde_json::to_value(&refused).map_err(internal)?;
     out["release"] = serde_json::to_value(&record.release).map_err(internal)?;
+    if let Some(release) = out["release"].as_object_mut() {
+        release.insert("expired".into(), json!(release_expired));
+    }
     Ok(json(StatusCode::OK, &out))
 }
 
@@ -96,6 +109,7 @@ fn free(app: &App, repo: &Repository, tag: &Tag) -> Value {
         "digest": null,
         "source": null,
         "pinned_at": null,
+        "digest_set_at": null,
         "claimed_digest": null,
         "claimed_at": null,
         "mode": decided.mode.as_str(),
@@ -114,6 +128,32 @@ fn admin_event(app: &App, action: AuditAction, who: &Requester, repo: &Repositor
         decided: tag.map(|t| app.policy().decide(repo, t)),
     }
     .emit(&app.metrics);
+}
+
+/// The `release_created` audit event: the fields of every audit event, plus who released
+/// the tag, why, and until when (seconds since the epoch).
+fn release_created(app: &App, who: &Requester, repo: &Repository, tag: &Tag, release: &Release) {
+    app.metrics.decision(AuditAction::ReleaseCreated);
+    let decided = app.policy().decide(repo, tag);
+    tracing::info!(
+        target: "tagpin::audit",
+        action = AuditAction::ReleaseCreated.as_str(),
+        repository = repo.as_str(),
+        tag = tag.as_str(),
+        pinned_digest = "",
+        attempted_digest = "",
+        mode = decided.mode.as_str(),
+        rule = decided.by.to_string().as_str(),
+        client = %who.client,
+        user_agent = who.user_agent().as_str(),
+        user = who.user.as_deref().unwrap_or(""),
+        forwarded_for = who.forwarded_for().as_str(),
+        request_id = who.request_id.as_str(),
+        by = release.by.as_str(),
+        reason = release.reason.as_str(),
+        expires_at = release.expires_at,
+        "{}", AuditAction::ReleaseCreated.as_str()
+    );
 }
 
 async fn read_body(req: Request<Incoming>, limit: usize) -> Result<bytes::Bytes, ProxyError> {
@@ -194,7 +234,7 @@ pub async fn create_release(app: &App, req: Request<Incoming>, who: &Requester) 
             )))
         }
     }
-    admin_event(app, AuditAction::ReleaseCreated, who, &repo, Some(&tag));
+    release_created(app, who, &repo, &tag, &release);
     let mut out = serde_json::to_value(&release).map_err(|e| ProxyError::Internal(e.to_string()))?;
     out["repository"] = json!(repo.as_str());
     out["tag"] = json!(tag.as_str());
@@ -237,31 +277,45 @@ pub async fn cancel_release(
 /// Pins per page of an export.
 const EXPORT_PAGE: usize = 1000;
 
-/// `GET /admin/v1/export`: every pin with its history, as JSON lines, a page at a time.
+/// One page of the export: up to [`EXPORT_PAGE`] pins after `after`, each with its
+/// refused attempts; and the cursor of the next page, `None` after the last.
+type ExportPage = (Vec<Exported>, Option<(Repository, Tag)>);
+
+fn export_page(
+    store: &dyn crate::store::PinStore,
+    after: Option<&(Repository, Tag)>,
+) -> Result<ExportPage, crate::store::StoreError> {
+    let page = store.list(None, after, EXPORT_PAGE)?;
+    let next = (page.len() == EXPORT_PAGE)
+        .then(|| page.last().map(|(r, t, _)| (r.clone(), t.clone())))
+        .flatten();
+    Ok((crate::store::export_page(store, &page)?, next))
+}
+
+/// `GET /admin/v1/export`: every pin with its history and refused attempts, as JSON lines,
+/// a page at a time.
 pub async fn export(app: &App) -> Result<Response<Body>, ProxyError> {
     // The first page is read here, so a store failure is an error response, not a cut body.
-    let first = app.store_call(|s| s.list(None, None, EXPORT_PAGE)).await?;
+    let first = app.store_call(|s| export_page(s, None)).await?;
     let (tx, body) = crate::body::channel(4);
     let store = std::sync::Arc::clone(&app.store);
     tokio::spawn(async move {
-        let mut page = first;
+        let (mut page, mut next) = first;
         loop {
             let mut chunk = Vec::new();
-            for (r, t, state) in &page {
-                let line = serde_json::to_vec(&Exported::from_state(r.clone(), t.clone(), state))
-                    .expect("serialising cannot fail");
+            for e in &page {
+                let line = serde_json::to_vec(e).expect("serialising cannot fail");
                 chunk.extend_from_slice(&line);
                 chunk.push(b'\n');
             }
             if !chunk.is_empty() && tx.send(chunk.into()).await.is_err() {
                 return; // the client went away
             }
-            if page.len() < EXPORT_PAGE {
+            let Some(after) = next.take() else {
                 return;
-            }
-            let after = page.last().map(|(r, t, _)| (r.clone(), t.clone()));
+            };
             let store = std::sync::Arc::clone(&store);
-            page = match tokio::task::spawn_blocking(move || store.list(None, after.as_ref(), EXPORT_PAGE)).await {
+            (page, next) = match tokio::task::spawn_blocking(move || export_page(&*store, Some(&after))).await {
                 Ok(Ok(p)) => p,
                 // Cut the response short (no final chunk): `tagpin export` sees an
                 // incomplete answer and fails, never a short backup that looks whole.

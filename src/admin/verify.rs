@@ -2,7 +2,8 @@
 //! pinned? Each pin (a page of the store at a time) against a HEAD of its tag at the
 //! upstream, with tagpin's own credentials: `same`, `moved` (someone wrote to the
 //! upstream past tagpin) or `missing` (deleted there). Protected tags the upstream holds
-//! and tagpin has no pin for are counted as `unpinned` (a seed would adopt them).
+//! and tagpin has no pin for are counted as `unpinned` (a seed would adopt them), and the
+//! first [`MAX_UNPINNED_LISTED`] of them are named.
 //!
 //! A claim without a pin is a push in flight, not a pin to check; it is left out (and
 //! its tag is not unpinned either). The periodic drift check ([`super::drift`]) runs
@@ -45,11 +46,22 @@ pub struct Checked {
     pub state: Drift,
 }
 
-/// Every pin checked, and the counts.
+/// A protected tag the upstream holds that tagpin has no pin for.
+#[derive(Debug, Clone, Serialize)]
+pub struct Unpinned {
+    pub repository: Repository,
+    pub tag: Tag,
+}
+
+/// Unpinned tags named in a report; `counts.unpinned` counts them all.
+pub const MAX_UNPINNED_LISTED: usize = 100;
+
+/// Every pin checked, the counts, and the first [`MAX_UNPINNED_LISTED`] unpinned tags.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub tags: Vec<Checked>,
     pub counts: DriftCounts,
+    pub unpinned: Vec<Unpinned>,
 }
 
 /// Check every pin (of `repository`, when given) and count the unpinned tags.
@@ -100,6 +112,7 @@ pub async fn check(app: &App, repository: Option<&Repository>) -> Result<Report,
         None => app.upstream.catalog().await?,
     };
     let policy = app.policy();
+    let mut unpinned = Vec::new();
     for repo in repos {
         // A repository of blobs only has no tags to pin.
         let Some(upstream_tags) = app.upstream.own_list_tags(&repo).await? else {
@@ -108,10 +121,16 @@ pub async fn check(app: &App, repository: Option<&Repository>) -> Result<Report,
         for tag in upstream_tags {
             if policy.is_protected(&repo, &tag) && !held.contains(&(repo.clone(), tag.clone())) {
                 counts.unpinned += 1;
+                if unpinned.len() < MAX_UNPINNED_LISTED {
+                    unpinned.push(Unpinned {
+                        repository: repo.clone(),
+                        tag,
+                    });
+                }
             }
         }
     }
-    Ok(Report { tags, counts })
+    Ok(Report { tags, counts, unpinned })
 }
 
 /// The handler.

@@ -16,6 +16,7 @@ use crate::config::{LogFormat, RawConfig, RawTimeouts};
 pub mod claims;
 pub mod client;
 pub mod demo_image;
+pub mod origin;
 pub mod output;
 pub mod pins;
 pub mod policy;
@@ -79,6 +80,26 @@ pub fn usage_exit_code<I: IntoIterator<Item = std::ffi::OsString>>(args: I) -> u
         Some(cmd) if CLIENT_COMMANDS.contains(&cmd.to_string_lossy().as_ref()) => EXIT_ERROR,
         _ => 64,
     }
+}
+
+/// Clap's whole message on one line (the commands promise one line on stderr): its first
+/// line alone ("the following required arguments were not provided:") would not name
+/// what is missing. Lines of a paragraph are joined by a space, paragraphs by "; ".
+pub fn one_line(clap_message: &str) -> String {
+    clap_message
+        .trim()
+        .trim_start_matches("error: ")
+        .split("\n\n")
+        .map(|p| {
+            p.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .filter(|p| !p.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// Run an operator command to completion and return its exit status; errors are
@@ -222,6 +243,10 @@ pub struct ServeArgs {
     /// File of admin tokens, one `name:token` per line (required with --admin-listen).
     #[arg(long, env = "TAGPIN_ADMIN_TOKEN_FILE")]
     pub admin_token_file: Option<PathBuf>,
+    /// Address of a listener of its own for /metrics, e.g. 127.0.0.1:9090; when set, the
+    /// registry port no longer serves /metrics [default: the registry port serves it].
+    #[arg(long, env = "TAGPIN_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
     /// File with tagpin's own upstream credentials, one `user:password` line, for seeding
     /// and drift checks (Basic auth and the registry token flow).
     #[arg(long, env = "TAGPIN_UPSTREAM_CREDENTIALS_FILE")]
@@ -284,6 +309,7 @@ impl ServeArgs {
             database_password_file: self.database_password_file.or(file.database_password_file),
             admin_listen: self.admin_listen.or(file.admin_listen),
             admin_token_file: self.admin_token_file.or(file.admin_token_file),
+            metrics_listen: self.metrics_listen.or(file.metrics_listen),
             upstream_credentials_file: self.upstream_credentials_file.or(file.upstream_credentials_file),
             token_realms: if self.token_realms.is_empty() {
                 file.token_realms
@@ -309,6 +335,19 @@ impl ServeArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_usage_error_names_what_is_missing_on_one_line() {
+        let e = Cli::try_parse_from(["tagpin", "release", "my-api:1.0"]).unwrap_err();
+        let line = one_line(&e.render().to_string());
+        assert!(!line.contains('\n'), "{line}");
+        assert!(
+            line.starts_with(
+                "the following required arguments were not provided: --reason <REASON>; Usage: tagpin release"
+            ),
+            "{line}"
+        );
+    }
 
     #[test]
     fn client_commands_exit_2_on_usage_errors_and_the_others_64() {

@@ -101,7 +101,12 @@ pub fn list_table(pins: &[Value], header: bool) -> comfy_table::Table {
             output::text(&p["state"]),
             output::short_digest(&p["digest"]),
             output::text(&p["mode"]),
-            output::time(&p["pinned_at"]),
+            // When the tag got its current digest (the API's older answers lack it).
+            output::time(if p["digest_set_at"].is_null() {
+                &p["pinned_at"]
+            } else {
+                &p["digest_set_at"]
+            }),
         ]);
     }
     // After the rows: comfy-table keeps constraints only for columns it has.
@@ -136,7 +141,16 @@ pub fn render_show(p: &Value, out: &mut dyn Write) -> std::io::Result<()> {
     fields.add_row(vec!["state".into(), output::text(&p["state"])]);
     fields.add_row(vec!["digest".into(), output::text(&p["digest"])]);
     fields.add_row(vec!["source".into(), output::text(&p["source"])]);
-    fields.add_row(vec!["pinned at".into(), output::time(&p["pinned_at"])]);
+    // When the tag got the digest it holds now; a release or an audited move changes it.
+    let set_at = if p["digest_set_at"].is_null() {
+        &p["pinned_at"]
+    } else {
+        &p["digest_set_at"]
+    };
+    fields.add_row(vec!["pinned at".into(), output::time(set_at)]);
+    if !p["digest_set_at"].is_null() && p["digest_set_at"] != p["pinned_at"] {
+        fields.add_row(vec!["first pin".into(), output::time(&p["pinned_at"])]);
+    }
     fields.add_row(vec![
         "mode".into(),
         format!("{} (rule {})", output::text(&p["mode"]), output::text(&p["rule"])),
@@ -156,6 +170,13 @@ pub fn render_show(p: &Value, out: &mut dyn Write) -> std::io::Result<()> {
         "release".into(),
         if release.is_null() {
             "none".into()
+        } else if release["expired"].as_bool() == Some(true) {
+            format!(
+                "expired unused at {} (by {}: {})",
+                output::time(&release["expires_at"]),
+                output::text(&release["by"]),
+                output::text(&release["reason"])
+            )
         } else {
             format!(
                 "by {} until {}: {}",
@@ -188,10 +209,10 @@ pub fn render_show(p: &Value, out: &mut dyn Write) -> std::io::Result<()> {
     for r in refused {
         t.add_row(vec![
             output::time(&r["at"]),
-            if r["attempted"].is_null() {
-                "(delete)".into()
-            } else {
-                output::short_digest(&r["attempted"])
+            match (r["delete"].as_bool() == Some(true), r["attempted"].is_null()) {
+                (_, true) => "(delete)".into(),
+                (true, false) => format!("(delete) {}", output::short_digest(&r["attempted"])),
+                (false, false) => output::short_digest(&r["attempted"]),
             },
             output::text(&r["client"]),
             output::text(&r["user"]),
@@ -242,6 +263,25 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("REFUSED (1)"), "{text}");
+    }
+
+    #[test]
+    fn show_gives_when_the_digest_was_set_and_an_expired_release_as_expired() {
+        let mut p = pin();
+        p["pinned_at"] = json!(0);
+        p["digest_set_at"] = json!(60);
+        p["release"] =
+            json!({"by": "alice", "reason": "hotfix", "created_at": 100, "expires_at": 400, "expired": true});
+        let mut out = Vec::new();
+        render_show(&p, &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("\npinned at  1970-01-01T00:01:00Z\n"), "{text}");
+        assert!(text.contains("\nfirst pin  1970-01-01T00:00:00Z\n"), "{text}");
+        assert!(
+            text.contains("\nrelease    expired unused at 1970-01-01T00:06:40Z (by alice: hotfix)"),
+            "{text}"
+        );
+        assert!(list_table(&[p], false).to_string().contains("1970-01-01T00:01:00Z"));
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! `tagpin export` and `tagpin import [FILE|-]`: every pin with its history as JSON lines
-//! (one [`Exported`] record a line), for backups and moving tagpin to a new data dir.
+//! `tagpin export` and `tagpin import [FILE|-]`: every pin with its history and refused
+//! attempts as JSON lines (one [`Exported`] record a line), for backups and moving tagpin
+//! to a new data dir.
 //!
 //! Online, they call `GET /admin/v1/export` and `POST /admin/v1/import`. With
 //! `--data-dir`, they open the sled store directly, for a tagpin that is not running
@@ -131,15 +132,11 @@ pub fn open_store(dir: &Path) -> Result<SledStore, CliError> {
 /// Pins read per page of an offline export.
 const PAGE: usize = 1000;
 
-/// Write one page of a store's listing as export lines (claims included, see
-/// [`Exported::from_state`]); returns how many.
-fn write_page(
-    page: &[(crate::oci::Repository, crate::oci::Tag, crate::store::TagState)],
-    out: &mut dyn Write,
-) -> Result<usize, CliError> {
-    for (repo, tag, state) in page {
-        let line = serde_json::to_string(&Exported::from_state(repo.clone(), tag.clone(), state))
-            .map_err(|e| CliError::Store(e.to_string()))?;
+/// Write one page of export records (claims and refused attempts included, see
+/// [`crate::store::export_page`]); returns how many.
+fn write_page(page: &[Exported], out: &mut dyn Write) -> Result<usize, CliError> {
+    for e in page {
+        let line = serde_json::to_string(e).map_err(|e| CliError::Store(e.to_string()))?;
         writeln!(out, "{line}").map_err(io)?;
     }
     Ok(page.len())
@@ -159,15 +156,19 @@ pub async fn export(args: &ExportArgs, client: Option<&Client>, out: &mut dyn Wr
             loop {
                 let s = store.shared();
                 let from = after.clone();
-                let page = tokio::task::spawn_blocking(move || s.list(None, from.as_ref(), PAGE))
-                    .await
-                    .map_err(|e| CliError::Store(e.to_string()))?
-                    .map_err(|e| CliError::Store(e.to_string()))?;
+                let (page, next) = tokio::task::spawn_blocking(move || {
+                    let page = s.list(None, from.as_ref(), PAGE)?;
+                    let next = page.last().map(|(r, t, _)| (r.clone(), t.clone()));
+                    Ok::<_, StoreError>((crate::store::export_page(&*s, &page)?, next))
+                })
+                .await
+                .map_err(|e| CliError::Store(e.to_string()))?
+                .map_err(|e| CliError::Store(e.to_string()))?;
                 written += write_page(&page, out)?;
                 if page.len() < PAGE {
                     break written;
                 }
-                after = page.last().map(|(r, t, _)| (r.clone(), t.clone()));
+                after = next;
             }
         }
         (None, Some(client)) => {
@@ -311,6 +312,7 @@ mod tests {
         store.pin_if_absent(&repo, &pins).unwrap();
         let mut out = Vec::new();
         let page = store.list(None, None, PAGE).unwrap();
+        let page = crate::store::export_page(&store, &page).unwrap();
         assert_eq!(write_page(&page, &mut out).unwrap(), 3);
         let records = parse_records(&out).unwrap();
         assert_eq!(records.len(), 3);

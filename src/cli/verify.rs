@@ -55,9 +55,25 @@ pub fn render(report: &Value, out: &mut dyn Write) -> std::io::Result<()> {
             output::short_digest(&tag["upstream_digest"]),
         ]);
     }
+    // The upstream's tags tagpin has no pin for: the first ones, as the API names them.
+    let unpinned = report["unpinned"].as_array().map_or(&[][..], Vec::as_slice);
+    for u in unpinned {
+        t.add_row(vec![
+            output::text(&u["repository"]),
+            output::text(&u["tag"]),
+            "unpinned".into(),
+            "-".into(),
+            "-".into(),
+        ]);
+    }
     output::print(out, &t)?;
     if t.row_count() > 0 {
         writeln!(out)?;
+    }
+    let beyond = count(report, "unpinned").saturating_sub(unpinned.len() as u64);
+    // An older server's report names none: nothing to say beyond its count.
+    if beyond > 0 && report["unpinned"].is_array() {
+        writeln!(out, "... and {beyond} more unpinned (tagpin seed adopts them)")?;
     }
     writeln!(
         out,
@@ -99,7 +115,8 @@ mod tests {
                 {"repository": "a/b", "tag": "v2", "pinned_digest": D1, "upstream_digest": D2, "state": "moved"},
                 {"repository": "a/c", "tag": "v1", "pinned_digest": D2, "upstream_digest": null, "state": "missing"}
             ],
-            "counts": {"same": 1, "moved": 1, "missing": 1, "unpinned": 4}
+            "counts": {"same": 1, "moved": 1, "missing": 1, "unpinned": 4},
+            "unpinned": [{"repository": "a/d", "tag": "old"}, {"repository": "a/d", "tag": "older"}]
         })
     }
 
@@ -112,6 +129,12 @@ mod tests {
         assert!(lines[0].contains("REPOSITORY"), "{text}");
         assert!(lines[1].contains("v2") && lines[1].contains("moved") && lines[1].contains("sha256:222222222222"));
         assert!(lines[2].contains("a/c") && lines[2].contains("missing") && lines[2].trim_end().ends_with('-'));
+        assert!(lines[3].contains("a/d") && lines[3].contains("old") && lines[3].contains("unpinned"));
+        assert!(lines[4].contains("older") && lines[4].contains("unpinned"), "{text}");
+        assert!(
+            text.contains("\n... and 2 more unpinned (tagpin seed adopts them)\n"),
+            "{text}"
+        );
         assert_eq!(
             lines.last(),
             Some(&"1 same, 1 moved, 1 missing, 4 unpinned at the upstream")

@@ -20,7 +20,7 @@ pub use raw::{RawConfig, RawTimeouts};
 pub use realm::TokenRealm;
 
 /// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// Human-readable lines.
@@ -76,6 +76,9 @@ pub struct Config {
     pub database: Option<Database>,
     /// The admin API: its address and tokens. `None`: no admin listener.
     pub admin: Option<AdminConfig>,
+    /// The address `/metrics` is served on instead of the registry port; `None`: the
+    /// registry port serves it.
+    pub metrics_listen: Option<SocketAddr>,
     /// tagpin's own upstream credentials, for seeding and drift checks.
     pub upstream_credentials: Option<Credentials>,
     /// The token realms tagpin may fetch its own tokens from; empty: any that passes the

@@ -3,11 +3,11 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::{ConfigError, LogFormat};
 
-#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Default, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
     pub listen: Option<String>,
@@ -34,6 +34,7 @@ pub struct RawConfig {
     pub database_password_file: Option<PathBuf>,
     pub admin_listen: Option<String>,
     pub admin_token_file: Option<PathBuf>,
+    pub metrics_listen: Option<String>,
     pub upstream_credentials_file: Option<PathBuf>,
     pub token_realms: Option<Vec<String>>,
     pub drift_interval: Option<String>,
@@ -41,7 +42,7 @@ pub struct RawConfig {
     pub timeouts: Option<RawTimeouts>,
 }
 
-#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Default, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawTimeouts {
     pub upstream_connect_ms: Option<u64>,

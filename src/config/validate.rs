@@ -177,6 +177,23 @@ impl RawConfig {
                 })
             }
         };
+        let metrics_listen = self
+            .metrics_listen
+            .filter(|s| !s.is_empty())
+            .map(|addr| {
+                let at: SocketAddr = addr.parse().map_err(|_| {
+                    ConfigError::invalid("metrics_listen", format!("{addr:?} is not an IP:port address"))
+                })?;
+                let taken = [Some(self_listen_port), admin.as_ref().map(|a| a.listen.port())];
+                if at.port() != 0 && taken.contains(&Some(at.port())) {
+                    return Err(ConfigError::invalid(
+                        "metrics_listen",
+                        "must not be the registry or admin port: /metrics gets a listener of its own",
+                    ));
+                }
+                Ok(at)
+            })
+            .transpose()?;
         let database = match self.database_url.filter(|s| !s.is_empty()) {
             None => None,
             Some(url) => Some(super::secrets::database(&url, self.database_password_file.as_deref())?),
@@ -272,6 +289,7 @@ impl RawConfig {
             tls_key: self.tls_key,
             database,
             admin,
+            metrics_listen,
             upstream_credentials,
             token_realms,
             drift_interval,

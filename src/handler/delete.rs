@@ -377,9 +377,10 @@ impl DigestJob {
                     action: AuditAction::DeleteRefused,
                     tag: Some(h.tag.clone()),
                     pinned: Some(self.digest.clone()),
-                    attempted: None,
+                    // The digest the delete named: kept in the tag's refused attempts.
+                    attempted: Some(self.digest.clone()),
                     decided: Some(h.decided),
-                    keep: false,
+                    keep: true,
                 })
                 .collect(),
             refusal: Refusal::DeleteDigest {

@@ -63,6 +63,17 @@ pub async fn handle(app: &Arc<App>, req: Request<Incoming>, client: &Peer) -> Re
     resp
 }
 
+/// `GET /metrics`: the Prometheus text, on the registry port or the metrics listener.
+pub fn metrics_response(app: &App) -> Response<Body> {
+    let open = app.config.max_connections - app.connections.available_permits();
+    let mut resp = Response::new(body::full(app.metrics.render(open)));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    resp
+}
+
 async fn handle_inner(app: &Arc<App>, req: Request<Incoming>, who: &Requester) -> Result<Response<Body>, ProxyError> {
     route::check_method_override(req.headers())?;
     let route = route::classify(req.method(), req.uri())?;
@@ -70,15 +81,9 @@ async fn handle_inner(app: &Arc<App>, req: Request<Incoming>, who: &Requester) -
     let body = body::with_idle_timeout(incoming, app.config.timeouts.body_idle);
     match route {
         Route::Health => Ok(plain(StatusCode::OK, "ok\n")),
-        Route::Metrics => {
-            let open = app.config.max_connections - app.connections.available_permits();
-            let mut resp = Response::new(body::full(app.metrics.render(open)));
-            resp.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
-            );
-            Ok(resp)
-        }
+        // With a metrics listener of its own, the registry port has no /metrics.
+        Route::Metrics if app.config.metrics_listen.is_some() => Err(route::RouteError::NotFound.into()),
+        Route::Metrics => Ok(metrics_response(app)),
         // The decision paths are boxed: their state machines are kilobytes, and hyper
         // keeps room for one request's future on every connection, idle ones included.
         // Reads stay inline and allocation-free; a push pays one allocation.

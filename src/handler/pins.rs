@@ -126,10 +126,18 @@ pub async fn adopt_repository(
 
 /// Keep a refused attempt for the security team. Best effort: the refusal stands
 /// whether or not it could be recorded (the audit event has it too).
-pub async fn record_refusal(app: &App, repo: &Repository, tag: &Tag, who: &Requester, attempted: Option<&Digest>) {
+pub async fn record_refusal(
+    app: &App,
+    repo: &Repository,
+    tag: &Tag,
+    who: &Requester,
+    attempted: Option<&Digest>,
+    delete: bool,
+) {
     let refused = crate::store::Refused {
         at: crate::store::now_secs(),
         attempted: attempted.cloned(),
+        delete,
         client: who.client.to_string(),
         user: who.user.clone(),
         user_agent: who.user_agent(),

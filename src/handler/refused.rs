@@ -262,7 +262,8 @@ async fn write_evidence(app: &App, repo: &Repository, evidence: &[Evidence], who
         }
         .emit(&app.metrics);
         if let (true, Some(tag)) = (e.keep, &e.tag) {
-            super::pins::record_refusal(app, repo, tag, who, e.attempted.as_ref()).await;
+            let delete = e.action != AuditAction::PushRefused;
+            super::pins::record_refusal(app, repo, tag, who, e.attempted.as_ref(), delete).await;
         }
     }
 }

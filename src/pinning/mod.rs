@@ -124,13 +124,9 @@ pub fn expire(record: &mut TagRecord, clock: Clock) -> Vec<Expired> {
             if &r.id == id {
                 out.push(Expired::Release(r.clone()));
                 record.release = None;
-                history(
-                    record,
-                    HistoryEvent::ReleaseExpired,
-                    None,
-                    Some(&w.request_id),
-                    clock.now,
-                );
+                // Its write's outcome stopped mattering once it passed the horizon.
+                let at = expired_at(record, w.claimed_at.saturating_add(clock.horizon));
+                history(record, HistoryEvent::ReleaseExpired, None, Some(&w.request_id), at);
             }
         }
         out.push(Expired::Write(w));
@@ -139,12 +135,32 @@ pub fn expire(record: &mut TagRecord, clock: Clock) -> Vec<Expired> {
         if in_use(record, &r).is_none() && (r.cancelled || r.expires_at <= clock.now) {
             record.release = None;
             if !r.cancelled {
-                history(record, HistoryEvent::ReleaseExpired, Some(&r), None, clock.now);
+                // Stamped when it expired, not when a transition came to notice it.
+                let at = expired_at(record, r.expires_at);
+                history(record, HistoryEvent::ReleaseExpired, Some(&r), None, at);
                 out.push(Expired::Release(r));
             }
         }
     }
     out
+}
+
+/// When a release ended, for its history entry: `when`, or the pin's latest entry if
+/// that is later (a write that held the release until after its time), so the history
+/// stays in order.
+fn expired_at(record: &TagRecord, when: u64) -> u64 {
+    let latest = record.pin.as_ref().and_then(|p| p.history.last()).map_or(0, |e| e.at);
+    when.max(latest)
+}
+
+/// The record as the next transition will find it, for showing without writing: what
+/// time has settled ([`expire`]) applied to a copy. Returns the copy and whether the
+/// release it held has expired (not cancelled) by `clock`.
+pub fn as_of(record: &TagRecord, clock: Clock) -> (TagRecord, bool) {
+    let mut view = record.clone();
+    let expired = expire(&mut view, clock);
+    let release_expired = expired.iter().any(|e| matches!(e, Expired::Release(_)));
+    (view, release_expired)
 }
 
 /// Append an entry about the tag to its history: the pin's, at its digest; for a tag with

@@ -181,6 +181,30 @@ fn an_expired_release_lets_nothing_through_by_the_stores_clock() {
 }
 
 #[test]
+fn an_expired_release_is_stamped_with_its_own_time_not_when_it_was_noticed() {
+    let mut r = pinned(2);
+    for e in &mut r.pin.as_mut().unwrap().history {
+        e.at = 0;
+    }
+    r.release = Some(release("r1", CLOCK.now - 50));
+    let later = Clock {
+        now: CLOCK.now + 1000,
+        ..CLOCK
+    };
+    let (view, expired) = as_of(&r, later);
+    assert!(expired);
+    assert!(r.release.is_some(), "as_of leaves the record alone");
+    assert_eq!(push(&mut r, 1, "a", Mode::Immutable), Err(ConflictReason::Immutable));
+    let last = r.pin.as_ref().unwrap().history.last().unwrap().clone();
+    assert_eq!((last.event, last.at), (HistoryEvent::ReleaseExpired, CLOCK.now - 50));
+    assert_eq!(
+        view.pin.unwrap().history.last(),
+        Some(&last),
+        "the view shows the same entry"
+    );
+}
+
+#[test]
 fn only_a_writes_own_answer_settles_it_and_the_horizon_ends_it_under_a_pin() {
     let mut r = pinned(2);
     push(&mut r, 2, "a", Mode::Immutable).unwrap();

@@ -4,6 +4,7 @@
 //! in-flight requests for the grace period.
 
 pub mod io;
+pub mod metrics;
 pub mod tls;
 
 use std::convert::Infallible;

@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use super::{Exported, TagState};
+use super::{Exported, PinStore, Refused, Repository, StoreError, Tag, TagState, MAX_REFUSALS};
 
 /// Decide an import against what the store holds, the same for every backend: the
 /// records to write, and the outcome so far (unchanged ones counted, conflicts listed;
@@ -50,4 +50,71 @@ pub struct ImportOutcome {
     pub unchanged: usize,
     /// Records that disagree with what the store holds: when any, nothing is written.
     pub conflicts: Vec<String>,
+}
+
+/// One page of a store's listing as export records, each with the tag's refused attempts.
+pub fn export_page(store: &dyn PinStore, page: &[(Repository, Tag, TagState)]) -> Result<Vec<Exported>, StoreError> {
+    page.iter()
+        .map(|(r, t, state)| {
+            let mut e = Exported::from_state(r.clone(), t.clone(), state);
+            e.refused = store.refusals(r, t)?;
+            Ok(e)
+        })
+        .collect()
+}
+
+/// A tag's refused attempts after an import: those held and those imported, each once
+/// (by request and time), oldest first, the last [`MAX_REFUSALS`]. `None` when the
+/// import adds none, so nothing needs writing.
+pub fn merge_refusals(held: &[Refused], imported: &[Refused]) -> Option<Vec<Refused>> {
+    let same = |a: &Refused, b: &Refused| a.request_id == b.request_id && a.at == b.at;
+    let mut merged = held.to_vec();
+    let mut added = false;
+    for r in imported {
+        if !merged.iter().any(|m| same(m, r)) {
+            merged.push(r.clone());
+            added = true;
+        }
+    }
+    if !added {
+        return None;
+    }
+    // Stable: attempts of one second keep the order they were kept in.
+    merged.sort_by_key(|r| r.at);
+    if merged.len() > MAX_REFUSALS {
+        merged.drain(..merged.len() - MAX_REFUSALS);
+    }
+    Some(merged)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(at: u64, id: &str) -> Refused {
+        Refused {
+            at,
+            attempted: None,
+            delete: true,
+            client: "127.0.0.1:1".into(),
+            user: None,
+            user_agent: String::new(),
+            request_id: id.into(),
+        }
+    }
+
+    #[test]
+    fn refusals_merge_once_in_time_order_and_capped() {
+        let held = vec![refused(1, "a"), refused(5, "c")];
+        let merged = merge_refusals(&held, &[refused(3, "b"), refused(5, "c")]).unwrap();
+        let ids: Vec<&str> = merged.iter().map(|r| r.request_id.as_str()).collect();
+        assert_eq!(ids, ["a", "b", "c"]);
+        assert_eq!(merge_refusals(&merged, &held), None, "nothing new");
+        let many: Vec<Refused> = (0..MAX_REFUSALS as u64 + 3)
+            .map(|i| refused(i, &i.to_string()))
+            .collect();
+        let merged = merge_refusals(&[], &many).unwrap();
+        assert_eq!(merged.len(), MAX_REFUSALS);
+        assert_eq!(merged[0].request_id, "3");
+    }
 }

@@ -22,7 +22,7 @@ mod unavailable;
 
 use crate::oci::{Digest, Repository, Tag};
 
-pub use self::import::{plan_import, ImportOutcome};
+pub use self::import::{export_page, merge_refusals, plan_import, ImportOutcome};
 pub use self::model::*;
 pub use self::postgres::PgStore;
 pub use self::sled::SledStore;

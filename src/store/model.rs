@@ -95,6 +95,21 @@ pub fn now_secs() -> u64 {
 }
 
 impl Pin {
+    /// When the tag was set to the digest it holds now: the latest history entry that
+    /// bound it (a push, adoption, append, audited or released move); `pinned_at` (its
+    /// first pin) for a history without one.
+    pub fn digest_set_at(&self) -> u64 {
+        use HistoryEvent as E;
+        self.history
+            .iter()
+            .rev()
+            .find(|e| {
+                e.digest == self.digest
+                    && matches!(e.event, E::Push | E::Adopted | E::Append | E::AuditMove | E::Released)
+            })
+            .map_or(self.pinned_at, |e| e.at)
+    }
+
     pub fn now(digest: Digest, source: PinSource) -> Self {
         let at = now_secs();
         let event = match source {
@@ -287,8 +302,11 @@ impl TagState {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Refused {
     pub at: u64,
-    /// `None` for a refused delete.
+    /// The digest pushed, or the digest a delete named; `None` for a delete of the tag.
     pub attempted: Option<Digest>,
+    /// A refused delete (of the tag, or of the digest in `attempted`), not a push.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub delete: bool,
     pub client: String,
     pub user: Option<String>,
     pub user_agent: String,
@@ -344,6 +362,10 @@ pub struct Exported {
     pub pinned: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub claim: Option<Claim>,
+    /// The tag's refused attempts (the last [`MAX_REFUSALS`]), oldest first: evidence a
+    /// restore keeps.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refused: Vec<Refused>,
 }
 
 fn yes() -> bool {
@@ -369,6 +391,7 @@ impl Exported {
             history: pin.history.clone(),
             pinned: true,
             claim: None,
+            refused: Vec::new(),
         }
     }
 
@@ -389,6 +412,7 @@ impl Exported {
                 history: Vec::new(),
                 pinned: false,
                 claim: Some(c.clone()),
+                refused: Vec::new(),
             },
         }
     }

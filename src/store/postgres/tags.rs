@@ -9,7 +9,8 @@ use postgres::GenericClient;
 use super::{corrupt, db, lock_key, PgStore};
 use crate::oci::{Repository, Tag};
 use crate::store::{
-    plan_import, Claim, ClaimKind, Exported, ImportOutcome, Pin, PinSource, StoreError, TagRecord, TagState,
+    merge_refusals, plan_import, Claim, ClaimKind, Exported, ImportOutcome, Pin, PinSource, Refused, StoreError,
+    TagRecord, TagState,
 };
 
 /// The database's clock, in whole seconds since the Unix epoch. `clock_timestamp()`, not
@@ -279,7 +280,46 @@ impl PgStore {
                 write_record(tx, &r.repository, &r.tag, &before, &after)?;
                 outcome.imported += 1;
             }
+            // The refused attempts of every record, written or unchanged: evidence the
+            // export carried, added to what the tag holds here.
+            for r in records.iter().filter(|r| !r.refused.is_empty()) {
+                import_refusals(tx, &r.repository, &r.tag, &r.refused)?;
+            }
             Ok(outcome)
         })
     }
+}
+
+/// Add imported refused attempts to a tag's, inside the import's transaction: the merged
+/// list replaces the held one, oldest first, so ids keep the order.
+fn import_refusals(
+    tx: &mut postgres::Transaction<'_>,
+    repo: &Repository,
+    tag: &Tag,
+    imported: &[Refused],
+) -> Result<(), StoreError> {
+    let (r, t) = (repo.as_str(), tag.as_str());
+    let held: Vec<Refused> = tx
+        .query(
+            "SELECT record FROM refused WHERE repository = $1 AND tag = $2 ORDER BY id",
+            &[&r, &t],
+        )
+        .map_err(db)?
+        .iter()
+        .map(|row| serde_json::from_value(row.get(0)).map_err(|e| corrupt(&lock_key(repo, tag), e)))
+        .collect::<Result<_, _>>()?;
+    let Some(merged) = merge_refusals(&held, imported) else {
+        return Ok(());
+    };
+    tx.execute("DELETE FROM refused WHERE repository = $1 AND tag = $2", &[&r, &t])
+        .map_err(db)?;
+    for refused in &merged {
+        let record = serde_json::to_value(refused).expect("serialising a refusal cannot fail");
+        tx.execute(
+            "INSERT INTO refused (repository, tag, record) VALUES ($1, $2, $3)",
+            &[&r, &t, &record],
+        )
+        .map_err(db)?;
+    }
+    Ok(())
 }

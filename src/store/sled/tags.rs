@@ -8,13 +8,13 @@ use std::cell::RefCell;
 use sled::transaction::TransactionalTree;
 use sled::Transactional;
 
-use super::records::{decode_notes, decode_release, encode_notes, encode_release};
+use super::records::{decode_notes, decode_refusals, decode_release, encode_notes, encode_refusals, encode_release};
 use super::{
     abort, corrupt, decode_pin, decode_writes, encode_pin, encode_writes, io, repo_prefix, settle, tag_key, under,
     SledStore, TxResult,
 };
 use crate::oci::{Digest, Repository, Tag};
-use crate::store::{now_secs, plan_import, Exported, ImportOutcome, StoreError, TagRecord, TagState};
+use crate::store::{merge_refusals, now_secs, plan_import, Exported, ImportOutcome, StoreError, TagRecord, TagState};
 
 /// The trees of a tag's record, inside one transaction.
 struct TxTrees<'a> {
@@ -249,8 +249,8 @@ impl SledStore {
 
     pub(super) fn import_records(&self, records: &[Exported]) -> Result<ImportOutcome, StoreError> {
         let t = self.trees()?;
-        let trees = (&t.pins, &t.claims, &t.releases, &t.notes, &t.by_digest);
-        let result = trees.transaction(|(pins, claims, releases, notes, index)| {
+        let trees = (&t.pins, &t.claims, &t.releases, &t.notes, &t.by_digest, &t.refused);
+        let result = trees.transaction(|(pins, claims, releases, notes, index, refused)| {
             let tx = TxTrees {
                 pins,
                 claims,
@@ -278,6 +278,18 @@ impl SledStore {
                 }
                 tx.write(&r.repository, &r.tag, &before, &after)?;
                 outcome.imported += 1;
+            }
+            // The refused attempts of every record, written or unchanged: evidence the
+            // export carried, added to what the tag holds here.
+            for r in records.iter().filter(|r| !r.refused.is_empty()) {
+                let key = tag_key(&r.repository, &r.tag);
+                let held = match refused.get(&key)? {
+                    Some(v) => decode_refusals(&key, &v).map_err(abort)?,
+                    None => Vec::new(),
+                };
+                if let Some(merged) = merge_refusals(&held, &r.refused) {
+                    refused.insert(key, encode_refusals(&merged))?;
+                }
             }
             Ok(outcome)
         });
