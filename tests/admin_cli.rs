@@ -527,7 +527,20 @@ fn seed_then_verify_through_the_cli() {
     assert_eq!(counts["adopted"], 3, "{}", out.stdout);
     let human = admin.cli(&["seed"]).ok();
     eprintln!("$ tagpin seed\n{}", human.stdout);
-    assert!(human.stdout.contains('0'), "{}", human.stdout);
+    // A second seed finds every tag pinned: nothing adopted, all three already pinned.
+    let row = |name: &str| {
+        human
+            .stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_owned()))
+            .unwrap_or_else(|| panic!("no {name:?} row in:\n{}", human.stdout))
+    };
+    assert_eq!(
+        (row("adopted"), row("already pinned"), row("tags seen")),
+        ("0".to_owned(), "3".to_owned(), "3".to_owned()),
+        "{}",
+        human.stdout
+    );
     // A seeded tag is enforced.
     let other = a.variant("other");
     assert_eq!(admin.push("legacy/app", "1.0", &other), 409);

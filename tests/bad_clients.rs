@@ -75,8 +75,26 @@ fn an_abandoned_upload_is_cut_by_the_body_idle_timeout() {
     );
     s.write_all(head.as_bytes()).unwrap();
     s.write_all(&[7u8; 1024]).unwrap();
-    // ... and the client goes quiet. tagpin must end the exchange on its own.
-    let _ = read_until_closed(&mut s);
+    // ... and the client goes quiet. tagpin must end the exchange on its own: the cut
+    // body aborts the forwarded PATCH, whose failure is the answer (504 while the
+    // upstream still waits for the rest, 502 once it has dropped the connection).
+    let got = read_until_closed(&mut s);
+    let text = String::from_utf8_lossy(&got);
+    assert!(
+        (text.starts_with("HTTP/1.1 504") || text.starts_with("HTTP/1.1 502")) && text.contains("\"UNAVAILABLE\""),
+        "{text}"
+    );
+    // The upstream kept none of the stalled body: the session is empty, or gone.
+    let upload = request(registry.addr, "GET", path, &[], b"");
+    assert!(
+        (upload.status, upload.header("range")) == (204, Some("0-0"))
+            || (upload.status == 404
+                && ["BLOB_UPLOAD_UNKNOWN", "BLOB_UPLOAD_INVALID"].contains(&upload.oci_code().as_str())),
+        "{} {:?} {}",
+        upload.status,
+        upload.header("range"),
+        upload.text()
+    );
     // A manifest push whose body never arrives is cut the same way.
     let mut s = TcpStream::connect(tagpin.addr).unwrap();
     s.write_all(b"PUT /v2/ab/manifests/v1 HTTP/1.1\r\nHost: x\r\nContent-Length: 500\r\n\r\n{\"sch")
@@ -91,21 +109,67 @@ fn an_abandoned_upload_is_cut_by_the_body_idle_timeout() {
     assert_eq!(request(tagpin.addr, "GET", "/v2/", &[], b"").status, 200);
 }
 
+/// A connection to `addr` that asks for `/metrics` at once: tagpin answers as soon as
+/// it accepts it.
+fn ask_metrics(addr: std::net::SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    s
+}
+
+/// The open-connection gauge in the answer on `s` (see [`ask_metrics`]), or what came
+/// instead.
+fn open_connections_in(mut s: TcpStream) -> Result<u64, String> {
+    let got = read_until_closed(&mut s);
+    let text = String::from_utf8_lossy(&got);
+    if !text.starts_with("HTTP/1.1 200") {
+        return Err(text.lines().next().unwrap_or("no answer").to_owned());
+    }
+    text.lines()
+        .find_map(|l| l.strip_prefix("tagpin_open_connections "))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| format!("no open-connection gauge in {text}"))
+}
+
 #[test]
 fn a_flood_of_idle_connections_is_bounded_and_others_are_still_served() {
+    const LIMIT: u64 = 64;
     let registry = Registry::start();
     let data = tempfile::tempdir().unwrap();
     let tagpin = Tagpin::start(
         &registry.url(),
         data.path(),
-        &["--max-connections", "64", "--client-header-timeout-ms", "1000"],
+        &["--max-connections", "64", "--client-header-timeout-ms", "2000"],
     );
     let before = tagpin.rss_kib();
-    // Far more silent connections than the limit. The kernel queues the excess; tagpin
-    // holds at most 64 and closes each silent one at the header timeout, so a real client
-    // behind them is served after a few timeouts' worth of waiting.
-    let idle: Vec<TcpStream> = (0..400).filter_map(|_| TcpStream::connect(tagpin.addr).ok()).collect();
-    assert_eq!(idle.len(), 400);
+    // Far more silent connections than the limit. The kernel queues the excess (accepts
+    // are in order); tagpin holds at most 64 and closes each silent one at the header
+    // timeout, so a real client behind them is served after a few timeouts' worth of
+    // waiting. Two of them ask for the open-connection gauge as soon as they are
+    // accepted: the 64th, which fills the last slot, and one queued behind the limit.
+    let mut idle: Vec<TcpStream> = (0..LIMIT - 1)
+        .filter_map(|_| TcpStream::connect(tagpin.addr).ok())
+        .collect();
+    let at_limit = ask_metrics(tagpin.addr);
+    idle.extend((0..LIMIT).filter_map(|_| TcpStream::connect(tagpin.addr).ok()));
+    let beyond = ask_metrics(tagpin.addr);
+    idle.extend((0..120).filter_map(|_| TcpStream::connect(tagpin.addr).ok()));
+    assert_eq!(idle.len(), 247);
+    let (at_limit, beyond) = std::thread::scope(|s| {
+        let a = s.spawn(|| open_connections_in(at_limit));
+        let b = s.spawn(|| open_connections_in(beyond));
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    // All 63 before it were accepted first and are still open (within the timeout): the
+    // gauge counts exactly the limit. A gauge that counted nothing, or a limit that let
+    // more in, shows here.
+    assert_eq!(at_limit, Ok(LIMIT), "the 64th connection's reading");
+    let beyond = beyond.unwrap();
+    assert!(
+        (1..=LIMIT).contains(&beyond),
+        "a connection queued behind the limit saw {beyond} open"
+    );
     let r = request(tagpin.addr, "GET", "/v2/", &[], b"");
     assert_eq!(r.status, 200);
     let after = tagpin.rss_kib();
@@ -120,8 +184,15 @@ fn sigterm_lets_in_flight_requests_finish() {
     let data = tempfile::tempdir().unwrap();
     let mut tagpin = Tagpin::start(&relay.url(), data.path(), &["--shutdown-grace-ms", "20000"]);
     let addr = tagpin.addr;
+    let forwarded = || relay.requests().iter().filter(|l| l.starts_with("GET /v2/ ")).count();
+    let before = forwarded();
     let in_flight = std::thread::spawn(move || request(addr, "GET", "/v2/", &[], b""));
-    std::thread::sleep(Duration::from_millis(300));
+    // In flight: tagpin has forwarded it and waits for the upstream's (held back) answer.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while forwarded() == before {
+        assert!(Instant::now() < deadline, "the request never reached the upstream");
+        std::thread::sleep(Duration::from_millis(2));
+    }
     let status = tagpin.terminate();
     assert!(status.success(), "{status:?}");
     let r = in_flight.join().unwrap();

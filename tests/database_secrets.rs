@@ -40,9 +40,13 @@ fn the_database_password_appears_in_no_log_line_or_error() {
         assert!(!r.text().contains(PASSWORD), "{}", r.text());
         let ready = request(tagpin.addr, "GET", "/readyz", &[], b"");
         assert_eq!(ready.status, 503);
-        std::thread::sleep(Duration::from_millis(200));
+        // The log is read from a pipe: wait until the failure's line has arrived.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !tagpin.logs().iter().any(|l| l.contains("database")) {
+            assert!(std::time::Instant::now() < deadline, "the failure is never logged");
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let logs = tagpin.logs();
-        assert!(logs.iter().any(|l| l.contains("database")), "the failure is logged");
         if let Some(l) = logs.iter().find(|l| l.contains(PASSWORD)) {
             panic!("a log line carries the database password: {l}");
         }

@@ -85,6 +85,8 @@ fn a_pin_whose_flush_failed_is_not_answered_from_memory() {
         let r = b.put_manifest(tagpin.addr, "full", &refused, "");
         assert_eq!(r.status, 503, "attempt {attempt}: {}", r.text());
     }
+    // The upstream took the push (the pin write after it failed): the tag holds b there.
+    assert_eq!(upstream_digest(&registry, "full", &refused), Some(b.digest()));
     assert_eq!(
         request(tagpin.addr, "GET", "/readyz", &[], b"").status,
         503,
@@ -111,5 +113,6 @@ fn a_pin_whose_flush_failed_is_not_answered_from_memory() {
         let r = c.put_manifest(tagpin.addr, "full", tag, "");
         assert_eq!(r.status, 409, "{tag}: the acknowledged pin survived: {}", r.text());
     }
+    assert_eq!(upstream_digest(&registry, "full", "before"), Some(a.digest()));
     assert_eq!(upstream_digest(&registry, "full", &refused), Some(b.digest()));
 }

@@ -65,6 +65,11 @@ fn a_data_dir_of_the_previous_version_is_migrated_and_enforced() {
         b"",
     );
     assert_eq!(del.status, 409, "{}", del.text());
+    assert_eq!(
+        upstream_digest(&registry, "old", "v1"),
+        Some(a.digest()),
+        "the refused delete reached the upstream"
+    );
     tagpin.terminate();
 
     // The records now carry the history their source implies.

@@ -250,6 +250,44 @@ fn sigkill_while_the_upstream_verifies_a_slow_manifest_never_moves_a_tag_or_lose
     );
 }
 
+/// A crash run goes on past its planned rounds until it has seen at least this many
+/// pushes land at the upstream and this many cut off by a kill ...
+const FLOOR: usize = 5;
+/// ... but for at most this many times its planned rounds ...
+const MAX_ROUNDS_FACTOR: usize = 6;
+/// ... and this long; then it fails, as it exercised too little.
+const RUN_LIMIT: Duration = Duration::from_secs(300);
+
+/// What the kills of a crash run have cut, counted over its pushes.
+#[derive(Debug, Default)]
+struct Seen {
+    /// Pushes whose digest the upstream holds under their tag.
+    landed: usize,
+    /// Pushes the kill left without an answer.
+    cut_off: usize,
+    /// Pushes cut off although the upstream holds their digest: the kill landed between
+    /// the upstream's acceptance and tagpin's answer, the window under test.
+    landed_but_cut: usize,
+    /// Slow pushes cut off after tagpin forwarded them (their claim was written).
+    slow_cut_after_forward: usize,
+}
+
+impl Seen {
+    fn count(&mut self, landed: bool, cut: bool, slow_forwarded: bool) {
+        self.landed += usize::from(landed);
+        self.cut_off += usize::from(cut);
+        self.landed_but_cut += usize::from(landed && cut);
+        self.slow_cut_after_forward += usize::from(cut && slow_forwarded);
+    }
+
+    fn enough(&self, slow_plan: bool) -> bool {
+        self.landed >= FLOOR
+            && self.cut_off >= FLOOR
+            && self.landed_but_cut >= 1
+            && (!slow_plan || self.slow_cut_after_forward >= 1)
+    }
+}
+
 /// One run of [`kill_at_random_moments`].
 struct CrashPlan {
     repo: &'static str,
@@ -257,13 +295,16 @@ struct CrashPlan {
     seed: u64,
     /// Seed of the schedule (tags, images, kill times).
     rng: u64,
+    /// Planned rounds: a run goes on beyond them (see [`FLOOR`]) until the kills have cut
+    /// enough.
     rounds: usize,
-    /// Kills are drawn from `0..kill_within_ms` after the pushers start.
+    /// Kills are drawn from `0..kill_within_ms` after the relay saw the first push of the
+    /// round forwarded.
     kill_within_ms: u64,
     /// One push in this many sends a slow manifest ([`Image::heavy`]).
     heavy_one_in: Option<u64>,
     /// In odd rounds, draw the kill time from the moment a slow manifest has been
-    /// forwarded instead of from the pushers' start.
+    /// forwarded instead of from the first push forwarded.
     anchor_odd_rounds_on_forward: bool,
 }
 
@@ -319,7 +360,16 @@ fn kill_at_random_moments(plan: CrashPlan) -> CrashSummary {
             }
         }
     };
-    for round in 0..plan.rounds {
+    let (started, mut round) = (Instant::now(), 0);
+    let mut seen = Seen::default();
+    while round < plan.rounds || !seen.enough(plan.heavy_one_in.is_some()) {
+        if round >= plan.rounds * MAX_ROUNDS_FACTOR || started.elapsed() > RUN_LIMIT {
+            panic!(
+                "after {round} rounds ({:?}) the kills had not yet cut off pushes in the window \
+                 under test: {seen:?}; the test exercised too little to vouch for anything",
+                started.elapsed()
+            );
+        }
         let mut tagpin = Tagpin::start(&relay.url(), data.path(), &[]);
         let addr = tagpin.addr;
         let jobs: Vec<(String, Image, bool)> = (0..PUSHERS)
@@ -342,9 +392,10 @@ fn kill_at_random_moments(plan: CrashPlan) -> CrashSummary {
             .collect();
         let kill_after = Duration::from_millis(rng.next(plan.kill_within_ms));
         let anchor_on_forward = plan.anchor_odd_rounds_on_forward && round % 2 == 1;
-        let sent_before = relay.forwarded();
+        let (sent_before, lines_before) = (relay.forwarded(), relay.requests().len());
         let slow_len = jobs.iter().filter(|j| j.2).map(|j| j.1.manifest.len()).min();
         let done = AtomicUsize::new(0);
+        let put_prefix = format!("PUT /v2/{repo}/manifests/");
         let results: Vec<(String, String, bool, Option<u16>)> = std::thread::scope(|s| {
             let handles: Vec<_> = jobs
                 .iter()
@@ -363,26 +414,38 @@ fn kill_at_random_moments(plan: CrashPlan) -> CrashSummary {
                     })
                 })
                 .collect();
-            if let (true, Some(len)) = (anchor_on_forward, slow_len) {
-                // This round's clock starts once a slow manifest has been forwarded, so
-                // the kill lands while the upstream verifies it.
-                let deadline = Instant::now() + Duration::from_secs(10);
-                while relay.forwarded() < sent_before + len
-                    && done.load(Ordering::SeqCst) < jobs.len()
-                    && Instant::now() < deadline
-                {
-                    std::thread::sleep(Duration::from_millis(2));
-                }
+            // The round's clock starts at an event the relay sees, not at the pushers'
+            // start: a push has been forwarded to the upstream (in odd rounds of a slow
+            // plan, a whole slow manifest), however long the machine took to get there.
+            // Rounds in which every push is refused before forwarding end the wait too.
+            let forwarded = || match (anchor_on_forward, slow_len) {
+                (true, Some(len)) => relay.forwarded() >= sent_before + len,
+                _ => relay.requests()[lines_before..]
+                    .iter()
+                    .any(|l| l.starts_with(&put_prefix)),
+            };
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !forwarded() && done.load(Ordering::SeqCst) < jobs.len() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(1));
             }
             std::thread::sleep(kill_after);
             tagpin.kill();
             handles.into_iter().map(|h| h.join().unwrap()).collect()
         });
+        // Whatever tagpin forwarded before the kill has been carried out by now: nothing
+        // of this round can still land later.
+        relay.wait_upstream_done(Duration::from_secs(60));
+        let forwarded_lines = relay.requests()[lines_before..].to_vec();
         for (tag, digest, heavy, status) in results {
             assert!(
                 matches!(status, None | Some(201) | Some(409)),
                 "round {round}: {status:?}"
             );
+            let landed = upstream_digest(&registry, repo, &tag).as_ref() == Some(&digest);
+            let was_forwarded = forwarded_lines
+                .iter()
+                .any(|l| l.starts_with(&format!("{put_prefix}{tag} ")));
+            seen.count(landed, status.is_none(), heavy && was_forwarded);
             match status {
                 Some(201) => accepted.push((tag, digest)),
                 None => cut_off.push((tag, digest, heavy)),
@@ -390,11 +453,10 @@ fn kill_at_random_moments(plan: CrashPlan) -> CrashSummary {
             }
         }
         check_upstream(&mut first_seen, round, &format!("round {round}"));
+        round += 1;
     }
-    // Slow manifests forwarded before the last kill may still be landing: give them time,
-    // then look again (a late landing that moved a tag would show here).
-    std::thread::sleep(Duration::from_secs(2));
-    check_upstream(&mut first_seen, plan.rounds - 1, "after the last round");
+    eprintln!("{round} rounds: {seen:?}");
+    check_upstream(&mut first_seen, round - 1, "after the last round");
     let heavy_landed_after_kill = cut_off
         .iter()
         .filter(|(tag, digest, heavy)| *heavy && first_seen.get(tag) == Some(digest))
@@ -422,10 +484,6 @@ fn kill_at_random_moments(plan: CrashPlan) -> CrashSummary {
         assert_eq!(r.status, 409, "{tag}: {}", r.text());
         assert_eq!(&r.json()["errors"][0]["detail"]["pinned_digest"], digest, "{tag}");
     }
-    assert!(
-        !first_seen.is_empty(),
-        "no push ever reached the upstream: the test exercised nothing"
-    );
     // Slow pushes cut off after their claim was written, i.e. while being forwarded or
     // verified: their tag is still held to their digest.
     let mut heavy_cut_in_flight = 0;

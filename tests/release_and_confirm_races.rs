@@ -154,6 +154,14 @@ fn a_tag_query_push_the_upstream_confirms_advances_despite_a_stale_head() {
     drop(tagpin);
     let s = SledStore::open(data.path()).unwrap();
     let state = s.state(&r, &t).unwrap();
+    // Asked of the upstream's side: no PUT of the old X under the tag after the append.
+    let puts_after = puts.lock().unwrap().clone();
+    assert_eq!(
+        puts_after,
+        [format!("/v2/r/manifests/{yd}?tag={tag}")],
+        "only the append reached the upstream (re-push answered {})",
+        again.status
+    );
     assert!(
         again.status >= 400,
         "re-pushing the old X after the append of Y was accepted ({}) and forwarded (upstream PUTs: {:?}); the appended signature is gone; store holds {:?}",

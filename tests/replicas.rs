@@ -7,6 +7,7 @@ mod common;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
@@ -15,27 +16,33 @@ use common::postgres::{fresh_database, shared, PgServer};
 use common::signing::{
     push_signature_blobs, put, signature_manifest, signature_tag, to_bytes, upstream_manifest, Signature,
 };
+use common::watch::WatchRelay;
 use common::*;
 use serde_json::Value;
 
 const REPLICAS: usize = 3;
 
-/// A registry and `REPLICAS` tagpins on database `db` of `server`.
+/// A registry and `REPLICAS` tagpins on database `db` of `server`, each reaching the
+/// registry through a relay of its own that shows what it forwarded.
 struct Cluster {
     registry: Registry,
     url: String,
+    relays: Vec<WatchRelay>,
     replicas: Vec<Tagpin>,
 }
 
 impl Cluster {
     fn start(url: String) -> Self {
         let registry = Registry::start();
-        let replicas = (0..REPLICAS)
-            .map(|_| Tagpin::start_on_database(&registry.url(), &url, &[]))
+        let relays: Vec<WatchRelay> = (0..REPLICAS).map(|_| WatchRelay::start(registry.addr)).collect();
+        let replicas = relays
+            .iter()
+            .map(|relay| Tagpin::start_on_database(&relay.url(), &url, &[]))
             .collect();
         Self {
             registry,
             url,
+            relays,
             replicas,
         }
     }
@@ -50,7 +57,7 @@ impl Cluster {
     }
 
     fn replace(&mut self, i: usize) {
-        self.replicas[i] = Tagpin::start_on_database(&self.registry.url(), &self.url, &[]);
+        self.replicas[i] = Tagpin::start_on_database(&self.relays[i].url(), &self.url, &[]);
     }
 }
 
@@ -192,7 +199,9 @@ fn racing_appends_spread_over_replicas_admit_one_per_round_and_lose_no_accepted_
 
 #[test]
 fn a_replica_killed_mid_push_moves_no_tag_and_the_others_keep_serving() {
+    // Planned rounds, and the least cut-off and landed pushes of victims to see.
     const ROUNDS: usize = 20;
+    const FLOOR: usize = 3;
     const PUSHERS: usize = 6;
     // Slow for the upstream to verify, so some kills land while it is forwarded.
     const SLOW: usize = 15_000;
@@ -214,7 +223,16 @@ fn a_replica_killed_mid_push_moves_no_tag_and_the_others_keep_serving() {
             }
         }
     }
-    for round in 0..ROUNDS {
+    // Counted over the victims' pushes: landed at the upstream, cut off by the kill, both.
+    let (mut landed, mut landed_but_cut) = (0, 0);
+    let (started, mut round) = (Instant::now(), 0);
+    // Past the planned rounds until the kills have cut enough (bounded in rounds and time).
+    while round < ROUNDS || cut_off < FLOOR || landed < FLOOR || landed_but_cut == 0 {
+        assert!(
+            round < ROUNDS * 4 && started.elapsed() < Duration::from_secs(300),
+            "after {round} rounds the kills had cut off {cut_off} pushes, {landed} landed, \
+             {landed_but_cut} both: too little exercised to vouch for anything"
+        );
         let victim = round % REPLICAS;
         let tag = format!("k{round}");
         let addrs = cluster.addrs();
@@ -231,18 +249,66 @@ fn a_replica_killed_mid_push_moves_no_tag_and_the_others_keep_serving() {
             })
             .collect();
         let kill_after = Duration::from_millis(rng.next(400));
+        let relay = &cluster.relays[victim];
+        let lines_before = relay.requests().len();
+        let victim_put = format!("PUT /v2/{repo}/manifests/{tag} ");
+        let victim_jobs = jobs.iter().filter(|(r, _)| *r == victim).count();
+        let victim_done = AtomicUsize::new(0);
         let answers: Vec<Result<u16, String>> = std::thread::scope(|s| {
-            let handles: Vec<_> = jobs
+            let spawn = |mine: bool| {
+                let spawned: Vec<_> = jobs
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, (replica, _))| (*replica == victim) == mine)
+                    .map(|(i, (replica, img))| {
+                        let (addr, tag, done) = (addrs[*replica], &tag, &victim_done);
+                        let h = s.spawn(move || {
+                            let answer = put_image(addr, repo, tag, img);
+                            done.fetch_add(usize::from(mine), Ordering::SeqCst);
+                            answer
+                        });
+                        (i, h)
+                    })
+                    .collect::<Vec<_>>();
+                spawned
+            };
+            // In even rounds the victim's pushes go first and the others follow once the
+            // victim forwarded one (its record is written), so the kill finds it in
+            // flight whatever the machine's speed; in odd rounds all race from the start.
+            // The kill is timed from the victim's forward (or from its last answer, when
+            // it forwarded none), not from the pushers' start.
+            let victim_first = round % 2 == 0;
+            let mut handles = spawn(true);
+            if !victim_first {
+                handles.extend(spawn(false));
+            }
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !relay.requests()[lines_before..]
                 .iter()
-                .map(|(replica, img)| {
-                    let (addr, tag) = (addrs[*replica], &tag);
-                    s.spawn(move || put_image(addr, repo, tag, img))
-                })
-                .collect();
+                .any(|l| l.starts_with(&victim_put))
+                && victim_done.load(Ordering::SeqCst) < victim_jobs
+                && Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            if victim_first {
+                handles.extend(spawn(false));
+            }
             std::thread::sleep(kill_after);
             cluster.replicas[victim].kill();
-            handles.into_iter().map(|h| h.join().unwrap()).collect()
+            handles.sort_by_key(|(i, _)| *i);
+            handles.into_iter().map(|(_, h)| h.join().unwrap()).collect()
         });
+        // Whatever the victim forwarded has been carried out: nothing can land later.
+        relay.wait_upstream_done(Duration::from_secs(60));
+        let held_now = upstream_digest(&cluster.registry, repo, &tag);
+        for ((replica, img), answer) in jobs.iter().zip(&answers) {
+            let on_upstream = held_now.as_ref() == Some(&img.digest());
+            if *replica == victim {
+                landed += usize::from(on_upstream);
+                landed_but_cut += usize::from(on_upstream && answer.is_err());
+            }
+        }
         for ((replica, img), answer) in jobs.iter().zip(&answers) {
             if *replica == victim {
                 assert!(
@@ -280,12 +346,14 @@ fn a_replica_killed_mid_push_moves_no_tag_and_the_others_keep_serving() {
         }
         cluster.replace(victim);
         check_upstream(&cluster.registry, &mut first_seen, round + 1, &format!("round {round}"));
+        round += 1;
     }
-    // Not asserted (it depends on timing): how many pushes the kills cut off.
-    eprintln!("{cut_off} pushes cut off by a kill, {} accepted", accepted.len());
-    // A slow manifest forwarded just before a kill may still be landing.
-    std::thread::sleep(Duration::from_secs(2));
-    check_upstream(&cluster.registry, &mut first_seen, ROUNDS, "after the last round");
+    eprintln!(
+        "{round} rounds: {cut_off} pushes cut off by a kill, {landed} of the victims' landed \
+         ({landed_but_cut} of them cut off), {} accepted",
+        accepted.len()
+    );
+    check_upstream(&cluster.registry, &mut first_seen, round, "after the last round");
     for (tag, digest) in &accepted {
         assert_eq!(
             upstream_digest(&cluster.registry, repo, tag).as_ref(),
@@ -418,4 +486,6 @@ fn two_replicas_starting_at_once_on_an_empty_database_both_serve_and_create_the_
     assert_eq!(put_image(replicas[1].addr, repo, "v1", &b), Ok(409));
     assert_eq!(put_image(replicas[1].addr, repo, "v2", &b), Ok(201));
     assert_eq!(put_image(replicas[0].addr, repo, "v2", &a), Ok(409));
+    assert_eq!(upstream_digest(&registry, repo, "v1"), Some(a.digest()));
+    assert_eq!(upstream_digest(&registry, repo, "v2"), Some(b.digest()));
 }

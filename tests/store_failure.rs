@@ -215,6 +215,7 @@ fn when_the_store_cannot_be_read_writes_are_refused_and_reads_flow() {
     std::thread::sleep(std::time::Duration::from_millis(1100));
     assert_eq!(request(addr, "GET", "/readyz", &[], b"").status, 200);
     assert_eq!(b.put_manifest(addr, "s", "v1", "").status, 409);
+    assert_eq!(upstream_digest(&registry, "s", "v1"), Some(a.digest()));
 }
 
 #[test]

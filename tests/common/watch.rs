@@ -13,6 +13,8 @@ pub struct WatchRelay {
     forwarded: Arc<AtomicUsize>,
     /// The request lines (`METHOD target`) seen so far, in order.
     requests: Arc<Mutex<Vec<String>>>,
+    /// Connections to the upstream the upstream has not closed yet.
+    open: Arc<AtomicUsize>,
 }
 
 impl WatchRelay {
@@ -27,14 +29,17 @@ impl WatchRelay {
         let addr = listener.local_addr().unwrap();
         let forwarded = Arc::new(AtomicUsize::new(0));
         let requests = Arc::new(Mutex::new(Vec::new()));
+        let open = Arc::new(AtomicUsize::new(0));
         let count = Arc::clone(&forwarded);
         let lines = Arc::clone(&requests);
+        let live = Arc::clone(&open);
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 let Ok(client) = client else { continue };
                 let Ok(server) = TcpStream::connect(target) else {
                     continue;
                 };
+                live.fetch_add(1, Ordering::SeqCst);
                 let (mut c_read, mut s_write) = (client.try_clone().unwrap(), server.try_clone().unwrap());
                 let (count, lines) = (Arc::clone(&count), Arc::clone(&lines));
                 std::thread::spawn(move || {
@@ -54,20 +59,24 @@ impl WatchRelay {
                     let _ = s_write.shutdown(std::net::Shutdown::Write);
                 });
                 let (mut s_read, mut c_write) = (server, client);
+                let live = Arc::clone(&live);
                 std::thread::spawn(move || {
                     let mut buf = vec![0; 64 * 1024];
+                    // Once tagpin is gone, the upstream's answers are read and dropped, so
+                    // the connection counts as open until the upstream itself closes it.
+                    let mut tagpin_gone = false;
                     loop {
                         match s_read.read(&mut buf) {
                             Ok(0) | Err(_) => break,
+                            Ok(_) if tagpin_gone => {}
                             Ok(n) => {
                                 std::thread::sleep(delay);
-                                if c_write.write_all(&buf[..n]).is_err() {
-                                    break;
-                                }
+                                tagpin_gone = c_write.write_all(&buf[..n]).is_err();
                             }
                         }
                     }
                     let _ = c_write.shutdown(std::net::Shutdown::Write);
+                    live.fetch_sub(1, Ordering::SeqCst);
                 });
             }
         });
@@ -75,6 +84,22 @@ impl WatchRelay {
             addr,
             forwarded,
             requests,
+            open,
+        }
+    }
+
+    /// Wait until the upstream has closed every connection tagpin opened through the
+    /// relay: after tagpin was killed, every request it forwarded has then been carried
+    /// out (or dropped) by the upstream, and nothing it sent can still land.
+    pub fn wait_upstream_done(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while self.open.load(Ordering::SeqCst) > 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the upstream still holds {} connection(s) from tagpin",
+                self.open.load(Ordering::SeqCst)
+            );
+            std::thread::sleep(Duration::from_millis(5));
         }
     }
 
