@@ -230,3 +230,7 @@ contract!(
     references_and_holders,
     refusals_are_capped,
 );
+
+// Reopening a store, and `check()` on a full disk.
+#[path = "store_support/lifecycle.rs"]
+mod lifecycle;

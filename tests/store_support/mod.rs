@@ -79,6 +79,23 @@ pub fn remove_write(s: &dyn PinStore, r: &Repository, t: &Tag, request_id: &str)
 pub struct Fresh {
     pub store: Box<dyn PinStore>,
     _dir: Option<tempfile::TempDir>,
+    /// The PostgreSQL database, for a reopen.
+    database: Option<String>,
+}
+
+impl Fresh {
+    /// Drop the store and open a new one on the same data dir or database, as a restart
+    /// does.
+    pub fn reopen(self) -> Fresh {
+        let Fresh { store, _dir, database } = self;
+        drop(store);
+        let store: Box<dyn PinStore> = match (&_dir, &database) {
+            (Some(dir), _) => Box::new(SledStore::open(dir.path()).unwrap()),
+            (None, Some(name)) => Box::new(PgStore::open(shared().config(name)).unwrap()),
+            (None, None) => unreachable!("every store has a dir or a database"),
+        };
+        Fresh { store, _dir, database }
+    }
 }
 
 pub fn sled_store() -> Fresh {
@@ -87,6 +104,7 @@ pub fn sled_store() -> Fresh {
     Fresh {
         store: Box::new(store),
         _dir: Some(dir),
+        database: None,
     }
 }
 
@@ -95,6 +113,7 @@ pub fn pg_store() -> Fresh {
     Fresh {
         store: Box::new(PgStore::open(shared().config(&name)).unwrap()),
         _dir: None,
+        database: Some(name),
     }
 }
 
