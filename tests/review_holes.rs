@@ -420,7 +420,7 @@ fn c_a_horizon_shorter_than_twice_the_header_timeout_is_refused() {
         Some(64),
         "a 1999ms horizon with a 1s header timeout: {text}"
     );
-    assert!(text.contains("in_doubt_horizon"), "{text}");
+    assert!(text.contains("--in-doubt-horizon"), "{text}");
 
     let data = tempfile::tempdir().unwrap();
     let flags = ["--upstream-header-timeout-ms", "1000", "--in-doubt-horizon", "2s"];
