@@ -249,11 +249,13 @@ pub async fn cancel_release(
     who: &Requester,
 ) -> Result<Response<Body>, ProxyError> {
     let id = who.request_id.clone();
-    let (cancel, _) = app
+    let (cancel, expired) = app
         .transition(&repo, std::slice::from_ref(&tag), move |clock, records| {
             pinning::cancel_release(&mut records[0], &id, clock)
         })
         .await?;
+    let expired: Vec<_> = expired.into_iter().map(|e| (tag.clone(), e)).collect();
+    crate::handler::report_expired(app, &repo, &expired, who);
     match cancel {
         Cancel::Cancelled(release) => {
             admin_event(app, AuditAction::ReleaseCancelled, who, &repo, Some(&tag));
@@ -270,6 +272,9 @@ pub async fn cancel_release(
                 release.by
             )))
         }
+        Cancel::NoRelease if !expired.is_empty() => Err(ProxyError::AdminNotFound(format!(
+            "{repo}:{tag} has no release in force: its release expired unused"
+        ))),
         Cancel::NoRelease => Err(ProxyError::AdminNotFound(format!("{repo}:{tag} has no release"))),
     }
 }

@@ -167,8 +167,9 @@ pub struct ServeArgs {
     /// Directory of the pin store [default: ./data].
     #[arg(long, env = "TAGPIN_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Tag glob that stays mutable, e.g. 'latest' or 'dev-*' (repeatable; comma-separated in the environment).
-    #[arg(long = "exclude", env = "TAGPIN_EXCLUDE", value_delimiter = ',')]
+    /// Tag glob that stays mutable, e.g. 'latest' or 'dev-*' (repeatable; several may be
+    /// given comma-separated, and a comma inside a `{a,b}` group stays in its glob).
+    #[arg(long = "exclude", env = "TAGPIN_EXCLUDE")]
     pub exclude: Vec<String>,
     /// Log format [default: pretty].
     #[arg(long, env = "TAGPIN_LOG_FORMAT", value_enum)]
@@ -286,7 +287,7 @@ impl ServeArgs {
             exclude: if self.exclude.is_empty() {
                 file.exclude
             } else {
-                Some(self.exclude)
+                Some(self.exclude.iter().flat_map(|g| split_globs(g)).collect())
             },
             rules: file.rules,
             log_format: self.log_format.or(file.log_format),
@@ -358,5 +359,34 @@ mod tests {
         assert_eq!(code(&["tagpin", "serve", "--bogus"]), 64);
         assert_eq!(code(&["tagpin", "--bogus"]), 64);
         assert_eq!(code(&["tagpin"]), 64);
+    }
+}
+
+/// `a,b` is two globs, `{a,b}` one: split at the commas outside braces.
+fn split_globs(list: &str) -> Vec<String> {
+    let (mut out, mut cur, mut depth) = (Vec::new(), String::new(), 0usize);
+    for c in list.chars() {
+        match c {
+            '{' => depth += 1,
+            '}' => depth = depth.saturating_sub(1),
+            ',' if depth == 0 => {
+                out.push(std::mem::take(&mut cur));
+                continue;
+            }
+            _ => {}
+        }
+        cur.push(c);
+    }
+    out.push(cur);
+    out.into_iter().filter(|g| !g.is_empty()).collect()
+}
+
+#[cfg(test)]
+mod glob_list_tests {
+    #[test]
+    fn commas_inside_braces_stay_in_their_glob() {
+        assert_eq!(super::split_globs("dev-*,{latest,edge}"), ["dev-*", "{latest,edge}"]);
+        assert_eq!(super::split_globs("{a,b}"), ["{a,b}"]);
+        assert_eq!(super::split_globs("a,,b"), ["a", "b"]);
     }
 }

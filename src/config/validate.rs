@@ -36,7 +36,7 @@ impl RawConfig {
             .map_err(|_| ConfigError::invalid("listen", format!("{listen_text:?} is not an IP:port address")))?;
         let upstream_text = self
             .upstream
-            .ok_or_else(|| ConfigError::invalid("upstream", "is required (e.g. --upstream http://127.0.0.1:5000)"))?;
+            .ok_or_else(|| ConfigError::invalid("upstream", "is required (e.g. --upstream http://127.0.0.1:5001)"))?;
         let upstream = parse_origin("upstream", &upstream_text)?;
         let public_url = self
             .public_url
