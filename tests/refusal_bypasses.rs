@@ -7,11 +7,12 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::Write;
+use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use common::admin::AdminSecrets;
+use common::push_only::{PushOnlyRelay, BOB, BOB_PASSWORD};
 use common::*;
 
 const USER: &str = "alice";
@@ -264,91 +265,6 @@ fn a_key_serde_json_cannot_read_hides_the_layers_after_it_and_a_pinned_layer_is_
     );
 }
 
-/// A relay in front of the upstream playing a registry with a second user, `bob`, who
-/// may push and delete but not read: his reads get 404 (as some registries answer a
-/// user without pull rights), his other requests (and `GET /v2/`) go on as alice's.
-/// (As in tests/anonymous_clients.rs.)
-struct PushOnlyRelay {
-    addr: SocketAddr,
-}
-
-const BOB: &str = "bob";
-const BOB_PASSWORD: &str = "push-only-1";
-
-impl PushOnlyRelay {
-    fn start(target: SocketAddr) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        std::thread::spawn(move || {
-            for client in listener.incoming().flatten() {
-                let Ok(server) = TcpStream::connect(target) else {
-                    continue;
-                };
-                let (c_write, s_read) = (client.try_clone().unwrap(), server.try_clone().unwrap());
-                std::thread::spawn(move || {
-                    let (mut s_read, mut c_write) = (s_read, c_write);
-                    let _ = std::io::copy(&mut s_read, &mut c_write);
-                    let _ = c_write.shutdown(std::net::Shutdown::Write);
-                });
-                std::thread::spawn(move || relay_requests(client, server));
-            }
-        });
-        Self { addr }
-    }
-}
-
-fn relay_requests(client: TcpStream, mut server: TcpStream) {
-    let mut answer = client.try_clone().unwrap();
-    let mut reader = BufReader::new(client);
-    let (bob, alice) = (format!("authorization: {}", basic(BOB, BOB_PASSWORD)), alice());
-    loop {
-        let mut head = Vec::new();
-        loop {
-            let mut line = String::new();
-            match reader.read_line(&mut line) {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-            let end = line == "\r\n";
-            head.push(line);
-            if end {
-                break;
-            }
-        }
-        let is_bob = head.iter().any(|l| l.trim_end().eq_ignore_ascii_case(&bob));
-        let read = head[0].starts_with("HEAD ") || head[0].starts_with("GET ");
-        if is_bob && read && !head[0].starts_with("GET /v2/ ") {
-            let _ = answer.write_all(
-                b"HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\nContent-Length: 0\r\n\
-                  Docker-Distribution-Api-Version: registry/2.0\r\n\r\n",
-            );
-            continue;
-        }
-        let length: u64 = head
-            .iter()
-            .find_map(|l| {
-                let (k, v) = l.split_once(':')?;
-                k.eq_ignore_ascii_case("content-length")
-                    .then(|| v.trim().parse().ok())?
-            })
-            .unwrap_or(0);
-        let head: String = head
-            .into_iter()
-            .map(|l| match l.trim_end().eq_ignore_ascii_case(&bob) {
-                true => format!("Authorization: {alice}\r\n"),
-                false => l,
-            })
-            .collect();
-        if server.write_all(head.as_bytes()).is_err() {
-            return;
-        }
-        let copied = std::io::copy(&mut (&mut reader).take(length), &mut server);
-        if copied.map_or(true, |n| n != length) {
-            return;
-        }
-    }
-}
-
 /// Checks a push-only credential can blind. Adoption now asks with tagpin's
 /// own credentials, but the references of the adopted pin are still learned with the
 /// client's (`refs::protect_repository`): bob's reads get 404, which `protect` takes as
@@ -357,7 +273,7 @@ fn relay_requests(client: TcpStream, mut server: TcpStream) {
 #[test]
 fn a_push_only_credential_blinds_the_reference_check_and_deletes_a_pinned_layer() {
     let registry = authenticating_registry();
-    let relay = PushOnlyRelay::start(registry.addr);
+    let relay = PushOnlyRelay::start(registry.addr, &alice());
     let img = Image::random(16_20, 512);
     img.push_blobs(registry.addr, "legacy", &alice());
     assert_eq!(

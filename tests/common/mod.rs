@@ -17,6 +17,7 @@ pub mod image;
 pub mod paging;
 pub mod postgres;
 pub mod procs;
+pub mod push_only;
 pub mod signing;
 pub mod tmpfs;
 pub mod token;
