@@ -293,6 +293,11 @@ impl App {
         .map_err(|e| ProxyError::Internal(format!("decision task failed: {e}")))?
     }
 
+    /// The state every worker shares.
+    pub fn shared(&self) -> Arc<Shared> {
+        Arc::clone(&self.shared)
+    }
+
     /// A worker's state. Call it on the worker's runtime.
     pub fn worker(shared: Arc<Shared>) -> Self {
         let upstream = Upstream::new(

@@ -15,25 +15,19 @@ pub mod routes;
 mod seed;
 pub mod verify;
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 
 use self::auth::Tokens;
 use self::routes::{AdminRoute, RouteProblem};
 use crate::app::App;
 use crate::body::{self, Body};
 use crate::error::ProxyError;
-use crate::server::io::WriteDeadline;
 use crate::telemetry::Requester;
 
 /// The admin side's state: the proxy's shared state (through an `App` on the admin's own
@@ -55,49 +49,12 @@ impl Admin {
 /// and the same deadline on writes a client does not read: unauthenticated connections
 /// cannot take the descriptors the registry port needs.
 pub async fn serve(admin: Arc<Admin>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
-    let graceful = GracefulShutdown::new();
-    let config = &admin.app.config;
-    let http = crate::server::http1_builder(config);
-    let limit = Arc::new(Semaphore::new(config.admin_max_connections));
-    let write_idle = config.timeouts.body_idle;
-    tokio::pin!(shutdown);
-    loop {
-        // As on the registry port: beyond the limit, connections wait in the kernel's
-        // accept queue and cost no descriptor here.
-        let permit = tokio::select! {
-            p = Arc::clone(&limit).acquire_owned() => p.expect("the semaphore is never closed"),
-            () = &mut shutdown => break,
-        };
-        let (stream, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(conn) => conn,
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
-        let service_admin = Arc::clone(&admin);
-        let conn = http.serve_connection(
-            TokioIo::new(WriteDeadline::new(stream, write_idle)),
-            service_fn(move |req| {
-                let admin = Arc::clone(&service_admin);
-                async move { Ok::<_, Infallible>(handle(&admin, req, peer).await) }
-            }),
-        );
-        let watched = graceful.watch(conn);
+    let (shared, limit) = (admin.app.shared(), admin.app.config.admin_max_connections);
+    crate::server::side::serve(shared, listener, limit, "admin", shutdown, move |req, peer| {
         let admin = Arc::clone(&admin);
-        tokio::spawn(async move {
-            if let Err(e) = watched.await {
-                crate::server::connection_error(&admin.app.metrics, peer, &e);
-            }
-            drop(permit);
-        });
-    }
-    let grace = admin.app.config.timeouts.shutdown_grace;
-    let _ = tokio::time::timeout(grace, graceful.shutdown()).await;
+        async move { handle(&admin, req, peer).await }
+    })
+    .await;
 }
 
 /// Answer one admin request. Never fails.

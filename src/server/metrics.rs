@@ -5,19 +5,13 @@
 //! needs one or two, and idle connections here cannot take the registry port's
 //! descriptors.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
 
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 
-use super::io::WriteDeadline;
 use crate::app::App;
 use crate::body::{self, Body};
 
@@ -26,46 +20,18 @@ pub const MAX_CONNECTIONS: usize = 16;
 
 /// Serve `/metrics` on `listener` until `shutdown` resolves.
 pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
-    let graceful = GracefulShutdown::new();
-    let http = super::http1_builder(&app.config);
-    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let write_idle = app.config.timeouts.body_idle;
-    tokio::pin!(shutdown);
-    loop {
-        let permit = tokio::select! {
-            p = Arc::clone(&limit).acquire_owned() => p.expect("the semaphore is never closed"),
-            () = &mut shutdown => break,
-        };
-        let (stream, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(conn) => conn,
-                Err(e) => {
-                    tracing::warn!(error = %e, "metrics accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
-        let service_app = Arc::clone(&app);
-        let conn = http.serve_connection(
-            TokioIo::new(WriteDeadline::new(stream, write_idle)),
-            service_fn(move |req| {
-                let app = Arc::clone(&service_app);
-                async move { Ok::<_, Infallible>(answer(&app, &req)) }
-            }),
-        );
-        let watched = graceful.watch(conn);
-        let app = Arc::clone(&app);
-        tokio::spawn(async move {
-            if let Err(e) = watched.await {
-                super::connection_error(&app.metrics, peer, &e);
-            }
-            drop(permit);
-        });
-    }
-    let grace = app.config.timeouts.shutdown_grace;
-    let _ = tokio::time::timeout(grace, graceful.shutdown()).await;
+    super::side::serve(
+        app.shared(),
+        listener,
+        MAX_CONNECTIONS,
+        "metrics",
+        shutdown,
+        move |req, _| {
+            let app = Arc::clone(&app);
+            async move { answer(&app, &req) }
+        },
+    )
+    .await;
 }
 
 /// The metrics for `GET /metrics`; 404 for any other path, 405 for another method.

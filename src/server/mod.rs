@@ -5,6 +5,7 @@
 
 pub mod io;
 pub mod metrics;
+pub mod side;
 pub mod tls;
 
 use std::convert::Infallible;
