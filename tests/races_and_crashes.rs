@@ -370,7 +370,15 @@ fn kill_at_random_moments(plan: CrashPlan) -> CrashSummary {
                 started.elapsed()
             );
         }
-        let mut tagpin = Tagpin::start(&relay.url(), data.path(), &[]);
+        // Every pusher connects from 127.0.0.1: as behind a load balancer, that address
+        // may hold the whole manifest memory budget, so several slow manifests at once
+        // wait for nothing but the budget itself (never refused for the address's share).
+        let mut tagpin = Tagpin::start(
+            &relay.url(),
+            data.path(),
+            // The default budget, 64 MiB.
+            &["--manifest-memory-per-client-bytes", "67108864"],
+        );
         let addr = tagpin.addr;
         let jobs: Vec<(String, Image, bool)> = (0..PUSHERS)
             .map(|i| {
