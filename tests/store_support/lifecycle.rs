@@ -207,6 +207,6 @@ fn sled_check_fails_while_its_disk_is_full() {
     let held = |s: &SledStore| s.state(&r, &tag("before")).unwrap().map(|st| st.digest().clone());
     assert_eq!(held(&s), Some(d('a')));
     drop(s);
-    let s = SledStore::open(&data).unwrap();
+    let s = super::reopen_sled(&data);
     assert_eq!(held(&s), Some(d('a')), "the acknowledged pin survived a reopen");
 }

@@ -90,11 +90,27 @@ impl Fresh {
         let Fresh { store, _dir, database } = self;
         drop(store);
         let store: Box<dyn PinStore> = match (&_dir, &database) {
-            (Some(dir), _) => Box::new(SledStore::open(dir.path()).unwrap()),
+            (Some(dir), _) => Box::new(reopen_sled(dir.path())),
             (None, Some(name)) => Box::new(PgStore::open(shared().config(name)).unwrap()),
             (None, None) => unreachable!("every store has a dir or a database"),
         };
         Fresh { store, _dir, database }
+    }
+}
+
+/// Open the sled store in `dir` again. Another test of this binary that starts a process
+/// (PostgreSQL) may fork while the dropped store's lock file is open: the child holds the
+/// lock until it execs, so a lock still held is asked again, at most 100 times 50 ms apart.
+pub fn reopen_sled(dir: &std::path::Path) -> SledStore {
+    let mut tries = 0;
+    loop {
+        match SledStore::open(dir) {
+            Err(tagpin::store::StoreError::Locked(_)) if tries < 100 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            other => return other.unwrap(),
+        }
     }
 }
 
