@@ -38,6 +38,8 @@ pub struct Shared {
     pub metrics: crate::metrics::Metrics,
     /// The last `/readyz` answer, one probe per second for all workers together.
     pub readiness: crate::readiness::ReadyCache,
+    /// Missing pinned manifests and read drift already reported.
+    pub read_reports: crate::handler::ReadReports,
     /// The listener's TLS, when a certificate is configured.
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     /// Decisions running as detached tasks, so shutdown can let them finish.
@@ -142,6 +144,7 @@ impl Shared {
             tls: listener_tls,
             metrics: crate::metrics::Metrics::default(),
             readiness: crate::readiness::ReadyCache::default(),
+            read_reports: crate::handler::ReadReports::default(),
             config,
             store,
             policy: std::sync::RwLock::new(Arc::new(policy)),
@@ -187,7 +190,6 @@ impl Shared {
         id
     }
 
-    /// Run a store call off the async workers: sled's flush is a blocking fsync.
     /// Apply a transition of [`crate::pinning`] to the records of `tags`, atomically and
     /// durably ([`PinStore::update`]), with the store's clock and the in-doubt horizon;
     /// returns what the transition returned.
@@ -213,6 +215,7 @@ impl Shared {
         .await
     }
 
+    /// Run a store call off the async workers: sled's flush is a blocking fsync.
     pub async fn store_call<T, F>(&self, f: F) -> Result<T, ProxyError>
     where
         T: Send + 'static,

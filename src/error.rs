@@ -11,7 +11,7 @@ use serde_json::json;
 
 use crate::body::{self, Body};
 use crate::manifest::ManifestError;
-use crate::oci::{Digest, ErrorCode, ErrorEnvelope, NameError};
+use crate::oci::{Digest, ErrorCode, ErrorEnvelope, NameError, Repository, Tag};
 use crate::policy::Refusal;
 use crate::route::RouteError;
 use crate::store::StoreError;
@@ -45,6 +45,10 @@ pub enum ProxyError {
     /// keeps the tag reserved for the pushed digest.
     #[error("the upstream accepted the push, but the pin could not be recorded: {0}")]
     PinNotRecorded(StoreError),
+    /// A read by a pinned tag whose pinned manifest the upstream no longer has: never
+    /// answered with what the upstream holds under the tag now.
+    #[error("{repo}:{tag} is pinned to {digest}, and the upstream no longer has that manifest")]
+    PinnedManifestMissing { repo: Repository, tag: Tag, digest: Digest },
     #[error("internal error: {0}")]
     Internal(String),
     /// Admin API: no token, or not one of the configured ones.
@@ -78,6 +82,7 @@ impl ProxyError {
                     (S::BAD_REQUEST, C::Unsupported)
                 }
                 RouteError::UploadId(_) => (S::BAD_REQUEST, C::BlobUploadInvalid),
+                RouteError::EncodedRead => (S::BAD_REQUEST, C::NameInvalid),
             },
             Self::TooManyTags { .. } => (S::URI_TOO_LONG, C::Unsupported),
             Self::Manifest(ManifestError::TooLarge { .. }) => (S::PAYLOAD_TOO_LARGE, C::SizeInvalid),
@@ -110,6 +115,7 @@ impl ProxyError {
             Self::Store(_) | Self::PinNotRecorded(_) | Self::CannotDecide(_) => {
                 (S::SERVICE_UNAVAILABLE, C::Unavailable)
             }
+            Self::PinnedManifestMissing { .. } => (S::NOT_FOUND, C::ManifestUnknown),
             Self::Internal(_) => (S::INTERNAL_SERVER_ERROR, C::Unknown),
             Self::AdminUnauthorized => (S::UNAUTHORIZED, C::Unauthorized),
             Self::AdminNotFound(_) => (S::NOT_FOUND, C::NameUnknown),
@@ -142,10 +148,10 @@ impl ProxyError {
             }
             Self::Upstream(UpstreamError::Connect(_)) => "the upstream registry cannot be reached; nothing was changed",
             Self::Upstream(
-                UpstreamError::CheckStatus { .. } | UpstreamError::CheckNoDigest { .. } | UpstreamError::FetchStatus { .. },
-            ) => {
-                "tagpin could not learn what the upstream holds, so it refuses the write"
-            }
+                UpstreamError::CheckStatus { .. }
+                | UpstreamError::CheckNoDigest { .. }
+                | UpstreamError::FetchStatus { .. },
+            ) => "tagpin could not learn what the upstream holds, so it refuses the write",
             Self::Upstream(UpstreamError::OwnAuth(_)) => {
                 "the upstream refused tagpin's own credentials (--upstream-credentials-file), or its token \
                  could not be had"
@@ -159,7 +165,11 @@ impl ProxyError {
                  and the tag stays reserved for the forwarded digest"
             }
             Self::Upstream(_) => "the upstream registry connection failed; nothing was pinned",
-            Self::Store(_) => "the tagpin pin store is unavailable, so tagpin refuses writes it cannot decide safely; reads still work",
+            Self::Store(_) => {
+                "the tagpin pin store is unavailable, so tagpin refuses what it cannot answer safely: writes it \
+                 must decide, and reads by a protected tag (it cannot tell which digest the tag is pinned to); \
+                 reads by digest still work"
+            }
             Self::Manifest(ManifestError::Busy(e)) if e.scarce == crate::manifest::Scarce::ClientShare => {
                 "manifests from this client address already hold all the memory tagpin allows one address; \
                  nothing was changed, retry shortly"
@@ -196,6 +206,13 @@ impl ProxyError {
         } else {
             let detail = match &self {
                 Self::Refused(r) => r.detail(),
+                Self::PinnedManifestMissing { repo, tag, digest } => json!({
+                    "repository": repo.as_str(),
+                    "tag": tag.as_str(),
+                    "pinned_digest": digest.as_str(),
+                    "reason": "pinned_manifest_missing",
+                    "request_id": request_id,
+                }),
                 _ => json!({ "request_id": request_id }),
             };
             ErrorEnvelope {

@@ -36,6 +36,11 @@ struct ReasonLabel {
     reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AnswerLabel {
+    answer: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
     decisions: Family<ActionLabel, Counter>,
@@ -50,7 +55,24 @@ pub struct Metrics {
     drift_tags: Family<StateLabel, Gauge>,
     manifest_memory_refusals: Family<ReasonLabel, Counter>,
     write_stalls: Counter,
+    /// `reads{answer}`, looked up once per answer: every pinned read counts.
+    reads: [Counter; 4],
 }
+
+/// How a manifest read by a protected tag was answered (`reads = "pinned"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadAnswer {
+    /// With the pinned manifest, fetched by digest.
+    Pinned = 0,
+    /// The tag had no pin: the digest read was adopted as its pin.
+    Adopted = 1,
+    /// The pinned manifest is gone from the upstream: 404 `pinned_manifest_missing`.
+    PinnedMissing = 2,
+    /// Audit mode: forwarded by tag, and the upstream served another digest than the pin.
+    Drift = 3,
+}
+
+const READ_ANSWERS: [&str; 4] = ["pinned", "adopted", "pinned_missing", "drift"];
 
 /// Tags by state in one drift check.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
@@ -128,6 +150,13 @@ impl Default for Metrics {
             "Connections closed because the client read nothing of a response for the body idle timeout",
             write_stalls.clone(),
         );
+        let read_family = Family::<AnswerLabel, Counter>::default();
+        registry.register(
+            "reads",
+            "Manifest reads by a protected tag with reads = pinned, by answer (pinned, adopted, pinned_missing, drift)",
+            read_family.clone(),
+        );
+        let reads = READ_ANSWERS.map(|answer| read_family.get_or_create(&AnswerLabel { answer }).clone());
         let responses_by_class =
             ["1xx", "2xx", "3xx", "4xx", "5xx"].map(|class| responses.get_or_create(&ClassLabel { class }).clone());
         Self {
@@ -142,6 +171,7 @@ impl Default for Metrics {
             open_connections,
             manifest_memory_refusals,
             write_stalls,
+            reads,
         }
     }
 }
@@ -189,6 +219,10 @@ impl Metrics {
         self.manifest_memory_refusals
             .get_or_create(&ReasonLabel { reason })
             .inc();
+    }
+
+    pub fn read(&self, answer: ReadAnswer) {
+        self.reads[answer as usize].inc();
     }
 
     /// A connection was closed because its client stopped reading.
@@ -239,6 +273,8 @@ mod tests {
         m.store_failure();
         m.manifest_memory_refused("client_share");
         m.write_stall();
+        m.read(ReadAnswer::Pinned);
+        m.read(ReadAnswer::Drift);
         m.drift(&DriftCounts {
             same: 4,
             moved: 1,
@@ -263,6 +299,8 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("tagpin_client_write_stalls_total 1"), "{text}");
+        assert!(text.contains("tagpin_reads_total{answer=\"pinned\"} 1"), "{text}");
+        assert!(text.contains("tagpin_reads_total{answer=\"adopted\"} 0"), "{text}");
         assert!(text.contains("tagpin_open_connections 3"), "{text}");
         assert!(text.ends_with("# EOF\n"), "{text}");
     }

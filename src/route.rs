@@ -1,8 +1,10 @@
 //! Route classification: one pure function from method and request target to what the
 //! request means for tag protection.
 //!
-//! Reads (GET, HEAD) and OPTIONS under `/v2/` are forwarded as they are: they cannot
-//! move a tag. OPTIONS is safe by definition (RFC 9110 9.3.7) and is the CORS preflight
+//! Reads (GET, HEAD) and OPTIONS under `/v2/` cannot move a tag. They are forwarded as
+//! they are, except a manifest read (answered from the pin when the tag is protected,
+//! `handler::reads`) and tagpin's own history extension (`/v2/<name>/_tagpin/history/<tag>`).
+//! OPTIONS is safe by definition (RFC 9110 9.3.7) and is the CORS preflight
 //! a browser sends before a registry web UI's cross-origin read, so the upstream answers it.
 //! Every write must parse *exactly* under the distribution-spec grammar (`spec.md`,
 //! "Endpoints" table end-1 to end-13), because a path that tagpin and the upstream read
@@ -33,6 +35,16 @@ pub enum Route {
     Metrics,
     /// A GET, HEAD or OPTIONS under `/v2/`: forwarded untouched.
     Read,
+    /// `GET`/`HEAD /v2/<name>/manifests/<reference>` (end-3): by a protected tag, answered
+    /// with the pinned manifest.
+    ManifestRead { repo: Repository, reference: Reference },
+    /// A manifest read whose path is percent-encoded. The upstream decodes it before
+    /// routing (`%2F`, `%61`), so tagpin cannot tell which tag it names.
+    EncodedManifestRead,
+    /// `GET`/`HEAD /v2/<name>/_tagpin/history/<tag>`: the tag's pin history, answered by
+    /// tagpin for clients the upstream lets read the repository (the distribution-spec
+    /// extension form `/v2/<name>/_<extension>/<component>/<module>`).
+    TagHistory { repo: Repository, tag: Tag },
     /// `PUT /v2/<name>/manifests/<reference>[?tag=…]` (end-7a, end-7b).
     ManifestPut {
         repo: Repository,
@@ -71,6 +83,11 @@ pub enum RouteError {
     QueryParameter(String),
     #[error("upload session id {0:?} is not valid")]
     UploadId(String),
+    #[error(
+        "this manifest read has a percent-encoded path, which the upstream decodes and tagpin cannot tell \
+         which tag it names; write the repository and reference unencoded"
+    )]
+    EncodedRead,
 }
 
 /// Classify a request. Pure: the same method and target always give the same answer.
@@ -92,8 +109,10 @@ pub fn classify(method: &Method, uri: &Uri) -> Result<Route, RouteError> {
             "/readyz" => Ok(Route::Ready),
             "/metrics" => Ok(Route::Metrics),
             "/v2" => Ok(Route::Read),
-            p if p.starts_with("/v2/") => Ok(Route::Read),
-            _ => Err(RouteError::NotFound),
+            p => match p.strip_prefix("/v2/") {
+                Some(tail) => Ok(classify_read(tail)),
+                None => Err(RouteError::NotFound),
+            },
         };
     }
     let Some(tail) = path.strip_prefix("/v2/") else {
@@ -116,6 +135,25 @@ pub fn check_method_override(headers: &HeaderMap) -> Result<(), RouteError> {
     match METHOD_OVERRIDE_HEADERS.iter().find(|h| headers.contains_key(**h)) {
         Some(h) => Err(RouteError::MethodOverride(h)),
         None => Ok(()),
+    }
+}
+
+/// A GET or HEAD under `/v2/`. Anything that is not a well-formed manifest read or
+/// history request is forwarded for the upstream to answer.
+fn classify_read(tail: &str) -> Route {
+    let segments: Vec<&str> = tail.split('/').collect();
+    let repo = |name: &[&str]| Repository::parse(&name.join("/")).ok();
+    match segments.as_slice() {
+        [name @ .., "manifests", reference] if !name.is_empty() => match (repo(name), Reference::parse(reference)) {
+            (Some(repo), Ok(reference)) => Route::ManifestRead { repo, reference },
+            _ if tail.contains('%') => Route::EncodedManifestRead,
+            _ => Route::Read,
+        },
+        [name @ .., "_tagpin", "history", tag] if !name.is_empty() => match (repo(name), Tag::parse(tag)) {
+            (Some(repo), Ok(tag)) => Route::TagHistory { repo, tag },
+            _ => Route::Read,
+        },
+        _ => Route::Read,
     }
 }
 

@@ -25,10 +25,8 @@ fn reads_pass_through_whatever_their_shape() {
         "/v2/",
         "/v2",
         "/v2/_catalog?n=10",
-        "/v2/a/b/manifests/latest",
         "/v2/a/blobs/sha256:x",
         "/v2/a/tags/list?n=1&last=b",
-        "/v2/a%2Fb/manifests/v1",
         "/v2/anything/at/all",
     ] {
         assert_eq!(run("GET", target), Ok(Route::Read), "GET {target}");
@@ -39,6 +37,39 @@ fn reads_pass_through_whatever_their_shape() {
     assert_eq!(run("GET", "/readyz"), Ok(Route::Ready));
     assert_eq!(run("GET", "/metrics"), Ok(Route::Metrics));
     assert_eq!(run("POST", "/metrics"), Err(RouteError::MethodNotAllowed(Method::POST)));
+}
+
+#[test]
+fn manifest_reads_and_history_are_recognised() {
+    let read = |name: &str, r: Reference| Route::ManifestRead {
+        repo: repo(name),
+        reference: r,
+    };
+    for method in ["GET", "HEAD"] {
+        assert_eq!(
+            run(method, "/v2/a/b/manifests/latest"),
+            Ok(read("a/b", Reference::Tag(tag("latest"))))
+        );
+        assert_eq!(
+            run(method, &format!("/v2/a/manifests/{D}")),
+            Ok(read("a", Reference::Digest(Digest::parse(D).unwrap())))
+        );
+        for encoded in ["/v2/a%2Fb/manifests/v1", "/v2/a/manifests/v%31", "/v2/%61/manifests/v1"] {
+            assert_eq!(run(method, encoded), Ok(Route::EncodedManifestRead), "{encoded}");
+        }
+        // Not a manifest read tagpin can name: the upstream answers it.
+        for other in ["/v2/A/manifests/v1", "/v2/a/manifests/-bad", "/v2/manifests/v1"] {
+            assert_eq!(run(method, other), Ok(Route::Read), "{other}");
+        }
+        assert_eq!(
+            run(method, "/v2/a/b/_tagpin/history/v1"),
+            Ok(Route::TagHistory {
+                repo: repo("a/b"),
+                tag: tag("v1")
+            })
+        );
+    }
+    assert_eq!(run("OPTIONS", "/v2/a/b/manifests/latest"), Ok(Route::Read));
 }
 
 #[test]

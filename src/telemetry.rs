@@ -68,6 +68,12 @@ pub enum AuditAction {
     PolicyReloaded,
     /// SIGHUP: the new config was invalid; the old policy stays in force.
     PolicyReloadFailed,
+    /// A protected tag with no pin was pinned by its first pull.
+    PinAdoptedOnRead,
+    /// A pinned tag's manifest is gone from the upstream: its reads get 404.
+    PinnedManifestMissing,
+    /// An audited tag is served by the upstream at another digest than its pin.
+    ReadDrift,
 }
 
 impl AuditAction {
@@ -92,6 +98,9 @@ impl AuditAction {
             Self::ClaimCleared => "claim_cleared",
             Self::PolicyReloaded => "policy_reloaded",
             Self::PolicyReloadFailed => "policy_reload_failed",
+            Self::PinAdoptedOnRead => "pin_adopted_on_read",
+            Self::PinnedManifestMissing => "pinned_manifest_missing",
+            Self::ReadDrift => "read_drift",
         }
     }
 }
@@ -239,7 +248,9 @@ impl AuditEvent<'_> {
             | AuditAction::DeleteAudited
             | AuditAction::PushReleased
             | AuditAction::DeleteReleased
-            | AuditAction::DriftDetected => event!(warn),
+            | AuditAction::DriftDetected
+            | AuditAction::PinnedManifestMissing
+            | AuditAction::ReadDrift => event!(warn),
             _ => event!(info),
         }
     }

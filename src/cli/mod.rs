@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{LogFormat, RawConfig, RawTimeouts};
+use crate::config::{LogFormat, RawConfig, RawTimeouts, Reads};
 
 pub mod claims;
 pub mod client;
@@ -174,6 +174,9 @@ pub struct ServeArgs {
     /// Log format [default: pretty].
     #[arg(long, env = "TAGPIN_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
+    /// How manifest reads by a protected tag are answered: `pinned` serves the pinned manifest whatever the upstream holds under the tag (and pins a tag on its first pull), `forward` passes them to the upstream by tag [default: pinned].
+    #[arg(long, env = "TAGPIN_READS", value_enum)]
+    pub reads: Option<Reads>,
     /// Origin clients use to reach tagpin, for rewriting upload Locations (default: the request's Host).
     #[arg(long, env = "TAGPIN_PUBLIC_URL")]
     pub public_url: Option<String>,
@@ -291,6 +294,7 @@ impl ServeArgs {
             },
             rules: file.rules,
             log_format: self.log_format.or(file.log_format),
+            reads: self.reads.or(file.reads),
             public_url: self.public_url.or(file.public_url),
             refuse_status: self.refuse_status.or(file.refuse_status),
             max_manifest_bytes: self.max_manifest_bytes.or(file.max_manifest_bytes),

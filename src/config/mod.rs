@@ -29,6 +29,18 @@ pub enum LogFormat {
     Json,
 }
 
+/// How a manifest read by tag of a protected tag is answered.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Reads {
+    /// With the pinned manifest, fetched by digest, whatever the upstream holds under the
+    /// tag; a protected tag with no pin is pinned by its first pull.
+    #[default]
+    Pinned,
+    /// Forwarded by tag: the upstream's current content, no adoption on reads.
+    Forward,
+}
+
 /// A scheme plus authority, such as `https://registry.example:5000`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Origin {
@@ -55,6 +67,7 @@ pub struct Config {
     /// Where the policy is re-read from on SIGHUP.
     pub reload: Option<ReloadSource>,
     pub log_format: LogFormat,
+    pub reads: Reads,
     pub refuse_status: StatusCode,
     pub max_manifest_bytes: usize,
     /// Bytes all manifest bodies being read or forwarded may hold together.

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::{ConfigError, LogFormat};
+use super::{ConfigError, LogFormat, Reads};
 
 #[derive(Debug, Default, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -17,6 +17,7 @@ pub struct RawConfig {
     /// `[[rules]]`, checked one by one in `validate` so errors name the rule.
     pub rules: Option<Vec<toml::Value>>,
     pub log_format: Option<LogFormat>,
+    pub reads: Option<Reads>,
     pub public_url: Option<String>,
     pub refuse_status: Option<u16>,
     pub max_manifest_bytes: Option<usize>,

@@ -275,6 +275,7 @@ impl RawConfig {
             rules,
             reload: None,
             log_format: self.log_format.unwrap_or(LogFormat::Pretty),
+            reads: self.reads.unwrap_or_default(),
             refuse_status,
             max_manifest_bytes,
             manifest_memory_budget_bytes,

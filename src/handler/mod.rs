@@ -8,11 +8,13 @@ mod challenge;
 mod delete;
 mod pins;
 mod push;
+mod reads;
 mod refs;
 mod refused;
 mod release;
 mod settle;
 
+pub use reads::ReadReports;
 pub use release::report_expired;
 
 use std::sync::Arc;
@@ -102,7 +104,11 @@ async fn handle_inner(app: &Arc<App>, req: Request<Incoming>, who: &Requester) -
         }
         Route::BlobDelete { repo, digest } => Box::pin(delete::blob_delete(app, parts, body, repo, digest, who)).await,
         Route::Ready => Ok(Box::pin(ready(app)).await),
-        Route::Read | Route::UploadStart { .. } | Route::UploadSession { .. } => forward(app, parts, body, who).await,
+        Route::ManifestRead { repo, reference } => reads::manifest_read(app, parts, body, repo, reference, who).await,
+        Route::EncodedManifestRead => reads::encoded(app, parts, body, who).await,
+        Route::Read | Route::TagHistory { .. } | Route::UploadStart { .. } | Route::UploadSession { .. } => {
+            forward(app, parts, body, who).await
+        }
     }
 }
 

@@ -38,6 +38,7 @@
 mod delete;
 pub mod flow;
 mod push;
+mod read;
 mod release;
 #[cfg(test)]
 mod sim;
@@ -49,6 +50,7 @@ pub use delete::{
     TagDelete,
 };
 pub use push::{begin_push, settle_push, Begun, PushTag, Settled, Verdict};
+pub use read::{adopt_on_read, FirstPull};
 pub use release::{cancel_release, clear_writes, set_release, take_releases, Cancel, SetRelease};
 
 use crate::store::{Claim, HistoryEntry, HistoryEvent, Release, TagRecord};

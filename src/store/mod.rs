@@ -53,6 +53,37 @@ pub trait PinStore: Send + Sync + 'static {
     /// Everything kept for `tag`: pin, writes in flight, release.
     fn record(&self, repo: &Repository, tag: &Tag) -> Result<TagRecord, StoreError>;
 
+    /// What a manifest read of `tag` is answered from. `immutable`: the policy in force
+    /// makes the tag immutable, so a store that keeps a cache may answer from it (see
+    /// [`PgStore`] for why a cached pin is never older than one committed before the
+    /// read began).
+    fn read_view(&self, repo: &Repository, tag: &Tag, immutable: bool) -> Result<ReadView, StoreError> {
+        let _ = immutable;
+        Ok(ReadView::of(&self.record(repo, tag)?))
+    }
+
+    /// [`PinStore::read_view`] when it can be answered at once from memory (sled's own
+    /// cache, a replica's cache of immutable pins), without waiting on a disk or a
+    /// database; `None` when the caller must run [`PinStore::read_view`] off the async
+    /// workers.
+    fn read_view_in_memory(
+        &self,
+        repo: &Repository,
+        tag: &Tag,
+        immutable: bool,
+    ) -> Option<Result<ReadView, StoreError>> {
+        let _ = (repo, tag, immutable);
+        None
+    }
+
+    /// How long a write that moves an existing pin (a released push, an append, an
+    /// audited move) waits between recording its claim and forwarding, so every replica
+    /// has dropped the old pin from its read cache by the time the new one can commit.
+    /// Zero for a store with no cache shared by other processes.
+    fn move_grace(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
+
     /// Apply `change` to the records of `tags` (an empty record for a free tag) as one
     /// atomic, durable write: on PostgreSQL under a transaction that holds every tag's
     /// lock, so replicas apply changes to a tag one at a time. `change` gets the store's

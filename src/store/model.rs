@@ -186,6 +186,23 @@ impl Claim {
     }
 }
 
+/// What a manifest read by tag needs of a tag's records: the digest it is pinned to, and
+/// whether a write is in flight (a claim with no pin leaves the read to the upstream).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReadView {
+    pub pin: Option<Digest>,
+    pub in_flight: bool,
+}
+
+impl ReadView {
+    pub fn of(record: &TagRecord) -> Self {
+        Self {
+            pin: record.pin.as_ref().map(|p| p.digest.clone()),
+            in_flight: !record.writes.is_empty(),
+        }
+    }
+}
+
 /// What a tag is held to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TagState {

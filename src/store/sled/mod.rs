@@ -46,7 +46,8 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 use self::records::{corrupt, decode_pin, decode_refusals, decode_writes, encode_pin, encode_refusals, encode_writes};
 use super::{
-    DeleteRecord, Exported, ImportOutcome, PinStore, Protect, Refused, StoreError, TagRecord, TagState, MAX_REFUSALS,
+    DeleteRecord, Exported, ImportOutcome, PinStore, Protect, ReadView, Refused, StoreError, TagRecord, TagState,
+    MAX_REFUSALS,
 };
 use crate::oci::{Digest, Repository, Tag};
 
@@ -386,6 +387,25 @@ fn settle<T>(r: Result<T, TransactionError<StoreError>>) -> Result<T, StoreError
 impl PinStore for SledStore {
     fn record(&self, repo: &Repository, tag: &Tag) -> Result<TagRecord, StoreError> {
         self.read_record(repo, tag)
+    }
+
+    fn read_view(&self, repo: &Repository, tag: &Tag, _immutable: bool) -> Result<ReadView, StoreError> {
+        self.read_view_now(repo, tag)
+    }
+
+    /// sled answers from its page cache; a miss reads a page from disk, which is short
+    /// enough to do on the worker.
+    /// Not while a flush is owed: then the store must first flush or reopen, which blocks.
+    fn read_view_in_memory(
+        &self,
+        repo: &Repository,
+        tag: &Tag,
+        _immutable: bool,
+    ) -> Option<Result<ReadView, StoreError>> {
+        if self.dirty.load(Ordering::Acquire) {
+            return None;
+        }
+        Some(self.read_view_now(repo, tag))
     }
 
     fn update(

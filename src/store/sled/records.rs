@@ -54,6 +54,16 @@ pub fn decode_pin(key: &[u8], bytes: &[u8]) -> Result<Pin, StoreError> {
     })
 }
 
+/// Only the digest of a stored pin: what a read needs, without building its history.
+pub fn decode_pin_digest(key: &[u8], bytes: &[u8]) -> Result<Digest, StoreError> {
+    #[derive(serde::Deserialize)]
+    struct DigestOnly {
+        digest: Digest,
+    }
+    let r: DigestOnly = serde_json::from_slice(bytes).map_err(|e| corrupt(key, e))?;
+    Ok(r.digest)
+}
+
 pub fn encode_pin(pin: &Pin) -> Vec<u8> {
     serde_json::to_vec(&PinRecord {
         digest: pin.digest.clone(),

@@ -8,13 +8,17 @@ use std::cell::RefCell;
 use sled::transaction::TransactionalTree;
 use sled::Transactional;
 
-use super::records::{decode_notes, decode_refusals, decode_release, encode_notes, encode_refusals, encode_release};
+use super::records::{
+    decode_notes, decode_pin_digest, decode_refusals, decode_release, encode_notes, encode_refusals, encode_release,
+};
 use super::{
     abort, corrupt, decode_pin, decode_writes, encode_pin, encode_writes, io, repo_prefix, settle, tag_key, under,
     SledStore, TxResult,
 };
 use crate::oci::{Digest, Repository, Tag};
-use crate::store::{merge_refusals, now_secs, plan_import, Exported, ImportOutcome, StoreError, TagRecord, TagState};
+use crate::store::{
+    merge_refusals, now_secs, plan_import, Exported, ImportOutcome, ReadView, StoreError, TagRecord, TagState,
+};
 
 /// The trees of a tag's record, inside one transaction.
 struct TxTrees<'a> {
@@ -118,6 +122,22 @@ impl SledStore {
             .read(&key)
         });
         settle(result)
+    }
+
+    /// [`crate::store::PinStore::read_view`], without a transaction: sled runs one at a
+    /// time, and a read per manifest pull must not queue behind the writes. Two trees read
+    /// apart can disagree only about a write that settled in between; a view that shows
+    /// neither pin nor write is then the read's cue to adopt, which is itself atomic and
+    /// finds the pin (`pinning::adopt_on_read`), so no answer can contradict a pin.
+    pub(super) fn read_view_now(&self, repo: &Repository, tag: &Tag) -> Result<ReadView, StoreError> {
+        let t = self.trees()?;
+        let key = tag_key(repo, tag);
+        let pin = match t.pins.get(&key).map_err(io)? {
+            Some(v) => Some(decode_pin_digest(&key, &v)?),
+            None => None,
+        };
+        let in_flight = t.claims.get(&key).map_err(io)?.is_some();
+        Ok(ReadView { pin, in_flight })
     }
 
     /// [`crate::store::PinStore::update`]. sled runs one transaction at a time, so the
