@@ -229,6 +229,10 @@ pub(crate) mod mutation {
         /// Review C: a decision forwarded however long after its record was written, so
         /// the write may land after the record passed the horizon.
         StaleForward,
+        /// Reads: a pull of a pinned tag answered with what the upstream holds under it.
+        ReadByTag,
+        /// Reads: a first pull adopts what it read although a write is in flight.
+        AdoptOverClaim,
     }
 
     #[cfg(not(test))]

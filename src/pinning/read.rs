@@ -29,7 +29,7 @@ pub fn adopt_on_read(record: &mut TagRecord, served: &Digest, how: &str, clock: 
     if let Some(pin) = &record.pin {
         return FirstPull::Pinned(pin.digest.clone());
     }
-    if !record.writes.is_empty() {
+    if !record.writes.is_empty() && !super::mutation::on(super::mutation::Mutation::AdoptOverClaim) {
         return FirstPull::InFlight;
     }
     let mut pin = Pin::now(served.clone(), PinSource::Adopted);

@@ -1,9 +1,10 @@
 //! Deterministic simulation of the pinning state machine: three replicas share one model
 //! store; requests (pushes by tag and by digest with `?tag=`, deletes by tag, digest and
-//! blob) run one atomic step at a time in an order drawn from a seed, beside operators
-//! (releases, cancels, reloads between modes, clearing claims), a clock, replica kills,
-//! store crashes, and a model upstream that refuses, loses answers and applies writes
-//! late. After every step the ghost checks:
+//! blob, and on odd seeds pulls by tag) run one atomic step at a time in an order drawn
+//! from a seed, beside operators (releases, cancels, reloads between modes, clearing
+//! claims), on odd seeds writers straight to the upstream, a clock, replica kills, store
+//! crashes, and a model upstream that refuses, loses answers and applies writes late.
+//! After every step the ghost checks:
 //! - the upstream never takes a write under a protected tag except while the tag is
 //!   still held to what the write's decision allowed (checked as each write lands);
 //! - every decision that let a write through was allowed by the policy, the release
@@ -11,7 +12,11 @@
 //! - a pin never disappears and changes only by an applied, licensed move; history
 //!   names only writes the upstream applied; a release moves a tag at most once;
 //! - every pin a client was told about survives, and every pinned manifest of an
-//!   enforcing tag, with its layers, can still be pulled from the upstream.
+//!   enforcing tag, with its layers, can still be pulled from the upstream (content
+//!   already gone, or being deleted, when a tag was adopted from a writer tagpin never
+//!   saw is not owed);
+//! - a pull of an enforcing tag with a pin gets the pin, and a first pull's answer is
+//!   the pin in force after its adoption (`read.rs`).
 //!
 //! `SIM_RUNS=n` runs more seeds; `SIM_SEED=s` replays one seed with its whole trace.
 //! Each regression in [`crate::pinning::mutation`] puts back one way a tag moved before;
@@ -19,6 +24,7 @@
 
 mod digest;
 mod procs;
+mod read;
 mod world;
 
 use std::collections::BTreeMap;
@@ -51,7 +57,12 @@ pub struct World {
     tags: usize,
     manifests: usize,
     /// This seed's mix of requests (see `fresh`).
-    mix: [usize; 5],
+    mix: [usize; 6],
+    /// Whether this seed has writers straight to the upstream, behind tagpin's back.
+    pub bypass: bool,
+    /// First pulls that adopted the tag, and pulls served a pin.
+    pub read_adoptions: usize,
+    pub pinned_reads: usize,
 }
 
 impl World {
@@ -64,13 +75,21 @@ impl World {
         let mut ghost = Ghost::default();
         let tags = 1 + rng.below(TAGS);
         let manifests = 2 + rng.below(world::LAYERS.len() - 1);
-        let mix = [
+        let mut mix = [
             30 + rng.below(30),
             rng.below(20),
             rng.below(20),
             rng.below(25),
             rng.below(25),
+            0,
         ];
+        // Odd seeds add pulls and writers straight to the upstream; even seeds draw
+        // exactly what they drew before those existed, so what they found, they find.
+        let mut bypass = false;
+        if seed % 2 == 1 {
+            mix[5] = 10 + rng.below(30);
+            bypass = rng.chance(70);
+        }
         for t in 0..TAGS {
             ghost.modes.insert(world::tag(t), pick_mode(&mut rng));
         }
@@ -88,6 +107,9 @@ impl World {
             tags,
             manifests,
             mix,
+            bypass,
+            read_adoptions: 0,
+            pinned_reads: 0,
         }
     }
 
@@ -126,6 +148,8 @@ pub struct Stats {
     pub applied: usize,
     pub late: usize,
     pub moves: usize,
+    pub read_adoptions: usize,
+    pub pinned_reads: usize,
 }
 
 pub struct Failure {
@@ -175,6 +199,8 @@ pub fn run(seed: u64, steps: usize) -> Result<Stats, Failure> {
         Ok::<_, String>(())
     })();
     mutation::set_skew(0);
+    stats.read_adoptions = w.read_adoptions;
+    stats.pinned_reads = w.pinned_reads;
     match result {
         Ok(()) => Ok(stats),
         Err(message) => Err(Failure {
@@ -253,7 +279,8 @@ fn spawn(w: &mut World, procs: &mut Vec<Proc>, next_id: &mut usize) {
 }
 
 fn fresh(w: &mut World, tag: Tag, m: Digest) -> Kind {
-    // Weights of push by tag, push with `?tag=`, tag delete, digest delete, blob delete.
+    // Weights of push by tag, push with `?tag=`, tag delete, digest delete, blob delete,
+    // pull by tag.
     let weights = w.mix;
     let mut roll = w.rng.below(weights.iter().sum());
     let pick = weights
@@ -280,6 +307,7 @@ fn fresh(w: &mut World, tag: Tag, m: Digest) -> Kind {
             digest: m,
             manifest: true,
         },
+        5 => Kind::Read { tag },
         _ => {
             // A layer of a manifest in play.
             let layers = world::layers_of(&m);
@@ -352,8 +380,12 @@ fn apply(w: &mut World, o: &world::Op, stats: &mut Stats) -> Result<bool, String
         let moves = w.up.tags.get(t) != to.as_ref();
         if let (true, Some(id)) = (moves, &licence.release) {
             let r = w.ghost.releases.get_mut(id).expect("licensed releases exist");
+            // With writers straight to the upstream, which may move the tag back before a
+            // repeat of the same released write lands, moves are counted by where they take
+            // the tag; without them, every change counts.
             r.moves += 1;
-            if r.moves > 1 {
+            r.targets.insert(to.clone());
+            if (if w.bypass { r.targets.len() } else { r.moves }) > 1 {
                 return Err(format!("release {id} of {t} moved it a second time"));
             }
         }
@@ -378,7 +410,18 @@ fn apply(w: &mut World, o: &world::Op, stats: &mut Stats) -> Result<bool, String
 
 fn operator(w: &mut World, procs: &[Proc]) {
     let t = world::tag(w.rng.below(w.tags));
-    match w.rng.below(10) {
+    match w.rng.below(if w.bypass { 12 } else { 10 }) {
+        10 | 11 => {
+            // Someone with the upstream's own address and a credential: no decision.
+            let m = world::manifest(w.rng.below(w.manifests));
+            w.up.blobs.extend(world::layers_of(&m));
+            w.up.manifests.insert(m.clone());
+            w.up.tags.insert(t.clone(), m.clone());
+            w.log(format!(
+                "a writer straight to the upstream sets {t} = {}",
+                world::short(&m)
+            ));
+        }
         0..=3 => {
             w.releases += 1;
             let release = Release {
@@ -405,6 +448,7 @@ fn operator(w: &mut World, procs: &[Proc]) {
                         expires_at: release.expires_at,
                         cancelled: false,
                         moves: 0,
+                        targets: Default::default(),
                     },
                 );
             }
@@ -472,16 +516,19 @@ fn no_seed_moves_a_protected_tag() {
                 total.applied += s.applied;
                 total.late += s.late;
                 total.moves += s.moves;
+                total.read_adoptions += s.read_adoptions;
+                total.pinned_reads += s.pinned_reads;
             }
             Err(f) => panic!("{f}"),
         }
     }
     println!(
-        "simulated {} steps: {} writes applied, {} after their answer, {} moves",
-        total.steps, total.applied, total.late, total.moves
+        "simulated {} steps: {} writes applied, {} after their answer, {} moves, {} first pulls adopted, {} pulls served a pin",
+        total.steps, total.applied, total.late, total.moves, total.read_adoptions, total.pinned_reads
     );
     // The runs must have exercised what the checks are about.
     assert!(total.applied > 1000 && total.late > 50 && total.moves > 50, "{total:?}");
+    assert!(total.read_adoptions > 25 && total.pinned_reads > 1000, "{total:?}");
 }
 
 #[test]
@@ -515,6 +562,8 @@ const MUTANTS: &[(&str, Mutation)] = &[
     ("review-a-dependents-by-digest", Mutation::DependentsByDigest),
     ("review-b-clear-all-writes", Mutation::ClearAllWrites),
     ("review-c-stale-forward", Mutation::StaleForward),
+    ("read-a-pinned-tag-read-by-tag", Mutation::ReadByTag),
+    ("read-b-adopted-over-a-write-in-flight", Mutation::AdoptOverClaim),
 ];
 
 #[test]

@@ -13,9 +13,22 @@ use crate::store::{HistoryEvent, Pin, PinSource, Release, TagRecord};
 
 #[derive(Clone)]
 pub enum Kind {
-    Push { tag: Tag, digest: Digest, by_tag: bool },
-    TagDelete { tag: Tag },
-    DigestDelete { digest: Digest, manifest: bool },
+    Push {
+        tag: Tag,
+        digest: Digest,
+        by_tag: bool,
+    },
+    TagDelete {
+        tag: Tag,
+    },
+    DigestDelete {
+        digest: Digest,
+        manifest: bool,
+    },
+    /// A manifest pull by tag.
+    Read {
+        tag: Tag,
+    },
 }
 
 impl std::fmt::Debug for Kind {
@@ -29,6 +42,7 @@ impl std::fmt::Debug for Kind {
             Self::Push { tag, digest, .. } => write!(f, "PUT {}?tag={tag}", world::short(digest)),
             Self::TagDelete { tag } => write!(f, "DELETE {tag}"),
             Self::DigestDelete { digest, .. } => write!(f, "DELETE {}", world::short(digest)),
+            Self::Read { tag } => write!(f, "GET {tag}"),
         }
     }
 }
@@ -43,6 +57,12 @@ pub enum Phase {
     Forward,
     Await,
     Settle,
+    /// A pull looks at the tag's records.
+    ReadView,
+    /// A pull of a tag with no pin reads it at the upstream.
+    ReadFetch,
+    /// The pull adopts what it read.
+    ReadAdopt,
 }
 
 /// The upstream's answer as the handler classifies it.
@@ -71,6 +91,8 @@ pub struct Proc {
     /// When its record was written: the write must reach the upstream soon after, and
     /// lands (if ever) within the horizon of it.
     pub(super) recorded_at: u64,
+    /// What a pull read at the upstream.
+    pub(super) served: Option<Digest>,
 }
 
 impl Proc {
@@ -79,6 +101,7 @@ impl Proc {
             Kind::TagDelete { .. } => Phase::Decide,
             Kind::DigestDelete { .. } => Phase::Adopt,
             Kind::Push { .. } => Phase::Gather,
+            Kind::Read { .. } => Phase::ReadView,
         };
         Self {
             id,
@@ -94,6 +117,7 @@ impl Proc {
             audited: false,
             stash: None,
             recorded_at: 0,
+            served: None,
         }
     }
 }
@@ -110,6 +134,7 @@ pub fn step(w: &mut World, p: &mut Proc) -> Result<Next, String> {
         Kind::Push { tag, digest, by_tag } => push(w, p, &tag, &digest, by_tag),
         Kind::TagDelete { tag } => tag_delete(w, p, &tag),
         Kind::DigestDelete { digest, manifest } => super::digest::digest_delete(w, p, &digest, manifest),
+        Kind::Read { tag } => super::read::read(w, p, &tag),
     }
 }
 
@@ -224,7 +249,6 @@ fn push(w: &mut World, p: &mut Proc, tag: &Tag, digest: &Digest, by_tag: bool) -
             forward(w, p, write);
             Ok(Next::Continue)
         }
-        Phase::Await | Phase::Record | Phase::Adopt => Ok(Next::Continue),
         Phase::Settle => {
             let outcome = match p.answer.expect("answered") {
                 Answer::Ok => {
@@ -249,6 +273,7 @@ fn push(w: &mut World, p: &mut Proc, tag: &Tag, digest: &Digest, by_tag: bool) -
             }
             Ok(Next::Done)
         }
+        _ => Ok(Next::Continue),
     }
 }
 
@@ -274,6 +299,7 @@ pub(super) fn adopt(w: &mut World, p: &Proc, tag: &Tag) {
         .refs
         .entry(there.clone())
         .or_insert_with(|| world::layers_of(&there));
+    world::excuse_adopted(w, tag, &there);
     w.log(format!("{} adopts {tag} at {}", p.id, world::short(&there)));
 }
 

@@ -226,8 +226,11 @@ pub struct GhostRelease {
     pub expires_at: u64,
     /// The operator was told it is cancelled (or found none when cancelling it).
     pub cancelled: bool,
-    /// Writes that used it and were applied.
+    /// Applied writes that used it and changed what the upstream holds under the tag.
     pub moves: usize,
+    /// Where the applied writes that used it took the tag (a digest, or `None` for a
+    /// delete): more than one is a second move.
+    pub targets: BTreeSet<Option<Digest>>,
 }
 
 /// The ghost: the truth the checks hold the store and the upstream to.
@@ -391,6 +394,29 @@ pub fn check_content(store: &Store, up: &Upstream, ghost: &Ghost) -> Result<(), 
         }
     }
     Ok(())
+}
+
+/// A tag adopted at `d` (content a writer tagpin never saw bound at the upstream) is not
+/// owed what was already gone when it was adopted, nor content whose delete was already
+/// forwarded: tagpin decided that delete before the tag was pinned, and the writer
+/// straight to the upstream raced it.
+pub fn excuse_adopted(w: &mut super::World, t: &Tag, d: &Digest) {
+    if !w.bypass {
+        return;
+    }
+    let (ghost, up) = (&mut w.ghost, &w.up);
+    let mut needed = vec![d.clone()];
+    needed.extend(layers_of(d));
+    for x in &needed {
+        let present = up.manifests.contains(x) || up.blobs.contains(x);
+        let deleting = up
+            .ops
+            .iter()
+            .any(|o| !o.applied && matches!(&o.write, Write::DeleteManifest(y) | Write::DeleteBlob(y) if y == x));
+        if !present || deleting {
+            ghost.excused.insert((t.clone(), x.clone()));
+        }
+    }
 }
 
 /// The acting replica's clock offset, for the replica-clock regression.

@@ -1,0 +1,104 @@
+//! A manifest pull by tag through tagpin (`handler/reads.rs`), in three steps so pushes,
+//! deletes, operators and writers straight to the upstream interleave with it: look at
+//! the tag's records; with no pin, read the tag at the upstream; then adopt what was read
+//! (`pinning::adopt_on_read`). The checks: a pull of an enforcing tag that has a pin gets
+//! the pin; a first pull's answer is the pin in force after its adoption (unless a write
+//! was in flight, when the upstream's current content is served as before); and every
+//! adoption is held to the checks at apply time like any pin (a push whose decision was
+//! made against a free tag must not land on one a pull adopted in between).
+
+use super::procs::{Next, Phase, Proc};
+use super::world;
+use super::World;
+use crate::oci::Tag;
+use crate::pinning::{self as machine, FirstPull};
+use crate::policy::Mode;
+use crate::store::ReadView;
+
+pub(super) fn read(w: &mut World, p: &mut Proc, tag: &Tag) -> Result<Next, String> {
+    match p.phase {
+        Phase::ReadView => {
+            let view = ReadView::of(&w.store.record(tag));
+            let enforcing = w.ghost.mode(tag) != Mode::Audit;
+            match view.pin {
+                Some(pin) if enforcing => {
+                    let served = if machine::mutation::on(machine::mutation::Mutation::ReadByTag) {
+                        w.up.tags.get(tag).cloned()
+                    } else {
+                        Some(pin.clone())
+                    };
+                    w.log(format!("{} pulls {tag}: the pin {}", p.id, world::short(&pin)));
+                    w.pinned_reads += 1;
+                    if served.as_ref() != Some(&pin) {
+                        return Err(format!(
+                            "a pull of {tag}, pinned to {}, was served {}",
+                            world::short(&pin),
+                            served.as_ref().map_or("nothing".into(), world::short)
+                        ));
+                    }
+                    Ok(Next::Done)
+                }
+                Some(_) => Ok(Next::Done),
+                None if view.in_flight => {
+                    w.log(format!("{} pulls {tag}: a write is in flight, read by tag", p.id));
+                    Ok(Next::Done)
+                }
+                None => {
+                    p.phase = Phase::ReadFetch;
+                    Ok(Next::Continue)
+                }
+            }
+        }
+        Phase::ReadFetch => {
+            p.served = w.up.tags.get(tag).cloned();
+            let Some(served) = p.served.clone() else {
+                w.log(format!("{} pulls {tag}: the upstream has no such tag", p.id));
+                return Ok(Next::Done);
+            };
+            w.log(format!(
+                "{} reads {tag} at the upstream: {}",
+                p.id,
+                world::short(&served)
+            ));
+            p.phase = Phase::ReadAdopt;
+            Ok(Next::Continue)
+        }
+        Phase::ReadAdopt => {
+            let served = p.served.clone().expect("read before adopting");
+            let mut found = None;
+            w.update(std::slice::from_ref(tag), |now, recs| {
+                found = Some(machine::adopt_on_read(&mut recs[0], &served, "GET", world::clock(now)));
+            });
+            let found = found.expect("transition ran");
+            w.log(format!("{} adopts {tag} on read: {found:?}", p.id));
+            let pin = w.store.record(tag).pin.map(|x| x.digest);
+            let answer = match &found {
+                FirstPull::Adopted => {
+                    w.read_adoptions += 1;
+                    w.store
+                        .refs
+                        .entry(served.clone())
+                        .or_insert_with(|| world::layers_of(&served));
+                    world::excuse_adopted(w, tag, &served);
+                    Some(served)
+                }
+                FirstPull::Pinned(d) => Some(d.clone()),
+                FirstPull::InFlight => None,
+            };
+            if let Some(answer) = answer {
+                if pin.as_ref() != Some(&answer) {
+                    return Err(format!(
+                        "a first pull of {tag} was answered {} but the tag is pinned to {}",
+                        world::short(&answer),
+                        pin.as_ref().map_or("nothing".into(), world::short)
+                    ));
+                }
+                if w.ghost.mode(tag) != Mode::Audit {
+                    w.ghost.acked.insert(tag.clone(), answer);
+                }
+            }
+            Ok(Next::Done)
+        }
+        _ => Ok(Next::Continue),
+    }
+}
