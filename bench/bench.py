@@ -3,7 +3,8 @@
 tagpin (sled store), through tagpin on PostgreSQL (tagpin-pg, manifest requests only) and
 through nginx (a plain streaming reverse proxy). The targets are measured in rotating order
 within each round, so machine noise hits all of them alike. haproxy, with splicing and in
-TCP mode, is the reference for how fast a blob download can be relayed at all.
+TCP mode, is the reference for how fast a blob download can be relayed at all. Reads by a
+pinned tag with `reads = "pinned"` are measured beside `reads = "forward"` in bench/reads.py.
 
 Run through bench/run.sh, which installs the tools and builds tagpin first."""
 
@@ -26,6 +27,7 @@ import time
 from hashlib import sha256
 
 import connections  # the script's directory is on sys.path; connections uses this module's helpers
+import reads  # likewise
 
 TARGETS = ["direct", "tagpin", "tagpin-pg", "nginx"]
 # Blob transfers and memory are measured without tagpin-pg: the store is not on that path.
@@ -143,8 +145,12 @@ def start_postgres(tmp):
     port = free_port()
     logf = open(os.path.join(tmp, "postgres.log"), "wb")
     # Popen(user=...) rather than runuser so that the pid is the postmaster's own.
+    # pg_stat_statements counts the statements tagpin issues per read (bench/reads.py).
+    if not os.path.exists(os.path.join(os.path.dirname(os.path.dirname(pg_bin("postgres"))), "lib",
+                                       "pg_stat_statements.so")):
+        raise RuntimeError("PostgreSQL's pg_stat_statements module is missing (Debian ships it in postgresql)")
     proc = subprocess.Popen([pg_bin("postgres"), "-D", data, "-p", str(port), "-k", data,
-                             "-c", "listen_addresses=127.0.0.1"],
+                             "-c", "listen_addresses=127.0.0.1", "-c", "shared_preload_libraries=pg_stat_statements"],
                             stdout=logf, stderr=subprocess.STDOUT, cwd=tmp, user="postgres" if as_root else None)
     logf.close()
     psql = [tool("psql"), "-h", "127.0.0.1", "-p", str(port), "-U", "tagpin", "-X", "-q", "-v", "ON_ERROR_STOP=1"]
@@ -535,6 +541,8 @@ def main():
                             db = (cpu_seconds([pg.pid]) - db0) * 1e6 / max(1, n)
                             cpu_row.setdefault("postgres", []).append(db)
 
+        pinned_reads = reads.measure(args.tagpin, up, pg_url, tmp, rounds, ab_seconds, (1,) if smoke else (1, 32))
+
         for r in range(rounds):
             order = rotate(TARGETS, r)
             log(f"round {r + 1}: manifest PUT latency")
@@ -547,7 +555,7 @@ def main():
         conns = connections.measure(args.tagpin, up, ng_addr, ng.pid, tmp, conn_count)
         write_report(out_dir, results, {
             "peak_transfer_kib": peak_transfer_kib, "peak_reset": peak_reset,
-            "connections": conns, "conn_count": conn_count,
+            "connections": conns, "conn_count": conn_count, "reads": pinned_reads,
         }, smoke, blob_mib, rounds, ab_seconds, puts, args.tagpin)
     finally:
         for p in procs:
@@ -592,9 +600,10 @@ def write_report(out_dir, results, mem, smoke, blob_mib, rounds, ab_seconds, put
     pg_version = f"PostgreSQL {pv.group(1)}" if pv else "PostgreSQL"
     lines.append(f"Produced by `{cmd}` on {time.strftime('%Y-%m-%d')}, {machine()}.")
     lines.append(f"Upstream {v['registry']}; {v['nginx']} with `proxy_buffering off`, `proxy_request_buffering off` "
-                 f"and keep-alive to the upstream; {v['tagpin']} (release build, every tag protected) with its sled "
-                 f"store (tagpin) and on a local {pg_version} started by the benchmark (tagpin-pg, default "
-                 f"settings, manifest requests only; – where not measured). "
+                 f"and keep-alive to the upstream; {v['tagpin']} (release build, every tag protected, "
+                 f"`reads = \"pinned\"`) with its sled store (tagpin) and on a local {pg_version} started by the "
+                 f"benchmark (tagpin-pg, default settings with `pg_stat_statements` loaded, manifest requests only; "
+                 f"– where not measured). "
                  f"Blob {blob_mib} MiB with curl, {rounds} round(s) in rotating order (medians); manifest reads with "
                  f"`ab -k` for {ab_seconds} s per point; {puts} sequential PUTs per target and round on one "
                  f"keep-alive connection, each pinned durably by tagpin.")
@@ -643,6 +652,8 @@ def write_report(out_dir, results, mem, smoke, blob_mib, rounds, ab_seconds, put
     lines.append(f"tagpin peak RSS during the large transfers: **{peak:.1f} MiB**{note}.")
     lines.append("")
     lines.extend(connections.report(mem["connections"], mem["conn_count"]))
+    lines.append("")
+    lines.extend(reads.report(mem["reads"]))
     table = "\n".join(lines) + "\n"
     with open(os.path.join(out_dir, "results.md"), "w") as f:
         f.write(table)

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Side-by-side benchmark: the upstream registry directly, through tagpin, through tagpin on
 # PostgreSQL (a private server the benchmark starts, for the manifest measurements), through nginx.
-#   bench/run.sh            full run (512 MiB blob, 10 s per load point); writes
+#   bench/run.sh            full run (512 MiB blob, 5 s per load point); writes
 #                           bench/results.md and bench/chart.png
+# Manifest reads by a pinned tag are also measured with reads = "pinned" beside the same
+# build with reads = "forward", on sled and on PostgreSQL (bench/reads.py), with the
+# statements each read costs the database.
 # haproxy with kernel splicing (zero-copy relaying) and haproxy in TCP mode without splicing
 # are measured on the blob download only, as references for how fast any proxy (and any
 # proxy that copies) can relay a blob on this machine.
