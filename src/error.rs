@@ -102,6 +102,7 @@ impl ProxyError {
                 | UpstreamError::FetchStatus { .. }
                 | UpstreamError::CheckNoDigest { .. }
                 | UpstreamError::DigestMismatch { .. }
+                | UpstreamError::ServedOtherDigest { .. }
                 | UpstreamError::Tls(_)
                 | UpstreamError::TagList { .. }
                 | UpstreamError::OwnAuth(_)
@@ -163,6 +164,10 @@ impl ProxyError {
             Self::Upstream(UpstreamError::DigestMismatch { .. }) => {
                 "the upstream reported a different digest than the manifest tagpin forwarded; no pin was recorded \
                  and the tag stays reserved for the forwarded digest"
+            }
+            Self::Upstream(UpstreamError::ServedOtherDigest { .. }) => {
+                "the upstream answered a request for the pinned manifest with other content; tagpin does not \
+                 pass it on"
             }
             Self::Upstream(_) => "the upstream registry connection failed; nothing was pinned",
             Self::Store(_) => {

@@ -32,6 +32,7 @@ use crate::policy::{Decided, Mode};
 use crate::route::RouteError;
 use crate::store::ReadView;
 use crate::telemetry::{AuditAction, AuditEvent, Requester};
+use crate::upstream::UpstreamError;
 
 type Answer = Result<http::Response<Body>, ProxyError>;
 
@@ -127,6 +128,16 @@ impl Read<'_> {
         let resp = super::forward(self.app, parts, body, self.who).await?;
         if resp.status() == StatusCode::NOT_FOUND && self.pinned_gone(pin, authorization.as_ref()).await? {
             return Err(self.missing(pin));
+        }
+        // The upstream names what it serves; anything but the pin is not passed on.
+        if let Some(served) = resp.headers().get("docker-content-digest") {
+            if resp.status().is_success() && served.as_bytes() != pin.as_str().as_bytes() {
+                return Err(UpstreamError::ServedOtherDigest {
+                    asked: pin.clone(),
+                    served: String::from_utf8_lossy(served.as_bytes()).chars().take(200).collect(),
+                }
+                .into());
+            }
         }
         self.app.metrics.read(ReadAnswer::Pinned);
         Ok(resp)

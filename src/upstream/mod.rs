@@ -64,6 +64,9 @@ pub enum UpstreamError {
     CheckNoDigest { tag: Tag },
     #[error("the upstream stored the manifest as {reported}, tagpin computed {computed}")]
     DigestMismatch { computed: Digest, reported: String },
+    /// A request for a manifest by digest was answered with another digest.
+    #[error("the upstream answered a request for {asked} with {served}")]
+    ServedOtherDigest { asked: Digest, served: String },
     #[error("cannot set up TLS for the upstream: {0}")]
     Tls(String),
     /// The tag list could not be read to its end: tagpin cannot know every tag, so the
@@ -91,7 +94,7 @@ impl UpstreamError {
             Self::CheckStatus { .. } | Self::CheckNoDigest { .. } | Self::FetchStatus { .. } | Self::TagList { .. } => {
                 "check"
             }
-            Self::DigestMismatch { .. } => "digest",
+            Self::DigestMismatch { .. } | Self::ServedOtherDigest { .. } => "digest",
             Self::Tls(_) => "tls",
             Self::OwnAuth(_) | Self::TokenRealm { .. } => "auth",
             Self::Catalog(_) => "check",
