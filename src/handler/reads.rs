@@ -11,7 +11,8 @@
 //!   `Docker-Content-Digest` becomes its pin ([`crate::pinning::adopt_on_read`]); when a
 //!   push bound the tag first, the pin it bound is served instead.
 //! - Audit mode never blocks: reads go by tag, and an answer whose digest is not the pin
-//!   carries `Warning: 299` (one `read_drift` event per change).
+//!   carries `Warning: 299` (one `read_drift` event per move away from the pin, and per
+//!   further move while away).
 //! - Mutable tags, tags with a write in flight and no pin, and reads by digest go to the
 //!   upstream as they are.
 //!
@@ -222,7 +223,9 @@ impl Read<'_> {
                 _ => return Ok(resp),
             },
         };
-        if pin != served {
+        if pin == served {
+            self.undrifted();
+        } else {
             self.drift(&pin, &served);
             let text = format!(
                 "299 - \"tagpin: {}:{} is pinned to {pin}; the upstream serves {served}\"",
@@ -235,7 +238,8 @@ impl Read<'_> {
         Ok(resp)
     }
 
-    /// One `read_drift` event per digest an audited tag is seen served at.
+    /// One `read_drift` event per move away from the pin: per digest an audited tag is
+    /// seen served at since it was last seen at its pin.
     fn drift(&self, pin: &Digest, served: &Digest) {
         let key = (self.repo.clone(), self.tag.clone());
         if self.app.read_reports.drift.get(&key).as_ref() != Some(served) {
@@ -243,6 +247,11 @@ impl Read<'_> {
             self.app.metrics.read(ReadAnswer::Drift);
             self.event(AuditAction::ReadDrift, Some(pin), Some(served));
         }
+    }
+
+    /// The tag is served at its pin again: its next move away is a new drift.
+    fn undrifted(&self) {
+        self.app.read_reports.drift.remove(&(self.repo.clone(), self.tag.clone()));
     }
 
     /// An audit event about this read. It names no user: the upstream has not vouched
