@@ -13,9 +13,9 @@
 //!   what the upstream reports for the tag with every type (a client that lacks one may
 //!   be answered with a list's platform manifest or a rewrite). When a push bound the
 //!   tag first, or the answer was not the tag's own manifest, the pin is served instead.
-//! - Audit mode never blocks: reads go by tag, and an answer whose digest is not the pin
-//!   carries `Warning: 299` (one `read_drift` event per move away from the pin, and per
-//!   further move while away).
+//! - Audit mode never blocks: reads go by tag, and while the upstream holds the tag at
+//!   another digest than the pin the answer carries `Warning: 299` (one `read_drift`
+//!   event per move away from the pin, and per further move while away).
 //! - Mutable tags, tags with a write in flight and no pin, and reads by digest go to the
 //!   upstream as they are.
 //!
