@@ -5,7 +5,6 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 use super::image::{sha256, ACCEPT_ALL};
 use super::{request, skopeo, skopeo_copy, Image, Registry, Resp, Tagpin};
@@ -174,15 +173,6 @@ pub fn events_before(
 ) -> Vec<serde_json::Value> {
     tagpin.wait_for_audit(is_marker);
     events(tagpin, action, repo, tag)
-}
-
-/// Wait (bounded) until `f` holds.
-pub fn wait_until(what: &str, limit: Duration, f: impl Fn() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !f() {
-        assert!(Instant::now() < deadline, "never happened: {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
