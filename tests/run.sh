@@ -79,12 +79,14 @@ echo "== cargo test, PostgreSQL pin store (TAGPIN_TEST_STORE=postgres)"
 # depend on its file lock and disk (store_failure, full_disk, migration, operations,
 # admin_cli, ...); the PostgreSQL store has its own contract and replica tests above.
 # Also left out, by name: tests that never touch the pin store's behaviour (the 256 MiB
-# layer only streams a blob), which the pass above has run.
+# layer only streams a blob; a bad `reads` value stops tagpin before it opens a store),
+# which the pass above has run.
 TAGPIN_TEST_STORE=postgres cargo test --locked \
   --test push_and_pin --test in_flight --test pinned_content --test policy_modes \
   --test races_and_crashes --test faulty_upstream --test claims \
-  --test in_flight_records --test deletes_settled --test releases_once -- --test-threads="${TEST_THREADS:-4}" \
-  --skip a_256_mib_layer_is_pushed_and_pulled_intact
+  --test in_flight_records --test deletes_settled --test releases_once \
+  --test pinned_reads --test read_modes --test first_pull_race -- --test-threads="${TEST_THREADS:-4}" \
+  --skip a_256_mib_layer_is_pushed_and_pulled_intact --skip a_bad_reads_value_is_a_usage_error_that_names_it
 echo "== deploy files (kubernetes-validate --strict, hadolint, compose schema and healthchecks)"
 tests/deploy_check.sh
 echo "== benchmark smoke run (bench/run.sh --smoke)"

@@ -1,6 +1,8 @@
 //! A failing pin store: tagpin must refuse every write it cannot decide safely (503) and
-//! keep serving reads. Runtime failures use an in-process tagpin with a store that fails
-//! on demand; start-up failures use the binary on a broken data dir.
+//! every read by a protected tag (it cannot tell which digest the tag is pinned to, and
+//! the upstream's tag may have moved), and keep serving reads by digest and blobs.
+//! Runtime failures use an in-process tagpin with a store that fails on demand; start-up
+//! failures use the binary on a broken data dir.
 
 mod common;
 
@@ -190,9 +192,9 @@ fn when_the_store_cannot_be_read_writes_are_refused_and_reads_flow() {
     assert_eq!(del.status, 503);
     // Deleting a protected tag needs no store to be refused.
     assert_eq!(request(addr, "DELETE", "/v2/s/manifests/v1", &[], b"").status, 409);
-    // Reads keep flowing.
-    let get = request(addr, "GET", "/v2/s/manifests/v1", &[("Accept", image::ACCEPT_ALL)], b"");
-    assert_eq!((get.status, get.body.clone()), (200, a.manifest.clone()));
+    // Reads by digest keep flowing; a read by the tag is refused rather than answered
+    // from a tag the upstream may have moved.
+    assert_read_fails_closed(addr, "s", "v1", &a);
     assert_eq!(
         request(
             addr,
@@ -306,13 +308,35 @@ fn an_unusable_data_dir_at_start_fails_closed() {
         let r = a.variant("x").put_manifest(t.addr, "u", "v2", "");
         assert_eq!((r.status, r.oci_code().as_str()), (503, "UNAVAILABLE"));
         assert_eq!(upstream_digest(&registry, "u", "v2"), None);
-        let get = request(
-            t.addr,
+        assert_read_fails_closed(t.addr, "u", "v1", &a);
+    }
+}
+
+/// With the store unreadable, a read of the protected tag `repo:tag` is a 503 that says
+/// why, and a read of `img` (its manifest) by digest is served.
+fn assert_read_fails_closed(addr: SocketAddr, repo: &str, tag: &str, img: &Image) {
+    let read = |reference: &str| {
+        request(
+            addr,
             "GET",
-            "/v2/u/manifests/v1",
+            &format!("/v2/{repo}/manifests/{reference}"),
             &[("Accept", image::ACCEPT_ALL)],
             b"",
-        );
-        assert_eq!(get.status, 200);
-    }
+        )
+    };
+    let by_tag = read(tag);
+    assert_eq!(
+        (by_tag.status, by_tag.oci_code().as_str()),
+        (503, "UNAVAILABLE"),
+        "{}",
+        by_tag.text()
+    );
+    assert!(
+        by_tag.text().contains("reads by digest still work"),
+        "{}",
+        by_tag.text()
+    );
+    let by_digest = read(&img.digest());
+    assert_eq!(by_digest.status, 200, "{}", by_digest.text());
+    assert!(by_digest.body == img.manifest, "the manifest read by digest");
 }

@@ -7,11 +7,15 @@
 //!   upstream holds under the tag. Authorization stays the upstream's: its 401 or 403
 //!   passes through. A pinned manifest the upstream no longer has is a 404 that says so,
 //!   never the tag's current content.
-//! - A protected tag with neither pin nor write in flight is read by tag, and a 2xx's
-//!   `Docker-Content-Digest` becomes its pin ([`crate::pinning::adopt_on_read`]); when a
-//!   push bound the tag first, the pin it bound is served instead.
-//! - Audit mode never blocks: reads go by tag, and an answer whose digest is not the pin
-//!   carries `Warning: 299` (one `read_drift` event per change).
+//! - A protected tag with neither pin nor write in flight is read by tag, and the digest
+//!   the tag holds becomes its pin ([`crate::pinning::adopt_on_read`]): a 2xx's
+//!   `Docker-Content-Digest` when the client accepts every image manifest type, else
+//!   what the upstream reports for the tag with every type (a client that lacks one may
+//!   be answered with a list's platform manifest or a rewrite). When a push bound the
+//!   tag first, or the answer was not the tag's own manifest, the pin is served instead.
+//! - Audit mode never blocks: reads go by tag, and while the upstream holds the tag at
+//!   another digest than the pin the answer carries `Warning: 299` (one `read_drift`
+//!   event per move away from the pin, and per further move while away).
 //! - Mutable tags, tags with a write in flight and no pin, and reads by digest go to the
 //!   upstream as they are.
 //!
@@ -32,7 +36,7 @@ use crate::policy::{Decided, Mode};
 use crate::route::RouteError;
 use crate::store::ReadView;
 use crate::telemetry::{AuditAction, AuditEvent, Requester};
-use crate::upstream::UpstreamError;
+use crate::upstream::{TagAtUpstream, UpstreamError};
 
 type Answer = Result<http::Response<Body>, ProxyError>;
 
@@ -173,21 +177,49 @@ impl Read<'_> {
         }
     }
 
-    /// A tag with neither pin nor write in flight: read by tag, and the digest read
-    /// becomes the pin. If a push bound the tag first, its pin is served instead.
+    /// A tag with neither pin nor write in flight: read by tag, and the digest the tag
+    /// holds becomes the pin. If a push bound the tag first, or the answer was not the
+    /// tag's own manifest, the pin is served instead.
     async fn first_pull(&self, parts: Parts, body: Body) -> Answer {
         let again = Again::of(&parts);
         let resp = super::forward(self.app, parts, body, self.who).await?;
         let Some(served) = served_digest(&resp) else {
             return Ok(resp);
         };
-        match self.adopt(&served, again.method.as_str()).await {
-            Some(FirstPull::Pinned(pin)) if pin != served => {
-                drop(resp);
-                let (parts, body) = again.request();
-                self.pinned(parts, body, &pin).await
+        let Some(held) = self.tag_holds(&again.headers, &served).await else {
+            return Ok(resp);
+        };
+        let pin = match self.adopt(&held, again.method.as_str()).await {
+            Some(FirstPull::Adopted) => held,
+            Some(FirstPull::Pinned(pin)) => pin,
+            Some(FirstPull::InFlight) | None => return Ok(resp),
+        };
+        if pin == served {
+            return Ok(resp);
+        }
+        drop(resp);
+        let (parts, body) = again.request();
+        self.pinned(parts, body, &pin).await
+    }
+
+    /// The digest the tag holds, given an answer at `served` to a request with
+    /// `headers`: `served` itself when the client accepts every image manifest type;
+    /// otherwise the registry may have answered with another manifest than the tag's
+    /// (distribution serves a list's platform manifest to a client without the list type,
+    /// and a schema 1 rewrite to one without schema 2), so the upstream is asked with
+    /// every type, as adoption at push time does. `None` when it cannot be told.
+    async fn tag_holds(&self, headers: &HeaderMap, served: &Digest) -> Option<Digest> {
+        if accepts_every_image_type(headers) {
+            return Some(served.clone());
+        }
+        let authorization = headers.get(header::AUTHORIZATION);
+        match super::pins::tag_at_upstream(self.app, self.repo, self.tag, authorization).await {
+            Ok(TagAtUpstream::Present(digest)) => Some(digest),
+            Ok(TagAtUpstream::Absent | TagAtUpstream::Challenge(_)) => None,
+            Err(e) => {
+                tracing::warn!(request_id = %self.who.request_id, repository = %self.repo, tag = %self.tag, error = %e, "read: what the tag holds could not be learned");
+                None
             }
-            _ => Ok(resp),
         }
     }
 
@@ -218,25 +250,38 @@ impl Read<'_> {
         }
     }
 
-    /// Audit mode: forwarded by tag; an answer at another digest than the pin is warned.
+    /// Audit mode: forwarded by tag; a tag the upstream holds at another digest than
+    /// the pin is warned.
     async fn audited(&self, parts: Parts, body: Body, view: ReadView) -> Answer {
-        let how = parts.method.clone();
+        let (how, headers) = (parts.method.clone(), parts.headers.clone());
         let mut resp = super::forward(self.app, parts, body, self.who).await?;
         let Some(served) = served_digest(&resp) else {
             return Ok(resp);
         };
+        if view.pin.as_ref() == Some(&served) {
+            self.undrifted();
+            return Ok(resp);
+        }
+        if view.pin.is_none() && view.in_flight {
+            return Ok(resp);
+        }
+        let Some(held) = self.tag_holds(&headers, &served).await else {
+            return Ok(resp);
+        };
         let pin = match view.pin {
             Some(pin) => pin,
-            None if view.in_flight => return Ok(resp),
-            None => match self.adopt(&served, how.as_str()).await {
+            None => match self.adopt(&held, how.as_str()).await {
+                Some(FirstPull::Adopted) => held.clone(),
                 Some(FirstPull::Pinned(pin)) => pin,
-                _ => return Ok(resp),
+                Some(FirstPull::InFlight) | None => return Ok(resp),
             },
         };
-        if pin != served {
-            self.drift(&pin, &served);
+        if pin == held {
+            self.undrifted();
+        } else {
+            self.drift(&pin, &held);
             let text = format!(
-                "299 - \"tagpin: {}:{} is pinned to {pin}; the upstream serves {served}\"",
+                "299 - \"tagpin: {}:{} is pinned to {pin}; the upstream serves {held}\"",
                 self.repo, self.tag
             );
             if let Ok(v) = HeaderValue::from_str(&text) {
@@ -246,7 +291,8 @@ impl Read<'_> {
         Ok(resp)
     }
 
-    /// One `read_drift` event per digest an audited tag is seen served at.
+    /// One `read_drift` event per move away from the pin: per digest an audited tag is
+    /// seen served at since it was last seen at its pin.
     fn drift(&self, pin: &Digest, served: &Digest) {
         let key = (self.repo.clone(), self.tag.clone());
         if self.app.read_reports.drift.get(&key).as_ref() != Some(served) {
@@ -254,6 +300,14 @@ impl Read<'_> {
             self.app.metrics.read(ReadAnswer::Drift);
             self.event(AuditAction::ReadDrift, Some(pin), Some(served));
         }
+    }
+
+    /// The tag is served at its pin again: its next move away is a new drift.
+    fn undrifted(&self) {
+        self.app
+            .read_reports
+            .drift
+            .remove(&(self.repo.clone(), self.tag.clone()));
     }
 
     /// An audit event about this read. It names no user: the upstream has not vouched
@@ -279,6 +333,30 @@ fn by_digest(repo: &Repository, digest: &Digest) -> Result<http::Uri, ProxyError
     format!("/v2/{repo}/manifests/{digest}")
         .parse()
         .map_err(|e| ProxyError::Internal(format!("manifest target: {e}")))
+}
+
+/// The image manifest types a client that can pull any image accepts. Lacking one, it
+/// may be answered with another manifest than the tag's.
+const EVERY_IMAGE_TYPE: [&str; 4] = [
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+];
+
+/// Whether the `Accept` headers name every type of [`EVERY_IMAGE_TYPE`] (parameters such
+/// as `q` ignored; a wildcard does not count: distribution matches types exactly).
+fn accepts_every_image_type(headers: &HeaderMap) -> bool {
+    let accepted: Vec<&str> = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.split(';').next().unwrap_or("").trim())
+        .collect();
+    EVERY_IMAGE_TYPE
+        .iter()
+        .all(|t| accepted.iter().any(|a| a.eq_ignore_ascii_case(t)))
 }
 
 /// The digest of a 2xx manifest answer.
@@ -312,5 +390,37 @@ impl Again {
         *req.headers_mut() = self.headers;
         *req.version_mut() = self.version;
         req.into_parts()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn accept(values: &[&str]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for v in values {
+            headers.append(header::ACCEPT, HeaderValue::from_str(v).unwrap());
+        }
+        headers
+    }
+
+    #[test]
+    fn a_client_accepts_every_image_type_only_when_it_names_each_of_them() {
+        let all = EVERY_IMAGE_TYPE.join(", ");
+        let weighted = EVERY_IMAGE_TYPE.map(|t| format!("{t};q=0.5")).join(",");
+        let split: Vec<&str> = EVERY_IMAGE_TYPE.to_vec();
+        for (headers, expected) in [
+            (accept(&[&all]), true),
+            (accept(&[&weighted]), true),
+            (accept(&split), true),
+            (accept(&[&all.to_uppercase()]), true),
+            (accept(&[]), false),
+            (accept(&["*/*"]), false),
+            (accept(&[EVERY_IMAGE_TYPE[2]]), false),
+            (accept(&[&EVERY_IMAGE_TYPE[..3].join(", ")]), false),
+        ] {
+            assert_eq!(accepts_every_image_type(&headers), expected, "{headers:?}");
+        }
     }
 }

@@ -18,6 +18,7 @@ pub mod paging;
 pub mod postgres;
 pub mod procs;
 pub mod push_only;
+pub mod reads;
 pub mod signing;
 pub mod tmpfs;
 pub mod token;
