@@ -4,6 +4,7 @@
 //! Reads, blob operations and uploads are forwarded as streams; only manifest pushes and
 //! deletes that touch a protected tag stop for a decision (`push`, `delete`).
 
+mod access;
 mod challenge;
 mod delete;
 mod pins;
