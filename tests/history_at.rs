@@ -452,3 +452,39 @@ fn the_history_endpoint_answers_only_clients_the_upstream_lets_read_and_tells_no
     assert_eq!(pinned.status, 401);
     assert_eq!(refusal(&pinned), refusal(&unknown));
 }
+
+#[test]
+fn a_credential_the_upstream_accepts_but_lets_read_nothing_learns_nothing_from_the_history() {
+    use common::push_only::{PushOnlyRelay, BOB, BOB_PASSWORD};
+    // bob may push but not pull: the relay answers his reads 404, as registries that hide
+    // private repositories do, and his `GET /v2/` 200.
+    let registry = Registry::start_with(RegistryOptions {
+        basic_auth: Some((USER.into(), PASSWORD.into())),
+        ..Default::default()
+    });
+    let relay = PushOnlyRelay::start(registry.addr, &alice());
+    let data = tempfile::tempdir().unwrap();
+    let tagpin = Tagpin::start(&format!("http://{}", relay.addr), data.path(), &[]);
+    let g = Guarded {
+        registry,
+        tagpin,
+        _data: data,
+    };
+    let a = Image::random(7201, 300);
+    g.push("app", "v1", &a);
+    assert_eq!(g.history("GET", "app", "v1", Some(&alice())).status, 200);
+
+    let bob = basic(BOB, BOB_PASSWORD);
+    let pinned = g.history("GET", "app", "v1", Some(&bob));
+    let unknown = g.history("GET", "app", "never-pushed", Some(&bob));
+    assert_eq!(pinned.status, 404, "{}", pinned.text());
+    assert_eq!(pinned.oci_code(), "NAME_UNKNOWN");
+    assert_eq!(
+        refusal(&pinned),
+        refusal(&unknown),
+        "a pinned tag told apart from an unknown one"
+    );
+    assert!(!pinned.text().contains(&a.digest()), "{}", pinned.text());
+    let at = g.history("GET", "app", &format!("v1?at={}", utc(now())), Some(&bob));
+    assert_eq!(refusal(&at), refusal(&pinned));
+}
