@@ -14,7 +14,7 @@ use crate::manifest::ManifestError;
 use crate::oci::{Digest, ErrorCode, ErrorEnvelope, NameError, Repository, Tag};
 use crate::policy::Refusal;
 use crate::route::RouteError;
-use crate::store::StoreError;
+use crate::store::{rfc3339, NoPinAt, StoreError};
 use crate::upstream::UpstreamError;
 
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +49,21 @@ pub enum ProxyError {
     /// answered with what the upstream holds under the tag now.
     #[error("{repo}:{tag} is pinned to {digest}, and the upstream no longer has that manifest")]
     PinnedManifestMissing { repo: Repository, tag: Tag, digest: Digest },
+    /// The history endpoint: a tag with no history, or none at the time asked about.
+    #[error("{}", gap.describe(repo, tag, *at))]
+    NoHistory {
+        repo: Repository,
+        tag: Tag,
+        at: i64,
+        gap: NoPinAt,
+    },
+    /// The history endpoint's query cannot be read.
+    #[error("{0}")]
+    HistoryQuery(String),
+    /// Whether the client may read a repository could not be learned from the upstream,
+    /// so what only such a client may see is not shown.
+    #[error("cannot learn the client's access: {0}")]
+    AccessUnknown(String),
     #[error("internal error: {0}")]
     Internal(String),
     /// Admin API: no token, or not one of the configured ones.
@@ -116,7 +131,9 @@ impl ProxyError {
             Self::Store(_) | Self::PinNotRecorded(_) | Self::CannotDecide(_) => {
                 (S::SERVICE_UNAVAILABLE, C::Unavailable)
             }
-            Self::PinnedManifestMissing { .. } => (S::NOT_FOUND, C::ManifestUnknown),
+            Self::PinnedManifestMissing { .. } | Self::NoHistory { .. } => (S::NOT_FOUND, C::ManifestUnknown),
+            Self::HistoryQuery(_) => (S::BAD_REQUEST, C::Unsupported),
+            Self::AccessUnknown(_) => (S::SERVICE_UNAVAILABLE, C::Unavailable),
             Self::Internal(_) => (S::INTERNAL_SERVER_ERROR, C::Unknown),
             Self::AdminUnauthorized => (S::UNAUTHORIZED, C::Unauthorized),
             Self::AdminNotFound(_) => (S::NOT_FOUND, C::NameUnknown),
@@ -169,6 +186,10 @@ impl ProxyError {
                 "the upstream answered a request for the pinned manifest with other content; tagpin does not \
                  pass it on"
             }
+            Self::AccessUnknown(_) => {
+                "tagpin could not learn from the upstream whether this client may read the repository, so it \
+                 shows nothing of it; retry later"
+            }
             Self::Upstream(_) => "the upstream registry connection failed; nothing was pinned",
             Self::Store(_) => {
                 "the tagpin pin store is unavailable, so tagpin refuses what it cannot answer safely: writes it \
@@ -216,6 +237,13 @@ impl ProxyError {
                     "tag": tag.as_str(),
                     "pinned_digest": digest.as_str(),
                     "reason": "pinned_manifest_missing",
+                    "request_id": request_id,
+                }),
+                Self::NoHistory { repo, tag, gap, .. } => json!({
+                    "repository": repo.as_str(),
+                    "tag": tag.as_str(),
+                    "reason": gap.reason(),
+                    "first_seen": gap.first_seen().map(rfc3339),
                     "request_id": request_id,
                 }),
                 _ => json!({ "request_id": request_id }),

@@ -10,6 +10,7 @@
 pub mod auth;
 mod claims;
 pub mod drift;
+mod history;
 mod pins;
 pub mod routes;
 mod seed;
@@ -101,7 +102,14 @@ async fn dispatch(admin: &Arc<Admin>, req: Request<Incoming>, who: &Requester) -
             after,
             limit,
         } => pins::list(app, repository, after, limit).await,
+        AdminRoute::PinsAt {
+            repository,
+            after,
+            limit,
+            at,
+        } => history::pins_at(app, repository, after, limit, at).await,
         AdminRoute::ShowPin { repository, tag } => pins::show(app, repository, tag).await,
+        AdminRoute::PinAt { repository, tag, at } => history::pin_at(app, repository, tag, at).await,
         AdminRoute::CreateRelease => pins::create_release(app, req, who).await,
         AdminRoute::CancelRelease { repository, tag } => pins::cancel_release(app, repository, tag, who).await,
         AdminRoute::Export => pins::export(app).await,

@@ -15,8 +15,18 @@ pub enum AdminRoute {
         after: Option<(Repository, Tag)>,
         limit: usize,
     },
+    /// `GET /admin/v1/pins?at=TIME[&repository=R][&after=R:T][&limit=N]`: every tag as it
+    /// stood at TIME (RFC 3339, in seconds since the epoch here).
+    PinsAt {
+        repository: Option<Repository>,
+        after: Option<(Repository, Tag)>,
+        limit: usize,
+        at: i64,
+    },
     /// `GET /admin/v1/pin?repository=R&tag=T`
     ShowPin { repository: Repository, tag: Tag },
+    /// `GET /admin/v1/pin?repository=R&tag=T&at=TIME`: the tag as it stood at TIME.
+    PinAt { repository: Repository, tag: Tag, at: i64 },
     /// `POST /admin/v1/releases` with a JSON body.
     CreateRelease,
     /// `DELETE /admin/v1/releases?repository=R&tag=T`
@@ -50,6 +60,11 @@ pub fn classify(method: &Method, path: &str, query: Option<&str>) -> Result<Admi
             .map(|r| Repository::parse(r).map_err(|e| RouteProblem::Bad(e.to_string())))
             .transpose()
     };
+    let at = || -> Result<Option<i64>, RouteProblem> {
+        get("at")
+            .map(|a| crate::store::parse_query_time(a).map_err(|e| RouteProblem::Bad(format!("at: {e}"))))
+            .transpose()
+    };
     let required = || -> Result<(Repository, Tag), RouteProblem> {
         let r = repository()?.ok_or_else(|| RouteProblem::Bad("the repository parameter is required".into()))?;
         let t = get("tag").ok_or_else(|| RouteProblem::Bad("the tag parameter is required".into()))?;
@@ -78,15 +93,27 @@ pub fn classify(method: &Method, path: &str, query: Option<&str>) -> Result<Admi
                     .filter(|n| (1..=MAX_PAGE).contains(n))
                     .ok_or_else(|| RouteProblem::Bad(format!("limit must be 1 to {MAX_PAGE}")))?,
             };
-            Ok(AdminRoute::ListPins {
-                repository: repository()?,
-                after,
-                limit,
+            let repository = repository()?;
+            Ok(match at()? {
+                Some(at) => AdminRoute::PinsAt {
+                    repository,
+                    after,
+                    limit,
+                    at,
+                },
+                None => AdminRoute::ListPins {
+                    repository,
+                    after,
+                    limit,
+                },
             })
         }
         ("GET", "/admin/v1/pin") => {
             let (repository, tag) = required()?;
-            Ok(AdminRoute::ShowPin { repository, tag })
+            Ok(match at()? {
+                Some(at) => AdminRoute::PinAt { repository, tag, at },
+                None => AdminRoute::ShowPin { repository, tag },
+            })
         }
         ("POST", "/admin/v1/releases") => Ok(AdminRoute::CreateRelease),
         ("DELETE", "/admin/v1/releases") => {
@@ -172,6 +199,38 @@ mod tests {
             c("GET", "/admin/v1/pin", Some("repository=a")),
             Err(RouteProblem::Bad(_))
         ));
+        // `at` is RFC 3339 with Z or an offset, held in seconds since the epoch.
+        assert_eq!(
+            c(
+                "GET",
+                "/admin/v1/pin",
+                Some("repository=a&tag=v1&at=2026-12-01T15%3A00%3A00%2B01%3A00")
+            ),
+            Ok(AdminRoute::PinAt {
+                repository: r("a"),
+                tag: t("v1"),
+                at: 1_796_133_600
+            })
+        );
+        assert_eq!(
+            c(
+                "GET",
+                "/admin/v1/pins",
+                Some("at=2026-12-01T14:00:00Z&repository=a&limit=5")
+            ),
+            Ok(AdminRoute::PinsAt {
+                repository: Some(r("a")),
+                after: None,
+                limit: 5,
+                at: 1_796_133_600
+            })
+        );
+        for q in ["repository=a&tag=v1&at=yesterday", "repository=a&tag=v1&at=2026-12-01"] {
+            assert!(
+                matches!(c("GET", "/admin/v1/pin", Some(q)), Err(RouteProblem::Bad(ref m)) if m.starts_with("at: ")),
+                "{q}"
+            );
+        }
         assert_eq!(c("POST", "/admin/v1/releases", None), Ok(AdminRoute::CreateRelease));
         assert_eq!(c("GET", "/admin/v1/export", None), Ok(AdminRoute::Export));
         assert_eq!(c("PUT", "/admin/v1/export", None), Err(RouteProblem::NotFound));

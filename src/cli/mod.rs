@@ -2,8 +2,8 @@
 //! variable and by the config file; precedence is flag, then environment, then file, then
 //! default.
 //!
-//! The operator commands (`pins`, `release`, `claims`, `seed`, `verify`, `export`,
-//! `import`) are clients of the admin API, one file each: they parse, call, and format
+//! The operator commands (`pins`, `resolve`, `release`, `claims`, `seed`, `verify`,
+//! `export`, `import`) are clients of the admin API, one file each: they parse, call, and format
 //! ([`client`], [`output`]). Their exit status is 0 on success, 1 where a command's
 //! `--help` says so, 2 on any other error, with a one-line message on stderr.
 
@@ -22,6 +22,7 @@ pub mod pins;
 pub mod policy;
 pub mod probe;
 pub mod release;
+pub mod resolve;
 pub mod seed;
 pub mod transfer;
 pub mod verify;
@@ -49,6 +50,9 @@ pub enum Command {
     /// List pins, or show one with its history (admin API).
     #[command(subcommand)]
     Pins(pins::PinsCommand),
+    /// Print REPOSITORY@sha256:… for the digest a tag is pinned to now or was at a time
+    /// (admin API, --data-dir or --database-url).
+    Resolve(resolve::ResolveArgs),
     /// Let one push or delete move a pinned tag, for a limited time (admin API).
     Release(release::ReleaseArgs),
     /// List the records of pushes and deletes whose outcome was lost, or clear those known
@@ -71,7 +75,9 @@ pub enum Command {
 
 /// The subcommands that are admin API clients, whose usage errors exit 2 like their
 /// other errors (`serve` and `policy` keep 64, EX_USAGE).
-const CLIENT_COMMANDS: [&str; 7] = ["pins", "release", "claims", "seed", "verify", "export", "import"];
+const CLIENT_COMMANDS: [&str; 8] = [
+    "pins", "resolve", "release", "claims", "seed", "verify", "export", "import",
+];
 
 /// The exit status of a command line clap refused: 2 for a client command, else 64.
 pub fn usage_exit_code<I: IntoIterator<Item = std::ffi::OsString>>(args: I) -> u8 {
@@ -127,6 +133,7 @@ async fn dispatch(command: Command, env: &dyn Fn(&str) -> Option<std::ffi::OsStr
     match command {
         Command::Pins(pins::PinsCommand::List(a)) => pins::list(&Client::new(&a.admin, env)?, &a, &mut out).await,
         Command::Pins(pins::PinsCommand::Show(a)) => pins::show(&Client::new(&a.admin, env)?, &a, &mut out).await,
+        Command::Resolve(a) => resolve::run(&a, env, &mut out).await,
         Command::Release(a) => release::run(&Client::new(&a.admin, env)?, &a, &mut out).await,
         Command::Claims(claims::ClaimsCommand::List(a)) => {
             claims::list(&Client::new(&a.admin, env)?, &a, &mut out).await
@@ -360,6 +367,7 @@ mod tests {
         assert_eq!(code(&["tagpin", "pins", "lst"]), 2);
         assert_eq!(code(&["tagpin", "release", "--bogus"]), 2);
         assert_eq!(code(&["tagpin", "claims", "clear", "a/b:v1"]), 2);
+        assert_eq!(code(&["tagpin", "resolve", "a/b:v1", "--at", "yesterday"]), 2);
         assert_eq!(code(&["tagpin", "serve", "--bogus"]), 64);
         assert_eq!(code(&["tagpin", "--bogus"]), 64);
         assert_eq!(code(&["tagpin"]), 64);

@@ -1,5 +1,6 @@
 //! `tagpin pins list` and `tagpin pins show REPOSITORY:TAG`: what tagpin holds each tag
-//! to, read through the admin API (`GET /admin/v1/pins`, `GET /admin/v1/pin`).
+//! to, read through the admin API (`GET /admin/v1/pins`, `GET /admin/v1/pin`); with
+//! `pins list --at TIME`, every tag as it stood at TIME (`GET /admin/v1/pins?at=`).
 
 use std::io::Write;
 
@@ -24,6 +25,11 @@ pub struct ListArgs {
     /// Only this repository's pins.
     #[arg(long)]
     pub repository: Option<String>,
+    /// Every tag as it stood at this time (RFC 3339 with Z or an offset, e.g.
+    /// 2026-12-01T14:00:00Z): the digest then in force and the event that set it; tags
+    /// first seen after TIME are left out.
+    #[arg(long, value_name = "TIME", value_parser = super::resolve::parse_at)]
+    pub at: Option<i64>,
     /// One JSON object per line (the admin API's pin records), for scripts.
     #[arg(long)]
     pub json: bool,
@@ -48,12 +54,14 @@ const PAGE: &str = "1000";
 
 /// Column widths of the list, so every page lines up under the first one's header.
 const LIST_WIDTHS: [u16; 6] = [24, 12, 9, 19, 11, 20];
+const LIST_AT_WIDTHS: [u16; 5] = [24, 12, 19, 10, 20];
 
 /// `pins list`: follow `next` until the last page, writing each page as it arrives, so
 /// memory holds one page however many pins there are.
 pub async fn list(client: &Client, args: &ListArgs, out: &mut dyn Write) -> Result<u8, CliError> {
     let mut after: Option<String> = None;
     let mut shown = 0usize;
+    let at = args.at.map(crate::store::rfc3339);
     loop {
         let mut query = vec![("limit", PAGE)];
         if let Some(r) = &args.repository {
@@ -62,7 +70,16 @@ pub async fn list(client: &Client, args: &ListArgs, out: &mut dyn Write) -> Resu
         if let Some(a) = &after {
             query.push(("after", a.as_str()));
         }
+        if let Some(t) = &at {
+            query.push(("at", t.as_str()));
+        }
         let page = client.json(Method::GET, "pins", &query, None).await?;
+        if args.at.is_some() && page["at"].as_i64() != args.at {
+            // A tagpin that does not know `at=` lists the pins as they are now.
+            return Err(CliError::Protocol(
+                "the admin API ignored at= (a tagpin older than `pins list --at`); upgrade the server".into(),
+            ));
+        }
         let pins = page["pins"]
             .as_array()
             .ok_or_else(|| CliError::Protocol("a pins page without a pins list".into()))?;
@@ -70,21 +87,49 @@ pub async fn list(client: &Client, args: &ListArgs, out: &mut dyn Write) -> Resu
             for pin in pins {
                 writeln!(out, "{pin}").map_err(io)?;
             }
+        } else if args.at.is_some() {
+            output::print(out, &list_at_table(pins, shown == 0)).map_err(io)?;
         } else {
             output::print(out, &list_table(pins, shown == 0)).map_err(io)?;
         }
         out.flush().map_err(io)?;
         shown += pins.len();
+        // A page of tags as they stood at a time may be empty (none was pinned then) and
+        // still have a next one.
+        let more = !pins.is_empty() || args.at.is_some();
         match page["next"].as_str() {
             // A cursor that does not move would loop forever.
-            Some(next) if after.as_deref() != Some(next) && !pins.is_empty() => after = Some(next.to_owned()),
+            Some(next) if after.as_deref() != Some(next) && more => after = Some(next.to_owned()),
             _ => break,
         }
     }
     if shown == 0 && !args.json {
-        writeln!(out, "no pins").map_err(io)?;
+        match &at {
+            Some(t) => writeln!(out, "no pins at {t}").map_err(io)?,
+            None => writeln!(out, "no pins").map_err(io)?,
+        }
     }
     Ok(EXIT_OK)
+}
+
+/// One page of the list at a time: each tag's digest then and the entry that set it.
+pub fn list_at_table(pins: &[Value], header: bool) -> comfy_table::Table {
+    let mut t = output::table(if header {
+        &["REPOSITORY", "TAG", "DIGEST", "EVENT", "SINCE"]
+    } else {
+        &[]
+    });
+    for p in pins {
+        t.add_row(vec![
+            output::text(&p["repository"]),
+            output::text(&p["tag"]),
+            output::short_digest(&p["digest"]),
+            output::text(&p["entry"]["event"]),
+            output::time(&p["entry"]["at"]),
+        ]);
+    }
+    output::min_widths(&mut t, &LIST_AT_WIDTHS);
+    t
 }
 
 /// One page of the list as a table; the header only on the first page.
@@ -282,6 +327,29 @@ mod tests {
             "{text}"
         );
         assert!(list_table(&[p], false).to_string().contains("1970-01-01T00:01:00Z"));
+    }
+
+    #[test]
+    fn a_list_at_a_time_shows_the_digest_then_and_the_event_that_set_it() {
+        let p = json!({
+            "repository": "prod/api", "tag": "1.0", "at": 90, "digest": D2, "first_seen": 0,
+            "entry": {"at": 60, "event": "released", "digest": D2, "from": D1, "by": "alice"}
+        });
+        let first = list_at_table(std::slice::from_ref(&p), true)
+            .lines()
+            .collect::<Vec<_>>();
+        assert!(
+            first[0].trim_start().starts_with("REPOSITORY") && first[0].contains("EVENT"),
+            "{first:?}"
+        );
+        let row = &first[1];
+        assert!(
+            row.contains("prod/api") && row.contains("sha256:222222222222 ") && row.contains("released"),
+            "{row}"
+        );
+        assert!(row.contains("1970-01-01T00:01:00Z"), "{row}");
+        let second = list_at_table(&[p], false).lines().collect::<Vec<_>>();
+        assert_eq!(second, vec![first[1].clone()]);
     }
 
     #[test]

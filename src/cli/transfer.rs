@@ -75,7 +75,7 @@ pub struct DatabaseArgs {
 pub struct OfflineStore(Option<std::sync::Arc<dyn PinStore>>);
 
 impl OfflineStore {
-    fn shared(&self) -> std::sync::Arc<dyn PinStore> {
+    pub fn shared(&self) -> std::sync::Arc<dyn PinStore> {
         std::sync::Arc::clone(self.0.as_ref().expect("present until dropped"))
     }
 }

@@ -4,8 +4,10 @@
 //! Reads, blob operations and uploads are forwarded as streams; only manifest pushes and
 //! deletes that touch a protected tag stop for a decision (`push`, `delete`).
 
+mod access;
 mod challenge;
 mod delete;
+mod history;
 mod pins;
 mod push;
 mod reads;
@@ -106,9 +108,8 @@ async fn handle_inner(app: &Arc<App>, req: Request<Incoming>, who: &Requester) -
         Route::Ready => Ok(Box::pin(ready(app)).await),
         Route::ManifestRead { repo, reference } => reads::manifest_read(app, parts, body, repo, reference, who).await,
         Route::EncodedManifestRead => reads::encoded(app, parts, body, who).await,
-        Route::Read | Route::TagHistory { .. } | Route::UploadStart { .. } | Route::UploadSession { .. } => {
-            forward(app, parts, body, who).await
-        }
+        Route::TagHistory { repo, tag } => Box::pin(history::tag_history(app, &parts, repo, tag, who)).await,
+        Route::Read | Route::UploadStart { .. } | Route::UploadSession { .. } => forward(app, parts, body, who).await,
     }
 }
 

@@ -12,17 +12,18 @@
 //! (`tagpin_unauthenticated_refusals_total`) and logged at most every few seconds, never
 //! recorded as evidence under a user name it may have made up. When no check gives an
 //! answer (5xx, no connection), the write is refused with 503 and no details. Nothing is
-//! forwarded in any case.
+//! forwarded in any case. The asking is [`super::access`]'s, shared with the history
+//! endpoint.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode};
-use serde_json::json;
+use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
 
+use super::access::{self, Check, Verdict};
 use crate::app::App;
-use crate::body::{self, Body};
+use crate::body::Body;
 use crate::error::ProxyError;
-use crate::oci::{Digest, ErrorCode, ErrorEnvelope, Repository, Tag};
+use crate::oci::{Digest, Repository, Tag};
 use crate::policy::{Decided, Refusal};
 use crate::telemetry::{AuditAction, AuditEvent, Requester};
 
@@ -52,18 +53,6 @@ impl From<Refusal> for Refused {
     }
 }
 
-/// What the upstream is asked, and the scope a write like this one needs.
-struct Check {
-    method: Method,
-    target: String,
-    actions: &'static str,
-    /// The code a 404 to this check carries.
-    unknown: (ErrorCode, &'static str),
-}
-
-const MANIFEST_UNKNOWN: (ErrorCode, &str) = (ErrorCode::ManifestUnknown, "manifest unknown");
-const NAME_UNKNOWN: (ErrorCode, &str) = (ErrorCode::NameUnknown, "repository name not known to registry");
-
 /// What to ask, in order, until one answer is a 2xx or tells the client no: what the
 /// refusal is about; the repository (that manifest may be gone behind tagpin's back, or
 /// be half written by a racing push, while the tag is held); and `GET /v2/`, for a
@@ -71,37 +60,25 @@ const NAME_UNKNOWN: (ErrorCode, &str) = (ErrorCode::NameUnknown, "repository nam
 /// credentials the upstream accepts at all are those of a client it lets push.
 fn checks_for(r: &Refusal) -> Vec<Check> {
     use super::challenge::{DELETE, PUSH};
-    let manifest = |repo: &Repository, reference: &str, actions| Check {
-        method: Method::HEAD,
-        target: format!("/v2/{repo}/manifests/{reference}"),
-        actions,
-        unknown: MANIFEST_UNKNOWN,
-    };
     let (repo, first) = match r {
-        Refusal::Move { repo, conflicts, .. } => (repo, Some(manifest(repo, conflicts[0].pinned.as_str(), PUSH))),
+        Refusal::Move { repo, conflicts, .. } => {
+            (repo, Some(Check::manifest(repo, conflicts[0].pinned.as_str(), PUSH)))
+        }
         Refusal::DeleteTag { repo, tag, pinned, .. } => {
             let reference = pinned.as_ref().map_or(tag.as_str(), Digest::as_str);
-            (repo, Some(manifest(repo, reference, DELETE)))
+            (repo, Some(Check::manifest(repo, reference, DELETE)))
         }
-        Refusal::DeleteDigest { repo, digest, .. } => (repo, Some(manifest(repo, digest.as_str(), DELETE))),
-        Refusal::DeleteReferenced { repo, holders, .. } => (repo, Some(manifest(repo, holders[0].as_str(), DELETE))),
+        Refusal::DeleteDigest { repo, digest, .. } => (repo, Some(Check::manifest(repo, digest.as_str(), DELETE))),
+        Refusal::DeleteReferenced { repo, holders, .. } => {
+            (repo, Some(Check::manifest(repo, holders[0].as_str(), DELETE)))
+        }
         // The digest may be a blob, or already gone: the repository is what to ask.
         Refusal::DeleteInFlight { repo, .. } => (repo, None),
     };
     let actions = first.as_ref().map_or(PUSH, |c| c.actions);
     let mut checks: Vec<Check> = first.into_iter().collect();
-    checks.push(Check {
-        method: Method::GET,
-        target: format!("/v2/{repo}/tags/list?n=1"),
-        actions,
-        unknown: NAME_UNKNOWN,
-    });
-    checks.push(Check {
-        method: Method::GET,
-        target: "/v2/".to_owned(),
-        actions,
-        unknown: NAME_UNKNOWN,
-    });
+    checks.push(Check::tag_list(repo, actions));
+    checks.push(Check::base(actions));
     checks
 }
 
@@ -125,46 +102,17 @@ pub async fn answer(
 ) -> Result<Response<Body>, ProxyError> {
     let repo = repo_of(&refused.refusal).clone();
     let auth = headers.get(header::AUTHORIZATION);
-    // The first 404, answered if no later check confirms the client; and why the last
-    // check that said nothing about the client said nothing.
-    let mut not_found: Option<(Check, Response<hyper::body::Incoming>)> = None;
-    let mut failed = String::new();
-    for check in checks_for(&refused.refusal) {
-        let resp = match app
-            .upstream
-            .client_check(check.method.clone(), &check.target, auth)
-            .await
-        {
-            Ok(resp) => resp,
-            Err(e) => {
-                failed = format!("{}: {e}", check.target);
-                continue;
-            }
-        };
-        let status = resp.status();
-        if status.is_success() {
-            drop(resp);
+    match access::ask(app, checks_for(&refused.refusal), auth).await {
+        Verdict::Allowed(check) => {
             let who = vouched(app, &check, auth, who).await;
             write_evidence(app, &repo, &refused.evidence, &who).await;
-            return Err(refused.refusal.into());
+            Err(refused.refusal.into())
         }
-        if status == StatusCode::NOT_FOUND {
-            not_found.get_or_insert((check, resp));
-        } else if status.is_client_error() {
-            unconfirmed(app, &refused, who, status);
-            return Ok(client_answer(check, resp, &repo, who));
-        } else {
-            // A 5xx (distribution answers 500 to a HEAD of a manifest a racing push is
-            // writing): no word on the client; the next check may give one.
-            failed = format!("{} answered {status}", check.target);
-        }
-    }
-    match not_found {
-        Some((check, resp)) => {
+        Verdict::Refused(check, resp) => {
             unconfirmed(app, &refused, who, resp.status());
-            Ok(client_answer(check, resp, &repo, who))
+            Ok(access::client_answer(check, resp, &repo, who))
         }
-        None => Err(cannot_confirm(&repo, &failed)),
+        Verdict::Undecided(why) => Err(cannot_confirm(&repo, &why)),
     }
 }
 
@@ -193,59 +141,11 @@ async fn vouched(app: &App, check: &Check, auth: Option<&HeaderValue>, who: &Req
     who
 }
 
-/// The upstream's answer to a check, as the answer to the write.
-fn client_answer(
-    check: Check,
-    resp: Response<hyper::body::Incoming>,
-    repo: &Repository,
-    who: &Requester,
-) -> Response<Body> {
-    match resp.status() {
-        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
-            super::challenge::for_write(resp, repo, &who.request_id, check.actions)
-        }
-        StatusCode::NOT_FOUND => envelope(resp.status(), check.unknown, repo, who, resp.headers()),
-        status => envelope(
-            status,
-            (ErrorCode::Denied, "requested access to the resource is denied"),
-            repo,
-            who,
-            resp.headers(),
-        ),
-    }
-}
-
 fn cannot_confirm(repo: &Repository, why: &str) -> ProxyError {
     ProxyError::CannotDecide(format!(
         "cannot learn from the upstream whether this client may read {repo}, which a refusal's details \
          need: {why}"
     ))
-}
-
-/// The upstream's answer to the check, as the answer to the write: its status, an OCI
-/// error body (a `HEAD` answer has none) and its API version header.
-fn envelope(
-    status: StatusCode,
-    (code, message): (ErrorCode, &str),
-    repo: &Repository,
-    who: &Requester,
-    upstream: &HeaderMap,
-) -> Response<Body> {
-    let envelope = ErrorEnvelope {
-        code,
-        message: message.to_owned(),
-        detail: json!({ "repository": repo.as_str(), "request_id": who.request_id }),
-    };
-    let mut out = Response::new(body::full(envelope.to_json()));
-    *out.status_mut() = status;
-    out.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json; charset=utf-8"),
-    );
-    if let Some(v) = upstream.get("docker-distribution-api-version") {
-        out.headers_mut().insert("docker-distribution-api-version", v.clone());
-    }
-    out
 }
 
 /// Audit events naming the (now confirmed) user, and the refused attempts kept per tag.

@@ -13,6 +13,7 @@
 //! `spawn_blocking`. A pin is never removed: it is a tombstone that outlives the tag at
 //! the upstream.
 
+mod history;
 mod import;
 mod model;
 mod postgres;
@@ -22,6 +23,7 @@ mod unavailable;
 
 use crate::oci::{Digest, Repository, Tag};
 
+pub use self::history::{in_force_at, parse_query_time, parse_time, rfc3339, NoPinAt, PinAt};
 pub use self::import::{export_page, merge_refusals, plan_import, ImportOutcome};
 pub use self::model::*;
 pub use self::postgres::PgStore;
