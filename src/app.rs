@@ -89,8 +89,8 @@ pub enum StartError {
 
 impl Shared {
     /// Build the shared state. A store that cannot be opened does not stop tagpin: reads
-    /// keep flowing and every write that needs a decision is refused with 503 (fail
-    /// closed), and `/readyz` says so.
+    /// by digest keep flowing, every write that needs a decision and every pull by a
+    /// protected tag is refused with 503 (fail closed), and `/readyz` says so.
     pub fn new(config: Config) -> Result<Self, StartError> {
         if let Some(db) = &config.database {
             // A database that cannot be reached does not stop tagpin (it fails closed and

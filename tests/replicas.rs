@@ -364,7 +364,8 @@ fn a_replica_killed_mid_push_moves_no_tag_and_the_others_keep_serving() {
 }
 
 #[test]
-fn while_the_database_is_down_pushes_are_refused_reads_flow_and_it_recovers_without_a_restart() {
+fn while_the_database_is_down_pushes_and_reads_by_tag_are_refused_reads_by_digest_flow_and_it_recovers_without_a_restart(
+) {
     let mut server = PgServer::start();
     let url = server.create_database("outage");
     let cluster = Cluster::start(url);
@@ -384,12 +385,24 @@ fn while_the_database_is_down_pushes_are_refused_reads_flow_and_it_recovers_with
         let r = request(
             addr,
             "GET",
+            &format!("/v2/{repo}/manifests/{}", a.digest()),
+            &[("Accept", image::ACCEPT_ALL)],
+            b"",
+        );
+        assert_eq!(
+            r.status, 200,
+            "replica {i}: a read by digest while the database is down"
+        );
+        assert_eq!(r.body, a.manifest, "replica {i}");
+        // A read by the protected tag cannot learn its pin: it fails closed.
+        let r = request(
+            addr,
+            "GET",
             &format!("/v2/{repo}/manifests/v1"),
             &[("Accept", image::ACCEPT_ALL)],
             b"",
         );
-        assert_eq!(r.status, 200, "replica {i}: a read while the database is down");
-        assert_eq!(r.body, a.manifest, "replica {i}");
+        assert_eq!(r.status, 503, "replica {i}: a read by tag while the database is down");
         // `/readyz` caches its answer for a second.
         let deadline = Instant::now() + Duration::from_secs(15);
         while ready(addr) != 503 {

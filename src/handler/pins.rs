@@ -32,19 +32,30 @@ pub async fn held(
         TagAtUpstream::Absent => Ok(Ok(None)),
         TagAtUpstream::Challenge(resp) => Ok(Err(resp)),
         TagAtUpstream::Present(digest) => {
-            let (r, entry) = (
-                repo.clone(),
-                vec![(tag.clone(), Pin::now(digest.clone(), PinSource::Adopted))],
-            );
-            let in_force = app.store_call(move |s| s.pin_if_absent(&r, &entry)).await?;
+            let d = digest.clone();
+            // Adopted only if the tag still has neither pin nor write in flight (a first
+            // pull or another push may have bound it since it was looked at).
+            let (adopted, state) = app
+                .transition(repo, std::slice::from_ref(tag), move |clock, records| {
+                    let record = &mut records[0];
+                    let free = record.pin.is_none() && record.writes.is_empty();
+                    if free {
+                        let mut pin = Pin::now(d.clone(), PinSource::Adopted);
+                        pin.pinned_at = clock.now;
+                        pin.history.iter_mut().for_each(|e| e.at = clock.now);
+                        record.set_pin(pin);
+                    }
+                    (free, record.state())
+                })
+                .await?;
+            let state = state.unwrap_or(TagState::Pinned(Pin::now(digest, PinSource::Adopted)));
+            if !adopted {
+                return Ok(Ok(pinned(&state)));
+            }
             // What the upstream held is adopted whoever asked, and the upstream has not
             // vouched for the asking client's user: the event names none.
             let mut who = who.clone();
             who.user = None;
-            let state = in_force
-                .into_iter()
-                .next()
-                .unwrap_or(TagState::Pinned(Pin::now(digest, PinSource::Adopted)));
             AuditEvent {
                 action: AuditAction::PinAdopted,
                 who: &who,

@@ -1,5 +1,6 @@
 //! The store used when the real one could not be opened: every call fails, so every
-//! write that needs a decision is refused (fail closed) while reads keep flowing.
+//! write that needs a decision, and every pull by a protected tag with `reads = "pinned"`,
+//! is refused (fail closed) while other reads keep flowing.
 
 use super::{DeleteRecord, Exported, ImportOutcome, PinStore, Protect, Refused, StoreError, TagRecord, TagState};
 use crate::oci::{Digest, Repository, Tag};
