@@ -24,7 +24,7 @@ use crate::oci::{Digest, Repository, Tag};
 
 pub use self::import::{export_page, merge_refusals, plan_import, ImportOutcome};
 pub use self::model::*;
-pub use self::postgres::PgStore;
+pub use self::postgres::{PgStore, ReadCacheStats};
 pub use self::sled::SledStore;
 pub use self::unavailable::UnavailableStore;
 
