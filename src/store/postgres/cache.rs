@@ -220,23 +220,24 @@ fn listen(shared: &Shared, mut config: postgres::Config) {
     let mut backoff = BACKOFF.0;
     let mut failing = false;
     while !shared.stopping() {
-        let mut listening = false;
-        let result = session(shared, &config, &token, &mut listening);
+        let result = session(shared, &config, &token, failing);
+        // A session that got a ping of its own back worked: a new streak of failures.
+        let worked = shared.caught_up.load(Ordering::Acquire) != 0;
         shared.forget();
-        match result {
-            Ok(()) => return,
-            Err(e) => {
-                if listening {
-                    backoff = BACKOFF.0;
-                }
-                if !failing || listening {
-                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "pin cache: lost the database's notifications; reads of immutable tags query the database until they are back");
-                } else {
-                    tracing::debug!(error = %e, retry_in_ms = backoff.as_millis() as u64, "pin cache: cannot listen yet");
-                }
-                failing = true;
-            }
+        let Err(e) = result else {
+            return;
+        };
+        if worked {
+            backoff = BACKOFF.0;
+            failing = false;
         }
+        let retry_in_ms = backoff.as_millis() as u64;
+        if failing {
+            tracing::debug!(error = %e, retry_in_ms, "pin cache: cannot listen yet");
+        } else {
+            tracing::warn!(error = %e, retry_in_ms, "pin cache: lost the database's notifications; reads of immutable tags query the database until they are back");
+        }
+        failing = true;
         let until = Instant::now() + backoff;
         while !shared.stopping() && Instant::now() < until {
             std::thread::sleep(Duration::from_millis(20).min(until.saturating_duration_since(Instant::now())));
@@ -248,33 +249,31 @@ fn listen(shared: &Shared, mut config: postgres::Config) {
 /// One connection's life: `LISTEN`, then ping every [`PING`] and process notifications
 /// in the order the server delivers them (the order their transactions committed).
 /// `Ok` only when the cache is dropped.
-fn session(shared: &Shared, config: &postgres::Config, token: &str, listening: &mut bool) -> Result<(), StoreError> {
+/// `recovering`: the last session failed, so its first ping back is news worth a log line.
+fn session(shared: &Shared, config: &postgres::Config, token: &str, recovering: bool) -> Result<(), StoreError> {
     let mut client = config.connect(NoTls).map_err(db)?;
     client.batch_execute(&format!("LISTEN {CHANNEL}")).map_err(db)?;
+    let backend: i32 = client.query_one("SELECT pg_backend_pid()", &[]).map_err(db)?.get(0);
     // Entries filled before this moment may have missed a change: nothing was listening.
     shared.forget();
-    *listening = true;
-    tracing::debug!("pin cache: listening");
+    tracing::debug!(backend, "pin cache: listening");
     let ping = client.prepare("SELECT pg_notify($1, $2)").map_err(db)?;
-    let mut sent: VecDeque<(u64, u64)> = VecDeque::new();
-    let mut seq = 0u64;
+    let mut pings = Pings {
+        token,
+        backend,
+        sent: VecDeque::new(),
+        seq: 0,
+        recovering,
+    };
     let mut next_ping = Instant::now();
     while !shared.stopping() {
         if Instant::now() >= next_ping {
-            seq += 1;
             // Taken before the ping is sent, so it is no later than the ping's commit.
-            let at = shared.base.elapsed().as_nanos().max(1) as u64;
-            client
-                .execute(&ping, &[&CHANNEL, &format!("{PING_PREFIX}{token} {seq}")])
-                .map_err(db)?;
-            sent.push_back((seq, at));
-            // Pings never answered (a lagging connection) are not kept forever.
-            if sent.len() > 64 {
-                sent.pop_front();
-            }
+            let payload = pings.send(shared.base.elapsed().as_nanos().max(1) as u64);
+            client.execute(&ping, &[&CHANNEL, &payload]).map_err(db)?;
             next_ping = Instant::now() + PING;
         }
-        receive(shared, &mut client, token, &mut sent, next_ping)?;
+        receive(shared, &mut client, &mut pings, next_ping)?;
         if client.is_closed() {
             return Err(StoreError::Unavailable(
                 "database: the listening connection closed".into(),
@@ -285,57 +284,83 @@ fn session(shared: &Shared, config: &postgres::Config, token: &str, listening: &
 }
 
 /// Process notifications until `until`.
-fn receive(
-    shared: &Shared,
-    client: &mut Client,
-    token: &str,
-    sent: &mut VecDeque<(u64, u64)>,
-    until: Instant,
-) -> Result<(), StoreError> {
+fn receive(shared: &Shared, client: &mut Client, pings: &mut Pings<'_>, until: Instant) -> Result<(), StoreError> {
+    use postgres::fallible_iterator::FallibleIterator as _;
     let mut notifications = client.notifications();
     loop {
         let left = until.saturating_duration_since(Instant::now());
         if left.is_zero() || shared.stopping() {
             return Ok(());
         }
-        let Some(n) = fallible_next(&mut notifications, left)? else {
+        let Some(n) = notifications.timeout_iter(left).next().map_err(db)? else {
             return Ok(());
         };
         match n.payload().strip_prefix(PING_PREFIX) {
-            Some(ping) => own_ping(shared, ping, token, sent),
+            Some(ping) => pings.back(shared, ping, n.process_id())?,
             None => shared.evict(n.payload()),
         }
     }
 }
 
-fn fallible_next(
-    notifications: &mut postgres::Notifications<'_>,
-    timeout: Duration,
-) -> Result<Option<postgres::Notification>, StoreError> {
-    use postgres::fallible_iterator::FallibleIterator as _;
-    notifications.timeout_iter(timeout).next().map_err(db)
+/// This listener's pings in flight: sequence number and the instant each was sent.
+struct Pings<'a> {
+    token: &'a str,
+    /// The session that listens; its pings must come from it.
+    backend: i32,
+    sent: VecDeque<(u64, u64)>,
+    seq: u64,
+    /// Log when the first ping comes back.
+    recovering: bool,
 }
 
-/// A ping came back: if it is this listener's, every notification committed before it
-/// was sent has been processed.
-fn own_ping(shared: &Shared, ping: &str, token: &str, sent: &mut VecDeque<(u64, u64)>) {
-    let Some((from, seq)) = ping.split_once(' ') else {
-        return;
-    };
-    let Ok(seq) = seq.parse::<u64>() else {
-        return;
-    };
-    if from != token {
-        return;
+impl Pings<'_> {
+    /// The payload of the next ping, sent at `at` (nanoseconds after the cache's base).
+    fn send(&mut self, at: u64) -> String {
+        self.seq += 1;
+        self.sent.push_back((self.seq, at));
+        // Pings never answered (a lagging connection) are not kept forever.
+        if self.sent.len() > 64 {
+            self.sent.pop_front();
+        }
+        format!("{PING_PREFIX}{} {}", self.token, self.seq)
     }
-    while let Some(&(s, at)) = sent.front() {
-        if s > seq {
-            break;
+
+    /// A ping came back: if it is this listener's, every notification committed before it
+    /// was sent has been processed. One sent by another session than the one that listens
+    /// means a proxy moved the connection between sessions (transaction pooling), and
+    /// notifications may have gone elsewhere: the session is given up.
+    fn back(&mut self, shared: &Shared, ping: &str, from: i32) -> Result<(), StoreError> {
+        let Some((token, seq)) = ping.split_once(' ') else {
+            return Ok(());
+        };
+        let Ok(seq) = seq.parse::<u64>() else {
+            return Ok(());
+        };
+        if token != self.token {
+            return Ok(());
         }
-        sent.pop_front();
-        if s == seq {
-            shared.caught_up.store(at, Ordering::Release);
+        if from != self.backend {
+            return Err(StoreError::Unavailable(format!(
+                "database: the listening session {} sent no ping of its own (session {from} did): \
+                 a transaction-pooling proxy between tagpin and PostgreSQL cannot carry LISTEN",
+                self.backend
+            )));
         }
+        while let Some(&(s, at)) = self.sent.front() {
+            if s > seq {
+                break;
+            }
+            self.sent.pop_front();
+            if s == seq {
+                shared.caught_up.store(at, Ordering::Release);
+                if std::mem::take(&mut self.recovering) {
+                    tracing::info!(
+                        "pin cache: the database's notifications are back; reads of immutable tags are cached again"
+                    );
+                }
+            }
+        }
+        Ok(())
     }
 }
 

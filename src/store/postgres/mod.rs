@@ -87,7 +87,9 @@
 //! zero ([`PgStore::for_in_doubt_horizon`]), so the grace stays far below the quarter
 //! horizon within which a decided push must be forwarded. Each listener takes one more
 //! connection, and a commit that notifies is serialised with other notifying commits by
-//! the server, which only writes (decisions) pay.
+//! the server, which only writes (decisions) pay. The listener needs a session of its
+//! own: a ping that comes back from another session than the one listening (a
+//! transaction-pooling proxy) ends the session, so such a setup reads fresh every time.
 
 mod cache;
 mod migrate;
