@@ -89,11 +89,16 @@ pub struct ReadCacheStats {
 
 impl ReadCache {
     pub(super) fn new(config: postgres::Config) -> Self {
+        Self::counting_from(config, Instant::now())
+    }
+
+    /// A cache whose instants count from `base`.
+    fn counting_from(config: postgres::Config, base: Instant) -> Self {
         Self {
             shared: Arc::new(Shared {
                 pins: quick_cache::sync::Cache::new(CAPACITY),
                 generation: Mutex::new(0),
-                base: Instant::now(),
+                base,
                 caught_up: AtomicU64::new(0),
                 stop: AtomicBool::new(false),
                 hits: AtomicU64::new(0),
@@ -376,4 +381,119 @@ fn unique_token() -> String {
         std::process::id(),
         NEXT.fetch_add(1, Ordering::Relaxed)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn digest(c: char) -> Digest {
+        Digest::parse(&format!("sha256:{}", c.to_string().repeat(64))).unwrap()
+    }
+
+    fn pinned(c: char) -> ReadView {
+        ReadView {
+            pin: Some(digest(c)),
+            in_flight: false,
+        }
+    }
+
+    /// A cache whose listener is never started: the tests play its part.
+    fn cache() -> ReadCache {
+        // Counting from a second ago, so a lapsed lease can be written down.
+        let base = Instant::now().checked_sub(Duration::from_secs(1)).unwrap();
+        let c = ReadCache::counting_from("postgres://nobody@127.0.0.1:1/none".parse().unwrap(), base);
+        c.started.store(true, Ordering::Release);
+        c
+    }
+
+    fn caught_up_now(c: &ReadCache) {
+        let now = c.shared.base.elapsed().as_nanos().max(1) as u64;
+        c.shared.caught_up.store(now, Ordering::Release);
+    }
+
+    #[test]
+    fn a_fill_is_kept_unless_an_eviction_came_between() {
+        let c = cache();
+        let seen = c.begin_fill();
+        c.fill("a:v1".into(), seen, &pinned('a'));
+        assert_eq!(c.shared.pins.get("a:v1"), Some(digest('a')));
+        let seen = c.begin_fill();
+        c.shared.evict("other:v9");
+        c.fill("a:v2".into(), seen, &pinned('b'));
+        assert_eq!(c.shared.pins.get("a:v2"), None, "a fill that raced an eviction");
+        let seen = c.begin_fill();
+        c.shared.forget();
+        c.fill("a:v3".into(), seen, &pinned('b'));
+        assert_eq!(c.shared.pins.get("a:v3"), None, "a fill that raced a forget");
+        assert_eq!(c.shared.pins.get("a:v1"), None, "forget clears");
+    }
+
+    #[test]
+    fn only_a_pin_with_no_write_in_flight_is_kept() {
+        let c = cache();
+        let views = [
+            (
+                "a:claimed",
+                ReadView {
+                    pin: None,
+                    in_flight: true,
+                },
+            ),
+            ("a:free", ReadView::default()),
+            (
+                "a:moving",
+                ReadView {
+                    pin: Some(digest('a')),
+                    in_flight: true,
+                },
+            ),
+        ];
+        for (key, view) in views {
+            let seen = c.begin_fill();
+            c.fill(key.into(), seen, &view);
+            assert_eq!(c.shared.pins.get(key), None, "{key}");
+        }
+    }
+
+    #[test]
+    fn the_cache_answers_only_while_the_lease_holds() {
+        let c = cache();
+        let seen = c.begin_fill();
+        c.fill("a:v1".into(), seen, &pinned('a'));
+        assert_eq!(c.get("a:v1"), None, "never caught up");
+        caught_up_now(&c);
+        assert_eq!(c.get("a:v1"), Some(digest('a')));
+        let old = c.shared.base.elapsed().as_nanos() as u64;
+        let stale = old - LEASE.as_nanos() as u64;
+        c.shared.caught_up.store(stale, Ordering::Release);
+        assert_eq!(c.get("a:v1"), None, "a lapsed lease");
+        assert_eq!(c.stats(), ReadCacheStats { hits: 1, fresh: 1 });
+    }
+
+    #[test]
+    fn only_this_listeners_own_pings_vouch_and_only_from_its_session() {
+        let c = cache();
+        let mut pings = Pings {
+            token: "me",
+            backend: 7,
+            sent: VecDeque::new(),
+            seq: 0,
+            recovering: false,
+        };
+        let first = pings.send(10);
+        let second = pings.send(20);
+        assert_eq!((first.as_str(), second.as_str()), ("ping me 1", "ping me 2"));
+        let back = |pings: &mut Pings<'_>, payload: &str, from| {
+            pings.back(&c.shared, payload.strip_prefix(PING_PREFIX).unwrap(), from)
+        };
+        back(&mut pings, "ping other 2", 9).unwrap();
+        assert_eq!(c.shared.caught_up.load(Ordering::Acquire), 0, "another listener's ping");
+        back(&mut pings, &second, 7).unwrap();
+        assert_eq!(c.shared.caught_up.load(Ordering::Acquire), 20);
+        assert!(pings.sent.is_empty(), "the earlier ping is answered by the later");
+        let third = pings.send(30);
+        assert!(back(&mut pings, &third, 8).is_err(), "a ping from another session");
+        assert_eq!(c.shared.caught_up.load(Ordering::Acquire), 20);
+    }
 }
