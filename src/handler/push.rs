@@ -10,7 +10,9 @@
 //! 2. **decide** ([`pinning::begin_push`]): refuse the whole push if any tag would move;
 //!    otherwise every tag gets a durable record of this write before anything is
 //!    forwarded;
-//! 3. **check deletes**: nothing the manifest needs may have a delete in flight;
+//! 3. **check deletes**: nothing the manifest needs may have a delete in flight; a push
+//!    that moves a pin then waits the store's move grace, so no replica's read cache still
+//!    holds the old pin when the new one is committed;
 //! 4. **forward**, and **settle** every tag by the upstream's answer
 //!    ([`pinning::settle_push`]): accepted, the pin follows before the client sees its
 //!    201; refused (or a `?tag=` the answer shows was not applied), the record is
@@ -172,6 +174,13 @@ impl PushJob {
                 self.withdraw(app, &recorded).await;
                 return Err(e);
             }
+        }
+        let grace = app.store.move_grace();
+        if !grace.is_zero() && verdicts.iter().any(Verdict::moves_pin) {
+            // Every replica's read cache drops the old pin before the new one can be
+            // committed. Counted in the freshness below: a store's grace is far below a
+            // quarter of the horizon (`PgStore::for_in_doubt_horizon`).
+            tokio::time::sleep(grace).await;
         }
         if !flow::fresh(decided_at.elapsed(), app.config.in_doubt_horizon) {
             self.withdraw(app, &recorded).await;

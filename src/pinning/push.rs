@@ -34,6 +34,14 @@ pub enum Verdict {
 }
 
 impl Verdict {
+    /// Whether settling the push moves an existing pin to another digest.
+    pub fn moves_pin(&self) -> bool {
+        matches!(
+            self,
+            Self::Append { .. } | Self::AuditMove { .. } | Self::Released { .. }
+        )
+    }
+
     fn kind(&self) -> ClaimKind {
         match self {
             Self::NewPin => ClaimKind::New,

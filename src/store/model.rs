@@ -188,6 +188,8 @@ impl Claim {
 
 /// What a manifest read by tag needs of a tag's records: the digest it is pinned to, and
 /// whether a write is in flight (a claim with no pin leaves the read to the upstream).
+/// For a pinned tag answered from a replica's cache, `in_flight` may miss a write another
+/// replica began moments ago (see [`super::PgStore`]): a pinned read does not depend on it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReadView {
     pub pin: Option<Digest>,

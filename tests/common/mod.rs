@@ -14,6 +14,7 @@ pub mod gate;
 pub mod hold;
 pub mod http;
 pub mod image;
+pub mod lag;
 pub mod paging;
 pub mod postgres;
 pub mod procs;

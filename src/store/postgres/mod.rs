@@ -32,7 +32,66 @@
 //!   write is refused (503); the pool reconnects by itself once the database is back.
 //!
 //! The schema is created and migrated at start by [`migrate::migrate`].
+//!
+//! # Reads of immutable tags from memory, never older than a committed pin
+//! A manifest read by a protected tag needs the tag's pin ([`PinStore::read_view`]). A
+//! replica answers reads of tags the policy makes immutable from a bounded cache
+//! ([`cache`], `quick_cache`) without a statement; reads of append-only and audited tags,
+//! which move through any replica, always query the database. The promise: a read that
+//! begins after another replica committed a pin is never answered with an older one.
+//!
+//! - **What is cached**: `repo:tag` -> digest, filled only by a fresh read of an immutable
+//!   tag whose record has a pin and no write in flight.
+//! - **Invalidation**: every transaction that changes a tag's records (every
+//!   [`PinStore::update`], an import) sends `pg_notify('tagpin_tags', 'repo:tag')`, which
+//!   the server delivers when, and only if, it commits. Each replica's listener (a thread
+//!   on a connection of its own, `LISTEN tagpin_tags`) evicts the named tag. A fill takes
+//!   the cache's generation before its query and inserts only if no eviction happened
+//!   since (generation and evictions share a lock), so a notification processed during a
+//!   fill cannot be undone by it. Losing the connection, and listening again, clears the
+//!   cache: notifications in between are lost. A replica also drops the tags of its own
+//!   writes as soon as they return, so its own reads never wait for its listener.
+//! - **Liveness lease**: the listener notifies the same channel with a ping of its own
+//!   every 100 ms (`PING`), noting the instant before sending it. PostgreSQL delivers
+//!   notifications in the order their transactions committed ("NOTIFY", Notes), so when
+//!   the ping comes back every notification committed before that instant has been
+//!   processed: `caught_up` becomes the ping's instant. The cache answers a read only if
+//!   `caught_up` is less than `LEASE` (300 ms) before the read; otherwise the read queries
+//!   the database (a lagging or lost listener costs speed, never correctness).
+//! - **Move grace**: an immutable pin still moves, through a released push, and during a
+//!   policy reload one replica may advance a tag as append-only (or follow it in audit
+//!   mode) while another still caches it as immutable. So every push that moves a pin
+//!   (claim kinds append, audit move, release) waits [`PinStore::move_grace`] `WAIT` (700
+//!   ms, more than twice `LEASE`) after its claim committed and before it is forwarded.
+//!
+//! Why no replica serves a pin older than one committed before its read began. A pin
+//! moves only in the transaction that settles a write whose claim of that move (append,
+//! audit move, release) is in the record, and the claim stays there from its own commit
+//! (`t2`, which notifies) until that settle commits (`t4`); the writer waited `WAIT` in
+//! between, so `t4 > t2 + WAIT`. Take a read at replica B that begins at `r > t4` and is
+//! answered from the cache. B's `caught_up` was then the instant `s` of a ping with
+//! `s > r - LEASE > t2 + WAIT - LEASE > t2`. That ping committed after `s`, so after
+//! `t2`, and came back after `t2`'s notification: B had evicted the tag and bumped the
+//! generation before the read (or, listening only since after `t2`, cleared the cache
+//! when it started). The entry the read found was therefore inserted by a fill that took
+//! the generation after that, so its query began after `t2`: it saw the claim in flight
+//! (nothing cached) or, after `t4`, the new pin. This holds for every move committed
+//! before `r`, so the entry is at least as new as each of them. A withdrawn or lapsed
+//! claim moves nothing.
+//!
+//! Caveats. `WAIT` is measured on the writer's monotonic clock and `LEASE` on the
+//! reader's: `WAIT > 2 × LEASE` covers clocks whose rates differ by far more than NTP's
+//! 500 ppm, but not a machine frozen with its monotonic clock stopped for longer than the
+//! margin (some live migrations of a virtual machine). Replicas must share `in_doubt_horizon` (as they must already,
+//! for claims to lapse alike): under 16 × `WAIT` (11.2 s) the cache is off and the grace
+//! zero ([`PgStore::for_in_doubt_horizon`]), so the grace stays far below the quarter
+//! horizon within which a decided push must be forwarded. Each listener takes one more
+//! connection, and a commit that notifies is serialised with other notifying commits by
+//! the server, which only writes (decisions) pay. The listener needs a session of its
+//! own: a ping that comes back from another session than the one listening (a
+//! transaction-pooling proxy) ends the session, so such a setup reads fresh every time.
 
+mod cache;
 mod migrate;
 mod tags;
 
@@ -43,10 +102,13 @@ use postgres::{NoTls, Transaction};
 use r2d2::Pool;
 use r2d2_postgres::PostgresConnectionManager;
 
+use self::cache::ReadCache;
+pub use self::cache::ReadCacheStats;
 use self::migrate::migrate;
 use self::tags::DB_NOW;
 use super::{
-    DeleteRecord, Exported, ImportOutcome, PinStore, Protect, Refused, StoreError, TagRecord, TagState, MAX_REFUSALS,
+    DeleteRecord, Exported, ImportOutcome, PinStore, Protect, ReadView, Refused, StoreError, TagRecord, TagState,
+    MAX_REFUSALS,
 };
 use crate::oci::{Digest, Repository, Tag};
 
@@ -60,6 +122,8 @@ pub struct PgStore {
     /// none does: migrating takes the migration lock, so doing it on every call would
     /// serialise every store call of every replica behind one session lock.
     migrated: AtomicBool,
+    /// Pins of immutable tags; `None` when the in-doubt horizon is too short for the grace.
+    cache: Option<ReadCache>,
 }
 
 /// The session advisory lock one replica holds to run singleton work ("drift" in ASCII).
@@ -97,6 +161,7 @@ impl PgStore {
         // must not hold a push forever. `synchronous_commit=on` whatever the server's
         // default: see the module docs.
         config.options("-c statement_timeout=5000 -c lock_timeout=5000 -c synchronous_commit=on");
+        let cache = ReadCache::new(config.clone());
         let manager = PostgresConnectionManager::new(config, NoTls);
         let pool = Pool::builder()
             .max_size(16)
@@ -107,6 +172,7 @@ impl PgStore {
             pool,
             leader: std::sync::Mutex::new(None),
             migrated: AtomicBool::new(false),
+            cache: Some(cache),
         };
         // The synchronous client drives its own runtime, which panics when entered from
         // an async task, and `open` is called from tagpin's async start: migrate on a
@@ -120,6 +186,35 @@ impl PgStore {
             }
         }
         Ok(store)
+    }
+
+    /// Fit the read cache to the in-doubt horizon all replicas share: a decided push must
+    /// be forwarded within a quarter of it, and the move grace may take at most a quarter
+    /// of that, so under 16 × the grace the cache is off (every read queries the database)
+    /// and no push waits.
+    pub fn for_in_doubt_horizon(mut self, horizon: Duration) -> Self {
+        if horizon < cache::GRACE * 16 {
+            tracing::info!(
+                in_doubt_horizon_ms = horizon.as_millis() as u64,
+                "in-doubt horizon under {}s: reads of immutable tags are not cached",
+                (cache::GRACE * 16).as_secs_f32()
+            );
+            self.cache = None;
+        }
+        self
+    }
+
+    /// How reads of immutable tags were answered so far.
+    pub fn read_cache_stats(&self) -> ReadCacheStats {
+        self.cache.as_ref().map(ReadCache::stats).unwrap_or_default()
+    }
+
+    /// After a write of `keys` (committed, failed or of unknown outcome): this replica's
+    /// own reads do not wait for its listener to hear of it.
+    fn evict(&self, keys: impl Iterator<Item = String>) {
+        if let Some(cache) = &self.cache {
+            cache.evict(keys);
+        }
     }
 
     fn client(&self) -> Result<r2d2::PooledConnection<Manager>, StoreError> {
@@ -159,6 +254,14 @@ fn lock_key(repo: &Repository, tag: &Tag) -> String {
     format!("{repo}:{tag}")
 }
 
+/// The view of a cached pin: only pins with no write in flight are cached.
+fn cached(pin: Digest) -> ReadView {
+    ReadView {
+        pin: Some(pin),
+        in_flight: false,
+    }
+}
+
 fn parse_digests(rows: Vec<postgres::Row>, what: &str) -> Result<Vec<Digest>, StoreError> {
     rows.iter()
         .map(|r| {
@@ -173,13 +276,46 @@ impl PinStore for PgStore {
         self.read(repo, tag)
     }
 
+    fn read_view(&self, repo: &Repository, tag: &Tag, immutable: bool) -> Result<ReadView, StoreError> {
+        let Some(cache) = self.cache.as_ref().filter(|_| immutable) else {
+            return self.read_view_fresh(repo, tag);
+        };
+        let key = lock_key(repo, tag);
+        if let Some(pin) = cache.get(&key) {
+            return Ok(cached(pin));
+        }
+        let seen = cache.begin_fill();
+        let view = self.read_view_fresh(repo, tag)?;
+        cache.fill(key, seen, &view);
+        Ok(view)
+    }
+
+    fn read_view_in_memory(
+        &self,
+        repo: &Repository,
+        tag: &Tag,
+        immutable: bool,
+    ) -> Option<Result<ReadView, StoreError>> {
+        let cache = self.cache.as_ref().filter(|_| immutable)?;
+        cache.get(&lock_key(repo, tag)).map(|pin| Ok(cached(pin)))
+    }
+
+    fn move_grace(&self) -> Duration {
+        match self.cache {
+            Some(_) => cache::GRACE,
+            None => Duration::ZERO,
+        }
+    }
+
     fn update(
         &self,
         repo: &Repository,
         tags: &[Tag],
         change: &mut dyn FnMut(u64, &mut [TagRecord]),
     ) -> Result<Vec<TagRecord>, StoreError> {
-        self.update_records(repo, tags, change)
+        let written = self.update_records(repo, tags, change);
+        self.evict(tags.iter().map(|t| lock_key(repo, t)));
+        written
     }
 
     fn record_refusal(&self, repo: &Repository, tag: &Tag, refused: &Refused) -> Result<(), StoreError> {
@@ -384,7 +520,9 @@ impl PinStore for PgStore {
     }
 
     fn import(&self, records: &[Exported]) -> Result<ImportOutcome, StoreError> {
-        self.import_records(records)
+        let imported = self.import_records(records);
+        self.evict(records.iter().map(|r| lock_key(&r.repository, &r.tag)));
+        imported
     }
 
     fn lead(&self) -> Result<bool, StoreError> {

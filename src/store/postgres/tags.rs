@@ -6,11 +6,12 @@
 
 use postgres::GenericClient;
 
+use super::cache::notify;
 use super::{corrupt, db, lock_key, PgStore};
 use crate::oci::{Repository, Tag};
 use crate::store::{
-    merge_refusals, plan_import, Claim, ClaimKind, Exported, ImportOutcome, Pin, PinSource, Refused, StoreError,
-    TagRecord, TagState,
+    merge_refusals, plan_import, Claim, ClaimKind, Exported, ImportOutcome, Pin, PinSource, ReadView, Refused,
+    StoreError, TagRecord, TagState,
 };
 
 /// The database's clock, in whole seconds since the Unix epoch. `clock_timestamp()`, not
@@ -185,6 +186,27 @@ impl PgStore {
         Ok(read_record(&mut *c, repo, tag)?.0)
     }
 
+    /// What a manifest read needs of the tag, from the database: its pin and whether a
+    /// write is in flight, in one statement (one snapshot).
+    pub(super) fn read_view_fresh(&self, repo: &Repository, tag: &Tag) -> Result<ReadView, StoreError> {
+        let mut c = self.client()?;
+        let row = c
+            .query_one(
+                "SELECT (SELECT digest FROM pins WHERE repository = $1 AND tag = $2),
+                   EXISTS (SELECT 1 FROM claims WHERE repository = $1 AND tag = $2)",
+                &[&repo.as_str(), &tag.as_str()],
+            )
+            .map_err(db)?;
+        let pin = row
+            .get::<_, Option<String>>(0)
+            .map(|d| crate::oci::Digest::parse(&d).map_err(|e| corrupt(&lock_key(repo, tag), e)))
+            .transpose()?;
+        Ok(ReadView {
+            pin,
+            in_flight: row.get(1),
+        })
+    }
+
     /// [`crate::store::PinStore::update`]: one transaction holding every tag's lock, so
     /// `change` runs once, on what the last transaction on these tags committed. Of a tag
     /// named twice, the last copy is written.
@@ -214,10 +236,14 @@ impl PgStore {
             };
             let mut after = before.clone();
             change(now, &mut after);
+            let mut changed = Vec::new();
             for i in crate::store::to_write(tags, &before, &after) {
                 crate::store::check_writes(repo, &tags[i], &after[i])?;
                 write_record(tx, repo, &tags[i], &before[i], &after[i])?;
+                changed.push(lock_key(repo, &tags[i]));
             }
+            // Delivered at commit: every replica's read cache drops these tags.
+            notify(tx, &changed)?;
             Ok(after)
         })
     }
@@ -265,6 +291,7 @@ impl PgStore {
                 // Nothing written: the transaction commits no change.
                 return Ok(outcome);
             }
+            let mut changed = Vec::new();
             for r in writes {
                 let (before, _) = read_record(tx, &r.repository, &r.tag)?;
                 // What the tag had before it was pinned starts the imported pin's history.
@@ -278,8 +305,10 @@ impl PgStore {
                     after.set_pin(pin);
                 }
                 write_record(tx, &r.repository, &r.tag, &before, &after)?;
+                changed.push(lock_key(&r.repository, &r.tag));
                 outcome.imported += 1;
             }
+            notify(tx, &changed)?;
             // The refused attempts of every record, written or unchanged: evidence the
             // export carried, added to what the tag holds here.
             for r in records.iter().filter(|r| !r.refused.is_empty()) {
