@@ -233,6 +233,10 @@ pub(crate) mod mutation {
         ReadByTag,
         /// Reads: a first pull adopts what it read although a write is in flight.
         AdoptOverClaim,
+        /// Read cache: a replica answers from memory without a live listener's lease.
+        NoLease,
+        /// Read cache: a push that moves a pin is forwarded without the store's grace.
+        NoMoveGrace,
     }
 
     #[cfg(not(test))]

@@ -22,6 +22,7 @@
 //! Each regression in [`crate::pinning::mutation`] puts back one way a tag moved before;
 //! `every_regression_is_found` shows each is caught within the default seeds.
 
+mod cache;
 mod digest;
 mod procs;
 mod read;
@@ -60,9 +61,15 @@ pub struct World {
     mix: [usize; 6],
     /// Whether this seed has writers straight to the upstream, behind tagpin's back.
     pub bypass: bool,
+    /// Odd seeds: pulls, and the replicas' read caches.
+    pub extended: bool,
+    pub caches: [cache::ReplicaCache; REPLICAS],
+    /// How often (of 100 listener events) a listener delivers: some seeds lag far behind.
+    listener_speed: usize,
     /// First pulls that adopted the tag, and pulls served a pin.
     pub read_adoptions: usize,
     pub pinned_reads: usize,
+    pub cache_hits: usize,
 }
 
 impl World {
@@ -85,10 +92,16 @@ impl World {
         ];
         // Odd seeds add pulls and writers straight to the upstream; even seeds draw
         // exactly what they drew before those existed, so what they found, they find.
-        let mut bypass = false;
+        let (mut bypass, mut listener_speed) = (false, 0);
         if seed % 2 == 1 {
             mix[5] = 10 + rng.below(30);
             bypass = rng.chance(70);
+            listener_speed = 10 + rng.below(80);
+            if rng.chance(30) {
+                // Mostly pulls: what a replica's cache is for.
+                mix.iter_mut().for_each(|m| *m /= 4);
+                mix[5] = 150;
+            }
         }
         for t in 0..TAGS {
             ghost.modes.insert(world::tag(t), pick_mode(&mut rng));
@@ -108,8 +121,12 @@ impl World {
             manifests,
             mix,
             bypass,
+            extended: seed % 2 == 1,
+            caches: Default::default(),
+            listener_speed,
             read_adoptions: 0,
             pinned_reads: 0,
+            cache_hits: 0,
         }
     }
 
@@ -123,6 +140,10 @@ impl World {
         let mut recs: Vec<TagRecord> = tags.iter().map(|t| self.store.record(t)).collect();
         change(self.now, &mut recs);
         for (t, r) in tags.iter().zip(&recs) {
+            if self.store.record(t) != *r {
+                // NOTIFY in the transaction: every replica's listener hears of it.
+                self.caches.iter_mut().for_each(|c| c.committed(t));
+            }
             if r.is_empty() {
                 self.store.tags.remove(t);
             } else {
@@ -150,6 +171,7 @@ pub struct Stats {
     pub moves: usize,
     pub read_adoptions: usize,
     pub pinned_reads: usize,
+    pub cache_hits: usize,
 }
 
 pub struct Failure {
@@ -201,6 +223,7 @@ pub fn run(seed: u64, steps: usize) -> Result<Stats, Failure> {
     mutation::set_skew(0);
     stats.read_adoptions = w.read_adoptions;
     stats.pinned_reads = w.pinned_reads;
+    stats.cache_hits = w.cache_hits;
     match result {
         Ok(()) => Ok(stats),
         Err(message) => Err(Failure {
@@ -225,6 +248,10 @@ fn one_step(
             !o.answered || (!o.applied && matches!(o.fate, Fate::LateApply))
         })
         .collect();
+    if w.extended && w.rng.chance(25) {
+        cache_event(w);
+        return Ok(());
+    }
     let roll = w.rng.below(100);
     if spawning && (roll < 22 || (runnable.is_empty() && pending.is_empty())) {
         spawn(w, procs, next_id);
@@ -253,6 +280,7 @@ fn one_step(
     } else if w.rng.chance(50) {
         let r = w.rng.below(REPLICAS);
         procs.retain(|p| p.replica != r);
+        w.caches[r] = cache::ReplicaCache::default();
         w.log(format!("replica R{r} killed"));
     } else if world::async_commit() {
         if let Some(s) = w.last.take() {
@@ -261,6 +289,27 @@ fn one_step(
         }
     }
     Ok(())
+}
+
+/// A replica's cache listener acts: delivers a notification, pings, or loses its
+/// connection.
+fn cache_event(w: &mut World) {
+    let r = w.rng.below(REPLICAS);
+    let roll = w.rng.below(100);
+    if roll < w.listener_speed {
+        // A burst of notifications, as a listener catches up.
+        for _ in 0..1 + w.rng.below(6) {
+            if let Some(what) = w.caches[r].deliver() {
+                w.log(format!("R{r}'s listener {what}"));
+            }
+        }
+    } else if roll < 98 {
+        let now = w.now;
+        w.caches[r].ping(now);
+    } else {
+        w.caches[r].disconnect();
+        w.log(format!("R{r}'s listener loses its connection"));
+    }
 }
 
 fn spawn(w: &mut World, procs: &mut Vec<Proc>, next_id: &mut usize) {
@@ -518,17 +567,21 @@ fn no_seed_moves_a_protected_tag() {
                 total.moves += s.moves;
                 total.read_adoptions += s.read_adoptions;
                 total.pinned_reads += s.pinned_reads;
+                total.cache_hits += s.cache_hits;
             }
             Err(f) => panic!("{f}"),
         }
     }
     println!(
-        "simulated {} steps: {} writes applied, {} after their answer, {} moves, {} first pulls adopted, {} pulls served a pin",
-        total.steps, total.applied, total.late, total.moves, total.read_adoptions, total.pinned_reads
+        "simulated {} steps: {} writes applied, {} after their answer, {} moves, {} first pulls adopted, {} pulls served a pin ({} from a replica's cache)",
+        total.steps, total.applied, total.late, total.moves, total.read_adoptions, total.pinned_reads, total.cache_hits
     );
     // The runs must have exercised what the checks are about.
     assert!(total.applied > 1000 && total.late > 50 && total.moves > 50, "{total:?}");
-    assert!(total.read_adoptions > 25 && total.pinned_reads > 1000, "{total:?}");
+    assert!(
+        total.read_adoptions > 25 && total.pinned_reads > 1000 && total.cache_hits > 40,
+        "{total:?}"
+    );
 }
 
 #[test]
@@ -564,6 +617,8 @@ const MUTANTS: &[(&str, Mutation)] = &[
     ("review-c-stale-forward", Mutation::StaleForward),
     ("read-a-pinned-tag-read-by-tag", Mutation::ReadByTag),
     ("read-b-adopted-over-a-write-in-flight", Mutation::AdoptOverClaim),
+    ("read-c-cache-without-lease", Mutation::NoLease),
+    ("read-d-move-without-grace", Mutation::NoMoveGrace),
 ];
 
 #[test]

@@ -63,6 +63,8 @@ pub enum Phase {
     ReadFetch,
     /// The pull adopts what it read.
     ReadAdopt,
+    /// The pull's fresh read fills its replica's cache.
+    ReadFill,
 }
 
 /// The upstream's answer as the handler classifies it.
@@ -93,6 +95,11 @@ pub struct Proc {
     pub(super) recorded_at: u64,
     /// What a pull read at the upstream.
     pub(super) served: Option<Digest>,
+    /// A pull's fresh read of an immutable tag, to keep in its replica's cache: the
+    /// generation it began at and what it found.
+    pub(super) fill: Option<(u64, crate::store::ReadView)>,
+    /// The push's decision moves a pin: it waits the grace before forwarding.
+    moves_pin: bool,
 }
 
 impl Proc {
@@ -118,6 +125,8 @@ impl Proc {
             stash: None,
             recorded_at: 0,
             served: None,
+            fill: None,
+            moves_pin: false,
         }
     }
 }
@@ -200,6 +209,7 @@ fn push(w: &mut World, p: &mut Proc, tag: &Tag, digest: &Digest, by_tag: bool) -
             let ghost_before = w.store.record(tag);
             let check = w.ghost.may_move(tag, &before, digest, w.now);
             check.map_err(|e| format!("decision without licence: {e}"))?;
+            p.moves_pin = verdicts.iter().any(machine::Verdict::moves_pin);
             let release = matches!(verdicts[0], machine::Verdict::Released { .. })
                 .then(|| {
                     ghost_before
@@ -237,6 +247,10 @@ fn push(w: &mut World, p: &mut Proc, tag: &Tag, digest: &Digest, by_tag: bool) -
             Ok(Next::Continue)
         }
         Phase::Forward => {
+            let grace = w.extended && p.moves_pin && !mutation::on(Mutation::NoMoveGrace);
+            if grace && w.now < p.recorded_at + super::cache::GRACE {
+                return Ok(Next::Continue);
+            }
             if stale(w, p) {
                 settle_push(w, p, tag, digest, Outcome::NotApplied);
                 return Ok(Next::Done);

@@ -18,8 +18,41 @@ use crate::store::ReadView;
 pub(super) fn read(w: &mut World, p: &mut Proc, tag: &Tag) -> Result<Next, String> {
     match p.phase {
         Phase::ReadView => {
+            let mode = w.ghost.mode(tag);
+            let cached = mode == Mode::Immutable && w.extended;
+            let now = w.now;
+            if let Some(d) = cached.then(|| w.caches[p.replica].get(tag, now)).flatten() {
+                let pin = w.store.record(tag).pin.map(|x| x.digest);
+                w.log(format!(
+                    "{} pulls {tag}: R{}'s cache has {}",
+                    p.id,
+                    p.replica,
+                    world::short(&d)
+                ));
+                if pin.as_ref() != Some(&d) {
+                    return Err(format!(
+                        "R{} answered a pull of {tag} from its cache with {} while the tag is pinned to {}",
+                        p.replica,
+                        world::short(&d),
+                        pin.as_ref().map_or("nothing".into(), world::short)
+                    ));
+                }
+                w.pinned_reads += 1;
+                w.cache_hits += 1;
+                return Ok(Next::Done);
+            }
+            let seen = w.caches[p.replica].begin_fill();
             let view = ReadView::of(&w.store.record(tag));
-            let enforcing = w.ghost.mode(tag) != Mode::Audit;
+            if cached {
+                // The query's answer fills the cache as it comes back: mostly at once,
+                // sometimes after other steps (a notification may be processed between).
+                if w.rng.chance(75) {
+                    w.caches[p.replica].fill(tag, seen, &view);
+                } else {
+                    p.fill = Some((seen, view.clone()));
+                }
+            }
+            let enforcing = mode != Mode::Audit;
             match view.pin {
                 Some(pin) if enforcing => {
                     let served = if machine::mutation::on(machine::mutation::Mutation::ReadByTag) {
@@ -35,6 +68,10 @@ pub(super) fn read(w: &mut World, p: &mut Proc, tag: &Tag) -> Result<Next, Strin
                             world::short(&pin),
                             served.as_ref().map_or("nothing".into(), world::short)
                         ));
+                    }
+                    if p.fill.is_some() {
+                        p.phase = Phase::ReadFill;
+                        return Ok(Next::Continue);
                     }
                     Ok(Next::Done)
                 }
@@ -97,6 +134,11 @@ pub(super) fn read(w: &mut World, p: &mut Proc, tag: &Tag) -> Result<Next, Strin
                     w.ghost.acked.insert(tag.clone(), answer);
                 }
             }
+            Ok(Next::Done)
+        }
+        Phase::ReadFill => {
+            let (seen, view) = p.fill.take().expect("a fill was begun");
+            w.caches[p.replica].fill(tag, seen, &view);
             Ok(Next::Done)
         }
         _ => Ok(Next::Continue),
