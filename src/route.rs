@@ -10,7 +10,8 @@
 //! "Endpoints" table end-1 to end-13), because a path that tagpin and the upstream read
 //! differently is a way around the pin. Nothing is percent-decoded: distribution 2.8
 //! decodes `%2F` and `%61` before routing, so an encoded path is refused instead of being
-//! interpreted. Repository names contain slashes, so the endpoint is recognised from the
+//! interpreted; a read is decoded only to tell whether the upstream will route it as a
+//! manifest read. Repository names contain slashes, so the endpoint is recognised from the
 //! *last* segments of the path, never from the first occurrence of a keyword.
 
 use http::{HeaderMap, Method, Uri};
@@ -151,10 +152,23 @@ fn classify_read(tail: &str) -> Route {
         },
         [name @ .., "_tagpin", "history", tag] if !name.is_empty() => match (repo(name), Tag::parse(tag)) {
             (Some(repo), Ok(tag)) => Route::TagHistory { repo, tag },
+            _ if names_manifests_decoded(tail) => Route::EncodedManifestRead,
             _ => Route::Read,
         },
+        _ if names_manifests_decoded(tail) => Route::EncodedManifestRead,
         _ => Route::Read,
     }
+}
+
+/// Whether a read path with escapes has a `manifests` segment once percent-decoded.
+/// distribution 2.8 routes the decoded path, so `m%61nifests/v1` or `app%2Fmanifests%2Fv1`
+/// is a manifest read by tag there, whatever tagpin makes of the raw segments.
+fn names_manifests_decoded(tail: &str) -> bool {
+    tail.contains('%')
+        && percent_encoding::percent_decode_str(tail)
+            .decode_utf8_lossy()
+            .split('/')
+            .any(|s| s == "manifests")
 }
 
 fn classify_write(method: &Method, tail: &str, query: Option<&str>) -> Result<Route, RouteError> {

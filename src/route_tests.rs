@@ -54,11 +54,31 @@ fn manifest_reads_and_history_are_recognised() {
             run(method, &format!("/v2/a/manifests/{D}")),
             Ok(read("a", Reference::Digest(Digest::parse(D).unwrap())))
         );
-        for encoded in ["/v2/a%2Fb/manifests/v1", "/v2/a/manifests/v%31", "/v2/%61/manifests/v1"] {
+        for encoded in [
+            "/v2/a%2Fb/manifests/v1",
+            "/v2/a/manifests/v%31",
+            "/v2/%61/manifests/v1",
+            // The upstream routes the decoded path: these name `a:v1` there.
+            "/v2/a/m%61nifests/v1",
+            "/v2/a/%6Danifests/v1",
+            "/v2/a/manifests%2Fv1",
+            "/v2/a%2Fmanifests%2Fv1",
+            "/v2/a%2fmanifests/v1",
+            "/v2/a%2Fmanifests%2Fv1/_tagpin/history/v1",
+        ] {
             assert_eq!(run(method, encoded), Ok(Route::EncodedManifestRead), "{encoded}");
         }
         // Not a manifest read tagpin can name: the upstream answers it.
-        for other in ["/v2/A/manifests/v1", "/v2/a/manifests/-bad", "/v2/manifests/v1"] {
+        for other in [
+            "/v2/A/manifests/v1",
+            "/v2/a/manifests/-bad",
+            "/v2/manifests/v1",
+            // Decoded once (as the upstream does), these have no `manifests` segment.
+            "/v2/a/m%2561nifests/v1",
+            "/v2/a/m%41nifests/v1",
+            "/v2/a/blobs/sha256%3Aab",
+            "/v2/a/_t%61gpin/history/v1",
+        ] {
             assert_eq!(run(method, other), Ok(Route::Read), "{other}");
         }
         assert_eq!(

@@ -36,7 +36,7 @@ use crate::policy::{Decided, Mode};
 use crate::route::RouteError;
 use crate::store::ReadView;
 use crate::telemetry::{AuditAction, AuditEvent, Requester};
-use crate::upstream::{TagAtUpstream, UpstreamError};
+use crate::upstream::{headers, TagAtUpstream, UpstreamError};
 
 type Answer = Result<http::Response<Body>, ProxyError>;
 
@@ -63,7 +63,7 @@ impl Default for ReadReports {
 /// A `GET` or `HEAD` of `/v2/<repo>/manifests/<reference>`.
 pub async fn manifest_read(
     app: &App,
-    parts: Parts,
+    mut parts: Parts,
     body: Body,
     repo: Repository,
     reference: Reference,
@@ -79,6 +79,9 @@ pub async fn manifest_read(
     if !decided.mode.is_protected() {
         return super::forward(app, parts, body, who).await;
     }
+    // What the read is judged by (its `Accept`, its credentials) is what the upstream
+    // gets: a header the client names in `Connection` is dropped before forwarding.
+    headers::remove_hop_by_hop(&mut parts.headers);
     let view = read_view(app, &repo, &tag, decided.mode == Mode::Immutable).await?;
     let read = Read {
         app,
