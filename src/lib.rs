@@ -145,6 +145,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         addr = %local,
         upstream = %shared.config.upstream,
         policy = %shared.policy().summary(),
+        reads = shared.config.reads.as_str(),
         workers,
         version = env!("CARGO_PKG_VERSION"),
         "listening"

@@ -111,7 +111,7 @@ pub fn classify(method: &Method, uri: &Uri) -> Result<Route, RouteError> {
             "/metrics" => Ok(Route::Metrics),
             "/v2" => Ok(Route::Read),
             p => match p.strip_prefix("/v2/") {
-                Some(tail) => Ok(classify_read(tail)),
+                Some(tail) => classify_read(tail),
                 None => Err(RouteError::NotFound),
             },
         };
@@ -139,25 +139,26 @@ pub fn check_method_override(headers: &HeaderMap) -> Result<(), RouteError> {
     }
 }
 
-/// A GET or HEAD under `/v2/`. Anything that is not a well-formed manifest read or
-/// history request is forwarded for the upstream to answer.
-fn classify_read(tail: &str) -> Route {
+/// A GET or HEAD under `/v2/`. Anything that is not a well-formed manifest read is
+/// forwarded for the upstream to answer. A history path is tagpin's own (no repository
+/// name holds a `_tagpin` component), so a malformed one is refused here, naming what is
+/// wrong, rather than left to the upstream's bare 404.
+fn classify_read(tail: &str) -> Result<Route, RouteError> {
     let segments: Vec<&str> = tail.split('/').collect();
     let repo = |name: &[&str]| Repository::parse(&name.join("/")).ok();
-    match segments.as_slice() {
+    Ok(match segments.as_slice() {
         [name @ .., "manifests", reference] if !name.is_empty() => match (repo(name), Reference::parse(reference)) {
             (Some(repo), Ok(reference)) => Route::ManifestRead { repo, reference },
             _ if tail.contains('%') => Route::EncodedManifestRead,
             _ => Route::Read,
         },
-        [name @ .., "_tagpin", "history", tag] if !name.is_empty() => match (repo(name), Tag::parse(tag)) {
-            (Some(repo), Ok(tag)) => Route::TagHistory { repo, tag },
-            _ if names_manifests_decoded(tail) => Route::EncodedManifestRead,
-            _ => Route::Read,
+        [name @ .., "_tagpin", "history", tag] if !name.is_empty() => Route::TagHistory {
+            repo: Repository::parse(&name.join("/"))?,
+            tag: Tag::parse(tag)?,
         },
         _ if names_manifests_decoded(tail) => Route::EncodedManifestRead,
         _ => Route::Read,
-    }
+    })
 }
 
 /// Whether a read path with escapes has a `manifests` segment once percent-decoded.
@@ -226,6 +227,8 @@ fn classify_write(method: &Method, tail: &str, query: Option<&str>) -> Result<Ro
             not_allowed()
         }
         [""] | ["_catalog"] => not_allowed(),
+        // tagpin's history endpoint is read-only.
+        [name @ .., "_tagpin", "history", _] if !name.is_empty() => not_allowed(),
         _ => Err(RouteError::UnknownEndpoint),
     }
 }

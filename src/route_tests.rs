@@ -88,6 +88,30 @@ fn manifest_reads_and_history_are_recognised() {
                 tag: tag("v1")
             })
         );
+        // tagpin's own path: a malformed one is refused by tagpin, never forwarded.
+        for (bad, kind) in [
+            ("/v2/a/_tagpin/history/", "tag"),
+            ("/v2/a/_tagpin/history/a:1.0", "tag"),
+            ("/v2/a/_tagpin/history/-v1", "tag"),
+            ("/v2/A/_tagpin/history/v1", "repository"),
+            ("/v2/a%2Fb/_tagpin/history/v1", "repository"),
+        ] {
+            let refused = match run(method, bad) {
+                Err(RouteError::Name(NameError::Tag(_))) => "tag",
+                Err(RouteError::Name(NameError::Repository(_))) => "repository",
+                other => panic!("{method} {bad}: {other:?}"),
+            };
+            assert_eq!(refused, kind, "{method} {bad}");
+        }
+    }
+    for method in ["POST", "PUT", "PATCH", "DELETE"] {
+        assert_eq!(
+            run(method, "/v2/a/b/_tagpin/history/v1"),
+            Err(RouteError::MethodNotAllowed(
+                Method::from_bytes(method.as_bytes()).unwrap()
+            )),
+            "{method}"
+        );
     }
     assert_eq!(run("OPTIONS", "/v2/a/b/manifests/latest"), Ok(Route::Read));
 }

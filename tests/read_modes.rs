@@ -51,11 +51,23 @@ fn assert_forwarded(registry: &Registry, tagpin: &Tagpin, secrets: &AdminSecrets
     }
 }
 
+/// The `reads` mode the `listening` line announces, so an operator sees which one runs.
+fn announced_reads(tagpin: &Tagpin) -> String {
+    tagpin
+        .logs()
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["message"] == "listening")
+        .map(|v| v["reads"].as_str().unwrap_or("(none)").to_owned())
+        .expect("a listening line")
+}
+
 #[test]
 fn mutable_tags_are_read_from_the_upstream_and_never_pinned_by_a_read() {
     let registry = Registry::start();
     let data = tempfile::tempdir().unwrap();
     let (tagpin, secrets) = tagpin_with_admin(&registry.url(), &data, &["--exclude", "latest"]);
+    assert_eq!(announced_reads(&tagpin), "pinned", "the default");
     let a = Image::random(4_001, 500);
     let b = a.variant("moved");
     a.push_blobs(tagpin.addr, "app", "");
@@ -97,6 +109,7 @@ fn reads_forward_set_by_flag_environment_or_config_serves_the_upstreams_current_
         let all: Vec<&str> = all.iter().map(String::as_str).collect();
         let data = tempfile::tempdir().unwrap();
         let tagpin = Tagpin::start_env(&registry.url(), data.path(), &all, env);
+        assert_eq!(announced_reads(&tagpin), "forward", "by {way}");
         assert_forwarded(&registry, &tagpin, &secrets, &format!("by-{way}"), seed);
     }
 }

@@ -44,7 +44,19 @@ pub enum ExplainError {
 /// a port is not part of a repository name here).
 pub fn parse_reference(s: &str) -> Result<(Repository, Tag), ExplainError> {
     let bad = |why: String| ExplainError::Reference(s.to_owned(), why);
+    if let Some((repo, _)) = s.split_once('@') {
+        return Err(bad(format!(
+            "it names a digest, which never moves; give the tag, as {repo}:TAG"
+        )));
+    }
     let (repo, tag) = s.rsplit_once(':').ok_or_else(|| bad("no ':' before the tag".into()))?;
+    // An image reference as clients write it starts with the registry host, which is not
+    // part of the repository name tagpin keeps.
+    if let Some((host, rest)) = repo.split_once('/') {
+        if Repository::parse(repo).is_err() && Repository::parse(rest).is_ok() && host.contains(['.', ':']) {
+            return Err(bad(format!("leave out the registry host {host}: {rest}:{tag}")));
+        }
+    }
     let repo = Repository::parse(repo).map_err(|e| bad(e.to_string()))?;
     let tag = Tag::parse(tag).map_err(|e| bad(e.to_string()))?;
     Ok((repo, tag))
@@ -90,6 +102,20 @@ mod tests {
         assert!(parse_reference("prod/api").is_err());
         assert!(parse_reference("Prod/api:1").is_err());
         assert!(parse_reference("a:-x").is_err());
+        let why = |s: &str| parse_reference(s).unwrap_err().to_string();
+        assert!(
+            why("prod/api@sha256:0d1d").contains("names a digest, which never moves; give the tag, as prod/api:TAG"),
+            "{}",
+            why("prod/api@sha256:0d1d")
+        );
+        assert!(
+            why("registry.example.com:5000/prod/api:1.4.2")
+                .contains("leave out the registry host registry.example.com:5000: prod/api:1.4.2"),
+            "{}",
+            why("registry.example.com:5000/prod/api:1.4.2")
+        );
+        // A first component with a dot is a valid repository name, not a host.
+        assert_eq!(parse_reference("my.org/api:1").unwrap().0.as_str(), "my.org/api");
     }
 
     #[test]

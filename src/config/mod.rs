@@ -41,6 +41,16 @@ pub enum Reads {
     Forward,
 }
 
+impl Reads {
+    /// The value as the flag, variable and config key spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pinned => "pinned",
+            Self::Forward => "forward",
+        }
+    }
+}
+
 /// A scheme plus authority, such as `https://registry.example:5000`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Origin {
