@@ -444,6 +444,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--tagpin", required=True)
     ap.add_argument("--smoke", action="store_true", help="tiny sizes and durations, for CI")
+    ap.add_argument("--only", choices=["reads"],
+                    help="run one measurement by itself: reads = manifest reads by a pinned tag (bench/reads.py)")
     args = ap.parse_args()
 
     smoke = args.smoke
@@ -454,6 +456,8 @@ def main():
     conn_count = 200 if smoke else 10000
     out_dir = os.path.join("bench", "out-smoke") if smoke else "bench"
     os.makedirs(out_dir, exist_ok=True)
+    if args.only == "reads":
+        return only_reads(args.tagpin, smoke, rounds, ab_seconds, out_dir)
 
     tmp = tempfile.mkdtemp(prefix="tagpin-bench-")
     procs = []
@@ -558,22 +562,51 @@ def main():
             "connections": conns, "conn_count": conn_count, "reads": pinned_reads,
         }, smoke, blob_mib, rounds, ab_seconds, puts, args.tagpin)
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        if pg is not None:
-            # SIGINT is PostgreSQL's fast shutdown (SIGTERM would wait for sessions to end).
-            pg.send_signal(signal.SIGINT)
-            try:
-                pg.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                pg.kill()
-                pg.wait()
-        subprocess.run(["rm", "-rf", tmp])
+        stop_all(procs, pg, tmp)
+
+
+def only_reads(tagpin_bin, smoke, rounds, ab_seconds, out_dir):
+    """`--only reads`: the registry, the PostgreSQL server and bench/reads.py alone. The
+    section takes the place of the old one in out_dir/results.md, or, without one, is
+    written to out_dir/reads.md."""
+    tmp = tempfile.mkdtemp(prefix="tagpin-bench-")
+    procs, pg = [], None
+    try:
+        reg, up = start_registry(tmp)
+        procs.append(reg)
+        pg, pg_url = start_postgres(tmp)
+        log(f"registry {up}, PostgreSQL {pg_url}; reads by a pinned tag only, {rounds} round(s)")
+        measured = reads.measure(tagpin_bin, up, pg_url, tmp, rounds, ab_seconds, (1,) if smoke else (1, 32))
+    finally:
+        stop_all(procs, pg, tmp)
+    lines = reads.report(measured, "bench/run.sh --only reads" + (" --smoke" if smoke else ""))
+    print("\n".join(lines))
+    results_md = os.path.join(out_dir, "results.md")
+    if os.path.exists(results_md) and reads.splice(results_md, lines):
+        log(f"replaced the section on reads by a pinned tag in {results_md}")
+    else:
+        with open(os.path.join(out_dir, "reads.md"), "w") as f:
+            f.write("\n".join(lines) + "\n")
+        log(f"wrote {os.path.join(out_dir, 'reads.md')}")
+
+
+def stop_all(procs, pg, tmp):
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+    if pg is not None:
+        # SIGINT is PostgreSQL's fast shutdown (SIGTERM would wait for sessions to end).
+        pg.send_signal(signal.SIGINT)
+        try:
+            pg.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pg.kill()
+            pg.wait()
+    subprocess.run(["rm", "-rf", tmp])
 
 
 def write_report(out_dir, results, mem, smoke, blob_mib, rounds, ab_seconds, puts, tagpin_bin):

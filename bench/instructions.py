@@ -2,10 +2,16 @@
 """Instructions per proxied manifest request, tagpin beside nginx, counted by valgrind's
 callgrind: a figure that does not depend on how busy the (shared) machine is.
 
-Both proxies run one worker under callgrind in front of the same registry. Each gets a
-warm-up, then its counters are zeroed (callgrind_control -z), N requests are sent with
-`ab -k` on one keep-alive connection, and the counters are dumped: the instructions of
-exactly those N requests, user space only (callgrind counts no kernel work).
+tagpin runs three times: on sled with `--reads pinned` (the pinned manifest, fetched by
+digest; the warm-up's first pull pins the tag) and with `--reads forward` (by tag), so
+that the cost of a pinned read shows beside a forwarded one, and with `--reads pinned` on
+a PostgreSQL server of its own (bench.start_postgres), whose reads after the warm-up are
+answered from its pin cache; that instance's counts include its cache listener's pings to
+itself (every 100 ms). Every proxy runs one worker under callgrind in
+front of the same registry. Each gets a warm-up, then its counters are zeroed
+(callgrind_control -z), N requests are sent with `ab -k` on one keep-alive connection, and
+the counters are dumped: the instructions of exactly those N requests, user space only
+(callgrind counts no kernel work).
 
     python3 bench/instructions.py --tagpin target/release/tagpin [--requests 2000]
 
@@ -15,6 +21,7 @@ import argparse
 import glob
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -74,9 +81,15 @@ def main():
         m = bench.manifest(cd, len(cfg), ld, len(layer), "instructions")
         status, _, _ = bench.request(up, "PUT", "/v2/bench/manifests/v1", m, {"Content-Type": bench.MANIFEST_TYPE})
         assert status == 201, status
-        port = bench.free_port()
-        tp = callgrind([args.tagpin, "serve", "--listen", f"127.0.0.1:{port}", "--upstream", f"http://{up}",
-                        "--data-dir", os.path.join(tmp, "data"), "--workers", "1", "--log-format", "json"], tmp, "tagpin")
+        pg, pg_url = bench.start_postgres(tmp)
+        tagpins = {}
+        for name, store in (("pinned", ["--data-dir", os.path.join(tmp, "data-pinned"), "--reads", "pinned"]),
+                            ("forward", ["--data-dir", os.path.join(tmp, "data-forward"), "--reads", "forward"]),
+                            ("pg-pinned", ["--database-url", pg_url, "--reads", "pinned"])):
+            port = bench.free_port()
+            proc = callgrind([args.tagpin, "serve", "--listen", f"127.0.0.1:{port}", "--upstream", f"http://{up}",
+                              *store, "--workers", "1", "--log-format", "json"], tmp, f"tagpin-{name}")
+            tagpins[name] = (proc, port)
         ng_root = os.path.join(tmp, "nginx")
         os.makedirs(ng_root)
         ng_port = bench.free_port()
@@ -93,7 +106,9 @@ http {{ access_log off; client_body_temp_path {ng_root}/body; proxy_temp_path {n
       proxy_set_header Host $http_host; proxy_buffering off; proxy_request_buffering off; }} }} }}
 """)
         ng = callgrind([bench.tool("nginx"), "-p", ng_root, "-c", os.path.join(ng_root, "nginx.conf")], tmp, "nginx")
-        for p in (port, ng_port):
+        targets = {f"tagpin-{reads}": (proc, port) for reads, (proc, port) in tagpins.items()}
+        targets["nginx"] = (ng, ng_port)
+        for _, p in targets.values():
             for _ in range(600):
                 try:
                     bench.request(f"127.0.0.1:{p}", "GET", "/v2/")
@@ -102,23 +117,28 @@ http {{ access_log off; client_body_temp_path {ng_root}/body; proxy_temp_path {n
                     time.sleep(0.1)
         rows = []
         for method in ("HEAD", "GET"):
-            t = measure(tp.pid, tmp, "tagpin", f"127.0.0.1:{port}", "/v2/bench/manifests/v1", method == "HEAD", args.requests)
-            n = measure(ng.pid, tmp, "nginx", f"127.0.0.1:{ng_port}", "/v2/bench/manifests/v1", method == "HEAD", args.requests)
-            rows.append((method, t, n))
-        for p in (tp, ng, reg):
+            ir = {name: measure(proc.pid, tmp, name, f"127.0.0.1:{p}", "/v2/bench/manifests/v1", method == "HEAD",
+                                args.requests) for name, (proc, p) in targets.items()}
+            rows.append((method, ir["tagpin-pinned"], ir["tagpin-forward"], ir["tagpin-pg-pinned"], ir["nginx"]))
+        procs = [proc for proc, _ in targets.values()] + [reg]
+        for p in procs:
             p.terminate()
-        for p in (tp, ng, reg):
+        for p in procs:
             try:
                 p.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 p.kill()
+        pg.send_signal(signal.SIGINT)  # PostgreSQL's fast shutdown
+        pg.wait(timeout=60)
         if args.keep:
             for f in glob.glob(os.path.join(tmp, "*.out*")):
                 subprocess.run(["cp", f, args.keep])
-        print("| request | tagpin instructions/req | nginx instructions/req | tagpin / nginx |")
-        print("|---|---:|---:|---:|")
-        for method, t, n in rows:
-            print(f"| {method}, 1 conn | {t:,.0f} | {n:,.0f} | {t / n:.2f} |")
+        print("| request | tagpin pinned | tagpin forward | tagpin-pg pinned | nginx | pinned / forward "
+              "| pg pinned / forward | pinned / nginx | forward / nginx |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for method, p, f, g, n in rows:
+            print(f"| {method}, 1 conn | {p:,.0f} | {f:,.0f} | {g:,.0f} | {n:,.0f} | {p / f:.2f} | {g / f:.2f} "
+                  f"| {p / n:.2f} | {f / n:.2f} |")
 
 
 if __name__ == "__main__":

@@ -16,11 +16,16 @@ highest concurrency then fills the connection pools.
 Each point is `ab -k` for a bounded time: requests per second, the tagpin process's CPU
 time per request (utime + stime from /proc/<pid>/stat) and, on PostgreSQL, the statements
 executed in the instance's database during the load (pg_stat_statements, top level,
-utility statements included) per request.
+utility statements included) per request, apart from the pin cache listener's pings to
+itself, which run every 100 ms whatever the load and are given per second. The 1-minute
+load average at each point is kept, to say how busy the machine was.
+
+`bench/run.sh --only reads` runs this measurement by itself.
 """
 import os
 import statistics
 import subprocess
+import time
 import urllib.parse
 from hashlib import sha256
 
@@ -50,10 +55,20 @@ def psql(url, db, sql):
     return out.stdout.strip()
 
 
+# The pin cache's listener pings itself through the database every 100 ms whatever the
+# load (src/store/postgres/cache.rs); counted apart from the statements reads issue.
+PING = "SELECT pg_notify($1, $2)"
+
+
 def statements(url, db):
-    """Statements executed so far in database `db` (every tracked statement, all users)."""
-    return int(psql(url, "postgres", "SELECT COALESCE(sum(s.calls), 0) FROM pg_stat_statements s "
-                                     f"JOIN pg_database d ON d.oid = s.dbid WHERE d.datname = '{db}'"))
+    """Statements executed so far in database `db` (every tracked statement, all users):
+    (all but the listener's pings, the listener's pings)."""
+    out = psql(url, "postgres", "SELECT COALESCE(sum(s.calls) FILTER (WHERE s.query <> '" + PING + "'), 0), "
+                                "COALESCE(sum(s.calls) FILTER (WHERE s.query = '" + PING + "'), 0) "
+                                "FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid "
+                                f"WHERE d.datname = '{db}'")
+    other, pings = out.split("|")
+    return int(other), int(pings)
 
 
 def start(tagpin_bin, upstream, pg_url, tmp):
@@ -131,26 +146,33 @@ def put(upstream, path, body):
 
 
 def load(instances, pg_url, rounds, seconds, concurrencies):
-    """The rotation; returns {(name, method, conc): {"rps": [...], "cpu_us": [...], "statements": [...]}}."""
-    results = {}
+    """The rotation; returns {(name, method, conc): {"rps": [...], "cpu_us": [...], "statements": [...],
+    "pings_per_s": [...]}} and the 1-minute load averages seen at each point."""
+    results, loads = {}, []
     for r in range(rounds):
         for conc in concurrencies:
             bench.log(f"round {r + 1}: reads by a pinned tag, pinned and forward, at {conc} connection(s)")
             for method in METHODS:
                 for i in bench.rotate(instances, r):
+                    loads.append(os.getloadavg()[0])
                     s0 = statements(pg_url, i.db) if i.db else None
                     cpu0 = bench.cpu_seconds([i.proc.pid])
+                    t0 = time.monotonic()
                     rps, n = bench.ab(i.addr, i.path, conc, seconds, method == "HEAD")
+                    elapsed = time.monotonic() - t0
                     cpu = bench.cpu_seconds([i.proc.pid]) - cpu0
                     s1 = statements(pg_url, i.db) if i.db else None
                     if n == 0:
                         raise RuntimeError(f"ab completed no request against {i.name}")
-                    point = results.setdefault((i.name, method, conc), {"rps": [], "cpu_us": [], "statements": []})
+                    point = results.setdefault((i.name, method, conc),
+                                               {"rps": [], "cpu_us": [], "statements": [], "pings_per_s": []})
                     point["rps"].append(rps)
                     point["cpu_us"].append(cpu * 1e6 / n)
                     if i.db:
-                        point["statements"].append((s1 - s0) / n)
-    return results
+                        point["statements"].append((s1[0] - s0[0]) / n)
+                        point["pings_per_s"].append((s1[1] - s0[1]) / elapsed)
+    loads.append(os.getloadavg()[0])
+    return results, loads
 
 
 def measure(tagpin_bin, upstream, pg_url, tmp, rounds, seconds, concurrencies):
@@ -159,21 +181,30 @@ def measure(tagpin_bin, upstream, pg_url, tmp, rounds, seconds, concurrencies):
     try:
         bench.log("reads by a pinned tag: warm-up (first pull pins, the tag moves upstream)")
         warm_up(instances, upstream, 1, max(concurrencies))
-        results = load(instances, pg_url, rounds, seconds, concurrencies)
+        results, loads = load(instances, pg_url, rounds, seconds, concurrencies)
     finally:
         stop(instances)
-    return {"results": results, "rounds": rounds, "seconds": seconds, "concurrencies": concurrencies}
+    return {"results": results, "rounds": rounds, "seconds": seconds, "concurrencies": concurrencies,
+            "loads": loads, "date": time.strftime("%Y-%m-%d")}
 
 
-def report(measured):
+def report(measured, alone=None):
+    """The section's lines: a paragraph and a table. `alone` is the command when this
+    measurement ran by itself (`bench/run.sh --only reads`), which the paragraph names."""
     results = measured["results"]
+    loads = measured["loads"]
+    pings = [x for (name, _, _), p in results.items() if name.endswith("pinned") for x in p["pings_per_s"]]
+    ran = f" (measured by `{alone}` on {measured['date']}, {bench.machine()})" if alone else ""
     lines = [f"Manifest reads by a pinned tag, the same build with `reads = \"pinned\"` (the pinned manifest, "
-             f"fetched by digest) and `reads = \"forward\"` (by tag), four processes of their own: `ab -k` for "
-             f"{measured['seconds']} s per point, {measured['rounds']} round(s) in rotating order (medians). After "
+             f"fetched by digest) and `reads = \"forward\"` (by tag), four processes of their own{ran}: `ab -k` for "
+             f"{measured['seconds']} s per point, {measured['rounds']} round(s) in rotating order (medians); the "
+             f"1-minute load average was {min(loads):.1f} to {max(loads):.1f} during the points. After "
              "the warm-up the tag was moved in the upstream, and the pinned instances were checked to answer with "
              "the pinned digest and the forward ones with the new one. CPU is the tagpin process's (user + "
              "system, from /proc); statements are those executed in the instance's own database during the load "
-             "(pg_stat_statements), per read.", "",
+             "(pg_stat_statements), per read, apart from the pin cache listener's pings to itself"
+             + (f" ({statistics.median(pings):.1f} per second on the pinned instance, whatever the load)"
+                if pings else "") + ".", "",
              "| store | request | pinned req/s | forward req/s | pinned / forward | pinned µs/req | forward µs/req "
              "| pinned / forward | statements per read, pinned | statements per read, forward |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -183,8 +214,26 @@ def report(measured):
                 p, f = results[(f"{store} pinned", method, conc)], results[(f"{store} forward", method, conc)]
                 rp, rf = statistics.median(p["rps"]), statistics.median(f["rps"])
                 cp, cf = statistics.median(p["cpu_us"]), statistics.median(f["cpu_us"])
-                sp = f"{statistics.median(p['statements']):.2f}" if p["statements"] else "–"
-                sf = f"{statistics.median(f['statements']):.2f}" if f["statements"] else "–"
+                sp = f"{statistics.median(p['statements']):.3f}" if p["statements"] else "–"
+                sf = f"{statistics.median(f['statements']):.3f}" if f["statements"] else "–"
                 lines.append(f"| {store} | {method}, {conc} conn | {rp:.0f} | {rf:.0f} | {rp / rf:.2f} | {cp:.1f} "
                              f"| {cf:.1f} | {cp / cf:.2f} | {sp} | {sf} |")
     return lines
+
+
+def splice(path, lines):
+    """Put `lines` in place of this measurement's section (its paragraph and table) in the
+    report at `path`; False when the report has no such section."""
+    with open(path) as f:
+        old = f.read().split("\n")
+    starts = [k for k, line in enumerate(old) if line.startswith("Manifest reads by a pinned tag")]
+    if not starts:
+        return False
+    end = starts[0] + 1
+    while end < len(old) and not old[end].startswith("|"):
+        end += 1
+    while end < len(old) and old[end].startswith("|"):
+        end += 1
+    with open(path, "w") as f:
+        f.write("\n".join(old[:starts[0]] + lines + old[end:]))
+    return True

@@ -11,6 +11,11 @@
 # proxy that copies) can relay a blob on this machine.
 #   bench/run.sh --smoke    a few seconds per measurement, small sizes; writes to
 #                           bench/out-smoke/ (what CI runs so the benchmark cannot rot)
+#   bench/run.sh --only reads [--smoke]
+#                           the reads by a pinned tag alone (about 5 minutes, 20 s with
+#                           --smoke); its section takes the place of the old one in
+#                           results.md (bench/ or bench/out-smoke/), or goes to reads.md
+#                           there when results.md has none
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
