@@ -52,14 +52,27 @@ fn assert_forwarded(registry: &Registry, tagpin: &Tagpin, secrets: &AdminSecrets
 }
 
 /// The `reads` mode the `listening` line announces, so an operator sees which one runs.
+/// The port answers before the line may have reached the log file: it is looked for until
+/// it is there (at most 10 s).
 fn announced_reads(tagpin: &Tagpin) -> String {
-    tagpin
-        .logs()
-        .iter()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|v| v["message"] == "listening")
-        .map(|v| v["reads"].as_str().unwrap_or("(none)").to_owned())
-        .expect("a listening line")
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let found = tagpin
+            .logs()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| v["message"] == "listening")
+            .map(|v| v["reads"].as_str().unwrap_or("(none)").to_owned());
+        if let Some(reads) = found {
+            return reads;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no listening line in:\n{}",
+            tagpin.logs().join("\n")
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
 
 #[test]

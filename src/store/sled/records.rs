@@ -55,7 +55,18 @@ pub fn decode_pin(key: &[u8], bytes: &[u8]) -> Result<Pin, StoreError> {
 }
 
 /// Only the digest of a stored pin: what a read needs, without building its history.
+/// [`encode_pin`] writes the digest first, so it is taken from the front of the record
+/// without parsing the rest; a record in another shape is parsed whole.
 pub fn decode_pin_digest(key: &[u8], bytes: &[u8]) -> Result<Digest, StoreError> {
+    const FRONT: &[u8] = br#"{"digest":""#;
+    let front = bytes
+        .strip_prefix(FRONT)
+        .and_then(|rest| rest.iter().position(|&b| b == b'"').map(|end| &rest[..end]))
+        .and_then(|d| std::str::from_utf8(d).ok())
+        .and_then(|d| Digest::parse(d).ok());
+    if let Some(digest) = front {
+        return Ok(digest);
+    }
     #[derive(serde::Deserialize)]
     struct DigestOnly {
         digest: Digest,
@@ -129,4 +140,28 @@ pub fn decode_delete(key: &[u8], bytes: &[u8]) -> Result<DeleteEntry, StoreError
 
 pub fn encode_delete(entry: &DeleteEntry) -> Vec<u8> {
     serde_json::to_vec(entry).expect("serialising a delete record cannot fail")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pins_digest_is_read_from_the_front_of_its_record_and_from_any_other_shape() {
+        let d = Digest::parse(&format!("sha256:{}", "a".repeat(64))).unwrap();
+        let mut pin = Pin::now(d.clone(), PinSource::Push);
+        pin.history[0].reason = Some("x\"y".into());
+        let bytes = encode_pin(&pin);
+        assert!(bytes.starts_with(br#"{"digest":"sha256:"#), "the fast path's shape");
+        assert_eq!(decode_pin_digest(b"k", &bytes).unwrap(), d);
+        // Another order, or an escaped digest, is parsed whole.
+        let other = format!(r#"{{"source":"push","digest":"{d}","pinned_at":1}}"#);
+        assert_eq!(decode_pin_digest(b"k", other.as_bytes()).unwrap(), d);
+        let escaped = format!(
+            r#"{{"digest":"\u0073ha256:{}","source":"push","pinned_at":1}}"#,
+            "a".repeat(64)
+        );
+        assert_eq!(decode_pin_digest(b"k", escaped.as_bytes()).unwrap(), d);
+        assert!(decode_pin_digest(b"k", br#"{"digest":"sha256:zz"}"#).is_err());
+    }
 }
