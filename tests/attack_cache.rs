@@ -105,3 +105,28 @@ fn a_pin_moved_by_a_session_that_does_not_notify_reaches_the_cache() {
     }
     assert!(b.read_cache_stats().hits > 0, "B never answered from its cache");
 }
+
+/// The same for the tables emptied at once (`TRUNCATE`, which fires no row trigger): B
+/// must not go on serving a pin the database no longer holds.
+#[test]
+fn pins_truncated_by_another_session_leave_no_cached_pin() {
+    let name = fresh_database("attack_truncate");
+    let b = PgStore::open(shared().config(&name)).unwrap();
+    let (r, t) = (repo("attack/truncate"), tag("v1"));
+    b.pin_if_absent(&r, &[(t.clone(), pin_of(&dn(0)))]).unwrap();
+    wait_cached(&b, &r, &t, &dn(0));
+    shared().connect(&name).batch_execute("TRUNCATE pins, claims").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut last = Some(dn(0));
+    for _ in 0..300 {
+        if Instant::now() > deadline {
+            break;
+        }
+        last = read_at(&b, &r, &t);
+        if last.is_none() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(last, None, "B kept serving the pin of an emptied table");
+}

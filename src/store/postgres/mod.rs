@@ -45,11 +45,12 @@
 //! - **Invalidation**: every transaction that changes a tag's records (every
 //!   [`PinStore::update`], an import) sends `pg_notify('tagpin_tags', 'repo:tag')`, which
 //!   the server delivers when, and only if, it commits; so do triggers on `pins` and
-//!   `claims` (schema version 4) for every row any session changes, since a session
-//!   that does not notify by itself (a replica of an earlier tagpin still running during
-//!   a rolling upgrade, a repair by hand) would otherwise leave the replaced pin cached
-//!   for as long as the lease keeps being renewed. Each replica's listener (a thread
-//!   on a connection of its own, `LISTEN tagpin_tags`) evicts the named tag. A fill takes
+//!   `claims` (schema version 4) for every row any session changes (a `TRUNCATE`
+//!   empties every cache), since a session that does not notify by itself (a replica of
+//!   an earlier tagpin still running during a rolling upgrade, a repair by hand) would
+//!   otherwise leave the replaced pin cached for as long as the lease keeps being
+//!   renewed. Each replica's listener (a thread on a connection of its own, `LISTEN
+//!   tagpin_tags`) evicts the named tag. A fill takes
 //!   the cache's generation before its query and inserts only if no eviction happened
 //!   since (generation and evictions share a lock), so a notification processed during a
 //!   fill cannot be undone by it. Losing the connection, and listening again, clears the
