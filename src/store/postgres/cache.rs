@@ -35,6 +35,8 @@ const CAPACITY: usize = 100_000;
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(5));
 /// A ping's payload starts with this; a tag's key (`repo:tag`) cannot hold a space.
 const PING_PREFIX: &str = "ping ";
+/// The payload that names every tag (a table was emptied); a tag's key holds a `:`.
+const EVERY_TAG: &str = "*";
 
 const _: () = assert!(GRACE.as_millis() > 2 * LEASE.as_millis() && LEASE.as_millis() > 2 * PING.as_millis());
 
@@ -302,6 +304,8 @@ fn receive(shared: &Shared, client: &mut Client, pings: &mut Pings<'_>, until: I
         };
         match n.payload().strip_prefix(PING_PREFIX) {
             Some(ping) => pings.back(shared, ping, n.process_id())?,
+            // The lease too: it holds again once a ping sent after this comes back.
+            None if n.payload() == EVERY_TAG => shared.forget(),
             None => shared.evict(n.payload()),
         }
     }

@@ -11,6 +11,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_init.sql"),
     include_str!("migrations/0002_writes_per_request.sql"),
     include_str!("migrations/0003_tag_notes.sql"),
+    include_str!("migrations/0004_notify_triggers.sql"),
 ];
 
 /// The advisory lock key that serialises migrations across replicas ("tagpin" in ASCII).

@@ -44,8 +44,13 @@
 //!   tag whose record has a pin and no write in flight.
 //! - **Invalidation**: every transaction that changes a tag's records (every
 //!   [`PinStore::update`], an import) sends `pg_notify('tagpin_tags', 'repo:tag')`, which
-//!   the server delivers when, and only if, it commits. Each replica's listener (a thread
-//!   on a connection of its own, `LISTEN tagpin_tags`) evicts the named tag. A fill takes
+//!   the server delivers when, and only if, it commits; so do triggers on `pins` and
+//!   `claims` (schema version 4) for every row any session changes (a `TRUNCATE`
+//!   empties every cache), since a session that does not notify by itself (a replica of
+//!   an earlier tagpin still running during a rolling upgrade, a repair by hand) would
+//!   otherwise leave the replaced pin cached for as long as the lease keeps being
+//!   renewed. Each replica's listener (a thread on a connection of its own, `LISTEN
+//!   tagpin_tags`) evicts the named tag. A fill takes
 //!   the cache's generation before its query and inserts only if no eviction happened
 //!   since (generation and evictions share a lock), so a notification processed during a
 //!   fill cannot be undone by it. Losing the connection, and listening again, clears the
@@ -82,7 +87,10 @@
 //! Caveats. `WAIT` is measured on the writer's monotonic clock and `LEASE` on the
 //! reader's: `WAIT > 2 × LEASE` covers clocks whose rates differ by far more than NTP's
 //! 500 ppm, but not a machine frozen with its monotonic clock stopped for longer than the
-//! margin (some live migrations of a virtual machine). Replicas must share `in_doubt_horizon` (as they must already,
+//! margin (some live migrations of a virtual machine). A replica of an earlier tagpin
+//! (during a rolling upgrade) does not wait the grace: a pin it moves reaches the other
+//! replicas' caches through the triggers, within their listeners' lag rather than before
+//! its answer. Replicas must share `in_doubt_horizon` (as they must already,
 //! for claims to lapse alike): under 16 × `WAIT` (11.2 s) the cache is off and the grace
 //! zero ([`PgStore::for_in_doubt_horizon`]), so the grace stays far below the quarter
 //! horizon within which a decided push must be forwarded. Each listener takes one more
