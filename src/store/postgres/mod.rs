@@ -202,9 +202,11 @@ impl PgStore {
     /// and no push waits.
     pub fn for_in_doubt_horizon(mut self, horizon: Duration) -> Self {
         if horizon < cache::GRACE * 16 {
-            tracing::info!(
+            tracing::warn!(
                 in_doubt_horizon_ms = horizon.as_millis() as u64,
-                "in-doubt horizon under {}s: reads of immutable tags are not cached",
+                "in-doubt horizon under {}s: reads of immutable tags are not cached and pushes that move a pin \
+                 do not wait the move grace; every replica on this database must run with the same horizon, or \
+                 a replica with a longer one may serve a pin this one moved",
                 (cache::GRACE * 16).as_secs_f32()
             );
             self.cache = None;
