@@ -34,12 +34,7 @@ pub async fn pins_at(
     limit: usize,
     at: i64,
 ) -> Result<Response<Body>, ProxyError> {
-    let page = app
-        .store_call(move |s| s.list(repository.as_ref(), after.as_ref(), limit))
-        .await?;
-    let next = (page.len() == limit)
-        .then(|| page.last().map(|(r, t, _)| format!("{r}:{t}")))
-        .flatten();
+    let (page, next) = super::pins::page(app, repository, after, limit).await?;
     let pins: Vec<PinAt> = page
         .iter()
         .filter_map(|(r, t, state)| match state {

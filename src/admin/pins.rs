@@ -50,14 +50,26 @@ pub async fn list(
     after: Option<(Repository, Tag)>,
     limit: usize,
 ) -> Result<Response<Body>, ProxyError> {
+    let (page, next) = page(app, repository, after, limit).await?;
+    let pins: Vec<Value> = page.iter().map(|(r, t, s)| summary(app, r, t, s)).collect();
+    Ok(json(StatusCode::OK, &json!({ "pins": pins, "next": next })))
+}
+
+/// One page of tags with a pin or claim, and the cursor of the next page (`None` after
+/// the last).
+pub async fn page(
+    app: &App,
+    repository: Option<Repository>,
+    after: Option<(Repository, Tag)>,
+    limit: usize,
+) -> Result<(Vec<(Repository, Tag, TagState)>, Option<String>), ProxyError> {
     let page = app
         .store_call(move |s| s.list(repository.as_ref(), after.as_ref(), limit))
         .await?;
     let next = (page.len() == limit)
         .then(|| page.last().map(|(r, t, _)| format!("{r}:{t}")))
         .flatten();
-    let pins: Vec<Value> = page.iter().map(|(r, t, s)| summary(app, r, t, s)).collect();
-    Ok(json(StatusCode::OK, &json!({ "pins": pins, "next": next })))
+    Ok((page, next))
 }
 
 /// `GET /admin/v1/pin`: the pin, its whole history, its refused attempts and release. A
