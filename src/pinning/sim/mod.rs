@@ -412,7 +412,7 @@ fn apply(w: &mut World, o: &world::Op, stats: &mut Stats) -> Result<bool, String
             // repeat of the same released write lands, moves are counted by where they take
             // the tag; without them, every change counts, except a repeat of the released
             // write landing its own digest again on a tag a licensed delete removed.
-            let relanding = w.up.tags.get(t).is_none() && r.targets.contains(to);
+            let relanding = !w.up.tags.contains_key(t) && r.targets.contains(to);
             r.moves += usize::from(!relanding);
             r.targets.insert(to.clone());
             if (if w.bypass { r.targets.len() } else { r.moves }) > 1 {
