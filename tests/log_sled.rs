@@ -9,17 +9,15 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use common::admin::{AdminSecrets, CliOut};
 use common::image::{random_bytes, sha256, OCI_MANIFEST};
-use common::log_api::{keygen, replay, tagpin_cli, Entry, LogApi};
+use common::log_api::{keygen, replay, tagpin_cli, Entry};
+use common::log_stack::{copy_dir, said, write_format_3, LogStack, KEY_NAME};
 use common::reads::{put_straight, read, served};
 use common::tlog::{self, NoteVerifier};
 use common::*;
@@ -52,109 +50,6 @@ mod verifier {
     #[test]
     fn signed_and_unsigned_checkpoints_parse() {
         vectors::checkpoints_signed_and_unsigned_are_parsed_into_text_and_signatures();
-    }
-}
-
-/// The signing key's name, and so the checkpoints' origin.
-const KEY_NAME: &str = "log.test/tagpin";
-
-/// An upstream, a data dir, admin secrets and a signing key, and tagpin (re)started on
-/// them.
-struct Env {
-    registry: Registry,
-    data: tempfile::TempDir,
-    files: tempfile::TempDir,
-    secrets: AdminSecrets,
-    key: PathBuf,
-    verifier: String,
-    tagpin: Option<Tagpin>,
-}
-
-impl Env {
-    fn new() -> Self {
-        let files = tempfile::tempdir().unwrap();
-        let (key, verifier) = keygen(files.path(), KEY_NAME);
-        Self {
-            registry: Registry::start(),
-            data: tempfile::tempdir().unwrap(),
-            files,
-            secrets: AdminSecrets::new(),
-            key,
-            verifier,
-            tagpin: None,
-        }
-    }
-
-    fn dir(&self) -> PathBuf {
-        self.data.path().join("store")
-    }
-
-    /// Start tagpin on the sled store in [`Env::dir`], signing with `key` (or unsigned).
-    fn start(&mut self, key: Option<&Path>, extra: &[&str]) {
-        let mut flags = self.secrets.flags();
-        if let Some(k) = key {
-            flags.extend(["--log-signing-key".into(), k.display().to_string()]);
-        }
-        flags.extend(extra.iter().map(|s| s.to_string()));
-        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-        let dir = self.dir();
-        self.tagpin = Some(Tagpin::start_on_data_dir(&self.registry.url(), &dir, &flags));
-    }
-
-    fn start_signed(&mut self) {
-        let key = self.key.clone();
-        self.start(Some(&key), &[]);
-    }
-
-    fn stop(&mut self) {
-        let mut t = self.tagpin.take().expect("tagpin running");
-        assert!(t.terminate().success(), "tagpin exited badly:\n{}", t.logs().join("\n"));
-    }
-
-    fn tagpin(&self) -> &Tagpin {
-        self.tagpin.as_ref().expect("tagpin running")
-    }
-
-    fn admin(&self) -> SocketAddr {
-        self.tagpin().admin_addr()
-    }
-
-    fn api(&self) -> LogApi {
-        LogApi::new(self.admin())
-    }
-
-    /// The CLI against the running tagpin's admin API.
-    fn cli(&self, args: &[&str]) -> CliOut {
-        self.secrets.cli(self.admin(), args)
-    }
-
-    /// Push `img` (blobs and manifest) through tagpin as `repo:tag`; the answer.
-    fn push(&self, repo: &str, tag: &str, img: &Image) -> Resp {
-        let addr = self.tagpin().addr;
-        img.push_blobs(addr, repo, "");
-        img.put_manifest(addr, repo, tag, "")
-    }
-
-    fn pushed(&self, repo: &str, tag: &str, img: &Image) {
-        let r = self.push(repo, tag, img);
-        assert_eq!(r.status, 201, "push {repo}:{tag}: {}", r.text());
-    }
-
-    /// Write `text` to a file of its own; its path.
-    fn file(&self, name: &str, text: &str) -> String {
-        let path = self.files.path().join(name);
-        std::fs::write(&path, text).unwrap();
-        path.display().to_string()
-    }
-
-    /// The request id of the one audit event `action` about `repo:tag`.
-    fn request_id(&self, action: &str, repo: &str, tag: &str) -> String {
-        let e = self
-            .tagpin()
-            .wait_for_audit(|e| e["action"] == action && e["repository"] == repo && e["tag"] == tag);
-        let id = e["request_id"].as_str().unwrap_or("").to_owned();
-        assert!(!id.is_empty(), "no request id in {e}");
-        id
     }
 }
 
@@ -202,7 +97,7 @@ impl Want {
         self
     }
 
-    fn check(&self, env: &Env, e: &Entry) {
+    fn check(&self, env: &LogStack, e: &Entry) {
         let what = format!("entry {} ({}:{} {})", e.index, self.repo, self.tag, self.event);
         assert_eq!(e.str("repository"), Some(self.repo), "{what}: {}", e.fields);
         assert_eq!(e.str("tag"), Some(self.tag.as_str()), "{what}: {}", e.fields);
@@ -255,7 +150,7 @@ mode = "audit"
 
 #[test]
 fn a_mixed_workload_is_one_entry_per_binding_and_every_root_proof_and_signature_checks() {
-    let mut env = Env::new();
+    let mut env = LogStack::new();
     let rules = env.file("tagpin.toml", RULES);
     let key = env.key.clone();
     env.start(Some(&key), &["--config", &rules, "--log-checkpoint-interval", "1s"]);
@@ -359,7 +254,9 @@ fn a_mixed_workload_is_one_entry_per_binding_and_every_root_proof_and_signature_
         put_straight(&env.registry, "seeded/app", tag, img);
     }
     let seed = env.cli(&["seed", "--json"]).ok();
-    assert!(seed.stdout.contains("\"adopted\":2"), "{}", seed.stdout);
+    let done: Value = serde_json::from_str(seed.stdout.lines().last().unwrap_or("")).unwrap();
+    let counts = done.get("done").unwrap_or(&done);
+    assert_eq!(counts["adopted"], 2, "{}", seed.stdout);
     let seed_start = wants.len();
     for (tag, img) in &seeded {
         wants.push(want("seeded/app", tag, "adopted", img.digest(), By::Admin).source("seed"));
@@ -444,7 +341,7 @@ fn entries_by_index(entries: &[Entry]) -> Vec<Entry> {
 
 /// `tagpin pins show` gives every history entry its log index: a binding entry the index
 /// of its own log entry, in order; every entry of an imported pin the import's.
-fn check_pins_show(env: &Env, entries: &[Entry]) {
+fn check_pins_show(env: &LogStack, entries: &[Entry]) {
     let mut by_tag: BTreeMap<String, Vec<&Entry>> = BTreeMap::new();
     for e in entries {
         by_tag.entry(e.reference()).or_default().push(e);
@@ -492,7 +389,7 @@ struct Export {
     pins: Vec<(String, String)>,
 }
 
-fn export_of_another_store(env: &Env) -> Export {
+fn export_of_another_store(env: &LogStack) -> Export {
     let data = tempfile::tempdir().unwrap();
     let flags = env.secrets.flags();
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
@@ -522,28 +419,9 @@ fn export_of_another_store(env: &Env) -> Export {
     Export { text: out.stdout, pins }
 }
 
-/// Copy a stopped tagpin's data dir, file by file.
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
-}
-
-/// Both output streams, for messages whose stream depends on the outcome.
-fn said(out: &CliOut) -> String {
-    format!("{}{}", out.stdout, out.stderr)
-}
-
 #[test]
 fn a_data_dir_restored_from_an_older_copy_and_grown_differently_fails_verification() {
-    let mut env = Env::new();
+    let mut env = LogStack::new();
     env.start_signed();
     for (i, tag) in ["t1", "t2", "t3"].iter().enumerate() {
         env.pushed("tamper/app", tag, &Image::random(7_200 + i as u64, 200));
@@ -611,7 +489,7 @@ fn a_data_dir_restored_from_an_older_copy_and_grown_differently_fails_verificati
 
 #[test]
 fn an_unsigned_checkpoint_or_one_signed_by_another_key_fails_verification_with_a_verifier_key() {
-    let mut env = Env::new();
+    let mut env = LogStack::new();
     env.start(None, &[]);
     env.pushed("plain/app", "1", &Image::random(7_300, 200));
     let text = env.api().checkpoint_text();
@@ -650,7 +528,7 @@ fn an_unsigned_checkpoint_or_one_signed_by_another_key_fails_verification_with_a
 fn a_sigkill_during_concurrent_pushes_leaves_every_pin_with_its_entry() {
     const WRITERS: usize = 3;
     const ENOUGH: usize = 12;
-    let mut env = Env::new();
+    let mut env = LogStack::new();
     env.start_signed();
     let base = Image::random(7_400, 200);
     base.push_blobs(env.tagpin().addr, "crash/app", "");
@@ -721,35 +599,9 @@ fn a_sigkill_during_concurrent_pushes_leaves_every_pin_with_its_entry() {
     assert_eq!(offline.code, 0, "{offline:?}");
 }
 
-/// Write a store as record format 3 laid it out (the last format before the log): `pins`
-/// records with their history, the `by_digest` index, and `meta` `format` = 3.
-fn write_format_3(dir: &Path, pins: &[(&str, &str, &str, &[Value])]) {
-    std::fs::create_dir_all(dir).unwrap();
-    let db = sled::Config::new().path(dir.join("pins.sled")).open().unwrap();
-    let (p, idx, meta) = (
-        db.open_tree("pins").unwrap(),
-        db.open_tree("by_digest").unwrap(),
-        db.open_tree("meta").unwrap(),
-    );
-    for (key, digest, source, history) in pins {
-        let (repo, tag) = key.split_once(':').unwrap();
-        let record = serde_json::json!({
-            "digest": digest,
-            "source": source,
-            "pinned_at": 1_700_000_000u64,
-            "history": history,
-        });
-        p.insert(format!("{repo}\0{tag}"), serde_json::to_vec(&record).unwrap())
-            .unwrap();
-        idx.insert(format!("{repo}\0{digest}\0{tag}"), &[][..]).unwrap();
-    }
-    meta.insert("format", &[3u8][..]).unwrap();
-    db.flush().unwrap();
-}
-
 #[test]
 fn a_store_of_the_previous_format_gets_one_genesis_entry_per_pin_once() {
-    let mut env = Env::new();
+    let mut env = LogStack::new();
     let d: Vec<String> = (0..4).map(|i| Image::random(7_500 + i, 100).digest()).collect();
     let at = |event: &str, digest: &str| serde_json::json!({"at": 1_700_000_000u64, "event": event, "digest": digest});
     let mut released = at("released", &d[3]);

@@ -16,6 +16,7 @@ pub mod http;
 pub mod image;
 pub mod lag;
 pub mod log_api;
+pub mod log_stack;
 pub mod paging;
 pub mod postgres;
 pub mod procs;
