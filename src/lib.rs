@@ -27,6 +27,7 @@ pub mod config;
 pub mod error;
 pub mod handler;
 pub mod locks;
+pub mod log;
 pub mod manifest;
 pub mod metrics;
 pub mod oci;
