@@ -8,7 +8,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -16,7 +15,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use common::image::{random_bytes, sha256, OCI_MANIFEST};
-use common::log_api::{keygen, replay, tagpin_cli, Entry};
+use common::log_api::{check_pins_show, keygen, replay, tagpin_cli, Entry};
 use common::log_stack::{copy_dir, said, write_format_3, LogStack, KEY_NAME};
 use common::reads::{put_straight, read, served};
 use common::tlog::{self, NoteVerifier};
@@ -240,7 +239,7 @@ fn a_mixed_workload_is_one_entry_per_binding_and_every_root_proof_and_signature_
     wants.push(want("team/app", "1.0", "released", fixed.digest(), By::Admin).previous(a.digest()));
 
     // An import of another store's export.
-    let export = export_of_another_store(&env);
+    let export = env.export_of_another_store("imported/app");
     let export_file = env.file("export.jsonl", &export.text);
     env.cli(&["import", &export_file]).ok();
     for (tag, digest) in &export.pins {
@@ -286,137 +285,50 @@ fn a_mixed_workload_is_one_entry_per_binding_and_every_root_proof_and_signature_
         "the checkpoint's signature does not verify: {:?}",
         api.checkpoint_text()
     );
+    // The checkpoints shipped as audit events are signed prefixes of the same tree.
+    let shipped = env.tagpin().wait_for_audit(|e| e["action"] == "log_checkpoint");
+    let note = tlog::parse_checkpoint(shipped["checkpoint"].as_str().unwrap_or("")).unwrap();
+    assert!(verifier.verifies(&note.text, &note.signatures), "{shipped}");
+    let entries = entries_by_index(&entries);
+    let leaves: Vec<tlog::Hash> = entries.iter().map(Entry::hash).collect();
+    assert!(note.size >= 1 && note.size <= cp.size, "{shipped}");
+    assert_eq!(note.root, tlog::mth(&leaves[..note.size as usize]), "{shipped}");
+    check_pins_show(&env.secrets, env.admin(), &entries);
+
     let printed = env.cli(&["log", "checkpoint"]).ok();
     assert_eq!(
         printed.stdout,
         api.checkpoint_text(),
         "`tagpin log checkpoint` is the served note"
     );
-
-    // The checkpoints shipped as audit events are signed prefixes of the same tree.
-    let shipped = env.tagpin().wait_for_audit(|e| e["action"] == "log_checkpoint");
-    let note = tlog::parse_checkpoint(shipped["checkpoint"].as_str().unwrap_or("")).unwrap();
-    assert!(verifier.verifies(&note.text, &note.signatures), "{shipped}");
-    let leaves: Vec<tlog::Hash> = entries_by_index(&entries).iter().map(Entry::hash).collect();
-    assert!(note.size >= 1 && note.size <= cp.size, "{shipped}");
-    assert_eq!(note.root, tlog::mth(&leaves[..note.size as usize]), "{shipped}");
-
     // `log verify` against the checkpoint saved early, with the verifier key.
-    let out = env.cli(&[
-        "log",
-        "verify",
-        "--checkpoint",
-        &early_file,
-        "--verifier-key",
-        &env.verifier,
-    ]);
-    assert_eq!(out.code, 0, "{out:?}");
-    let json = env
-        .cli(&[
+    let verify = |extra: &[&str]| {
+        let mut args = vec![
             "log",
             "verify",
             "--checkpoint",
             &early_file,
             "--verifier-key",
             &env.verifier,
-            "--json",
-        ])
-        .ok()
-        .json();
+        ];
+        args.extend_from_slice(extra);
+        env.cli(&args)
+    };
+    let out = verify(&[]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let json = verify(&["--json"]).ok().json();
     assert_eq!(json["ok"], true, "{json}");
     assert_eq!(json["signature"], "verified", "{json}");
     assert_eq!(json["size"].as_u64(), Some(cp.size), "{json}");
     let proved = env.cli(&["log", "prove", "team/app:1.0"]);
     assert_eq!(proved.code, 0, "{proved:?}");
-
-    check_pins_show(&env, &entries_by_index(&entries));
 }
 
-/// The entries back in index order (the check above sorted the seed's).
+/// The entries back in index order (the comparison sorted the seed's).
 fn entries_by_index(entries: &[Entry]) -> Vec<Entry> {
     let mut v = entries.to_vec();
     v.sort_by_key(|e| e.index);
     v
-}
-
-/// `tagpin pins show` gives every history entry its log index: a binding entry the index
-/// of its own log entry, in order; every entry of an imported pin the import's.
-fn check_pins_show(env: &LogStack, entries: &[Entry]) {
-    let mut by_tag: BTreeMap<String, Vec<&Entry>> = BTreeMap::new();
-    for e in entries {
-        by_tag.entry(e.reference()).or_default().push(e);
-    }
-    for (reference, logged) in by_tag {
-        let pin = env.secrets.pin(env.admin(), &reference).expect("a pin");
-        let history = pin["history"].as_array().unwrap();
-        let indexes: Vec<Option<u64>> = history.iter().map(|h| h["log"].as_u64()).collect();
-        if logged[0].str("event") == Some("imported") {
-            assert!(
-                indexes.iter().all(|i| *i == Some(logged[0].index)),
-                "{reference}: an imported pin's history is stamped with the import's entry: {pin}"
-            );
-            continue;
-        }
-        let binding: Vec<Option<u64>> = history
-            .iter()
-            .filter(|h| {
-                matches!(
-                    h["event"].as_str(),
-                    Some("push" | "adopted" | "append" | "audit_move" | "released")
-                )
-            })
-            .map(|h| h["log"].as_u64())
-            .collect();
-        let want: Vec<Option<u64>> = logged.iter().map(|e| Some(e.index)).collect();
-        assert_eq!(binding, want, "{reference}: {pin}");
-        let human = env.cli(&["pins", "show", &reference]).ok();
-        for e in &logged {
-            assert!(
-                human.stdout.contains(&e.index.to_string()),
-                "{reference}: log index {} not shown:\n{}",
-                e.index,
-                human.stdout
-            );
-        }
-    }
-}
-
-/// Another store's export: pins pushed through a second tagpin on its own data dir (in
-/// front of the same upstream), exported by the CLI.
-struct Export {
-    text: String,
-    /// Tag and digest of each pin in it, in the export's order.
-    pins: Vec<(String, String)>,
-}
-
-fn export_of_another_store(env: &LogStack) -> Export {
-    let data = tempfile::tempdir().unwrap();
-    let flags = env.secrets.flags();
-    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let mut other = Tagpin::start_on_data_dir(&env.registry.url(), data.path(), &flags);
-    let mut pins = Vec::new();
-    for (tag, seed) in [("1.0", 7_107), ("2.0", 7_108)] {
-        let img = Image::random(seed, 300);
-        img.push_blobs(other.addr, "imported/app", "");
-        let r = img.put_manifest(other.addr, "imported/app", tag, "");
-        assert_eq!(r.status, 201, "{}", r.text());
-        pins.push((tag.to_owned(), img.digest()));
-    }
-    let out = env.secrets.cli(other.admin_addr(), &["export"]).ok();
-    other.terminate();
-    let exported: Vec<(String, String)> = out
-        .stdout
-        .lines()
-        .map(|l| {
-            let v: Value = serde_json::from_str(l).unwrap();
-            (
-                v["tag"].as_str().unwrap().to_owned(),
-                v["digest"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect();
-    assert_eq!(exported, pins, "the export: {}", out.stdout);
-    Export { text: out.stdout, pins }
 }
 
 #[test]
@@ -638,14 +550,7 @@ fn a_store_of_the_previous_format_gets_one_genesis_entry_per_pin_once() {
         );
     }
     // Every history entry from before the log points at its tag's genesis entry.
-    let db = env.secrets.pin(env.admin(), "old/db:7").unwrap();
-    let logs: Vec<Option<u64>> = db["history"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| h["log"].as_u64())
-        .collect();
-    assert_eq!(logs, [Some(2), Some(2)], "{db}");
+    check_pins_show(&env.secrets, env.admin(), &entries);
     let key = env.verifier.clone();
     assert_eq!(env.cli(&["log", "verify", "--verifier-key", &key]).code, 0);
     env.stop();

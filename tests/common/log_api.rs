@@ -11,7 +11,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use serde_json::Value;
 
-use super::admin::{CliOut, TOKEN};
+use super::admin::{AdminSecrets, CliOut, TOKEN};
 use super::http::{request, Resp};
 use super::tlog::{self, Checkpoint, Hash};
 
@@ -358,4 +358,66 @@ pub fn keygen(dir: &Path, name: &str) -> (std::path::PathBuf, String) {
     let parsed = tlog::NoteVerifier::parse(&verifier).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(parsed.name, name);
     (file, verifier)
+}
+
+/// `tagpin pins show` gives every history entry its log index, in JSON (`log`) and in the
+/// table's LOG column alike: each binding entry the index of its own log entry, in order;
+/// every entry of an imported pin, or of one from before the log, the import's or the
+/// genesis entry's.
+pub fn check_pins_show(secrets: &AdminSecrets, admin: SocketAddr, entries: &[Entry]) {
+    let mut by_tag: BTreeMap<String, Vec<&Entry>> = BTreeMap::new();
+    for e in entries {
+        by_tag.entry(e.reference()).or_default().push(e);
+    }
+    for (reference, logged) in by_tag {
+        let pin = secrets.pin(admin, &reference).expect("a pin");
+        let history = pin["history"].as_array().unwrap();
+        let logs: Vec<Option<u64>> = history.iter().map(|h| h["log"].as_u64()).collect();
+        if matches!(logged[0].str("event"), Some("imported" | "genesis")) {
+            let first = Some(logged[0].index);
+            let stamped = logs.iter().take_while(|i| **i == first).count();
+            assert!(
+                stamped > 0,
+                "{reference}: history not stamped with entry {}: {pin}",
+                logged[0].index
+            );
+            let rest: Vec<Option<u64>> = logged[1..].iter().map(|e| Some(e.index)).collect();
+            assert_eq!(binding_logs(&history[stamped..]), rest, "{reference}: {pin}");
+        } else {
+            let want: Vec<Option<u64>> = logged.iter().map(|e| Some(e.index)).collect();
+            assert_eq!(binding_logs(history), want, "{reference}: {pin}");
+        }
+        let human = secrets.cli(admin, &["pins", "show", &reference]).ok();
+        let shown = log_column(&human.stdout);
+        let want: Vec<String> = logs
+            .iter()
+            .map(|l| l.map_or("-".to_owned(), |i| i.to_string()))
+            .collect();
+        assert_eq!(shown, want, "{reference}: the LOG column of:\n{}", human.stdout);
+    }
+}
+
+/// The `log` of each history entry that binds the tag.
+fn binding_logs(history: &[Value]) -> Vec<Option<u64>> {
+    history
+        .iter()
+        .filter(|h| {
+            matches!(
+                h["event"].as_str(),
+                Some("push" | "adopted" | "append" | "audit_move" | "released")
+            )
+        })
+        .map(|h| h["log"].as_u64())
+        .collect()
+}
+
+/// The last column of the HISTORY table of `tagpin pins show`.
+fn log_column(text: &str) -> Vec<String> {
+    let mut lines = text.lines().skip_while(|l| l.trim() != "HISTORY").skip(1);
+    let header = lines.next().unwrap_or("");
+    assert!(header.trim_end().ends_with("LOG"), "no LOG column: {text}");
+    lines
+        .take_while(|l| !l.trim().is_empty())
+        .map(|l| l.split_whitespace().last().unwrap_or("").to_owned())
+        .collect()
 }

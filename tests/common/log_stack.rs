@@ -112,6 +112,43 @@ impl LogStack {
         assert!(!id.is_empty(), "no request id in {e}");
         id
     }
+
+    /// Another store's export: two pins (`1.0` and `2.0` of `repo`) pushed through a
+    /// second tagpin on a data dir of its own, in front of the same upstream, and
+    /// exported by the CLI.
+    pub fn export_of_another_store(&self, repo: &str) -> Export {
+        let data = tempfile::tempdir().unwrap();
+        let flags = self.secrets.flags();
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        let mut other = Tagpin::start_on_data_dir(&self.registry.url(), data.path(), &flags);
+        let mut pins = Vec::new();
+        for (tag, seed) in [("1.0", 7_907), ("2.0", 7_908)] {
+            let img = Image::random(seed, 300);
+            img.push_blobs(other.addr, repo, "");
+            let r = img.put_manifest(other.addr, repo, tag, "");
+            assert_eq!(r.status, 201, "{}", r.text());
+            pins.push((tag.to_owned(), img.digest()));
+        }
+        let out = self.secrets.cli(other.admin_addr(), &["export"]).ok();
+        other.terminate();
+        let exported: Vec<(String, String)> = out
+            .stdout
+            .lines()
+            .map(|l| {
+                let v: Value = serde_json::from_str(l).unwrap();
+                let field = |k: &str| v[k].as_str().unwrap_or("").to_owned();
+                (field("tag"), field("digest"))
+            })
+            .collect();
+        assert_eq!(exported, pins, "the export: {}", out.stdout);
+        Export { text: out.stdout, pins }
+    }
+}
+
+/// An export of another store, and the tag and digest of each pin in it, in its order.
+pub struct Export {
+    pub text: String,
+    pub pins: Vec<(String, String)>,
 }
 
 /// Copy a stopped tagpin's data dir, file by file.
