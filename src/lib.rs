@@ -139,6 +139,17 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             let _ = stop.wait_for(|s| *s).await;
         }))
     });
+    if cfg!(feature = "bench-unlogged") {
+        tracing::error!("this build keeps no history log (feature bench-unlogged): for benchmarks only");
+    }
+    let checkpoint_task = {
+        let app = App::worker(Arc::clone(&shared));
+        let every = shared.config.log.checkpoint_interval;
+        let mut stop = stop_rx.clone();
+        tokio::spawn(admin::log::ship_checkpoints(app, every, async move {
+            let _ = stop.wait_for(|s| *s).await;
+        }))
+    };
     // Installed before "listening" is announced: until a handler exists, SIGHUP's default
     // action ends the process, and whoever reads that line may send one at once.
     let mut hangups = hangup_signals();
@@ -147,6 +158,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         upstream = %shared.config.upstream,
         policy = %shared.policy().summary(),
         reads = shared.config.reads.as_str(),
+        log_checkpoints = if shared.log_signer.signs() { "signed" } else { "unsigned" },
         workers,
         version = env!("CARGO_PKG_VERSION"),
         "listening"
@@ -177,6 +189,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     if let Some(task) = drift_task {
         let _ = task.await;
     }
+    let _ = checkpoint_task.await;
     Ok(())
 }
 
