@@ -171,9 +171,8 @@ async fn prove(args: &ProveArgs, source: &Source, out: &mut dyn Write) -> Result
             cp.size
         ));
     }
-    let leaf = match source.leaves(index, index + 1).await?.pop() {
-        Some((i, leaf)) if i == index => leaf,
-        _ => return found(format!("the log does not serve entry {index}")),
+    let Some(leaf) = source.leaves(index, index + 1).await?.pop() else {
+        return found(format!("the log does not serve entry {index}"));
     };
     let entry = LogEntry::parse(&leaf);
     let hashes = source.inclusion(index, cp.size).await?;

@@ -22,7 +22,7 @@ pub const BUCKET_ENTRIES: u64 = 100_000;
 pub const MAX_BUCKETS: u64 = 256;
 /// Mismatches kept, the first ones: enough to name the first, and to look again at the
 /// first few when a live store changed while it was read.
-pub const KEPT: usize = 64;
+pub const KEPT: usize = 1000;
 
 /// How many buckets a log of `entries` entries is spilled into.
 pub fn bucket_count(entries: u64) -> usize {

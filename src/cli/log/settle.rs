@@ -60,15 +60,11 @@ async fn bound_later(
     let Some(grown) = grown.filter(|g| index < g.size) else {
         return Ok(false);
     };
-    let Some((served, leaf)) = source.leaves(index, index + 1).await?.pop() else {
+    let Some(leaf) = source.leaves(index, index + 1).await?.pop() else {
         return Ok(false);
     };
     let binds = LogEntry::parse(&leaf).is_some_and(|e| {
-        served == index
-            && e.index == index
-            && e.repository == repo
-            && e.tag == tag
-            && e.digest.as_str() == latest.digest
+        e.index == index && e.repository == repo && e.tag == tag && e.digest.as_str() == latest.digest
     });
     if !binds {
         return Ok(false);

@@ -79,11 +79,11 @@ fn hashes(v: &Value) -> Result<Vec<Hash>, CliError> {
         .collect()
 }
 
-/// One line of `GET /admin/v1/log/entries`: the decoded fields are not needed, the leaf
-/// bytes are what is checked.
+/// One line of `GET /admin/v1/log/entries`: the leaf's own fields (its `index`
+/// among them, which is what is checked, not trusted) and `leaf`, the base64 of its
+/// exact bytes, which are all that is used. Lines come in order from `start`.
 #[derive(Deserialize)]
 struct Line {
-    index: u64,
     leaf: String,
 }
 
@@ -158,15 +158,12 @@ impl Source {
         }
     }
 
-    /// Entries `[start, end)` (at most [`PAGE`]), each with the index it was served as;
-    /// fewer when the log holds fewer.
-    pub async fn leaves(&self, start: u64, end: u64) -> Result<Vec<(u64, Vec<u8>)>, CliError> {
+    /// The leaf bytes of entries `[start, end)` (at most [`PAGE`]), in order; fewer when
+    /// the log holds fewer.
+    pub async fn leaves(&self, start: u64, end: u64) -> Result<Vec<Vec<u8>>, CliError> {
         let end = end.min(start + PAGE);
         match self {
-            Self::Store(store) => {
-                let leaves = Self::blocking(store, move |s| s.log_leaves(start, end).map_err(store_error)).await?;
-                Ok((start..).zip(leaves).collect())
-            }
+            Self::Store(store) => Self::blocking(store, move |s| s.log_leaves(start, end).map_err(store_error)).await,
             Self::Api(client) => {
                 let (s, e) = (start.to_string(), end.to_string());
                 let resp = client
@@ -174,6 +171,7 @@ impl Source {
                     .await?;
                 let mut lines = Lines::new(resp.into_body());
                 let mut out = Vec::new();
+                let mut at = start;
                 while let Some((line, complete)) = lines.next().await? {
                     if line.iter().all(u8::is_ascii_whitespace) {
                         continue;
@@ -182,10 +180,17 @@ impl Source {
                         .ok()
                         .filter(|_| complete)
                         .ok_or_else(|| CliError::Protocol(format!("the entries from {start} were cut off")))?;
-                    let leaf = B64.decode(&parsed.leaf).map_err(|_| {
-                        CliError::Protocol(format!("entry {} has a leaf that is not base64", parsed.index))
-                    })?;
-                    out.push((parsed.index, leaf));
+                    let leaf = B64
+                        .decode(&parsed.leaf)
+                        .map_err(|_| CliError::Protocol(format!("entry {at} has a leaf that is not base64")))?;
+                    out.push(leaf);
+                    at += 1;
+                }
+                if at > end {
+                    return Err(CliError::Protocol(format!(
+                        "asked for the entries [{start}, {end}), got {} of them",
+                        at - start
+                    )));
                 }
                 Ok(out)
             }
