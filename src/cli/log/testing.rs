@@ -43,7 +43,19 @@ pub fn source_args(dir: &Path) -> SourceArgs {
 
 /// Change the stored bytes of one tree's value in place.
 pub fn tamper(dir: &Path, tree: &str, key: &[u8], change: impl FnOnce(Vec<u8>) -> Option<Vec<u8>>) {
-    let db = sled::open(dir.join("pins.sled")).unwrap();
+    // sled's lock outlives a dropped store for a moment (its flusher thread lets go
+    // last): wait for it, a bounded number of times, as the store's own open does.
+    let mut attempts = 0;
+    let db = loop {
+        match sled::open(dir.join("pins.sled")) {
+            Ok(db) => break db,
+            Err(e) if e.to_string().contains("could not acquire lock") && attempts < 100 => {
+                attempts += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => panic!("open the data dir to change it: {e}"),
+        }
+    };
     let tree = db.open_tree(tree).unwrap();
     let old = tree.get(key).unwrap().expect("the key is stored").to_vec();
     match change(old) {
