@@ -455,7 +455,7 @@ fn a_sigkill_during_concurrent_pushes_leaves_every_pin_with_its_entry() {
             std::thread::spawn(move || {
                 for i in 0..100 {
                     if stop.load(Ordering::SeqCst) {
-                        return;
+                        return false;
                     }
                     let tag = format!("w{w}-{i}");
                     let img = base.variant(&tag);
@@ -468,9 +468,10 @@ fn a_sigkill_during_concurrent_pushes_leaves_every_pin_with_its_entry() {
                         }
                         Ok(r) => panic!("push {tag}: {} {}", r.status, r.text()),
                         // The kill cut it off.
-                        Err(_) => return,
+                        Err(_) => return true,
                     }
                 }
+                false
             })
         })
         .collect();
@@ -480,9 +481,11 @@ fn a_sigkill_during_concurrent_pushes_leaves_every_pin_with_its_entry() {
     }
     env.tagpin.as_mut().unwrap().kill();
     stop.store(true, Ordering::SeqCst);
-    for w in writers {
-        w.join().expect("a writer panicked");
-    }
+    let cut = writers
+        .into_iter()
+        .map(|w| w.join().expect("a writer panicked"))
+        .filter(|cut| *cut)
+        .count();
     let pinned = pinned.lock().unwrap().clone();
     assert!(
         pinned.len() >= ENOUGH,
@@ -501,6 +504,13 @@ fn a_sigkill_during_concurrent_pushes_leaves_every_pin_with_its_entry() {
         assert_eq!(pins.get(&format!("crash/app:{tag}")), Some(digest), "{tag} got 201");
     }
     assert!(cp.size as usize >= pinned.len());
+    eprintln!(
+        "{} pushes answered 201 before the kill, {cut} cut off by it; after the restart the log has {} entries \
+         and {} pins",
+        pinned.len(),
+        cp.size,
+        pins.len()
+    );
     let key = env.verifier.clone();
     let out = env.cli(&["log", "verify", "--verifier-key", &key]);
     assert_eq!(out.code, 0, "{out:?}");

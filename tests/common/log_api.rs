@@ -333,6 +333,8 @@ pub fn tagpin_cli(args: &[&str]) -> CliOut {
         .env_remove("TAGPIN_ADMIN_TOKEN")
         .env_remove("TAGPIN_ADMIN_URL")
         .env_remove("TAGPIN_LOG_SIGNING_KEY")
+        .env_remove("TAGPIN_LOG_VERIFIER_KEY")
+        .env_remove("TAGPIN_DATABASE_URL")
         .stdin(Stdio::null())
         .output()
         .expect("run the tagpin CLI");
@@ -357,6 +359,16 @@ pub fn keygen(dir: &Path, name: &str) -> (std::path::PathBuf, String) {
         .to_owned();
     let parsed = tlog::NoteVerifier::parse(&verifier).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(parsed.name, name);
+    // The signing key: C2SP's private key format, readable by its owner alone.
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the key file's mode is {mode:o}");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let hash = verifier.split('+').nth(1).unwrap_or("");
+    assert!(
+        text.starts_with(&format!("PRIVATE+KEY+{name}+{hash}+")),
+        "the key file: {text:?}"
+    );
     (file, verifier)
 }
 
