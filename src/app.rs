@@ -24,6 +24,8 @@ use crate::upstream::{Upstream, UpstreamError};
 /// decision locks in particular must be one set for the whole process.
 pub struct Shared {
     pub config: Config,
+    /// Signs the history log's checkpoints.
+    pub log_signer: crate::log::Signer,
     pub store: Arc<dyn PinStore>,
     /// The policy in force; replaced whole by a SIGHUP reload. A request takes one
     /// snapshot ([`Shared::policy`]) and decides by it throughout.
@@ -83,6 +85,8 @@ pub enum StartError {
     Tls(#[from] crate::server::tls::TlsError),
     #[error("{0}")]
     Store(StoreError),
+    #[error("log_signing_key: {0}")]
+    LogKey(String),
     #[error("cannot start worker {worker}: {source}")]
     Worker { worker: usize, source: std::io::Error },
 }
@@ -140,7 +144,16 @@ impl Shared {
                 config.timeouts.manifest_budget_wait,
             ),
         };
+        let key = config
+            .log
+            .signing_key
+            .as_ref()
+            .map(|k| crate::log::SigningKey::parse(&k.0))
+            .transpose()
+            .map_err(StartError::LogKey)?;
+        let log_signer = crate::log::Signer::new(key, config.log.origin.clone());
         Ok(Self {
+            log_signer,
             connections: Arc::new(Semaphore::new(config.max_connections)),
             manifest_limits,
             tls: listener_tls,

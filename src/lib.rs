@@ -27,6 +27,7 @@ pub mod config;
 pub mod error;
 pub mod handler;
 pub mod locks;
+pub mod log;
 pub mod manifest;
 pub mod metrics;
 pub mod oci;
@@ -138,6 +139,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             let _ = stop.wait_for(|s| *s).await;
         }))
     });
+    let checkpoint_task = {
+        let app = App::worker(Arc::clone(&shared));
+        let every = shared.config.log.checkpoint_interval;
+        let mut stop = stop_rx.clone();
+        tokio::spawn(admin::log::ship_checkpoints(app, every, async move {
+            let _ = stop.wait_for(|s| *s).await;
+        }))
+    };
     // Installed before "listening" is announced: until a handler exists, SIGHUP's default
     // action ends the process, and whoever reads that line may send one at once.
     let mut hangups = hangup_signals();
@@ -146,6 +155,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         upstream = %shared.config.upstream,
         policy = %shared.policy().summary(),
         reads = shared.config.reads.as_str(),
+        log_checkpoints = if shared.log_signer.signs() { "signed" } else { "unsigned" },
         workers,
         version = env!("CARGO_PKG_VERSION"),
         "listening"
@@ -176,6 +186,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     if let Some(task) = drift_task {
         let _ = task.await;
     }
+    let _ = checkpoint_task.await;
     Ok(())
 }
 

@@ -74,6 +74,8 @@ pub enum AuditAction {
     PinnedManifestMissing,
     /// An audited tag is served by the upstream at another digest than its pin.
     ReadDrift,
+    /// The history log's current checkpoint, for copies kept off the host.
+    LogCheckpoint,
 }
 
 impl AuditAction {
@@ -101,6 +103,7 @@ impl AuditAction {
             Self::PinAdoptedOnRead => "pin_adopted_on_read",
             Self::PinnedManifestMissing => "pinned_manifest_missing",
             Self::ReadDrift => "read_drift",
+            Self::LogCheckpoint => "log_checkpoint",
         }
     }
 }
@@ -254,6 +257,12 @@ impl AuditEvent<'_> {
             _ => event!(info),
         }
     }
+}
+
+/// The `log_checkpoint` audit event: the log's size and its checkpoint (the signed note).
+pub fn checkpoint_event(metrics: &crate::metrics::Metrics, size: u64, checkpoint: &str) {
+    metrics.decision(AuditAction::LogCheckpoint);
+    tracing::info!(target: "tagpin::audit", action = AuditAction::LogCheckpoint.as_str(), size, checkpoint, "log_checkpoint");
 }
 
 /// A policy reload's audit event: `policy_reloaded` with the new policy's summary, or

@@ -211,11 +211,11 @@ fn refusals_travel_through_export_and_import(s: &dyn PinStore) {
         })
         .collect();
     assert_eq!(back[0].refused, vec![refused(1, false), refused(2, true)]);
-    assert_eq!(s.import(&back).unwrap().imported, 1);
+    assert_eq!(s.import(&back, "test").unwrap().imported, 1);
     assert_eq!(s.refusals(&to, &t).unwrap(), s.refusals(&from, &t).unwrap());
     // Again, onto a tag that was refused meanwhile: each attempt once, in time order.
     s.record_refusal(&to, &t, &refused(3, false)).unwrap();
-    assert_eq!(s.import(&back).unwrap().unchanged, 1);
+    assert_eq!(s.import(&back, "test").unwrap().unchanged, 1);
     assert_eq!(
         s.refusals(&to, &t).unwrap(),
         vec![refused(1, false), refused(2, true), refused(3, false)]

@@ -126,9 +126,18 @@ impl PinStore for FlakyStore {
         self.check(&self.fail_reads)?;
         self.inner.list(r, after, limit)
     }
-    fn import(&self, records: &[Exported]) -> Result<ImportOutcome, StoreError> {
+    fn import(&self, records: &[Exported], by: &str) -> Result<ImportOutcome, StoreError> {
         self.check(&self.fail_writes)?;
-        self.inner.import(records)
+        self.inner.import(records, by)
+    }
+    fn log_head(&self) -> Result<tagpin::log::Frontier, StoreError> {
+        self.inner.log_head()
+    }
+    fn log_leaves(&self, start: u64, end: u64) -> Result<Vec<Vec<u8>>, StoreError> {
+        self.inner.log_leaves(start, end)
+    }
+    fn log_nodes(&self, ids: &[tagpin::log::NodeId]) -> Result<Vec<tagpin::log::Hash>, StoreError> {
+        self.inner.log_nodes(ids)
     }
     fn lead(&self) -> Result<bool, StoreError> {
         self.inner.lead()

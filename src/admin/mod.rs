@@ -11,6 +11,7 @@ pub mod auth;
 mod claims;
 pub mod drift;
 mod history;
+pub mod log;
 mod pins;
 pub mod routes;
 mod seed;
@@ -118,6 +119,10 @@ async fn dispatch(admin: &Arc<Admin>, req: Request<Incoming>, who: &Requester) -
         AdminRoute::Verify { repository } => verify::verify(app, repository).await,
         AdminRoute::ListClaims { repository } => claims::list(app, repository).await,
         AdminRoute::ClearClaims => claims::clear(app, req, who).await,
+        AdminRoute::LogCheckpoint => log::checkpoint(app).await,
+        AdminRoute::LogEntries { start, end } => log::entries(app, start, end).await,
+        AdminRoute::LogInclusion { index, size } => log::inclusion(app, index, size).await,
+        AdminRoute::LogConsistency { from, to } => log::consistency(app, from, to).await,
     }
 }
 

@@ -363,7 +363,8 @@ pub fn parse_export(bytes: &[u8]) -> Result<Vec<Exported>, String> {
 pub async fn import(app: &App, req: Request<Incoming>, who: &Requester) -> Result<Response<Body>, ProxyError> {
     let body = read_body(req, MAX_IMPORT_BYTES).await?;
     let records = parse_export(&body).map_err(ProxyError::AdminBadRequest)?;
-    let outcome = app.store_call(move |s| s.import(&records)).await?;
+    let by = who.user.clone().unwrap_or_else(|| "admin".to_owned());
+    let outcome = app.store_call(move |s| s.import(&records, &by)).await?;
     if !outcome.conflicts.is_empty() {
         let shown: Vec<&str> = outcome.conflicts.iter().take(5).map(String::as_str).collect();
         return Err(ProxyError::AdminConflict(format!(

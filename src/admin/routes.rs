@@ -44,6 +44,14 @@ pub enum AdminRoute {
     ListClaims { repository: Option<Repository> },
     /// `POST /admin/v1/claims/clear` with a JSON body naming a tag or a digest.
     ClearClaims,
+    /// `GET /admin/v1/log/checkpoint`
+    LogCheckpoint,
+    /// `GET /admin/v1/log/entries?start=S&end=E`
+    LogEntries { start: u64, end: u64 },
+    /// `GET /admin/v1/log/proof/inclusion?index=I&size=N`
+    LogInclusion { index: u64, size: u64 },
+    /// `GET /admin/v1/log/proof/consistency?from=M&to=N`
+    LogConsistency { from: u64, to: u64 },
 }
 
 /// Largest page of `ListPins`, and the default.
@@ -71,7 +79,25 @@ pub fn classify(method: &Method, path: &str, query: Option<&str>) -> Result<Admi
         let t = Tag::parse(t).map_err(|e| RouteProblem::Bad(e.to_string()))?;
         Ok((r, t))
     };
+    let number = |key: &str| -> Result<u64, RouteProblem> {
+        let v = get(key).ok_or_else(|| RouteProblem::Bad(format!("the {key} parameter is required")))?;
+        v.parse()
+            .map_err(|_| RouteProblem::Bad(format!("{key} must be a whole number, not {v:?}")))
+    };
     match (method.as_str(), path) {
+        ("GET", "/admin/v1/log/checkpoint") => Ok(AdminRoute::LogCheckpoint),
+        ("GET", "/admin/v1/log/entries") => Ok(AdminRoute::LogEntries {
+            start: number("start")?,
+            end: number("end")?,
+        }),
+        ("GET", "/admin/v1/log/proof/inclusion") => Ok(AdminRoute::LogInclusion {
+            index: number("index")?,
+            size: number("size")?,
+        }),
+        ("GET", "/admin/v1/log/proof/consistency") => Ok(AdminRoute::LogConsistency {
+            from: number("from")?,
+            to: number("to")?,
+        }),
         ("GET", "/admin/v1/pins") => {
             let after = get("after")
                 .filter(|a| !a.is_empty())

@@ -20,7 +20,7 @@ use crate::app::App;
 use crate::body::Body;
 use crate::error::ProxyError;
 use crate::oci::{Repository, Tag};
-use crate::store::{Pin, PinSource};
+use crate::store::{AdoptedVia, Pin, PinSource};
 use crate::telemetry::{AuditAction, AuditEvent, Requester};
 
 /// A progress line at the start of each repository, and every this many tags in one.
@@ -183,10 +183,13 @@ async fn adopt(app: &App, repo: &Repository, tag: &Tag, who: &Requester) -> Resu
     let Some(digest) = app.upstream.own_tag_digest(repo, tag).await? else {
         return Ok(Adopted::Gone);
     };
-    let (r, entry) = (
-        repo.clone(),
-        vec![(tag.clone(), Pin::now(digest.clone(), PinSource::Adopted))],
-    );
+    let mut pin = Pin::now(digest.clone(), PinSource::Adopted);
+    for e in &mut pin.history {
+        e.via = Some(AdoptedVia::Seed);
+        e.by.clone_from(&who.user);
+        e.request_id = Some(who.request_id.clone());
+    }
+    let (r, entry) = (repo.clone(), vec![(tag.clone(), pin)]);
     let in_force = app.store_call(move |s| s.pin_if_absent(&r, &entry)).await?;
     let pinned = in_force.first().map_or(&digest, |s| s.digest());
     AuditEvent {

@@ -275,6 +275,19 @@ pub struct ServeArgs {
     /// [default: 15m; at least twice the upstream header timeout].
     #[arg(long, env = "TAGPIN_IN_DOUBT_HORIZON")]
     pub in_doubt_horizon: Option<String>,
+    /// File holding the Ed25519 key that signs the history log's checkpoints, as
+    /// `tagpin log keygen` writes it; every replica gets the same file [default: unsigned
+    /// checkpoints].
+    #[arg(long, env = "TAGPIN_LOG_SIGNING_KEY", value_name = "FILE")]
+    pub log_signing_key: Option<PathBuf>,
+    /// The origin line of the log's checkpoints [default: the signing key's name, or
+    /// `tagpin` without a key].
+    #[arg(long, env = "TAGPIN_LOG_ORIGIN")]
+    pub log_origin: Option<String>,
+    /// Emit the current checkpoint as a `log_checkpoint` audit event at most this often
+    /// while the log grows, e.g. 1m [default: 1m].
+    #[arg(long, env = "TAGPIN_LOG_CHECKPOINT_INTERVAL")]
+    pub log_checkpoint_interval: Option<String>,
     /// Milliseconds in-flight requests get to finish after SIGTERM [default: 30000].
     #[arg(long, env = "TAGPIN_SHUTDOWN_GRACE_MS")]
     pub shutdown_grace_ms: Option<u64>,
@@ -330,6 +343,9 @@ impl ServeArgs {
             },
             drift_interval: self.drift_interval.or(file.drift_interval),
             in_doubt_horizon: self.in_doubt_horizon.or(file.in_doubt_horizon),
+            log_signing_key: self.log_signing_key.or(file.log_signing_key),
+            log_origin: self.log_origin.or(file.log_origin),
+            log_checkpoint_interval: self.log_checkpoint_interval.or(file.log_checkpoint_interval),
             timeouts: Some(RawTimeouts {
                 upstream_connect_ms: self.upstream_connect_timeout_ms.or(t.upstream_connect_ms),
                 upstream_header_ms: self.upstream_header_timeout_ms.or(t.upstream_header_ms),

@@ -235,7 +235,7 @@ pub fn render_show(p: &Value, out: &mut dyn Write) -> std::io::Result<()> {
 
     let history = p["history"].as_array().map_or(&[][..], Vec::as_slice);
     writeln!(out, "\nHISTORY")?;
-    let mut t = output::table(&["AT", "EVENT", "DIGEST", "FROM", "BY", "REASON"]);
+    let mut t = output::table(&["AT", "EVENT", "DIGEST", "FROM", "BY", "REASON", "LOG"]);
     for h in history {
         t.add_row(vec![
             output::time(&h["at"]),
@@ -244,6 +244,8 @@ pub fn render_show(p: &Value, out: &mut dyn Write) -> std::io::Result<()> {
             output::short_digest(&h["from"]),
             output::text(&h["by"]),
             output::text(&h["reason"]),
+            // The index of the log entry that records it (`tagpin log prove`).
+            h["log"].as_u64().map_or_else(|| "-".to_owned(), |i| i.to_string()),
         ]);
     }
     output::print(out, &t)?;
@@ -286,7 +288,7 @@ mod tests {
             "mode": "immutable", "rule": "default",
             "history": [
                 {"at": 0, "event": "push", "digest": D1},
-                {"at": 60, "event": "released", "digest": D2, "from": D1, "by": "alice", "reason": "bad build"}
+                {"at": 60, "event": "released", "digest": D2, "from": D1, "by": "alice", "reason": "bad build", "log": 17}
             ],
             "refused": [{"at": 120, "attempted": D1, "client": "127.0.0.1:1", "user": null, "user_agent": "skopeo", "request_id": "r1"}],
             "release": null
@@ -304,7 +306,10 @@ mod tests {
         assert!(text.contains("\nrelease    none"), "{text}");
         let released = text.lines().find(|l| l.contains("released")).unwrap();
         assert!(
-            released.contains("alice") && released.contains("bad build") && released.contains("sha256:111111111111"),
+            released.contains("alice")
+                && released.contains("bad build")
+                && released.contains("sha256:111111111111")
+                && released.trim_end().ends_with("17"),
             "{text}"
         );
         assert!(text.contains("REFUSED (1)"), "{text}");

@@ -233,6 +233,10 @@ pub fn describe(imported: u64, unchanged: u64) -> String {
     format!("imported {imported} pins; {unchanged} already held unchanged")
 }
 
+/// What the log's `imported` entries name as `by` for an import run on the store's files
+/// (there is no admin token then).
+const OFFLINE_IMPORT: &str = "tagpin import (offline)";
+
 /// `import`: all or nothing; exit 1 on conflicts.
 pub async fn import(args: &ImportArgs, client: Option<&Client>, out: &mut dyn Write) -> Result<u8, CliError> {
     let bytes = read_input(args.file.as_deref())?;
@@ -244,7 +248,7 @@ pub async fn import(args: &ImportArgs, client: Option<&Client>, out: &mut dyn Wr
         (Some(store), _) => {
             let records = parse_records(&bytes)?;
             let shared = store.shared();
-            let outcome: ImportOutcome = tokio::task::spawn_blocking(move || shared.import(&records))
+            let outcome: ImportOutcome = tokio::task::spawn_blocking(move || shared.import(&records, OFFLINE_IMPORT))
                 .await
                 .map_err(|e| CliError::Store(e.to_string()))?
                 .map_err(|e| CliError::Store(e.to_string()))?;
@@ -317,7 +321,7 @@ mod tests {
         let records = parse_records(&out).unwrap();
         assert_eq!(records.len(), 3);
         let other = open_store(b.path()).unwrap();
-        assert_eq!(other.import(&records).unwrap().imported, 3);
+        assert_eq!(other.import(&records, "test").unwrap().imported, 3);
         // A second opener of the same dir is told a tagpin holds it.
         let e = open_store(a.path()).err().unwrap().to_string();
         assert!(e.contains("in use by a running tagpin"), "{e}");

@@ -112,7 +112,20 @@ pub struct Config {
     /// How long a forwarded write whose answer was lost may still land; its record is
     /// kept that long ([`crate::pinning`]).
     pub in_doubt_horizon: Duration,
+    /// The history log's checkpoints.
+    pub log: LogSettings,
     pub timeouts: Timeouts,
+}
+
+/// How the history log's checkpoints are made ([`crate::log`]).
+#[derive(Debug, Clone)]
+pub struct LogSettings {
+    /// The signing key's text (C2SP signed-note format); `None`: unsigned checkpoints.
+    pub signing_key: Option<Secret>,
+    /// The checkpoints' origin line; `None`: the key's name, or `tagpin`.
+    pub origin: Option<String>,
+    /// The least time between two `log_checkpoint` audit events.
+    pub checkpoint_interval: Duration,
 }
 
 /// A secret that never shows in `Debug` output or logs.

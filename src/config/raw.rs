@@ -40,6 +40,9 @@ pub struct RawConfig {
     pub token_realms: Option<Vec<String>>,
     pub drift_interval: Option<String>,
     pub in_doubt_horizon: Option<String>,
+    pub log_signing_key: Option<PathBuf>,
+    pub log_origin: Option<String>,
+    pub log_checkpoint_interval: Option<String>,
     pub timeouts: Option<RawTimeouts>,
 }
 

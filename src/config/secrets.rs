@@ -9,7 +9,7 @@ use super::{ConfigError, Credentials, Secret};
 /// Shortest admin token accepted: a guessable token would make the admin API an open door.
 const MIN_TOKEN_LEN: usize = 16;
 
-fn read(key: &'static str, path: &Path) -> Result<String, ConfigError> {
+pub(super) fn read(key: &'static str, path: &Path) -> Result<String, ConfigError> {
     std::fs::read_to_string(path).map_err(|e| ConfigError::invalid(key, format!("cannot read {}: {e}", path.display())))
 }
 

@@ -30,6 +30,7 @@ pub const DEFAULT_MANIFEST_MEMORY_BUDGET_BYTES: usize = 64 * 1024 * 1024;
 
 impl RawConfig {
     pub fn validate(self) -> Result<Config, ConfigError> {
+        let log = self.log_settings()?;
         let listen_text = self.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
         let listen: SocketAddr = listen_text
             .parse()
@@ -295,7 +296,47 @@ impl RawConfig {
             token_realms,
             drift_interval,
             in_doubt_horizon,
+            log,
             timeouts,
+        })
+    }
+
+    /// The signing key is read and checked now, so a bad key stops the start instead of
+    /// leaving checkpoints unsigned.
+    fn log_settings(&self) -> Result<super::LogSettings, ConfigError> {
+        let signing_key = self
+            .log_signing_key
+            .as_deref()
+            .map(|path| {
+                let text = super::secrets::read("log_signing_key", path)?;
+                crate::log::SigningKey::parse(&text)
+                    .map_err(|e| ConfigError::invalid("log_signing_key", format!("{}: {e}", path.display())))?;
+                Ok::<_, ConfigError>(super::Secret(text))
+            })
+            .transpose()?;
+        let origin = match self.log_origin.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(o) if o.chars().any(char::is_control) => {
+                return Err(ConfigError::invalid("log_origin", "must be one line of text"));
+            }
+            Some(o) => Some(o.to_owned()),
+        };
+        let checkpoint_interval = match self.log_checkpoint_interval.as_deref().filter(|s| !s.is_empty()) {
+            None => Duration::from_secs(60),
+            Some(s) => humantime::parse_duration(s)
+                .ok()
+                .filter(|d| *d >= Duration::from_secs(1))
+                .ok_or_else(|| {
+                    ConfigError::invalid(
+                        "log_checkpoint_interval",
+                        format!("{s:?} is not a duration of at least 1s, e.g. 1m"),
+                    )
+                })?,
+        };
+        Ok(super::LogSettings {
+            signing_key,
+            origin,
+            checkpoint_interval,
         })
     }
 }

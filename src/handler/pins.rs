@@ -7,7 +7,7 @@ use hyper::body::Incoming;
 use crate::app::App;
 use crate::error::ProxyError;
 use crate::oci::{Digest, Repository, Tag};
-use crate::store::{Pin, PinSource, TagState};
+use crate::store::{AdoptedVia, Pin, PinSource, TagState};
 use crate::telemetry::{AuditAction, AuditEvent, Requester};
 use crate::upstream::{TagAtUpstream, TagList, UpstreamError};
 
@@ -33,6 +33,7 @@ pub async fn held(
         TagAtUpstream::Challenge(resp) => Ok(Err(resp)),
         TagAtUpstream::Present(digest) => {
             let d = digest.clone();
+            let request_id = who.request_id.clone();
             // Adopted only if the tag still has neither pin nor write in flight (a first
             // pull or another push may have bound it since it was looked at).
             let (adopted, state) = app
@@ -42,7 +43,11 @@ pub async fn held(
                     if free {
                         let mut pin = Pin::now(d.clone(), PinSource::Adopted);
                         pin.pinned_at = clock.now;
-                        pin.history.iter_mut().for_each(|e| e.at = clock.now);
+                        for e in &mut pin.history {
+                            e.at = clock.now;
+                            e.via = Some(AdoptedVia::Push);
+                            e.request_id = Some(request_id.clone());
+                        }
                         record.set_pin(pin);
                     }
                     (free, record.state())

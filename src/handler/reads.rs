@@ -231,11 +231,18 @@ impl Read<'_> {
     /// pinned, so nothing is contradicted) and the next read tries again.
     async fn adopt(&self, served: &Digest, how: &str) -> Option<FirstPull> {
         let (d, how) = (served.clone(), how.to_owned());
+        let request_id = self.who.request_id.clone();
         let tags = [self.tag.clone()];
         let found = self
             .app
             .transition(self.repo, &tags, move |clock, records| {
-                crate::pinning::adopt_on_read(&mut records[0], &d, &how, clock)
+                let found = crate::pinning::adopt_on_read(&mut records[0], &d, &how, clock);
+                if found == FirstPull::Adopted {
+                    if let Some(entry) = records[0].pin.as_mut().and_then(|p| p.history.last_mut()) {
+                        entry.request_id = Some(request_id.clone());
+                    }
+                }
+                found
             })
             .await;
         match found {

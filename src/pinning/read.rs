@@ -37,6 +37,7 @@ pub fn adopt_on_read(record: &mut TagRecord, served: &Digest, how: &str, clock: 
     for entry in &mut pin.history {
         entry.at = clock.now;
         entry.reason = Some(format!("first pull ({how})"));
+        entry.via = Some(crate::store::AdoptedVia::Read);
     }
     record.set_pin(pin);
     FirstPull::Adopted

@@ -21,6 +21,7 @@ mod sled;
 
 mod unavailable;
 
+use crate::log::{Frontier, Hash, NodeId};
 use crate::oci::{Digest, Repository, Tag};
 
 pub use self::history::{in_force_at, parse_query_time, parse_time, rfc3339, NoPinAt, PinAt};
@@ -171,8 +172,18 @@ pub trait PinStore: Send + Sync + 'static {
     ) -> Result<Vec<(Repository, Tag, TagState)>, StoreError>;
 
     /// Write every record unless any conflicts with what the store holds (a different
-    /// digest, or a claim), atomically and durably.
-    fn import(&self, records: &[Exported]) -> Result<ImportOutcome, StoreError>;
+    /// digest, or a claim), atomically and durably; each pin written gets an `imported`
+    /// log entry naming `by` (the admin token's name) in the same write.
+    fn import(&self, records: &[Exported], by: &str) -> Result<ImportOutcome, StoreError>;
+
+    /// The log's head: its size and right frontier (see [`crate::log`]).
+    fn log_head(&self) -> Result<Frontier, StoreError>;
+
+    /// The leaf bytes of the log's entries `[start, end)`, as far as the log reaches.
+    fn log_leaves(&self, start: u64, end: u64) -> Result<Vec<Vec<u8>>, StoreError>;
+
+    /// The hashes of the complete subtrees `ids`, in order; an error when one is missing.
+    fn log_nodes(&self, ids: &[NodeId]) -> Result<Vec<Hash>, StoreError>;
 
     /// Whether this process may run work that one replica at a time should do (the
     /// periodic drift check) now. A single-process store always may; a shared one grants

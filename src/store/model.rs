@@ -59,6 +59,22 @@ pub struct HistoryEntry {
     /// The reason an admin gave.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// What an adoption followed: a push, a pull or a seed (a push when not recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<AdoptedVia>,
+    /// The index of the log entry that records this event (for history from before the
+    /// log, or carried in by an import, the `genesis` or `imported` entry of the pin).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log: Option<u64>,
+}
+
+/// What an adoption followed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AdoptedVia {
+    Push,
+    Read,
+    Seed,
 }
 
 impl HistoryEntry {
@@ -72,6 +88,8 @@ impl HistoryEntry {
             request_id: None,
             by: None,
             reason: None,
+            via: None,
+            log: None,
         }
     }
 }

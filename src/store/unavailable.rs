@@ -71,7 +71,16 @@ impl PinStore for UnavailableStore {
     ) -> Result<Vec<(Repository, Tag, TagState)>, StoreError> {
         self.fail()
     }
-    fn import(&self, _: &[Exported]) -> Result<ImportOutcome, StoreError> {
+    fn import(&self, _: &[Exported], _: &str) -> Result<ImportOutcome, StoreError> {
+        self.fail()
+    }
+    fn log_head(&self) -> Result<crate::log::Frontier, StoreError> {
+        self.fail()
+    }
+    fn log_leaves(&self, _: u64, _: u64) -> Result<Vec<Vec<u8>>, StoreError> {
+        self.fail()
+    }
+    fn log_nodes(&self, _: &[crate::log::NodeId]) -> Result<Vec<crate::log::Hash>, StoreError> {
         self.fail()
     }
     fn lead(&self) -> Result<bool, StoreError> {

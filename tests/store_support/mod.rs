@@ -6,7 +6,7 @@
 #![allow(dead_code, reason = "each contract suite uses a different part")]
 
 use tagpin::oci::{Digest, Repository, Tag};
-use tagpin::store::{Claim, PgStore, Pin, PinSource, PinStore, Release, SledStore, TagRecord};
+use tagpin::store::{Claim, PgStore, Pin, PinSource, PinStore, Release, SledStore, TagRecord, TagState};
 
 use crate::common::postgres::{fresh_database, shared};
 
@@ -143,4 +143,30 @@ macro_rules! contract {
             $(#[test] fn $name() { super::$name(&*$crate::store_support::pg_store().store) })*
         }
     };
+}
+
+/// A record without the log indexes the store stamps on history: what the change wrote.
+pub fn unlogged(mut r: TagRecord) -> TagRecord {
+    for e in r
+        .history
+        .iter_mut()
+        .chain(r.pin.iter_mut().flat_map(|p| p.history.iter_mut()))
+    {
+        e.log = None;
+    }
+    r
+}
+
+pub fn unlogged_state(s: TagState) -> TagState {
+    match s {
+        TagState::Pinned(p) => TagState::Pinned(
+            unlogged(TagRecord {
+                pin: Some(p),
+                ..TagRecord::default()
+            })
+            .pin
+            .unwrap(),
+        ),
+        other => other,
+    }
 }

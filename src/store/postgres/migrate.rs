@@ -12,7 +12,12 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0002_writes_per_request.sql"),
     include_str!("migrations/0003_tag_notes.sql"),
     include_str!("migrations/0004_notify_triggers.sql"),
+    include_str!("migrations/0005_log.sql"),
 ];
+
+/// The version that starts the history log: its migration also appends a `genesis`
+/// entry for every pin already held, in the same transaction.
+const LOG_VERSION: i32 = 5;
 
 /// The advisory lock key that serialises migrations across replicas ("tagpin" in ASCII).
 const MIGRATION_LOCK: i64 = 0x7461_6770_696e;
@@ -45,6 +50,17 @@ pub(super) fn migrate(c: &mut Client) -> Result<(), StoreError> {
             let version = i as i32 + 1;
             let mut tx = c.transaction().map_err(db)?;
             tx.batch_execute(sql).map_err(db)?;
+            if version == LOG_VERSION {
+                tx.execute("SELECT set_config('tagpin.log', 'on', true)", &[])
+                    .map_err(db)?;
+                let entries = super::log::genesis(&mut tx)?;
+                if entries > 0 {
+                    tracing::info!(
+                        entries,
+                        "history log started: one genesis entry per pin bound before the log existed"
+                    );
+                }
+            }
             tx.execute(
                 "INSERT INTO tagpin_schema (version, applied_at) VALUES ($1, $2)",
                 &[&version, &(crate::store::now_secs() as i64)],

@@ -100,6 +100,7 @@
 //! transaction-pooling proxy) ends the session, so such a setup reads fresh every time.
 
 mod cache;
+mod log;
 mod migrate;
 mod tags;
 
@@ -247,6 +248,9 @@ impl PgStore {
         let mut tx = c.transaction().map_err(db)?;
         keys.sort();
         keys.dedup();
+        // This session keeps the log: schema 5's trigger lets it write pins.
+        tx.execute("SELECT set_config('tagpin.log', 'on', true)", &[])
+            .map_err(db)?;
         for k in keys.iter() {
             tx.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", &[k])
                 .map_err(db)?;
@@ -529,10 +533,22 @@ impl PinStore for PgStore {
         self.list_states(repo, after, limit)
     }
 
-    fn import(&self, records: &[Exported]) -> Result<ImportOutcome, StoreError> {
-        let imported = self.import_records(records);
+    fn import(&self, records: &[Exported], by: &str) -> Result<ImportOutcome, StoreError> {
+        let imported = self.import_records(records, by);
         self.evict(records.iter().map(|r| lock_key(&r.repository, &r.tag)));
         imported
+    }
+
+    fn log_head(&self) -> Result<crate::log::Frontier, StoreError> {
+        self.head()
+    }
+
+    fn log_leaves(&self, start: u64, end: u64) -> Result<Vec<Vec<u8>>, StoreError> {
+        self.leaves(start, end)
+    }
+
+    fn log_nodes(&self, ids: &[crate::log::NodeId]) -> Result<Vec<crate::log::Hash>, StoreError> {
+        self.nodes(ids)
     }
 
     fn lead(&self) -> Result<bool, StoreError> {

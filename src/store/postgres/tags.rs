@@ -7,7 +7,9 @@
 use postgres::GenericClient;
 
 use super::cache::notify;
+use super::log;
 use super::{corrupt, db, lock_key, PgStore};
+use crate::log::entry;
 use crate::oci::{Repository, Tag};
 use crate::store::{
     merge_refusals, plan_import, Claim, ClaimKind, Exported, ImportOutcome, Pin, PinSource, ReadView, Refused,
@@ -237,10 +239,27 @@ impl PgStore {
             let mut after = before.clone();
             change(now, &mut after);
             let mut changed = Vec::new();
+            let mut head = None;
+            let mut entries = Vec::new();
             for i in crate::store::to_write(tags, &before, &after) {
                 crate::store::check_writes(repo, &tags[i], &after[i])?;
+                // The log's entries for this change, numbered after the head (locked
+                // until commit, after the tags' locks), in this same transaction.
+                let next = if entry::count(&after[i]) > 0 {
+                    let head = match &mut head {
+                        Some(h) => h,
+                        None => head.insert(log::lock_head(tx)?),
+                    };
+                    head.size() + entries.len() as u64
+                } else {
+                    0
+                };
+                entries.extend(entry::bindings(repo, &tags[i], &before[i], &mut after[i], next)?);
                 write_record(tx, repo, &tags[i], &before[i], &after[i])?;
                 changed.push(lock_key(repo, &tags[i]));
+            }
+            if let Some(head) = &mut head {
+                log::append(tx, head, &entries)?;
             }
             // Delivered at commit: every replica's read cache drops these tags.
             notify(tx, &changed)?;
@@ -281,7 +300,7 @@ impl PgStore {
         Ok(out)
     }
 
-    pub(super) fn import_records(&self, records: &[Exported]) -> Result<ImportOutcome, StoreError> {
+    pub(super) fn import_records(&self, records: &[Exported], by: &str) -> Result<ImportOutcome, StoreError> {
         let mut keys = records.iter().map(|r| lock_key(&r.repository, &r.tag)).collect();
         self.with_locks(&mut keys, |tx| {
             let (mut outcome, writes) = plan_import(records, |r| -> Result<_, StoreError> {
@@ -292,8 +311,10 @@ impl PgStore {
                 return Ok(outcome);
             }
             let mut changed = Vec::new();
+            let mut head = log::lock_head(tx)?;
+            let mut entries = Vec::new();
             for r in writes {
-                let (before, _) = read_record(tx, &r.repository, &r.tag)?;
+                let (before, now) = read_record(tx, &r.repository, &r.tag)?;
                 // What the tag had before it was pinned starts the imported pin's history.
                 let mut after = TagRecord {
                     pin: None,
@@ -301,13 +322,25 @@ impl PgStore {
                     release: before.release.clone(),
                     history: before.history.clone(),
                 };
-                if let Some(pin) = r.pin() {
+                if let Some(mut pin) = r.pin() {
+                    let previous = before.pin.as_ref().map(|p| &p.digest);
+                    let index = head.size() + entries.len() as u64;
+                    entries.push(entry::imported(
+                        &r.repository,
+                        &r.tag,
+                        previous,
+                        &mut pin,
+                        by,
+                        now,
+                        index,
+                    ));
                     after.set_pin(pin);
                 }
                 write_record(tx, &r.repository, &r.tag, &before, &after)?;
                 changed.push(lock_key(&r.repository, &r.tag));
                 outcome.imported += 1;
             }
+            log::append(tx, &mut head, &entries)?;
             notify(tx, &changed)?;
             // The refused attempts of every record, written or unchanged: evidence the
             // export carried, added to what the tag holds here.

@@ -17,7 +17,10 @@
 //! - `holders`:   `repo \0 holder`          -> empty: the references of `holder` are
 //!   recorded;
 //! - `refused`:   `repo \0 tag`             -> JSON list of the last refused attempts;
-//! - `meta`:      `format`                  -> the record format ([`records::FORMAT`]).
+//! - `meta`:      `format`                  -> the record format ([`records::FORMAT`]);
+//!   `log_head` -> the log's size and right frontier;
+//! - `log_leaves`, `log_nodes`: the log's entries and subtree hashes ([`log`]), appended
+//!   in the transaction that writes the records they describe.
 //!
 //! `\0` cannot occur in a validated repository, tag or digest, so keys cannot collide.
 //!
@@ -32,6 +35,7 @@
 //! failed write acts on nothing it wrote (it got the error).
 
 mod deletes;
+mod log;
 mod records;
 mod tags;
 #[cfg(test)]
@@ -75,6 +79,8 @@ struct Trees {
     releases: sled::Tree,
     notes: sled::Tree,
     meta: sled::Tree,
+    log_leaves: sled::Tree,
+    log_nodes: sled::Tree,
 }
 
 impl Trees {
@@ -116,6 +122,8 @@ impl Trees {
             releases: tree("releases")?,
             notes: tree("notes")?,
             meta: tree("meta")?,
+            log_leaves: tree("log_leaves")?,
+            log_nodes: tree("log_nodes")?,
             db,
         };
         trees.migrate()?;
@@ -170,12 +178,19 @@ impl Trees {
                 refs += 1;
             }
         }
+        let genesis = if from < 4 { self.genesis()? } else { 0 };
         self.meta
             .insert(records::FORMAT_KEY, &[records::FORMAT][..])
             .map_err(io)?;
         self.db.flush().map_err(io)?;
         if pins + claims + refs > 0 {
             tracing::info!(pins, claims, refs, from, format = records::FORMAT, "pin store migrated");
+        }
+        if genesis > 0 {
+            tracing::info!(
+                entries = genesis,
+                "history log started: one genesis entry per pin bound before the log existed"
+            );
         }
         Ok(())
     }
@@ -518,8 +533,20 @@ impl PinStore for SledStore {
         self.list_states(repo, after, limit)
     }
 
-    fn import(&self, records: &[Exported]) -> Result<ImportOutcome, StoreError> {
-        self.import_records(records)
+    fn import(&self, records: &[Exported], by: &str) -> Result<ImportOutcome, StoreError> {
+        self.import_records(records, by)
+    }
+
+    fn log_head(&self) -> Result<crate::log::Frontier, StoreError> {
+        self.trees()?.log_head()
+    }
+
+    fn log_leaves(&self, start: u64, end: u64) -> Result<Vec<Vec<u8>>, StoreError> {
+        self.trees()?.log_leaves(start, end)
+    }
+
+    fn log_nodes(&self, ids: &[crate::log::NodeId]) -> Result<Vec<crate::log::Hash>, StoreError> {
+        self.trees()?.log_nodes(ids)
     }
 
     fn lead(&self) -> Result<bool, StoreError> {

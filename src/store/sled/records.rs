@@ -11,9 +11,10 @@ use crate::store::{Claim, HistoryEntry, HistoryEvent, Pin, PinSource, Refused, R
 /// the whole store is in. 1 (or absent): pins without history. 2: with history.
 /// 3: a tag's writes in flight as a list, and the `refs_by_holder` index. The `notes`
 /// tree came later without a new format: a store without it has no notes, which is
-/// what an absent tree reads as, so there is nothing to migrate.
+/// what an absent tree reads as, so there is nothing to migrate. 4: the history log, begun
+/// with a `genesis` entry per pin.
 pub const FORMAT_KEY: &[u8] = b"format";
-pub const FORMAT: u8 = 3;
+pub const FORMAT: u8 = 4;
 
 #[derive(Serialize, Deserialize)]
 pub struct PinRecord {

@@ -8,6 +8,7 @@ use std::cell::RefCell;
 use sled::transaction::TransactionalTree;
 use sled::Transactional;
 
+use super::log::TxLog;
 use super::records::{
     decode_notes, decode_pin_digest, decode_refusals, decode_release, encode_notes, encode_refusals, encode_release,
 };
@@ -15,6 +16,7 @@ use super::{
     abort, corrupt, decode_pin, decode_writes, encode_pin, encode_writes, io, repo_prefix, settle, tag_key, under,
     SledStore, TxResult,
 };
+use crate::log::entry;
 use crate::oci::{Digest, Repository, Tag};
 use crate::store::{
     merge_refusals, now_secs, plan_import, Exported, ImportOutcome, ReadView, StoreError, TagRecord, TagState,
@@ -153,8 +155,17 @@ impl SledStore {
         let keys: Vec<Vec<u8>> = tags.iter().map(|tag| tag_key(repo, tag)).collect();
         // sled's transaction takes an `Fn`; the change runs once per attempt.
         let change = RefCell::new(change);
-        let trees = (&t.pins, &t.claims, &t.releases, &t.notes, &t.by_digest);
-        let result = trees.transaction(|(pins, claims, releases, notes, index)| {
+        let trees = (
+            &t.pins,
+            &t.claims,
+            &t.releases,
+            &t.notes,
+            &t.by_digest,
+            &t.log_leaves,
+            &t.log_nodes,
+            &t.meta,
+        );
+        let result = trees.transaction(|(pins, claims, releases, notes, index, leaves, nodes, meta)| {
             let tx = TxTrees {
                 pins,
                 claims,
@@ -162,14 +173,32 @@ impl SledStore {
                 notes,
                 index: Some(index),
             };
+            let log = TxLog { leaves, nodes, meta };
             let before = keys.iter().map(|k| tx.read(k)).collect::<TxResult<Vec<_>>>()?;
             let mut after = before.clone();
             (*change.borrow_mut())(now_secs(), &mut after);
             let mut changed = false;
+            let mut head = None;
+            let mut entries = Vec::new();
             for i in crate::store::to_write(tags, &before, &after) {
                 crate::store::check_writes(repo, &tags[i], &after[i]).map_err(abort)?;
+                // The log's entries for this change, numbered after the head, in this
+                // same transaction.
+                let next = if entry::count(&after[i]) > 0 {
+                    let head = match &mut head {
+                        Some(h) => h,
+                        None => head.insert(log.head()?),
+                    };
+                    head.size() + entries.len() as u64
+                } else {
+                    0
+                };
+                entries.extend(entry::bindings(repo, &tags[i], &before[i], &mut after[i], next).map_err(abort)?);
                 tx.write(repo, &tags[i], &before[i], &after[i])?;
                 changed = true;
+            }
+            if let Some(head) = &mut head {
+                log.append(head, &entries)?;
             }
             Ok((after, changed))
         });
@@ -267,10 +296,20 @@ impl SledStore {
         Ok(out)
     }
 
-    pub(super) fn import_records(&self, records: &[Exported]) -> Result<ImportOutcome, StoreError> {
+    pub(super) fn import_records(&self, records: &[Exported], by: &str) -> Result<ImportOutcome, StoreError> {
         let t = self.trees()?;
-        let trees = (&t.pins, &t.claims, &t.releases, &t.notes, &t.by_digest, &t.refused);
-        let result = trees.transaction(|(pins, claims, releases, notes, index, refused)| {
+        let trees = (
+            &t.pins,
+            &t.claims,
+            &t.releases,
+            &t.notes,
+            &t.by_digest,
+            &t.refused,
+            &t.log_leaves,
+            &t.log_nodes,
+            &t.meta,
+        );
+        let result = trees.transaction(|(pins, claims, releases, notes, index, refused, leaves, nodes, meta)| {
             let tx = TxTrees {
                 pins,
                 claims,
@@ -278,6 +317,9 @@ impl SledStore {
                 notes,
                 index: Some(index),
             };
+            let log = TxLog { leaves, nodes, meta };
+            let mut head = log.head()?;
+            let mut entries = Vec::new();
             let (mut outcome, writes) = plan_import(records, |r| -> TxResult<_> {
                 Ok(tx.read(&tag_key(&r.repository, &r.tag))?.state())
             })?;
@@ -293,12 +335,25 @@ impl SledStore {
                     release: before.release.clone(),
                     history: before.history.clone(),
                 };
-                if let Some(pin) = r.pin() {
+                if let Some(mut pin) = r.pin() {
+                    let previous = before.pin.as_ref().map(|p| &p.digest);
+                    let index = head.size() + entries.len() as u64;
+                    let now = now_secs();
+                    entries.push(entry::imported(
+                        &r.repository,
+                        &r.tag,
+                        previous,
+                        &mut pin,
+                        by,
+                        now,
+                        index,
+                    ));
                     after.set_pin(pin);
                 }
                 tx.write(&r.repository, &r.tag, &before, &after)?;
                 outcome.imported += 1;
             }
+            log.append(&mut head, &entries)?;
             // The refused attempts of every record, written or unchanged: evidence the
             // export carried, added to what the tag holds here.
             for r in records.iter().filter(|r| !r.refused.is_empty()) {

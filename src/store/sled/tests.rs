@@ -37,7 +37,9 @@ fn first_pin_wins_and_survives_reopen() {
     {
         let s = SledStore::open(dir.path()).unwrap();
         assert_eq!(s.state(&repo, &tag).unwrap(), None);
-        let first = Pin::now(d('a'), PinSource::Push);
+        // The store stamps the history entry with the index of its log entry, the first.
+        let mut first = Pin::now(d('a'), PinSource::Push);
+        first.history[0].log = Some(0);
         let got = s.pin_if_absent(&repo, &[(tag.clone(), first.clone())]).unwrap();
         assert_eq!(got, vec![TagState::Pinned(first.clone())]);
         let second = Pin::now(d('b'), PinSource::Push);
@@ -55,8 +57,10 @@ fn first_pin_wins_and_survives_reopen() {
 fn writes_and_a_release_survive_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let (repo, tag) = ab();
+    let mut pin = Pin::now(d('a'), PinSource::Push);
+    pin.history[0].log = Some(0);
     let record = TagRecord {
-        pin: Some(Pin::now(d('a'), PinSource::Push)),
+        pin: Some(pin),
         writes: vec![
             Claim::of_kind(d('b'), "r1", ClaimKind::Release),
             Claim::of_kind(d('b'), "r2", ClaimKind::Release),
@@ -219,7 +223,10 @@ fn a_format_2_data_dir_is_migrated_claims_become_lists_and_refs_get_their_revers
     assert_eq!(s.refs_of(&repo, &d('a')).unwrap(), vec![d('e'), d('f')]);
     assert_eq!(s.holders(&repo).unwrap(), vec![d('a'), d('b')]);
     let t = s.trees().unwrap();
-    assert_eq!(t.meta.get(records::FORMAT_KEY).unwrap().as_deref(), Some(&[3u8][..]));
+    assert_eq!(
+        t.meta.get(records::FORMAT_KEY).unwrap().as_deref(),
+        Some(&[records::FORMAT][..])
+    );
     let stored = t.claims.get(tag_key(&repo, &tag)).unwrap().unwrap();
     assert_eq!(stored.first(), Some(&b'['), "rewritten as a list");
     // The migrated write is settled like any other.

@@ -1,0 +1,275 @@
+//! The log's entries: what each records, its leaf bytes, and which changes of a tag's
+//! record are entries. The store calls [`bindings`] inside the write that changes the
+//! record, so an entry and the binding it describes are committed together or not at
+//! all.
+
+use serde::{Deserialize, Serialize};
+
+use crate::oci::{Digest, Repository, Tag};
+use crate::store::{rfc3339, AdoptedVia, HistoryEntry, HistoryEvent, Pin, StoreError, TagRecord};
+
+/// What an entry records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogEvent {
+    /// A pin that existed before the log did ("bound before the log existed").
+    Genesis,
+    /// The first push of the tag through tagpin pinned it.
+    Push,
+    /// What the upstream held was adopted (`source` says on what).
+    Adopted,
+    /// An append-only tag grew.
+    Append,
+    /// An audit-mode tag moved and the pin followed.
+    AuditMove,
+    /// A release was used: one push moved the tag, or one delete removed it (the pin
+    /// stays, `digest` equals `previous`).
+    Released,
+    /// The pin came in with an import.
+    Imported,
+}
+
+/// One entry. Its leaf bytes are this, serialised once by [`LogEntry::leaf`] and kept
+/// as they are: the hash covers those bytes, not this struct.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogEntry {
+    pub index: u64,
+    /// RFC 3339, UTC.
+    pub time: String,
+    pub repository: Repository,
+    pub tag: Tag,
+    pub digest: Digest,
+    /// The tag's digest before this entry; `None` for a first binding and for genesis.
+    pub previous: Option<Digest>,
+    pub event: LogEvent,
+    /// What an adoption followed; only on `adopted` entries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<AdoptedVia>,
+    /// The request id of a client's request; the admin token's name for a seed, an
+    /// import or a release; `None` for genesis.
+    pub by: Option<String>,
+}
+
+impl LogEntry {
+    /// The leaf bytes.
+    pub fn leaf(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("serialising an entry cannot fail")
+    }
+
+    /// An entry from its leaf bytes; `None` when they are not one.
+    pub fn parse(leaf: &[u8]) -> Option<Self> {
+        serde_json::from_slice(leaf).ok()
+    }
+}
+
+/// The history of a record: its pin's, or what a tag with no pin keeps.
+fn history(r: &TagRecord) -> &[HistoryEntry] {
+    r.pin.as_ref().map_or(&r.history, |p| &p.history)
+}
+
+fn history_mut(r: &mut TagRecord) -> &mut Vec<HistoryEntry> {
+    match r.pin.as_mut() {
+        Some(p) => &mut p.history,
+        None => &mut r.history,
+    }
+}
+
+/// The event and adoption source a history entry is logged as; `None` for history that
+/// binds nothing (an expired or cancelled release, a cleared claim, an audited delete).
+fn logged(e: &HistoryEntry) -> Option<(LogEvent, Option<AdoptedVia>)> {
+    Some(match e.event {
+        HistoryEvent::Push => (LogEvent::Push, None),
+        HistoryEvent::Adopted => (LogEvent::Adopted, Some(e.via.unwrap_or(AdoptedVia::Push))),
+        HistoryEvent::Append => (LogEvent::Append, None),
+        HistoryEvent::AuditMove => (LogEvent::AuditMove, None),
+        HistoryEvent::Released => (LogEvent::Released, None),
+        HistoryEvent::AuditDelete
+        | HistoryEvent::ReleaseExpired
+        | HistoryEvent::ReleaseCancelled
+        | HistoryEvent::ClaimCleared => return None,
+    })
+}
+
+/// How many entries a change that leaves `after` makes: the history entries of `after`
+/// that bind the tag and have no log entry yet (every binding entry the store
+/// holds has one). Cheap, so a write that binds nothing never touches the log.
+pub fn count(after: &TagRecord) -> usize {
+    history(after)
+        .iter()
+        .filter(|e| e.log.is_none() && logged(e).is_some())
+        .count()
+}
+
+/// The entries the change from `before` to `after` makes, numbered from `next`, each
+/// history entry they record stamped with its index. Refused (the whole write fails)
+/// when the change moved the pin without an entry that binds it: a binding the log would
+/// not show must not be written. (Removing a pin binds nothing; no transition does it.)
+pub fn bindings(
+    repo: &Repository,
+    tag: &Tag,
+    before: &TagRecord,
+    after: &mut TagRecord,
+    next: u64,
+) -> Result<Vec<LogEntry>, StoreError> {
+    let refuse = |why: &str| StoreError::Corrupt {
+        key: format!("{repo}:{tag}"),
+        why: why.to_owned(),
+    };
+    let mut current = before.pin.as_ref().map(|p| p.digest.clone());
+    let mut out = Vec::new();
+    for e in history_mut(after).iter_mut().filter(|e| e.log.is_none()) {
+        let Some((event, source)) = logged(e) else {
+            continue;
+        };
+        let by = match (event, source) {
+            (LogEvent::Released, _) | (_, Some(AdoptedVia::Seed)) => e.by.clone().or_else(|| e.request_id.clone()),
+            _ => e.request_id.clone(),
+        };
+        let index = next + out.len() as u64;
+        e.log = Some(index);
+        out.push(LogEntry {
+            index,
+            time: rfc3339(e.at),
+            repository: repo.clone(),
+            tag: tag.clone(),
+            digest: e.digest.clone(),
+            previous: current.replace(e.digest.clone()),
+            event,
+            source,
+            by,
+        });
+    }
+    if after.pin.as_ref().is_some_and(|p| Some(&p.digest) != current.as_ref()) {
+        return Err(refuse("a change bound the tag without a history entry for it"));
+    }
+    Ok(out)
+}
+
+/// The entry of a pin that came in with an import (from another store, whose log is not
+/// this one's), numbered `index`; every entry of its history is stamped with it.
+pub fn imported(
+    repo: &Repository,
+    tag: &Tag,
+    previous: Option<&Digest>,
+    pin: &mut Pin,
+    by: &str,
+    now: u64,
+    index: u64,
+) -> LogEntry {
+    stamp_all(pin, index);
+    LogEntry {
+        index,
+        time: rfc3339(now),
+        repository: repo.clone(),
+        tag: tag.clone(),
+        digest: pin.digest.clone(),
+        previous: previous.cloned(),
+        event: LogEvent::Imported,
+        source: None,
+        by: Some(by.to_owned()),
+    }
+}
+
+/// The `genesis` entry of a pin that existed before the log did, numbered `index`;
+/// every entry of its history is stamped with it.
+pub fn genesis(repo: &Repository, tag: &Tag, pin: &mut Pin, now: u64, index: u64) -> LogEntry {
+    stamp_all(pin, index);
+    LogEntry {
+        index,
+        time: rfc3339(now),
+        repository: repo.clone(),
+        tag: tag.clone(),
+        digest: pin.digest.clone(),
+        previous: None,
+        event: LogEvent::Genesis,
+        source: None,
+        by: None,
+    }
+}
+
+fn stamp_all(pin: &mut Pin, index: u64) {
+    for e in &mut pin.history {
+        e.log = Some(index);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{PinSource, TagRecord};
+
+    fn d(c: char) -> Digest {
+        Digest::parse(&format!("sha256:{}", c.to_string().repeat(64))).unwrap()
+    }
+
+    fn names() -> (Repository, Tag) {
+        (Repository::parse("team/app").unwrap(), Tag::parse("1.0").unwrap())
+    }
+
+    #[test]
+    fn a_first_push_is_one_entry_with_no_previous_and_its_request() {
+        let (r, t) = names();
+        let mut pin = Pin::now(d('a'), PinSource::Push);
+        pin.history[0].request_id = Some("req-1".into());
+        pin.history[0].at = 1_700_000_000;
+        let mut after = TagRecord::default();
+        after.set_pin(pin);
+        assert_eq!(count(&after), 1);
+        let out = bindings(&r, &t, &TagRecord::default(), &mut after, 41).unwrap();
+        assert_eq!(out.len(), 1);
+        assert_eq!(after.pin.as_ref().unwrap().history[0].log, Some(41));
+        assert_eq!(
+            String::from_utf8(out[0].leaf()).unwrap(),
+            format!(
+                r#"{{"index":41,"time":"2023-11-14T22:13:20Z","repository":"team/app","tag":"1.0","digest":"{}","previous":null,"event":"push","by":"req-1"}}"#,
+                d('a')
+            )
+        );
+        assert_eq!(LogEntry::parse(&out[0].leaf()).unwrap(), out[0]);
+    }
+
+    #[test]
+    fn an_adoption_by_seed_names_its_source_and_admin() {
+        let (r, t) = names();
+        let mut pin = Pin::now(d('a'), PinSource::Adopted);
+        pin.history[0].via = Some(AdoptedVia::Seed);
+        pin.history[0].by = Some("ops".into());
+        pin.history[0].request_id = Some("req-2".into());
+        let mut after = TagRecord::default();
+        after.set_pin(pin);
+        let out = bindings(&r, &t, &TagRecord::default(), &mut after, 0).unwrap();
+        assert_eq!(
+            (out[0].event, out[0].source, out[0].by.as_deref()),
+            (LogEvent::Adopted, Some(AdoptedVia::Seed), Some("ops"))
+        );
+    }
+
+    #[test]
+    fn a_move_names_the_digest_before_and_a_silent_move_is_refused() {
+        let (r, t) = names();
+        let mut before = TagRecord::default();
+        let mut pin = Pin::now(d('a'), PinSource::Push);
+        pin.history[0].log = Some(6);
+        before.set_pin(pin);
+        let mut after = before.clone();
+        let pin = after.pin.as_mut().unwrap();
+        pin.digest = d('b');
+        let mut e = HistoryEntry::new(HistoryEvent::Append, d('b'), Some(d('a')));
+        e.request_id = Some("req-3".into());
+        pin.history.push(e);
+        let out = bindings(&r, &t, &before, &mut after, 7).unwrap();
+        assert_eq!(
+            (out[0].previous.clone(), out[0].event),
+            (Some(d('a')), LogEvent::Append)
+        );
+
+        let mut silent = before.clone();
+        silent.pin.as_mut().unwrap().digest = d('c');
+        assert!(bindings(&r, &t, &before, &mut silent, 0).is_err());
+        let mut expired = before.clone();
+        let e = HistoryEntry::new(HistoryEvent::ReleaseExpired, d('a'), None);
+        expired.pin.as_mut().unwrap().history.push(e);
+        assert_eq!(count(&expired), 0);
+        assert!(bindings(&r, &t, &before, &mut expired, 0).unwrap().is_empty());
+    }
+}
