@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use common::http::try_request;
 use common::postgres::shared;
 use common::reads::{put_straight, read, served};
+use common::signing::{push_signature_blobs, put, signature_manifest, signature_tag, to_bytes, Signature};
 use common::*;
 use serde_json::Value;
 use support::*;
@@ -61,20 +62,32 @@ fn three_replicas_pushing_at_once_keep_one_log_with_every_binding_once_and_proof
         assert_eq!(shared_wins, 1, "round {round}: {answers:?}");
         bound += answers.iter().filter(|s| **s == 201).count();
     }
-    // An adoption on read, on the second replica.
-    let old = site.base.variant("old, straight to the upstream");
-    put_straight(&site.registry, REPO, "old", &old);
-    assert_eq!(
-        served(&read(addrs[1], "GET", REPO, "old", ""), "first pull"),
-        old.digest()
-    );
+    // Adoptions: on read (second replica), on push (third), by a seed (first).
+    for tag in ["old", "prior", "seeded"] {
+        put_straight(&site.registry, REPO, tag, &site.base.variant(tag));
+    }
+    let old = site.base.variant("old").digest();
+    assert_eq!(served(&read(addrs[1], "GET", REPO, "old", ""), "first pull"), old);
+    assert_eq!(site.push(addrs[2], "prior", "not the prior").0, 409, "adopted on push");
+    site.secrets.cli(admins[0], &["seed", "--repository", REPO]).ok();
+    // An append-only tag pinned by its first push (second replica), grown by the third.
+    let signed = upstream_digest(&site.registry, REPO, "d0-0").unwrap();
+    let sigs = [Signature::new(&signed, 0), Signature::new(&signed, 1)];
+    for (n, replica) in [(1, 1), (2, 2)] {
+        let layers: Vec<Value> = sigs[..n].iter().map(Signature::layer).collect();
+        let (config, manifest) = signature_manifest(&layers);
+        push_signature_blobs(site.registry.addr, REPO, &config, &[&sigs[n - 1]]);
+        let r = put(addrs[replica], REPO, &signature_tag(&signed), &to_bytes(&manifest));
+        assert_eq!(r.status, 201, "signature manifest {n}: {}", r.text());
+    }
     // A release used, asked of the third replica, used through the first.
     site.secrets
         .cli(admins[2], &["release", &format!("{REPO}:d0-0"), "--reason", "rebuild"])
         .ok();
     let (status, released) = site.push(addrs[0], "d0-0", "released");
     assert_eq!(status, 201, "the released push");
-    let expected = bound as u64 + 2;
+    // Bound: the winning pushes, the first signature, three adoptions, the append, the release.
+    let expected = bound as u64 + 6;
 
     let note = agreed_checkpoint(&admins, expected);
     let body = tlog::verify_note(&note, &key.vkey).unwrap_or_else(|e| panic!("{e}: {note}"));
@@ -102,12 +115,23 @@ fn three_replicas_pushing_at_once_keep_one_log_with_every_binding_once_and_proof
         })
         .collect();
     let count = |ev: &str, src: &str| events.iter().filter(|(e, s)| e == ev && s == src).count();
-    assert_eq!(
-        (count("push", ""), count("adopted", "read"), count("released", "")),
-        (bound, 1, 1)
-    );
+    let counts = [
+        count("push", ""),
+        count("adopted", "read"),
+        count("adopted", "push"),
+        count("adopted", "seed"),
+        count("append", ""),
+        count("released", ""),
+    ];
+    assert_eq!(counts, [bound + 1, 1, 1, 1, 1, 1], "{events:?}");
     let released_entry = &log.iter().find(|(e, _)| e["event"] == "released").unwrap().0;
     assert_eq!(released_entry["digest"], released.as_str());
+    let seeded = &log.iter().find(|(e, _)| e["source"] == "seed").unwrap().0;
+    // The admin token's name for a seed and a release (the token file says `alice`).
+    assert_eq!(
+        (&seeded["by"], &released_entry["by"]),
+        (&Value::from("alice"), &Value::from("alice"))
+    );
     assert!(
         log.iter().all(|(e, _)| e["by"].is_string()),
         "every entry names who bound the tag"
