@@ -139,6 +139,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             let _ = stop.wait_for(|s| *s).await;
         }))
     });
+    if cfg!(feature = "bench-unlogged") {
+        tracing::error!("this build keeps no history log (feature bench-unlogged): for benchmarks only");
+    }
     let checkpoint_task = {
         let app = App::worker(Arc::clone(&shared));
         let every = shared.config.log.checkpoint_interval;

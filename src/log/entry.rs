@@ -79,6 +79,9 @@ fn history_mut(r: &mut TagRecord) -> &mut Vec<HistoryEntry> {
 fn logged(e: &HistoryEntry) -> Option<(LogEvent, Option<AdoptedVia>)> {
     Some(match e.event {
         HistoryEvent::Push => (LogEvent::Push, None),
+        HistoryEvent::Adopted if crate::pinning::mutation::on(crate::pinning::mutation::Mutation::LogSkipsAdoption) => {
+            return None
+        }
         HistoryEvent::Adopted => (LogEvent::Adopted, Some(e.via.unwrap_or(AdoptedVia::Push))),
         HistoryEvent::Append => (LogEvent::Append, None),
         HistoryEvent::AuditMove => (LogEvent::AuditMove, None),
@@ -94,6 +97,9 @@ fn logged(e: &HistoryEntry) -> Option<(LogEvent, Option<AdoptedVia>)> {
 /// that bind the tag and have no log entry yet (every binding entry the store
 /// holds has one). Cheap, so a write that binds nothing never touches the log.
 pub fn count(after: &TagRecord) -> usize {
+    if cfg!(feature = "bench-unlogged") {
+        return 0;
+    }
     history(after)
         .iter()
         .filter(|e| e.log.is_none() && logged(e).is_some())
@@ -115,6 +121,9 @@ pub fn bindings(
         key: format!("{repo}:{tag}"),
         why: why.to_owned(),
     };
+    if cfg!(feature = "bench-unlogged") {
+        return Ok(Vec::new());
+    }
     let mut current = before.pin.as_ref().map(|p| p.digest.clone());
     let mut out = Vec::new();
     for e in history_mut(after).iter_mut().filter(|e| e.log.is_none()) {
@@ -139,7 +148,8 @@ pub fn bindings(
             by,
         });
     }
-    if after.pin.as_ref().is_some_and(|p| Some(&p.digest) != current.as_ref()) {
+    let guarded = !crate::pinning::mutation::on(crate::pinning::mutation::Mutation::LogSkipsAdoption);
+    if guarded && after.pin.as_ref().is_some_and(|p| Some(&p.digest) != current.as_ref()) {
         return Err(refuse("a change bound the tag without a history entry for it"));
     }
     Ok(out)

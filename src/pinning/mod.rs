@@ -237,6 +237,8 @@ pub(crate) mod mutation {
         NoLease,
         /// Read cache: a push that moves a pin is forwarded without the store's grace.
         NoMoveGrace,
+        /// Log: the store's log leaves out adoptions (and writes no guard against it).
+        LogSkipsAdoption,
     }
 
     #[cfg(not(test))]

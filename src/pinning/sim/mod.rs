@@ -139,6 +139,17 @@ impl World {
         self.last = Some(self.store.clone());
         let mut recs: Vec<TagRecord> = tags.iter().map(|t| self.store.record(t)).collect();
         change(self.now, &mut recs);
+        let repo = crate::oci::Repository::parse("sim/app").expect("a valid name");
+        for (t, r) in tags.iter().zip(recs.iter_mut()) {
+            let before = self.store.record(t);
+            if before != *r {
+                let next = self.store.log.len() as u64;
+                match crate::log::entry::bindings(&repo, t, &before, r, next) {
+                    Ok(entries) => self.store.log.extend(entries.into_iter().map(|e| (e.tag, e.digest))),
+                    Err(e) => self.store.log_refused.push(e.to_string()),
+                }
+            }
+        }
         for (t, r) in tags.iter().zip(&recs) {
             if self.store.record(t) != *r {
                 // NOTIFY in the transaction: every replica's listener hears of it.
@@ -216,6 +227,7 @@ pub fn run(seed: u64, steps: usize) -> Result<Stats, Failure> {
             one_step(&mut w, &mut procs, spawning, &mut next_id, &mut stats)?;
             world::check_pins(&before, &w.store, &w.ghost)?;
             world::check_content(&w.store, &w.up, &w.ghost)?;
+            world::check_log(&w.store)?;
             stats.steps += 1;
         }
         Ok::<_, String>(())
@@ -516,6 +528,7 @@ const MUTANTS: &[(&str, Mutation)] = &[
     ("read-b-adopted-over-a-write-in-flight", Mutation::AdoptOverClaim),
     ("read-c-cache-without-lease", Mutation::NoLease),
     ("read-d-move-without-grace", Mutation::NoMoveGrace),
+    ("log-a-adoption-not-logged", Mutation::LogSkipsAdoption),
 ];
 
 #[test]

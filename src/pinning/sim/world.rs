@@ -84,6 +84,11 @@ pub fn decided(mode: Mode) -> Decided {
 #[derive(Clone, Default)]
 pub struct Store {
     pub tags: BTreeMap<Tag, TagRecord>,
+    /// The history log, as (tag, digest) per entry: appended by the same step as the
+    /// records ([`crate::log::entry::bindings`]), so a crash loses both or neither.
+    pub log: Vec<(Tag, Digest)>,
+    /// Changes the log's guard refused (a real store fails the whole write).
+    pub log_refused: Vec<String>,
     /// Digest delete records: (digest, request, started).
     pub deletes: Vec<(Digest, String, u64)>,
     pub refs: BTreeMap<Digest, Vec<Digest>>,
@@ -368,6 +373,32 @@ pub fn check_pins(before: &Store, after: &Store, ghost: &Ghost) -> Result<(), St
 
 /// Every pin the clients were told about is still there, and every pinned manifest of
 /// an enforcing tag can still be pulled (unless deleted under a licence).
+/// The log replayed gives exactly the pins: every pinned tag's last entry names its
+/// digest, and no entry names a tag without a pin. No change was refused by the log's
+/// guard (that write would have failed).
+pub fn check_log(store: &Store) -> Result<(), String> {
+    if let Some(refused) = store.log_refused.first() {
+        return Err(format!("the log refused a change: {refused}"));
+    }
+    let mut replayed: BTreeMap<&Tag, &Digest> = BTreeMap::new();
+    for (t, d) in &store.log {
+        replayed.insert(t, d);
+    }
+    for (t, r) in &store.tags {
+        let pinned = r.pin.as_ref().map(|p| &p.digest);
+        if pinned != replayed.get(t).copied() {
+            return Err(format!(
+                "{t} is pinned to {pinned:?} in the store; the log says {:?}",
+                replayed.get(t)
+            ));
+        }
+    }
+    match replayed.keys().find(|t| !store.tags.contains_key(**t)) {
+        Some(t) => Err(format!("the log binds {t}, which the store does not hold")),
+        None => Ok(()),
+    }
+}
+
 pub fn check_content(store: &Store, up: &Upstream, ghost: &Ghost) -> Result<(), String> {
     for (t, d) in &ghost.acked {
         if store.tags.get(t).and_then(|r| r.pin.as_ref()).is_none() {
