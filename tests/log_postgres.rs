@@ -12,9 +12,8 @@ mod support;
 #[path = "log_postgres/tlog.rs"]
 mod tlog;
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -23,7 +22,7 @@ use common::postgres::shared;
 use common::reads::{put_straight, read, served};
 use common::signing::{push_signature_blobs, put, signature_manifest, signature_tag, to_bytes, Signature};
 use common::*;
-use serde_json::Value;
+use serde_json::{json, Value};
 use support::*;
 
 #[test]
@@ -299,8 +298,9 @@ fn a_log_signed_with_another_key_or_served_unsigned_fails_the_verifier_key() {
     let (code, v) = site.verify(admin, &args);
     let p = problem((code, v.clone()), "another key");
     assert_eq!(v["signature"], "bad", "{v}");
-    let named = key.vkey.rsplit_once('+').unwrap().0;
-    assert!(p.contains("not signed by") && p.contains(named), "another key: {p:?}");
+    // `name+hash`: the verifier key without its base64 (which may hold a `+` itself).
+    let named: String = key.vkey.splitn(3, '+').take(2).collect::<Vec<_>>().join("+");
+    assert!(p.contains("not signed by") && p.contains(&named), "another key: {p:?}");
 
     // The same log served with no key at all.
     drop(replica);
@@ -329,7 +329,10 @@ fn entries_deleted_from_the_end_fail_consistency_with_a_saved_checkpoint() {
     let (site, key, replica) = signed_site("logcut", 6);
     let admin = replica.admin_addr();
     let (_, saved) = save_checkpoint(admin);
-    // The attacker cuts the last two entries and the pins they bound, so the replay agrees.
+    let leaves: Vec<[u8; 32]> = entries(admin, 6).iter().map(|(_, l)| tlog::leaf_hash(l)).collect();
+    let args = ["--verifier-key", key.vkey.as_str(), "--checkpoint", path_str(&saved)];
+    // A careless attacker cuts the last two entries and the pins they bound, so the
+    // replay agrees; the log's head still counts them.
     site.sql()
         .batch_execute(&format!(
             "SET tagpin.log = 'on';
@@ -337,12 +340,45 @@ fn entries_deleted_from_the_end_fail_consistency_with_a_saved_checkpoint() {
              DELETE FROM pins WHERE repository = '{REPO}' AND tag IN ('t4', 't5')"
         ))
         .unwrap();
-    let args = ["--verifier-key", key.vkey.as_str(), "--checkpoint", path_str(&saved)];
     for (how, p) in [
         ("admin API", problem(site.verify(admin, &args), "admin API")),
         ("offline", problem(site.verify_offline(&args[2..]), "offline")),
     ] {
-        assert!(p.contains('6') && p.contains('4'), "{how}: the sizes are named: {p:?}");
+        assert!(p.contains("size is 6") && p.contains("entry 4"), "{how}: {p:?}");
+    }
+    // A careful one also cuts the subtrees those entries completed and sets the head back
+    // to 4: tagpin itself then signs the shorter log, and only the saved checkpoint tells.
+    let mut db = site.sql();
+    let mut tx = db.transaction().unwrap();
+    tx.batch_execute(
+        "SET LOCAL tagpin.log = 'on';
+         DELETE FROM log_nodes WHERE (idx + 1) * (1::bigint << level) > 4",
+    )
+    .unwrap();
+    let head = [&4u64.to_be_bytes()[..], &tlog::root(&leaves[..4])].concat();
+    tx.execute("UPDATE log_head SET size = 4, frontier = $1", &[&head])
+        .unwrap();
+    tx.commit().unwrap();
+    let note = checkpoint(admin);
+    assert_eq!(size_and_root(&note), (4, tlog::root(&leaves[..4])), "{note}");
+    assert!(
+        tlog::verify_note(&note, &key.vkey).is_ok(),
+        "signed by the real key: {note}"
+    );
+    let (code, v) = site.verify(admin, &args[..2]);
+    assert_eq!(
+        (code, &v["ok"]),
+        (0, &Value::Bool(true)),
+        "without the saved checkpoint: {v}"
+    );
+    for (how, p) in [
+        ("admin API", problem(site.verify(admin, &args), "admin API")),
+        ("offline", problem(site.verify_offline(&args[2..]), "offline")),
+    ] {
+        assert!(
+            p.contains("4 entries") && p.contains("6"),
+            "{how}: the sizes are named: {p:?}"
+        );
     }
 }
 
@@ -386,79 +422,36 @@ fn a_database_restored_from_an_older_backup_and_grown_again_is_no_extension_of_a
     assert_eq!((code, &v["ok"]), (0, &Value::Bool(true)), "{v}");
 }
 
-/// The SQL of schema versions 1 to 4, as the previous version applied them.
-const OLD_SCHEMA: [&str; 4] = [
-    include_str!("../src/store/postgres/migrations/0001_init.sql"),
-    include_str!("../src/store/postgres/migrations/0002_writes_per_request.sql"),
-    include_str!("../src/store/postgres/migrations/0003_tag_notes.sql"),
-    include_str!("../src/store/postgres/migrations/0004_notify_triggers.sql"),
-];
-
 #[test]
 fn a_database_written_before_the_log_gets_one_genesis_entry_per_pin_once() {
     let site = Site::new("loggenesis");
     let mut db = site.sql();
     let d = |n: &str| site.base.variant(n).digest();
+    // Pins as the previous version wrote them: a push, an adoption, an append-only advance.
     let pins = [
         (
             "team/app",
             "1.0",
-            d("a"),
             "push",
-            format!(
-                r#"[{{"at":1700000000,"event":"push","digest":"{}","request_id":"r-1"}}]"#,
-                d("a")
-            ),
+            json!([{"at": 1_700_000_000, "event": "push", "digest": d("a"), "request_id": "r-1"}]),
         ),
         (
             "team/app",
             "2.0",
-            d("b"),
             "adopted",
-            format!(
-                r#"[{{"at":1700000100,"event":"adopted","digest":"{}","reason":"first pull (GET)"}}]"#,
-                d("b")
-            ),
+            json!([{"at": 1_700_000_100, "event": "adopted", "digest": d("b"), "reason": "first pull (GET)"}]),
         ),
         (
             "team/sig",
             "sha256-x",
-            d("c2"),
             "push",
-            format!(
-                r#"[{{"at":1700000200,"event":"push","digest":"{}","request_id":"r-2"}},{{"at":1700000300,"event":"append","digest":"{}","from":"{}","request_id":"r-3"}}]"#,
-                d("c1"),
-                d("c2"),
-                d("c1")
-            ),
+            json!([
+                {"at": 1_700_000_200, "event": "push", "digest": d("c1"), "request_id": "r-2"},
+                {"at": 1_700_000_300, "event": "append", "digest": d("c2"), "from": d("c1"), "request_id": "r-3"}
+            ]),
         ),
     ];
-    for (version, sql) in OLD_SCHEMA.iter().enumerate() {
-        let mut tx = db.transaction().unwrap();
-        tx.batch_execute(sql).unwrap();
-        if version == 0 {
-            tx.batch_execute("CREATE TABLE tagpin_schema (version INT PRIMARY KEY, applied_at BIGINT NOT NULL)")
-                .unwrap();
-        }
-        tx.execute(
-            "INSERT INTO tagpin_schema VALUES ($1, 1700000000)",
-            &[&(version as i32 + 1)],
-        )
-        .unwrap();
-        tx.commit().unwrap();
-    }
-    for (repo, tag, digest, source, history) in &pins {
-        let history: Value = serde_json::from_str(history).unwrap();
-        db.execute(
-            "INSERT INTO pins (repository, tag, digest, source, pinned_at, history) VALUES ($1, $2, $3, $4, 1700000000, $5)",
-            &[repo, tag, digest, source, &history],
-        )
-        .unwrap();
-    }
-    let expected: BTreeMap<(String, String), String> = pins
-        .iter()
-        .map(|(r, t, d, _, _)| ((r.to_string(), t.to_string()), d.clone()))
-        .collect();
+    let expected = schema_4_with_pins(&mut db, &pins);
 
     // Two replicas of the new version start at once on the old database.
     let mut replicas = race(2, |_| site.replica(None));
@@ -516,22 +509,32 @@ fn a_replica_killed_during_a_stream_of_pushes_leaves_every_pin_with_its_entry() 
     assert_eq!(site.push(victim.addr, "warm", "warm").0, 201);
     let (_, before) = save_checkpoint(survivor.admin_addr());
     let acked: Mutex<Vec<(String, String)>> = Mutex::new(Vec::new());
-    for kill in 0..KILLS {
-        let (addr, stop, site) = (victim.addr, AtomicBool::new(false), &site);
+    let cut_off = AtomicUsize::new(0);
+    // The first pusher goes through the survivor, which appends to the same log meanwhile;
+    // the others through the victim. Kills until some push was cut off (bounded).
+    let mut kill = 0;
+    while kill < KILLS || cut_off.load(Ordering::SeqCst) == 0 {
+        assert!(kill < 2 * KILLS, "{kill} kills cut no push off: too little exercised");
+        let (stop, site) = (AtomicBool::new(false), &site);
+        let addrs = [survivor.addr, victim.addr];
         std::thread::scope(|s| {
             for p in 0..PUSHERS {
-                let (acked, stop) = (&acked, &stop);
+                let (acked, stop, cut_off, addr) = (&acked, &stop, &cut_off, addrs[usize::from(p > 0)]);
                 s.spawn(move || {
                     for i in 0..200 {
                         let tag = format!("k{kill}-p{p}-{i}");
                         let img = site.base.variant(&tag);
                         let target = format!("/v2/{REPO}/manifests/{tag}");
                         let headers = [("Content-Type", image::OCI_MANIFEST)];
-                        // The kill cuts pushes off: a broken connection ends this pusher.
                         match try_request(addr, "PUT", &target, &headers, &img.manifest) {
                             Ok(r) if r.status == 201 => acked.lock().unwrap().push((tag, img.digest())),
-                            Ok(r) => assert!(stop.load(Ordering::SeqCst), "{tag}: {} before the kill", r.status),
-                            Err(_) => break,
+                            Ok(r) => panic!("{tag}: {} {}", r.status, r.text()),
+                            // The kill cuts the victim's pushes off, and ends its pusher.
+                            Err(e) => {
+                                assert!(p > 0 && stop.load(Ordering::SeqCst), "{tag}: {e}");
+                                cut_off.fetch_add(1, Ordering::SeqCst);
+                                break;
+                            }
                         }
                         if stop.load(Ordering::SeqCst) {
                             break;
@@ -544,12 +547,18 @@ fn a_replica_killed_during_a_stream_of_pushes_leaves_every_pin_with_its_entry() 
             while acked.lock().unwrap().len() < 8 * (kill + 1) && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(5));
             }
-            victim.kill();
             stop.store(true, Ordering::SeqCst);
+            victim.kill();
         });
         victim = site.replica(Some(&key));
+        kill += 1;
     }
     let acked = acked.into_inner().unwrap();
+    eprintln!(
+        "{kill} kills cut {} pushes off; {} pushes acknowledged",
+        cut_off.load(Ordering::SeqCst),
+        acked.len()
+    );
     assert!(
         acked.len() >= 8 * KILLS,
         "too few pushes landed to vouch for anything: {}",

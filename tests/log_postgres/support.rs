@@ -112,6 +112,7 @@ pub fn json_verdict(out: CliOut) -> (i32, Value) {
 pub fn problem(verdict: (i32, Value), what: &str) -> String {
     let (code, v) = verdict;
     assert_eq!((code, &v["ok"]), (1, &Value::Bool(false)), "{what}: {v}");
+    eprintln!("{what}: {v}");
     v["problem"]
         .as_str()
         .unwrap_or_else(|| panic!("{what}: no problem named: {v}"))
@@ -123,6 +124,8 @@ pub fn run_cli(args: &[&str]) -> CliOut {
         .args(args)
         .env_remove("TAGPIN_ADMIN_TOKEN")
         .env_remove("TAGPIN_ADMIN_URL")
+        .env_remove("TAGPIN_DATABASE_URL")
+        .env_remove("TAGPIN_LOG_VERIFIER_KEY")
         .stdin(Stdio::null())
         .output()
         .expect("run the tagpin CLI");
@@ -323,4 +326,46 @@ pub fn save_checkpoint(admin: SocketAddr) -> (String, tempfile::NamedTempFile) {
 
 pub fn path_str(f: &tempfile::NamedTempFile) -> &str {
     f.path().to_str().unwrap()
+}
+
+/// The SQL of schema versions 1 to 4, as the previous version applied them.
+const SCHEMA_4: [&str; 4] = [
+    include_str!("../../src/store/postgres/migrations/0001_init.sql"),
+    include_str!("../../src/store/postgres/migrations/0002_writes_per_request.sql"),
+    include_str!("../../src/store/postgres/migrations/0003_tag_notes.sql"),
+    include_str!("../../src/store/postgres/migrations/0004_notify_triggers.sql"),
+];
+
+/// Make `db` a database of schema 4 holding `pins` (repository, tag, source, history;
+/// the digest is the last history entry's) as the previous version wrote them; returns
+/// them as tag -> digest.
+pub fn schema_4_with_pins(
+    db: &mut ::postgres::Client,
+    pins: &[(&str, &str, &str, Value)],
+) -> BTreeMap<(String, String), String> {
+    for (version, sql) in (1..).zip(SCHEMA_4) {
+        let mut tx = db.transaction().unwrap();
+        if version == 1 {
+            tx.batch_execute("CREATE TABLE tagpin_schema (version INT PRIMARY KEY, applied_at BIGINT NOT NULL)")
+                .unwrap();
+        }
+        tx.batch_execute(sql).unwrap();
+        tx.execute("INSERT INTO tagpin_schema VALUES ($1, 1700000000)", &[&version])
+            .unwrap();
+        tx.commit().unwrap();
+    }
+    let mut held = BTreeMap::new();
+    for (repo, tag, source, history) in pins {
+        let digest = history.as_array().and_then(|h| h.last()).unwrap()["digest"]
+            .as_str()
+            .unwrap();
+        db.execute(
+            "INSERT INTO pins (repository, tag, digest, source, pinned_at, history)
+             VALUES ($1, $2, $3, $4, 1700000000, $5)",
+            &[repo, tag, &digest, source, history],
+        )
+        .unwrap();
+        held.insert((repo.to_string(), tag.to_string()), digest.to_owned());
+    }
+    held
 }
