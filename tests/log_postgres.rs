@@ -9,8 +9,6 @@
 mod common;
 #[path = "log_postgres/support.rs"]
 mod support;
-#[path = "log_postgres/tlog.rs"]
-mod tlog;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -21,6 +19,7 @@ use common::http::try_request;
 use common::postgres::shared;
 use common::reads::{put_straight, read, served};
 use common::signing::{push_signature_blobs, put, signature_manifest, signature_tag, to_bytes, Signature};
+use common::tlog;
 use common::*;
 use serde_json::{json, Value};
 use support::*;
@@ -102,7 +101,7 @@ fn three_replicas_pushing_at_once_keep_one_log_with_every_binding_once_and_proof
         check_entry(i, line, leaf);
     }
     let leaves: Vec<[u8; 32]> = log.iter().map(|(_, l)| tlog::leaf_hash(l)).collect();
-    assert_eq!(tlog::root(&leaves), root, "the independent root over every leaf");
+    assert_eq!(tlog::mth(&leaves), root, "the independent root over every leaf");
 
     let events: Vec<(String, String)> = log
         .iter()
@@ -154,22 +153,14 @@ fn three_replicas_pushing_at_once_keep_one_log_with_every_binding_once_and_proof
         .enumerate()
     {
         let served = proof(admins[k % 3], &format!("inclusion?index={index}&size={at}"));
-        assert_eq!(
-            served,
-            tlog::inclusion_path(&leaves[..at], index),
-            "inclusion of {index} at {at}"
-        );
+        assert_eq!(served, tlog::path(index, &leaves[..at]), "inclusion of {index} at {at}");
     }
     for (k, (from, to)) in [(1, n), (n / 3, n), (n - 1, n), (n, n), (7, n / 2 + 3)]
         .into_iter()
         .enumerate()
     {
         let served = proof(admins[k % 3], &format!("consistency?from={from}&to={to}"));
-        assert_eq!(
-            served,
-            tlog::consistency_proof(&leaves[..to], from),
-            "consistency {from} -> {to}"
-        );
+        assert_eq!(served, tlog::proof(from, &leaves[..to]), "consistency {from} -> {to}");
     }
     for bad in [
         format!("inclusion?index={n}&size={n}"),
@@ -262,7 +253,7 @@ fn a_log_entry_changed_in_postgres_by_hand_no_longer_matches_a_saved_checkpoint(
     );
     let leaves: Vec<[u8; 32]> = log.iter().map(|(_, l)| tlog::leaf_hash(l)).collect();
     assert_ne!(
-        tlog::root(&leaves),
+        tlog::mth(&leaves),
         size_and_root(&note).1,
         "the forged leaves do not give the root"
     );
@@ -355,12 +346,12 @@ fn entries_deleted_from_the_end_fail_consistency_with_a_saved_checkpoint() {
          DELETE FROM log_nodes WHERE (idx + 1) * (1::bigint << level) > 4",
     )
     .unwrap();
-    let head = [&4u64.to_be_bytes()[..], &tlog::root(&leaves[..4])].concat();
+    let head = [&4u64.to_be_bytes()[..], &tlog::mth(&leaves[..4])].concat();
     tx.execute("UPDATE log_head SET size = 4, frontier = $1", &[&head])
         .unwrap();
     tx.commit().unwrap();
     let note = checkpoint(admin);
-    assert_eq!(size_and_root(&note), (4, tlog::root(&leaves[..4])), "{note}");
+    assert_eq!(size_and_root(&note), (4, tlog::mth(&leaves[..4])), "{note}");
     assert!(
         tlog::verify_note(&note, &key.vkey).is_ok(),
         "signed by the real key: {note}"
@@ -495,7 +486,7 @@ fn a_database_written_before_the_log_gets_one_genesis_entry_per_pin_once() {
     assert_eq!((code, &v["ok"]), (0, &Value::Bool(true)), "{v}");
     assert_eq!(site.verify_offline(&[]).0, 0);
     let leaves: Vec<[u8; 32]> = log.iter().map(|(_, l)| tlog::leaf_hash(l)).collect();
-    assert_eq!(tlog::root(&leaves), size_and_root(&checkpoint(admin)).1);
+    assert_eq!(tlog::mth(&leaves), size_and_root(&checkpoint(admin)).1);
 }
 
 #[test]
@@ -574,7 +565,7 @@ fn a_replica_killed_during_a_stream_of_pushes_leaves_every_pin_with_its_entry() 
     let (size, root) = size_and_root(&note);
     let log = entries(admin, size);
     let leaves: Vec<[u8; 32]> = log.iter().map(|(_, l)| tlog::leaf_hash(l)).collect();
-    assert_eq!(tlog::root(&leaves), root);
+    assert_eq!(tlog::mth(&leaves), root);
     let replayed = replay(&log);
     assert_eq!(
         replayed,

@@ -288,6 +288,25 @@ impl NoteVerifier {
     }
 }
 
+/// The text of a signed note whose signature by the verifier key `vkey` verifies; an
+/// unsigned note, another key's, or a bad signature is an error saying which.
+pub fn verify_note(note: &str, vkey: &str) -> Result<String, String> {
+    let key = NoteVerifier::parse(vkey)?;
+    let checkpoint = parse_checkpoint(note)?;
+    if checkpoint.signatures.is_empty() {
+        return Err("an unsigned note".into());
+    }
+    if key.verifies(&checkpoint.text, &checkpoint.signatures) {
+        Ok(checkpoint.text)
+    } else {
+        Err(format!("no valid signature by {}+{}", key.name, hex4(&key.key_hash)))
+    }
+}
+
+fn hex4(h: &[u8; 4]) -> String {
+    h.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// The verifier checked against published vectors. These are plain functions, not
 /// `#[test]`s: this module is compiled into every test binary, and the log's test binary
 /// (`tests/log_sled.rs`) runs them once.
