@@ -16,7 +16,16 @@ fn invalid_config_exits_64_with_one_line() {
     let bad_file = dir.path().join("bad.toml");
     std::fs::write(&bad_file, "upstream = \"http://127.0.0.1:1\"\nlisten_addr = \"x\"\n").unwrap();
     let bad_file = bad_file.to_str().unwrap().to_owned();
+    // A log signing key that is not one (a verifier key, say): the start stops.
+    let not_a_key = dir.path().join("log.key");
+    std::fs::write(&not_a_key, "tagpin.test+0a0b0c0d+AQID\n").unwrap();
+    let not_a_key = not_a_key.to_str().unwrap().to_owned();
+    let up = ["serve", "--upstream", "http://127.0.0.1:1"];
     let cases: Vec<Vec<&str>> = vec![
+        [&up[..], &["--log-signing-key", &not_a_key]].concat(),
+        [&up[..], &["--log-signing-key", "/nonexistent/log.key"]].concat(),
+        [&up[..], &["--log-checkpoint-interval", "0s"]].concat(),
+        [&up[..], &["--log-origin", "two\nlines"]].concat(),
         vec!["serve"],
         vec!["serve", "--upstream", "ftp://x"],
         vec!["serve", "--upstream", "http://127.0.0.1:1", "--refuse-status", "500"],
