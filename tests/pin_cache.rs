@@ -16,7 +16,7 @@ use common::lag::LagRelay;
 use common::postgres::{fresh_database, shared, USER};
 use store_support::*;
 use tagpin::oci::{Digest, Repository, Tag};
-use tagpin::store::{Claim, ClaimKind, PgStore, PinStore, ReadView, TagRecord};
+use tagpin::store::{Claim, ClaimKind, HistoryEntry, HistoryEvent, PgStore, PinStore, ReadView, TagRecord};
 
 fn view(pin: Option<Digest>, in_flight: bool) -> ReadView {
     ReadView { pin, in_flight }
@@ -104,7 +104,11 @@ fn settle(a: &PgStore, r: &Repository, t: &Tag, to: &Digest, id: &str) {
         .update(r, one(t), &mut |_, records| {
             let record: &mut TagRecord = &mut records[0];
             record.writes.retain(|w| w.request_id != id);
-            record.pin.as_mut().unwrap().digest = to.clone();
+            let pin = record.pin.as_mut().unwrap();
+            let from = std::mem::replace(&mut pin.digest, to.clone());
+            // A move is a history entry (the log records it): as the release's push makes it.
+            pin.history
+                .push(HistoryEntry::new(HistoryEvent::Released, to.clone(), Some(from)));
         })
         .unwrap();
     assert_eq!(settled[0].pin.as_ref().map(|p| &p.digest), Some(to));

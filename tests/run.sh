@@ -72,7 +72,9 @@ echo "== cargo test"
 # Many integration tests mostly wait on timeouts and child processes: run more of them
 # at once than there are cores. Benches run once each in test mode, with their own args.
 cargo test --locked --lib --bins --tests -- --test-threads="${TEST_THREADS:-4}"
-cargo test --locked --benches
+# `--bench NAME`, not `--benches`: the library target counts as a bench target too, and
+# `--benches` would run every unit test (the simulation among them) a second time.
+cargo test --locked --bench hot_paths
 echo "== cargo test, PostgreSQL pin store (TAGPIN_TEST_STORE=postgres)"
 # The end-to-end suites once more, every tagpin on a database of a throwaway PostgreSQL
 # server instead of a sled data dir. Left out: the suites that look inside the sled dir or

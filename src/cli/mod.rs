@@ -3,7 +3,7 @@
 //! default.
 //!
 //! The operator commands (`pins`, `resolve`, `release`, `claims`, `seed`, `verify`,
-//! `export`, `import`) are clients of the admin API, one file each: they parse, call, and format
+//! `export`, `import`, `log`) are clients of the admin API, one file (or folder) each: they parse, call, and format
 //! ([`client`], [`output`]). Their exit status is 0 on success, 1 where a command's
 //! `--help` says so, 2 on any other error, with a one-line message on stderr.
 
@@ -16,6 +16,7 @@ use crate::config::{LogFormat, RawConfig, RawTimeouts, Reads};
 pub mod claims;
 pub mod client;
 pub mod demo_image;
+pub mod log;
 pub mod origin;
 pub mod output;
 pub mod pins;
@@ -67,6 +68,10 @@ pub enum Command {
     Export(transfer::ExportArgs),
     /// Load pins written by `export`, all or nothing (admin API or --data-dir).
     Import(transfer::ImportArgs),
+    /// The verifiable history: signing keys, checkpoints, inclusion proofs, and checking
+    /// the whole log against the pins (admin API, --data-dir or --database-url).
+    #[command(subcommand)]
+    Log(log::LogCommand),
     /// Write a one-layer OCI image layout to push while trying tagpin out.
     DemoImage(demo_image::DemoImageArgs),
     /// GET a URL of a running tagpin (its /readyz) and exit 0 on 200, else 1: the container healthcheck.
@@ -75,8 +80,8 @@ pub enum Command {
 
 /// The subcommands that are admin API clients, whose usage errors exit 2 like their
 /// other errors (`serve` and `policy` keep 64, EX_USAGE).
-const CLIENT_COMMANDS: [&str; 8] = [
-    "pins", "resolve", "release", "claims", "seed", "verify", "export", "import",
+const CLIENT_COMMANDS: [&str; 9] = [
+    "pins", "resolve", "release", "claims", "seed", "verify", "export", "import", "log",
 ];
 
 /// The exit status of a command line clap refused: 2 for a client command, else 64.
@@ -154,6 +159,7 @@ async fn dispatch(command: Command, env: &dyn Fn(&str) -> Option<std::ffi::OsStr
             let client = (!offline).then(|| Client::new(&a.admin, env)).transpose()?;
             transfer::import(&a, client.as_ref(), &mut out).await
         }
+        Command::Log(c) => log::run(c, env, &mut out).await,
         Command::DemoImage(a) => demo_image::run(&a, &mut out),
         Command::Probe(a) => Ok(probe::run(&a, &mut out)),
         Command::Serve(_) | Command::Policy(_) => Err(CliError::Usage("not an admin API command".into())),

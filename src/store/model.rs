@@ -418,14 +418,19 @@ fn is_true(b: &bool) -> bool {
 }
 
 impl Exported {
+    /// The record of a pin. Its history leaves out the log indexes: they number this
+    /// store's log, and a store the record is imported into gives it an `imported` entry
+    /// of its own.
     pub fn of(repository: Repository, tag: Tag, pin: &Pin) -> Self {
+        let mut history = pin.history.clone();
+        history.iter_mut().for_each(|e| e.log = None);
         Self {
             repository,
             tag,
             digest: pin.digest.clone(),
             source: pin.source,
             pinned_at: pin.pinned_at,
-            history: pin.history.clone(),
+            history,
             pinned: true,
             claim: None,
             refused: Vec::new(),

@@ -248,11 +248,20 @@ impl PgStore {
         let mut tx = c.transaction().map_err(db)?;
         keys.sort();
         keys.dedup();
-        // This session keeps the log: schema 5's trigger lets it write pins.
-        tx.execute("SELECT set_config('tagpin.log', 'on', true)", &[])
-            .map_err(db)?;
+        // With the first lock (one round trip): this session keeps the log, so schema 5's
+        // trigger lets it write pins.
+        let mut first = true;
         for k in keys.iter() {
-            tx.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", &[k])
+            let sql = if first {
+                "SELECT pg_advisory_xact_lock(hashtextextended($1, 0)), set_config('tagpin.log', 'on', true)"
+            } else {
+                "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))"
+            };
+            first = false;
+            tx.execute(sql, &[k]).map_err(db)?;
+        }
+        if first {
+            tx.execute("SELECT set_config('tagpin.log', 'on', true)", &[])
                 .map_err(db)?;
         }
         let out = f(&mut tx)?;
