@@ -187,6 +187,13 @@ impl Requester {
         who.user = Some(format!("admin:{name}"));
         who
     }
+
+    /// The admin token's name (what releases, seeds, imports and cleared claims record as
+    /// `by`); `admin` for a requester that is not an operator.
+    pub fn admin_name(&self) -> String {
+        let user = self.user.as_deref().unwrap_or("admin");
+        user.strip_prefix("admin:").unwrap_or(user).to_owned()
+    }
 }
 
 /// The user name of `Authorization: Basic …`, never the password; `None` for any other scheme.

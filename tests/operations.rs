@@ -151,7 +151,16 @@ fn sigterm_drains_and_exits_cleanly() {
     assert_eq!(request(tagpin.addr, "GET", "/v2/", &[], b"").status, 200);
     let status = tagpin.terminate();
     assert!(status.success(), "{status:?}");
-    assert!(tagpin.logs().iter().any(|l| l.contains("shutting down")));
+    // The log reader thread reads the exited process's last lines on its own time.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !tagpin.logs().iter().any(|l| l.contains("shutting down")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no shutdown line: {:?}",
+            tagpin.logs()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
 
 /// curl's standard output for `url`, trusting `ca`.

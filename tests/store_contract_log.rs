@@ -179,3 +179,39 @@ contract!(
     a_refused_change_appends_nothing,
     concurrent_appends_are_numbered_once_each,
 );
+
+/// A pin moved by hand in the database, with a history entry made to look like tagpin's
+/// (no log index): the next write tagpin makes on the tag must not append that entry to
+/// the log (which would make the forged move look recorded, and `log verify` agree with
+/// it). The write is refused instead, and the log does not grow.
+#[test]
+fn postgres_a_forged_history_entry_is_not_laundered_into_the_log() {
+    let name = common::postgres::fresh_database("forged");
+    let s = tagpin::store::PgStore::open(common::postgres::shared().config(&name)).unwrap();
+    let (r, t) = (repo("log/forged"), tag("1.0"));
+    s.pin_if_absent(&r, &[(t.clone(), pin('a'))]).unwrap();
+    assert_eq!(s.log_head().unwrap().size(), 1);
+    let mut db = common::postgres::shared().connect(&name);
+    db.batch_execute(&format!(
+        "SET tagpin.log = 'on';
+         UPDATE pins SET digest = '{e}', history = history || jsonb_build_array(jsonb_build_object(
+           'at', 1700000000, 'event', 'audit_move', 'digest', '{e}', 'from', '{a}'))
+         WHERE repository = 'log/forged' AND tag = '1.0'",
+        e = d('e'),
+        a = d('a')
+    ))
+    .unwrap();
+    // A push of the digest the tag now holds records its write in flight.
+    let again = s.update(&r, one(&t), &mut |_, records| {
+        records[0]
+            .writes
+            .push(Claim::of_kind(d('e'), "req-again", tagpin::store::ClaimKind::Identical));
+    });
+    let got = entries(&s);
+    assert_eq!(
+        got.iter().map(|e| e.event).collect::<Vec<_>>(),
+        vec![LogEvent::Push],
+        "the forged move is not in the log"
+    );
+    assert!(matches!(again, Err(StoreError::Corrupt { .. })), "{again:?}");
+}

@@ -181,12 +181,7 @@ pub async fn clear(app: &App, req: Request<Incoming>, who: &Requester) -> Result
         reason,
     } = parse_clear(&read_body(req).await?)?;
     // The token's name, as a release names it.
-    let by = who
-        .user
-        .as_deref()
-        .unwrap_or("admin")
-        .trim_start_matches("admin:")
-        .to_owned();
+    let by = who.admin_name();
     let mut out = match target {
         Target::Tag(tag) => clear_tag(app, &repo, tag, &request_id, &by, &reason, who).await?,
         Target::Digest(digest) => clear_digest(app, &repo, digest, &request_id, &reason, who).await?,

@@ -15,7 +15,7 @@ use super::json;
 use crate::app::App;
 use crate::body::{self, Body};
 use crate::error::ProxyError;
-use crate::log::{self, Frontier, Hash, ProofError};
+use crate::log::{self, Frontier, Hash, LogEntry, ProofError};
 
 /// Most entries one `entries` answer holds.
 pub const MAX_ENTRIES: u64 = 1000;
@@ -57,15 +57,21 @@ pub async fn entries(app: &App, start: u64, end: u64) -> Result<Response<Body>, 
     Ok(text(out, "application/x-ndjson"))
 }
 
-/// One line of `entries`: the leaf's fields and `leaf`, or only `index` and `leaf` when
-/// the stored bytes are not a JSON object (served as they are, for a verifier to find).
+/// One line of `entries`: the entry's fields with `leaf` (the base64 of its exact bytes)
+/// added; only `index` (its position) and `leaf` when the stored bytes are not the entry
+/// of that position, served as they are for a verifier to find. Always one line of JSON
+/// whose `leaf` is the stored bytes, whatever those bytes hold (a newline, a `leaf` key).
 fn line(index: u64, leaf: &[u8]) -> String {
     let encoded = B64.encode(leaf);
-    match std::str::from_utf8(leaf) {
-        Ok(t) if t.starts_with('{') && serde_json::from_str::<serde_json::Map<_, _>>(t).is_ok() && t.len() > 2 => {
-            format!("{{\"leaf\":\"{encoded}\",{}", &t[1..])
-        }
-        _ => json!({ "index": index, "leaf": encoded }).to_string(),
+    // The entry as serialised here starts with its index, as every leaf does.
+    let first = format!("{{\"index\":{index},");
+    let fields = LogEntry::parse(leaf)
+        .filter(|e| e.index == index)
+        .map(|e| String::from_utf8(e.leaf()).expect("serde_json writes UTF-8"))
+        .filter(|text| text.starts_with(&first));
+    match fields {
+        Some(text) => format!("{first}\"leaf\":\"{encoded}\",{}", &text[first.len()..]),
+        None => json!({ "index": index, "leaf": encoded }).to_string(),
     }
 }
 
@@ -131,5 +137,34 @@ pub async fn ship_checkpoints(app: App, every: Duration, stop: impl Future<Outpu
         }
         shipped = Some(head.size());
         crate::telemetry::checkpoint_event(&app.metrics, head.size(), &app.log_signer.checkpoint(&head));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each line parses as one JSON object whose `leaf` is the exact stored bytes and whose
+    /// `index` is the position, whatever the stored bytes are (a tampered leaf included).
+    #[test]
+    fn every_line_is_one_json_object_carrying_the_exact_leaf() {
+        let entry = br#"{"index":2,"time":"2026-12-07T12:00:00Z","repository":"team/app","tag":"1.0","digest":"sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa","previous":null,"event":"push","by":"req-1"}"#;
+        let leaves: [&[u8]; 6] = [
+            entry,
+            b"{ }",
+            br#"{"leaf":"Zm9yZ2Vk"}"#,
+            b"{\n\"index\":2}",
+            br#"{"index":7,"x":1}"#,
+            b"\xff not utf-8",
+        ];
+        for leaf in leaves {
+            let text = line(2, leaf);
+            assert!(!text.contains('\n'), "{text}");
+            let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert_eq!(v["index"], 2, "{text}");
+            assert_eq!(B64.decode(v["leaf"].as_str().unwrap()).unwrap(), leaf, "{text}");
+        }
+        let v: serde_json::Value = serde_json::from_str(&line(2, entry)).unwrap();
+        assert_eq!((v["tag"].as_str(), v["event"].as_str()), (Some("1.0"), Some("push")));
     }
 }

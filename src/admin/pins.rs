@@ -202,12 +202,7 @@ pub async fn create_release(app: &App, req: Request<Incoming>, who: &Requester) 
             "ttl_seconds must be 1 to {MAX_RELEASE_SECS} (24 hours)"
         )));
     }
-    let by = who
-        .user
-        .as_deref()
-        .unwrap_or("admin")
-        .trim_start_matches("admin:")
-        .to_owned();
+    let by = who.admin_name();
     let now = now_secs();
     let release = Release {
         id: format!("{now}-{}", who.request_id),
@@ -363,7 +358,7 @@ pub fn parse_export(bytes: &[u8]) -> Result<Vec<Exported>, String> {
 pub async fn import(app: &App, req: Request<Incoming>, who: &Requester) -> Result<Response<Body>, ProxyError> {
     let body = read_body(req, MAX_IMPORT_BYTES).await?;
     let records = parse_export(&body).map_err(ProxyError::AdminBadRequest)?;
-    let by = who.user.clone().unwrap_or_else(|| "admin".to_owned());
+    let by = who.admin_name();
     let outcome = app.store_call(move |s| s.import(&records, &by)).await?;
     if !outcome.conflicts.is_empty() {
         let shown: Vec<&str> = outcome.conflicts.iter().take(5).map(String::as_str).collect();

@@ -186,7 +186,7 @@ async fn adopt(app: &App, repo: &Repository, tag: &Tag, who: &Requester) -> Resu
     let mut pin = Pin::now(digest.clone(), PinSource::Adopted);
     for e in &mut pin.history {
         e.via = Some(AdoptedVia::Seed);
-        e.by.clone_from(&who.user);
+        e.by = Some(who.admin_name());
         e.request_id = Some(who.request_id.clone());
     }
     let (r, entry) = (repo.clone(), vec![(tag.clone(), pin)]);

@@ -93,23 +93,38 @@ fn logged(e: &HistoryEntry) -> Option<(LogEvent, Option<AdoptedVia>)> {
     })
 }
 
-/// How many entries a change that leaves `after` makes: the history entries of `after`
-/// that bind the tag and have no log entry yet (every binding entry the store
-/// holds has one). Cheap, so a write that binds nothing never touches the log.
-pub fn count(after: &TagRecord) -> usize {
+/// Whether `e`, an entry of the history after a change, is one the change added. A
+/// change appends to the history (a first pin starts with what the tag had before it), so
+/// what `before` held is a prefix and the rest is new, whatever log index it carries (one
+/// that came with it numbered another store's log, or none). A change that replaced the
+/// history instead added the entries with no log index.
+fn is_added(before: &TagRecord, after: &TagRecord) -> impl Fn(usize, &HistoryEntry) -> bool {
+    let held = history(before).len();
+    let grows = history(after).starts_with(history(before));
+    move |i, e| if grows { i >= held } else { e.log.is_none() }
+}
+
+/// How many entries the change from `before` to `after` makes: the history entries it
+/// added that bind the tag. Cheap, so a write that binds nothing never touches the log.
+pub fn count(before: &TagRecord, after: &TagRecord) -> usize {
     if cfg!(feature = "bench-unlogged") {
         return 0;
     }
+    let added = is_added(before, after);
     history(after)
         .iter()
-        .filter(|e| e.log.is_none() && logged(e).is_some())
+        .enumerate()
+        .filter(|&(i, e)| added(i, e) && logged(e).is_some())
         .count()
 }
 
-/// The entries the change from `before` to `after` makes, numbered from `next`, each
-/// history entry they record stamped with its index. Refused (the whole write fails)
-/// when the change moved the pin without an entry that binds it: a binding the log would
-/// not show must not be written. (Removing a pin binds nothing; no transition does it.)
+/// The entries the change from `before` to `after` makes, numbered from `next`: one for
+/// each history entry the change added that binds the tag, stamped with its index.
+/// Refused (the whole write fails) when the change moved the pin without an entry that
+/// binds it (a binding the log would not show must not be written), or when the stored
+/// history holds a binding the log never recorded: the record was changed outside
+/// tagpin, and logging that entry now would make the change look recorded. (Removing a
+/// pin binds nothing; no transition does it.)
 pub fn bindings(
     repo: &Repository,
     tag: &Tag,
@@ -124,9 +139,22 @@ pub fn bindings(
     if cfg!(feature = "bench-unlogged") {
         return Ok(Vec::new());
     }
+    if let Some(e) = history(before).iter().find(|e| e.log.is_none() && logged(e).is_some()) {
+        return Err(refuse(&format!(
+            "the stored history binds the tag to {} (a {:?} entry at {}) with no log entry: \
+             the record was changed outside tagpin; `tagpin log verify` names what differs",
+            e.digest,
+            e.event,
+            rfc3339(e.at)
+        )));
+    }
+    let added = is_added(before, after);
     let mut current = before.pin.as_ref().map(|p| p.digest.clone());
     let mut out = Vec::new();
-    for e in history_mut(after).iter_mut().filter(|e| e.log.is_none()) {
+    for (i, e) in history_mut(after).iter_mut().enumerate() {
+        if !added(i, e) {
+            continue;
+        }
         let Some((event, source)) = logged(e) else {
             continue;
         };
@@ -224,7 +252,7 @@ mod tests {
         pin.history[0].at = 1_700_000_000;
         let mut after = TagRecord::default();
         after.set_pin(pin);
-        assert_eq!(count(&after), 1);
+        assert_eq!(count(&TagRecord::default(), &after), 1);
         let out = bindings(&r, &t, &TagRecord::default(), &mut after, 41).unwrap();
         assert_eq!(out.len(), 1);
         assert_eq!(after.pin.as_ref().unwrap().history[0].log, Some(41));
@@ -279,7 +307,56 @@ mod tests {
         let mut expired = before.clone();
         let e = HistoryEntry::new(HistoryEvent::ReleaseExpired, d('a'), None);
         expired.pin.as_mut().unwrap().history.push(e);
-        assert_eq!(count(&expired), 0);
+        assert_eq!(count(&before, &expired), 0);
         assert!(bindings(&r, &t, &before, &mut expired, 0).unwrap().is_empty());
+    }
+
+    /// A pin moved in the store by hand, with a history entry to match and no log index:
+    /// the next change of the record (here a write recorded in flight) must not append
+    /// that entry to the log as if tagpin had made it.
+    #[test]
+    fn a_stored_binding_the_log_never_recorded_is_refused_not_logged() {
+        let (r, t) = names();
+        let mut before = TagRecord::default();
+        let mut pin = Pin::now(d('a'), PinSource::Push);
+        pin.history[0].log = Some(0);
+        pin.digest = d('e');
+        pin.history
+            .push(HistoryEntry::new(HistoryEvent::AuditMove, d('e'), Some(d('a'))));
+        before.set_pin(pin);
+        let mut after = before.clone();
+        after.writes.push(crate::store::Claim::of_kind(
+            d('e'),
+            "req-4",
+            crate::store::ClaimKind::Identical,
+        ));
+        let got = bindings(&r, &t, &before, &mut after, 1);
+        assert!(matches!(got, Err(StoreError::Corrupt { .. })), "{got:?}");
+
+        // Unlogged history that binds nothing (a cleared claim, before the pin) is fine.
+        let mut noted = TagRecord::default();
+        noted
+            .history
+            .push(HistoryEntry::new(HistoryEvent::ClaimCleared, d('a'), None));
+        let mut pinned = noted.clone();
+        pinned.set_pin(Pin::now(d('a'), PinSource::Push));
+        let out = bindings(&r, &t, &noted, &mut pinned, 3).unwrap();
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].index, 3);
+    }
+
+    /// An entry a change adds is logged even when it carries a log index already (one
+    /// numbering another store's log): one entry per binding, stamped anew.
+    #[test]
+    fn an_added_entry_carrying_a_log_index_is_logged_and_stamped_anew() {
+        let (r, t) = names();
+        let mut pin = Pin::now(d('a'), PinSource::Push);
+        pin.history[0].log = Some(99);
+        let mut after = TagRecord::default();
+        after.set_pin(pin);
+        assert_eq!(count(&TagRecord::default(), &after), 1);
+        let out = bindings(&r, &t, &TagRecord::default(), &mut after, 5).unwrap();
+        assert_eq!(out.len(), 1);
+        assert_eq!(after.pin.unwrap().history[0].log, Some(5));
     }
 }

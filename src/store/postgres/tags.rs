@@ -245,7 +245,7 @@ impl PgStore {
                 crate::store::check_writes(repo, &tags[i], &after[i])?;
                 // The log's entries for this change, numbered after the head (locked
                 // until commit, after the tags' locks), in this same transaction.
-                let next = if entry::count(&after[i]) > 0 {
+                let next = if entry::count(&before[i], &after[i]) > 0 {
                     let head = match &mut head {
                         Some(h) => h,
                         None => head.insert(log::lock_head(tx)?),

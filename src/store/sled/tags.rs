@@ -184,7 +184,7 @@ impl SledStore {
                 crate::store::check_writes(repo, &tags[i], &after[i]).map_err(abort)?;
                 // The log's entries for this change, numbered after the head, in this
                 // same transaction.
-                let next = if entry::count(&after[i]) > 0 {
+                let next = if entry::count(&before[i], &after[i]) > 0 {
                     let head = match &mut head {
                         Some(h) => h,
                         None => head.insert(log.head()?),

@@ -37,11 +37,12 @@ fn first_pin_wins_and_survives_reopen() {
     {
         let s = SledStore::open(dir.path()).unwrap();
         assert_eq!(s.state(&repo, &tag).unwrap(), None);
-        // The store stamps the history entry with the index of its log entry, the first.
-        let mut first = Pin::now(d('a'), PinSource::Push);
-        first.history[0].log = Some(0);
+        let first = Pin::now(d('a'), PinSource::Push);
         let got = s.pin_if_absent(&repo, &[(tag.clone(), first.clone())]).unwrap();
-        assert_eq!(got, vec![TagState::Pinned(first.clone())]);
+        // The store stamps the history entry with the index of its log entry, the first.
+        let mut logged = first;
+        logged.history[0].log = Some(0);
+        assert_eq!(got, vec![TagState::Pinned(logged)]);
         let second = Pin::now(d('b'), PinSource::Push);
         let got = s.pin_if_absent(&repo, &[(tag.clone(), second)]).unwrap();
         assert_eq!(got[0].digest(), &d('a'));
@@ -57,10 +58,8 @@ fn first_pin_wins_and_survives_reopen() {
 fn writes_and_a_release_survive_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let (repo, tag) = ab();
-    let mut pin = Pin::now(d('a'), PinSource::Push);
-    pin.history[0].log = Some(0);
-    let record = TagRecord {
-        pin: Some(pin),
+    let mut record = TagRecord {
+        pin: Some(Pin::now(d('a'), PinSource::Push)),
         writes: vec![
             Claim::of_kind(d('b'), "r1", ClaimKind::Release),
             Claim::of_kind(d('b'), "r2", ClaimKind::Release),
@@ -76,6 +75,8 @@ fn writes_and_a_release_survive_reopen() {
         let written = s
             .update(&repo, std::slice::from_ref(&tag), &mut |_, r| r[0] = record.clone())
             .unwrap();
+        // As written, with the pin's entry stamped with its log entry's index.
+        record.pin.as_mut().unwrap().history[0].log = Some(0);
         assert_eq!(written, vec![record.clone()]);
     }
     // A crash (here: close and reopen) keeps every write: their outcomes are unknown.
