@@ -92,7 +92,10 @@ fn main() -> ExitCode {
         Ok(head) => {
             let pins = args.count.div_ceil(BATCH) * BATCH;
             let seconds = started.elapsed().as_secs_f64();
-            println!("{{\"pins\":{pins},\"log_size\":{},\"seconds\":{seconds:.3}}}", head.size());
+            println!(
+                "{{\"pins\":{pins},\"log_size\":{},\"seconds\":{seconds:.3}}}",
+                head.size()
+            );
             ExitCode::SUCCESS
         }
         Err(e) => {
