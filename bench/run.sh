@@ -22,7 +22,7 @@
 # (100,000 on PostgreSQL), filled by examples/fill_log.rs; `tagpin log verify` offline on
 # them, its time and peak memory.
 #   bench/run.sh --only log [--smoke]
-#                           the history log alone (about 8 minutes, 20 s with --smoke); its
+#                           the history log alone (about 6 minutes once built, 15 s with --smoke); its
 #                           section, "History log", takes the place of the old one in
 #                           results.md (bench/ or bench/out-smoke/), or is added at its end
 set -euo pipefail
