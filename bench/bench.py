@@ -4,7 +4,8 @@ tagpin (sled store), through tagpin on PostgreSQL (tagpin-pg, manifest requests 
 through nginx (a plain streaming reverse proxy). The targets are measured in rotating order
 within each round, so machine noise hits all of them alike. haproxy, with splicing and in
 TCP mode, is the reference for how fast a blob download can be relayed at all. Reads by a
-pinned tag with `reads = "pinned"` are measured beside `reads = "forward"` in bench/reads.py.
+pinned tag with `reads = "pinned"` are measured beside `reads = "forward"` in bench/reads.py;
+the history log's cost to a push, its proofs and `tagpin log verify` in bench/log.py.
 
 Run through bench/run.sh, which installs the tools and builds tagpin first."""
 
@@ -28,6 +29,7 @@ from hashlib import sha256
 
 import connections  # the script's directory is on sys.path; connections uses this module's helpers
 import reads  # likewise
+import log as history_log  # likewise; `log` here is the progress line printer below
 
 TARGETS = ["direct", "tagpin", "tagpin-pg", "nginx"]
 # Blob transfers and memory are measured without tagpin-pg: the store is not on that path.
@@ -444,9 +446,15 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--tagpin", required=True)
     ap.add_argument("--smoke", action="store_true", help="tiny sizes and durations, for CI")
-    ap.add_argument("--only", choices=["reads"],
-                    help="run one measurement by itself: reads = manifest reads by a pinned tag (bench/reads.py)")
+    ap.add_argument("--tagpin-unlogged", help="tagpin built with --features bench-unlogged (bench/log.py)")
+    ap.add_argument("--fill-log", help="the fill_log example's binary (bench/log.py)")
+    ap.add_argument("--only", choices=["reads", "log"],
+                    help="run one measurement by itself: reads = manifest reads by a pinned tag (bench/reads.py), "
+                         "log = the history log (bench/log.py)")
     args = ap.parse_args()
+    if args.only != "reads" and not (args.tagpin_unlogged and args.fill_log):
+        ap.error("--tagpin-unlogged and --fill-log are needed for the history log's measurement")
+    log_bins = {"log": args.tagpin, "unlogged": args.tagpin_unlogged, "fill": args.fill_log}
 
     smoke = args.smoke
     blob_mib = 16 if smoke else 512
@@ -458,6 +466,8 @@ def main():
     os.makedirs(out_dir, exist_ok=True)
     if args.only == "reads":
         return only_reads(args.tagpin, smoke, rounds, ab_seconds, out_dir)
+    if args.only == "log":
+        return only_log(log_bins, smoke, out_dir)
 
     tmp = tempfile.mkdtemp(prefix="tagpin-bench-")
     procs = []
@@ -557,9 +567,10 @@ def main():
                 results.setdefault("_repush", {}).setdefault(t, []).extend(lat)
 
         conns = connections.measure(args.tagpin, up, ng_addr, ng.pid, tmp, conn_count)
+        history = history_log.measure(log_bins, up, pg_url, tmp, smoke)
         write_report(out_dir, results, {
             "peak_transfer_kib": peak_transfer_kib, "peak_reset": peak_reset,
-            "connections": conns, "conn_count": conn_count, "reads": pinned_reads,
+            "connections": conns, "conn_count": conn_count, "reads": pinned_reads, "history": history,
         }, smoke, blob_mib, rounds, ab_seconds, puts, args.tagpin)
     finally:
         stop_all(procs, pg, tmp)
@@ -588,6 +599,26 @@ def only_reads(tagpin_bin, smoke, rounds, ab_seconds, out_dir):
         with open(os.path.join(out_dir, "reads.md"), "w") as f:
             f.write("\n".join(lines) + "\n")
         log(f"wrote {os.path.join(out_dir, 'reads.md')}")
+
+
+def only_log(bins, smoke, out_dir):
+    """`--only log`: the registry, the PostgreSQL server and bench/log.py alone. The
+    section takes the place of the old one in out_dir/results.md, or is added at its end."""
+    tmp = tempfile.mkdtemp(prefix="tagpin-bench-")
+    procs, pg = [], None
+    try:
+        reg, up = start_registry(tmp)
+        procs.append(reg)
+        pg, pg_url = start_postgres(tmp)
+        log(f"registry {up}, PostgreSQL {pg_url}; the history log only")
+        measured = history_log.measure(bins, up, pg_url, tmp, smoke)
+    finally:
+        stop_all(procs, pg, tmp)
+    lines = history_log.report(measured, "bench/run.sh --only log" + (" --smoke" if smoke else ""))
+    print("\n".join(lines))
+    results_md = os.path.join(out_dir, "results.md")
+    history_log.splice(results_md, lines)
+    log(f"wrote the history log's section in {results_md}")
 
 
 def stop_all(procs, pg, tmp):
@@ -687,6 +718,8 @@ def write_report(out_dir, results, mem, smoke, blob_mib, rounds, ab_seconds, put
     lines.extend(connections.report(mem["connections"], mem["conn_count"]))
     lines.append("")
     lines.extend(reads.report(mem["reads"]))
+    lines.append("")
+    lines.extend(history_log.report(mem["history"], cmd))
     table = "\n".join(lines) + "\n"
     with open(os.path.join(out_dir, "results.md"), "w") as f:
         f.write(table)

@@ -16,6 +16,15 @@
 #                           --smoke); its section takes the place of the old one in
 #                           results.md (bench/ or bench/out-smoke/), or goes to reads.md
 #                           there when results.md has none
+# The history log's cost (bench/log.py): manifest PUT of a new tag with the log beside the
+# same source built with `--features bench-unlogged` (its stores append nothing to the log),
+# on sled and on PostgreSQL; checkpoint and proof latency from a log of 1,000,000 entries
+# (100,000 on PostgreSQL), filled by examples/fill_log.rs; `tagpin log verify` offline on
+# them, its time and peak memory.
+#   bench/run.sh --only log [--smoke]
+#                           the history log alone (about 6 minutes once built, 15 s with --smoke); its
+#                           section, "History log", takes the place of the old one in
+#                           results.md (bench/ or bench/out-smoke/), or is added at its end
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,6 +35,8 @@ for bin in "${!pkg_for[@]}"; do
 done
 # Debian keeps initdb and postgres out of PATH, in /usr/lib/postgresql/VERSION/bin.
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null && command -v psql >/dev/null 2>&1 || missing+=(postgresql)
+# GNU time, for `tagpin log verify`'s peak memory (`time` alone is the shell's keyword).
+[ -x /usr/bin/time ] || missing+=(time)
 if [ "${#missing[@]}" -gt 0 ]; then
   sudo_cmd=()
   [ "$(id -u)" = 0 ] || sudo_cmd=(sudo)
@@ -34,16 +45,58 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 python3 -c 'import matplotlib' 2>/dev/null || python3 -m pip install -q matplotlib >/dev/null
 
-# Ask cargo where the binary is: CARGO_TARGET_DIR (or build.target-dir in a cargo config)
-# moves it away from target/release.
-tagpin_bin=$(cargo build --release --locked --bin tagpin --message-format=json-render-diagnostics |
-  python3 -c 'import json, sys
+# Ask cargo where it built things: CARGO_TARGET_DIR (or build.target-dir in a cargo config)
+# moves them away from target/release. Prints "NAME PATH" per executable built.
+build() {
+  cargo build --locked "$@" --message-format=json-render-diagnostics |
+    python3 -c 'import json, sys
 for line in sys.stdin:
     m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "tagpin" and m.get("executable"):
-        print(m["executable"])')
-[ -x "$tagpin_bin" ] || { echo "cargo did not report where it built tagpin" >&2; exit 1; }
+    if m.get("reason") == "compiler-artifact" and m.get("executable"):
+        print(m["target"]["name"], m["executable"])'
+}
+built() { # NAME OUTPUT: the path of NAME in build's output
+  local path
+  path=$(printf '%s\n' "$2" | awk -v n="$1" '$1 == n { print $2 }')
+  [ -x "$path" ] || { echo "cargo did not report where it built $1" >&2; exit 1; }
+  printf '%s\n' "$path"
+}
+only=
+smoke=
+prev=
+for arg in "$@"; do
+  case "$prev,$arg" in
+    --only,*) only=$arg ;;
+    *,--only=*) only=${arg#--only=} ;;
+    *,--smoke) smoke=1 ;;
+  esac
+  prev=$arg
+done
+extra=()
+if [ "$only" != reads ]; then
+  # The log's reference: the same source with its appends compiled out. Built first and
+  # copied aside, since the usual build below puts its own tagpin at the same path.
+  out=$(build --release --bin tagpin --features bench-unlogged)
+  unlogged=$(built tagpin "$out")
+  cp "$unlogged" "$unlogged-unlogged"
+  extra+=(--tagpin-unlogged "$unlogged-unlogged")
+fi
+out=$(build --release --bin tagpin)
+tagpin_bin=$(built tagpin "$out")
+if [ "$only" != reads ]; then
+  # Built on its own: an example brings the dev-dependencies' features into every crate
+  # of the build it is part of, and the tagpins measured must be built as they ship.
+  # The smoke run fills 10,000 entries, for which the dev profile (whose dependencies
+  # the test suite has built) is fast enough; the full run fills 1,000,000.
+  if [ -n "$smoke" ]; then
+    out=$(build --example fill_log)
+  else
+    out=$(build --release --example fill_log)
+  fi
+  fill_bin=$(built fill_log "$out")
+  extra+=(--fill-log "$fill_bin")
+fi
 # 10,000 concurrent keep-alive connections (client and proxy ends) need more descriptors
 # than the usual default.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
-exec python3 bench/bench.py --tagpin "$tagpin_bin" "$@"
+exec python3 bench/bench.py --tagpin "$tagpin_bin" "${extra[@]}" "$@"
