@@ -75,8 +75,12 @@ done
 extra=()
 if [ "$only" != reads ]; then
   # The log's reference: the same source with its appends compiled out. Built first and
-  # copied aside, since the usual build below puts its own tagpin at the same path.
-  out=$(build --release --bin tagpin --features bench-unlogged)
+  # copied aside, since the usual build below puts its own tagpin at the same path. The
+  # smoke run's figures mean nothing, so it builds the reference in the dev profile and
+  # spares CI a second release build.
+  profile=(--release)
+  [ -n "$smoke" ] && profile=()
+  out=$(build "${profile[@]}" --bin tagpin --features bench-unlogged)
   unlogged=$(built tagpin "$out")
   cp "$unlogged" "$unlogged-unlogged"
   extra+=(--tagpin-unlogged "$unlogged-unlogged")
