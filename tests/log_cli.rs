@@ -2,31 +2,12 @@
 //! commands on a data dir an offline import wrote, and the errors that exit 2 before
 //! anything is checked (a garbled verifier key, a missing checkpoint file, no store).
 
+mod common;
+
 use std::path::Path;
-use std::process::{Command, Stdio};
 
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-fn tagpin(args: &[&str]) -> Out {
-    let out = Command::new(env!("CARGO_BIN_EXE_tagpin"))
-        .args(args)
-        .env_remove("TAGPIN_ADMIN_TOKEN")
-        .env_remove("TAGPIN_ADMIN_URL")
-        .env_remove("TAGPIN_DATABASE_URL")
-        .env_remove("TAGPIN_LOG_VERIFIER_KEY")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run the tagpin CLI");
-    Out {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
+// The CLI with no admin, database or key settings from the environment.
+use common::log_api::tagpin_cli as tagpin;
 
 fn path(p: &Path) -> &str {
     p.to_str().unwrap()

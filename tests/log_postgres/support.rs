@@ -5,7 +5,6 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
@@ -30,7 +29,7 @@ impl Key {
     pub fn new(name: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("log.key");
-        let out = run_cli(&["log", "keygen", name, "--out", path.to_str().unwrap()]);
+        let out = crate::common::log_api::tagpin_cli(&["log", "keygen", name, "--out", path.to_str().unwrap()]);
         assert_eq!(out.code, 0, "keygen: {out:?}");
         let vkey = out.stdout.trim().to_owned();
         assert!(vkey.starts_with(&format!("{name}+")), "the verifier key line: {vkey:?}");
@@ -99,7 +98,7 @@ impl Site {
     pub fn verify_offline(&self, args: &[&str]) -> (i32, Value) {
         let mut all = vec!["log", "verify", "--json", "--database-url", &self.url];
         all.extend_from_slice(args);
-        json_verdict(run_cli(&all))
+        json_verdict(crate::common::log_api::tagpin_cli(&all))
     }
 }
 
@@ -117,23 +116,6 @@ pub fn problem(verdict: (i32, Value), what: &str) -> String {
         .as_str()
         .unwrap_or_else(|| panic!("{what}: no problem named: {v}"))
         .to_owned()
-}
-
-pub fn run_cli(args: &[&str]) -> CliOut {
-    let out = Command::new(env!("CARGO_BIN_EXE_tagpin"))
-        .args(args)
-        .env_remove("TAGPIN_ADMIN_TOKEN")
-        .env_remove("TAGPIN_ADMIN_URL")
-        .env_remove("TAGPIN_DATABASE_URL")
-        .env_remove("TAGPIN_LOG_VERIFIER_KEY")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run the tagpin CLI");
-    CliOut {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
 }
 
 pub fn admin_get(admin: SocketAddr, target: &str) -> Resp {
