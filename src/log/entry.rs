@@ -194,24 +194,25 @@ pub fn imported(
     now: u64,
     index: u64,
 ) -> LogEntry {
-    stamp_all(pin, index);
     LogEntry {
-        index,
-        time: rfc3339(now),
-        repository: repo.clone(),
-        tag: tag.clone(),
-        digest: pin.digest.clone(),
         previous: previous.cloned(),
-        event: LogEvent::Imported,
-        source: None,
         by: Some(by.to_owned()),
+        ..whole_pin(repo, tag, pin, LogEvent::Imported, now, index)
     }
 }
 
 /// The `genesis` entry of a pin that existed before the log did, numbered `index`;
 /// every entry of its history is stamped with it.
 pub fn genesis(repo: &Repository, tag: &Tag, pin: &mut Pin, now: u64, index: u64) -> LogEntry {
-    stamp_all(pin, index);
+    whole_pin(repo, tag, pin, LogEvent::Genesis, now, index)
+}
+
+/// An entry that vouches for a whole pin, history included (genesis, import): every
+/// entry of the history is stamped with it. No previous digest, no one named.
+fn whole_pin(repo: &Repository, tag: &Tag, pin: &mut Pin, event: LogEvent, now: u64, index: u64) -> LogEntry {
+    for e in &mut pin.history {
+        e.log = Some(index);
+    }
     LogEntry {
         index,
         time: rfc3339(now),
@@ -219,15 +220,9 @@ pub fn genesis(repo: &Repository, tag: &Tag, pin: &mut Pin, now: u64, index: u64
         tag: tag.clone(),
         digest: pin.digest.clone(),
         previous: None,
-        event: LogEvent::Genesis,
+        event,
         source: None,
         by: None,
-    }
-}
-
-fn stamp_all(pin: &mut Pin, index: u64) {
-    for e in &mut pin.history {
-        e.log = Some(index);
     }
 }
 

@@ -53,6 +53,32 @@ pub struct ImportOutcome {
 }
 
 /// One page of a store's listing as export records, each with the tag's refused attempts.
+/// The record an import writes for `r` over what the tag holds (`before`): the exported
+/// pin and claim, after the tag's own notes and with its release; and the pin's
+/// `imported` log entry, numbered `index`, naming `by`. The same on every backend.
+pub fn imported_record(
+    r: &Exported,
+    before: &super::TagRecord,
+    by: &str,
+    now: u64,
+    index: u64,
+) -> (super::TagRecord, Option<crate::log::LogEntry>) {
+    // What the tag had before it was pinned starts the imported pin's history.
+    let mut after = super::TagRecord {
+        pin: None,
+        writes: r.claim.iter().cloned().collect(),
+        release: before.release.clone(),
+        history: before.history.clone(),
+    };
+    let entry = r.pin().map(|mut pin| {
+        let previous = before.pin.as_ref().map(|p| &p.digest);
+        let entry = crate::log::entry::imported(&r.repository, &r.tag, previous, &mut pin, by, now, index);
+        after.set_pin(pin);
+        entry
+    });
+    (after, entry)
+}
+
 pub fn export_page(store: &dyn PinStore, page: &[(Repository, Tag, TagState)]) -> Result<Vec<Exported>, StoreError> {
     page.iter()
         .map(|(r, t, state)| {

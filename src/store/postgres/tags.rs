@@ -12,8 +12,8 @@ use super::{corrupt, db, lock_key, PgStore};
 use crate::log::entry;
 use crate::oci::{Repository, Tag};
 use crate::store::{
-    merge_refusals, plan_import, Claim, ClaimKind, Exported, ImportOutcome, Pin, PinSource, ReadView, Refused,
-    StoreError, TagRecord, TagState,
+    imported_record, merge_refusals, plan_import, Claim, ClaimKind, Exported, ImportOutcome, Pin, PinSource, ReadView,
+    Refused, StoreError, TagRecord, TagState,
 };
 
 /// The database's clock, in whole seconds since the Unix epoch. `clock_timestamp()`, not
@@ -315,27 +315,9 @@ impl PgStore {
             let mut entries = Vec::new();
             for r in writes {
                 let (before, now) = read_record(tx, &r.repository, &r.tag)?;
-                // What the tag had before it was pinned starts the imported pin's history.
-                let mut after = TagRecord {
-                    pin: None,
-                    writes: r.claim.iter().cloned().collect(),
-                    release: before.release.clone(),
-                    history: before.history.clone(),
-                };
-                if let Some(mut pin) = r.pin() {
-                    let previous = before.pin.as_ref().map(|p| &p.digest);
-                    let index = head.size() + entries.len() as u64;
-                    entries.push(entry::imported(
-                        &r.repository,
-                        &r.tag,
-                        previous,
-                        &mut pin,
-                        by,
-                        now,
-                        index,
-                    ));
-                    after.set_pin(pin);
-                }
+                let index = head.size() + entries.len() as u64;
+                let (after, entry) = imported_record(r, &before, by, now, index);
+                entries.extend(entry);
                 write_record(tx, &r.repository, &r.tag, &before, &after)?;
                 changed.push(lock_key(&r.repository, &r.tag));
                 outcome.imported += 1;

@@ -19,7 +19,8 @@ use super::{
 use crate::log::entry;
 use crate::oci::{Digest, Repository, Tag};
 use crate::store::{
-    merge_refusals, now_secs, plan_import, Exported, ImportOutcome, ReadView, StoreError, TagRecord, TagState,
+    imported_record, merge_refusals, now_secs, plan_import, Exported, ImportOutcome, ReadView, StoreError, TagRecord,
+    TagState,
 };
 
 /// The trees of a tag's record, inside one transaction.
@@ -328,28 +329,9 @@ impl SledStore {
             }
             for r in writes {
                 let before = tx.read(&tag_key(&r.repository, &r.tag))?;
-                // What the tag had before it was pinned starts the imported pin's history.
-                let mut after = TagRecord {
-                    pin: None,
-                    writes: r.claim.iter().cloned().collect(),
-                    release: before.release.clone(),
-                    history: before.history.clone(),
-                };
-                if let Some(mut pin) = r.pin() {
-                    let previous = before.pin.as_ref().map(|p| &p.digest);
-                    let index = head.size() + entries.len() as u64;
-                    let now = now_secs();
-                    entries.push(entry::imported(
-                        &r.repository,
-                        &r.tag,
-                        previous,
-                        &mut pin,
-                        by,
-                        now,
-                        index,
-                    ));
-                    after.set_pin(pin);
-                }
+                let index = head.size() + entries.len() as u64;
+                let (after, entry) = imported_record(r, &before, by, now_secs(), index);
+                entries.extend(entry);
                 tx.write(&r.repository, &r.tag, &before, &after)?;
                 outcome.imported += 1;
             }
