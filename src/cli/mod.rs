@@ -196,6 +196,10 @@ pub struct ServeArgs {
     /// HTTP status of a refused push or delete, 409 or 403 [default: 409].
     #[arg(long, env = "TAGPIN_REFUSE_STATUS")]
     pub refuse_status: Option<u16>,
+    /// Bytes of the sled pin store's page cache; the store's memory follows it, not the
+    /// number of pins [default: 67108864].
+    #[arg(long, env = "TAGPIN_STORE_CACHE_BYTES")]
+    pub store_cache_bytes: Option<u64>,
     /// Largest manifest accepted on a push, in bytes [default: 4194304].
     #[arg(long, env = "TAGPIN_MAX_MANIFEST_BYTES")]
     pub max_manifest_bytes: Option<usize>,
@@ -313,6 +317,7 @@ impl ServeArgs {
             listen: self.listen.or(file.listen),
             upstream: self.upstream.or(file.upstream),
             data_dir: self.data_dir.or(file.data_dir),
+            store_cache_bytes: self.store_cache_bytes.or(file.store_cache_bytes),
             exclude: if self.exclude.is_empty() {
                 file.exclude
             } else {

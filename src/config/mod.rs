@@ -71,6 +71,8 @@ pub struct Config {
     pub upstream: Origin,
     pub public_url: Option<Origin>,
     pub data_dir: PathBuf,
+    /// Bytes of sled's page cache (the sled store only).
+    pub store_cache_bytes: u64,
     pub exclude: Vec<String>,
     /// The configured rules; `None` when the file has none (the built-in rules apply).
     pub rules: Option<Vec<crate::policy::RuleSpec>>,

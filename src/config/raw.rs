@@ -13,6 +13,7 @@ pub struct RawConfig {
     pub listen: Option<String>,
     pub upstream: Option<String>,
     pub data_dir: Option<PathBuf>,
+    pub store_cache_bytes: Option<u64>,
     pub exclude: Option<Vec<String>>,
     /// `[[rules]]`, checked one by one in `validate` so errors name the rule.
     pub rules: Option<Vec<toml::Value>>,

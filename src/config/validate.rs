@@ -84,6 +84,15 @@ impl RawConfig {
         debug_assert!(crate::manifest::Budget::largest_grant(manifest_memory_budget_bytes) >= max_manifest_bytes);
         // At least one manifest of the largest size, so every legal push can get its
         // memory; at most the whole budget (which turns the share off).
+        let store_cache_bytes = self
+            .store_cache_bytes
+            .unwrap_or(crate::store::DEFAULT_SLED_CACHE_BYTES);
+        if !(1024 * 1024..=1 << 40).contains(&store_cache_bytes) {
+            return Err(ConfigError::invalid(
+                "store_cache_bytes",
+                "must be at least 1048576 (1 MiB) and at most 1099511627776 (1 TiB)".to_string(),
+            ));
+        }
         let manifest_memory_per_client_bytes = self
             .manifest_memory_per_client_bytes
             .unwrap_or((manifest_memory_budget_bytes / 4).max(max_manifest_bytes));
@@ -272,6 +281,7 @@ impl RawConfig {
             upstream,
             public_url,
             data_dir: self.data_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            store_cache_bytes,
             exclude,
             rules,
             reload: None,

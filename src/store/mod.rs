@@ -28,7 +28,7 @@ pub use self::history::{in_force_at, parse_query_time, parse_time, rfc3339, NoPi
 pub use self::import::{export_page, imported_record, merge_refusals, plan_import, ImportOutcome};
 pub use self::model::*;
 pub use self::postgres::{PgStore, ReadCacheStats};
-pub use self::sled::SledStore;
+pub use self::sled::{SledStore, DEFAULT_CACHE_BYTES as DEFAULT_SLED_CACHE_BYTES};
 pub use self::unavailable::UnavailableStore;
 
 /// A store failure. Any of these makes tagpin refuse the write it was deciding (503).

@@ -57,6 +57,8 @@ use crate::oci::{Digest, Repository, Tag};
 
 pub struct SledStore {
     path: PathBuf,
+    /// Bytes of sled's page cache ([`SledStore::open_with_cache`]).
+    cache_bytes: u64,
     /// The open database; `None` only between a failed reopen and the next attempt.
     trees: RwLock<Option<Arc<Trees>>>,
     /// A flush failed and has not succeeded since.
@@ -84,7 +86,7 @@ struct Trees {
 }
 
 impl Trees {
-    fn open(path: &Path, dir: &Path) -> Result<Self, StoreError> {
+    fn open(path: &Path, dir: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
         // sled reports most damage as an error, but some corrupt files make it panic while
         // recovering; either way the store is unusable and tagpin must fail closed.
         // sled's own file lock outlives a dropped database for a moment (its flusher
@@ -93,7 +95,7 @@ impl Trees {
         // for it briefly instead of failing.
         let mut attempts = 0;
         let db = loop {
-            let opened = std::panic::catch_unwind(|| sled::Config::new().path(path).open()).map_err(|_| {
+            let opened = std::panic::catch_unwind(|| sled::Config::new().path(path).cache_capacity(cache_bytes).open()).map_err(|_| {
                 StoreError::Unavailable(format!(
                     "cannot open {}: sled panicked while recovering it",
                     dir.display()
@@ -203,11 +205,22 @@ fn reverse_ref_key(key: &[u8]) -> Option<Vec<u8>> {
     Some([repo, b"\0", holder, b"\0", reference].concat())
 }
 
+/// sled's page cache when none is configured: enough for the hot part of a large store
+/// (sled's own default is 1 GiB, which a store of millions of pins fills).
+pub const DEFAULT_CACHE_BYTES: u64 = 64 * 1024 * 1024;
+
 impl SledStore {
-    /// Open (or create) the store in `dir`. A lock file in the directory keeps a second
+    /// [`SledStore::open_with_cache`] with [`DEFAULT_CACHE_BYTES`].
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        Self::open_with_cache(dir, DEFAULT_CACHE_BYTES)
+    }
+
+    /// Open (or create) the store in `dir`, with a page cache of `cache_bytes` (sled
+    /// keeps recently used pages of its trees in memory up to about that size; the rest of
+    /// the store stays on disk, read through the OS's page cache). A lock file in the directory keeps a second
     /// tagpin off the same data dir: [`StoreError::Locked`] is a start-up error, not a
     /// store that fails closed, so the two cannot disagree about pins.
-    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+    pub fn open_with_cache(dir: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::Unavailable(format!("cannot create data dir {}: {e}", dir.display())))?;
         let lock_path = dir.join("tagpin.lock");
@@ -230,21 +243,18 @@ impl SledStore {
             }
         }
         let path = dir.join("pins.sled");
-        let trees = Trees::open(&path, dir)?;
+        let trees = Trees::open(&path, dir, cache_bytes)?;
         Ok(Self {
             path,
+            cache_bytes,
             trees: RwLock::new(Some(Arc::new(trees))),
             dirty: AtomicBool::new(false),
             _lock: lock,
         })
     }
 
-    /// Number of pins held, for the start-up log line.
-    pub fn pin_count(&self) -> usize {
-        self.current().map_or(0, |t| t.pins.len())
-    }
-
-    /// Number of tags with writes whose outcome is unknown, for the start-up log line.
+    /// Number of tags with writes whose outcome is unknown, for the start-up log line: a
+    /// walk of the claims alone (writes in flight), never of every pin.
     pub fn claim_count(&self) -> usize {
         self.current().map_or(0, |t| t.claims.len())
     }
@@ -306,7 +316,7 @@ impl SledStore {
             }
         }
         let dir = self.path.parent().unwrap_or(&self.path).to_owned();
-        let trees = Arc::new(Trees::open(&self.path, &dir)?);
+        let trees = Arc::new(Trees::open(&self.path, &dir, self.cache_bytes)?);
         tracing::warn!(data_dir = %dir.display(), "pin store reopened after a failed write; it holds what is on disk");
         *slot = Some(Arc::clone(&trees));
         self.dirty.store(false, Ordering::Release);
