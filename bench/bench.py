@@ -25,6 +25,8 @@ import shutil
 import signal
 import threading
 import time
+import urllib.error
+import urllib.request
 from hashlib import sha256
 
 import connections  # the script's directory is on sys.path; connections uses this module's helpers
@@ -114,7 +116,23 @@ def start_tagpin(binary, upstream, store_args):
          "--log-format", "json", "--max-connections", "20000"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "RUST_LOG": "info"})
     m = wait_for_line(proc, r'"addr":"(127\.0\.0\.1:\d+)".*"message":"listening"|"message":"listening".*"addr":"(127\.0\.0\.1:\d+)"')
-    return proc, m.group(1) or m.group(2)
+    addr = m.group(1) or m.group(2)
+    wait_ready(addr)
+    return proc, addr
+
+
+def wait_ready(addr, timeout=120):
+    """Until /readyz answers 200: the pin store opens beside the listener."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://{addr}/readyz", timeout=5) as r:
+                if r.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"tagpin at {addr} did not become ready within {timeout}s")
 
 
 def pg_bin(name):

@@ -107,6 +107,7 @@ def start_tagpin(binary, upstream, store_args, tmp, extra=()):
         proc.wait()
         raise
     bench.drain(proc.stdout)
+    bench.wait_ready(addrs["listening"])
     return proc, addrs["listening"], addrs["admin API listening"]
 
 

@@ -105,13 +105,25 @@ impl Shared {
             tracing::info!(database = %db.display, "pin store: PostgreSQL");
             return Self::with_store(config, Arc::new(store));
         }
-        let store: Arc<dyn PinStore> = match SledStore::open_with_cache(&config.data_dir, config.store_cache_bytes) {
-            Ok(s) => {
-                // Nothing here walks the pins: start-up takes as long on ten million as on ten.
+        let dir = config.data_dir.clone();
+        let started = std::time::Instant::now();
+        let opened = move |s: &SledStore, result: Result<(), StoreError>| match result {
+            Ok(()) => {
+                // Nothing here walks the pins: the log's head is one record.
                 let log_entries = s.log_head().map(|h| h.size()).unwrap_or(0);
-                tracing::info!(data_dir = %config.data_dir.display(), log_entries, claims = s.claim_count(), cache_bytes = config.store_cache_bytes, "pin store opened");
-                Arc::new(s)
+                let opened_ms = started.elapsed().as_millis() as u64;
+                tracing::info!(data_dir = %dir.display(), log_entries, claims = s.claim_count(), opened_ms, "pin store opened");
             }
+            Err(e) => {
+                tracing::error!(data_dir = %dir.display(), error = %e, "pin store unavailable: refusing every write that needs a decision");
+            }
+        };
+        let store: Arc<dyn PinStore> = match SledStore::open_in_background(
+            &config.data_dir,
+            config.store_cache_bytes,
+            opened,
+        ) {
+            Ok(s) => s,
             // Two processes on one data dir would each decide without seeing the other's
             // locks: refuse to start rather than serve beside it.
             Err(e @ StoreError::Locked(_)) => return Err(StartError::Store(e)),
@@ -214,6 +226,21 @@ impl Shared {
         &self,
         repo: &crate::oci::Repository,
         tags: &[crate::oci::Tag],
+        f: F,
+    ) -> Result<T, ProxyError>
+    where
+        T: Send + 'static,
+        F: FnMut(crate::pinning::Clock, &mut [crate::store::TagRecord]) -> T + Send + 'static,
+    {
+        self.transition_as(StoreWrite::Durable, repo, tags, f).await
+    }
+
+    /// [`App::transition`], written as `how` says.
+    pub async fn transition_as<T, F>(
+        &self,
+        how: StoreWrite,
+        repo: &crate::oci::Repository,
+        tags: &[crate::oci::Tag],
         mut f: F,
     ) -> Result<T, ProxyError>
     where
@@ -224,9 +251,14 @@ impl Shared {
         let (r, t) = (repo.clone(), tags.to_vec());
         self.store_call(move |s| {
             let mut out = None;
-            s.update(&r, &t, &mut |now, records| {
+            let mut change = |now, records: &mut [crate::store::TagRecord]| {
                 out = Some(f(crate::pinning::Clock { now, horizon }, records));
-            })?;
+            };
+            match &how {
+                StoreWrite::Durable => s.update(&r, &t, &mut change)?,
+                StoreWrite::Protecting(refs) => s.update_protecting(&r, &t, refs, &mut change)?,
+                StoreWrite::Settling => s.confirm(&r, &t, &mut change)?,
+            };
             Ok(out.expect("a store update runs its change at least once"))
         })
         .await
@@ -244,6 +276,17 @@ impl Shared {
             .map_err(|e| ProxyError::Internal(format!("store task failed: {e}")))?
             .map_err(ProxyError::Store)
     }
+}
+
+/// How a transition is written to the store.
+pub enum StoreWrite {
+    /// Durable before it returns ([`PinStore::update`]).
+    Durable,
+    /// A push's claim, with the pushed manifest's references, in one durable write
+    /// ([`PinStore::update_protecting`]).
+    Protecting(crate::store::Protection),
+    /// A push settled by its upstream's answer: durable soon ([`PinStore::confirm`]).
+    Settling,
 }
 
 /// Counts detached decision tasks.

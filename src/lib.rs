@@ -139,6 +139,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             let _ = stop.wait_for(|s| *s).await;
         }))
     });
+    let recover_task = {
+        let app = App::worker(Arc::clone(&shared));
+        let mut stop = stop_rx.clone();
+        tokio::spawn(handler::recover::run(app, async move {
+            let _ = stop.wait_for(|s| *s).await;
+        }))
+    };
     if cfg!(feature = "bench-unlogged") {
         tracing::error!("this build keeps no history log (feature bench-unlogged): for benchmarks only");
     }
@@ -190,6 +197,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         let _ = task.await;
     }
     let _ = checkpoint_task.await;
+    // Each of its writes is one atomic transition: stopping it between two loses nothing.
+    recover_task.abort();
     Ok(())
 }
 

@@ -52,6 +52,9 @@ pub struct Metrics {
     store_failures: Counter,
     policy_reload_failures: Counter,
     open_connections: Gauge,
+    /// Follows [`crate::store::PinStore::durable_writes`]; the lock keeps two renders from
+    /// adding the same writes twice.
+    store_durable_writes: std::sync::Mutex<Counter>,
     drift_tags: Family<StateLabel, Gauge>,
     manifest_memory_refusals: Family<ReasonLabel, Counter>,
     write_stalls: Counter,
@@ -126,6 +129,12 @@ impl Default for Metrics {
             "SIGHUP reloads refused because the new config was invalid",
             policy_reload_failures.clone(),
         );
+        let store_durable_writes = Counter::default();
+        registry.register(
+            "store_durable_writes",
+            "Durable writes (fsyncs, synchronous commits) the pin store waited for: one per push of a new tag",
+            store_durable_writes.clone(),
+        );
         let open_connections = Gauge::default();
         registry.register(
             "open_connections",
@@ -167,6 +176,7 @@ impl Default for Metrics {
             responses_by_class,
             upstream_failures,
             store_failures,
+            store_durable_writes: std::sync::Mutex::new(store_durable_writes),
             policy_reload_failures,
             open_connections,
             manifest_memory_refusals,
@@ -248,10 +258,18 @@ impl Metrics {
         }
     }
 
-    /// The text exposition, with the connection gauge set to `open_connections`.
-    pub fn render(&self, open_connections: usize) -> String {
+    /// The text exposition, with the connection gauge set to `open_connections` and the
+    /// store's durable writes counted up to `durable_writes`.
+    pub fn render(&self, open_connections: usize, durable_writes: u64) -> String {
         self.open_connections
             .set(i64::try_from(open_connections).unwrap_or(i64::MAX));
+        {
+            let counter = self.store_durable_writes.lock().unwrap_or_else(|p| p.into_inner());
+            let seen = counter.get();
+            if durable_writes > seen {
+                counter.inc_by(durable_writes - seen);
+            }
+        }
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.registry);
@@ -280,7 +298,8 @@ mod tests {
             moved: 1,
             ..DriftCounts::default()
         });
-        let text = m.render(3);
+        let text = m.render(3, 7);
+        assert!(text.contains("tagpin_store_durable_writes_total 7"), "{text}");
         assert!(text.contains("tagpin_drift_tags{state=\"moved\"} 1"), "{text}");
         assert!(text.contains("tagpin_drift_tags{state=\"missing\"} 0"), "{text}");
         assert!(

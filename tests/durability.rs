@@ -1,7 +1,11 @@
 //! A pin tagpin answered 201 for survives the database crashing right after, whatever the
-//! server's own `synchronous_commit` default: tagpin's sessions commit synchronously.
-//! Decided by killing every process of a private PostgreSQL server (SIGKILL, nothing
-//! flushed) and asking the restarted server, through tagpin, what is pinned.
+//! server's own `synchronous_commit` default: tagpin's sessions commit the claim that
+//! precedes every forwarded push synchronously, so the tag stays held for the pushed
+//! digest; the settlement after the upstream's answer is committed without waiting for
+//! the disk, and when the crash took it back, tagpin completes it from what the upstream
+//! holds once the claim is past the in-doubt horizon. Decided by killing every process of
+//! a private PostgreSQL server (SIGKILL, nothing flushed) and asking the restarted
+//! server, through tagpin, what is pinned.
 
 mod common;
 
@@ -82,7 +86,8 @@ fn zombie(pid: u32) -> bool {
 /// Review item 9: With the server's default `synchronous_commit = off`, three rounds of:
 /// push a new tag through tagpin (201), at once SIGKILL every process of the PostgreSQL
 /// server, start it again on the same data dir, and ask tagpin (`pins show`) what the tag
-/// is pinned to; a push of another digest is refused.
+/// is held to (pinned, or claimed by the push whose settlement the crash took back); a
+/// push of another digest is refused; and the tag ends pinned to the pushed digest.
 ///
 /// Old code: its sessions took the server's default, so a commit returned before its WAL
 /// was written and the crash lost it: 3 rounds of 3 came back with no pin (`pins show`
@@ -95,7 +100,9 @@ fn a_pin_answered_201_survives_the_database_being_killed_at_once_with_async_comm
     let url = server.create_database("durable");
     let registry = Registry::start();
     let secrets = AdminSecrets::new();
-    let flags = secrets.flags();
+    let mut flags = secrets.flags();
+    // A short horizon, so a claim whose settlement was lost is completed within the test.
+    flags.extend(["--upstream-header-timeout-ms", "1000", "--in-doubt-horizon", "2s"].map(String::from));
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     // Started (its schema created) before the default changes, so what a crash can lose
     // is the pins, not the tables.
@@ -161,7 +168,22 @@ fn a_pin_answered_201_survives_the_database_being_killed_at_once_with_async_comm
             std::thread::sleep(Duration::from_millis(200));
         };
         let upstream = upstream_digest(&registry, repo, &tag);
-        let pinned = held == Some(("pinned".into(), img.digest().into()));
+        let held_for_it = held.as_ref().is_some_and(|(state, digest)| {
+            (state == "pinned" || state == "claimed") && digest == &serde_json::Value::from(img.digest())
+        });
+        // Held, and then pinned: a lost settlement is completed past the horizon.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let pinned = held_for_it
+            && loop {
+                let out = secrets.cli(admin, &["pins", "show", &reference, "--json"]);
+                if out.code == 0 && out.json()["state"] == "pinned" {
+                    break out.json()["digest"] == img.digest().as_str();
+                }
+                if Instant::now() > deadline {
+                    break false;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            };
         if !pinned || refused.status != 409 || upstream.as_ref() != Some(&img.digest()) {
             lost.push(format!(
                 "round {round}: {repo}:{tag} (answered 201 for {}) after the crash: pins show {}; \

@@ -84,9 +84,7 @@ impl RawConfig {
         debug_assert!(crate::manifest::Budget::largest_grant(manifest_memory_budget_bytes) >= max_manifest_bytes);
         // At least one manifest of the largest size, so every legal push can get its
         // memory; at most the whole budget (which turns the share off).
-        let store_cache_bytes = self
-            .store_cache_bytes
-            .unwrap_or(crate::store::DEFAULT_SLED_CACHE_BYTES);
+        let store_cache_bytes = self.store_cache_bytes.unwrap_or(crate::store::DEFAULT_SLED_CACHE_BYTES);
         if !(1024 * 1024..=1 << 40).contains(&store_cache_bytes) {
             return Err(ConfigError::invalid(
                 "store_cache_bytes",

@@ -11,6 +11,7 @@ mod history;
 mod pins;
 mod push;
 mod reads;
+pub mod recover;
 mod refs;
 mod refused;
 mod release;
@@ -70,7 +71,7 @@ pub async fn handle(app: &Arc<App>, req: Request<Incoming>, client: &Peer) -> Re
 /// `GET /metrics`: the Prometheus text, on the registry port or the metrics listener.
 pub fn metrics_response(app: &App) -> Response<Body> {
     let open = app.config.max_connections - app.connections.available_permits();
-    let mut resp = Response::new(body::full(app.metrics.render(open)));
+    let mut resp = Response::new(body::full(app.metrics.render(open, app.store.durable_writes())));
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),

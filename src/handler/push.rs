@@ -15,8 +15,13 @@
 //!    holds the old pin when the new one is committed;
 //! 4. **forward**, and **settle** every tag by the upstream's answer
 //!    ([`pinning::settle_push`]): accepted, the pin follows before the client sees its
-//!    201; refused (or a `?tag=` the answer shows was not applied), the record is
-//!    withdrawn; unknown, the record stays until the in-doubt horizon.
+//!    201 (a new pin or an identical push without waiting for the disk: its durable
+//!    claim holds the tag until the pin is on disk, see [`super::recover`]); refused (or
+//!    a `?tag=` the answer shows was not applied), the record is withdrawn; unknown, the
+//!    record stays until the in-doubt horizon.
+//!
+//! So a push of a new tag waits for one durable write (claim and references together)
+//! and none after the upstream answers.
 
 use http::request::Parts;
 use http::{header, HeaderMap, Response};
@@ -24,7 +29,7 @@ use http::{header, HeaderMap, Response};
 use super::refused::{Evidence, Refused};
 use super::settle::{self, tag_words};
 use super::{client_origin, to_client, upstream_request};
-use crate::app::App;
+use crate::app::{App, StoreWrite};
 use crate::body::{self, Body};
 use crate::error::ProxyError;
 use crate::manifest;
@@ -149,7 +154,7 @@ impl PushJob {
         };
         // Measured from before the records are written, so a slow commit counts too.
         let decided_at = std::time::Instant::now();
-        let (inputs, verdicts) = match self.decide(app, appends).await? {
+        let (inputs, verdicts) = match self.decide(app, appends, refs.pending.clone()).await? {
             Ok(decided) => decided,
             Err(refused) => {
                 // Nothing of this push is recorded: the checks of its client, which any
@@ -240,7 +245,12 @@ impl PushJob {
     /// Step 2: decide against the records and the policy in force now, and record the
     /// write on every tag, in one transition. A refusal carries the evidence it leaves
     /// once its client is confirmed (`refused`).
-    async fn decide(&self, app: &App, appends: Vec<Appended>) -> Result<Result<Decision, Refused>, ProxyError> {
+    async fn decide(
+        &self,
+        app: &App,
+        appends: Vec<Appended>,
+        refs: Option<crate::store::Protection>,
+    ) -> Result<Result<Decision, Refused>, ProxyError> {
         let policy = app.policy();
         let inputs: Vec<PushTag> = appends
             .into_iter()
@@ -254,8 +264,13 @@ impl PushJob {
             .collect();
         let tags: Vec<Tag> = inputs.iter().map(|i| i.tag.clone()).collect();
         let (given, d, id) = (inputs.clone(), self.attempted.clone(), self.who.request_id.clone());
+        // The references go into the claim's own write: one durable write before forwarding.
+        let how = match refs {
+            Some(refs) => StoreWrite::Protecting(refs),
+            None => StoreWrite::Durable,
+        };
         let begun = app
-            .transition(&self.repo, &tags, move |clock, records| {
+            .transition_as(how, &self.repo, &tags, move |clock, records| {
                 pinning::begin_push(records, &given, &d, &id, clock)
             })
             .await?;
@@ -356,8 +371,15 @@ impl PushJob {
             .zip(&words)
             .map(|(t, w)| flow::tag_outcome(&self.attempted, self.path_tag.as_ref() == Some(t), w))
             .collect();
+        // A new pin or an identical push that applied settles without waiting for the
+        // disk: its claim already holds the tag for this digest, and `recover` completes
+        // it after a crash. Anything else (a move, a withdrawal) is durable at once.
+        let how = match flow::settles_lazily(&outcomes, verdicts) {
+            true => StoreWrite::Settling,
+            false => StoreWrite::Durable,
+        };
         let settled = self
-            .settle(app, &tags, outcomes.clone())
+            .settle(app, &tags, outcomes.clone(), how)
             .await
             .map_err(ProxyError::pin_not_recorded)?;
         let mut warnings = Vec::new();
@@ -391,10 +413,16 @@ impl PushJob {
     }
 
     /// Settle every tag's record by its outcome, in one transition.
-    async fn settle(&self, app: &App, tags: &[Tag], outcomes: Vec<Outcome>) -> Result<Vec<Settled>, ProxyError> {
+    async fn settle(
+        &self,
+        app: &App,
+        tags: &[Tag],
+        outcomes: Vec<Outcome>,
+        how: StoreWrite,
+    ) -> Result<Vec<Settled>, ProxyError> {
         let (d, id) = (self.attempted.clone(), self.who.request_id.clone());
         let (settled, expired) = app
-            .transition(&self.repo, tags, move |clock, records| {
+            .transition_as(how, &self.repo, tags, move |clock, records| {
                 let mut expired = Vec::new();
                 let settled = records
                     .iter_mut()
@@ -422,7 +450,7 @@ impl PushJob {
             return;
         }
         let outcomes = vec![Outcome::NotApplied; tags.len()];
-        if let Err(e) = self.settle(app, tags, outcomes).await {
+        if let Err(e) = self.settle(app, tags, outcomes, StoreWrite::Durable).await {
             tracing::error!(request_id = %self.who.request_id, repository = %self.repo, error = %e, "cannot withdraw the records of a push that did not happen; the tags stay reserved for its digest until the in-doubt horizon");
         }
     }

@@ -21,17 +21,20 @@ use crate::upstream::Fetched;
 /// theirs); an index beyond it is refused as undecidable rather than half-protected.
 const MAX_FETCHES: usize = 4096;
 
-/// The references of a manifest, and whether this call recorded them.
+/// The references of a manifest, and whether this call learned them.
 pub struct Protected {
     pub refs: Vec<Digest>,
     pub new: bool,
+    /// Learned now and left for the claim that follows to record in its own write
+    /// (`claim_follows`).
+    pub pending: Option<crate::store::Protection>,
 }
 
 /// Make sure the references of `holder` are recorded; `bytes` are its manifest when at
 /// hand (a push), else it is fetched. Returns every reference recorded for it, whether
 /// recorded now or before. `Err(response)` when the upstream wants credentials.
-/// `claim_follows`: the caller writes a claim (flushed) right after, which makes this
-/// record durable too.
+/// `claim_follows`: the caller writes a claim right after, which records them in the
+/// same write ([`Protected::pending`]); otherwise they are recorded here, durably.
 pub async fn protect(
     app: &App,
     repo: &Repository,
@@ -48,7 +51,11 @@ pub async fn protect(
         })
         .await?;
     if let Some(refs) = recorded {
-        return Ok(Ok(Protected { refs, new: false }));
+        return Ok(Ok(Protected {
+            refs,
+            new: false,
+            pending: None,
+        }));
     }
     let auth = headers.get(header::AUTHORIZATION);
     let limit = app.config.max_manifest_bytes;
@@ -68,6 +75,7 @@ pub async fn protect(
                 return Ok(Ok(Protected {
                     refs: Vec::new(),
                     new: true,
+                    pending: None,
                 }))
             }
             Fetched::Challenge(resp) => return Ok(Err(resp)),
@@ -101,13 +109,29 @@ pub async fn protect(
         }
     }
     let deps: Vec<Digest> = deps.into_iter().collect();
+    if claim_follows {
+        let pending = crate::store::Protection {
+            holder: holder.clone(),
+            refs: deps.clone(),
+            complete,
+        };
+        return Ok(Ok(Protected {
+            refs: deps,
+            new: true,
+            pending: Some(pending),
+        }));
+    }
     let (r, h, d) = (repo.clone(), holder.clone(), deps.clone());
     let how = crate::store::Protect {
-        durable: !claim_follows,
+        durable: true,
         complete,
     };
     app.store_call(move |s| s.protect(&r, &h, &d, how)).await?;
-    Ok(Ok(Protected { refs: deps, new: true }))
+    Ok(Ok(Protected {
+        refs: deps,
+        new: true,
+        pending: None,
+    }))
 }
 
 /// Record the references of every pinned or claimed manifest of `repo` that has none.

@@ -3,7 +3,7 @@
 //! between its two looks. Shared with the simulation, so it checks the same steps.
 
 use super::mutation::{self, Mutation};
-use super::Outcome;
+use super::{Outcome, Verdict};
 use crate::oci::{Digest, Tag};
 
 /// What the upstream said about whether a 2xx push applied one tag.
@@ -84,4 +84,16 @@ pub fn newly_held(before: &HeldBy, after: &HeldBy) -> bool {
 /// record and refuses (503) instead of forwarding.
 pub fn fresh(elapsed: std::time::Duration, horizon: std::time::Duration) -> bool {
     elapsed < horizon / 4 || mutation::on(Mutation::StaleForward)
+}
+
+/// Whether a push's settlement may be written without waiting for the disk
+/// ([`crate::store::PinStore::confirm`]): every tag applied, and each a new pin or an
+/// identical push, whose durable claim holds the tag for the same digest until the pin
+/// is on disk (or `handler::recover` completes it). A move is settled durably: a crash
+/// that took it back would leave the old pin in force over the new digest.
+pub fn settles_lazily(outcomes: &[Outcome], verdicts: &[Verdict]) -> bool {
+    outcomes.iter().all(|o| *o == Outcome::Applied)
+        && verdicts
+            .iter()
+            .all(|v| matches!(v, Verdict::NewPin | Verdict::Identical) || mutation::on(Mutation::LazyMoves))
 }

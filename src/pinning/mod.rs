@@ -49,7 +49,7 @@ pub use delete::{
     begin_tag_delete, decide_digest_delete, note_audited_delete, settle_tag_delete, Dependents, DigestDelete, Holder,
     TagDelete,
 };
-pub use push::{begin_push, settle_push, Begun, PushTag, Settled, Verdict};
+pub use push::{begin_push, complete_lost, lost_settlements, settle_push, Begun, PushTag, Settled, Verdict};
 pub use read::{adopt_on_read, FirstPull};
 pub use release::{cancel_release, clear_writes, set_release, take_releases, Cancel, SetRelease};
 
@@ -239,6 +239,8 @@ pub(crate) mod mutation {
         NoMoveGrace,
         /// Log: the store's log leaves out adoptions (and writes no guard against it).
         LogSkipsAdoption,
+        /// Scale: a move's settlement, too, written without waiting for the disk.
+        LazyMoves,
     }
 
     #[cfg(not(test))]

@@ -236,6 +236,41 @@ pub fn settle_push(
     (settled, expired)
 }
 
+/// The writes a lost settlement may have left on a tag with no pin: pushes of a new
+/// tag past the in-doubt horizon, which can no longer land. Each is completed by
+/// [`complete_lost`] when the upstream shows its digest at the tag.
+pub fn lost_settlements(record: &TagRecord, clock: Clock) -> Vec<Claim> {
+    if record.pin.is_some() {
+        return Vec::new();
+    }
+    record
+        .writes
+        .iter()
+        .filter(|w| w.kind == ClaimKind::New && w.claimed_at.saturating_add(clock.horizon) < clock.now)
+        .cloned()
+        .collect()
+}
+
+/// Complete `write` (found by [`lost_settlements`]) now that the upstream shows
+/// `at_upstream` at the tag: when that is its digest, as if its own answer had come and
+/// accepted it. The write can no longer land, so the tag holds its digest for good
+/// whether it landed or another client put the same bytes there. `None`: nothing to do
+/// (the upstream shows something else, or the record changed meanwhile).
+pub fn complete_lost(
+    record: &mut TagRecord,
+    write: &Claim,
+    at_upstream: Option<&Digest>,
+    clock: Clock,
+) -> Option<Settled> {
+    let still = lost_settlements(record, clock)
+        .iter()
+        .any(|w| w.request_id == write.request_id && w.digest == write.digest);
+    if !still || at_upstream != Some(&write.digest) {
+        return None;
+    }
+    Some(settle_push(record, &write.digest, &write.request_id, Outcome::Applied, clock).0)
+}
+
 /// Remove and return the write of `request_id` for `attempted`.
 fn take_own(record: &mut TagRecord, attempted: &Digest, request_id: &str) -> Option<Claim> {
     let i = record

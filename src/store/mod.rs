@@ -101,6 +101,48 @@ pub trait PinStore: Send + Sync + 'static {
         change: &mut dyn FnMut(u64, &mut [TagRecord]),
     ) -> Result<Vec<TagRecord>, StoreError>;
 
+    /// [`PinStore::update`] for a push's claim that first records the references of the
+    /// pushed manifest (`refs`), in the same atomic, durable write: one commit (one fsync)
+    /// before the push is forwarded.
+    fn update_protecting(
+        &self,
+        repo: &Repository,
+        tags: &[Tag],
+        refs: &Protection,
+        change: &mut dyn FnMut(u64, &mut [TagRecord]),
+    ) -> Result<Vec<TagRecord>, StoreError> {
+        let how = Protect {
+            durable: false,
+            complete: refs.complete,
+        };
+        self.protect(repo, &refs.holder, &refs.refs, how)?;
+        self.update(repo, tags, change)
+    }
+
+    /// [`PinStore::update`] for settling a push by its upstream's answer (confirming it,
+    /// or withdrawing it): as atomic, and visible to every later call at once, but made
+    /// durable soon after rather than before it returns, so no fsync (or synchronous
+    /// commit) stands between the upstream's answer and the client's. Losing it in a
+    /// crash loses nothing a client relies on: the push's claim, durable before it was
+    /// forwarded, still holds the tag for the same digest, and a restart completes it
+    /// ([`crate::handler::recover`] asks the upstream for what the claim's write did).
+    /// Anything that publishes the state (a signed checkpoint of the log) first makes it
+    /// durable ([`PinStore::log_head`]).
+    fn confirm(
+        &self,
+        repo: &Repository,
+        tags: &[Tag],
+        change: &mut dyn FnMut(u64, &mut [TagRecord]),
+    ) -> Result<Vec<TagRecord>, StoreError> {
+        self.update(repo, tags, change)
+    }
+
+    /// Durable writes this store has waited for (fsyncs; synchronous commits), for
+    /// `tagpin_store_durable_writes_total`.
+    fn durable_writes(&self) -> u64 {
+        0
+    }
+
     /// Record each pin unless its tag is pinned or claimed already (adoption of what the
     /// upstream holds). Returns, in order, the state in force for each tag afterwards.
     fn pin_if_absent(&self, repo: &Repository, pins: &[(Tag, Pin)]) -> Result<Vec<TagState>, StoreError> {
@@ -171,12 +213,34 @@ pub trait PinStore: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<(Repository, Tag, TagState)>, StoreError>;
 
+    /// Tags with a write in flight, in key order, after `after`, at most `limit`: a walk
+    /// of the writes alone, which are few, never of every pin.
+    fn claimed(&self, after: Option<&(Repository, Tag)>, limit: usize) -> Result<Vec<(Repository, Tag)>, StoreError> {
+        let mut out = Vec::new();
+        let mut cursor = after.cloned();
+        loop {
+            let page = self.list(None, cursor.as_ref(), limit)?;
+            out.extend(
+                page.iter()
+                    .filter(|(_, _, state)| state.claim().is_some())
+                    .map(|(r, t, _)| (r.clone(), t.clone())),
+            );
+            if page.len() < limit || out.len() >= limit {
+                out.truncate(limit);
+                return Ok(out);
+            }
+            cursor = page.last().map(|(r, t, _)| (r.clone(), t.clone()));
+        }
+    }
+
     /// Write every record unless any conflicts with what the store holds (a different
     /// digest, or a claim), atomically and durably; each pin written gets an `imported`
     /// log entry naming `by` (the admin token's name) in the same write.
     fn import(&self, records: &[Exported], by: &str) -> Result<ImportOutcome, StoreError>;
 
-    /// The log's head: its size and right frontier (see [`crate::log`]).
+    /// The log's head: its size and right frontier (see [`crate::log`]). Durable: every
+    /// entry it covers survives a crash (a [`PinStore::confirm`] not yet on disk is made
+    /// durable first), so no checkpoint signed over it can be contradicted later.
     fn log_head(&self) -> Result<Frontier, StoreError>;
 
     /// The leaf bytes of the log's entries `[start, end)`, as far as the log reaches.

@@ -361,6 +361,16 @@ pub struct Protect {
     pub complete: bool,
 }
 
+/// The references of a pushed manifest, recorded with its claim
+/// ([`super::PinStore::update_protecting`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Protection {
+    pub holder: Digest,
+    pub refs: Vec<Digest>,
+    /// As [`Protect::complete`].
+    pub complete: bool,
+}
+
 /// Refused attempts kept per tag.
 pub const MAX_REFUSALS: usize = 100;
 

@@ -272,6 +272,7 @@ impl Tagpin {
         let mut child = cmd.spawn().expect("start tagpin");
         let logs = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = mpsc::channel();
+        let (store_tx, store_rx) = mpsc::channel();
         let stdout = child.stdout.take().unwrap();
         let sink = Arc::clone(&logs);
         std::thread::spawn(move || {
@@ -279,6 +280,13 @@ impl Tagpin {
                 if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
                     if v["message"] == "listening" {
                         let _ = tx.send(v["addr"].as_str().unwrap_or("").to_owned());
+                    }
+                    // The sled store opens beside the listener: tests start deciding
+                    // once it has (or has failed to).
+                    let m = v["message"].as_str().unwrap_or_default();
+                    if m == "pin store opened" || m.starts_with("pin store unavailable") || m == "pin store: PostgreSQL"
+                    {
+                        let _ = store_tx.send(());
                     }
                 }
                 sink.lock().unwrap().push(line);
@@ -298,6 +306,13 @@ impl Tagpin {
                 panic!("tagpin did not start; output:\n{}", logs.lock().unwrap().join("\n"));
             }
         };
+        if store_rx.recv_timeout(Duration::from_secs(60)).is_err() {
+            let _ = child.kill();
+            panic!(
+                "tagpin's pin store did not open; output:\n{}",
+                logs.lock().unwrap().join("\n")
+            );
+        }
         Self {
             addr,
             child: Some(child),

@@ -51,6 +51,9 @@ pub struct World {
     trace: Vec<String>,
     /// The store before the last transition, lost by a crash when commits are not durable.
     last: Option<Store>,
+    /// The store before the first settlement written without a flush since the last
+    /// flush (`PinStore::confirm`): what a store crash goes back to.
+    undurable: Option<Store>,
     releases: usize,
     /// Requests whose answer was lost, which their clients repeat.
     pub retries: Vec<Kind>,
@@ -115,6 +118,7 @@ impl World {
             skews: [0, -150, 45],
             trace: Vec::new(),
             last: None,
+            undurable: None,
             releases: 0,
             retries: Vec::new(),
             tags,
@@ -127,6 +131,37 @@ impl World {
             read_adoptions: 0,
             pinned_reads: 0,
             cache_hits: 0,
+        }
+    }
+
+    /// Run `f`, whose transitions are written without a flush, as `PinStore::confirm`
+    /// writes them: kept in memory until the next durable write or the flusher.
+    pub fn lazily<T>(&mut self, f: impl FnOnce(&mut Self) -> T) -> T {
+        let before = self.undurable.take().unwrap_or_else(|| self.store.clone());
+        let out = f(self);
+        self.undurable = Some(before);
+        out
+    }
+
+    /// What `handler::recover` does on the leading replica: complete every push past the
+    /// horizon whose settlement was lost, when the upstream shows its digest.
+    fn recover(&mut self) {
+        let tags: Vec<Tag> = self.store.tags.keys().cloned().collect();
+        for t in tags {
+            for write in crate::pinning::lost_settlements(&self.store.record(&t), world::clock(self.now)) {
+                let seen = self.up.tags.get(&t).cloned();
+                let mut out = None;
+                self.update(std::slice::from_ref(&t), |now, recs| {
+                    out = crate::pinning::complete_lost(&mut recs[0], &write, seen.as_ref(), world::clock(now));
+                });
+                if let Some(settled) = out {
+                    self.log(format!(
+                        "recover: {} -> {t} of {} => {settled:?}",
+                        world::short(&write.digest),
+                        write.request_id
+                    ));
+                }
+            }
         }
     }
 
@@ -154,6 +189,8 @@ impl World {
             if self.store.record(t) != *r {
                 // NOTIFY in the transaction: every replica's listener hears of it.
                 self.caches.iter_mut().for_each(|c| c.committed(t));
+                // Its flush (its synchronous commit) writes out every earlier lazy one.
+                self.undurable = None;
             }
             if r.is_empty() {
                 self.store.tags.remove(t);
@@ -289,6 +326,9 @@ fn one_step(
             o.fate = Fate::Lost;
         }
         w.log(format!("clock +{dt}"));
+        // Seconds pass: the store's flusher has written out every lazy settlement.
+        w.undurable = None;
+        w.recover();
     } else if w.rng.chance(50) {
         let r = w.rng.below(REPLICAS);
         procs.retain(|p| p.replica != r);
@@ -299,6 +339,11 @@ fn one_step(
             w.store = s;
             w.log("store crashed; the last commit was not durable".into());
         }
+    } else if let Some(s) = w.undurable.take() {
+        w.store = s;
+        // The database went away under every replica's listener: each forgets its cache.
+        w.caches.iter_mut().for_each(cache::ReplicaCache::disconnect);
+        w.log("store crashed before its flush: the settlements written since are lost".into());
     }
     Ok(())
 }
@@ -529,6 +574,7 @@ const MUTANTS: &[(&str, Mutation)] = &[
     ("read-c-cache-without-lease", Mutation::NoLease),
     ("read-d-move-without-grace", Mutation::NoMoveGrace),
     ("log-a-adoption-not-logged", Mutation::LogSkipsAdoption),
+    ("scale-a-lazy-moves", Mutation::LazyMoves),
 ];
 
 #[test]

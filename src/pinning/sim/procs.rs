@@ -100,6 +100,8 @@ pub struct Proc {
     pub(super) fill: Option<(u64, crate::store::ReadView)>,
     /// The push's decision moves a pin: it waits the grace before forwarding.
     moves_pin: bool,
+    /// The push's verdict, once decided.
+    verdict: Vec<machine::Verdict>,
 }
 
 impl Proc {
@@ -127,6 +129,7 @@ impl Proc {
             served: None,
             fill: None,
             moves_pin: false,
+            verdict: Vec::new(),
         }
     }
 }
@@ -210,6 +213,7 @@ fn push(w: &mut World, p: &mut Proc, tag: &Tag, digest: &Digest, by_tag: bool) -
             let check = w.ghost.may_move(tag, &before, digest, w.now);
             check.map_err(|e| format!("decision without licence: {e}"))?;
             p.moves_pin = verdicts.iter().any(machine::Verdict::moves_pin);
+            p.verdict = verdicts.clone();
             let release = matches!(verdicts[0], machine::Verdict::Released { .. })
                 .then(|| {
                     ghost_before
@@ -278,7 +282,13 @@ fn push(w: &mut World, p: &mut Proc, tag: &Tag, digest: &Digest, by_tag: bool) -
                 Answer::NotFound | Answer::Refused => Outcome::NotApplied,
                 Answer::Unknown => Outcome::Unknown,
             };
-            let settled = settle_push(w, p, tag, digest, outcome);
+            // As the handler does: an applied new pin or identical push settles without
+            // waiting for the disk, and a store crash may take it back (`recover`).
+            let settled = if flow::settles_lazily(&[outcome], &p.verdict) {
+                w.lazily(|w| settle_push(w, p, tag, digest, outcome))
+            } else {
+                settle_push(w, p, tag, digest, outcome)
+            };
             retry_lost(w, p, outcome);
             if outcome == Outcome::Applied && !matches!(settled, machine::Settled::LandedAgainstPin { .. }) {
                 if let Some(pin) = w.store.record(tag).pin {

@@ -107,10 +107,18 @@ pub(super) fn genesis(tx: &mut postgres::Transaction<'_>) -> Result<u64, StoreEr
 }
 
 impl PgStore {
+    /// The head, durable: read in a transaction that takes a transaction id, so its
+    /// commit is synchronous and flushes the WAL of every commit before it, among them a
+    /// settlement committed without waiting ([`crate::store::PinStore::confirm`]).
     pub(super) fn head(&self) -> Result<Frontier, StoreError> {
         let mut c = self.client()?;
-        let row = c.query_one("SELECT frontier FROM log_head WHERE id", &[]).map_err(db)?;
-        decode_head(row.get(0))
+        let mut tx = c.transaction().map_err(db)?;
+        let row = tx
+            .query_one("SELECT frontier, txid_current() FROM log_head WHERE id", &[])
+            .map_err(db)?;
+        let head = decode_head(row.get(0))?;
+        tx.commit().map_err(db)?;
+        Ok(head)
     }
 
     pub(super) fn leaves(&self, start: u64, end: u64) -> Result<Vec<Vec<u8>>, StoreError> {

@@ -24,8 +24,16 @@
 //! - a commit is durable before `Ok` returns: tagpin's sessions run with
 //!   `synchronous_commit = on` whatever the server's default. With `off` (a common
 //!   tuning), a commit returns before its WAL reaches the disk and a database crash can
-//!   lose it: a pin whose 201 the client already has, or the record of a write that was
-//!   forwarded, and the tag could then be taken by another digest. (`on` also waits for
+//!   lose it: the record of a write that was forwarded, and the tag could then be taken
+//!   by another digest. The one exception is deliberate: a push's settlement
+//!   ([`PinStore::confirm`]) commits with `synchronous_commit = off` for its own
+//!   transaction, so no WAL flush stands between the upstream's answer and the
+//!   client's. The database can lose only the newest such commits, never reorder them,
+//!   and every later synchronous commit flushes them first; what a crash takes back is a
+//!   pin whose claim (committed synchronously before the push was forwarded) still holds
+//!   the tag for the same digest and is completed at the next start
+//!   ([`crate::handler::recover`]). [`PinStore::log_head`] commits synchronously
+//!   before it answers, so no checkpoint counts a lost entry. (`on` also waits for
 //!   synchronous standbys' flush, where the server has any; `remote_apply` adds only
 //!   visibility on the standbys, which tagpin does not read from);
 //! - when the database cannot be reached or a statement fails, the call fails and the
@@ -104,17 +112,17 @@ mod log;
 mod migrate;
 mod tags;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use postgres::{NoTls, Transaction};
+use postgres::NoTls;
 use r2d2::Pool;
 use r2d2_postgres::PostgresConnectionManager;
 
 use self::cache::ReadCache;
 pub use self::cache::ReadCacheStats;
 use self::migrate::migrate;
-use self::tags::DB_NOW;
+use self::tags::{Write, DB_NOW};
 use super::{
     DeleteRecord, Exported, ImportOutcome, PinStore, Protect, ReadView, Refused, StoreError, TagRecord, TagState,
     MAX_REFUSALS,
@@ -133,6 +141,8 @@ pub struct PgStore {
     migrated: AtomicBool,
     /// Pins of immutable tags; `None` when the in-doubt horizon is too short for the grace.
     cache: Option<ReadCache>,
+    /// Synchronous commits of writes, for [`PinStore::durable_writes`].
+    commits: AtomicU64,
 }
 
 /// The session advisory lock one replica holds to run singleton work ("drift" in ASCII).
@@ -182,6 +192,7 @@ impl PgStore {
             leader: std::sync::Mutex::new(None),
             migrated: AtomicBool::new(false),
             cache: Some(cache),
+            commits: AtomicU64::new(0),
         };
         // The synchronous client drives its own runtime, which panics when entered from
         // an async task, and `open` is called from tagpin's async start: migrate on a
@@ -236,37 +247,6 @@ impl PgStore {
             self.migrated.store(true, Ordering::Release);
         }
         Ok(c)
-    }
-
-    /// Run `f` in a transaction holding the advisory locks of `keys`.
-    fn with_locks<T>(
-        &self,
-        keys: &mut Vec<String>,
-        f: impl FnOnce(&mut Transaction<'_>) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
-        let mut c = self.client()?;
-        let mut tx = c.transaction().map_err(db)?;
-        keys.sort();
-        keys.dedup();
-        // With the first lock (one round trip): this session keeps the log, so schema 5's
-        // trigger lets it write pins.
-        let mut first = true;
-        for k in keys.iter() {
-            let sql = if first {
-                "SELECT pg_advisory_xact_lock(hashtextextended($1, 0)), set_config('tagpin.log', 'on', true)"
-            } else {
-                "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))"
-            };
-            first = false;
-            tx.execute(sql, &[k]).map_err(db)?;
-        }
-        if first {
-            tx.execute("SELECT set_config('tagpin.log', 'on', true)", &[])
-                .map_err(db)?;
-        }
-        let out = f(&mut tx)?;
-        tx.commit().map_err(db)?;
-        Ok(out)
     }
 }
 
@@ -336,15 +316,50 @@ impl PinStore for PgStore {
         tags: &[Tag],
         change: &mut dyn FnMut(u64, &mut [TagRecord]),
     ) -> Result<Vec<TagRecord>, StoreError> {
-        let written = self.update_records(repo, tags, change);
+        let written = self.update_records(repo, tags, Write::default(), change);
         self.evict(tags.iter().map(|t| lock_key(repo, t)));
         written
+    }
+
+    fn update_protecting(
+        &self,
+        repo: &Repository,
+        tags: &[Tag],
+        refs: &crate::store::Protection,
+        change: &mut dyn FnMut(u64, &mut [TagRecord]),
+    ) -> Result<Vec<TagRecord>, StoreError> {
+        let how = Write {
+            durable: true,
+            refs: Some(refs),
+        };
+        let written = self.update_records(repo, tags, how, change);
+        self.evict(tags.iter().map(|t| lock_key(repo, t)));
+        written
+    }
+
+    fn confirm(
+        &self,
+        repo: &Repository,
+        tags: &[Tag],
+        change: &mut dyn FnMut(u64, &mut [TagRecord]),
+    ) -> Result<Vec<TagRecord>, StoreError> {
+        let how = Write {
+            durable: false,
+            refs: None,
+        };
+        let written = self.update_records(repo, tags, how, change);
+        self.evict(tags.iter().map(|t| lock_key(repo, t)));
+        written
+    }
+
+    fn durable_writes(&self) -> u64 {
+        self.commits.load(Ordering::Relaxed)
     }
 
     fn record_refusal(&self, repo: &Repository, tag: &Tag, refused: &Refused) -> Result<(), StoreError> {
         let record = serde_json::to_value(refused).expect("serialising a refusal cannot fail");
         let mut keys = vec![lock_key(repo, tag)];
-        self.with_locks(&mut keys, |tx| {
+        self.with_locks(&mut keys, true, |tx| {
             tx.execute(
                 "INSERT INTO refused (repository, tag, record) VALUES ($1, $2, $3)",
                 &[&repo.as_str(), &tag.as_str(), &record],
@@ -469,24 +484,16 @@ impl PinStore for PgStore {
     }
 
     fn protect(&self, repo: &Repository, holder: &Digest, refs: &[Digest], how: Protect) -> Result<(), StoreError> {
-        // Every commit is durable here; there is no fsync to save.
-        let mut c = self.client()?;
-        let mut tx = c.transaction().map_err(db)?;
-        for r in refs {
-            tx.execute(
-                "INSERT INTO refs (repository, ref, holder) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-                &[&repo.as_str(), &r.as_str(), &holder.as_str()],
-            )
-            .map_err(db)?;
-        }
-        if how.complete {
-            tx.execute(
-                "INSERT INTO holders (repository, holder) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-                &[&repo.as_str(), &holder.as_str()],
-            )
-            .map_err(db)?;
-        }
-        tx.commit().map_err(db)
+        let p = crate::store::Protection {
+            holder: holder.clone(),
+            refs: refs.to_vec(),
+            complete: how.complete,
+        };
+        // One statement, its own transaction: durable when it returns (not needed when a
+        // claim follows, but then `update_protecting` writes both in one transaction).
+        tags::protect(&mut *self.client()?, repo, &p)?;
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
 
     fn has_refs(&self, repo: &Repository, holder: &Digest) -> Result<bool, StoreError> {
@@ -540,6 +547,10 @@ impl PinStore for PgStore {
         limit: usize,
     ) -> Result<Vec<(Repository, Tag, TagState)>, StoreError> {
         self.list_states(repo, after, limit)
+    }
+
+    fn claimed(&self, after: Option<&(Repository, Tag)>, limit: usize) -> Result<Vec<(Repository, Tag)>, StoreError> {
+        self.claimed_tags(after, limit)
     }
 
     fn import(&self, records: &[Exported], by: &str) -> Result<ImportOutcome, StoreError> {

@@ -4,16 +4,18 @@
 //! one statement and changed in one transaction under the tag's advisory lock; and the
 //! views built from them (listing) and import.
 
-use postgres::GenericClient;
+use std::sync::atomic::Ordering;
+
+use postgres::{GenericClient, Transaction};
 
 use super::cache::notify;
 use super::log;
 use super::{corrupt, db, lock_key, PgStore};
 use crate::log::entry;
-use crate::oci::{Repository, Tag};
+use crate::oci::{Digest, Repository, Tag};
 use crate::store::{
-    imported_record, merge_refusals, plan_import, Claim, ClaimKind, Exported, ImportOutcome, Pin, PinSource, ReadView,
-    Refused, StoreError, TagRecord, TagState,
+    imported_record, merge_refusals, plan_import, Claim, ClaimKind, Exported, ImportOutcome, Pin, PinSource,
+    Protection, ReadView, Refused, StoreError, TagRecord, TagState,
 };
 
 /// The database's clock, in whole seconds since the Unix epoch. `clock_timestamp()`, not
@@ -216,10 +218,14 @@ impl PgStore {
         &self,
         repo: &Repository,
         tags: &[Tag],
+        how: Write<'_>,
         change: &mut dyn FnMut(u64, &mut [TagRecord]),
     ) -> Result<Vec<TagRecord>, StoreError> {
         let mut keys = tags.iter().map(|t| lock_key(repo, t)).collect();
-        self.with_locks(&mut keys, |tx| {
+        self.with_locks(&mut keys, how.durable, |tx| {
+            if let Some(refs) = how.refs {
+                protect(tx, repo, refs)?;
+            }
             let mut before = Vec::with_capacity(tags.len());
             // The clock is read with the records, after every lock is held.
             let mut now = None;
@@ -267,6 +273,33 @@ impl PgStore {
         })
     }
 
+    pub(super) fn claimed_tags(
+        &self,
+        after: Option<&(Repository, Tag)>,
+        limit: usize,
+    ) -> Result<Vec<(Repository, Tag)>, StoreError> {
+        let mut c = self.client()?;
+        let (after_repo, after_tag) = after.map_or(("", ""), |(r, t)| (r.as_str(), t.as_str()));
+        let rows = c
+            .query(
+                "SELECT DISTINCT repository COLLATE \"C\", tag COLLATE \"C\" FROM claims
+                 WHERE (repository COLLATE \"C\", tag COLLATE \"C\") > ($1 COLLATE \"C\", $2 COLLATE \"C\")
+                 ORDER BY 1, 2 LIMIT $3",
+                &[&after_repo, &after_tag, &(limit as i64)],
+            )
+            .map_err(db)?;
+        rows.iter()
+            .map(|row| {
+                let (r, t): (String, String) = (row.get(0), row.get(1));
+                let key = format!("{r}:{t}");
+                Ok((
+                    Repository::parse(&r).map_err(|e| corrupt(&key, e))?,
+                    Tag::parse(&t).map_err(|e| corrupt(&key, e))?,
+                ))
+            })
+            .collect()
+    }
+
     pub(super) fn list_states(
         &self,
         repo: Option<&Repository>,
@@ -302,7 +335,7 @@ impl PgStore {
 
     pub(super) fn import_records(&self, records: &[Exported], by: &str) -> Result<ImportOutcome, StoreError> {
         let mut keys = records.iter().map(|r| lock_key(&r.repository, &r.tag)).collect();
-        self.with_locks(&mut keys, |tx| {
+        self.with_locks(&mut keys, true, |tx| {
             let (mut outcome, writes) = plan_import(records, |r| -> Result<_, StoreError> {
                 Ok(read_record(tx, &r.repository, &r.tag)?.0.state())
             })?;
@@ -366,4 +399,77 @@ fn import_refusals(
         .map_err(db)?;
     }
     Ok(())
+}
+
+/// How [`PgStore::update_records`] writes.
+pub(super) struct Write<'a> {
+    /// The commit waits for the disk (see the module docs).
+    pub durable: bool,
+    /// References recorded in the same transaction, first.
+    pub refs: Option<&'a Protection>,
+}
+
+impl Default for Write<'_> {
+    fn default() -> Self {
+        Self {
+            durable: true,
+            refs: None,
+        }
+    }
+}
+
+/// Record the references of `p.holder`: one statement, whatever their number.
+pub(super) fn protect<C: GenericClient>(c: &mut C, repo: &Repository, p: &Protection) -> Result<(), StoreError> {
+    let refs: Vec<&str> = p.refs.iter().map(Digest::as_str).collect();
+    c.execute(
+        "WITH r AS (INSERT INTO refs (repository, ref, holder)
+                    SELECT $1, unnest($2::text[]), $3 ON CONFLICT DO NOTHING)
+         INSERT INTO holders (repository, holder) SELECT $1, $3 WHERE $4 ON CONFLICT DO NOTHING",
+        &[&repo.as_str(), &refs, &p.holder.as_str(), &p.complete],
+    )
+    .map_err(db)?;
+    Ok(())
+}
+
+impl PgStore {
+    /// Run `f` in a transaction holding the advisory locks of `keys`. `durable`: the
+    /// commit waits for its WAL to reach the disk (`false` only for
+    /// [`PinStore::confirm`]; see the module docs).
+    pub(super) fn with_locks<T>(
+        &self,
+        keys: &mut Vec<String>,
+        durable: bool,
+        f: impl FnOnce(&mut Transaction<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut c = self.client()?;
+        let mut tx = c.transaction().map_err(db)?;
+        keys.sort();
+        keys.dedup();
+        // With the first lock (one round trip): this session keeps the log, so schema 5's
+        // trigger lets it write pins; and how the commit waits.
+        let settings = if durable {
+            "set_config('tagpin.log', 'on', true)"
+        } else {
+            "set_config('tagpin.log', 'on', true), set_config('synchronous_commit', 'off', true)"
+        };
+        let mut first = true;
+        for k in keys.iter() {
+            let sql = if first {
+                format!("SELECT pg_advisory_xact_lock(hashtextextended($1, 0)), {settings}")
+            } else {
+                "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))".to_owned()
+            };
+            first = false;
+            tx.execute(&sql, &[k]).map_err(db)?;
+        }
+        if first {
+            tx.execute(&format!("SELECT {settings}"), &[]).map_err(db)?;
+        }
+        let out = f(&mut tx)?;
+        tx.commit().map_err(db)?;
+        if durable {
+            self.commits.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(out)
+    }
 }

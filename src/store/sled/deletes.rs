@@ -21,7 +21,7 @@ impl SledStore {
         t.deletes
             .insert(under(digest_key(repo, digest), request_id), encode_delete(&entry))
             .map_err(io)?;
-        self.flush(&t)
+        self.flush_write(&t)
     }
 
     /// Remove the record of `request_id`'s delete, and only that one.
@@ -32,7 +32,7 @@ impl SledStore {
             .remove(under(digest_key(repo, digest), request_id))
             .map_err(io)?;
         if removed.is_some() {
-            self.flush(&t)?;
+            self.flush_write(&t)?;
         }
         Ok(())
     }
@@ -107,7 +107,7 @@ impl SledStore {
         });
         settle(result)?;
         if how.durable {
-            self.flush(&t)?;
+            self.flush_write(&t)?;
         }
         Ok(())
     }

@@ -28,7 +28,16 @@
 //! transactions over all of them (sled runs transactions one at a time, across every
 //! tree), so no reader sees half of a change. The store's clock is this host's.
 //!
-//! Durability: every write is flushed (fsync) before the method returns. When a flush
+//! Durability: every write is flushed (fsync) before the method returns, except a push's
+//! settlement ([`PinStore::confirm`]): it is applied in memory and written out by sled's
+//! flusher within `FLUSH_EVERY_MS`, or by the next flush, whichever comes first. Its
+//! log entry is in the same transaction, so the two are lost or kept together. Losing
+//! it to a crash takes nothing back that anyone relied on: the push's claim was flushed
+//! before the push was forwarded and keeps the tag for the pushed digest (no other
+//! digest can be bound while it stands), and on the next start the claim is completed
+//! by what the upstream holds ([`crate::handler::recover`]). The log's head is flushed
+//! before it is read for a checkpoint, so no signed checkpoint counts a lost entry. So
+//! one fsync stands on a push's path, before it is forwarded. When a flush
 //! fails, the written state lives only in sled's memory and may never reach the disk, so
 //! the store is marked dirty and answers every later call with an error until a flush
 //! succeeds again: nothing is decided from state a restart could lose. The caller of the
@@ -36,6 +45,7 @@
 
 mod deletes;
 mod log;
+mod migrate;
 mod records;
 mod tags;
 #[cfg(test)]
@@ -43,7 +53,7 @@ mod tests;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use sled::transaction::{ConflictableTransactionError, TransactionError};
@@ -61,8 +71,15 @@ pub struct SledStore {
     cache_bytes: u64,
     /// The open database; `None` only between a failed reopen and the next attempt.
     trees: RwLock<Option<Arc<Trees>>>,
+    /// Being opened in the background ([`SledStore::open_in_background`]).
+    opening: AtomicBool,
     /// A flush failed and has not succeeded since.
     dirty: AtomicBool,
+    /// A [`PinStore::confirm`] was written and not flushed by this store since (sled's
+    /// own flusher writes it out within `FLUSH_EVERY_MS`).
+    owed: AtomicBool,
+    /// Flushes this store waited for.
+    flushes: AtomicU64,
     /// Held for the store's lifetime: one tagpin per data dir.
     _lock: File,
 }
@@ -95,7 +112,14 @@ impl Trees {
         // for it briefly instead of failing.
         let mut attempts = 0;
         let db = loop {
-            let opened = std::panic::catch_unwind(|| sled::Config::new().path(path).cache_capacity(cache_bytes).open()).map_err(|_| {
+            let opened = std::panic::catch_unwind(|| {
+                sled::Config::new()
+                    .path(path)
+                    .cache_capacity(cache_bytes)
+                    .flush_every_ms(Some(FLUSH_EVERY_MS))
+                    .open()
+            })
+            .map_err(|_| {
                 StoreError::Unavailable(format!(
                     "cannot open {}: sled panicked while recovering it",
                     dir.display()
@@ -131,79 +155,11 @@ impl Trees {
         trees.migrate()?;
         Ok(trees)
     }
-
-    /// Bring records of an earlier format up to date, once, on open. Every step is
-    /// idempotent and the format is written last, so an interrupted migration runs again
-    /// whole at the next open.
-    fn migrate(&self) -> Result<(), StoreError> {
-        let from = match self.meta.get(records::FORMAT_KEY).map_err(io)? {
-            None => 1,
-            Some(v) => match v.as_ref() {
-                [f] => *f,
-                _ => return Err(corrupt(records::FORMAT_KEY, "not a format number")),
-            },
-        };
-        if from == records::FORMAT {
-            return Ok(());
-        }
-        if from > records::FORMAT {
-            return Err(StoreError::Corrupt {
-                key: "format".into(),
-                why: format!(
-                    "the data dir holds record format {from}, this tagpin knows up to {}: upgrade tagpin",
-                    records::FORMAT
-                ),
-            });
-        }
-        let (mut pins, mut claims, mut refs) = (0usize, 0usize, 0usize);
-        if from < 2 {
-            for item in self.pins.iter() {
-                let (k, v) = item.map_err(io)?;
-                // Decoding fills in the history a format-1 record implies.
-                self.pins.insert(&k, encode_pin(&decode_pin(&k, &v)?)).map_err(io)?;
-                pins += 1;
-            }
-        }
-        if from < 3 {
-            for item in self.claims.iter() {
-                let (k, v) = item.map_err(io)?;
-                // A single claim object becomes a list of one write.
-                self.claims
-                    .insert(&k, encode_writes(&decode_writes(&k, &v)?))
-                    .map_err(io)?;
-                claims += 1;
-            }
-            for key in self.refs.iter().keys() {
-                let key = key.map_err(io)?;
-                let reversed = reverse_ref_key(&key).ok_or_else(|| corrupt(&key, "not repo, ref and holder"))?;
-                self.refs_by_holder.insert(reversed, &[][..]).map_err(io)?;
-                refs += 1;
-            }
-        }
-        let genesis = if from < 4 { self.genesis()? } else { 0 };
-        self.meta
-            .insert(records::FORMAT_KEY, &[records::FORMAT][..])
-            .map_err(io)?;
-        self.db.flush().map_err(io)?;
-        if pins + claims + refs > 0 {
-            tracing::info!(pins, claims, refs, from, format = records::FORMAT, "pin store migrated");
-        }
-        if genesis > 0 {
-            tracing::info!(
-                entries = genesis,
-                "history log started: one genesis entry per pin bound before the log existed"
-            );
-        }
-        Ok(())
-    }
 }
 
-/// `repo \0 ref \0 holder` as `repo \0 holder \0 ref`.
-fn reverse_ref_key(key: &[u8]) -> Option<Vec<u8>> {
-    let mut parts = key.splitn(3, |b| *b == 0);
-    let (repo, reference, holder) = (parts.next()?, parts.next()?, parts.next()?);
-    Some([repo, b"\0", holder, b"\0", reference].concat())
-}
+/// How often sled writes out what was written without a flush (a push's confirmation,
+/// [`PinStore::confirm`]): the most a crash of the host can take back.
+const FLUSH_EVERY_MS: u64 = 200;
 
 /// sled's page cache when none is configured: enough for the hot part of a large store
 /// (sled's own default is 1 GiB, which a store of millions of pins fills).
@@ -221,6 +177,42 @@ impl SledStore {
     /// tagpin off the same data dir: [`StoreError::Locked`] is a start-up error, not a
     /// store that fails closed, so the two cannot disagree about pins.
     pub fn open_with_cache(dir: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
+        let store = Self::lock(dir, cache_bytes)?;
+        let trees = Trees::open(&store.path, dir, cache_bytes)?;
+        *store.trees.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(trees));
+        store.opening.store(false, Ordering::Release);
+        Ok(store)
+    }
+
+    /// Lock `dir` now and open the database on a thread of its own, for `serve`: sled's
+    /// recovery reads the store's files, which takes seconds on a large one, and
+    /// tagpin answers meanwhile. Until it is open every call fails with
+    /// [`StoreError::Unavailable`] ("opening"): decided writes are refused (503, fail
+    /// closed), reads by digest flow, and `/readyz` says not ready. `opened` is called
+    /// with the outcome.
+    pub fn open_in_background(
+        dir: &Path,
+        cache_bytes: u64,
+        opened: impl FnOnce(&SledStore, Result<(), StoreError>) + Send + 'static,
+    ) -> Result<Arc<Self>, StoreError> {
+        let store = Arc::new(Self::lock(dir, cache_bytes)?);
+        let opener = Arc::clone(&store);
+        let dir = dir.to_owned();
+        std::thread::Builder::new()
+            .name("tagpin-store-open".into())
+            .spawn(move || {
+                let result = Trees::open(&opener.path, &dir, opener.cache_bytes).map(|trees| {
+                    *opener.trees.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(trees));
+                });
+                opener.opening.store(false, Ordering::Release);
+                opened(&opener, result);
+            })
+            .map_err(|e| StoreError::Unavailable(format!("cannot start the store's opener: {e}")))?;
+        Ok(store)
+    }
+
+    /// Take `dir`'s lock file: the store, not yet open.
+    fn lock(dir: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::Unavailable(format!("cannot create data dir {}: {e}", dir.display())))?;
         let lock_path = dir.join("tagpin.lock");
@@ -242,13 +234,14 @@ impl SledStore {
                 )));
             }
         }
-        let path = dir.join("pins.sled");
-        let trees = Trees::open(&path, dir, cache_bytes)?;
         Ok(Self {
-            path,
+            path: dir.join("pins.sled"),
             cache_bytes,
-            trees: RwLock::new(Some(Arc::new(trees))),
+            opening: AtomicBool::new(true),
+            trees: RwLock::new(None),
             dirty: AtomicBool::new(false),
+            owed: AtomicBool::new(false),
+            flushes: AtomicU64::new(0),
             _lock: lock,
         })
     }
@@ -264,11 +257,18 @@ impl SledStore {
         self.trees.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// The open database, refusing to answer while an earlier write may not be on disk.
+    /// The open database, refusing to answer while it is being opened, or while an
+    /// earlier write may not be on disk.
     /// A successful flush makes that write durable and lifts the refusal. sled keeps
     /// failing after an I/O error even once the disk has room again, so when the flush
     /// fails the database is closed and reopened: what it then holds is what is on disk.
     fn trees(&self) -> Result<Arc<Trees>, StoreError> {
+        if self.opening.load(Ordering::Acquire) {
+            let dir = self.path.parent().unwrap_or(&self.path).display().to_string();
+            return Err(StoreError::Unavailable(format!(
+                "pin store opening: sled is recovering {dir}; retry in a moment"
+            )));
+        }
         let current = self.current();
         if !self.dirty.load(Ordering::Acquire) {
             if let Some(t) = current {
@@ -321,6 +321,13 @@ impl SledStore {
         *slot = Some(Arc::clone(&trees));
         self.dirty.store(false, Ordering::Release);
         Ok(trees)
+    }
+
+    /// Flush a write a caller waits on before acting (counted in
+    /// [`PinStore::durable_writes`]).
+    fn flush_write(&self, t: &Trees) -> Result<(), StoreError> {
+        self.flushes.fetch_add(1, Ordering::Relaxed);
+        self.flush(t)
     }
 
     /// Flush a write; on failure the store is dirty until a later flush succeeds.
@@ -427,7 +434,7 @@ impl PinStore for SledStore {
         tag: &Tag,
         _immutable: bool,
     ) -> Option<Result<ReadView, StoreError>> {
-        if self.dirty.load(Ordering::Acquire) {
+        if self.dirty.load(Ordering::Acquire) || self.opening.load(Ordering::Acquire) {
             return None;
         }
         Some(self.read_view_now(repo, tag))
@@ -458,7 +465,7 @@ impl PinStore for SledStore {
             Ok(())
         });
         settle(result)?;
-        self.flush(&t)
+        self.flush_write(&t)
     }
 
     fn refusals(&self, repo: &Repository, tag: &Tag) -> Result<Vec<Refused>, StoreError> {
@@ -543,12 +550,60 @@ impl PinStore for SledStore {
         self.list_states(repo, after, limit)
     }
 
+    fn claimed(&self, after: Option<&(Repository, Tag)>, limit: usize) -> Result<Vec<(Repository, Tag)>, StoreError> {
+        let t = self.trees()?;
+        let start = match after {
+            Some((r, tag)) => under(tag_key(r, tag), ""), // the smallest key after it
+            None => Vec::new(),
+        };
+        t.claims
+            .range(start..)
+            .keys()
+            .take(limit)
+            .map(|k| {
+                let k = k.map_err(io)?;
+                let text = std::str::from_utf8(&k).map_err(|e| corrupt(&k, e))?;
+                let (r, tag) = text.split_once('\0').ok_or_else(|| corrupt(&k, "no separator"))?;
+                Ok((
+                    Repository::parse(r).map_err(|e| corrupt(&k, e))?,
+                    Tag::parse(tag).map_err(|e| corrupt(&k, e))?,
+                ))
+            })
+            .collect()
+    }
+
     fn import(&self, records: &[Exported], by: &str) -> Result<ImportOutcome, StoreError> {
         self.import_records(records, by)
     }
 
+    fn confirm(
+        &self,
+        repo: &Repository,
+        tags: &[Tag],
+        change: &mut dyn FnMut(u64, &mut [TagRecord]),
+    ) -> Result<Vec<TagRecord>, StoreError> {
+        let (after, written) = self.write_records(repo, tags, change)?;
+        if written.is_some() {
+            self.owed.store(true, Ordering::Release);
+        }
+        Ok(after)
+    }
+
+    fn durable_writes(&self) -> u64 {
+        self.flushes.load(Ordering::Relaxed)
+    }
+
     fn log_head(&self) -> Result<crate::log::Frontier, StoreError> {
-        self.trees()?.log_head()
+        let t = self.trees()?;
+        // Read first, flush after: the flush covers every entry the head counts.
+        let head = t.log_head()?;
+        if self.owed.swap(false, Ordering::AcqRel) {
+            if let Err(e) = self.flush(&t) {
+                self.owed.store(true, Ordering::Release);
+                return Err(e);
+            }
+        }
+        Ok(head)
     }
 
     fn log_leaves(&self, start: u64, end: u64) -> Result<Vec<Vec<u8>>, StoreError> {

@@ -152,6 +152,23 @@ impl SledStore {
         tags: &[Tag],
         change: &mut dyn FnMut(u64, &mut [TagRecord]),
     ) -> Result<Vec<TagRecord>, StoreError> {
+        let (after, t) = self.write_records(repo, tags, change)?;
+        if let Some(t) = t {
+            // Durable before the caller acts on it: nothing is forwarded under a write
+            // record that may not be on disk.
+            self.flush_write(&t)?;
+        }
+        Ok(after)
+    }
+
+    /// Apply `change` in one transaction, without a flush; the database written to, when
+    /// anything was (held, so it cannot be reopened before the caller flushes it).
+    pub(super) fn write_records(
+        &self,
+        repo: &Repository,
+        tags: &[Tag],
+        change: &mut dyn FnMut(u64, &mut [TagRecord]),
+    ) -> Result<(Vec<TagRecord>, Option<std::sync::Arc<super::Trees>>), StoreError> {
         let t = self.trees()?;
         let keys: Vec<Vec<u8>> = tags.iter().map(|tag| tag_key(repo, tag)).collect();
         // sled's transaction takes an `Fn`; the change runs once per attempt.
@@ -204,12 +221,7 @@ impl SledStore {
             Ok((after, changed))
         });
         let (after, changed) = settle(result)?;
-        if changed {
-            // Durable before the caller acts on it: a 201 means the pin survives a crash,
-            // and nothing is forwarded under a write record that may not be on disk.
-            self.flush(&t)?;
-        }
-        Ok(after)
+        Ok((after, changed.then_some(t)))
     }
 
     /// The distinct digests of `repo`'s records, from the index, in byte order.
@@ -352,7 +364,7 @@ impl SledStore {
         });
         let outcome = settle(result)?;
         if outcome.imported > 0 {
-            self.flush(&t)?;
+            self.flush_write(&t)?;
         }
         Ok(outcome)
     }
