@@ -99,10 +99,10 @@ impl Shared {
         if let Some(db) = &config.database {
             // A database that cannot be reached does not stop tagpin (it fails closed and
             // recovers by itself); one holding a newer schema does.
-            let store = crate::store::PgStore::open(db.config.clone())
+            let store = crate::store::PgStore::open_tls(db.config.clone(), db.tls.clone())
                 .map_err(StartError::Store)?
                 .for_in_doubt_horizon(config.in_doubt_horizon);
-            tracing::info!(database = %db.display, "pin store: PostgreSQL");
+            tracing::info!(database = %db.display, sslmode = db.tls.mode().as_str(), "pin store: PostgreSQL");
             return Self::with_store(config, Arc::new(store));
         }
         let dir = config.data_dir.clone();

@@ -1,6 +1,7 @@
 //! The database password, in the URL or in a password file, never reaches a log line or
-//! an error message, even when the database cannot be reached (the error paths are where
-//! connection strings usually leak).
+//! an error message, even when the database cannot be reached or its TLS settings are
+//! wrong (the error paths are where connection strings usually leak). A failed TLS
+//! handshake is checked in `postgres_tls.rs`.
 
 mod common;
 
@@ -60,4 +61,88 @@ fn the_database_password_appears_in_no_log_line_or_error() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(64), "{stderr}");
     assert!(!stderr.contains(PASSWORD), "{stderr}");
+}
+
+/// `tagpin serve` with `args`, which must stop it at start: its exit status and stderr.
+fn serve_refused(registry: &Registry, args: &[&str]) -> (Option<i32>, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tagpin"))
+        .args(["serve", "--upstream", &registry.url()])
+        .args(args)
+        .env_remove("TAGPIN_DATABASE_SSLMODE")
+        .env_remove("TAGPIN_DATABASE_SSLROOTCERT")
+        .env_remove("TAGPIN_DATABASE_SSLCERT")
+        .env_remove("TAGPIN_DATABASE_SSLKEY")
+        .output()
+        .unwrap();
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn bad_tls_settings_exit_64_naming_the_setting_but_not_the_password() {
+    let registry = Registry::start();
+    let dir = tempfile::tempdir().unwrap();
+    let not_pem = dir.path().join("not-a-certificate.pem");
+    std::fs::write(&not_pem, "hello\n").unwrap();
+    let not_pem = not_pem.to_str().unwrap();
+    let url = format!("postgres://tagpin:{PASSWORD}@127.0.0.1:1/pins");
+    let with = |params: &str| format!("{url}?{params}");
+    let missing = "/nonexistent/tagpin/ca.pem";
+    for (args, names) in [
+        (
+            vec!["--database-url".into(), with("sslmode=verify-everything")],
+            "--database-url: sslmode \"verify-everything\" is not one of",
+        ),
+        (
+            vec![
+                "--database-url".into(),
+                url.clone(),
+                "--database-sslmode".into(),
+                "allow".into(),
+            ],
+            "--database-sslmode: sslmode \"allow\"",
+        ),
+        (
+            vec![
+                "--database-url".into(),
+                with(&format!("sslmode=verify-full&sslrootcert={missing}")),
+            ],
+            &format!("--database-url: sslrootcert {missing}: "),
+        ),
+        (
+            vec![
+                "--database-url".into(),
+                url.clone(),
+                "--database-sslrootcert".into(),
+                not_pem.into(),
+            ],
+            "--database-sslrootcert: sslrootcert ",
+        ),
+        (
+            vec![
+                "--database-url".into(),
+                url.clone(),
+                "--database-sslcert".into(),
+                not_pem.into(),
+                "--database-sslkey".into(),
+                missing.into(),
+            ],
+            "--database-sslcert: sslcert ",
+        ),
+        (
+            vec![
+                "--database-url".into(),
+                url.clone(),
+                "--database-sslkey".into(),
+                missing.into(),
+            ],
+            "--database-sslkey: sslkey needs sslcert",
+        ),
+    ] {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (code, stderr) = serve_refused(&registry, &args);
+        assert_eq!(code, Some(64), "{args:?}: {stderr}");
+        assert!(stderr.contains(names), "{args:?}: expected {names:?} in {stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+        assert!(!stderr.contains(PASSWORD), "{stderr}");
+    }
 }

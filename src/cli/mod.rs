@@ -257,6 +257,8 @@ pub struct ServeArgs {
     /// File holding the database password (one line).
     #[arg(long, env = "TAGPIN_DATABASE_PASSWORD_FILE")]
     pub database_password_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub database_tls: crate::cli::transfer::DatabaseTlsArgs,
     /// Address of the admin API listener, e.g. 127.0.0.1:5051 [default: off]. Keep it on a
     /// private address: it can release tags.
     #[arg(long, env = "TAGPIN_ADMIN_LISTEN")]
@@ -343,6 +345,10 @@ impl ServeArgs {
             tls_key: self.tls_key.or(file.tls_key),
             database_url: self.database_url.or(file.database_url),
             database_password_file: self.database_password_file.or(file.database_password_file),
+            database_sslmode: self.database_tls.database_sslmode.or(file.database_sslmode),
+            database_sslrootcert: self.database_tls.database_sslrootcert.or(file.database_sslrootcert),
+            database_sslcert: self.database_tls.database_sslcert.or(file.database_sslcert),
+            database_sslkey: self.database_tls.database_sslkey.or(file.database_sslkey),
             admin_listen: self.admin_listen.or(file.admin_listen),
             admin_token_file: self.admin_token_file.or(file.admin_token_file),
             metrics_listen: self.metrics_listen.or(file.metrics_listen),

@@ -59,7 +59,7 @@ pub struct ImportArgs {
 }
 
 /// A PostgreSQL store to export from or import into directly.
-#[derive(Debug, Clone, Args)]
+#[derive(Debug, Clone, Default, Args)]
 pub struct DatabaseArgs {
     /// Work on the PostgreSQL store at this URL instead of calling the admin API.
     #[arg(long, env = "TAGPIN_DATABASE_URL")]
@@ -67,6 +67,30 @@ pub struct DatabaseArgs {
     /// File holding the database password (one line).
     #[arg(long, env = "TAGPIN_DATABASE_PASSWORD_FILE")]
     pub database_password_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub tls: DatabaseTlsArgs,
+}
+
+/// TLS to the database, libpq style; each may be a parameter of the URL instead
+/// (`?sslmode=verify-full&sslrootcert=/etc/tagpin/db-ca.pem`), and must agree with it
+/// where both are given.
+#[derive(Debug, Clone, Default, Args)]
+pub struct DatabaseTlsArgs {
+    /// disable, prefer (TLS when the server offers it, certificate unchecked), require (TLS,
+    /// certificate unchecked unless --database-sslrootcert is given), verify-ca (signed by
+    /// the root) or verify-full (signed by the root and naming the host) [default: prefer].
+    #[arg(long, env = "TAGPIN_DATABASE_SSLMODE", value_name = "MODE")]
+    pub database_sslmode: Option<String>,
+    /// PEM file of the CA(s) the server's certificate must lead to [default for verify-ca
+    /// and verify-full: the web PKI roots tagpin is built with].
+    #[arg(long, env = "TAGPIN_DATABASE_SSLROOTCERT", value_name = "FILE")]
+    pub database_sslrootcert: Option<PathBuf>,
+    /// PEM certificate tagpin shows the server (with --database-sslkey).
+    #[arg(long, env = "TAGPIN_DATABASE_SSLCERT", value_name = "FILE")]
+    pub database_sslcert: Option<PathBuf>,
+    /// PEM private key of --database-sslcert.
+    #[arg(long, env = "TAGPIN_DATABASE_SSLKEY", value_name = "FILE")]
+    pub database_sslkey: Option<PathBuf>,
 }
 
 /// A store handle that is let go of on a thread of its own: PostgreSQL's synchronous
@@ -96,9 +120,16 @@ pub fn offline_store(
     creating: bool,
 ) -> Result<Option<OfflineStore>, CliError> {
     if let Some(url) = &db.database_url {
-        let cfg = crate::config::database_config(url, db.database_password_file.as_deref())
-            .map_err(|e| CliError::Usage(e.to_string()))?;
-        let store = crate::store::PgStore::open(cfg.config).map_err(|e| CliError::Store(e.to_string()))?;
+        let cfg = crate::config::database_config(&crate::config::DatabaseSettings {
+            url,
+            password_file: db.database_password_file.as_deref(),
+            sslmode: db.tls.database_sslmode.as_deref(),
+            sslrootcert: db.tls.database_sslrootcert.as_deref(),
+            sslcert: db.tls.database_sslcert.as_deref(),
+            sslkey: db.tls.database_sslkey.as_deref(),
+        })
+        .map_err(|e| CliError::Usage(e.to_string()))?;
+        let store = crate::store::PgStore::open_tls(cfg.config, cfg.tls).map_err(|e| CliError::Store(e.to_string()))?;
         // Fail now, with the reason, rather than on the first record.
         store.check().map_err(|e| CliError::Store(e.to_string()))?;
         return Ok(Some(OfflineStore(Some(std::sync::Arc::new(store)))));

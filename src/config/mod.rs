@@ -2,13 +2,14 @@
 //! ([`Config`]) the program runs on. `RawConfig::validate` is the only way from one to
 //! the other, so a `Config` always holds values that were checked.
 
+mod database;
 mod raw;
 mod realm;
 mod rules;
 mod secrets;
-
-pub use secrets::database as database_config;
 mod validate;
+
+pub use database::{database as database_config, DatabaseSettings};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -143,7 +144,10 @@ impl std::fmt::Debug for Secret {
 /// A PostgreSQL connection. `Debug` shows neither the URL nor the password.
 #[derive(Clone)]
 pub struct Database {
+    /// The URL less its TLS parameters, `sslmode` set to what rust-postgres knows.
     pub config: postgres::Config,
+    /// How the server's certificate is checked, and tagpin's own certificate.
+    pub tls: crate::store::PgTls,
     /// Host and database name, for log lines.
     pub display: String,
 }

@@ -65,49 +65,6 @@ pub fn credentials(path: &Path) -> Result<Credentials, ConfigError> {
     })
 }
 
-/// A `postgres://` or `postgresql://` URL, with the password from `password_file` when
-/// given. Errors never repeat the URL: it may hold the password.
-pub fn database(url: &str, password_file: Option<&Path>) -> Result<super::Database, ConfigError> {
-    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-        return Err(ConfigError::invalid(
-            "database_url",
-            "must start with postgres:// or postgresql://",
-        ));
-    }
-    let mut config: postgres::Config = url.parse().map_err(|e: postgres::Error| {
-        // The parser's message names what is wrong without echoing the value.
-        ConfigError::invalid("database_url", format!("not a valid PostgreSQL URL: {e}"))
-    })?;
-    if let Some(path) = password_file {
-        let text = read("database_password_file", path)?;
-        let password = text.lines().next().unwrap_or("").trim_end_matches('\r');
-        if password.is_empty() {
-            return Err(ConfigError::invalid(
-                "database_password_file",
-                format!("{} is empty", path.display()),
-            ));
-        }
-        config.password(password);
-    }
-    if config.get_dbname().is_none() {
-        return Err(ConfigError::invalid(
-            "database_url",
-            "names no database (postgres://host/DATABASE)",
-        ));
-    }
-    let hosts: Vec<String> = config
-        .get_hosts()
-        .iter()
-        .map(|h| match h {
-            postgres::config::Host::Tcp(s) => s.clone(),
-            #[cfg(unix)]
-            postgres::config::Host::Unix(p) => p.display().to_string(),
-        })
-        .collect();
-    let display = format!("{}/{}", hosts.join(","), config.get_dbname().unwrap_or(""));
-    Ok(super::Database { config, display })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -139,25 +96,6 @@ mod tests {
             let e = admin_tokens(f.path()).unwrap_err().to_string();
             assert!(e.starts_with("admin_token_file"), "{e}");
             assert!(!e.contains("short") && !e.contains("0123456789"), "{e}");
-        }
-    }
-
-    #[test]
-    fn database_urls_keep_their_password_out_of_errors_and_debug() {
-        let d = database("postgres://tagpin:hunter2@127.0.0.1:5432/pins?sslmode=disable", None).unwrap();
-        assert_eq!(format!("{d:?}"), "Database(127.0.0.1/pins)");
-        assert_eq!(d.config.get_password(), Some(&b"hunter2"[..]));
-        let f = file("from-file\n");
-        let d = database("postgresql://tagpin@db/pins", Some(f.path())).unwrap();
-        assert_eq!(d.config.get_password(), Some(&b"from-file"[..]));
-        for bad in [
-            "mysql://u:hunter2@h/db",
-            "postgres://u:hunter2@h:notaport/db",
-            "postgres://u:hunter2@h/",
-        ] {
-            let e = database(bad, None).unwrap_err().to_string();
-            assert!(e.starts_with("database_url"), "{e}");
-            assert!(!e.contains("hunter2"), "{e}");
         }
     }
 

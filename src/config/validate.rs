@@ -202,9 +202,16 @@ impl RawConfig {
                 Ok(at)
             })
             .transpose()?;
-        let database = match self.database_url.filter(|s| !s.is_empty()) {
+        let database = match self.database_url.as_deref().filter(|s| !s.is_empty()) {
             None => None,
-            Some(url) => Some(super::secrets::database(&url, self.database_password_file.as_deref())?),
+            Some(url) => Some(super::database::database(&super::DatabaseSettings {
+                url,
+                password_file: self.database_password_file.as_deref(),
+                sslmode: self.database_sslmode.as_deref().filter(|s| !s.is_empty()),
+                sslrootcert: self.database_sslrootcert.as_deref(),
+                sslcert: self.database_sslcert.as_deref(),
+                sslkey: self.database_sslkey.as_deref(),
+            })?),
         };
         let upstream_credentials = self
             .upstream_credentials_file

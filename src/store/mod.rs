@@ -27,7 +27,7 @@ use crate::oci::{Digest, Repository, Tag};
 pub use self::history::{in_force_at, parse_query_time, parse_time, rfc3339, NoPinAt, PinAt};
 pub use self::import::{export_page, imported_record, merge_refusals, plan_import, ImportOutcome};
 pub use self::model::*;
-pub use self::postgres::{PgStore, ReadCacheStats};
+pub use self::postgres::{PgStore, PgTls, ReadCacheStats, SslMode, TlsFileError};
 pub use self::sled::{SledStore, DEFAULT_CACHE_BYTES as DEFAULT_SLED_CACHE_BYTES};
 pub use self::unavailable::UnavailableStore;
 

@@ -85,11 +85,12 @@ fn relay(client: TcpStream, setup: &Setup) {
             if n == 0 {
                 break;
             }
-            // The startup message is the first a client sends (no TLS here).
+            // The startup message is the first a client sends, after the SSLRequest of
+            // `sslmode=prefer` (the server here answers it `N`: no TLS).
             if first && contains(&buf[..n], marker.as_bytes()) {
                 seen.store(true, Ordering::Release);
             }
-            first = false;
+            first = first && buf[..n] == SSL_REQUEST;
             if up_to.write_all(&buf[..n]).is_err() {
                 break;
             }
@@ -119,6 +120,10 @@ fn relay(client: TcpStream, setup: &Setup) {
         }
     }
 }
+
+/// The 8 bytes of an SSLRequest (length 8, code 80877103), sent before the startup
+/// message when the client would take TLS.
+const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)

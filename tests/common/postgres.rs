@@ -34,14 +34,16 @@ const PORT_ATTEMPTS: usize = 5;
 
 const SUPERVISOR: &str = r#"
 exec 3<&0
-"$1" -D "$2/data" -k "$2/sock" -h 127.0.0.1 -p "$3" \
+bin=$1 dir=$2 port=$3
+shift 3
+"$bin" -D "$dir/data" -k "$dir/sock" -h 127.0.0.1 -p "$port" \
   -c fsync=off -c full_page_writes=off -c max_connections=400 \
-  -c shared_buffers=32MB -c logging_collector=off \
-  3<&- </dev/null >>"$2/postgres.log" 2>&1 &
+  -c shared_buffers=32MB -c logging_collector=off "$@" \
+  3<&- </dev/null >>"$dir/postgres.log" 2>&1 &
 pid=$!
-( read -r _ <&3 || touch "$2/gone"; kill -INT "$pid" 2>/dev/null ) &
+( read -r _ <&3 || touch "$dir/gone"; kill -INT "$pid" 2>/dev/null ) &
 wait "$pid"
-if [ -e "$2/gone" ]; then rm -rf "$2"; fi
+if [ -e "$dir/gone" ]; then rm -rf "$dir"; fi
 "#;
 
 pub struct PgServer {
@@ -49,6 +51,8 @@ pub struct PgServer {
     dir: tempfile::TempDir,
     pub port: u16,
     postgres: PathBuf,
+    /// `-c name=value` arguments beyond the defaults ([`PgServer::start_with`]).
+    settings: Vec<String>,
     running: Option<Running>,
 }
 
@@ -90,6 +94,22 @@ fn as_server_user(program: &str) -> Command {
     }
 }
 
+/// Write `contents` to `path` in a server's dir: owned by the server's user, mode 0600 (as
+/// PostgreSQL wants its key file).
+fn install(path: &Path, contents: &[u8]) {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::write(path, contents).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    if running_as_root() {
+        let ok = Command::new("chown")
+            .arg("postgres:postgres")
+            .arg(path)
+            .status()
+            .expect("run chown");
+        assert!(ok.success(), "chown of {} to postgres failed", path.display());
+    }
+}
+
 /// A port nobody listens on right now (it may be taken again before it is used; the
 /// caller retries).
 fn free_port() -> u16 {
@@ -100,6 +120,15 @@ fn free_port() -> u16 {
 impl PgServer {
     /// A new cluster, started and accepting connections.
     pub fn start() -> Self {
+        Self::start_with(&[], &[])
+    }
+
+    /// A new cluster whose data directory first gets `files` (name, contents; readable by
+    /// the server's user only, replacing initdb's, e.g. `pg_hba.conf`), started with the
+    /// `settings` (`ssl=on`; paths are relative to the data directory). Its `pg_hba.conf`
+    /// must let `tagpin` reach the database `postgres` over plain TCP: that is how the
+    /// harness sees that the server is up.
+    pub fn start_with(settings: &[(&str, &str)], files: &[(&str, &[u8])]) -> Self {
         let initdb = pg_binary("initdb");
         let postgres = pg_binary("postgres");
         let dir = tempfile::Builder::new().prefix("tagpin-pg-").tempdir().unwrap();
@@ -126,10 +155,14 @@ impl PgServer {
         let sock = dir.path().join("sock");
         let mkdir = as_server_user("mkdir").arg(&sock).status().expect("run mkdir");
         assert!(mkdir.success(), "mkdir {} failed", sock.display());
+        for (name, contents) in files {
+            install(&dir.path().join("data").join(name), contents);
+        }
         let mut server = Self {
             dir,
             port: 0,
             postgres,
+            settings: settings.iter().map(|(k, v)| format!("{k}={v}")).collect(),
             running: None,
         };
         for attempt in 1..=PORT_ATTEMPTS {
@@ -150,6 +183,7 @@ impl PgServer {
             .arg(&self.postgres)
             .arg(self.dir.path())
             .arg(self.port.to_string())
+            .args(self.settings.iter().flat_map(|s| ["-c", s.as_str()]))
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

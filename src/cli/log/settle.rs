@@ -127,6 +127,7 @@ mod tests {
         let db = DatabaseArgs {
             database_url: None,
             database_password_file: None,
+            tls: Default::default(),
         };
         let store = offline_store(Some(dir.path()), &db, false).unwrap().unwrap();
         let shared = store.shared();

@@ -33,6 +33,7 @@ pub fn source_args(dir: &Path) -> SourceArgs {
         database: DatabaseArgs {
             database_url: None,
             database_password_file: None,
+            tls: Default::default(),
         },
         admin: AdminArgs {
             admin_url: "http://127.0.0.1:9".into(),

@@ -14,9 +14,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use postgres::{Client, GenericClient, NoTls};
+use postgres::{Client, GenericClient};
 
-use super::db;
+use super::{db, PgTls};
 use crate::oci::Digest;
 use crate::store::{ReadView, StoreError};
 
@@ -58,6 +58,7 @@ pub(super) fn notify<C: GenericClient>(c: &mut C, keys: &[String]) -> Result<(),
 pub(super) struct ReadCache {
     shared: Arc<Shared>,
     config: postgres::Config,
+    tls: PgTls,
     started: AtomicBool,
     /// Held while the listener is being started, so it starts once.
     starting: Mutex<()>,
@@ -90,12 +91,12 @@ pub struct ReadCacheStats {
 }
 
 impl ReadCache {
-    pub(super) fn new(config: postgres::Config) -> Self {
-        Self::counting_from(config, Instant::now())
+    pub(super) fn new(config: postgres::Config, tls: PgTls) -> Self {
+        Self::counting_from(config, tls, Instant::now())
     }
 
     /// A cache whose instants count from `base`.
-    fn counting_from(config: postgres::Config, base: Instant) -> Self {
+    fn counting_from(config: postgres::Config, tls: PgTls, base: Instant) -> Self {
         Self {
             shared: Arc::new(Shared {
                 pins: quick_cache::sync::Cache::new(CAPACITY),
@@ -107,6 +108,7 @@ impl ReadCache {
                 fresh: AtomicU64::new(0),
             }),
             config,
+            tls,
             started: AtomicBool::new(false),
             starting: Mutex::new(()),
         }
@@ -169,10 +171,10 @@ impl ReadCache {
         if self.started.load(Ordering::Acquire) {
             return;
         }
-        let (shared, config) = (self.shared.clone(), self.config.clone());
+        let (shared, config, tls) = (self.shared.clone(), self.config.clone(), self.tls.clone());
         let spawned = std::thread::Builder::new()
             .name("tagpin-pin-cache".into())
-            .spawn(move || listen(&shared, config));
+            .spawn(move || listen(&shared, config, tls));
         if let Err(e) = spawned {
             // Without a listener the lease never holds: every read is fresh.
             tracing::error!(error = %e, "cannot start the pin cache's listener; every read queries the database");
@@ -217,7 +219,7 @@ impl Shared {
 
 /// The listener thread: listen, and after a lost connection forget everything and listen
 /// again, waiting longer after each failure (logged), until the cache is dropped.
-fn listen(shared: &Shared, mut config: postgres::Config) {
+fn listen(shared: &Shared, mut config: postgres::Config, tls: PgTls) {
     let name = format!("{}/pin-cache", config.get_application_name().unwrap_or("tagpin"));
     config.application_name(&name);
     // A partitioned server is noticed by the connection, not only by the lease.
@@ -227,7 +229,7 @@ fn listen(shared: &Shared, mut config: postgres::Config) {
     let mut backoff = BACKOFF.0;
     let mut failing = false;
     while !shared.stopping() {
-        let result = session(shared, &config, &token, failing);
+        let result = session(shared, &config, &tls, &token, failing);
         // A session that got a ping of its own back worked: a new streak of failures.
         let worked = shared.caught_up.load(Ordering::Acquire) != 0;
         shared.forget();
@@ -257,8 +259,14 @@ fn listen(shared: &Shared, mut config: postgres::Config) {
 /// in the order the server delivers them (the order their transactions committed).
 /// `Ok` only when the cache is dropped.
 /// `recovering`: the last session failed, so its first ping back is news worth a log line.
-fn session(shared: &Shared, config: &postgres::Config, token: &str, recovering: bool) -> Result<(), StoreError> {
-    let mut client = config.connect(NoTls).map_err(db)?;
+fn session(
+    shared: &Shared,
+    config: &postgres::Config,
+    tls: &PgTls,
+    token: &str,
+    recovering: bool,
+) -> Result<(), StoreError> {
+    let mut client = config.connect(tls.clone()).map_err(db)?;
     client.batch_execute(&format!("LISTEN {CHANNEL}")).map_err(db)?;
     let backend: i32 = client.query_one("SELECT pg_backend_pid()", &[]).map_err(db)?.get(0);
     // Entries filled before this moment may have missed a change: nothing was listening.
@@ -406,7 +414,11 @@ mod tests {
     fn cache() -> ReadCache {
         // Counting from a second ago, so a lapsed lease can be written down.
         let base = Instant::now().checked_sub(Duration::from_secs(1)).unwrap();
-        let c = ReadCache::counting_from("postgres://nobody@127.0.0.1:1/none".parse().unwrap(), base);
+        let c = ReadCache::counting_from(
+            "postgres://nobody@127.0.0.1:1/none".parse().unwrap(),
+            PgTls::unverified(),
+            base,
+        );
         c.started.store(true, Ordering::Release);
         c
     }

@@ -1,5 +1,6 @@
 //! The PostgreSQL schema: versioned migrations as plain SQL files beside this one,
-//! applied in order at start, one replica at a time.
+//! applied in order at start, one replica at a time; and the check, at the first
+//! connection, that tagpin's session settings took effect.
 
 use postgres::Client;
 
@@ -21,6 +22,29 @@ const LOG_VERSION: i32 = 5;
 
 /// The advisory lock key that serialises migrations across replicas ("tagpin" in ASCII).
 const MIGRATION_LOCK: i64 = 0x7461_6770_696e;
+
+/// Refuse a session whose commits may be lost. tagpin asks for `synchronous_commit = on`
+/// in its startup options, which outrank the server's, the database's and the role's
+/// settings; finding `off` means something between tagpin and the server dropped them
+/// (a pooler told to ignore the `options` startup parameter, say). With `off` a database
+/// crash can lose a committed claim or pin after tagpin answered, and a tag could move:
+/// fail closed, as when the database cannot be reached.
+pub(super) fn check_session(c: &mut Client) -> Result<(), StoreError> {
+    let setting: String = c.query_one("SHOW synchronous_commit", &[]).map_err(db)?.get(0);
+    durable(&setting)
+}
+
+fn durable(synchronous_commit: &str) -> Result<(), StoreError> {
+    if synchronous_commit == "off" {
+        return Err(StoreError::Unavailable(
+            "database: synchronous_commit is off in tagpin's session although tagpin asks for on in its startup \
+             options (does a pooler between them drop the options parameter?); a crash could lose a committed pin, \
+             so the store is not used"
+                .into(),
+        ));
+    }
+    Ok(())
+}
 
 /// Apply the migrations this database lacks, under a session advisory lock so replicas
 /// starting together apply each once. A database holding a newer schema than this tagpin
@@ -73,4 +97,16 @@ pub(super) fn migrate(c: &mut Client) -> Result<(), StoreError> {
     })();
     let _ = c.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK]);
     result
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_a_session_that_waits_for_its_wal_flush_is_used() {
+        for ok in ["on", "local", "remote_write", "remote_apply"] {
+            assert!(super::durable(ok).is_ok(), "{ok}");
+        }
+        let e = super::durable("off").unwrap_err().to_string();
+        assert!(e.contains("synchronous_commit is off") && !e.contains('\n'), "{e}");
+    }
 }

@@ -35,7 +35,9 @@
 //!   ([`crate::handler::recover`]). [`PinStore::log_head`] commits synchronously
 //!   before it answers, so no checkpoint counts a lost entry. (`on` also waits for
 //!   synchronous standbys' flush, where the server has any; `remote_apply` adds only
-//!   visibility on the standbys, which tagpin does not read from);
+//!   visibility on the standbys, which tagpin does not read from). A session that reports
+//!   `off` all the same (a pooler dropped the startup options) is refused
+//!   ([`migrate::check_session`]);
 //! - when the database cannot be reached or a statement fails, the call fails and the
 //!   write is refused (503); the pool reconnects by itself once the database is back.
 //!
@@ -110,26 +112,26 @@
 mod cache;
 mod log;
 mod migrate;
+mod pool;
 mod tags;
+mod tls;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use postgres::NoTls;
 use r2d2::Pool;
-use r2d2_postgres::PostgresConnectionManager;
 
 use self::cache::ReadCache;
 pub use self::cache::ReadCacheStats;
-use self::migrate::migrate;
+use self::migrate::{check_session, migrate};
+use self::pool::{db, pool_err, Manager};
 use self::tags::{Write, DB_NOW};
+pub use self::tls::{PgTls, SslMode, TlsFileError};
 use super::{
     DeleteRecord, Exported, ImportOutcome, PinStore, Protect, ReadView, Refused, StoreError, TagRecord, TagState,
     MAX_REFUSALS,
 };
 use crate::oci::{Digest, Repository, Tag};
-
-type Manager = PostgresConnectionManager<NoTls>;
 
 pub struct PgStore {
     pool: Pool<Manager>,
@@ -148,20 +150,6 @@ pub struct PgStore {
 /// The session advisory lock one replica holds to run singleton work ("drift" in ASCII).
 const LEADER_LOCK: i64 = 0x0064_7269_6674;
 
-/// Errors never carry the connection string: `postgres::Error` does not print it. Its
-/// `Display` of a server error is only "db error", so the server's code and message are
-/// added, which is what an operator needs to act.
-fn db(e: postgres::Error) -> StoreError {
-    match e.as_db_error() {
-        Some(d) => StoreError::Unavailable(format!("database: {} ({})", d.message(), d.code().code())),
-        None => StoreError::Unavailable(format!("database: {e}")),
-    }
-}
-
-fn pool_err(e: r2d2::Error) -> StoreError {
-    StoreError::Unavailable(format!("database: {e}"))
-}
-
 fn corrupt(key: &str, e: impl ToString) -> StoreError {
     StoreError::Corrupt {
         key: key.to_owned(),
@@ -170,18 +158,24 @@ fn corrupt(key: &str, e: impl ToString) -> StoreError {
 }
 
 impl PgStore {
-    /// Connect to `config` (a parsed URL, password already set) and migrate the schema.
+    /// [`Self::open_tls`] with rust-postgres's own `sslmode` (`disable`, `prefer`, `require`)
+    /// and no certificate checked.
+    pub fn open(config: postgres::Config) -> Result<Self, StoreError> {
+        Self::open_tls(config, PgTls::unverified())
+    }
+
+    /// Connect to `config` (a parsed URL, password already set, `sslmode` set to
+    /// [`SslMode::client_mode`]) through `tls`, and migrate the schema.
     /// An unreachable database does not stop tagpin: the store answers with errors (every
     /// decided write refused) until the database answers, and migrates then.
-    pub fn open(config: postgres::Config) -> Result<Self, StoreError> {
-        let mut config = config;
+    pub fn open_tls(mut config: postgres::Config, tls: PgTls) -> Result<Self, StoreError> {
         config.connect_timeout(Duration::from_secs(3));
         // A statement that hangs (a lock held by a stuck session, a failing-over server)
         // must not hold a push forever. `synchronous_commit=on` whatever the server's
         // default: see the module docs.
         config.options("-c statement_timeout=5000 -c lock_timeout=5000 -c synchronous_commit=on");
-        let cache = ReadCache::new(config.clone());
-        let manager = PostgresConnectionManager::new(config, NoTls);
+        let cache = ReadCache::new(config.clone(), tls.clone());
+        let manager = Manager { config, tls };
         let pool = Pool::builder()
             .max_size(16)
             .min_idle(Some(0))
@@ -243,6 +237,7 @@ impl PgStore {
         let mut c = self.pool.get().map_err(pool_err)?;
         // A replica that started while the database was down migrates on first use.
         if !self.migrated.load(Ordering::Acquire) {
+            check_session(&mut c)?;
             migrate(&mut c)?;
             self.migrated.store(true, Ordering::Release);
         }
