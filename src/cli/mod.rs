@@ -196,8 +196,8 @@ pub struct ServeArgs {
     /// HTTP status of a refused push or delete, 409 or 403 [default: 409].
     #[arg(long, env = "TAGPIN_REFUSE_STATUS")]
     pub refuse_status: Option<u16>,
-    /// Bytes of the sled pin store's page cache; the store's memory follows it, not the
-    /// number of pins [default: 67108864].
+    /// Bytes of the sled pin store's page cache (recently used pages; the rest is read
+    /// from disk) [default: 67108864].
     #[arg(long, env = "TAGPIN_STORE_CACHE_BYTES")]
     pub store_cache_bytes: Option<u64>,
     /// Largest manifest accepted on a push, in bytes [default: 4194304].
