@@ -201,3 +201,114 @@ fn a_pin_answered_201_survives_the_database_being_killed_at_once_with_async_comm
         lost.join("\n")
     );
 }
+
+/// Set a server parameter with `ALTER SYSTEM`, reload, and wait until a new session sees it.
+fn set_server(server: &PgServer, db: &str, name: &str, value: &str) {
+    let mut c = server.connect("postgres");
+    // One statement each: ALTER SYSTEM cannot run in a multi-statement batch.
+    c.batch_execute(&format!("ALTER SYSTEM SET {name} = '{value}'"))
+        .unwrap();
+    c.batch_execute("SELECT pg_reload_conf()").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let now: String = server
+            .connect(db)
+            .query_one(&format!("SHOW {name}"), &[])
+            .unwrap()
+            .get(0);
+        if now == value {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{name} stayed {now}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Review (one durable write per push): a signed checkpoint counts only entries a crash
+/// cannot take back. Three rounds of: push a new tag through tagpin (201; its settlement,
+/// with its log entry, commits without waiting for the disk), read the signed checkpoint,
+/// at once SIGKILL every process of the PostgreSQL server, start it again, and wait until
+/// the log is at least as long as that checkpoint (the recovery appends the completed
+/// pin's entry again); the entries up to its size must hash to its root.
+///
+/// The server's WAL writer runs every 10 s (`wal_writer_delay`, a legal setting; the
+/// default 200 ms only narrows the window), so an asynchronous commit stays in memory
+/// until something flushes the WAL. The checkpoint's `log_head` commits a transaction
+/// that took a txid but wrote nothing: PostgreSQL writes its commit record but does not
+/// flush (xact.c, RecordTransactionCommit: only a transaction that wrote WAL before its
+/// commit record waits for it), so the checkpoint counts the lost entry, and the entry
+/// the recovery writes at that index later (another time) gives another root: the log
+/// contradicts a checkpoint tagpin signed.
+#[test]
+fn no_signed_checkpoint_counts_a_log_entry_the_database_crash_took_back() {
+    let mut server = PgServer::start();
+    let url = server.create_database("logcrash");
+    set_server(&server, "logcrash", "wal_writer_delay", "10s");
+    let registry = Registry::start();
+    let secrets = AdminSecrets::new();
+    let keys = tempfile::tempdir().unwrap();
+    let (key, verifier) = common::log_api::keygen(keys.path(), "crash.test/log");
+    let mut flags = secrets.flags();
+    flags.extend(["--log-signing-key".into(), key.display().to_string()]);
+    flags.extend(["--upstream-header-timeout-ms", "1000", "--in-doubt-horizon", "2s"].map(String::from));
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let tagpin = Tagpin::start_on_database(&registry.url(), &url, &flags);
+    let api = common::log_api::LogApi::new(tagpin.admin_addr());
+    let repo = "durable/log";
+    let base = Image::random(3901, 256);
+    base.push_blobs(registry.addr, repo, "");
+    let mut contradicted = Vec::new();
+    for round in 0..3 {
+        let tag = format!("r{round}");
+        let r = base.variant(&tag).put_manifest(tagpin.addr, repo, &tag, "");
+        assert_eq!(r.status, 201, "round {round}: {}", r.text());
+        let note = api.checkpoint_text();
+        common::tlog::verify_note(&note, &verifier).unwrap_or_else(|e| panic!("{e}: {note}"));
+        let signed = common::tlog::parse_checkpoint(&note).unwrap();
+        crash(&mut server);
+        server.start_again();
+
+        // tagpin reconnects on its own; the recovery completes a lost settlement once its
+        // claim is past the horizon, so the log grows back to the checkpoint's size.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let now = loop {
+            let r = api.get("/admin/v1/log/checkpoint");
+            if r.status == 200 {
+                let now = common::tlog::parse_checkpoint(&r.text()).unwrap();
+                if now.size >= signed.size {
+                    break Some(now);
+                }
+            }
+            if Instant::now() > deadline {
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        let Some(now) = now else {
+            contradicted.push(format!(
+                "round {round}: signed size {} and the log never grew back to it",
+                signed.size
+            ));
+            continue;
+        };
+        let leaves: Vec<_> = api.entries(0, signed.size).iter().map(|e| e.hash()).collect();
+        let root = common::tlog::mth(&leaves);
+        if root != signed.root {
+            contradicted.push(format!(
+                "round {round}: the checkpoint signed before the crash (size {}, root {}) is \
+                 contradicted by the log after it (size {}, root at {} is {})",
+                signed.size,
+                common::tlog::hex(&signed.root),
+                now.size,
+                signed.size,
+                common::tlog::hex(&root)
+            ));
+        }
+    }
+    assert!(
+        contradicted.is_empty(),
+        "{} of 3 signed checkpoints were contradicted after a crash:\n{}",
+        contradicted.len(),
+        contradicted.join("\n")
+    );
+}

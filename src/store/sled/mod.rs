@@ -348,6 +348,7 @@ impl SledStore {
     /// Unit tests make flushes fail on demand, per thread.
     #[cfg(test)]
     fn flush_hook(&self) -> Result<(), StoreError> {
+        tests::flush_begun();
         if tests::FAIL_FLUSH.with(|f| f.get()) {
             self.dirty.store(true, Ordering::Release);
             return Err(StoreError::Io("injected flush failure".into()));
@@ -583,6 +584,8 @@ impl PinStore for SledStore {
         change: &mut dyn FnMut(u64, &mut [TagRecord]),
     ) -> Result<Vec<TagRecord>, StoreError> {
         let (after, written) = self.write_records(repo, tags, change)?;
+        #[cfg(test)]
+        tests::after_confirm(self);
         if written.is_some() {
             self.owed.store(true, Ordering::Release);
         }
