@@ -363,3 +363,36 @@ fn a_log_head_read_just_after_a_confirmation_is_applied_is_flushed_before_it_ans
     assert_eq!(size, 1, "the head counts the confirmed pin's entry");
     assert_eq!(flushed, 1, "answered a head whose last entry no flush had written");
 }
+
+/// Review (background open): a store whose background open failed must not be opened
+/// again by `read_view_in_memory`, which runs on an async worker: it answers `None`, so
+/// the read goes to a blocking thread, and fails closed there. (Before the fix: neither
+/// `opening` nor `dirty` was set, so the in-memory read ran sled's whole open, its
+/// recovery of every file included, on the caller's thread, for every read.)
+#[test]
+fn after_a_failed_background_open_no_read_opens_the_store_on_the_callers_thread() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = sled::Config::new().path(dir.path().join("pins.sled")).open().unwrap();
+        db.open_tree("meta")
+            .unwrap()
+            .insert(records::FORMAT_KEY, &[records::FORMAT + 1][..])
+            .unwrap();
+        db.flush().unwrap();
+    }
+    let (done, opened) = mpsc::channel();
+    let s = SledStore::open_in_background(dir.path(), DEFAULT_CACHE_BYTES, move |_, r| {
+        done.send(r.map_err(|e| e.to_string())).unwrap()
+    })
+    .unwrap();
+    let outcome = opened
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the opener reports");
+    assert!(outcome.is_err(), "a newer format is refused: {outcome:?}");
+    let (repo, tag) = ab();
+    assert!(
+        s.read_view_in_memory(&repo, &tag, true).is_none(),
+        "an in-memory read of a store that is not open must leave the open to a blocking call"
+    );
+    assert!(s.record(&repo, &tag).is_err(), "and that call fails closed");
+}
