@@ -73,7 +73,8 @@ pub struct SledStore {
     trees: RwLock<Option<Arc<Trees>>>,
     /// Being opened in the background ([`SledStore::open_in_background`]).
     opening: AtomicBool,
-    /// A flush failed and has not succeeded since.
+    /// A flush failed and has not succeeded since, or the open failed: the database
+    /// must be flushed or (re)opened before it answers.
     dirty: AtomicBool,
     /// Flushes this store waited for.
     flushes: AtomicU64,
@@ -201,6 +202,11 @@ impl SledStore {
                 let result = Trees::open(&opener.path, &dir, opener.cache_bytes).map(|trees| {
                     *opener.trees.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(trees));
                 });
+                // Not open: as after a failed flush, a call must reopen it first, and only
+                // a blocking call may (`read_view_in_memory` answers `None`).
+                if result.is_err() {
+                    opener.dirty.store(true, Ordering::Release);
+                }
                 opener.opening.store(false, Ordering::Release);
                 opened(&opener, result);
             })
