@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use common::admin::AdminSecrets;
 use common::postgres::PgServer;
+use common::procs::RegistryOptions;
 use common::*;
 
 /// The postmaster's pid, from `postmaster.pid` in the data dir.
@@ -369,5 +370,81 @@ fn a_tag_pushed_through_tagpin_is_pulled_as_pushed_after_a_crash_and_a_write_str
         "{} of 3 tags pushed through tagpin were pulled as other bytes ({lost} settlements lost):\n{}",
         wrong.len(),
         wrong.join("\n")
+    );
+}
+
+/// Review (one durable write per push): `recover` completes a settlement a crash took
+/// back only by asking the upstream with tagpin's own credentials, which default to none
+/// (`--upstream-credentials-file` unset: clients bring their own, a deployment that
+/// worked before). On an upstream that wants credentials, three rounds on the sled store
+/// of: push a new tag with the client's credentials (201), SIGKILL tagpin at once, start
+/// it again, and wait until the tag is pinned, or until the recovery has said twice that
+/// it could not run for another reason than the store still opening (each round after the first of its claims fails stops there, so one
+/// repository tagpin cannot read also holds back every claim after it).
+#[test]
+fn a_tag_answered_201_is_pinned_again_after_a_crash_when_tagpin_has_no_credentials_of_its_own() {
+    let (user, pass) = ("ci", "pw-recover-1");
+    let registry = Registry::start_with(RegistryOptions {
+        basic_auth: Some((user.into(), pass.into())),
+        ..Default::default()
+    });
+    let auth = registry.auth_header();
+    let data = tempfile::tempdir().unwrap();
+    let secrets = AdminSecrets::new();
+    let mut flags = secrets.flags();
+    flags.extend(["--upstream-header-timeout-ms", "1000", "--in-doubt-horizon", "2s"].map(String::from));
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let repo = "durable/authed";
+    let base = Image::random(3903, 256);
+    base.push_blobs(registry.addr, repo, &auth);
+    let mut never = Vec::new();
+    for round in 0..3 {
+        let tag = format!("r{round}");
+        let pushed = base.variant(&tag);
+        let mut tagpin = Tagpin::start_on_data_dir(&registry.url(), data.path(), &flags);
+        let r = pushed.put_manifest(tagpin.addr, repo, &tag, &auth);
+        assert_eq!(r.status, 201, "round {round}: {}", r.text());
+        tagpin.kill();
+        let tagpin = Tagpin::start_on_data_dir(&registry.url(), data.path(), &flags);
+        let reference = format!("{repo}:{tag}");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let (state, failed_rounds) = loop {
+            let state = secrets.pin(tagpin.admin_addr(), &reference).map(|p| p["state"].clone());
+            let failed_rounds = tagpin
+                .logs()
+                .iter()
+                .filter(|l| {
+                    l.contains("cannot complete pushes whose settlement was lost") && !l.contains("pin store opening")
+                })
+                .count();
+            if state.as_ref().and_then(|s| s.as_str()) == Some("pinned") || failed_rounds >= 2 {
+                break (state, failed_rounds);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: {reference} {state:?}\n{}",
+                tagpin.logs().join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        if state.as_ref().and_then(|s| s.as_str()) != Some("pinned") {
+            let said = tagpin
+                .logs()
+                .into_iter()
+                .find(|l| {
+                    l.contains("cannot complete pushes whose settlement was lost") && !l.contains("pin store opening")
+                })
+                .unwrap_or_default();
+            never.push(format!(
+                "round {round}: {reference} (answered 201 for {}) is {state:?} after {failed_rounds} recovery rounds: {said}",
+                pushed.digest()
+            ));
+        }
+    }
+    assert!(
+        never.is_empty(),
+        "{} of 3 tags answered 201 were not pinned again:\n{}",
+        never.len(),
+        never.join("\n")
     );
 }
