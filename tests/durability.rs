@@ -414,7 +414,9 @@ fn a_tag_answered_201_is_pinned_again_after_a_crash_when_tagpin_has_no_credentia
                 .logs()
                 .iter()
                 .filter(|l| {
-                    l.contains("cannot complete pushes whose settlement was lost") && !l.contains("pin store opening")
+                    l.contains("\"level\":\"WARN\"")
+                        && l.contains("whose settlement was lost")
+                        && !l.contains("pin store opening")
                 })
                 .count();
             if state.as_ref().and_then(|s| s.as_str()) == Some("pinned") || failed_rounds >= 2 {
@@ -432,7 +434,9 @@ fn a_tag_answered_201_is_pinned_again_after_a_crash_when_tagpin_has_no_credentia
                 .logs()
                 .into_iter()
                 .find(|l| {
-                    l.contains("cannot complete pushes whose settlement was lost") && !l.contains("pin store opening")
+                    l.contains("\"level\":\"WARN\"")
+                        && l.contains("whose settlement was lost")
+                        && !l.contains("pin store opening")
                 })
                 .unwrap_or_default();
             never.push(format!(
