@@ -58,13 +58,25 @@ pub async fn run(app: App, stop: impl Future<Output = ()>) {
 pub async fn round(app: &App) -> Result<usize, ProxyError> {
     let mut after: Option<(Repository, Tag)> = None;
     let mut completed = 0;
+    let (mut failed, mut first) = (0usize, None::<String>);
     loop {
         let cursor = after.clone();
         let page = app.store_call(move |s| s.claimed(cursor.as_ref(), PAGE)).await?;
         for (repo, tag) in &page {
-            completed += complete_tag(app, repo, tag).await?;
+            // One claim that cannot be checked (a repository tagpin's own credentials
+            // cannot read, an upstream error) must not hold back the others after it.
+            match complete_tag(app, repo, tag).await {
+                Ok(n) => completed += n,
+                Err(e) => {
+                    failed += 1;
+                    first.get_or_insert_with(|| format!("{repo}:{tag}: {e}"));
+                }
+            }
         }
         if page.len() < PAGE {
+            if let Some(first) = first {
+                tracing::warn!(failed, completed, first = %first, "cannot complete pushes whose settlement was lost: their claims could not be checked; next try in the next round");
+            }
             return Ok(completed);
         }
         after = page.last().cloned();

@@ -77,7 +77,18 @@ pub(super) fn read(w: &mut World, p: &mut Proc, tag: &Tag) -> Result<Next, Strin
                 }
                 Some(_) => Ok(Next::Done),
                 None if view.in_flight => {
+                    let served = w.up.tags.get(tag).cloned();
                     w.log(format!("{} pulls {tag}: a write is in flight, read by tag", p.id));
+                    // A tag answered as pinned whose settlement a crash took back is held
+                    // by its push's claim: its pull is still owed the acknowledged pin.
+                    let owed = w.ghost.acked.get(tag).filter(|_| enforcing);
+                    if let Some(acked) = owed.filter(|d| served.as_ref() != Some(*d)) {
+                        return Err(format!(
+                            "a pull of {tag}, answered as pinned to {} (no pin now, a write in flight), was served {} by tag",
+                            world::short(acked),
+                            served.as_ref().map_or("nothing".into(), world::short)
+                        ));
+                    }
                     Ok(Next::Done)
                 }
                 None => {

@@ -107,14 +107,17 @@ pub(super) fn genesis(tx: &mut postgres::Transaction<'_>) -> Result<u64, StoreEr
 }
 
 impl PgStore {
-    /// The head, durable: read in a transaction that takes a transaction id, so its
+    /// The head, durable: read in a transaction that writes WAL (the row lock), so its
     /// commit is synchronous and flushes the WAL of every commit before it, among them a
-    /// settlement committed without waiting ([`crate::store::PinStore::confirm`]).
+    /// settlement committed without waiting ([`crate::store::PinStore::confirm`]). A
+    /// transaction id alone is not enough: PostgreSQL flushes at commit only when the
+    /// transaction wrote WAL before its commit record (xact.c, `RecordTransactionCommit`).
+    /// `FOR KEY SHARE`, the weakest row lock, waits only for an append in progress.
     pub(super) fn head(&self) -> Result<Frontier, StoreError> {
         let mut c = self.client()?;
         let mut tx = c.transaction().map_err(db)?;
         let row = tx
-            .query_one("SELECT frontier, txid_current() FROM log_head WHERE id", &[])
+            .query_one("SELECT frontier FROM log_head WHERE id FOR KEY SHARE", &[])
             .map_err(db)?;
         let head = decode_head(row.get(0))?;
         tx.commit().map_err(db)?;

@@ -35,8 +35,8 @@
 //! it to a crash takes nothing back that anyone relied on: the push's claim was flushed
 //! before the push was forwarded and keeps the tag for the pushed digest (no other
 //! digest can be bound while it stands), and on the next start the claim is completed
-//! by what the upstream holds ([`crate::handler::recover`]). The log's head is flushed
-//! before it is read for a checkpoint, so no signed checkpoint counts a lost entry. So
+//! by what the upstream holds ([`crate::handler::recover`]). A read of the log's head
+//! flushes before it answers, so no signed checkpoint counts a lost entry. So
 //! one fsync stands on a push's path, before it is forwarded. When a flush
 //! fails, the written state lives only in sled's memory and may never reach the disk, so
 //! the store is marked dirty and answers every later call with an error until a flush
@@ -73,11 +73,9 @@ pub struct SledStore {
     trees: RwLock<Option<Arc<Trees>>>,
     /// Being opened in the background ([`SledStore::open_in_background`]).
     opening: AtomicBool,
-    /// A flush failed and has not succeeded since.
+    /// A flush failed and has not succeeded since, or the open failed: the database
+    /// must be flushed or (re)opened before it answers.
     dirty: AtomicBool,
-    /// A [`PinStore::confirm`] was written and not flushed by this store since (sled's
-    /// own flusher writes it out within `FLUSH_EVERY_MS`).
-    owed: AtomicBool,
     /// Flushes this store waited for.
     flushes: AtomicU64,
     /// Held for the store's lifetime: one tagpin per data dir.
@@ -204,6 +202,11 @@ impl SledStore {
                 let result = Trees::open(&opener.path, &dir, opener.cache_bytes).map(|trees| {
                     *opener.trees.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(trees));
                 });
+                // Not open: as after a failed flush, a call must reopen it first, and only
+                // a blocking call may (`read_view_in_memory` answers `None`).
+                if result.is_err() {
+                    opener.dirty.store(true, Ordering::Release);
+                }
                 opener.opening.store(false, Ordering::Release);
                 opened(&opener, result);
             })
@@ -240,7 +243,6 @@ impl SledStore {
             opening: AtomicBool::new(true),
             trees: RwLock::new(None),
             dirty: AtomicBool::new(false),
-            owed: AtomicBool::new(false),
             flushes: AtomicU64::new(0),
             _lock: lock,
         })
@@ -348,6 +350,7 @@ impl SledStore {
     /// Unit tests make flushes fail on demand, per thread.
     #[cfg(test)]
     fn flush_hook(&self) -> Result<(), StoreError> {
+        tests::flush_begun();
         if tests::FAIL_FLUSH.with(|f| f.get()) {
             self.dirty.store(true, Ordering::Release);
             return Err(StoreError::Io("injected flush failure".into()));
@@ -582,10 +585,10 @@ impl PinStore for SledStore {
         tags: &[Tag],
         change: &mut dyn FnMut(u64, &mut [TagRecord]),
     ) -> Result<Vec<TagRecord>, StoreError> {
-        let (after, written) = self.write_records(repo, tags, change)?;
-        if written.is_some() {
-            self.owed.store(true, Ordering::Release);
-        }
+        // Written out by sled's flusher, the next flush of a write, or `log_head`.
+        let (after, _written) = self.write_records(repo, tags, change)?;
+        #[cfg(test)]
+        tests::after_confirm(self);
         Ok(after)
     }
 
@@ -595,14 +598,13 @@ impl PinStore for SledStore {
 
     fn log_head(&self) -> Result<crate::log::Frontier, StoreError> {
         let t = self.trees()?;
-        // Read first, flush after: the flush covers every entry the head counts.
+        // Read first, flush after, every time: the flush covers every entry the head
+        // counts. No flag can say whether one is owed: a confirmation is visible before
+        // it could set it, and another reader's flush may have taken it and not yet
+        // written. A flush with nothing new to write returns without touching the disk
+        // (sled compares its stable point with the last reserved one).
         let head = t.log_head()?;
-        if self.owed.swap(false, Ordering::AcqRel) {
-            if let Err(e) = self.flush(&t) {
-                self.owed.store(true, Ordering::Release);
-                return Err(e);
-            }
-        }
+        self.flush(&t)?;
         Ok(head)
     }
 

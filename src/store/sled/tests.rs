@@ -2,13 +2,47 @@
 //! lock and the migration of earlier formats. Behaviour every backend shares is checked
 //! by the contract suite (`tests/store_contract.rs`).
 
+use std::cell::RefCell;
 use std::sync::atomic::Ordering;
+use std::sync::mpsc;
+use std::time::Duration;
 
 use super::*;
 use crate::store::{Claim, ClaimKind, Pin, PinSource, Release};
 
 thread_local! {
     pub(super) static FAIL_FLUSH: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// Flushes begun on this thread.
+    pub(super) static FLUSHES_BEGUN: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    /// When set, a flush on this thread says so on the first channel and waits for a word
+    /// on the second before it writes anything.
+    pub(super) static HOLD_FLUSH: RefCell<Option<Hold>> = const { RefCell::new(None) };
+    /// Run on this thread by `confirm` once its change is applied, before it returns.
+    pub(super) static AFTER_CONFIRM: RefCell<Option<Hook>> = const { RefCell::new(None) };
+}
+
+/// Where a held flush says it is held, and where it waits for the word to go on.
+pub(super) type Hold = (mpsc::Sender<()>, mpsc::Receiver<()>);
+
+/// What `confirm` runs once its change is applied.
+pub(super) type Hook = Box<dyn FnOnce(&SledStore)>;
+
+/// The flush hook of unit tests: count, and hold when asked.
+pub(super) fn flush_begun() {
+    FLUSHES_BEGUN.with(|n| n.set(n.get() + 1));
+    HOLD_FLUSH.with(|h| {
+        if let Some((held, go)) = h.borrow().as_ref() {
+            held.send(()).unwrap();
+            go.recv().unwrap();
+        }
+    });
+}
+
+/// The hook `confirm` runs once its change is applied.
+pub(super) fn after_confirm(s: &SledStore) {
+    if let Some(f) = AFTER_CONFIRM.with(|a| a.borrow_mut().take()) {
+        f(s);
+    }
 }
 
 fn d(c: char) -> Digest {
@@ -267,4 +301,98 @@ fn a_release_written_before_releases_had_ids_still_reads() {
     assert_eq!((got.id.as_str(), got.cancelled, got.by.as_str()), ("", false, "bob"));
     let round = records::decode_release(b"k", &records::encode_release(&release("x"))).unwrap();
     assert_eq!(round, release("x"));
+}
+
+/// Review (one durable write per push): a log head read while another reader's flush has
+/// begun but written nothing must not be answered before a flush of its own: it counts
+/// a settlement written without waiting ([`PinStore::confirm`]) that a crash now would
+/// take back, and a checkpoint would be signed over it. (Before the fix: the other
+/// reader had taken the flag that a flush was owed, so this one answered at once.)
+#[test]
+fn a_log_head_read_while_another_reader_is_flushing_is_flushed_before_it_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Arc::new(SledStore::open(dir.path()).unwrap());
+    let (repo, tag) = ab();
+    s.confirm(&repo, std::slice::from_ref(&tag), &mut |_, r| {
+        r[0].pin = Some(Pin::now(d('a'), PinSource::Push))
+    })
+    .unwrap();
+    let (held_tx, held) = mpsc::channel();
+    let (go, go_rx) = mpsc::channel();
+    let other = Arc::clone(&s);
+    let first = std::thread::spawn(move || {
+        HOLD_FLUSH.with(|h| *h.borrow_mut() = Some((held_tx, go_rx)));
+        other.log_head().map(|h| h.size())
+    });
+    held.recv_timeout(Duration::from_secs(30))
+        .expect("the first reader flushes the confirmation");
+    FLUSHES_BEGUN.with(|n| n.set(0));
+    let head = s.log_head().map(|h| h.size());
+    let flushed = FLUSHES_BEGUN.with(|n| n.get());
+    go.send(()).unwrap();
+    assert_eq!(first.join().unwrap().unwrap(), 1);
+    assert_eq!(head.unwrap(), 1, "the head counts the confirmed pin's entry");
+    assert_eq!(
+        flushed, 1,
+        "answered a head whose last entry no flush had yet written (the other reader's was held before writing)"
+    );
+}
+
+/// Review (one durable write per push): a log head read between a confirmation's
+/// transaction and the note that a flush is owed must be flushed all the same. (Before
+/// the fix: it found no flush owed and answered a head counting an entry only in memory.)
+#[test]
+fn a_log_head_read_just_after_a_confirmation_is_applied_is_flushed_before_it_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = SledStore::open(dir.path()).unwrap();
+    let (repo, tag) = ab();
+    let seen = std::rc::Rc::new(std::cell::Cell::new(None));
+    let out = std::rc::Rc::clone(&seen);
+    AFTER_CONFIRM.with(|a| {
+        *a.borrow_mut() = Some(Box::new(move |s: &SledStore| {
+            FLUSHES_BEGUN.with(|n| n.set(0));
+            let size = s.log_head().unwrap().size();
+            out.set(Some((size, FLUSHES_BEGUN.with(|n| n.get()))));
+        }))
+    });
+    s.confirm(&repo, std::slice::from_ref(&tag), &mut |_, r| {
+        r[0].pin = Some(Pin::now(d('a'), PinSource::Push))
+    })
+    .unwrap();
+    let (size, flushed) = seen.get().expect("the hook ran");
+    assert_eq!(size, 1, "the head counts the confirmed pin's entry");
+    assert_eq!(flushed, 1, "answered a head whose last entry no flush had written");
+}
+
+/// Review (background open): a store whose background open failed must not be opened
+/// again by `read_view_in_memory`, which runs on an async worker: it answers `None`, so
+/// the read goes to a blocking thread, and fails closed there. (Before the fix: neither
+/// `opening` nor `dirty` was set, so the in-memory read ran sled's whole open, its
+/// recovery of every file included, on the caller's thread, for every read.)
+#[test]
+fn after_a_failed_background_open_no_read_opens_the_store_on_the_callers_thread() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = sled::Config::new().path(dir.path().join("pins.sled")).open().unwrap();
+        db.open_tree("meta")
+            .unwrap()
+            .insert(records::FORMAT_KEY, &[records::FORMAT + 1][..])
+            .unwrap();
+        db.flush().unwrap();
+    }
+    let (done, opened) = mpsc::channel();
+    let s = SledStore::open_in_background(dir.path(), DEFAULT_CACHE_BYTES, move |_, r| {
+        done.send(r.map_err(|e| e.to_string())).unwrap()
+    })
+    .unwrap();
+    let outcome = opened
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the opener reports");
+    assert!(outcome.is_err(), "a newer format is refused: {outcome:?}");
+    let (repo, tag) = ab();
+    assert!(
+        s.read_view_in_memory(&repo, &tag, true).is_none(),
+        "an in-memory read of a store that is not open must leave the open to a blocking call"
+    );
+    assert!(s.record(&repo, &tag).is_err(), "and that call fails closed");
 }
