@@ -19,7 +19,11 @@ use tagpin::oci::{Digest, Repository, Tag};
 use tagpin::store::{Claim, ClaimKind, HistoryEntry, HistoryEvent, PgStore, PinStore, ReadView, TagRecord};
 
 fn view(pin: Option<Digest>, in_flight: bool) -> ReadView {
-    ReadView { pin, in_flight }
+    ReadView {
+        pin,
+        in_flight,
+        reserved: None,
+    }
 }
 
 /// The view follows the record: no pin, a write with no pin, a pin, a pin with a write
@@ -36,7 +40,11 @@ fn read_view_follows_the_record(s: &dyn PinStore) {
     };
     both(view(None, false));
     claim(s, &r, one(&t), &Claim::now(d('a'), "req-1"));
-    both(view(None, true));
+    // Held by a push of a new pin: reserved for its digest.
+    both(ReadView {
+        reserved: Some(d('a')),
+        ..view(None, true)
+    });
     s.update(&r, one(&t), &mut |_, records| {
         records[0].writes.clear();
         records[0].set_pin(pin('a'));

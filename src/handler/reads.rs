@@ -95,8 +95,11 @@ pub async fn manifest_read(
     }
     match view.pin {
         Some(pin) => read.pinned(parts, body, &pin).await,
-        None if view.in_flight => super::forward(app, parts, body, who).await,
-        None => read.first_pull(parts, body).await,
+        None => match view.reserved {
+            Some(digest) => read.reserved(parts, body, &digest).await,
+            None if view.in_flight => super::forward(app, parts, body, who).await,
+            None => read.first_pull(parts, body).await,
+        },
     }
 }
 
@@ -148,6 +151,24 @@ impl Read<'_> {
         }
         self.app.metrics.read(ReadAnswer::Pinned);
         Ok(resp)
+    }
+
+    /// A tag with no pin held by pushes of one new pin (`digest`): served that digest when
+    /// the upstream has it (a push answered 201 whose settlement a crash took back is
+    /// pulled as pushed, whatever was written under the tag behind tagpin's back since),
+    /// read by tag otherwise (a first push not yet applied).
+    async fn reserved(&self, parts: Parts, body: Body, digest: &Digest) -> Answer {
+        let (again, by_tag) = (Again::of(&parts), parts.uri.clone());
+        let mut parts = parts;
+        parts.uri = by_digest(self.repo, digest)?;
+        let resp = super::forward(self.app, parts, body, self.who).await?;
+        if resp.status() != StatusCode::NOT_FOUND {
+            return Ok(resp);
+        }
+        drop(resp);
+        let (mut parts, body) = again.request();
+        parts.uri = by_tag;
+        super::forward(self.app, parts, body, self.who).await
     }
 
     /// Whether a 404 for the pinned digest means the manifest is gone: asked again with

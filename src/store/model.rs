@@ -212,6 +212,10 @@ impl Claim {
 pub struct ReadView {
     pub pin: Option<Digest>,
     pub in_flight: bool,
+    /// A tag with no pin held by pushes of one new pin, all of this digest: a push in
+    /// flight, or one answered 201 whose settlement a crash took back
+    /// ([`crate::handler::recover`]). A read serves it when the upstream has it.
+    pub reserved: Option<Digest>,
 }
 
 impl ReadView {
@@ -219,8 +223,18 @@ impl ReadView {
         Self {
             pin: record.pin.as_ref().map(|p| p.digest.clone()),
             in_flight: !record.writes.is_empty(),
+            reserved: reserved(record.pin.is_some(), &record.writes),
         }
     }
+}
+
+/// [`ReadView::reserved`] of a tag with `writes` in flight.
+pub fn reserved(pinned: bool, writes: &[Claim]) -> Option<Digest> {
+    let first = writes.first().filter(|_| !pinned)?;
+    writes
+        .iter()
+        .all(|w| w.digest == first.digest && w.kind == ClaimKind::New)
+        .then(|| first.digest.clone())
 }
 
 /// What a tag is held to.

@@ -77,8 +77,13 @@ pub(super) fn read(w: &mut World, p: &mut Proc, tag: &Tag) -> Result<Next, Strin
                 }
                 Some(_) => Ok(Next::Done),
                 None if view.in_flight => {
-                    let served = w.up.tags.get(tag).cloned();
-                    w.log(format!("{} pulls {tag}: a write is in flight, read by tag", p.id));
+                    // As `handler/reads.rs`: a tag held by pushes of one new pin is served
+                    // that digest when the upstream has it, read by tag otherwise.
+                    let served = match view.reserved.as_ref().filter(|d| w.up.manifests.contains(*d)) {
+                        Some(d) => Some(d.clone()),
+                        None => w.up.tags.get(tag).cloned(),
+                    };
+                    w.log(format!("{} pulls {tag}: a write is in flight, read as {served:?}", p.id));
                     // A tag answered as pinned whose settlement a crash took back is held
                     // by its push's claim: its pull is still owed the acknowledged pin.
                     let owed = w.ghost.acked.get(tag).filter(|_| enforcing);

@@ -407,6 +407,7 @@ mod tests {
         ReadView {
             pin: Some(digest(c)),
             in_flight: false,
+            reserved: None,
         }
     }
 
@@ -454,6 +455,7 @@ mod tests {
                 ReadView {
                     pin: None,
                     in_flight: true,
+                    reserved: None,
                 },
             ),
             ("a:free", ReadView::default()),
@@ -462,6 +464,7 @@ mod tests {
                 ReadView {
                     pin: Some(digest('a')),
                     in_flight: true,
+                    reserved: None,
                 },
             ),
         ];

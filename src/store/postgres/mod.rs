@@ -257,6 +257,7 @@ fn cached(pin: Digest) -> ReadView {
     ReadView {
         pin: Some(pin),
         in_flight: false,
+        reserved: None,
     }
 }
 

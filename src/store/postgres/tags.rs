@@ -197,7 +197,9 @@ impl PgStore {
         let row = c
             .query_one(
                 "SELECT (SELECT digest FROM pins WHERE repository = $1 AND tag = $2),
-                   EXISTS (SELECT 1 FROM claims WHERE repository = $1 AND tag = $2)",
+                   EXISTS (SELECT 1 FROM claims WHERE repository = $1 AND tag = $2),
+                   (SELECT min(digest) FROM claims WHERE repository = $1 AND tag = $2
+                    HAVING count(DISTINCT digest) = 1 AND bool_and(kind = 'new'))",
                 &[&repo.as_str(), &tag.as_str()],
             )
             .map_err(db)?;
@@ -205,9 +207,15 @@ impl PgStore {
             .get::<_, Option<String>>(0)
             .map(|d| crate::oci::Digest::parse(&d).map_err(|e| corrupt(&lock_key(repo, tag), e)))
             .transpose()?;
+        let reserved = row
+            .get::<_, Option<String>>(2)
+            .filter(|_| pin.is_none())
+            .map(|d| crate::oci::Digest::parse(&d).map_err(|e| corrupt(&lock_key(repo, tag), e)))
+            .transpose()?;
         Ok(ReadView {
             pin,
             in_flight: row.get(1),
+            reserved,
         })
     }
 

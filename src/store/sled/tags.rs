@@ -139,8 +139,17 @@ impl SledStore {
             Some(v) => Some(decode_pin_digest(&key, &v)?),
             None => None,
         };
-        let in_flight = t.claims.get(&key).map_err(io)?.is_some();
-        Ok(ReadView { pin, in_flight })
+        let writes = match t.claims.get(&key).map_err(io)? {
+            Some(v) => Some(decode_writes(&key, &v)?),
+            None => None,
+        };
+        Ok(ReadView {
+            reserved: writes
+                .as_deref()
+                .and_then(|w| crate::store::reserved(pin.is_some(), w)),
+            pin,
+            in_flight: writes.is_some(),
+        })
     }
 
     /// [`crate::store::PinStore::update`]. sled runs one transaction at a time, so the
