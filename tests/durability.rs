@@ -438,7 +438,9 @@ fn without_credentials_of_its_own_tagpin_keeps_a_tag_whose_settlement_a_crash_to
                 &[("Authorization", auth.as_str()), ("Accept", common::image::ACCEPT_ALL)],
                 b"",
             );
-            let other = base.variant(&format!("{tag}-other")).put_manifest(tagpin.addr, repo, &tag, &auth);
+            let other = base
+                .variant(&format!("{tag}-other"))
+                .put_manifest(tagpin.addr, repo, &tag, &auth);
             let held = shown["state"] == "claimed" && shown["digest"] == pushed.digest().as_str();
             let served = pulled.header("docker-content-digest") == Some(pushed.digest().as_str());
             if !(held && served && other.status == 409 && failed_rounds >= 1) {

@@ -83,7 +83,10 @@ pub(super) fn read(w: &mut World, p: &mut Proc, tag: &Tag) -> Result<Next, Strin
                         Some(d) => Some(d.clone()),
                         None => w.up.tags.get(tag).cloned(),
                     };
-                    w.log(format!("{} pulls {tag}: a write is in flight, read as {served:?}", p.id));
+                    w.log(format!(
+                        "{} pulls {tag}: a write is in flight, read as {served:?}",
+                        p.id
+                    ));
                     // A tag answered as pinned whose settlement a crash took back is held
                     // by its push's claim: its pull is still owed the acknowledged pin.
                     let owed = w.ghost.acked.get(tag).filter(|_| enforcing);

@@ -144,9 +144,7 @@ impl SledStore {
             None => None,
         };
         Ok(ReadView {
-            reserved: writes
-                .as_deref()
-                .and_then(|w| crate::store::reserved(pin.is_some(), w)),
+            reserved: writes.as_deref().and_then(|w| crate::store::reserved(pin.is_some(), w)),
             pin,
             in_flight: writes.is_some(),
         })
