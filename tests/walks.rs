@@ -516,7 +516,16 @@ fn a_delete_that_outwaits_the_adoption_bound_gets_503_and_the_adoption_goes_on()
     gate.open();
     s.wait_pins(Some("app"), 40);
     assert_eq!(upstream_digest(&registry, "app", "t039"), Some(app.last.digest()));
-    let r = delete(&s.tagpin, "app", &app.last.digest());
+    // Retried as Retry-After says, it is decided once the adoption (and the recording of
+    // what the pinned manifests reference) is done.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let r = loop {
+        let r = delete(&s.tagpin, "app", &app.last.digest());
+        if r.status != 503 || Instant::now() > deadline {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
     assert_eq!(r.status, 409, "decided once the adoption is done: {}", r.text());
     assert_eq!(upstream_digest(&registry, "app", "t039"), Some(app.last.digest()));
 }
