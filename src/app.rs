@@ -334,6 +334,20 @@ impl App {
         F: FnOnce(Arc<App>) -> Fut,
         Fut: Future<Output = Result<Response<Body>, ProxyError>> + Send + 'static,
     {
+        self.detach(f)?
+            .await
+            .map_err(|e| ProxyError::Internal(format!("decision task failed: {e}")))?
+    }
+
+    /// Start `f` as a detached task (see [`App::detached`]) and hand back its handle: the
+    /// task runs to its end whether or not anybody waits for it. Counted against the same
+    /// limit, and waited for by a graceful shutdown like a decision.
+    pub fn detach<F, Fut, T>(self: &Arc<Self>, f: F) -> Result<tokio::task::JoinHandle<T>, ProxyError>
+    where
+        F: FnOnce(Arc<App>) -> Fut,
+        Fut: Future<Output = T> + Send + 'static,
+        T: Send + 'static,
+    {
         let app = Arc::clone(self);
         let shared = Arc::clone(&self.shared);
         // A task outlives its client, so clients that send a write and leave could start
@@ -348,12 +362,10 @@ impl App {
             )));
         }
         let task = f(app);
-        tokio::spawn(async move {
+        Ok(tokio::spawn(async move {
             let _running = DetachedGuard(&shared.detached);
             task.await
-        })
-        .await
-        .map_err(|e| ProxyError::Internal(format!("decision task failed: {e}")))?
+        }))
     }
 
     /// The state every worker shares.

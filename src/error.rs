@@ -64,6 +64,13 @@ pub enum ProxyError {
     /// so what only such a client may see is not shown.
     #[error("cannot learn the client's access: {0}")]
     AccessUnknown(String),
+    /// A delete by digest waited its bound for the adoption of its repository's tags,
+    /// which goes on; nothing was deleted.
+    #[error("the tags of {repo} that predate tagpin are still being adopted after {waited:?}")]
+    AdoptionRunning {
+        repo: Repository,
+        waited: std::time::Duration,
+    },
     #[error("internal error: {0}")]
     Internal(String),
     /// Admin API: no token, or not one of the configured ones.
@@ -128,7 +135,7 @@ impl ProxyError {
                 (S::GATEWAY_TIMEOUT, C::Unavailable)
             }
             Self::OutcomeUnknown(_) => (S::BAD_GATEWAY, C::Unavailable),
-            Self::Store(_) | Self::PinNotRecorded(_) | Self::CannotDecide(_) => {
+            Self::Store(_) | Self::PinNotRecorded(_) | Self::CannotDecide(_) | Self::AdoptionRunning { .. } => {
                 (S::SERVICE_UNAVAILABLE, C::Unavailable)
             }
             Self::PinnedManifestMissing { .. } | Self::NoHistory { .. } => (S::NOT_FOUND, C::ManifestUnknown),
@@ -186,6 +193,11 @@ impl ProxyError {
                 "the upstream answered a request for the pinned manifest with other content; tagpin does not \
                  pass it on"
             }
+            Self::AdoptionRunning { .. } => {
+                "before a first delete by digest, tagpin adopts the tags of the repository that predate it \
+                 (one upstream check per tag); that is still running, so nothing was deleted. The adoption \
+                 goes on without this request: retry later, and the delete is decided once it is done"
+            }
             Self::AccessUnknown(_) => {
                 "tagpin could not learn from the upstream whether this client may read the repository, so it \
                  shows nothing of it; retry later"
@@ -227,7 +239,14 @@ impl ProxyError {
                     Self::Upstream(e @ UpstreamError::TokenRealm { .. }) => e.to_string(),
                     _ => self.public_message().to_owned(),
                 },
-                detail: json!({ "request_id": request_id }),
+                detail: match &self {
+                    Self::AdoptionRunning { repo, .. } => json!({
+                        "repository": repo.as_str(),
+                        "reason": "adoption_running",
+                        "request_id": request_id,
+                    }),
+                    _ => json!({ "request_id": request_id }),
+                },
             }
         } else {
             let detail = match &self {
@@ -265,6 +284,11 @@ impl ProxyError {
             // the right answer (RFC 9110 section 10.2.3).
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if let Self::AdoptionRunning { waited, .. } = &self {
+            // An adoption that outlasted one wait likely outlasts a short pause as well.
+            let secs = waited.as_secs().max(1);
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         resp
     }

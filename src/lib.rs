@@ -15,7 +15,9 @@
 //!
 //! Beside the registry port, [`admin`] serves the admin API on a listener of its own;
 //! its seed and verify (and the periodic drift check, [`admin::drift`]) walk the
-//! upstream with tagpin's own credentials ([`upstream::own`]), never a client's.
+//! upstream with tagpin's own credentials ([`upstream::own`]), never a client's, a page
+//! at a time and with a bounded number of requests in flight ([`walk`]), as does the
+//! adoption of a repository's tags before its first delete by digest.
 
 #![forbid(unsafe_code)]
 
@@ -40,6 +42,7 @@ pub mod server;
 pub mod store;
 pub mod telemetry;
 pub mod upstream;
+pub mod walk;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -14,7 +14,7 @@ use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard, OwnedRwLockReadGuard, Ow
 use crate::oci::{Repository, Tag};
 
 /// A map from key to a lock that exists while somebody holds or waits for it.
-struct LockTable<T> {
+pub(crate) struct LockTable<T> {
     inner: Mutex<Inner<T>>,
 }
 
@@ -26,7 +26,7 @@ struct Inner<T> {
 }
 
 impl<T: Default> LockTable<T> {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             inner: Mutex::new(Inner {
                 map: HashMap::new(),
@@ -35,7 +35,7 @@ impl<T: Default> LockTable<T> {
         }
     }
 
-    fn get(&self, key: String) -> Arc<T> {
+    pub(crate) fn get(&self, key: String) -> Arc<T> {
         // A poisoned std mutex only means another thread panicked mid-lookup; the map is
         // still a valid cache of weak pointers.
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
@@ -61,6 +61,8 @@ impl<T: Default> LockTable<T> {
 pub struct DecisionLocks {
     repos: LockTable<RwLock<()>>,
     tags: LockTable<AsyncMutex<()>>,
+    /// One adoption of a repository's tags at a time ([`DecisionLocks::adoption`]).
+    adoptions: LockTable<AsyncMutex<()>>,
 }
 
 /// Held for the whole of a push decision.
@@ -74,6 +76,7 @@ impl Default for DecisionLocks {
         Self {
             repos: LockTable::new(),
             tags: LockTable::new(),
+            adoptions: LockTable::new(),
         }
     }
 }
@@ -95,6 +98,14 @@ impl DecisionLocks {
             _repo: repo_guard,
             _tags: guards,
         }
+    }
+
+    /// Adopt the tags of `repo` one walk at a time: a delete repeated while its
+    /// repository's adoption runs waits for it, then finds the tags pinned (a store lookup
+    /// each), instead of walking the upstream beside it. Pushes are not held up: each tag
+    /// is adopted under its own push lock.
+    pub async fn adoption(&self, repo: &Repository) -> OwnedMutexGuard<()> {
+        self.adoptions.get(repo.as_str().to_owned()).lock_owned().await
     }
 
     /// Lock a whole repository against pushes, for deleting a manifest by digest.

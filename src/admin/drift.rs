@@ -91,7 +91,7 @@ pub async fn run(app: App, every: Duration, stop: impl Future<Output = ()>) {
         // Its own task, so a panic in it ends this round only.
         let round = {
             let app = Arc::clone(&app);
-            tokio::spawn(async move { verify::check(&app, None).await })
+            tokio::spawn(async move { verify::check(app).await })
         };
         let abort = round.abort_handle();
         let outcome = tokio::select! {

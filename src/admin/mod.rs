@@ -35,14 +35,17 @@ use crate::telemetry::Requester;
 /// The admin side's state: the proxy's shared state (through an `App` on the admin's own
 /// runtime, for its upstream client) and the token digests.
 pub struct Admin {
-    pub app: App,
+    pub app: Arc<App>,
     tokens: Tokens,
 }
 
 impl Admin {
     pub fn new(app: App) -> Self {
         let tokens = Tokens::new(app.config.admin.as_ref().map_or(&[][..], |a| &a.tokens));
-        Self { app, tokens }
+        Self {
+            app: Arc::new(app),
+            tokens,
+        }
     }
 }
 
@@ -115,8 +118,8 @@ async fn dispatch(admin: &Arc<Admin>, req: Request<Incoming>, who: &Requester) -
         AdminRoute::CancelRelease { repository, tag } => pins::cancel_release(app, repository, tag, who).await,
         AdminRoute::Export => pins::export(app).await,
         AdminRoute::Import => pins::import(app, req, who).await,
-        AdminRoute::Seed { repository } => seed::start(Arc::clone(admin), repository, who.clone()).await,
-        AdminRoute::Verify { repository } => verify::verify(app, repository).await,
+        AdminRoute::Seed(scope) => seed::start(Arc::clone(admin), scope, who.clone()).await,
+        AdminRoute::Verify { scope, lines } => verify::verify(Arc::clone(app), scope, lines).await,
         AdminRoute::ListClaims { repository } => claims::list(app, repository).await,
         AdminRoute::ClearClaims => claims::clear(app, req, who).await,
         AdminRoute::LogCheckpoint => log::checkpoint(app).await,
@@ -124,6 +127,20 @@ async fn dispatch(admin: &Arc<Admin>, req: Request<Incoming>, who: &Requester) -
         AdminRoute::LogInclusion { index, size } => log::inclusion(app, index, size).await,
         AdminRoute::LogConsistency { from, to } => log::consistency(app, from, to).await,
     }
+}
+
+/// Upstream requests a seed or verify keeps in flight: what it asked for, at most the
+/// server's `walk_concurrency`.
+fn concurrency(app: &App, scope: &routes::WalkScope) -> usize {
+    let most = app.config.walk_concurrency;
+    scope.concurrency.map_or(most, |n| n.clamp(1, most))
+}
+
+/// One line of a JSON-lines answer.
+fn line(value: &serde_json::Value) -> bytes::Bytes {
+    let mut v = value.to_string().into_bytes();
+    v.push(b'\n');
+    v.into()
 }
 
 /// A JSON answer.

@@ -31,10 +31,11 @@ pub enum AdminRoute {
     CreateRelease,
     /// `DELETE /admin/v1/releases?repository=R&tag=T`
     CancelRelease { repository: Repository, tag: Tag },
-    /// `POST /admin/v1/seed[?repository=R]`
-    Seed { repository: Option<Repository> },
-    /// `GET /admin/v1/verify[?repository=R]`
-    Verify { repository: Option<Repository> },
+    /// `POST /admin/v1/seed[?repository=R | ?after=R][&concurrency=N]`
+    Seed(WalkScope),
+    /// `GET /admin/v1/verify[?repository=R | ?after=R][&concurrency=N][&format=ndjson]`;
+    /// `lines`: answered as JSON lines with progress, not one JSON object.
+    Verify { scope: WalkScope, lines: bool },
     /// `GET /admin/v1/export`
     Export,
     /// `POST /admin/v1/import` with JSON lines.
@@ -52,6 +53,18 @@ pub enum AdminRoute {
     LogInclusion { index: u64, size: u64 },
     /// `GET /admin/v1/log/proof/consistency?from=M&to=N`
     LogConsistency { from: u64, to: u64 },
+}
+
+/// Which repositories a seed or verify walks, and how many upstream requests it keeps in
+/// flight.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WalkScope {
+    /// Only this repository.
+    pub repository: Option<Repository>,
+    /// Every repository after this one (a walk that resumes).
+    pub after: Option<Repository>,
+    /// At most this many requests in flight (the server's `walk_concurrency` caps it).
+    pub concurrency: Option<usize>,
 }
 
 /// Largest page of `ListPins`, and the default.
@@ -146,11 +159,18 @@ pub fn classify(method: &Method, path: &str, query: Option<&str>) -> Result<Admi
             let (repository, tag) = required()?;
             Ok(AdminRoute::CancelRelease { repository, tag })
         }
-        ("POST", "/admin/v1/seed") => Ok(AdminRoute::Seed {
-            repository: repository()?,
-        }),
+        ("POST", "/admin/v1/seed") => Ok(AdminRoute::Seed(walk_scope(&params)?)),
         ("GET", "/admin/v1/verify") => Ok(AdminRoute::Verify {
-            repository: repository()?,
+            scope: walk_scope(&params)?,
+            lines: match get("format") {
+                None | Some("json") => false,
+                Some("ndjson") => true,
+                Some(other) => {
+                    return Err(RouteProblem::Bad(format!(
+                        "format must be json or ndjson, not {other:?}"
+                    )))
+                }
+            },
         }),
         ("GET", "/admin/v1/export") => Ok(AdminRoute::Export),
         ("POST", "/admin/v1/import") => Ok(AdminRoute::Import),
@@ -161,6 +181,36 @@ pub fn classify(method: &Method, path: &str, query: Option<&str>) -> Result<Admi
         (_, p) if p.starts_with("/admin/v1/") => Err(RouteProblem::NotFound),
         _ => Err(RouteProblem::NotFound),
     }
+}
+
+/// `repository`, `after` and `concurrency` of a seed or verify.
+fn walk_scope(params: &[(String, String)]) -> Result<WalkScope, RouteProblem> {
+    let get = |key: &str| params.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
+    let name = |key: &str| {
+        get(key)
+            .filter(|v| !v.is_empty())
+            .map(|v| Repository::parse(v).map_err(|e| RouteProblem::Bad(format!("{key}: {e}"))))
+            .transpose()
+    };
+    let (repository, after) = (name("repository")?, name("after")?);
+    if repository.is_some() && after.is_some() {
+        return Err(RouteProblem::Bad(
+            "after resumes a walk of the whole catalog; it does not go with repository".into(),
+        ));
+    }
+    let concurrency = get("concurrency")
+        .map(|n| {
+            n.parse::<usize>()
+                .ok()
+                .filter(|n| *n >= 1)
+                .ok_or_else(|| RouteProblem::Bad(format!("concurrency must be a whole number of 1 or more, not {n:?}")))
+        })
+        .transpose()?;
+    Ok(WalkScope {
+        repository,
+        after,
+        concurrency,
+    })
 }
 
 /// Why an admin request has no route.
@@ -263,10 +313,45 @@ mod tests {
         assert_eq!(c("GET", "/v2/", None), Err(RouteProblem::NotFound));
         assert_eq!(
             c("POST", "/admin/v1/seed", Some("repository=x")),
-            Ok(AdminRoute::Seed {
-                repository: Some(r("x"))
+            Ok(AdminRoute::Seed(WalkScope {
+                repository: Some(r("x")),
+                ..WalkScope::default()
+            }))
+        );
+        assert_eq!(
+            c(
+                "GET",
+                "/admin/v1/verify",
+                Some("after=team/app&concurrency=3&format=ndjson")
+            ),
+            Ok(AdminRoute::Verify {
+                scope: WalkScope {
+                    repository: None,
+                    after: Some(r("team/app")),
+                    concurrency: Some(3),
+                },
+                lines: true,
             })
         );
+        assert_eq!(
+            c("GET", "/admin/v1/verify", None),
+            Ok(AdminRoute::Verify {
+                scope: WalkScope::default(),
+                lines: false
+            })
+        );
+        for q in [
+            "repository=a&after=b",
+            "concurrency=0",
+            "concurrency=many",
+            "after=A",
+            "format=xml",
+        ] {
+            assert!(
+                matches!(c("GET", "/admin/v1/verify", Some(q)), Err(RouteProblem::Bad(_))),
+                "{q}"
+            );
+        }
         assert_eq!(
             c("GET", "/admin/v1/claims", None),
             Ok(AdminRoute::ListClaims { repository: None })

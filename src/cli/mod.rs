@@ -27,6 +27,7 @@ pub mod resolve;
 pub mod seed;
 pub mod transfer;
 pub mod verify;
+pub mod walk;
 
 use self::client::{CliError, Client, EXIT_ERROR};
 
@@ -282,6 +283,11 @@ pub struct ServeArgs {
     /// Run the drift check this often, e.g. 10m [default: off].
     #[arg(long, env = "TAGPIN_DRIFT_INTERVAL")]
     pub drift_interval: Option<String>,
+    /// Upstream requests a seed, a verify, a drift check or the adoption of a
+    /// repository's tags before a delete by digest keeps in flight at most, 1 to 256 (a
+    /// seed or verify may ask for fewer) [default: 8].
+    #[arg(long, env = "TAGPIN_WALK_CONCURRENCY")]
+    pub walk_concurrency: Option<usize>,
     /// How long after it was forwarded a write whose answer was lost may still land at the
     /// upstream; its record keeps the tag (or digest) reserved until then, e.g. 15m
     /// [default: 15m; at least twice the upstream header timeout].
@@ -309,6 +315,9 @@ pub struct ServeArgs {
     /// Milliseconds a manifest body waits for memory from the budget before a 503 [default: 2000].
     #[arg(long, env = "TAGPIN_MANIFEST_BUDGET_WAIT_MS")]
     pub manifest_budget_wait_ms: Option<u64>,
+    /// Milliseconds a delete by digest waits for the adoption of its repository's tags that predate tagpin before it is answered 503 (the adoption goes on; a retry finds it further along) [default: 60000].
+    #[arg(long, env = "TAGPIN_ADOPTION_WAIT_TIMEOUT_MS")]
+    pub adoption_wait_timeout_ms: Option<u64>,
 }
 
 impl ServeArgs {
@@ -359,6 +368,7 @@ impl ServeArgs {
                 Some(self.token_realms)
             },
             drift_interval: self.drift_interval.or(file.drift_interval),
+            walk_concurrency: self.walk_concurrency.or(file.walk_concurrency),
             in_doubt_horizon: self.in_doubt_horizon.or(file.in_doubt_horizon),
             log_signing_key: self.log_signing_key.or(file.log_signing_key),
             log_origin: self.log_origin.or(file.log_origin),
@@ -372,6 +382,7 @@ impl ServeArgs {
                 shutdown_grace_ms: self.shutdown_grace_ms.or(t.shutdown_grace_ms),
                 manifest_body_ms: self.manifest_body_timeout_ms.or(t.manifest_body_ms),
                 manifest_budget_wait_ms: self.manifest_budget_wait_ms.or(t.manifest_budget_wait_ms),
+                adoption_wait_ms: self.adoption_wait_timeout_ms.or(t.adoption_wait_ms),
             }),
         }
     }

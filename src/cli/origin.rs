@@ -20,6 +20,7 @@ fn arg_id(key: &str) -> &str {
         "timeouts.shutdown_grace_ms" => "shutdown_grace_ms",
         "timeouts.manifest_body_ms" => "manifest_body_timeout_ms",
         "timeouts.manifest_budget_wait_ms" => "manifest_budget_wait_ms",
+        "timeouts.adoption_wait_ms" => "adoption_wait_timeout_ms",
         other => other,
     }
 }
@@ -129,6 +130,8 @@ mod tests {
             "timeouts.shutdown_grace_ms",
             "timeouts.manifest_body_ms",
             "timeouts.manifest_budget_wait_ms",
+            "timeouts.adoption_wait_ms",
+            "walk_concurrency",
         ] {
             assert!(serve.get_arguments().any(|a| a.get_id() == arg_id(key)), "{key}");
         }

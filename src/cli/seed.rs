@@ -1,6 +1,8 @@
-//! `tagpin seed [--repository R]`: adopt what the upstream already holds, through
-//! `POST /admin/v1/seed`, whose answer is JSON lines: `{"progress":{…}}` while it walks
-//! the upstream's catalog, then one `{"done":{…}}` or `{"error":"…"}`.
+//! `tagpin seed [--repository R | --after R] [--concurrency N]`: adopt what the upstream
+//! already holds, through `POST /admin/v1/seed`, whose answer is JSON lines:
+//! `{"progress":{…}}` while it walks the upstream's catalog, then one `{"done":{…}}` or
+//! `{"error":"…"}`. Interrupted (Ctrl-C, a cut connection, a failure), it names the
+//! `--after` to resume with.
 
 use std::io::Write;
 
@@ -10,13 +12,16 @@ use serde_json::Value;
 
 use super::client::{AdminArgs, CliError, Client, Lines, EXIT_OK};
 use super::output;
+use super::walk::{self, WalkArgs};
 
 #[derive(Debug, Args)]
-#[command(after_help = "Exit status: 0 seeded; 2 on any error (including a seed the server reports as failed).")]
+#[command(
+    after_help = "Exit status: 0 seeded; 2 on any error (including a seed the server reports as failed, and \
+                  Ctrl-C), with the --after to resume with."
+)]
 pub struct SeedArgs {
-    /// Only this repository (default: every repository in the upstream's catalog).
-    #[arg(long)]
-    pub repository: Option<String>,
+    #[command(flatten)]
+    pub walk: WalkArgs,
     /// Print the final counts as one JSON object, for scripts.
     #[arg(long)]
     pub json: bool,
@@ -53,14 +58,23 @@ fn count(v: &Value, key: &str) -> u64 {
 /// The progress line a terminal shows.
 pub fn progress_message(p: &Value) -> String {
     format!(
-        "{} repositories, {} tags seen, {} adopted, {} already pinned, {} mutable skipped; at {}",
+        "{} repositories, {} tags seen, {} adopted, {} already pinned, {} mutable skipped; at {}{}",
         count(p, "repositories"),
         count(p, "tags_seen"),
         count(p, "adopted"),
         count(p, "already_pinned"),
         count(p, "skipped_mutable"),
         output::text(&p["current"]),
+        done_through(p),
     )
+}
+
+/// `; done through R` for a progress line with a resume point.
+pub fn done_through(p: &Value) -> String {
+    p["after"]
+        .as_str()
+        .map(|a| format!("; done through {a}"))
+        .unwrap_or_default()
 }
 
 /// The final counts for people.
@@ -80,26 +94,15 @@ pub fn summary(done: &Value) -> comfy_table::Table {
 }
 
 pub async fn run(client: &Client, args: &SeedArgs, out: &mut dyn Write) -> Result<u8, CliError> {
-    let query: Vec<(&str, &str)> = args.repository.iter().map(|r| ("repository", r.as_str())).collect();
+    let query = args.walk.query();
+    let query: Vec<(&str, &str)> = query.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let resp = client.send(Method::POST, "seed", &query, None).await?;
     let mut lines = Lines::new(resp.into_body());
     let progress = output::Progress::start("seeding");
-    let done = loop {
-        let Some((line, _)) = lines.next().await? else {
-            return Err(CliError::Protocol(
-                "the seed stream ended without a result; some tags may have been adopted (run it again)".into(),
-            ));
-        };
-        if line.iter().all(u8::is_ascii_whitespace) {
-            continue;
-        }
-        match parse_line(&line)? {
-            SeedLine::Progress(p) => progress.message(progress_message(&p)),
-            SeedLine::Done(d) => break d,
-            SeedLine::Error(e) => return Err(CliError::Failed(format!("seed failed: {e}"))),
-        }
-    };
+    let mut after = args.walk.after.clone();
+    let read = walk::interruptible(read(&mut lines, &progress, &mut after)).await;
     progress.finish();
+    let done = read.map_err(|e| walk::with_hint(e, &args.walk.resume_hint("seed", after.as_deref())))?;
     let io = |e: std::io::Error| CliError::Io(format!("cannot write the output: {e}"));
     if args.json {
         writeln!(out, "{done}").map_err(io)?;
@@ -107,6 +110,28 @@ pub async fn run(client: &Client, args: &SeedArgs, out: &mut dyn Write) -> Resul
         output::print(out, &summary(&done)).map_err(io)?;
     }
     Ok(EXIT_OK)
+}
+
+/// The stream up to its `done` line; `after` follows the resume point it reports.
+async fn read(lines: &mut Lines, progress: &output::Progress, after: &mut Option<String>) -> Result<Value, CliError> {
+    loop {
+        let Some((line, _)) = lines.next().await? else {
+            return Err(CliError::Protocol(
+                "the seed stream ended without a result; what was adopted stays adopted".into(),
+            ));
+        };
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        if let Some(a) = serde_json::from_slice(&line).ok().as_ref().and_then(walk::resume_point) {
+            *after = Some(a);
+        }
+        match parse_line(&line)? {
+            SeedLine::Progress(p) => progress.message(progress_message(&p)),
+            SeedLine::Done(d) => return Ok(d),
+            SeedLine::Error(e) => return Err(CliError::Failed(format!("seed failed: {e}"))),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -121,6 +146,12 @@ mod tests {
         assert_eq!(
             progress_message(&p),
             "1 repositories, 4 tags seen, 3 adopted, 1 already pinned, 0 mutable skipped; at team/app"
+        );
+        let p = json!({"repositories": 2, "current": "b", "after": "a"});
+        assert!(
+            progress_message(&p).ends_with("; at b; done through a"),
+            "{}",
+            progress_message(&p)
         );
         assert_eq!(
             parse_line(br#"{"error":"the upstream refused the catalog"}"#).unwrap(),

@@ -1,26 +1,30 @@
-//! `tagpin verify [--repository R]`: does the upstream still hold every pinned tag at its
-//! pinned digest? Asked through `GET /admin/v1/verify`, which compares each pin with
-//! what the upstream answers for the tag.
+//! `tagpin verify [--repository R | --after R] [--concurrency N]`: does the upstream
+//! still hold every pinned tag at its pinned digest? Asked through `GET
+//! /admin/v1/verify?format=ndjson`, which compares each pin with what the upstream
+//! answers for the tag and streams what it finds with progress lines; interrupted, it
+//! names the `--after` to resume with. An older server answers one JSON object, read
+//! whole as before.
 
 use std::io::Write;
 
 use clap::Args;
-use http::Method;
-use serde_json::Value;
+use http::{header, Method};
+use serde_json::{json, Value};
 
-use super::client::{AdminArgs, CliError, Client, EXIT_FOUND, EXIT_OK};
+use super::client::{collect, AdminArgs, CliError, Client, Lines, EXIT_FOUND, EXIT_OK};
 use super::output;
+use super::walk::{self, WalkArgs};
 
 #[derive(Debug, Args)]
 #[command(
     after_help = "Exit status: 0 every pinned tag is the same at the upstream; 1 a tag moved or is \
-                        missing there; 2 on any other error."
+                        missing there; 2 on any other error (and Ctrl-C), with the --after to resume with."
 )]
 pub struct VerifyArgs {
-    /// Only this repository.
-    #[arg(long)]
-    pub repository: Option<String>,
-    /// The admin API's JSON answer (every tag and the counts), for scripts.
+    #[command(flatten)]
+    pub walk: WalkArgs,
+    /// One JSON object, every tag checked and the counts (`{"tags":[…],"counts":{…},
+    /// "unpinned":[…]}`), written as the tags are checked, for scripts.
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
@@ -85,19 +89,112 @@ pub fn render(report: &Value, out: &mut dyn Write) -> std::io::Result<()> {
     )
 }
 
+/// The progress line a terminal shows.
+pub fn progress_message(p: &Value) -> String {
+    let n = |key: &str| p[key].as_u64().unwrap_or(0);
+    format!(
+        "{} repositories, {} same, {} moved, {} missing, {} unpinned; at {}{}",
+        n("repositories"),
+        n("same"),
+        n("moved"),
+        n("missing"),
+        n("unpinned"),
+        output::text(&p["current"]),
+        super::seed::done_through(p),
+    )
+}
+
 pub async fn run(client: &Client, args: &VerifyArgs, out: &mut dyn Write) -> Result<u8, CliError> {
-    let query: Vec<(&str, &str)> = args.repository.iter().map(|r| ("repository", r.as_str())).collect();
-    let report = client.json(Method::GET, "verify", &query, None).await?;
-    if !report["tags"].is_array() {
-        return Err(CliError::Protocol("a verify report without a tags list".into()));
-    }
+    let mut query = args.walk.query();
+    query.push(("format", "ndjson".into()));
+    let query: Vec<(&str, &str)> = query.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let resp = client.send(Method::GET, "verify", &query, None).await?;
+    let lines = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|t| t.as_bytes().starts_with(b"application/x-ndjson"));
     let io = |e: std::io::Error| CliError::Io(format!("cannot write the output: {e}"));
-    if args.json {
-        writeln!(out, "{report}").map_err(io)?;
+    let report = if lines {
+        let mut lines = Lines::new(resp.into_body());
+        let progress = output::Progress::start("verifying");
+        let mut after = args.walk.after.clone();
+        let json_out: Option<&mut dyn Write> = if args.json { Some(&mut *out) } else { None };
+        let read = walk::interruptible(read(&mut lines, &progress, &mut after, json_out)).await;
+        progress.finish();
+        read.map_err(|e| walk::with_hint(e, &args.walk.resume_hint("verify", after.as_deref())))?
     } else {
+        let bytes = collect(resp.into_body()).await?;
+        let report: Value = serde_json::from_slice(&bytes).map_err(|e| CliError::Protocol(format!("not JSON: {e}")))?;
+        if !report["tags"].is_array() {
+            return Err(CliError::Protocol("a verify report without a tags list".into()));
+        }
+        if args.json {
+            writeln!(out, "{report}").map_err(io)?;
+        }
+        report
+    };
+    if !args.json {
         render(&report, out).map_err(io)?;
     }
     Ok(if drifted(&report) { EXIT_FOUND } else { EXIT_OK })
+}
+
+/// The stream to its `done` line, as a report of the tags that differ, the unpinned
+/// ones named and the counts. With `json_out`, every tag is written there as it comes,
+/// inside `{"tags":[…],"counts":{…},"unpinned":[…]}`.
+async fn read(
+    lines: &mut Lines,
+    progress: &output::Progress,
+    after: &mut Option<String>,
+    mut json_out: Option<&mut dyn Write>,
+) -> Result<Value, CliError> {
+    let io = |e: std::io::Error| CliError::Io(format!("cannot write the output: {e}"));
+    let (mut differ, mut unpinned, mut first) = (Vec::new(), Vec::new(), true);
+    if let Some(o) = json_out.as_mut() {
+        write!(o, "{{\"tags\":[").map_err(io)?;
+    }
+    loop {
+        let Some((line, _)) = lines.next().await? else {
+            return Err(CliError::Protocol("the verify stream ended without a result".into()));
+        };
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let v: Value =
+            serde_json::from_slice(&line).map_err(|e| CliError::Protocol(format!("a verify line is not JSON: {e}")))?;
+        if let Some(a) = walk::resume_point(&v) {
+            *after = Some(a);
+        }
+        if let Some(p) = v.get("progress") {
+            progress.message(progress_message(p));
+        } else if let Some(t) = v.get("tag") {
+            match json_out.as_mut() {
+                Some(o) => {
+                    write!(o, "{}{t}", if first { "" } else { "," }).map_err(io)?;
+                    first = false;
+                }
+                None if t["state"] != "same" => differ.push(t.clone()),
+                None => {}
+            }
+        } else if let Some(u) = v.get("unpinned") {
+            unpinned.push(u.clone());
+        } else if let Some(d) = v.get("done") {
+            let report = json!({"tags": differ, "counts": d["counts"], "unpinned": unpinned});
+            if let Some(o) = json_out.as_mut() {
+                writeln!(
+                    o,
+                    "],\"counts\":{},\"unpinned\":{}}}",
+                    report["counts"], report["unpinned"]
+                )
+                .map_err(io)?;
+            }
+            return Ok(report);
+        } else if let Some(e) = v.get("error") {
+            return Err(CliError::Failed(format!("verify failed: {}", output::text(e))));
+        } else {
+            return Err(CliError::Protocol(format!("an unknown verify line: {v}")));
+        }
+    }
 }
 
 #[cfg(test)]

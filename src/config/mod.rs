@@ -112,6 +112,10 @@ pub struct Config {
     pub token_realms: Vec<TokenRealm>,
     /// How often the server runs the drift check; `None`: never on its own.
     pub drift_interval: Option<Duration>,
+    /// Upstream requests a seed, a verify, a drift check or the adoption before a delete
+    /// by digest has in flight at most ([`crate::walk`]); a seed or verify may ask for
+    /// fewer.
+    pub walk_concurrency: usize,
     /// How long a forwarded write whose answer was lost may still land; its record is
     /// kept that long ([`crate::pinning`]).
     pub in_doubt_horizon: Duration,
@@ -198,6 +202,9 @@ pub struct Timeouts {
     pub manifest_body: Duration,
     /// How long a manifest body waits for memory from the budget before a 503.
     pub manifest_budget_wait: Duration,
+    /// How long a delete by digest waits for the adoption of its repository's tags
+    /// before it is answered 503 (the adoption goes on).
+    pub adoption_wait: Duration,
 }
 
 /// A configuration that cannot be used; the message is one line an operator can act on.

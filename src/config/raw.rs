@@ -44,6 +44,7 @@ pub struct RawConfig {
     pub upstream_credentials_file: Option<PathBuf>,
     pub token_realms: Option<Vec<String>>,
     pub drift_interval: Option<String>,
+    pub walk_concurrency: Option<usize>,
     pub in_doubt_horizon: Option<String>,
     pub log_signing_key: Option<PathBuf>,
     pub log_origin: Option<String>,
@@ -62,6 +63,7 @@ pub struct RawTimeouts {
     pub shutdown_grace_ms: Option<u64>,
     pub manifest_body_ms: Option<u64>,
     pub manifest_budget_wait_ms: Option<u64>,
+    pub adoption_wait_ms: Option<u64>,
 }
 
 impl RawConfig {

@@ -24,6 +24,9 @@ pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
 pub const MIN_MAX_HEADER_BYTES: usize = 8 * 1024;
 pub const MAX_MAX_HEADER_BYTES: usize = 1024 * 1024;
 pub const DEFAULT_ADMIN_MAX_CONNECTIONS: usize = 64;
+pub const DEFAULT_WALK_CONCURRENCY: usize = 8;
+/// Far past what a registry serves one client at once; a larger number is a typo.
+pub const MAX_WALK_CONCURRENCY: usize = 256;
 /// 64 MiB: fourteen 4 MiB manifests at once plus the small-manifest reserve, well inside
 /// the 256 Mi memory limit of the shipped StatefulSet.
 pub const DEFAULT_MANIFEST_MEMORY_BUDGET_BYTES: usize = 64 * 1024 * 1024;
@@ -239,6 +242,13 @@ impl RawConfig {
                     })
             })
             .transpose()?;
+        let walk_concurrency = self.walk_concurrency.unwrap_or(DEFAULT_WALK_CONCURRENCY);
+        if !(1..=MAX_WALK_CONCURRENCY).contains(&walk_concurrency) {
+            return Err(ConfigError::invalid(
+                "walk_concurrency",
+                format!("must be between 1 and {MAX_WALK_CONCURRENCY}"),
+            ));
+        }
         let t = self.timeouts.unwrap_or_default();
         let ms = |key: &'static str, v: Option<u64>, default: u64| -> Result<Duration, ConfigError> {
             match v.unwrap_or(default) {
@@ -255,6 +265,7 @@ impl RawConfig {
             shutdown_grace: ms("timeouts.shutdown_grace_ms", t.shutdown_grace_ms, 30_000)?,
             manifest_body: ms("timeouts.manifest_body_ms", t.manifest_body_ms, 30_000)?,
             manifest_budget_wait: ms("timeouts.manifest_budget_wait_ms", t.manifest_budget_wait_ms, 2_000)?,
+            adoption_wait: ms("timeouts.adoption_wait_ms", t.adoption_wait_ms, 60_000)?,
         };
         // A wait as long as the deadline would cut waiting bodies with a misleading 408
         // ("took too long to arrive") instead of the retryable 503 they should get.
@@ -310,6 +321,7 @@ impl RawConfig {
             upstream_credentials,
             token_realms,
             drift_interval,
+            walk_concurrency,
             in_doubt_horizon,
             log,
             timeouts,
@@ -397,6 +409,8 @@ mod tests {
         assert_eq!(c.timeouts.manifest_budget_wait, Duration::from_secs(2));
         assert_eq!(c.max_header_bytes, 64 * 1024);
         assert_eq!(c.admin_max_connections, 64);
+        assert_eq!(c.walk_concurrency, 8);
+        assert_eq!(c.timeouts.adoption_wait, Duration::from_secs(60));
     }
 
     #[test]

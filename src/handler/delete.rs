@@ -15,6 +15,10 @@
 //! holds the digest now, and forwarded as a detached task. Only this request's own answer
 //! settles its record; a lost answer keeps it until the in-doubt horizon, and while it
 //! stands no push may pin content that needs the digest.
+//!
+//! The adoption is a detached task of its own ([`super::adopt`]), bounded in memory and
+//! in upstream requests in flight: it goes on when the client leaves or stops waiting,
+//! and nothing is deleted for a request that did not wait for it to finish.
 
 use std::sync::Arc;
 
@@ -214,11 +218,10 @@ async fn delete_content(
     // Tags that predate tagpin are adopted first, and every pinned manifest's references
     // recorded: deleting their content would take the tag away as surely as moving it.
     // This is the slow part for a large repository, so it runs before any lock.
+    // It runs as a task of its own that a client going away does not stop, and the
+    // request waits for it for a bounded time (`adopt`).
     let origin = super::client_origin(app, &parts.headers);
-    if let Err(challenge) = super::pins::adopt_repository(app, &repo, &parts.headers, who).await? {
-        return Ok(super::to_client(app, challenge, origin.as_deref()));
-    }
-    if let Err(challenge) = super::refs::protect_repository(app, &repo, &parts.headers).await? {
+    if let Err(challenge) = super::adopt::before_digest_delete(app, &repo, &parts.headers, who).await? {
         return Ok(super::to_client(app, challenge, origin.as_deref()));
     }
     let who = who.clone();

@@ -5,6 +5,7 @@
 //! deletes that touch a protected tag stop for a decision (`push`, `delete`).
 
 mod access;
+mod adopt;
 mod challenge;
 mod delete;
 mod history;

@@ -9,7 +9,7 @@ use crate::error::ProxyError;
 use crate::oci::{Digest, Repository, Tag};
 use crate::store::{AdoptedVia, Pin, PinSource, TagState};
 use crate::telemetry::{AuditAction, AuditEvent, Requester};
-use crate::upstream::{TagAtUpstream, TagList, UpstreamError};
+use crate::upstream::{TagAtUpstream, UpstreamError};
 
 /// The digest `tag` is pinned to: the store's pin, else (for a tag with neither pin nor
 /// write in flight) the upstream's current digest, adopted as the pin; `None` for a tag
@@ -104,40 +104,6 @@ fn pinned(state: &TagState) -> Option<Digest> {
         TagState::Pinned(p) | TagState::Advancing { pin: p, .. } => Some(p.digest.clone()),
         TagState::Claimed(_) => None,
     }
-}
-
-/// Adopt every protected tag of `repo` that the upstream holds and the store does not,
-/// so a delete by digest is decided against all of them, not only those seen before.
-/// Each tag is adopted under its own lock, and no lock is held for the listing, so a
-/// large repository's first delete does not stall its pushes; tags pinned already cost
-/// only a store lookup. `Err(response)` when the upstream wants credentials.
-pub async fn adopt_repository(
-    app: &App,
-    repo: &Repository,
-    headers: &HeaderMap,
-    who: &Requester,
-) -> Result<Result<(), Response<Incoming>>, ProxyError> {
-    let listed = if own_credentials(app) {
-        TagList::Tags(app.upstream.own_list_tags(repo).await?.unwrap_or_default())
-    } else {
-        app.upstream.list_tags(repo, headers.get(header::AUTHORIZATION)).await?
-    };
-    let tags = match listed {
-        TagList::Tags(tags) => tags,
-        TagList::Challenge(resp) => return Ok(Err(resp)),
-    };
-    let policy = app.policy();
-    for tag in tags.iter().filter(|t| policy.is_protected(repo, t)) {
-        let (r, t) = (repo.clone(), tag.clone());
-        if app.store_call(move |s| s.state(&r, &t)).await?.is_some() {
-            continue;
-        }
-        let _guard = app.locks.push(repo, std::slice::from_ref(tag)).await;
-        if let Err(challenge) = held(app, repo, tag, headers, who, None).await? {
-            return Ok(Err(challenge));
-        }
-    }
-    Ok(Ok(()))
 }
 
 /// Keep a refused attempt for the security team. Best effort: the refusal stands

@@ -102,6 +102,13 @@ impl Tag {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The tag that sorts after every other (byte order): `z`, the greatest byte the
+    /// grammar allows, as many times as a tag may be long. A cursor past a whole
+    /// repository's tags.
+    pub fn greatest() -> Self {
+        Self("z".repeat(MAX_TAG_LEN))
+    }
 }
 
 /// The digest algorithms tagpin accepts in a write path.
@@ -258,6 +265,15 @@ mod tests {
         let long = "t".repeat(129);
         for b in ["", ".x", "-x", "a/b", "a:b", "a%41", "a;b", "é", "a b", "a+b", &long] {
             assert!(Tag::parse(b).is_err(), "{b:?} should be invalid");
+        }
+    }
+
+    #[test]
+    fn the_greatest_tag_is_a_tag_and_sorts_after_every_other() {
+        let greatest = Tag::greatest();
+        assert_eq!(Tag::parse(greatest.as_str()).as_ref(), Ok(&greatest));
+        for t in ["z", "zz", "Z", "_", "latest", &"z".repeat(127), &"y".repeat(128)] {
+            assert!(Tag::parse(t).unwrap() < greatest, "{t}");
         }
     }
 

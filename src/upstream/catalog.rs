@@ -16,7 +16,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Method, StatusCode};
+use http::{HeaderValue, Method, Response, StatusCode};
 use hyper::body::Incoming;
 
 use super::{error_chain, next_page, As, Listing, TagAtUpstream, Upstream, UpstreamError, MAX_TAG_PAGES};
@@ -66,49 +66,185 @@ impl Visited {
     }
 }
 
-impl Upstream {
-    /// Every repository the upstream lists, in its order. Names outside the grammar
-    /// cannot be pushed through tagpin and are skipped.
-    pub async fn catalog(&self) -> Result<Vec<Repository>, UpstreamError> {
-        let mut next = Some(format!("/v2/_catalog?n={CATALOG_PAGE}"));
-        let mut repos = Vec::new();
-        let mut pages = 0;
-        let mut visited = Visited::default();
+/// The catalog a page at a time ([`Upstream::catalog_pages`]), so a walk of ten thousand
+/// repositories holds one page of names, not all of them.
+pub struct CatalogPages<'u> {
+    upstream: &'u Upstream,
+    next: Option<String>,
+    pages: usize,
+    visited: Visited,
+}
+
+impl CatalogPages<'_> {
+    /// The next page's repositories (possibly none), or `None` past the last page. Names
+    /// outside the grammar cannot be pushed through tagpin and are skipped.
+    pub async fn next_page(&mut self) -> Result<Option<Vec<Repository>>, UpstreamError> {
+        let Some(target) = self.next.take() else {
+            return Ok(None);
+        };
         let failed = |reason: String| UpstreamError::Catalog(reason);
-        while let Some(target) = next.take() {
-            pages += 1;
-            if pages > MAX_TAG_PAGES {
-                return Err(UpstreamError::Catalog(format!("more than {MAX_TAG_PAGES} pages")));
+        self.pages += 1;
+        if self.pages > MAX_TAG_PAGES {
+            return Err(UpstreamError::Catalog(format!("more than {MAX_TAG_PAGES} pages")));
+        }
+        let up = self.upstream;
+        let within = up.check_timeout;
+        let until = tokio::time::Instant::now() + within;
+        let resp = tokio::time::timeout_at(until, up.get_as(Method::GET, &target, None, As::Own))
+            .await
+            .map_err(|_| UpstreamError::HeaderTimeout(within))??;
+        match resp.status() {
+            StatusCode::OK => {}
+            s @ (StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) => {
+                return Err(UpstreamError::OwnAuth(format!("{target} answered {s}")))
             }
-            let within = self.check_timeout;
-            let until = tokio::time::Instant::now() + within;
-            let resp = tokio::time::timeout_at(until, self.get_as(Method::GET, &target, None, As::Own))
-                .await
-                .map_err(|_| UpstreamError::HeaderTimeout(within))??;
-            match resp.status() {
-                StatusCode::OK => {}
-                s @ (StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) => {
-                    return Err(UpstreamError::OwnAuth(format!("{target} answered {s}")))
-                }
-                s => return Err(UpstreamError::Catalog(format!("{target} answered {s}"))),
-            }
-            let link = next_page(resp.headers(), &self.origin).map_err(failed)?;
-            next = visited.advance(&target, link).map_err(failed)?;
-            let bytes = read_page(resp.into_body(), until, within, &target, &failed).await?;
-            #[derive(serde::Deserialize)]
-            struct Page {
-                repositories: Option<Vec<String>>,
-            }
-            let page: Page = serde_json::from_slice(&bytes)
-                .map_err(|e| UpstreamError::Catalog(format!("{target} is not valid JSON: {e}")))?;
-            repos.extend(
-                page.repositories
-                    .unwrap_or_default()
-                    .iter()
-                    .filter_map(|r| Repository::parse(r).ok()),
-            );
+            s => return Err(UpstreamError::Catalog(format!("{target} answered {s}"))),
+        }
+        let link = next_page(resp.headers(), &up.origin).map_err(failed)?;
+        self.next = self.visited.advance(&target, link).map_err(failed)?;
+        let bytes = read_page(resp.into_body(), until, within, &target, &failed).await?;
+        #[derive(serde::Deserialize)]
+        struct Page {
+            repositories: Option<Vec<String>>,
+        }
+        let page: Page = serde_json::from_slice(&bytes)
+            .map_err(|e| UpstreamError::Catalog(format!("{target} is not valid JSON: {e}")))?;
+        Ok(Some(
+            page.repositories
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|r| Repository::parse(r).ok())
+                .collect(),
+        ))
+    }
+}
+
+/// Whose credentials a tag listing carries, owned so a listing can outlive the request
+/// that started it.
+enum Lister {
+    Own,
+    Client(Option<HeaderValue>),
+}
+
+/// One page of a tag list ([`TagPages`]).
+pub enum TagPage {
+    Tags(Vec<Tag>),
+    /// The first page answered 404: the upstream does not know the repository.
+    Unknown,
+    /// The upstream wants (other) credentials; handed to the client as is.
+    Challenge(Response<Incoming>),
+}
+
+/// A repository's tag list a page at a time, following `Link: <…>; rel="next"` (end-8a).
+/// How long a page is, is the upstream's to say (distribution 2.8 answers every tag at
+/// once): tagpin asks for no page size and never holds more than the page at hand.
+pub struct TagPages<'u> {
+    upstream: &'u Upstream,
+    repo: Repository,
+    who: Lister,
+    next: Option<String>,
+    pages: usize,
+    visited: Visited,
+}
+
+impl TagPages<'_> {
+    /// The next page, or `None` past the last one. A page that cannot be read, or a next
+    /// link tagpin will not follow, is an error rather than the end of the list: a tag on
+    /// a page never read would escape the decision.
+    pub async fn next_page(&mut self) -> Result<Option<TagPage>, UpstreamError> {
+        let Some(target) = self.next.take() else {
+            return Ok(None);
+        };
+        let repo = &self.repo;
+        let failed = |reason: String| UpstreamError::TagList {
+            repo: repo.clone(),
+            reason,
+        };
+        self.pages += 1;
+        if self.pages > MAX_TAG_PAGES {
+            return Err(failed(format!("more than {MAX_TAG_PAGES} pages")));
+        }
+        let who = match &self.who {
+            Lister::Own => As::Own,
+            Lister::Client(a) => As::Client(a.as_ref()),
+        };
+        // One deadline for the page: its request, headers and body.
+        let up = self.upstream;
+        let within = up.check_timeout;
+        let until = tokio::time::Instant::now() + within;
+        let resp = tokio::time::timeout_at(until, up.get_as(Method::GET, &target, None, who))
+            .await
+            .map_err(|_| UpstreamError::HeaderTimeout(within))??;
+        match resp.status() {
+            StatusCode::OK => {}
+            StatusCode::NOT_FOUND if self.pages == 1 => return Ok(Some(TagPage::Unknown)),
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => return Ok(Some(TagPage::Challenge(resp))),
+            status => return Err(failed(format!("{target} answered {status}"))),
+        }
+        let link = next_page(resp.headers(), &up.origin).map_err(failed)?;
+        self.next = self.visited.advance(&target, link).map_err(failed)?;
+        let bytes = read_page(resp.into_body(), until, within, &target, &failed).await?;
+        #[derive(serde::Deserialize)]
+        struct Page {
+            tags: Option<Vec<String>>,
+        }
+        let page: Page =
+            serde_json::from_slice(&bytes).map_err(|e| failed(format!("{target} is not valid JSON: {e}")))?;
+        Ok(Some(TagPage::Tags(
+            page.tags
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|t| Tag::parse(t).ok())
+                .collect(),
+        )))
+    }
+}
+
+impl Upstream {
+    /// The catalog's pages, from the first or from the repository after `after`
+    /// (distribution's `last`: the catalog is in lexical order).
+    pub fn catalog_pages(&self, after: Option<&Repository>) -> CatalogPages<'_> {
+        let first = match after {
+            Some(a) => format!("/v2/_catalog?n={CATALOG_PAGE}&last={a}"),
+            None => format!("/v2/_catalog?n={CATALOG_PAGE}"),
+        };
+        CatalogPages {
+            upstream: self,
+            next: Some(first),
+            pages: 0,
+            visited: Visited::default(),
+        }
+    }
+
+    /// Every repository the upstream lists, in its order.
+    pub async fn catalog(&self) -> Result<Vec<Repository>, UpstreamError> {
+        let mut pages = self.catalog_pages(None);
+        let mut repos = Vec::new();
+        while let Some(page) = pages.next_page().await? {
+            repos.extend(page);
         }
         Ok(repos)
+    }
+
+    /// The tag list of `repo` a page at a time, with tagpin's own credentials.
+    pub fn own_tag_pages(&self, repo: &Repository) -> TagPages<'_> {
+        self.tag_pages_as(repo, Lister::Own)
+    }
+
+    /// The tag list of `repo` a page at a time, with the client's credentials.
+    pub fn tag_pages(&self, repo: &Repository, authorization: Option<&HeaderValue>) -> TagPages<'_> {
+        self.tag_pages_as(repo, Lister::Client(authorization.cloned()))
+    }
+
+    fn tag_pages_as(&self, repo: &Repository, who: Lister) -> TagPages<'_> {
+        TagPages {
+            upstream: self,
+            repo: repo.clone(),
+            who,
+            next: Some(format!("/v2/{repo}/tags/list")),
+            pages: 0,
+            visited: Visited::default(),
+        }
     }
 
     /// Every tag of `repo`, with tagpin's own credentials; `None` when the upstream does
@@ -165,6 +301,14 @@ pub(crate) mod fake {
         check_ms: u64,
         script: impl Fn(&str, SocketAddr) -> Reply + Send + Sync + 'static,
     ) -> (SocketAddr, Upstream) {
+        start_with_head(check_ms, move |target, _, addr| script(target, addr)).await
+    }
+
+    /// Like [`start`], the script also seeing the request's head (line and headers).
+    pub async fn start_with_head(
+        check_ms: u64,
+        script: impl Fn(&str, &str, SocketAddr) -> Reply + Send + Sync + 'static,
+    ) -> (SocketAddr, Upstream) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let script = Arc::new(script);
@@ -182,7 +326,7 @@ pub(crate) mod fake {
                     }
                     let text = String::from_utf8_lossy(&head).into_owned();
                     let target = text.split(' ').nth(1).unwrap_or("").to_owned();
-                    let (status, extra, body, announce, stall) = match script(&target, addr) {
+                    let (status, extra, body, announce, stall) = match script(&target, &text, addr) {
                         Reply::Full(s, h, b) => (s, h, b.clone(), b.len(), false),
                         Reply::Stall(len) => (200, vec![], vec![], len, true),
                         Reply::Big(len) => (200, vec![], vec![b'a'; len], len, false),
@@ -257,6 +401,52 @@ mod tests {
         assert!(e.to_string().contains("does not advance"), "{e}");
         let e = tokio::time::timeout(GIVE_UP, up.catalog()).await.unwrap().unwrap_err();
         assert!(e.to_string().contains("does not advance"), "{e}");
+    }
+
+    /// Walks check many tags of one repository at once: those challenged together
+    /// wait for one token fetch and share its token.
+    #[tokio::test]
+    async fn requests_challenged_together_share_one_token_fetch() {
+        use std::sync::{atomic::AtomicUsize, Arc};
+        let (fetched, digest) = (Arc::new(AtomicUsize::new(0)), format!("sha256:{}", "a".repeat(64)));
+        let counter = Arc::clone(&fetched);
+        let (_, up) = super::fake::start_with_head(10_000, move |target, head, addr| {
+            let (status, header, body) = if target.starts_with("/token") {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                (200, None, br#"{"token":"tok","expires_in":300}"#.to_vec())
+            } else if head
+                .lines()
+                .any(|l| l.eq_ignore_ascii_case("authorization: Bearer tok"))
+            {
+                (200, Some(format!("Docker-Content-Digest: {digest}")), vec![])
+            } else {
+                let realm = format!("realm=\"http://{addr}/token\",service=\"s\",scope=\"repository:a:pull\"");
+                (401, Some(format!("WWW-Authenticate: Bearer {realm}")), vec![])
+            };
+            Reply::Full(status, header.into_iter().collect(), body)
+        })
+        .await;
+        let (up, repo) = (Arc::new(up), crate::oci::Repository::parse("a").unwrap());
+        let mut checks = tokio::task::JoinSet::new();
+        for i in 0..8 {
+            let (up, repo, tag) = (
+                Arc::clone(&up),
+                repo.clone(),
+                crate::oci::Tag::parse(&format!("v{i}")).unwrap(),
+            );
+            checks.spawn(async move { up.own_tag_digest(&repo, &tag).await });
+        }
+        while let Some(done) = checks.join_next().await {
+            assert!(
+                done.unwrap().unwrap().is_some(),
+                "each check got through with the token"
+            );
+        }
+        assert_eq!(
+            fetched.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "one token fetch for the scope"
+        );
     }
 
     #[tokio::test]

@@ -13,6 +13,7 @@ mod pool;
 mod realm;
 mod socket;
 
+pub use catalog::{CatalogPages, TagPage, TagPages};
 pub use fetch::Fetched;
 pub use pool::Unsolicited;
 
@@ -378,42 +379,19 @@ impl Upstream {
             .await
     }
 
+    /// A whole tag list, page after page ([`catalog::TagPages`]).
     async fn list_tags_as(&self, repo: &Repository, who: As<'_>) -> Result<Listing, UpstreamError> {
-        let failed = |reason: String| UpstreamError::TagList {
-            repo: repo.clone(),
-            reason,
+        let mut pages = match who {
+            As::Own => self.own_tag_pages(repo),
+            As::Client(a) => self.tag_pages(repo, a),
         };
-        let mut next = Some(format!("/v2/{repo}/tags/list"));
         let mut tags = Vec::new();
-        let mut pages = 0;
-        let mut visited = catalog::Visited::default();
-        while let Some(target) = next.take() {
-            pages += 1;
-            if pages > MAX_TAG_PAGES {
-                return Err(failed(format!("more than {MAX_TAG_PAGES} pages")));
+        while let Some(page) = pages.next_page().await? {
+            match page {
+                TagPage::Tags(t) => tags.extend(t),
+                TagPage::Unknown => return Ok(Listing::Unknown),
+                TagPage::Challenge(resp) => return Ok(Listing::Challenge(resp)),
             }
-            // One deadline for the page: its request, headers and body.
-            let within = self.check_timeout;
-            let until = tokio::time::Instant::now() + within;
-            let resp = tokio::time::timeout_at(until, self.get_as(Method::GET, &target, None, who))
-                .await
-                .map_err(|_| UpstreamError::HeaderTimeout(within))??;
-            match resp.status() {
-                StatusCode::OK => {}
-                StatusCode::NOT_FOUND if pages == 1 => return Ok(Listing::Unknown),
-                StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => return Ok(Listing::Challenge(resp)),
-                status => return Err(failed(format!("{target} answered {status}"))),
-            }
-            let link = next_page(resp.headers(), &self.origin).map_err(failed)?;
-            next = visited.advance(&target, link).map_err(failed)?;
-            let bytes = catalog::read_page(resp.into_body(), until, within, &target, &failed).await?;
-            #[derive(serde::Deserialize)]
-            struct Page {
-                tags: Option<Vec<String>>,
-            }
-            let page: Page =
-                serde_json::from_slice(&bytes).map_err(|e| failed(format!("{target} is not valid JSON: {e}")))?;
-            tags.extend(page.tags.unwrap_or_default().iter().filter_map(|t| Tag::parse(t).ok()));
         }
         Ok(Listing::Tags(tags))
     }

@@ -42,6 +42,8 @@ pub struct OwnAuth {
     /// `token_realms`: when not empty, the only realms used.
     realms: Vec<TokenRealm>,
     tokens: Mutex<HashMap<String, Cached>>,
+    /// One token fetch per scope at a time ([`Upstream::token_for`]).
+    fetching: crate::locks::LockTable<tokio::sync::Mutex<()>>,
     /// The upstream asked for Basic: send it up front from then on.
     basic: AtomicBool,
 }
@@ -68,6 +70,7 @@ impl OwnAuth {
             credentials,
             realms,
             tokens: Mutex::new(HashMap::new()),
+            fetching: crate::locks::LockTable::new(),
             basic: AtomicBool::new(false),
         }
     }
@@ -80,14 +83,20 @@ impl OwnAuth {
         Some(v)
     }
 
+    /// The live token cached for `scope`.
+    fn cached(&self, scope: &str) -> Option<HeaderValue> {
+        let tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        tokens
+            .get(scope)
+            .filter(|t| t.until > Instant::now())
+            .map(|t| t.value.clone())
+    }
+
     /// What to send before any challenge: a live token for the scope, or Basic once the
     /// upstream asked for it.
     fn up_front(&self, scope: Option<&str>) -> Option<HeaderValue> {
-        if let Some(scope) = scope {
-            let tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(t) = tokens.get(scope).filter(|t| t.until > Instant::now()) {
-                return Some(t.value.clone());
-            }
+        if let Some(token) = scope.and_then(|s| self.cached(s)) {
+            return Some(token);
         }
         if self.basic.load(Ordering::Relaxed) {
             return self.basic_value();
@@ -156,11 +165,34 @@ impl Upstream {
             Some(Challenge::Bearer { realm, service, scope }) => {
                 // A cached token refused (revoked, or expired early) is replaced.
                 let scope = scope.or(hint);
-                self.fetch_token(&realm, service.as_deref(), scope.as_deref()).await?
+                self.token_for(&realm, service.as_deref(), scope.as_deref(), first.as_ref())
+                    .await?
             }
         };
         drop(resp);
         self.send_check(build(Some(&auth))).await
+    }
+
+    /// A token for `scope`, fetched by one request at a time: requests that met the same
+    /// challenge together (a walk's requests in flight) wait for that one fetch and share
+    /// its token, rather than each fetching its own. The token a request was just refused
+    /// with (`refused`, what it carried) is never handed out again.
+    async fn token_for(
+        &self,
+        realm: &str,
+        service: Option<&str>,
+        scope: Option<&str>,
+        refused: Option<&HeaderValue>,
+    ) -> Result<HeaderValue, UpstreamError> {
+        let Some(scope) = scope else {
+            return self.fetch_token(realm, service, None).await;
+        };
+        let one_at_a_time = self.own.fetching.get(scope.to_owned());
+        let _fetching = one_at_a_time.lock().await;
+        if let Some(token) = self.own.cached(scope).filter(|t| Some(t) != refused) {
+            return Ok(token);
+        }
+        self.fetch_token(realm, service, Some(scope)).await
     }
 
     /// A token from `realm` for `scope`, with Basic credentials when configured: the
