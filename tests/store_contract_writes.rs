@@ -54,7 +54,11 @@ fn a_confirmed_settlement_is_seen_at_once(s: &dyn PinStore) {
     assert_eq!(record.pin.as_ref().map(|p| p.digest.clone()), Some(d('a')));
     assert!(record.writes.is_empty());
     assert_eq!(s.read_view(&r, &t, true).unwrap().pin, Some(d('a')));
-    assert_eq!(s.log_head().unwrap().size(), size + 1, "the pin's log entry came with it");
+    assert_eq!(
+        s.log_head().unwrap().size(),
+        size + 1,
+        "the pin's log entry came with it"
+    );
 }
 
 /// `claimed` lists the tags with writes in flight, in key order, a page at a time, and
