@@ -453,9 +453,11 @@ def main():
     ap.add_argument("--scale", nargs="?", const="", metavar="N[,N...]",
                     help="the store's size instead (bench/scale.py): import, start-up, latency and memory with N "
                          f"pins (default {scale.DEFAULT_SIZE:,}; {scale.SMOKE_SIZE:,} with --smoke)")
+    ap.add_argument("--scale-stores", metavar="STORE[,STORE]",
+                    help=f"with --scale: which stores ({', '.join(scale.STORES)}, the default both)")
     args = ap.parse_args()
     if args.scale is not None:
-        return scale.main(args.tagpin, args.scale, args.smoke)
+        return scale.main(args.tagpin, args.scale, args.smoke, args.scale_stores)
     if args.only in (None, "log") and not (args.tagpin_unlogged and args.fill_log):
         ap.error("--tagpin-unlogged and --fill-log are needed for the history log's measurement")
     log_bins = {"log": args.tagpin, "unlogged": args.tagpin_unlogged, "fill": args.fill_log}

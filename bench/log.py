@@ -426,15 +426,15 @@ def time_v(argv, stdout=None, limit_s=3600, limit_kib=None):
                 pass
             rss = sum(bench.proc_status(int(c), "VmRSS") for c in children(proc.pid))
             if time.monotonic() - started > limit_s:
-                over = f"ran longer than {limit_s} s"
+                over, kind = f"ran longer than {limit_s:.0f} s", "time"
             elif limit_kib and rss > limit_kib:
-                over = f"held {rss / 1024:.0f} MiB, more than the {limit_kib / 1024:.0f} MiB allowed"
+                over, kind = f"held {rss / 1024:.0f} MiB, more than the {limit_kib / 1024:.0f} MiB allowed", "memory"
             if over:
                 for c in children(proc.pid):  # the program, then /usr/bin/time
                     os.kill(int(c), 9)
                 proc.kill()
                 proc.wait()
-                raise Stopped(f"{over}; stopped")
+                raise Stopped(f"{over}; stopped", kind)
         err.seek(0)
         out.seek(0)
         stderr, stdout_text = err.read().decode(errors="replace"), out.read().decode(errors="replace")
@@ -448,7 +448,11 @@ def time_v(argv, stdout=None, limit_s=3600, limit_kib=None):
 
 
 class Stopped(RuntimeError):
-    """A program `time_v` stopped at its limit."""
+    """A program `time_v` stopped at its limit; `kind` is "time" or "memory"."""
+
+    def __init__(self, message, kind):
+        super().__init__(message)
+        self.kind = kind
 
 
 def children(pid):

@@ -33,7 +33,7 @@
 #                           takes the place of the old one in results.md, or is added at its end
 # The store's size (bench/scale.py): import, start-up, PUT and read latency beside an empty
 # store, memory, export and log verify with N pins, on sled and on PostgreSQL.
-#   bench/run.sh --scale [N[,N...]] [--smoke]
+#   bench/run.sh --scale [N[,N...]] [--scale-stores sled|PostgreSQL] [--smoke]
 #                           N defaults to 1,000,000 (5,000 with --smoke, which also takes
 #                           few measurements); writes scale.md (and scale.json, and with
 #                           several sizes scale.png) in bench/ or bench/out-smoke/

@@ -11,9 +11,10 @@ For each size N (`bench/run.sh --scale N[,N...]`):
 2. For each store, `tagpin import` offline (`--data-dir DIR`, `--database-url URL` on a
    database of its own on the benchmark's PostgreSQL server) under `/usr/bin/time -v`:
    wall time, pins per second, peak RSS. It is stopped past `IMPORT_LIMIT_S` or
-   `IMPORT_LIMIT_MIB`, and the size's row says so. When the whole file is refused with an
-   error, the store is filled by importing it `PART` lines at a time instead, and the row
-   gives that time and the error.
+   `IMPORT_LIMIT_MIB`. When the whole file is refused with an error or stopped at the
+   memory limit, the store is filled by importing it `PART` lines at a time instead (within
+   the time limit in all), and the row gives that time and why; past the time limit the
+   row says the size was not measured.
 3. `tagpin serve` on the store, on a port chosen beforehand: the time from its start to
    its first HTTP answer on `/v2/` (any status) and to `/readyz` 200 (sled opens its
    store beside the listener; the log line "pin store opened" gives `opened_ms`), and
@@ -57,9 +58,11 @@ STORES = ("sled", "PostgreSQL")
 # Beyond these an import is stopped and its size reported as not measured.
 IMPORT_LIMIT_S = 10 * 60
 IMPORT_LIMIT_MIB = 4 * 1024
-# Lines per `tagpin import` when the whole file is refused with an error (not a limit):
-# the store is then filled in parts, so that serving it can still be measured.
-PART = 5_000
+# Lines per `tagpin import` when the whole file is refused with an error or stopped at
+# the memory limit: the store is then filled in parts, so that serving it can still be
+# measured. PostgreSQL's parts are small: its import takes a lock per tag in one
+# transaction, and the server's lock table holds some thousands.
+PART = {"sled": 50_000, "PostgreSQL": 5_000}
 # The whole rotation's time bound, whatever its count.
 ROTATION_LIMIT_S = 600
 HEADING = "# Store size"
@@ -257,7 +260,7 @@ def drop(store, args, pg_url):
 
 
 class Limit(RuntimeError):
-    """An import stopped at IMPORT_LIMIT_S or IMPORT_LIMIT_MIB."""
+    """An import stopped at IMPORT_LIMIT_S."""
 
 
 def import_file(tagpin_bin, args, path, n, limit_s=IMPORT_LIMIT_S):
@@ -266,17 +269,20 @@ def import_file(tagpin_bin, args, path, n, limit_s=IMPORT_LIMIT_S):
         code, out, err, seconds, kib = history_log.time_v([tagpin_bin, "import", *args, path, "--json"],
                                                           limit_s=limit_s, limit_kib=IMPORT_LIMIT_MIB * 1024)
     except history_log.Stopped as e:
-        raise Limit(f"tagpin import {e}") from None
+        if e.kind == "time":
+            raise Limit(f"tagpin import {e}") from None
+        raise RuntimeError(f"tagpin import {e}") from None
     if code != 0:
-        raise RuntimeError(f"tagpin import {' '.join(args)} exited {code}: {err[-1500:]}")
+        said = [line for line in err.splitlines() if line.startswith("tagpin:")] or [err.strip()[-300:]]
+        raise RuntimeError(f"tagpin import exited {code}: {said[0]}")
     answer = json.loads(out)
     if answer.get("imported") != n:
         raise RuntimeError(f"tagpin import imported {answer.get('imported')} pins, not {n}: {out[:300]}")
     return seconds, kib
 
 
-def import_parts(tagpin_bin, args, path, n, tmp):
-    """The file imported PART lines at a time, within IMPORT_LIMIT_S in all: the summed
+def import_parts(tagpin_bin, args, path, n, tmp, part_lines):
+    """The file imported `part_lines` lines at a time, within IMPORT_LIMIT_S in all: the summed
     seconds and the largest peak RSS."""
     part = os.path.join(tmp, "scale-part.jsonl")
     total_s, peak, done = 0.0, 0, 0
@@ -287,7 +293,7 @@ def import_parts(tagpin_bin, args, path, n, tmp):
                 for line in f:
                     out.write(line)
                     lines += 1
-                    if lines == PART:
+                    if lines == part_lines:
                         break
             seconds, kib = import_file(tagpin_bin, args, part, lines, IMPORT_LIMIT_S - total_s)
             total_s, peak, done = total_s + seconds, max(peak, kib), done + lines
@@ -341,10 +347,11 @@ def one_store(tagpin_bin, up, pg_url, tmp, store, n, path, real, c):
                 raise
             except RuntimeError as e:
                 row["import_error"] = " ".join(str(e).split())[:300]
-                bench.log(f"scale {n:,} on {store}: {e}; importing it in parts of {PART:,} lines instead")
+                row["part"] = PART[store]
+                bench.log(f"scale {n:,} on {store}: {e}; importing it in parts of {PART[store]:,} lines instead")
                 drop(store, big_args, pg_url)
                 big_args = store_args(store, f"{short}_{n}", tmp, pg_url)
-                row["import_s"], row["import_kib"] = import_parts(tagpin_bin, big_args, path, n, tmp)
+                row["import_s"], row["import_kib"] = import_parts(tagpin_bin, big_args, path, n, tmp, PART[store])
         except Limit as e:
             row["stopped"] = str(e)
             bench.log(f"scale {n:,} on {store}: {e}")
@@ -388,7 +395,7 @@ def one_store(tagpin_bin, up, pg_url, tmp, store, n, path, real, c):
     return row
 
 
-def measure(tagpin_bin, ns, smoke):
+def measure(tagpin_bin, ns, smoke, stores=STORES):
     c = counts(smoke)
     tmp = tempfile.mkdtemp(prefix="tagpin-bench-")
     procs, pg = [], None
@@ -404,7 +411,7 @@ def measure(tagpin_bin, ns, smoke):
             path = os.path.join(tmp, f"scale-{n}.jsonl")
             gen_s = generate(path, n, real)
             bench.log(f"scale {n:,}: export file of {os.path.getsize(path) / 2**20:.0f} MiB written in {gen_s:.1f} s")
-            for store in STORES:
+            for store in stores:
                 row = one_store(tagpin_bin, up, pg_url, tmp, store, n, path, real, c)
                 row["minutes"] = (time.monotonic() - started) / 60
                 rows.append(row)
@@ -486,7 +493,7 @@ def report(rows):
             opened = f" (store opened in {r['opened_ms']} ms)" if r.get("opened_ms") is not None else ""
             imported = f"{r['import_s']:.1f}"
             if "import_error" in r:
-                imported += f" in parts of {PART:,} lines (the whole file: {r['import_error']})"
+                imported += f" in parts of {r['part']:,} lines (the whole file: {r['import_error']})"
             peak = mib(r["load_kib"]) + ("" if r["peak_reset"] else " (since start)")
             lines.append(
                 f"| {r['size']:,} | {imported} | {r['size'] / r['import_s']:,.0f} | {mib(r['import_kib'])} "
@@ -499,12 +506,12 @@ def report(rows):
 
 
 def chart(path, rows):
-    """Latency and memory against the store's size, per store."""
+    """p50 latency, its big / empty ratio, and memory against the store's size, per store."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (lat, mem) = plt.subplots(1, 2, figsize=(12, 4.8))
+    fig, (lat, rel, mem) = plt.subplots(1, 3, figsize=(15, 4.8))
     colors = {"sled": "#2b7bb9", "PostgreSQL": "#d9822b"}
     for store in STORES:
         mine = [r for r in rows if r["store"] == store and "stopped" not in r]
@@ -512,36 +519,47 @@ def chart(path, rows):
             continue
         xs = [r["size"] for r in mine]
         col = colors[store]
-        lat.plot(xs, [r["put_big"]["p50"] for r in mine], "o-", color=col, label=f"{store}: PUT new tag, big store")
-        lat.plot(xs, [r["put_empty"]["p50"] for r in mine], "o--", color=col, alpha=0.5,
-                 label=f"{store}: PUT new tag, empty store")
-        lat.plot(xs, [r["get_big"]["p50"] for r in mine], "s-", color=col, label=f"{store}: read by tag, big store")
-        lat.plot(xs, [r["get_empty"]["p50"] for r in mine], "s--", color=col, alpha=0.5,
-                 label=f"{store}: read by tag, empty store")
-        mem.plot(xs, [r["import_kib"] / 1024 for r in mine], "^-", color=col, label=f"{store}: import, peak")
+        for what, marker, label in (("put", "o", "PUT new tag"), ("get", "s", "read by tag")):
+            lat.plot(xs, [r[f"{what}_big"]["p50"] for r in mine], marker + "-", color=col,
+                     label=f"{store}: {label}, big store")
+            lat.plot(xs, [r[f"{what}_empty"]["p50"] for r in mine], marker + "--", color=col, alpha=0.5,
+                     label=f"{store}: {label}, empty store")
+            rel.plot(xs, [r[f"{what}_big"]["p50"] / r[f"{what}_empty"]["p50"] for r in mine], marker + "-",
+                     color=col, label=f"{store}: {label}")
+        whole = [r for r in mine if "part" not in r]
+        mem.plot([r["size"] for r in whole], [r["import_kib"] / 1024 for r in whole], "^-", color=col,
+                 label=f"{store}: import of the whole file, peak")
         mem.plot(xs, [r["rest_kib"] / 1024 for r in mine], "o-", color=col, label=f"{store}: serve, at rest")
         mem.plot(xs, [r["load_kib"] / 1024 for r in mine], "s--", color=col, label=f"{store}: serve, peak under load")
-    for ax, title, unit in ((lat, "p50 latency", "ms"), (mem, "resident memory", "MiB")):
+    rel.axhline(1.0, color="black", linewidth=0.8)
+    for ax, title, unit in ((lat, "p50 latency", "ms"), (rel, "p50, big store / empty store", "ratio"),
+                            (mem, "resident memory", "MiB (log scale)")):
         ax.set_xscale("log")
         ax.set_xlabel("pins in the store")
         ax.set_ylabel(unit)
         ax.set_title(title)
-        ax.set_ylim(bottom=0)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle("tagpin against the size of its pin store")
+    lat.set_ylim(bottom=0)
+    rel.set_ylim(0, 2)
+    mem.set_yscale("log")
+    fig.suptitle("tagpin against the size of its pin store (bench/scale.md)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def main(tagpin_bin, arg, smoke):
-    """`bench/run.sh --scale N[,N...] [--smoke]`."""
+def main(tagpin_bin, arg, smoke, stores=None):
+    """`bench/run.sh --scale N[,N...] [--scale-stores sled|PostgreSQL] [--smoke]`."""
     ns = sizes(arg, smoke)
+    chosen = tuple(x.strip() for x in stores.split(",")) if stores else STORES
+    if not chosen or any(x not in STORES for x in chosen):
+        raise SystemExit(f"--scale-stores: one or more of {', '.join(STORES)}")
     out_dir = os.path.join("bench", "out-smoke") if smoke else "bench"
     os.makedirs(out_dir, exist_ok=True)
-    command = "bench/run.sh --scale " + ",".join(str(n) for n in ns) + (" --smoke" if smoke else "")
-    rows = [summarize(r, command) for r in measure(tagpin_bin, ns, smoke)]
+    command = ("bench/run.sh --scale " + ",".join(str(n) for n in ns) + (" --smoke" if smoke else "")
+               + (f" --scale-stores {','.join(chosen)}" if stores else ""))
+    rows = [summarize(r, command) for r in measure(tagpin_bin, ns, smoke, chosen)]
     merged = merge(os.path.join(out_dir, "scale.json"), rows)
     lines = report(merged)
     with open(os.path.join(out_dir, "scale.md"), "w") as f:
