@@ -5,7 +5,9 @@ through nginx (a plain streaming reverse proxy). The targets are measured in rot
 within each round, so machine noise hits all of them alike. haproxy, with splicing and in
 TCP mode, is the reference for how fast a blob download can be relayed at all. Reads by a
 pinned tag with `reads = "pinned"` are measured beside `reads = "forward"` in bench/reads.py;
-the history log's cost to a push, its proofs and `tagpin log verify` in bench/log.py.
+the history log's cost to a push, its proofs and `tagpin log verify` in bench/log.py; the
+manifest PUT rounds, with the durable writes each push waited for, in bench/push.py; and,
+apart (`--scale`), the store's size in bench/scale.py.
 
 Run through bench/run.sh, which installs the tools and builds tagpin first."""
 
@@ -680,8 +682,8 @@ def write_report(out_dir, results, mem, smoke, blob_mib, rounds, ab_seconds, put
                      f"{ratio(n, d)} | {ratio(t, n)} | {ratio(g, t)} |")
     lines.append("")
     per = {(key, t): push.per_push(results, key, t) for key, _, _ in push.KINDS for t in ("tagpin", "tagpin-pg")}
-    lines.append(f"Durable writes each timed PUT waited for (`tagpin_store_durable_writes_total`, read before and after "
-                 f"each batch): a new tag {per[('_put', 'tagpin')]:.2f} on sled and {per[('_put', 'tagpin-pg')]:.2f} "
+    lines.append(f"Durable writes each timed PUT waited for (`tagpin_store_durable_writes_total`, read before and "
+                 f"after each batch): a new tag {per[('_put', 'tagpin')]:.2f} on sled and {per[('_put', 'tagpin-pg')]:.2f} "
                  f"on PostgreSQL, an identical re-push {per[('_repush', 'tagpin')]:.2f} and "
                  f"{per[('_repush', 'tagpin-pg')]:.2f}.")
     lines.append("")
