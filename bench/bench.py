@@ -19,6 +19,7 @@ import os
 import platform
 import re
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -125,12 +126,15 @@ def start_tagpin(binary, upstream, store_args):
     return proc, addr
 
 
-def wait_ready(addr, timeout=120):
-    """Until /readyz answers 200: the pin store opens beside the listener."""
+def wait_ready(addr, timeout=120, cafile=None):
+    """Until /readyz answers 200: the pin store opens beside the listener. Over TLS when
+    `cafile` (the listener's certificate) is given."""
     deadline = time.monotonic() + timeout
+    url = f"https://{addr}/readyz" if cafile else f"http://{addr}/readyz"
+    ctx = ssl.create_default_context(cafile=cafile) if cafile else None
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(f"http://{addr}/readyz", timeout=5) as r:
+            with urllib.request.urlopen(url, timeout=5, context=ctx) as r:
                 if r.status == 200:
                     return
         except (urllib.error.URLError, OSError):
