@@ -5,7 +5,9 @@ through nginx (a plain streaming reverse proxy). The targets are measured in rot
 within each round, so machine noise hits all of them alike. haproxy, with splicing and in
 TCP mode, is the reference for how fast a blob download can be relayed at all. Reads by a
 pinned tag with `reads = "pinned"` are measured beside `reads = "forward"` in bench/reads.py;
-the history log's cost to a push, its proofs and `tagpin log verify` in bench/log.py.
+the history log's cost to a push, its proofs and `tagpin log verify` in bench/log.py; the
+manifest PUT rounds, with the durable writes each push waited for, in bench/push.py; and,
+apart (`--scale`), the store's size in bench/scale.py.
 
 Run through bench/run.sh, which installs the tools and builds tagpin first."""
 
@@ -17,6 +19,7 @@ import os
 import platform
 import re
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -32,6 +35,8 @@ from hashlib import sha256
 import connections  # the script's directory is on sys.path; connections uses this module's helpers
 import reads  # likewise
 import log as history_log  # likewise; `log` here is the progress line printer below
+import push  # likewise
+import scale  # likewise
 
 TARGETS = ["direct", "tagpin", "tagpin-pg", "nginx"]
 # Blob transfers and memory are measured without tagpin-pg: the store is not on that path.
@@ -121,12 +126,15 @@ def start_tagpin(binary, upstream, store_args):
     return proc, addr
 
 
-def wait_ready(addr, timeout=120):
-    """Until /readyz answers 200: the pin store opens beside the listener."""
+def wait_ready(addr, timeout=120, cafile=None):
+    """Until /readyz answers 200: the pin store opens beside the listener. Over TLS when
+    `cafile` (the listener's certificate) is given."""
     deadline = time.monotonic() + timeout
+    url = f"https://{addr}/readyz" if cafile else f"http://{addr}/readyz"
+    ctx = ssl.create_default_context(cafile=cafile) if cafile else None
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(f"http://{addr}/readyz", timeout=5) as r:
+            with urllib.request.urlopen(url, timeout=5, context=ctx) as r:
                 if r.status == 200:
                     return
         except (urllib.error.URLError, OSError):
@@ -379,27 +387,6 @@ def ab(addr, path, concurrency, seconds, head):
     return float(rps.group(1)), int(complete.group(1))
 
 
-def put_latencies(addr, repo, blobs, count, round_no, repush):
-    """Sequential manifest PUTs on one keep-alive connection; returns milliseconds."""
-    host, port = addr.split(":")
-    c = http.client.HTTPConnection(host, int(port), timeout=60)
-    times = []
-    same = manifest(*blobs, f"repush-{round_no}")
-    for i in range(count + (1 if repush else 0)):
-        body = same if repush else manifest(*blobs, f"r{round_no}-{i}")
-        tag = f"same-{round_no}" if repush else f"r{round_no}-t{i}"
-        t0 = time.perf_counter()
-        c.request("PUT", f"/v2/{repo}/manifests/{tag}", body=body, headers={"Content-Type": MANIFEST_TYPE})
-        r = c.getresponse()
-        r.read()
-        elapsed = (time.perf_counter() - t0) * 1000
-        assert r.status == 201, (addr, r.status)
-        if not (repush and i == 0):
-            times.append(elapsed)
-    c.close()
-    return times
-
-
 def percentile(values, p):
     s = sorted(values)
     k = max(0, min(len(s) - 1, int(round(p / 100 * (len(s) - 1)))))
@@ -466,11 +453,18 @@ def main():
     ap.add_argument("--smoke", action="store_true", help="tiny sizes and durations, for CI")
     ap.add_argument("--tagpin-unlogged", help="tagpin built with --features bench-unlogged (bench/log.py)")
     ap.add_argument("--fill-log", help="the fill_log example's binary (bench/log.py)")
-    ap.add_argument("--only", choices=["reads", "log"],
+    ap.add_argument("--only", choices=["reads", "log", "push"],
                     help="run one measurement by itself: reads = manifest reads by a pinned tag (bench/reads.py), "
-                         "log = the history log (bench/log.py)")
+                         "log = the history log (bench/log.py), push = manifest PUT latency (bench/push.py)")
+    ap.add_argument("--scale", nargs="?", const="", metavar="N[,N...]",
+                    help="the store's size instead (bench/scale.py): import, start-up, latency and memory with N "
+                         f"pins (default {scale.DEFAULT_SIZE:,}; {scale.SMOKE_SIZE:,} with --smoke)")
+    ap.add_argument("--scale-stores", metavar="STORE[,STORE]",
+                    help=f"with --scale: which stores ({', '.join(scale.STORES)}, the default both)")
     args = ap.parse_args()
-    if args.only != "reads" and not (args.tagpin_unlogged and args.fill_log):
+    if args.scale is not None:
+        return scale.main(args.tagpin, args.scale, args.smoke, args.scale_stores)
+    if args.only in (None, "log") and not (args.tagpin_unlogged and args.fill_log):
         ap.error("--tagpin-unlogged and --fill-log are needed for the history log's measurement")
     log_bins = {"log": args.tagpin, "unlogged": args.tagpin_unlogged, "fill": args.fill_log}
 
@@ -486,6 +480,8 @@ def main():
         return only_reads(args.tagpin, smoke, rounds, ab_seconds, out_dir)
     if args.only == "log":
         return only_log(log_bins, smoke, out_dir)
+    if args.only == "push":
+        return push.only(args.tagpin, smoke, out_dir)
 
     tmp = tempfile.mkdtemp(prefix="tagpin-bench-")
     procs = []
@@ -522,14 +518,7 @@ def main():
         log("uploading the large blob")
         curl_upload(up, "bench/big", blob_path, big)
 
-        config = b'{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}'
-        layer = os.urandom(1024)
-        small = {}
-        for t in TARGETS:
-            for kind in ("put", "repush", "read"):
-                repo = f"bench/{kind}-{t}"
-                cd, ld = push_blob(up, repo, config), push_blob(up, repo, layer)
-                small[repo] = (cd, len(config), ld, len(layer))
+        small = push.small_blobs(up, TARGETS, ("put", "repush", "read"))
         read_manifest = manifest(*small["bench/read-direct"], "read")
         for t in TARGETS:
             status, _, _ = request(up, "PUT", f"/v2/bench/read-{t}/manifests/v1", read_manifest,
@@ -575,14 +564,7 @@ def main():
 
         pinned_reads = reads.measure(args.tagpin, up, pg_url, tmp, rounds, ab_seconds, (1,) if smoke else (1, 32))
 
-        for r in range(rounds):
-            order = rotate(TARGETS, r)
-            log(f"round {r + 1}: manifest PUT latency")
-            for t in order:
-                lat = put_latencies(addrs[t], f"bench/put-{t}", small[f"bench/put-{t}"], puts, r, False)
-                results.setdefault("_put", {}).setdefault(t, []).extend(lat)
-                lat = put_latencies(addrs[t], f"bench/repush-{t}", small[f"bench/repush-{t}"], puts, r, True)
-                results.setdefault("_repush", {}).setdefault(t, []).extend(lat)
+        push.rounds(addrs, small, TARGETS, rounds, puts, results)
 
         conns = connections.measure(args.tagpin, up, ng_addr, ng.pid, tmp, conn_count)
         history = history_log.measure(log_bins, up, pg_url, tmp, smoke)
@@ -702,6 +684,12 @@ def write_report(out_dir, results, mem, smoke, blob_mib, rounds, ab_seconds, put
             return f"{x:.2f}" if "(ms)" in metric else f"{x:.0f}"
         lines.append(f"| {metric} | {fmt(d)} | {fmt(t)} | {fmt(g)} | {fmt(n)} | {ratio(t, d)} | {ratio(g, d)} | "
                      f"{ratio(n, d)} | {ratio(t, n)} | {ratio(g, t)} |")
+    lines.append("")
+    per = {(key, t): push.per_push(results, key, t) for key, _, _ in push.KINDS for t in ("tagpin", "tagpin-pg")}
+    lines.append(f"Durable writes each timed PUT waited for (`tagpin_store_durable_writes_total`, read before and "
+                 f"after each batch): a new tag {per[('_put', 'tagpin')]:.2f} on sled and {per[('_put', 'tagpin-pg')]:.2f} "
+                 f"on PostgreSQL, an identical re-push {per[('_repush', 'tagpin')]:.2f} and "
+                 f"{per[('_repush', 'tagpin-pg')]:.2f}.")
     lines.append("")
     peak = mem["peak_transfer_kib"] / 1024
     note = "" if mem["peak_reset"] else " (since start: peak RSS could not be reset)"

@@ -106,7 +106,7 @@ def measure(tagpin_bin, upstream, nginx_addr, nginx_pid, tmp, count):
             m = bench.wait_for_line(proc, r'"addr":"(127\.0\.0\.1:\d+)".*"message":"listening"|'
                                           r'"message":"listening".*"addr":"(127\.0\.0\.1:\d+)"')
             addr = m.group(1) or m.group(2)
-            bench.wait_ready(addr)
+            bench.wait_ready(addr, cafile=cafile)
             bench.log(f"{count} keep-alive connections to {name}")
             rows[name] = hold(addr, count, [proc.pid], cafile)
         finally:

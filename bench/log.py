@@ -35,6 +35,7 @@ import os
 import random
 import re
 import subprocess
+import tempfile
 import time
 import urllib.parse
 
@@ -396,23 +397,71 @@ def log_verify(tagpin_bin, store_args, big):
     """`tagpin log verify` offline under /usr/bin/time -v, against the checkpoint saved
     from the served one: (seconds, peak RSS KiB)."""
     size = big["size"]
-    out = subprocess.run(["/usr/bin/time", "-v", tagpin_bin, "log", "verify", *store_args, "--checkpoint",
-                          big["checkpoint"], "--verifier-key", big["verifier"], "--json"],
-                         capture_output=True, text=True)
-    if out.returncode != 0:
-        raise RuntimeError(f"tagpin log verify {' '.join(store_args)} exited {out.returncode}:\n"
-                           f"{out.stdout[-2000:]}{out.stderr[-2000:]}")
-    verdict = json.loads(out.stdout)
+    code, out, err, seconds, kib = time_v([tagpin_bin, "log", "verify", *store_args, "--checkpoint",
+                                           big["checkpoint"], "--verifier-key", big["verifier"], "--json"])
+    if code != 0:
+        raise RuntimeError(f"tagpin log verify {' '.join(store_args)} exited {code}:\n{out[-2000:]}{err[-2000:]}")
+    verdict = json.loads(out)
     if not (verdict.get("ok") and verdict.get("size") == verdict.get("entries") == verdict.get("pins") == size
             and verdict.get("checkpoint") == "consistent"):
         raise RuntimeError(f"tagpin log verify did not check {size} entries and pins against the saved "
-                           f"checkpoint: {out.stdout[:500]}")
-    rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", out.stderr)
-    wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): (?:(\d+):)?(\d+):([\d.]+)", out.stderr)
+                           f"checkpoint: {out[:500]}")
+    return seconds, kib
+
+
+def time_v(argv, stdout=None, limit_s=3600, limit_kib=None):
+    """Run `argv` under `/usr/bin/time -v`: (exit status, its standard output unless
+    `stdout` (a file) takes it, its standard error, wall seconds, peak RSS in KiB). The
+    program is killed, and this raises, past `limit_s` seconds or, when given, a resident
+    set above `limit_kib` (looked at twice a second)."""
+    with tempfile.TemporaryFile() as err, tempfile.TemporaryFile() as out:
+        proc = subprocess.Popen(["/usr/bin/time", "-v", *argv], stdout=stdout or out, stderr=err)
+        started = time.monotonic()
+        over = None
+        while proc.poll() is None:
+            try:
+                proc.wait(timeout=0.5)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            rss = sum(bench.proc_status(int(c), "VmRSS") for c in children(proc.pid))
+            if time.monotonic() - started > limit_s:
+                over, kind = f"ran longer than {limit_s:.0f} s", "time"
+            elif limit_kib and rss > limit_kib:
+                over, kind = f"held {rss / 1024:.0f} MiB, more than the {limit_kib / 1024:.0f} MiB allowed", "memory"
+            if over:
+                for c in children(proc.pid):  # the program, then /usr/bin/time
+                    os.kill(int(c), 9)
+                proc.kill()
+                proc.wait()
+                raise Stopped(f"{over}; stopped", kind)
+        err.seek(0)
+        out.seek(0)
+        stderr, stdout_text = err.read().decode(errors="replace"), out.read().decode(errors="replace")
+    rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", stderr)
+    wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): (?:(\d+):)?(\d+):([\d.]+)", stderr)
     if not rss or not wall:
-        raise RuntimeError(f"/usr/bin/time -v printed no peak memory or wall time:\n{out.stderr[-1000:]}")
+        raise RuntimeError(f"/usr/bin/time -v printed no peak memory or wall time:\n{stderr[-1000:]}")
     seconds = int(wall.group(1) or 0) * 3600 + int(wall.group(2)) * 60 + float(wall.group(3))
-    return seconds, int(rss.group(1))
+    # time's own report is the last lines of standard error; the program's come before.
+    return proc.returncode, stdout_text, stderr.split("\tCommand being timed:")[0], seconds, int(rss.group(1))
+
+
+class Stopped(RuntimeError):
+    """A program `time_v` stopped at its limit; `kind` is "time" or "memory"."""
+
+    def __init__(self, message, kind):
+        super().__init__(message)
+        self.kind = kind
+
+
+def children(pid):
+    """The pids of `pid`'s child processes (none once it has exited)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return f.read().split()
+    except OSError:
+        return []
 
 
 def measure(bins, upstream, pg_url, tmp, smoke):
@@ -534,15 +583,16 @@ def report(m, command):
     return lines
 
 
-def splice(path, lines):
-    """Put the section in place of the old one in the report at `path` (from its heading
-    to the next heading of its level), or at its end; creates the report if needed."""
+def splice(path, lines, heading=HEADING):
+    """Put the section headed `heading` in place of the old one in the report at `path`
+    (from its heading to the next heading of its level), or at its end; creates the
+    report if needed."""
     old = []
     if os.path.exists(path):
         with open(path) as f:
             old = f.read().rstrip("\n").split("\n")
-    if HEADING in old:
-        start = old.index(HEADING)
+    if heading in old:
+        start = old.index(heading)
         end = next((k for k in range(start + 1, len(old)) if old[k].startswith("## ")), len(old))
         new = old[:start] + lines + ([""] + old[end:] if end < len(old) else [])
     else:

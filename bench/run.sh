@@ -25,6 +25,18 @@
 #                           the history log alone (about 6 minutes once built, 15 s with --smoke); its
 #                           section, "History log", takes the place of the old one in
 #                           results.md (bench/ or bench/out-smoke/), or is added at its end
+# Manifest PUT latency alone (bench/push.py): a new tag and an identical re-push, the
+# registry directly, tagpin on sled and tagpin on PostgreSQL in rotation, with the durable
+# writes each push waited for (tagpin's /metrics).
+#   bench/run.sh --only push [--smoke]
+#                           about a minute (15 s with --smoke); its section, "Manifest PUT",
+#                           takes the place of the old one in results.md, or is added at its end
+# The store's size (bench/scale.py): import, start-up, PUT and read latency beside an empty
+# store, memory, export and log verify with N pins, on sled and on PostgreSQL.
+#   bench/run.sh --scale [N[,N...]] [--scale-stores sled|PostgreSQL] [--smoke]
+#                           N defaults to 1,000,000 (5,000 with --smoke, which also takes
+#                           few measurements); writes scale.md (and scale.json, and with
+#                           several sizes scale.png) in bench/ or bench/out-smoke/
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -63,17 +75,23 @@ built() { # NAME OUTPUT: the path of NAME in build's output
 }
 only=
 smoke=
+scale=
 prev=
 for arg in "$@"; do
   case "$prev,$arg" in
     --only,*) only=$arg ;;
     *,--only=*) only=${arg#--only=} ;;
     *,--smoke) smoke=1 ;;
+    *,--scale | *,--scale=*) scale=1 ;;
   esac
   prev=$arg
 done
+# The history log's binaries (the unlogged reference, fill_log) only for the measurements
+# that use them: the full run and `--only log`.
+log_parts=
+[ -z "$scale" ] && { [ -z "$only" ] || [ "$only" = log ]; } && log_parts=1
 extra=()
-if [ "$only" != reads ]; then
+if [ -n "$log_parts" ]; then
   # The log's reference: the same source with its appends compiled out. Built first and
   # copied aside, since the usual build below puts its own tagpin at the same path. The
   # smoke run's figures mean nothing, so it builds the reference in the dev profile and
@@ -87,7 +105,7 @@ if [ "$only" != reads ]; then
 fi
 out=$(build --release --bin tagpin)
 tagpin_bin=$(built tagpin "$out")
-if [ "$only" != reads ]; then
+if [ -n "$log_parts" ]; then
   # Built on its own: an example brings the dev-dependencies' features into every crate
   # of the build it is part of, and the tagpins measured must be built as they ship.
   # The smoke run fills 10,000 entries, for which the dev profile (whose dependencies
