@@ -500,8 +500,25 @@ fn a_sigkill_during_concurrent_pushes_leaves_every_pin_with_its_entry() {
     let replayed = replay(&entries);
     let pins = api.pinned();
     assert_eq!(replayed, pins, "after the kill, the entries replayed are not the pins");
+    // A 201 survives as the pin, or (its settlement written after the answer and taken
+    // back by the kill) as the push's claim, which holds the tag for that digest until the
+    // recovery completes it past the in-doubt horizon: another digest is refused.
+    let addr = env.tagpin().addr;
     for (tag, digest) in &pinned {
-        assert_eq!(pins.get(&format!("crash/app:{tag}")), Some(digest), "{tag} got 201");
+        match pins.get(&format!("crash/app:{tag}")) {
+            Some(d) => assert_eq!(d, digest, "{tag} got 201"),
+            None => {
+                let other = base.variant(&format!("{tag}-other"));
+                let target = format!("/v2/crash/app/manifests/{tag}");
+                let r = request(addr, "PUT", &target, &[("Content-Type", OCI_MANIFEST)], &other.manifest);
+                assert_eq!(
+                    r.status,
+                    409,
+                    "{tag} got 201 for {digest} and is not held: {}",
+                    r.text()
+                );
+            }
+        }
     }
     assert!(cp.size as usize >= pinned.len());
     eprintln!(
