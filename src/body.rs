@@ -197,6 +197,16 @@ impl BodySender {
         self.0.send(Ok(bytes)).await.map_err(|_| Gone)
     }
 
+    /// [`BodySender::send`] from a thread outside the runtime (a reader of a file).
+    pub fn blocking_send(&self, bytes: Bytes) -> Result<(), Gone> {
+        self.0.blocking_send(Ok(bytes)).map_err(|_| Gone)
+    }
+
+    /// [`BodySender::fail`] from a thread outside the runtime.
+    pub fn blocking_fail(&self, why: String) {
+        let _ = self.0.blocking_send(Err(why.into()));
+    }
+
     /// End the body with an error: the answer is incomplete.
     pub async fn fail(&self, why: String) {
         let _ = self.0.send(Err(why.into())).await;

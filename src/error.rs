@@ -85,6 +85,9 @@ pub enum ProxyError {
     /// Admin API: the request conflicts with what the store holds (an import).
     #[error("{0}")]
     AdminConflict(String),
+    /// Admin API: the body is over its limit (an import over `max_import_bytes`).
+    #[error("{0}")]
+    AdminTooLarge(String),
 }
 
 impl ProxyError {
@@ -146,6 +149,7 @@ impl ProxyError {
             Self::AdminNotFound(_) => (S::NOT_FOUND, C::NameUnknown),
             Self::AdminBadRequest(_) => (S::BAD_REQUEST, C::Unsupported),
             Self::AdminConflict(_) => (S::CONFLICT, C::Denied),
+            Self::AdminTooLarge(_) => (S::PAYLOAD_TOO_LARGE, C::SizeInvalid),
         }
     }
 

@@ -14,7 +14,8 @@ use common::*;
 use tagpin::config::RawConfig;
 use tagpin::oci::{Digest, Repository, Tag};
 use tagpin::store::{
-    DeleteRecord, Exported, ImportOutcome, PinStore, Protect, Refused, SledStore, StoreError, TagRecord, TagState,
+    DeleteRecord, ImportError, ImportOutcome, ImportSource, PinStore, Protect, Refused, SledStore, StoreError,
+    TagRecord, TagState,
 };
 
 /// A real store with switches that make reads, writes, or only the recording of a pin
@@ -126,9 +127,9 @@ impl PinStore for FlakyStore {
         self.check(&self.fail_reads)?;
         self.inner.list(r, after, limit)
     }
-    fn import(&self, records: &[Exported], by: &str) -> Result<ImportOutcome, StoreError> {
+    fn import_from(&self, source: &mut dyn ImportSource, by: &str) -> Result<ImportOutcome, ImportError> {
         self.check(&self.fail_writes)?;
-        self.inner.import(records, by)
+        self.inner.import_from(source, by)
     }
     fn log_head(&self) -> Result<tagpin::log::Frontier, StoreError> {
         self.inner.log_head()

@@ -11,6 +11,7 @@ pub mod auth;
 mod claims;
 pub mod drift;
 mod history;
+mod import;
 pub mod log;
 mod pins;
 pub mod routes;
@@ -117,7 +118,7 @@ async fn dispatch(admin: &Arc<Admin>, req: Request<Incoming>, who: &Requester) -
         AdminRoute::CreateRelease => pins::create_release(app, req, who).await,
         AdminRoute::CancelRelease { repository, tag } => pins::cancel_release(app, repository, tag, who).await,
         AdminRoute::Export => pins::export(app).await,
-        AdminRoute::Import => pins::import(app, req, who).await,
+        AdminRoute::Import => import::import(app, req, who).await,
         AdminRoute::Seed(scope) => seed::start(Arc::clone(admin), scope, who.clone()).await,
         AdminRoute::Verify { scope, lines } => verify::verify(Arc::clone(app), scope, lines).await,
         AdminRoute::ListClaims { repository } => claims::list(app, repository).await,

@@ -17,8 +17,6 @@ use crate::telemetry::{AuditAction, AuditEvent, Requester};
 /// Longest release allowed (issue: at most 24 hours), and the default.
 pub const MAX_RELEASE_SECS: u64 = 24 * 3600;
 pub const DEFAULT_RELEASE_SECS: u64 = 15 * 60;
-/// Largest import body: a million pins with short histories fit well inside.
-const MAX_IMPORT_BYTES: usize = 1 << 30;
 
 /// One pin as the list shows it.
 fn summary(app: &App, repo: &Repository, tag: &Tag, state: &TagState) -> Value {
@@ -342,36 +340,4 @@ pub async fn export(app: &App) -> Result<Response<Body>, ProxyError> {
         http::HeaderValue::from_static("application/x-ndjson"),
     );
     Ok(resp)
-}
-
-/// Parse JSON lines of exported pins.
-pub fn parse_export(bytes: &[u8]) -> Result<Vec<Exported>, String> {
-    bytes
-        .split(|b| *b == b'\n')
-        .enumerate()
-        .filter(|(_, l)| !l.iter().all(u8::is_ascii_whitespace))
-        .map(|(i, l)| serde_json::from_slice(l).map_err(|e| format!("line {}: {e}", i + 1)))
-        .collect()
-}
-
-/// `POST /admin/v1/import`: JSON lines into the store, all or nothing.
-pub async fn import(app: &App, req: Request<Incoming>, who: &Requester) -> Result<Response<Body>, ProxyError> {
-    let body = read_body(req, MAX_IMPORT_BYTES).await?;
-    let records = parse_export(&body).map_err(ProxyError::AdminBadRequest)?;
-    let by = who.admin_name();
-    let outcome = app.store_call(move |s| s.import(&records, &by)).await?;
-    if !outcome.conflicts.is_empty() {
-        let shown: Vec<&str> = outcome.conflicts.iter().take(5).map(String::as_str).collect();
-        return Err(ProxyError::AdminConflict(format!(
-            "{} conflicting record(s), nothing written: {}",
-            outcome.conflicts.len(),
-            shown.join("; ")
-        )));
-    }
-    tracing::info!(target: "tagpin::audit", action = AuditAction::Imported.as_str(), imported = outcome.imported, unchanged = outcome.unchanged, user = who.user.as_deref().unwrap_or(""), request_id = who.request_id.as_str(), "imported");
-    app.metrics.decision(AuditAction::Imported);
-    Ok(json(
-        StatusCode::OK,
-        &json!({"imported": outcome.imported, "unchanged": outcome.unchanged}),
-    ))
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use clap::Args;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri};
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client as Legacy;
@@ -117,7 +117,7 @@ pub struct Client {
     /// The origin and any path prefix, without a trailing slash.
     base: String,
     authorization: HeaderValue,
-    http: Legacy<HttpConnector, Full<Bytes>>,
+    http: Legacy<HttpConnector, crate::body::Body>,
 }
 
 impl Client {
@@ -190,8 +190,38 @@ impl Client {
             None => Bytes::new(),
         };
         let req = req
-            .body(Full::new(body))
+            .body(crate::body::full(body))
             .map_err(|e| CliError::Usage(format!("cannot build a request for {url}: {e}")))?;
+        self.request(req).await
+    }
+
+    /// Send one request whose body streams (`length`, when known, is its
+    /// `Content-Length`); answered as [`Client::send`].
+    pub async fn send_stream(
+        &self,
+        method: Method,
+        path: &str,
+        body: crate::body::Body,
+        content_type: &'static str,
+        length: Option<u64>,
+    ) -> Result<Response<Incoming>, CliError> {
+        let url = self.url(path, &[]);
+        let mut req = Request::builder()
+            .method(method)
+            .uri(&url)
+            .header(header::AUTHORIZATION, self.authorization.clone())
+            .header(header::ACCEPT, "application/json")
+            .header(header::CONTENT_TYPE, content_type);
+        if let Some(n) = length {
+            req = req.header(header::CONTENT_LENGTH, n);
+        }
+        let req = req
+            .body(body)
+            .map_err(|e| CliError::Usage(format!("cannot build a request for {url}: {e}")))?;
+        self.request(req).await
+    }
+
+    async fn request(&self, req: Request<crate::body::Body>) -> Result<Response<Incoming>, CliError> {
         let resp = self.http.request(req).await.map_err(|e| CliError::Connect {
             url: self.base.clone(),
             why: error_chain(&e),

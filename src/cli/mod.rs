@@ -201,6 +201,10 @@ pub struct ServeArgs {
     /// from disk) [default: 67108864].
     #[arg(long, env = "TAGPIN_STORE_CACHE_BYTES")]
     pub store_cache_bytes: Option<u64>,
+    /// Largest body of an online import through the admin API, in bytes; it is spooled
+    /// to disk, not held in memory [default: 17179869184].
+    #[arg(long, env = "TAGPIN_MAX_IMPORT_BYTES")]
+    pub max_import_bytes: Option<u64>,
     /// Largest manifest accepted on a push, in bytes [default: 4194304].
     #[arg(long, env = "TAGPIN_MAX_MANIFEST_BYTES")]
     pub max_manifest_bytes: Option<usize>,
@@ -329,6 +333,7 @@ impl ServeArgs {
             upstream: self.upstream.or(file.upstream),
             data_dir: self.data_dir.or(file.data_dir),
             store_cache_bytes: self.store_cache_bytes.or(file.store_cache_bytes),
+            max_import_bytes: self.max_import_bytes.or(file.max_import_bytes),
             exclude: if self.exclude.is_empty() {
                 file.exclude
             } else {

@@ -9,7 +9,7 @@
 //! `--database-url`, they work on a PostgreSQL store (moving from sled to PostgreSQL:
 //! export from the data dir, import into the database).
 
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
@@ -18,7 +18,7 @@ use http::Method;
 use serde_json::Value;
 
 use super::client::{AdminArgs, CliError, Client, Lines, EXIT_FOUND, EXIT_OK};
-use crate::store::{Exported, ImportOutcome, PinStore, SledStore, StoreError};
+use crate::store::{ExportReader, Exported, ImportError, ImportOutcome, PinStore, SledStore, StoreError};
 
 #[derive(Debug, Args)]
 #[command(
@@ -231,32 +231,69 @@ pub async fn export(args: &ExportArgs, client: Option<&Client>, out: &mut dyn Wr
 }
 
 /// Parse JSON lines of exported pins, naming the first bad line.
-pub fn parse_records(bytes: &[u8]) -> Result<Vec<Exported>, CliError> {
-    bytes
-        .split(|b| *b == b'\n')
-        .enumerate()
-        .filter(|(_, l)| !l.iter().all(u8::is_ascii_whitespace))
-        .map(|(i, l)| {
-            serde_json::from_slice(l)
-                .map_err(|e| CliError::Usage(format!("line {} is not an exported pin: {e}", i + 1)))
-        })
-        .collect()
-}
-
-fn read_input(file: Option<&Path>) -> Result<Vec<u8>, CliError> {
+/// The import's input: the file, or standard input for `-` or none.
+fn open_input(file: Option<&Path>) -> Result<Box<dyn BufRead + Send>, CliError> {
     match file {
-        None => read_stdin(),
-        Some(p) if p == Path::new("-") => read_stdin(),
-        Some(p) => std::fs::read(p).map_err(|e| CliError::Io(format!("cannot read {}: {e}", p.display()))),
+        None => Ok(Box::new(BufReader::with_capacity(1 << 20, std::io::stdin()))),
+        Some(p) if p == Path::new("-") => Ok(Box::new(BufReader::with_capacity(1 << 20, std::io::stdin()))),
+        Some(p) => std::fs::File::open(p)
+            .map(|f| Box::new(BufReader::with_capacity(1 << 20, f)) as Box<dyn BufRead + Send>)
+            .map_err(|e| CliError::Io(format!("cannot read {}: {e}", p.display()))),
     }
 }
 
-fn read_stdin() -> Result<Vec<u8>, CliError> {
-    let mut buf = Vec::new();
-    std::io::stdin()
-        .read_to_end(&mut buf)
-        .map_err(|e| CliError::Io(format!("cannot read standard input: {e}")))?;
-    Ok(buf)
+/// Import into a store opened here, a record at a time from the input.
+async fn import_offline(store: OfflineStore, file: Option<PathBuf>) -> Result<ImportOutcome, CliError> {
+    let shared = store.shared();
+    let outcome = tokio::task::spawn_blocking(move || {
+        let mut records = ExportReader::new(open_input(file.as_deref())?);
+        shared.import_from(&mut records, OFFLINE_IMPORT).map_err(|e| match e {
+            ImportError::Input(why) => CliError::Usage(why),
+            ImportError::Store(e) => CliError::Store(e.to_string()),
+        })
+    })
+    .await
+    .map_err(|e| CliError::Store(e.to_string()))??;
+    drop(store);
+    Ok(outcome)
+}
+
+/// Send the input to the admin API as it is read (never whole in memory); its answer.
+async fn import_online(client: &Client, file: Option<PathBuf>) -> Result<Result<Value, String>, CliError> {
+    let length = match file.as_deref() {
+        Some(p) if p != Path::new("-") => std::fs::metadata(p).ok().filter(|m| m.is_file()).map(|m| m.len()),
+        _ => None,
+    };
+    let mut input = open_input(file.as_deref())?;
+    let (tx, body) = crate::body::channel(4);
+    // A read error ends the body with an error, so the server never takes a cut file
+    // for a whole one.
+    std::thread::spawn(move || loop {
+        let chunk = match input.fill_buf() {
+            Ok([]) => return,
+            Ok(buf) => Bytes::copy_from_slice(buf),
+            Err(e) => return tx.blocking_fail(format!("cannot read the import: {e}")),
+        };
+        input.consume(chunk.len());
+        if tx.blocking_send(chunk).is_err() {
+            return;
+        }
+    });
+    match client
+        .send_stream(Method::POST, "import", body, "application/x-ndjson", length)
+        .await
+    {
+        Ok(resp) => {
+            let body = super::client::collect(resp.into_body()).await?;
+            serde_json::from_slice(&body)
+                .map(Ok)
+                .map_err(|e| CliError::Protocol(format!("not JSON: {e}")))
+        }
+        Err(CliError::Api {
+            status: 409, message, ..
+        }) => Ok(Err(message)),
+        Err(e) => Err(e),
+    }
 }
 
 /// The result line for people.
@@ -268,48 +305,29 @@ pub fn describe(imported: u64, unchanged: u64) -> String {
 /// (there is no admin token then).
 const OFFLINE_IMPORT: &str = "tagpin import (offline)";
 
-/// `import`: all or nothing; exit 1 on conflicts.
+/// `import`: all or nothing; exit 1 on conflicts. The input is read a record at a time,
+/// whatever its size.
 pub async fn import(args: &ImportArgs, client: Option<&Client>, out: &mut dyn Write) -> Result<u8, CliError> {
-    let bytes = read_input(args.file.as_deref())?;
     let (dir, db_args) = (args.data_dir.clone(), args.database.clone());
     let store = tokio::task::spawn_blocking(move || offline_store(dir.as_deref(), &db_args, true))
         .await
         .map_err(|e| CliError::Store(e.to_string()))??;
     let answer: Value = match (store, client) {
         (Some(store), _) => {
-            let records = parse_records(&bytes)?;
-            let shared = store.shared();
-            let outcome: ImportOutcome = tokio::task::spawn_blocking(move || shared.import(&records, OFFLINE_IMPORT))
-                .await
-                .map_err(|e| CliError::Store(e.to_string()))?
-                .map_err(|e| CliError::Store(e.to_string()))?;
-            if !outcome.conflicts.is_empty() {
-                let shown: Vec<&str> = outcome.conflicts.iter().take(5).map(String::as_str).collect();
-                eprintln!(
-                    "tagpin: {} conflicting record(s), nothing written: {}",
-                    outcome.conflicts.len(),
-                    shown.join("; ")
-                );
+            let outcome = import_offline(store, args.file.clone()).await?;
+            if outcome.conflicting > 0 {
+                eprintln!("tagpin: {}", outcome.conflict_summary());
                 return Ok(EXIT_FOUND);
             }
             serde_json::json!({"imported": outcome.imported, "unchanged": outcome.unchanged})
         }
-        (None, Some(client)) => {
-            let body = Some((Bytes::from(bytes), "application/x-ndjson"));
-            match client.send(Method::POST, "import", &[], body).await {
-                Ok(resp) => {
-                    let body = super::client::collect(resp.into_body()).await?;
-                    serde_json::from_slice(&body).map_err(|e| CliError::Protocol(format!("not JSON: {e}")))?
-                }
-                Err(CliError::Api {
-                    status: 409, message, ..
-                }) => {
-                    eprintln!("tagpin: {message}");
-                    return Ok(EXIT_FOUND);
-                }
-                Err(e) => return Err(e),
+        (None, Some(client)) => match import_online(client, args.file.clone()).await? {
+            Ok(answer) => answer,
+            Err(conflicts) => {
+                eprintln!("tagpin: {conflicts}");
+                return Ok(EXIT_FOUND);
             }
-        }
+        },
         (None, None) => return Err(CliError::Usage("import needs the admin API or --data-dir".into())),
     };
     if args.json {
@@ -349,19 +367,11 @@ mod tests {
         let page = store.list(None, None, PAGE).unwrap();
         let page = crate::store::export_page(&store, &page).unwrap();
         assert_eq!(write_page(&page, &mut out).unwrap(), 3);
-        let records = parse_records(&out).unwrap();
-        assert_eq!(records.len(), 3);
         let other = open_store(b.path()).unwrap();
-        assert_eq!(other.import(&records, "test").unwrap().imported, 3);
+        let mut records = ExportReader::new(out.as_slice());
+        assert_eq!(other.import_from(&mut records, "test").unwrap().imported, 3);
         // A second opener of the same dir is told a tagpin holds it.
         let e = open_store(a.path()).err().unwrap().to_string();
         assert!(e.contains("in use by a running tagpin"), "{e}");
-    }
-
-    #[test]
-    fn a_bad_line_is_named_by_its_number() {
-        let e = parse_records(b"\n{}\n").unwrap_err().to_string();
-        assert!(e.starts_with("line 2 "), "{e}");
-        assert!(parse_records(b"\n  \n").unwrap().is_empty());
     }
 }

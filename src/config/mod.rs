@@ -74,6 +74,9 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Bytes of sled's page cache (the sled store only).
     pub store_cache_bytes: u64,
+    /// Largest body of an online import (`POST /admin/v1/import`), in bytes: it is
+    /// written to disk before or while it is imported, never held in memory.
+    pub max_import_bytes: u64,
     pub exclude: Vec<String>,
     /// The configured rules; `None` when the file has none (the built-in rules apply).
     pub rules: Option<Vec<crate::policy::RuleSpec>>,

@@ -14,6 +14,7 @@ pub struct RawConfig {
     pub upstream: Option<String>,
     pub data_dir: Option<PathBuf>,
     pub store_cache_bytes: Option<u64>,
+    pub max_import_bytes: Option<u64>,
     pub exclude: Option<Vec<String>>,
     /// `[[rules]]`, checked one by one in `validate` so errors name the rule.
     pub rules: Option<Vec<toml::Value>>,

@@ -11,6 +11,8 @@ use super::{Config, ConfigError, LogFormat, Origin, RawConfig, Timeouts};
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:5050";
 pub const DEFAULT_DATA_DIR: &str = "./data";
 pub const DEFAULT_MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
+/// Largest online import body: about 50 million pins as `tagpin export` writes them.
+pub const DEFAULT_MAX_IMPORT_BYTES: u64 = 16 << 30;
 pub const DEFAULT_MAX_TAGS_PER_PUSH: usize = 64;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
 /// The connection limit is a tokio `Semaphore`, which panics beyond `usize::MAX >> 3`
@@ -92,6 +94,13 @@ impl RawConfig {
             return Err(ConfigError::invalid(
                 "store_cache_bytes",
                 "must be at least 1048576 (1 MiB) and at most 1099511627776 (1 TiB)".to_string(),
+            ));
+        }
+        let max_import_bytes = self.max_import_bytes.unwrap_or(DEFAULT_MAX_IMPORT_BYTES);
+        if max_import_bytes < 1024 * 1024 {
+            return Err(ConfigError::invalid(
+                "max_import_bytes",
+                "must be at least 1048576 (1 MiB)".to_string(),
             ));
         }
         let manifest_memory_per_client_bytes = self
@@ -298,6 +307,7 @@ impl RawConfig {
             public_url,
             data_dir: self.data_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
             store_cache_bytes,
+            max_import_bytes,
             exclude,
             rules,
             reload: None,

@@ -13,6 +13,7 @@
 //! `spawn_blocking`. A pin is never removed: it is a tombstone that outlives the tag at
 //! the upstream.
 
+mod gate;
 mod history;
 mod import;
 mod model;
@@ -25,7 +26,10 @@ use crate::log::{Frontier, Hash, NodeId};
 use crate::oci::{Digest, Repository, Tag};
 
 pub use self::history::{in_force_at, parse_query_time, parse_time, rfc3339, NoPinAt, PinAt};
-pub use self::import::{export_page, imported_record, merge_refusals, plan_import, ImportOutcome};
+pub use self::import::{
+    export_page, imported_record, judge, merge_refusals, named_twice, ExportReader, ImportError, ImportOutcome,
+    ImportSource, Verdict, MAX_NAMED_CONFLICTS,
+};
 pub use self::model::*;
 pub use self::postgres::{PgStore, PgTls, ReadCacheStats, SslMode, TlsFileError};
 pub use self::sled::{SledStore, DEFAULT_CACHE_BYTES as DEFAULT_SLED_CACHE_BYTES};
@@ -233,10 +237,25 @@ pub trait PinStore: Send + Sync + 'static {
         }
     }
 
-    /// Write every record unless any conflicts with what the store holds (a different
-    /// digest, or a claim), atomically and durably; each pin written gets an `imported`
-    /// log entry naming `by` (the admin token's name) in the same write.
-    fn import(&self, records: &[Exported], by: &str) -> Result<ImportOutcome, StoreError>;
+    /// Import the records `source` reads, all or nothing: every record is written unless
+    /// any conflicts with what the store holds (a different digest, or a claim) or with
+    /// an earlier record of the same tag, or the input is not an export; then nothing is.
+    /// Each pin written gets an `imported` log entry naming `by` (the admin token's name)
+    /// in the same write as the pin. Memory stays bounded whatever the input's size.
+    ///
+    /// Writes that bind or claim a tag wait while the import writes (sled: the store's
+    /// gate; PostgreSQL: an advisory lock every update takes shared), so none lands
+    /// between the import's check and its write. An import cut short by a crash is
+    /// finished when the store opens next (sled), or was never committed (PostgreSQL).
+    fn import_from(&self, source: &mut dyn ImportSource, by: &str) -> Result<ImportOutcome, ImportError>;
+
+    /// [`PinStore::import_from`] of records in memory.
+    fn import(&self, records: &[Exported], by: &str) -> Result<ImportOutcome, StoreError> {
+        self.import_from(&mut records.iter(), by).map_err(|e| match e {
+            ImportError::Store(e) => e,
+            ImportError::Input(why) => StoreError::Io(why),
+        })
+    }
 
     /// The log's head: its size and right frontier (see [`crate::log`]). Durable: every
     /// entry it covers survives a crash (a [`PinStore::confirm`] not yet on disk is made

@@ -2,7 +2,9 @@
 //! write that needs a decision, and every pull by a protected tag with `reads = "pinned"`,
 //! is refused (fail closed) while other reads keep flowing.
 
-use super::{DeleteRecord, Exported, ImportOutcome, PinStore, Protect, Refused, StoreError, TagRecord, TagState};
+use super::{
+    DeleteRecord, ImportError, ImportOutcome, ImportSource, PinStore, Protect, Refused, StoreError, TagRecord, TagState,
+};
 use crate::oci::{Digest, Repository, Tag};
 
 pub struct UnavailableStore {
@@ -71,8 +73,8 @@ impl PinStore for UnavailableStore {
     ) -> Result<Vec<(Repository, Tag, TagState)>, StoreError> {
         self.fail()
     }
-    fn import(&self, _: &[Exported], _: &str) -> Result<ImportOutcome, StoreError> {
-        self.fail()
+    fn import_from(&self, _: &mut dyn ImportSource, _: &str) -> Result<ImportOutcome, ImportError> {
+        Ok(self.fail()?)
     }
     fn log_head(&self) -> Result<crate::log::Frontier, StoreError> {
         self.fail()

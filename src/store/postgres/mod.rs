@@ -110,6 +110,7 @@
 //! transaction-pooling proxy) ends the session, so such a setup reads fresh every time.
 
 mod cache;
+mod import;
 mod log;
 mod migrate;
 mod pool;
@@ -128,8 +129,8 @@ use self::pool::{db, pool_err, Manager};
 use self::tags::{Write, DB_NOW};
 pub use self::tls::{PgTls, SslMode, TlsFileError};
 use super::{
-    DeleteRecord, Exported, ImportOutcome, PinStore, Protect, ReadView, Refused, StoreError, TagRecord, TagState,
-    MAX_REFUSALS,
+    DeleteRecord, ImportError, ImportOutcome, ImportSource, PinStore, Protect, ReadView, Refused, StoreError,
+    TagRecord, TagState, MAX_REFUSALS,
 };
 use crate::oci::{Digest, Repository, Tag};
 
@@ -549,10 +550,9 @@ impl PinStore for PgStore {
         self.claimed_tags(after, limit)
     }
 
-    fn import(&self, records: &[Exported], by: &str) -> Result<ImportOutcome, StoreError> {
-        let imported = self.import_records(records, by);
-        self.evict(records.iter().map(|r| lock_key(&r.repository, &r.tag)));
-        imported
+    fn import_from(&self, source: &mut dyn ImportSource, by: &str) -> Result<ImportOutcome, ImportError> {
+        // Nothing to evict: an import writes only free tags, and only pins are cached.
+        self.import_stream(source, by)
     }
 
     fn log_head(&self) -> Result<crate::log::Frontier, StoreError> {

@@ -2,39 +2,45 @@
 //! `claims` row per request, in the order written), release (`releases`) and the history
 //! of a tag with no pin yet (`notes`), read in
 //! one statement and changed in one transaction under the tag's advisory lock; and the
-//! views built from them (listing) and import.
+//! views built from them (listing).
 
 use std::sync::atomic::Ordering;
 
 use postgres::{GenericClient, Transaction};
 
 use super::cache::notify;
+use super::import::gate_key;
 use super::log;
 use super::{corrupt, db, lock_key, PgStore};
 use crate::log::entry;
 use crate::oci::{Digest, Repository, Tag};
-use crate::store::{
-    imported_record, merge_refusals, plan_import, Claim, ClaimKind, Exported, ImportOutcome, Pin, PinSource,
-    Protection, ReadView, Refused, StoreError, TagRecord, TagState,
-};
+use crate::store::{Claim, ClaimKind, Pin, PinSource, Protection, ReadView, StoreError, TagRecord, TagState};
 
 /// The database's clock, in whole seconds since the Unix epoch. `clock_timestamp()`, not
 /// `now()`: `now()` is when the transaction began, before it waited for its locks, so a
 /// transaction that waited would see time earlier than the one it waited for.
 pub(super) const DB_NOW: &str = "floor(extract(epoch FROM clock_timestamp()))::bigint";
 
-/// A tag's whole record and the database's clock, in one statement (one snapshot).
-fn record_sql() -> String {
+/// The columns of a tag's whole record, for the tag named by the SQL expressions `repo`
+/// and `tag` (the pin's row joined as `p`), and the database's clock.
+pub(super) fn record_columns(repo: &str, tag: &str) -> String {
     format!(
-        "SELECT p.digest, p.source, p.pinned_at, p.history,
+        "p.digest, p.source, p.pinned_at, p.history,
            (SELECT COALESCE(jsonb_agg(jsonb_build_object(
                 'digest', c.digest, 'request_id', c.request_id, 'claimed_at', c.claimed_at,
                 'kind', c.kind, 'release_id', c.release_id) ORDER BY c.position), '[]'::jsonb)
-            FROM claims c WHERE c.repository = $1 AND c.tag = $2) AS writes,
-           (SELECT r.record FROM releases r WHERE r.repository = $1 AND r.tag = $2) AS release,
-           (SELECT n.history FROM notes n WHERE n.repository = $1 AND n.tag = $2) AS notes,
-           {DB_NOW} AS now
-         FROM (VALUES (1)) AS one LEFT JOIN pins p ON p.repository = $1 AND p.tag = $2"
+            FROM claims c WHERE c.repository = {repo} AND c.tag = {tag}) AS writes,
+           (SELECT r.record FROM releases r WHERE r.repository = {repo} AND r.tag = {tag}) AS release,
+           (SELECT n.history FROM notes n WHERE n.repository = {repo} AND n.tag = {tag}) AS notes,
+           {DB_NOW} AS now"
+    )
+}
+
+/// A tag's whole record and the database's clock, in one statement (one snapshot).
+fn record_sql() -> String {
+    format!(
+        "SELECT {} FROM (VALUES (1)) AS one LEFT JOIN pins p ON p.repository = $1 AND p.tag = $2",
+        record_columns("$1", "$2")
     )
 }
 
@@ -44,30 +50,34 @@ pub(super) fn read_record<C: GenericClient>(
     repo: &Repository,
     tag: &Tag,
 ) -> Result<(TagRecord, u64), StoreError> {
-    let key = lock_key(repo, tag);
     let row = c
         .query_one(&record_sql(), &[&repo.as_str(), &tag.as_str()])
         .map_err(db)?;
+    record_of_row(&row, &lock_key(repo, tag))
+}
+
+/// A record read with [`record_columns`] (`key` names it in errors), and the clock.
+pub(super) fn record_of_row(row: &postgres::Row, key: &str) -> Result<(TagRecord, u64), StoreError> {
     let pin = match row.get::<_, Option<String>>("digest") {
         Some(digest) => Some(Pin {
-            digest: crate::oci::Digest::parse(&digest).map_err(|e| corrupt(&key, e))?,
+            digest: crate::oci::Digest::parse(&digest).map_err(|e| corrupt(key, e))?,
             source: match row.get::<_, String>("source").as_str() {
                 "push" => PinSource::Push,
                 "adopted" => PinSource::Adopted,
-                other => return Err(corrupt(&key, format!("unknown source {other}"))),
+                other => return Err(corrupt(key, format!("unknown source {other}"))),
             },
             pinned_at: row.get::<_, i64>("pinned_at") as u64,
-            history: serde_json::from_value(row.get("history")).map_err(|e| corrupt(&key, e))?,
+            history: serde_json::from_value(row.get("history")).map_err(|e| corrupt(key, e))?,
         }),
         None => None,
     };
-    let writes: Vec<Claim> = serde_json::from_value(row.get("writes")).map_err(|e| corrupt(&key, e))?;
+    let writes: Vec<Claim> = serde_json::from_value(row.get("writes")).map_err(|e| corrupt(key, e))?;
     let release = row
         .get::<_, Option<serde_json::Value>>("release")
-        .map(|v| serde_json::from_value(v).map_err(|e| corrupt(&key, e)))
+        .map(|v| serde_json::from_value(v).map_err(|e| corrupt(key, e)))
         .transpose()?;
     let history = match row.get::<_, Option<serde_json::Value>>("notes") {
-        Some(v) => serde_json::from_value(v).map_err(|e| corrupt(&key, e))?,
+        Some(v) => serde_json::from_value(v).map_err(|e| corrupt(key, e))?,
         None => Vec::new(),
     };
     let now = row.get::<_, i64>("now").max(0) as u64;
@@ -102,7 +112,7 @@ fn kind_str(k: ClaimKind) -> &'static str {
 }
 
 /// Write the parts of `after` that differ from `before` (what the tag holds now).
-fn write_record<C: GenericClient>(
+pub(super) fn write_record<C: GenericClient>(
     c: &mut C,
     repo: &Repository,
     tag: &Tag,
@@ -340,73 +350,6 @@ impl PgStore {
         }
         Ok(out)
     }
-
-    pub(super) fn import_records(&self, records: &[Exported], by: &str) -> Result<ImportOutcome, StoreError> {
-        let mut keys = records.iter().map(|r| lock_key(&r.repository, &r.tag)).collect();
-        self.with_locks(&mut keys, true, |tx| {
-            let (mut outcome, writes) = plan_import(records, |r| -> Result<_, StoreError> {
-                Ok(read_record(tx, &r.repository, &r.tag)?.0.state())
-            })?;
-            if !outcome.conflicts.is_empty() {
-                // Nothing written: the transaction commits no change.
-                return Ok(outcome);
-            }
-            let mut changed = Vec::new();
-            let mut head = log::lock_head(tx)?;
-            let mut entries = Vec::new();
-            for r in writes {
-                let (before, now) = read_record(tx, &r.repository, &r.tag)?;
-                let index = head.size() + entries.len() as u64;
-                let (after, entry) = imported_record(r, &before, by, now, index);
-                entries.extend(entry);
-                write_record(tx, &r.repository, &r.tag, &before, &after)?;
-                changed.push(lock_key(&r.repository, &r.tag));
-                outcome.imported += 1;
-            }
-            log::append(tx, &mut head, &entries)?;
-            notify(tx, &changed)?;
-            // The refused attempts of every record, written or unchanged: evidence the
-            // export carried, added to what the tag holds here.
-            for r in records.iter().filter(|r| !r.refused.is_empty()) {
-                import_refusals(tx, &r.repository, &r.tag, &r.refused)?;
-            }
-            Ok(outcome)
-        })
-    }
-}
-
-/// Add imported refused attempts to a tag's, inside the import's transaction: the merged
-/// list replaces the held one, oldest first, so ids keep the order.
-fn import_refusals(
-    tx: &mut postgres::Transaction<'_>,
-    repo: &Repository,
-    tag: &Tag,
-    imported: &[Refused],
-) -> Result<(), StoreError> {
-    let (r, t) = (repo.as_str(), tag.as_str());
-    let held: Vec<Refused> = tx
-        .query(
-            "SELECT record FROM refused WHERE repository = $1 AND tag = $2 ORDER BY id",
-            &[&r, &t],
-        )
-        .map_err(db)?
-        .iter()
-        .map(|row| serde_json::from_value(row.get(0)).map_err(|e| corrupt(&lock_key(repo, tag), e)))
-        .collect::<Result<_, _>>()?;
-    let Some(merged) = merge_refusals(&held, imported) else {
-        return Ok(());
-    };
-    tx.execute("DELETE FROM refused WHERE repository = $1 AND tag = $2", &[&r, &t])
-        .map_err(db)?;
-    for refused in &merged {
-        let record = serde_json::to_value(refused).expect("serialising a refusal cannot fail");
-        tx.execute(
-            "INSERT INTO refused (repository, tag, record) VALUES ($1, $2, $3)",
-            &[&r, &t, &record],
-        )
-        .map_err(db)?;
-    }
-    Ok(())
 }
 
 /// How [`PgStore::update_records`] writes.
@@ -454,9 +397,16 @@ impl PgStore {
         keys.sort();
         keys.dedup();
         // With the first lock (one round trip): this session keeps the log, so schema 5's
-        // trigger lets it write pins; and how the commit waits.
+        // trigger lets it write pins; how the commit waits; and, for a durable write (one
+        // that can bind or claim a tag), the import gate, shared ([`super::import`]). A
+        // confirmation does not wait for an import: it only settles a tag that already
+        // has a write in flight, which an import never writes (it is a conflict there).
         let settings = if durable {
-            "set_config('tagpin.log', 'on', true)"
+            concat!(
+                "pg_advisory_xact_lock_shared(",
+                gate_key!(),
+                "), set_config('tagpin.log', 'on', true)"
+            )
         } else {
             "set_config('tagpin.log', 'on', true), set_config('synchronous_commit', 'off', true)"
         };

@@ -49,11 +49,16 @@ impl TxLog<'_> {
     /// Append `entries` (numbered from `head.size()`) and write the new head.
     pub fn append(&self, head: &mut Frontier, entries: &[LogEntry]) -> TxResult<()> {
         let appended = log::append(head, entries);
-        for (index, leaf) in appended.leaves {
-            self.leaves.insert(&index.to_be_bytes(), leaf)?;
+        self.put(&appended, head)
+    }
+
+    /// Write entries appended (and hashed) beforehand, and `head`, the head after them.
+    pub fn put(&self, appended: &log::Appended, head: &Frontier) -> TxResult<()> {
+        for (index, leaf) in &appended.leaves {
+            self.leaves.insert(&index.to_be_bytes(), leaf.as_slice())?;
         }
-        for (id, hash) in appended.nodes {
-            self.nodes.insert(&node_key(id), &hash[..])?;
+        for (id, hash) in &appended.nodes {
+            self.nodes.insert(&node_key(*id), &hash[..])?;
         }
         self.meta.insert(HEAD_KEY, head.encode())?;
         Ok(())

@@ -18,7 +18,9 @@
 //!   recorded;
 //! - `refused`:   `repo \0 tag`             -> JSON list of the last refused attempts;
 //! - `meta`:      `format`                  -> the record format ([`records::FORMAT`]);
-//!   `log_head` -> the log's size and right frontier;
+//!   `log_head` -> the log's size and right frontier; `import` -> the journal of an import
+//!   being written ([`import`]), whose records wait, sorted, in a file `import-<id>.jsonl`
+//!   of the data dir;
 //! - `log_leaves`, `log_nodes`: the log's entries and subtree hashes ([`log`]), appended
 //!   in the transaction that writes the records they describe.
 //!
@@ -44,9 +46,11 @@
 //! failed write acts on nothing it wrote (it got the error).
 
 mod deletes;
+mod import;
 mod log;
 mod migrate;
 mod records;
+mod spool;
 mod tags;
 #[cfg(test)]
 mod tests;
@@ -60,8 +64,8 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 use self::records::{corrupt, decode_pin, decode_refusals, decode_writes, encode_pin, encode_refusals, encode_writes};
 use super::{
-    DeleteRecord, Exported, ImportOutcome, PinStore, Protect, ReadView, Refused, StoreError, TagRecord, TagState,
-    MAX_REFUSALS,
+    gate::Gate, DeleteRecord, ImportError, ImportOutcome, ImportSource, PinStore, Protect, ReadView, Refused,
+    StoreError, TagRecord, TagState, MAX_REFUSALS,
 };
 use crate::oci::{Digest, Repository, Tag};
 
@@ -78,6 +82,8 @@ pub struct SledStore {
     dirty: AtomicBool,
     /// Flushes this store waited for.
     flushes: AtomicU64,
+    /// Held shared by every update, exclusively by an import's write ([`import`]).
+    gate: Gate,
     /// Held for the store's lifetime: one tagpin per data dir.
     _lock: File,
 }
@@ -98,6 +104,9 @@ struct Trees {
     meta: sled::Tree,
     log_leaves: sled::Tree,
     log_nodes: sled::Tree,
+    /// An import's write failed part-way: this database is not served again; a reopen
+    /// finishes the import ([`import`]).
+    import_owed: AtomicBool,
 }
 
 impl Trees {
@@ -148,9 +157,11 @@ impl Trees {
             meta: tree("meta")?,
             log_leaves: tree("log_leaves")?,
             log_nodes: tree("log_nodes")?,
+            import_owed: AtomicBool::new(false),
             db,
         };
         trees.migrate()?;
+        trees.finish_import(dir)?;
         Ok(trees)
     }
 }
@@ -244,6 +255,7 @@ impl SledStore {
             trees: RwLock::new(None),
             dirty: AtomicBool::new(false),
             flushes: AtomicU64::new(0),
+            gate: Gate::new(super::gate::SHARED_WAIT),
             _lock: lock,
         })
     }
@@ -277,7 +289,7 @@ impl SledStore {
                 return Ok(t);
             }
         } else if let Some(t) = &current {
-            if t.db.flush().is_ok() {
+            if !t.import_owed.load(Ordering::Acquire) && t.db.flush().is_ok() {
                 self.dirty.store(false, Ordering::Release);
                 return Ok(Arc::clone(t));
             }
@@ -449,6 +461,7 @@ impl PinStore for SledStore {
         tags: &[Tag],
         change: &mut dyn FnMut(u64, &mut [TagRecord]),
     ) -> Result<Vec<TagRecord>, StoreError> {
+        let _gate = self.gate.shared()?;
         self.update_records(repo, tags, change)
     }
 
@@ -575,8 +588,8 @@ impl PinStore for SledStore {
             .collect()
     }
 
-    fn import(&self, records: &[Exported], by: &str) -> Result<ImportOutcome, StoreError> {
-        self.import_records(records, by)
+    fn import_from(&self, source: &mut dyn ImportSource, by: &str) -> Result<ImportOutcome, ImportError> {
+        self.import_stream(source, by)
     }
 
     fn confirm(

@@ -1,7 +1,7 @@
 //! A tag's record in the sled backend: its pin, writes in flight, release and the
 //! history of a tag with no pin yet, kept in four trees under one key and read and
 //! changed together in one transaction, with the `by_digest` index following every
-//! change; and the views built from them (listing, holders) and import.
+//! change; and the views built from them (listing, holders).
 
 use std::cell::RefCell;
 
@@ -9,32 +9,27 @@ use sled::transaction::TransactionalTree;
 use sled::Transactional;
 
 use super::log::TxLog;
-use super::records::{
-    decode_notes, decode_pin_digest, decode_refusals, decode_release, encode_notes, encode_refusals, encode_release,
-};
+use super::records::{decode_notes, decode_pin_digest, decode_release, encode_notes, encode_release};
 use super::{
     abort, corrupt, decode_pin, decode_writes, encode_pin, encode_writes, io, repo_prefix, settle, tag_key, under,
     SledStore, TxResult,
 };
 use crate::log::entry;
 use crate::oci::{Digest, Repository, Tag};
-use crate::store::{
-    imported_record, merge_refusals, now_secs, plan_import, Exported, ImportOutcome, ReadView, StoreError, TagRecord,
-    TagState,
-};
+use crate::store::{now_secs, ReadView, StoreError, TagRecord, TagState};
 
 /// The trees of a tag's record, inside one transaction.
-struct TxTrees<'a> {
-    pins: &'a TransactionalTree,
-    claims: &'a TransactionalTree,
-    releases: &'a TransactionalTree,
-    notes: &'a TransactionalTree,
+pub(super) struct TxTrees<'a> {
+    pub pins: &'a TransactionalTree,
+    pub claims: &'a TransactionalTree,
+    pub releases: &'a TransactionalTree,
+    pub notes: &'a TransactionalTree,
     /// `None` where only reading.
-    index: Option<&'a TransactionalTree>,
+    pub index: Option<&'a TransactionalTree>,
 }
 
 impl TxTrees<'_> {
-    fn read(&self, key: &[u8]) -> TxResult<TagRecord> {
+    pub(super) fn read(&self, key: &[u8]) -> TxResult<TagRecord> {
         let pin = match self.pins.get(key)? {
             Some(v) => Some(decode_pin(key, &v).map_err(abort)?),
             None => None,
@@ -61,7 +56,7 @@ impl TxTrees<'_> {
 
     /// Write the parts of `after` that differ from `before` (what the tag holds now), and
     /// move the tag's index entries from the digests it no longer holds to the new ones.
-    fn write(&self, repo: &Repository, tag: &Tag, before: &TagRecord, after: &TagRecord) -> TxResult<()> {
+    pub(super) fn write(&self, repo: &Repository, tag: &Tag, before: &TagRecord, after: &TagRecord) -> TxResult<()> {
         let key = tag_key(repo, tag);
         if before.pin != after.pin {
             put(self.pins, &key, after.pin.as_ref().map(encode_pin))?;
@@ -314,65 +309,5 @@ impl SledStore {
             }
         }
         Ok(out)
-    }
-
-    pub(super) fn import_records(&self, records: &[Exported], by: &str) -> Result<ImportOutcome, StoreError> {
-        let t = self.trees()?;
-        let trees = (
-            &t.pins,
-            &t.claims,
-            &t.releases,
-            &t.notes,
-            &t.by_digest,
-            &t.refused,
-            &t.log_leaves,
-            &t.log_nodes,
-            &t.meta,
-        );
-        let result = trees.transaction(|(pins, claims, releases, notes, index, refused, leaves, nodes, meta)| {
-            let tx = TxTrees {
-                pins,
-                claims,
-                releases,
-                notes,
-                index: Some(index),
-            };
-            let log = TxLog { leaves, nodes, meta };
-            let mut head = log.head()?;
-            let mut entries = Vec::new();
-            let (mut outcome, writes) = plan_import(records, |r| -> TxResult<_> {
-                Ok(tx.read(&tag_key(&r.repository, &r.tag))?.state())
-            })?;
-            if !outcome.conflicts.is_empty() {
-                return Ok(outcome);
-            }
-            for r in writes {
-                let before = tx.read(&tag_key(&r.repository, &r.tag))?;
-                let index = head.size() + entries.len() as u64;
-                let (after, entry) = imported_record(r, &before, by, now_secs(), index);
-                entries.extend(entry);
-                tx.write(&r.repository, &r.tag, &before, &after)?;
-                outcome.imported += 1;
-            }
-            log.append(&mut head, &entries)?;
-            // The refused attempts of every record, written or unchanged: evidence the
-            // export carried, added to what the tag holds here.
-            for r in records.iter().filter(|r| !r.refused.is_empty()) {
-                let key = tag_key(&r.repository, &r.tag);
-                let held = match refused.get(&key)? {
-                    Some(v) => decode_refusals(&key, &v).map_err(abort)?,
-                    None => Vec::new(),
-                };
-                if let Some(merged) = merge_refusals(&held, &r.refused) {
-                    refused.insert(key, encode_refusals(&merged))?;
-                }
-            }
-            Ok(outcome)
-        });
-        let outcome = settle(result)?;
-        if outcome.imported > 0 {
-            self.flush_write(&t)?;
-        }
-        Ok(outcome)
     }
 }

@@ -396,3 +396,65 @@ fn after_a_failed_background_open_no_read_opens_the_store_on_the_callers_thread(
     );
     assert!(s.record(&repo, &tag).is_err(), "and that call fails closed");
 }
+
+/// `n` pins of `repo`, as an export holds them.
+fn exported(repo: &Repository, n: usize) -> Vec<crate::store::Exported> {
+    (0..n)
+        .map(|i| {
+            let digest = Digest::parse(&format!("sha256:{:064x}", i + 1)).unwrap();
+            let tag = Tag::parse(&format!("t{i:05}")).unwrap();
+            crate::store::Exported::of(repo.clone(), tag, &Pin::now(digest, PinSource::Push))
+        })
+        .collect()
+}
+
+#[test]
+fn an_import_whose_write_fails_is_finished_before_anything_is_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = Repository::parse("team/app").unwrap();
+    let records = exported(&repo, 2_500);
+    let s = SledStore::open(dir.path()).unwrap();
+    // The flush that makes the journal durable fails: the import is decided but not
+    // written, and the store answers nothing until it has finished it.
+    FAIL_FLUSH.with(|f| f.set(true));
+    assert!(s.import(&records, "test").is_err());
+    assert!(s.read_view_in_memory(&repo, &records[0].tag, true).is_none());
+    FAIL_FLUSH.with(|f| f.set(false));
+    // The next call reopens the store, which finishes the import first.
+    let last = &records[records.len() - 1];
+    assert_eq!(
+        s.state(&repo, &last.tag).unwrap().map(|st| st.digest().clone()),
+        Some(last.digest.clone())
+    );
+    assert_eq!(s.log_head().unwrap().size(), 2_500);
+    assert_eq!(s.list(Some(&repo), None, 10_000).unwrap().len(), 2_500);
+    let files: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(files.len(), 2, "only the store and its lock are left: {files:?}");
+}
+
+#[test]
+fn an_import_cut_short_is_finished_when_the_store_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = Repository::parse("team/app").unwrap();
+    let records = exported(&repo, 2_500);
+    {
+        let s = SledStore::open(dir.path()).unwrap();
+        FAIL_FLUSH.with(|f| f.set(true));
+        assert!(s.import(&records, "test").is_err());
+        FAIL_FLUSH.with(|f| f.set(false));
+        // Dropped here, as a process would stop: the journal is all that was written.
+    }
+    // A staging file of an import that never got to its write is left behind too.
+    std::fs::write(dir.path().join("import-1-1.jsonl.run0"), b"x").unwrap();
+    let s = SledStore::open(dir.path()).unwrap();
+    assert_eq!(s.log_head().unwrap().size(), 2_500);
+    assert_eq!(s.list(Some(&repo), None, 10_000).unwrap().len(), 2_500);
+    assert!(!dir.path().join("import-1-1.jsonl.run0").exists());
+    // Importing the same records again changes nothing.
+    let again = s.import(&records, "test").unwrap();
+    assert_eq!((again.imported, again.unchanged), (0, 2_500));
+}
