@@ -53,6 +53,14 @@ pub(super) fn notify<C: GenericClient>(c: &mut C, keys: &[String]) -> Result<(),
     Ok(())
 }
 
+/// Send, at commit, the notification that every tag may have changed (an import, which
+/// would otherwise send one per tag it writes).
+pub(super) fn notify_every_tag<C: GenericClient>(c: &mut C) -> Result<(), StoreError> {
+    c.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &EVERY_TAG])
+        .map_err(db)?;
+    Ok(())
+}
+
 /// The cache and its listener thread, which starts with the first read that may use it
 /// and stops when the cache is dropped.
 pub(super) struct ReadCache {

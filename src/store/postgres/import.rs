@@ -17,7 +17,7 @@ use std::collections::HashMap;
 
 use postgres::Transaction;
 
-use super::cache::notify;
+use super::cache::notify_every_tag;
 use super::tags::{record_columns, record_of_row, write_record};
 use super::{corrupt, db, lock_key, log, PgStore};
 use crate::log::Frontier;
@@ -88,6 +88,11 @@ impl PgStore {
             return Ok(ImportOutcome { imported: 0, ..outcome });
         }
         source.writing(&outcome);
+        if outcome.imported > 0 {
+            // An import writes only tags with no pin, which no replica caches; one
+            // notification, not one per tag, in case a future cache holds more.
+            notify_every_tag(&mut tx)?;
+        }
         tx.commit().map_err(db)?;
         Ok(outcome)
     }
@@ -196,7 +201,6 @@ fn write_batch(
     outcome: &mut ImportOutcome,
 ) -> Result<(), StoreError> {
     let mut entries = Vec::with_capacity(writes.len());
-    let mut changed = Vec::with_capacity(writes.len());
     let (mut repos, mut tags, mut digests, mut sources, mut at, mut histories) =
         (vec![], vec![], vec![], vec![], vec![], vec![]);
     for (i, before, now) in writes {
@@ -218,7 +222,6 @@ fn write_batch(
             }
             _ => write_record(tx, &r.repository, &r.tag, &before, &after)?,
         }
-        changed.push(lock_key(&r.repository, &r.tag));
         outcome.imported += 1;
     }
     if !repos.is_empty() {
@@ -229,8 +232,7 @@ fn write_batch(
         )
         .map_err(db)?;
     }
-    log::append(tx, head, &entries)?;
-    notify(tx, &changed)
+    log::append(tx, head, &entries)
 }
 
 /// Add imported refused attempts to a tag's, inside the import's transaction: the merged
