@@ -561,3 +561,89 @@ fn an_online_import_cut_short_by_a_shutdown_writes_nothing() {
     );
     assert_eq!(a.log_size(), before, "the log grew");
 }
+
+/// Review (streaming import): pushes of other tags whose claims were made before an
+/// online import began (forwarded, held at a relay on their way to the upstream), and
+/// which the upstream applies while the import writes. Nothing conflicts: each push must
+/// be answered 201 and pinned, and the import must succeed. (Seen: on sled, a push's
+/// settlement, which does not wait for the import, makes the import's batch find the
+/// log grown; the import is answered with an error though the store then writes it
+/// whole when it reopens. On PostgreSQL, the settlement waits for the log's head, which
+/// the import holds to its commit, and is refused once `lock_timeout` passes: the
+/// upstream holds the push, its client got an error.)
+#[test]
+fn pushes_of_other_tags_settling_while_an_import_writes_are_pinned_and_the_import_succeeds() {
+    const PUSHES: usize = 16;
+    let registry = Registry::start();
+    let relay = hold::HoldRelay::start(registry.addr);
+    let data = tempfile::tempdir().unwrap();
+    let secrets = AdminSecrets::new();
+    let flags = secrets.flags();
+    let tagpin = Tagpin::start(
+        &relay.url(),
+        data.path(),
+        &flags.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let a = Admin {
+        stack: Stack { registry, tagpin, data },
+        secrets,
+    };
+    let (addr, admin) = (a.stack.tagpin.addr, a.stack.tagpin.admin_addr());
+    let url = store_url(a.stack.data.path());
+    // PostgreSQL: enough that the import still writes `lock_timeout` (5 s) after the
+    // pushes settle.
+    let pins = if url.is_some() { 100_000 } else { 20_000 };
+    let repo = "held/app";
+    let images: Vec<Image> = (0..PUSHES).map(|i| Image::random(7300 + i as u64, 300)).collect();
+    for (i, img) in images.iter().enumerate() {
+        img.push_blobs(a.stack.registry.addr, repo, "");
+        relay.hold("PUT", &format!("/v2/{repo}/manifests/p{i}"), 1);
+    }
+    let pushes: Vec<_> = images
+        .iter()
+        .cloned()
+        .enumerate()
+        .map(|(i, img)| std::thread::spawn(move || img.put_manifest(addr, repo, &format!("p{i}"), "").status))
+        .collect();
+    relay.wait_held(PUSHES);
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_file(dir.path(), "other.jsonl", &records("other/app", pins, "other"));
+    let log_before = a.log_size();
+    let started = Instant::now();
+    let import = import_online(&a.secrets, admin, &file);
+    let in_time = wait_for(&a, url.as_deref(), Phase::Writing, log_before, &import);
+    assert!(in_time, "the import ended before it was seen writing");
+    // The upstream gets the pushes, 10 ms apart, while the import writes.
+    let requests = relay.requests();
+    for i in 0..PUSHES {
+        relay.release(i);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let statuses: Vec<u16> = pushes.into_iter().map(|p| p.join().unwrap()).collect();
+    let out = import.join().unwrap();
+    println!(
+        "import of {pins} in {:?}: exit {}\n{}{}pushes {statuses:?}",
+        started.elapsed(),
+        out.code,
+        out.stdout,
+        out.stderr
+    );
+    println!(
+        "after the import: other/app:t000000 held to {:?}, log grew by {}",
+        held_to(&a, "other/app:t000000"),
+        a.log_size() - log_before
+    );
+    for (i, img) in images.iter().enumerate() {
+        let tag = format!("p{i}");
+        assert_eq!(
+            upstream_digest(&a.stack.registry, repo, &tag).as_deref(),
+            Some(img.digest().as_str()),
+            "{repo}:{tag}: the upstream did not apply the push ({requests:?})"
+        );
+    }
+    assert!(
+        statuses.iter().all(|s| *s == 201),
+        "pushes the upstream applied, of tags the import does not name, were answered {statuses:?}"
+    );
+    assert_eq!(out.code, 0, "an import that conflicts with nothing failed: {out:?}");
+}
