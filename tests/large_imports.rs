@@ -647,3 +647,58 @@ fn pushes_of_other_tags_settling_while_an_import_writes_are_pinned_and_the_impor
     );
     assert_eq!(out.code, 0, "an import that conflicts with nothing failed: {out:?}");
 }
+
+/// Review (streaming import): memory stays bounded by the import's own batches, whose
+/// size is counted in records, not bytes: pins with long histories (600 entries, about
+/// 90 KB a line, far below the 16 MiB a line may take) fill a batch with hundreds of
+/// MiB, and the import that streams 10,000 short pins under [`LIMIT`] runs out of memory
+/// on 2,500 long ones (a file of about 220 MB).
+#[test]
+fn an_import_of_pins_with_long_histories_stays_within_the_memory_allowed() {
+    const PINS: usize = 2_500;
+    const EVENTS: usize = 600;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("long.jsonl");
+    {
+        use std::io::Write;
+        let mut out = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+        for i in 0..PINS {
+            let d = digest("long", i);
+            let history: Vec<serde_json::Value> = (0..EVENTS)
+                .map(|n| json!({"at": 1_700_000_000 + n, "event": "push", "digest": d, "request_id": format!("req-{i}-{n}")}))
+                .collect();
+            let line = json!({
+                "repository": "long/app",
+                "tag": format!("t{i:06}"),
+                "digest": d,
+                "source": "push",
+                "pinned_at": 1_700_000_000,
+                "history": history,
+            });
+            writeln!(out, "{line}").unwrap();
+        }
+    }
+    let size = std::fs::metadata(&path).unwrap().len();
+    let store = offline_store(&dir.path().join("data"));
+    let out = run(&with(&["import", &path.display().to_string()], &store), Some(LIMIT));
+    println!(
+        "import of {size} bytes ({PINS} pins of {EVENTS} events) under a {LIMIT}-byte address space: exit {}\n{}{}",
+        out.code, out.stdout, out.stderr
+    );
+    if let Ok(files) = std::fs::read_dir(dir.path().join("data")) {
+        let names: Vec<_> = files.flatten().map(|e| e.file_name()).collect();
+        println!("the data dir after it: {names:?}");
+    }
+    if out.code != 0 {
+        // Whether the store opens again under the same limit (sled finishes an import
+        // whose journal was written before it does anything else).
+        let again = run(&with(&["export"], &store), Some(LIMIT));
+        println!(
+            "export under the same limit after it: exit {}, {} lines\n{}",
+            again.code,
+            again.stdout.lines().count(),
+            again.stderr.lines().take(3).collect::<Vec<_>>().join("\n")
+        );
+    }
+    assert_eq!(out.code, 0, "{out:?}");
+}
