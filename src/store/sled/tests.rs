@@ -537,3 +537,35 @@ fn a_push_settling_another_tag_while_an_import_writes_does_not_fail_the_import()
         failures.len()
     );
 }
+
+/// Review (streaming import): two imports at once that name one tag with two digests:
+/// exactly one writes (the other finds the tag held, checking again under the gate
+/// since a write finished meanwhile), whichever order they reach their write in.
+#[test]
+fn two_imports_at_once_naming_one_tag_two_ways_write_once() {
+    let repo = Repository::parse("team/app").unwrap();
+    for round in 0..10 {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Arc::new(SledStore::open(dir.path()).unwrap());
+        let mut a = exported(&repo, 3_000);
+        let mut b = exported(&Repository::parse("team/other").unwrap(), 3_000);
+        // The last tag of `a`, in `b` too with another digest.
+        let mut shared = a[a.len() - 1].clone();
+        shared.digest = d('f');
+        b.push(shared);
+        a.rotate_left(round % 3);
+        let imports: Vec<_> = [a, b]
+            .into_iter()
+            .map(|records| {
+                let s = Arc::clone(&s);
+                std::thread::spawn(move || s.import(&records, "test").unwrap())
+            })
+            .collect();
+        let outcomes: Vec<ImportOutcome> = imports.into_iter().map(|i| i.join().unwrap()).collect();
+        let wrote: Vec<bool> = outcomes.iter().map(|o| o.conflicting == 0).collect();
+        assert_eq!(wrote.iter().filter(|w| **w).count(), 1, "round {round}: {outcomes:?}");
+        let held = s.log_head().unwrap().size();
+        let expected = if wrote[0] { 3_000 } else { 3_001 };
+        assert_eq!(held, expected, "round {round}: the log holds the winner's pins only");
+    }
+}
