@@ -702,3 +702,38 @@ fn an_import_of_pins_with_long_histories_stays_within_the_memory_allowed() {
     }
     assert_eq!(out.code, 0, "{out:?}");
 }
+
+/// Review (streaming import): an online import whose client goes away after whole lines,
+/// before the length it declared, writes nothing (the body's end is an error, not the
+/// end of the import), and tagpin goes on serving.
+#[test]
+fn an_online_import_whose_client_goes_away_after_whole_lines_writes_nothing() {
+    use std::io::{Read, Write};
+    const SENT: usize = 400;
+    let a = Admin::start();
+    let before = a.log_size();
+    let admin = a.stack.tagpin.admin_addr();
+    let body: String = records("gone/app", SENT, "gone")
+        .iter()
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let mut conn = std::net::TcpStream::connect(admin).unwrap();
+    write!(
+        conn,
+        "POST /admin/v1/import HTTP/1.1\r\nHost: {admin}\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/x-ndjson\r\nContent-Length: {}\r\n\r\n",
+        common::admin::TOKEN,
+        2 * body.len()
+    )
+    .unwrap();
+    conn.write_all(body.as_bytes()).unwrap();
+    // Half-close: tagpin sees the body end early, and can still answer.
+    conn.shutdown(std::net::Shutdown::Write).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut answer = String::new();
+    let _ = conn.read_to_string(&mut answer);
+    println!("answer to the cut body: {}", answer.lines().next().unwrap_or("(none)"));
+    let pinned = a.pinned().into_keys().filter(|r| r.starts_with("gone/app:")).count();
+    assert_eq!(pinned, 0, "a body cut after {SENT} whole lines wrote {pinned} pins");
+    assert_eq!(a.log_size(), before, "the log grew");
+}
