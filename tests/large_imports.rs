@@ -737,3 +737,46 @@ fn an_online_import_whose_client_goes_away_after_whole_lines_writes_nothing() {
     assert_eq!(pinned, 0, "a body cut after {SENT} whole lines wrote {pinned} pins");
     assert_eq!(a.log_size(), before, "the log grew");
 }
+
+/// Review (streaming import): a chunked body (no length declared) of whole lines that
+/// passes `max_import_bytes` is refused and writes nothing, though every line before the
+/// limit is a good record.
+#[test]
+fn a_chunked_online_import_over_max_import_bytes_writes_nothing() {
+    use std::io::{Read, Write};
+    const LIMIT_BYTES: usize = 1 << 20;
+    let secrets = AdminSecrets::new();
+    let mut flags = secrets.flags();
+    flags.extend(["--max-import-bytes".to_owned(), LIMIT_BYTES.to_string()]);
+    let stack = Stack::start(&flags.iter().map(String::as_str).collect::<Vec<_>>());
+    let a = Admin { stack, secrets };
+    let before = a.log_size();
+    let admin = a.stack.tagpin.admin_addr();
+    let mut conn = std::net::TcpStream::connect(admin).unwrap();
+    write!(
+        conn,
+        "POST /admin/v1/import HTTP/1.1\r\nHost: {admin}\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+        common::admin::TOKEN,
+    )
+    .unwrap();
+    let mut sent = 0;
+    for line in records("over/app", 6_000, "over") {
+        let chunk = format!("{line}\n");
+        sent += chunk.len();
+        // tagpin may answer and close once the limit is passed.
+        if write!(conn, "{:x}\r\n{chunk}\r\n", chunk.len()).is_err() {
+            break;
+        }
+    }
+    let _ = conn.write_all(b"0\r\n\r\n");
+    assert!(sent > LIMIT_BYTES, "the body passes the limit");
+    conn.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut answer = String::new();
+    let _ = conn.read_to_string(&mut answer);
+    println!("answer to {sent} bytes: {}", answer.lines().next().unwrap_or("(none)"));
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    let pinned = a.pinned().into_keys().filter(|r| r.starts_with("over/app:")).count();
+    assert_eq!(pinned, 0, "a body over the limit wrote {pinned} pins");
+    assert_eq!(a.log_size(), before, "the log grew");
+}
