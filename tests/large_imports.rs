@@ -593,59 +593,71 @@ fn pushes_of_other_tags_settling_while_an_import_writes_are_pinned_and_the_impor
     // PostgreSQL: enough that the import still writes `lock_timeout` (5 s) after the
     // pushes settle.
     let pins = if url.is_some() { 100_000 } else { 20_000 };
-    let repo = "held/app";
-    let images: Vec<Image> = (0..PUSHES).map(|i| Image::random(7300 + i as u64, 300)).collect();
-    for (i, img) in images.iter().enumerate() {
-        img.push_blobs(a.stack.registry.addr, repo, "");
-        relay.hold("PUT", &format!("/v2/{repo}/manifests/p{i}"), 1);
-    }
-    let pushes: Vec<_> = images
-        .iter()
-        .cloned()
-        .enumerate()
-        .map(|(i, img)| std::thread::spawn(move || img.put_manifest(addr, repo, &format!("p{i}"), "").status))
-        .collect();
-    relay.wait_held(PUSHES);
-    let dir = tempfile::tempdir().unwrap();
-    let file = write_file(dir.path(), "other.jsonl", &records("other/app", pins, "other"));
-    let log_before = a.log_size();
-    let started = Instant::now();
-    let import = import_online(&a.secrets, admin, &file);
-    let in_time = wait_for(&a, url.as_deref(), Phase::Writing, log_before, &import);
-    assert!(in_time, "the import ended before it was seen writing");
-    // The upstream gets the pushes, 10 ms apart, while the import writes.
-    let requests = relay.requests();
-    for i in 0..PUSHES {
-        relay.release(i);
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let statuses: Vec<u16> = pushes.into_iter().map(|p| p.join().unwrap()).collect();
-    let out = import.join().unwrap();
-    println!(
-        "import of {pins} in {:?}: exit {}\n{}{}pushes {statuses:?}",
-        started.elapsed(),
-        out.code,
-        out.stdout,
-        out.stderr
-    );
-    println!(
-        "after the import: other/app:t000000 held to {:?}, log grew by {}",
-        held_to(&a, "other/app:t000000"),
-        a.log_size() - log_before
-    );
-    for (i, img) in images.iter().enumerate() {
-        let tag = format!("p{i}");
-        assert_eq!(
-            upstream_digest(&a.stack.registry, repo, &tag).as_deref(),
-            Some(img.digest().as_str()),
-            "{repo}:{tag}: the upstream did not apply the push ({requests:?})"
+    // sled: the settlement must land in a batch's preparation; a few rounds, each with
+    // pushes of their own, stopping at the first that goes wrong.
+    let rounds = if url.is_some() { 1 } else { 3 };
+    for round in 0..rounds {
+        let repo = format!("held/app{round}");
+        let repo = repo.as_str();
+        let other = format!("other{round}/app");
+        let images: Vec<Image> = (0..PUSHES)
+            .map(|i| Image::random(7300 + 100 * round as u64 + i as u64, 300))
+            .collect();
+        for (i, img) in images.iter().enumerate() {
+            img.push_blobs(a.stack.registry.addr, repo, "");
+            relay.hold("PUT", &format!("/v2/{repo}/manifests/p{i}"), 1);
+        }
+        let pushes: Vec<_> = images
+            .iter()
+            .cloned()
+            .enumerate()
+            .map(|(i, img)| {
+                let repo = repo.to_owned();
+                std::thread::spawn(move || img.put_manifest(addr, &repo, &format!("p{i}"), "").status)
+            })
+            .collect();
+        relay.wait_held(PUSHES);
+        let dir = tempfile::tempdir().unwrap();
+        let file = write_file(dir.path(), "other.jsonl", &records(&other, pins, "other"));
+        let log_before = a.log_size();
+        let started = Instant::now();
+        let import = import_online(&a.secrets, admin, &file);
+        let in_time = wait_for(&a, url.as_deref(), Phase::Writing, log_before, &import);
+        assert!(in_time, "the import ended before it was seen writing");
+        // The upstream gets the pushes, 10 ms apart, while the import writes.
+        let requests = relay.requests();
+        for i in 0..PUSHES {
+            relay.release(i);
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let statuses: Vec<u16> = pushes.into_iter().map(|p| p.join().unwrap()).collect();
+        let out = import.join().unwrap();
+        println!(
+            "round {round}: import of {pins} in {:?}: exit {}\n{}{}pushes {statuses:?}",
+            started.elapsed(),
+            out.code,
+            out.stdout,
+            out.stderr
         );
+        println!(
+            "after the import: {other}:t000000 held to {:?}, log grew by {}",
+            held_to(&a, &format!("{other}:t000000")),
+            a.log_size() - log_before
+        );
+        for (i, img) in images.iter().enumerate() {
+            let tag = format!("p{i}");
+            assert_eq!(
+                upstream_digest(&a.stack.registry, repo, &tag).as_deref(),
+                Some(img.digest().as_str()),
+                "{repo}:{tag}: the upstream did not apply the push ({requests:?})"
+            );
+        }
+        assert!(
+            statuses.iter().all(|s| *s == 201),
+            "pushes the upstream applied, of tags the import does not name, were answered {statuses:?}"
+        );
+        assert_eq!(out.code, 0, "an import that conflicts with nothing failed: {out:?}");
     }
-    assert!(
-        statuses.iter().all(|s| *s == 201),
-        "pushes the upstream applied, of tags the import does not name, were answered {statuses:?}"
-    );
-    assert_eq!(out.code, 0, "an import that conflicts with nothing failed: {out:?}");
 }
 
 /// Review (streaming import): memory stays bounded by the import's own batches, whose
