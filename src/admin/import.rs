@@ -71,11 +71,13 @@ fn too_large(limit: u64) -> ProxyError {
     ))
 }
 
-/// The body's chunks, or why it ended early.
+/// The body's chunks, or why it ended early; an empty chunk says it ended whole.
 type Chunks = tokio::sync::mpsc::Receiver<Result<Bytes, String>>;
 
-/// Send `body`'s data to `tx`, refusing more than `limit` bytes. An error is also sent
-/// on, so the reader never takes a cut body for a whole one.
+/// Send `body`'s data to `tx`, refusing more than `limit` bytes, then an empty chunk
+/// once the body has ended whole. An error is also sent on, and a channel closed
+/// without the empty chunk (the request dropped, as at a shutdown) is an error to the
+/// reader too, so it never takes a cut body for a whole one.
 async fn pump(
     mut body: Incoming,
     tx: tokio::sync::mpsc::Sender<Result<Bytes, String>>,
@@ -92,6 +94,9 @@ async fn pump(
                 return Err(ProxyError::AdminBadRequest(why));
             }
         };
+        if data.is_empty() {
+            continue;
+        }
         total += data.len() as u64;
         if total > limit {
             let _ = tx.send(Err("the import is over max_import_bytes".into())).await;
@@ -101,6 +106,7 @@ async fn pump(
             return Ok(()); // the reader stopped: its own result says why
         }
     }
+    let _ = tx.send(Ok(Bytes::new())).await;
     Ok(())
 }
 
@@ -117,6 +123,7 @@ async fn streamed(
         let reader = BodyReader {
             rx,
             chunk: Bytes::new(),
+            ended: false,
         };
         let mut records = ExportReader::new(BufReader::with_capacity(1 << 20, reader));
         Ok(s.import_from(&mut records, &by))
@@ -132,13 +139,23 @@ async fn streamed(
 struct BodyReader {
     rx: Chunks,
     chunk: Bytes,
+    /// The body's end was received.
+    ended: bool,
 }
 
 impl Read for BodyReader {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         while self.chunk.is_empty() {
+            if self.ended {
+                return Ok(0);
+            }
             match self.rx.blocking_recv() {
-                None => return Ok(0),
+                None => {
+                    return Err(std::io::Error::other(
+                        "the request ended before its body was read whole (tagpin is stopping?)",
+                    ))
+                }
+                Some(Ok(chunk)) if chunk.is_empty() => self.ended = true,
                 Some(Ok(chunk)) => self.chunk = chunk,
                 Some(Err(why)) => return Err(std::io::Error::other(why)),
             }
@@ -169,7 +186,11 @@ async fn spool(body: Incoming, dir: PathBuf, limit: u64) -> Result<File, ProxyEr
     let (tx, mut rx): (_, Chunks) = tokio::sync::mpsc::channel(16);
     let writer = tokio::task::spawn_blocking(move || -> std::io::Result<File> {
         let mut out = BufWriter::with_capacity(1 << 20, unnamed_file(&dir)?);
+        // Whatever ended the body early, `pump`'s own result says so below.
         while let Some(Ok(chunk)) = rx.blocking_recv() {
+            if chunk.is_empty() {
+                break;
+            }
             out.write_all(&chunk)?;
         }
         let mut file = out.into_inner().map_err(|e| e.into_error())?;

@@ -13,6 +13,16 @@ use super::{Exported, PinStore, Refused, Repository, StoreError, Tag, TagState, 
 /// Conflicts named in an [`ImportOutcome`]; the rest are only counted.
 pub const MAX_NAMED_CONFLICTS: usize = 100;
 
+/// What one batch of an import may hold in all, in [`weight`]s: a few MiB of parsed
+/// records, however long their histories.
+pub const BATCH_WEIGHT: usize = 20_000;
+
+/// A record's share of a batch: one, and one for each entry of its history and refused
+/// attempt (each a few hundred bytes once parsed).
+pub fn weight(r: &Exported) -> usize {
+    1 + r.history.len() + r.refused.len()
+}
+
 /// Longest line of an export: a pin with a long history and every refused attempt kept
 /// is far shorter.
 const MAX_LINE: u64 = 16 << 20;

@@ -27,8 +27,8 @@ use crate::oci::{Digest, Repository, Tag};
 
 pub use self::history::{in_force_at, parse_query_time, parse_time, rfc3339, NoPinAt, PinAt};
 pub use self::import::{
-    export_page, imported_record, judge, merge_refusals, named_twice, ExportReader, ImportError, ImportOutcome,
-    ImportSource, Verdict, MAX_NAMED_CONFLICTS,
+    export_page, imported_record, judge, merge_refusals, named_twice, weight, ExportReader, ImportError, ImportOutcome,
+    ImportSource, Verdict, BATCH_WEIGHT, MAX_NAMED_CONFLICTS,
 };
 pub use self::model::*;
 pub use self::postgres::{PgStore, PgTls, ReadCacheStats, SslMode, TlsFileError};

@@ -23,11 +23,12 @@ use super::{corrupt, db, lock_key, log, PgStore};
 use crate::log::Frontier;
 use crate::oci::{Repository, Tag};
 use crate::store::{
-    imported_record, judge, merge_refusals, named_twice, Exported, ImportError, ImportOutcome, ImportSource, Refused,
-    StoreError, TagRecord, Verdict,
+    imported_record, judge, merge_refusals, named_twice, weight, Exported, ImportError, ImportOutcome, ImportSource,
+    Refused, StoreError, TagRecord, Verdict, BATCH_WEIGHT,
 };
 
-/// Records read, judged and written per round of statements.
+/// Records read, judged and written per round of statements (at most, and at most
+/// [`BATCH_WEIGHT`] in all).
 const BATCH: usize = 1000;
 
 /// The import gate's advisory lock key: a pair of int4s, a key space of its own, apart
@@ -72,9 +73,13 @@ impl PgStore {
         let mut batch = Vec::with_capacity(BATCH);
         loop {
             batch.clear();
-            while batch.len() < BATCH {
+            let mut held = 0;
+            while batch.len() < BATCH && held < BATCH_WEIGHT {
                 match source.next_record()? {
-                    Some(r) => batch.push(r),
+                    Some(r) => {
+                        held += weight(&r);
+                        batch.push(r);
+                    }
                     None => break,
                 }
             }

@@ -38,15 +38,15 @@ use super::spool::{self, Group, Groups};
 use super::tags::TxTrees;
 use super::{abort, corrupt, decode_pin, decode_writes, io, settle, SledStore, Trees};
 use crate::store::{
-    imported_record, judge, merge_refusals, named_twice, now_secs, ImportError, ImportOutcome, ImportSource,
-    StoreError, TagRecord, TagState, Verdict,
+    imported_record, judge, merge_refusals, named_twice, now_secs, weight, ImportError, ImportOutcome, ImportSource,
+    StoreError, TagRecord, TagState, Verdict, BATCH_WEIGHT,
 };
 
 /// The `meta` key of the journal of an import being written.
 const JOURNAL_KEY: &[u8] = b"import";
 /// An import's files in the data dir are named this, an id and `.jsonl`.
 const PREFIX: &str = "import-";
-/// Tags written per transaction: large enough that a transaction's own cost is small
+/// Tags written per transaction (at most, and at most [`BATCH_WEIGHT`] in all): large enough that a transaction's own cost is small
 /// beside its records', small enough that the reads it holds up (sled runs one
 /// transaction at a time, and reads wait for it) wait milliseconds.
 const BATCH: usize = 2000;
@@ -149,9 +149,13 @@ impl Trees {
         let mut groups = Groups::open(&dir.join(&journal.file), journal.offset)?;
         loop {
             let mut batch = Vec::with_capacity(BATCH);
-            while batch.len() < BATCH {
+            let mut held = 0;
+            while batch.len() < BATCH && held < BATCH_WEIGHT {
                 match groups.next_group()? {
-                    Some(g) => batch.push(g),
+                    Some(g) => {
+                        held += weight(&g.record);
+                        batch.push(g);
+                    }
                     None => break,
                 }
             }
@@ -179,22 +183,11 @@ impl Trees {
 
     /// One batch of tags (those in `writes`, with what they held, are written; every
     /// one's refused attempts are kept) and the journal moved past it, in one transaction.
-    /// The records, their log entries and hashes are made beforehand (under the gate,
-    /// nothing else appends to the log), so the transaction, which reads wait for, only
-    /// writes.
+    /// The log entries are numbered from the head the transaction reads: a push settling
+    /// another tag meanwhile (a confirmation does not wait for the gate) may have appended
+    /// its own entry since the batch was judged.
     fn write_batch(&self, batch: &[Group], writes: Vec<(usize, TagRecord)>, next: &Journal) -> Result<(), StoreError> {
         let journal = serde_json::to_vec(next).expect("serialising the journal cannot fail");
-        let mut head = self.log_head()?;
-        let start = head.size();
-        let mut entries = Vec::with_capacity(writes.len());
-        let mut records = Vec::with_capacity(writes.len());
-        for (i, before) in writes {
-            let r = &batch[i].record;
-            let (after, entry) = imported_record(r, &before, &next.by, next.now, start + entries.len() as u64);
-            entries.extend(entry);
-            records.push((r, before, after));
-        }
-        let appended = crate::log::append(&mut head, &entries);
         let trees = (
             &self.pins,
             &self.claims,
@@ -215,14 +208,17 @@ impl Trees {
                 index: Some(index),
             };
             let log = TxLog { leaves, nodes, meta };
-            if log.head()?.size() != start {
-                return Err(abort(corrupt(b"log_head", "the log grew while an import wrote it")));
-            }
-            for (r, before, after) in &records {
-                tx.write(&r.repository, &r.tag, before, after)?;
+            let mut head = log.head()?;
+            let start = head.size();
+            let mut entries = Vec::with_capacity(writes.len());
+            for (i, before) in &writes {
+                let r = &batch[*i].record;
+                let (after, entry) = imported_record(r, before, &next.by, next.now, start + entries.len() as u64);
+                entries.extend(entry);
+                tx.write(&r.repository, &r.tag, before, &after)?;
             }
             if !entries.is_empty() {
-                log.put(&appended, &head)?;
+                log.append(&mut head, &entries)?;
             }
             // The refused attempts of every record, written or unchanged: evidence the
             // export carried, added to what the tag holds here.

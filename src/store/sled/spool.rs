@@ -77,6 +77,12 @@ pub(super) fn sort_into(target: &Path, source: &mut dyn ImportSource) -> Result<
         File::open(target)
             .and_then(|f| f.sync_all())
             .map_err(|e| io("sync", target, e))?;
+        // The rename too: the journal written next names the file.
+        if let Some(dir) = target.parent() {
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| io("sync", dir, e))?;
+        }
         Ok(())
     })();
     if result.is_err() {
