@@ -520,7 +520,13 @@ fn a_sigkill_during_concurrent_pushes_leaves_every_pin_with_its_entry() {
             }
         }
     }
-    assert!(cp.size as usize >= pinned.len());
+    // Every 201 that survived as a pin has its entry (one kept only by its claim gets
+    // one when the recovery completes it).
+    let survived = pinned
+        .iter()
+        .filter(|(tag, _)| pins.contains_key(&format!("crash/app:{tag}")))
+        .count();
+    assert!(cp.size as usize >= survived, "{} entries for {survived} pins", cp.size);
     eprintln!(
         "{} pushes answered 201 before the kill, {cut} cut off by it; after the restart the log has {} entries \
          and {} pins",

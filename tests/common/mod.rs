@@ -14,6 +14,7 @@ pub mod gate;
 pub mod hold;
 pub mod http;
 pub mod image;
+pub mod import;
 pub mod lag;
 pub mod log_api;
 pub mod log_stack;

@@ -12,6 +12,12 @@
 //! them, and while no conflict has been found writes them: the pins in one statement,
 //! their log entries in another. After the first conflict it only checks, to count every
 //! conflict, and rolls back.
+//!
+//! The log's head stays locked until the import commits, so a settlement (which appends
+//! to the log) and a read of the head wait for it too, and give up at `lock_timeout`:
+//! a push forwarded before the import began and settling while it runs is answered 503,
+//! its tag still reserved by its claim for the pushed digest (a repeat of the push, or
+//! [`crate::handler::recover`], completes it).
 
 use std::collections::HashMap;
 

@@ -399,8 +399,9 @@ impl PgStore {
         // With the first lock (one round trip): this session keeps the log, so schema 5's
         // trigger lets it write pins; how the commit waits; and, for a durable write (one
         // that can bind or claim a tag), the import gate, shared ([`super::import`]). A
-        // confirmation does not wait for an import: it only settles a tag that already
-        // has a write in flight, which an import never writes (it is a conflict there).
+        // confirmation does not take the gate: it only settles a tag that already has a
+        // write in flight, which an import never writes (it is a conflict there). It
+        // still waits for the log's head, which an import holds until it commits.
         let settings = if durable {
             concat!(
                 "pg_advisory_xact_lock_shared(",
