@@ -225,7 +225,7 @@ fn pushes_of_other_tags_settling_while_an_import_writes_are_pinned_and_the_impor
                 std::thread::spawn(move || img.put_manifest(addr, &repo, &format!("p{i}"), "").status)
             })
             .collect();
-        relay.wait_held(PUSHES);
+        relay.wait_held(PUSHES * (round + 1));
         let dir = tempfile::tempdir().unwrap();
         let file = write_file(dir.path(), "other.jsonl", &records(&other, pins, "other"));
         let log_before = a.log_size();
@@ -236,7 +236,7 @@ fn pushes_of_other_tags_settling_while_an_import_writes_are_pinned_and_the_impor
         // The upstream gets the pushes, 10 ms apart, while the import writes.
         let requests = relay.requests();
         for i in 0..PUSHES {
-            relay.release(i);
+            relay.release(PUSHES * round + i);
             std::thread::sleep(Duration::from_millis(10));
         }
         let statuses: Vec<u16> = pushes.into_iter().map(|p| p.join().unwrap()).collect();
