@@ -119,28 +119,11 @@ fn an_online_import_racing_pushes_binds_each_tag_once() {
     race(&a, "race/writing", Phase::Writing);
 }
 
-/// Review (streaming import): an online import whose body is still arriving when tagpin
-/// is asked to stop, and whose client is still connected when the grace period ends,
-/// must write nothing: the body it read is cut short. (Seen on sled: the request's task
-/// is dropped with the runtime, so the channel feeding the body to the import closes,
-/// which the import reads as the body's end; it then writes the lines it received, and
-/// the runtime waits for that blocking write before the process exits.)
-#[test]
-fn an_online_import_cut_short_by_a_shutdown_writes_nothing() {
+/// An import request to the admin API at `admin` sending `lines` whole records of `repo`
+/// under a `Content-Length` of twice as much: the rest never comes.
+fn half_sent_import(admin: std::net::SocketAddr, repo: &str, lines: usize) -> std::net::TcpStream {
     use std::io::Write;
-    const SENT: usize = 400;
-    let secrets = AdminSecrets::new();
-    let mut flags = secrets.flags();
-    flags.extend(["--shutdown-grace-ms".to_owned(), "300".to_owned()]);
-    let stack = Stack::start(&flags.iter().map(String::as_str).collect::<Vec<_>>());
-    let mut a = Admin { stack, secrets };
-    let before = a.log_size();
-    let admin = a.stack.tagpin.admin_addr();
-    // Whole lines, and a length declaring twice as much: the rest never comes.
-    let body: String = records("cut/app", SENT, "cut")
-        .iter()
-        .map(|l| format!("{l}\n"))
-        .collect();
+    let body: String = records(repo, lines, repo).iter().map(|l| format!("{l}\n")).collect();
     let mut conn = std::net::TcpStream::connect(admin).unwrap();
     write!(
         conn,
@@ -151,6 +134,26 @@ fn an_online_import_cut_short_by_a_shutdown_writes_nothing() {
     )
     .unwrap();
     conn.write_all(body.as_bytes()).unwrap();
+    conn
+}
+
+/// Review (streaming import): an online import whose body is still arriving when tagpin
+/// is asked to stop, and whose client is still connected when the grace period ends,
+/// must write nothing: the body it read is cut short. (Seen on sled: the request's task
+/// is dropped with the runtime, so the channel feeding the body to the import closes,
+/// which the import reads as the body's end; it then writes the lines it received, and
+/// the runtime waits for that blocking write before the process exits.)
+#[test]
+fn an_online_import_cut_short_by_a_shutdown_writes_nothing() {
+    const SENT: usize = 400;
+    let secrets = AdminSecrets::new();
+    let mut flags = secrets.flags();
+    flags.extend(["--shutdown-grace-ms".to_owned(), "300".to_owned()]);
+    let stack = Stack::start(&flags.iter().map(String::as_str).collect::<Vec<_>>());
+    let mut a = Admin { stack, secrets };
+    let before = a.log_size();
+    let admin = a.stack.tagpin.admin_addr();
+    let conn = half_sent_import(admin, "cut/app", SENT);
     // Stop tagpin once it has read every byte sent (its request is then being served).
     let client = conn.local_addr().unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -296,25 +299,12 @@ fn pushes_of_other_tags_settling_while_an_import_writes_are_pinned_and_the_impor
 /// end of the import), and tagpin goes on serving.
 #[test]
 fn an_online_import_whose_client_goes_away_after_whole_lines_writes_nothing() {
-    use std::io::{Read, Write};
+    use std::io::Read;
     const SENT: usize = 400;
     let a = Admin::start();
     let before = a.log_size();
     let admin = a.stack.tagpin.admin_addr();
-    let body: String = records("gone/app", SENT, "gone")
-        .iter()
-        .map(|l| format!("{l}\n"))
-        .collect();
-    let mut conn = std::net::TcpStream::connect(admin).unwrap();
-    write!(
-        conn,
-        "POST /admin/v1/import HTTP/1.1\r\nHost: {admin}\r\nAuthorization: Bearer {}\r\n\
-         Content-Type: application/x-ndjson\r\nContent-Length: {}\r\n\r\n",
-        common::admin::TOKEN,
-        2 * body.len()
-    )
-    .unwrap();
-    conn.write_all(body.as_bytes()).unwrap();
+    let mut conn = half_sent_import(admin, "gone/app", SENT);
     // Half-close: tagpin sees the body end early, and can still answer.
     conn.shutdown(std::net::Shutdown::Write).unwrap();
     conn.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
