@@ -207,6 +207,10 @@ impl ProxyError {
                  shows nothing of it; retry later"
             }
             Self::Upstream(_) => "the upstream registry connection failed; nothing was pinned",
+            Self::Store(StoreError::Importing(_)) => {
+                "an import into tagpin's pin store is being written, and writes that bind or claim a tag wait \
+                 for it; this one waited too long, and nothing was changed: retry shortly"
+            }
             Self::Store(_) => {
                 "the tagpin pin store is unavailable, so tagpin refuses what it cannot answer safely: writes it \
                  must decide, and reads by a protected tag (it cannot tell which digest the tag is pinned to); \
@@ -289,6 +293,11 @@ impl ProxyError {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
+        if matches!(self, Self::Store(StoreError::Importing(_))) {
+            // An import's write phase runs for seconds to minutes.
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        }
         if let Self::AdoptionRunning { waited, .. } = &self {
             // An adoption that outlasted one wait likely outlasts a short pause as well.
             let secs = waited.as_secs().max(1);
@@ -349,6 +358,21 @@ mod tests {
             assert!(message.contains("retry") && message.contains(says), "{message}");
             assert!(!message.contains("4194304"), "{message}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_write_kept_waiting_by_an_import_is_a_retryable_503_that_says_so() {
+        let e = ProxyError::Store(StoreError::Importing("an import is being written".into()));
+        let resp = e.into_response("r", StatusCode::CONFLICT);
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(resp.headers()[header::RETRY_AFTER], "5");
+        let v = json_of(resp).await;
+        assert_eq!(v["errors"][0]["code"], "UNAVAILABLE");
+        let message = v["errors"][0]["message"].as_str().unwrap();
+        assert!(
+            message.contains("import") && message.contains("nothing was changed"),
+            "{message}"
+        );
     }
 
     #[tokio::test]

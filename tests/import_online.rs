@@ -43,11 +43,22 @@ fn race(a: &Admin, repo: &str, phase: Phase) -> i32 {
             let repo = repo.to_owned();
             std::thread::spawn(move || {
                 std::thread::sleep(Duration::from_millis(25 * i as u64));
-                img.put_manifest(addr, &repo, &format!("r{i}"), "").status
+                let r = img.put_manifest(addr, &repo, &format!("r{i}"), "");
+                (r.status, r.text())
             })
         })
         .collect();
-    let statuses: Vec<u16> = pushes.into_iter().map(|p| p.join().unwrap()).collect();
+    let answers: Vec<(u16, String)> = pushes.into_iter().map(|p| p.join().unwrap()).collect();
+    let statuses: Vec<u16> = answers.iter().map(|(s, _)| *s).collect();
+    // A push that waited for the import's write too long is told so (sled).
+    for (status, text) in &answers {
+        if *status == 503 && url.is_none() {
+            assert!(
+                text.contains("an import into tagpin's pin store is being written"),
+                "{text}"
+            );
+        }
+    }
     let out = import.join().unwrap();
     println!(
         "{repo}, pushes once {phase:?} ({}): import exit {}, {}{}pushes {statuses:?}",

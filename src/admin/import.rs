@@ -66,8 +66,9 @@ pub async fn import(app: &App, req: Request<Incoming>, who: &Requester) -> Resul
 
 fn too_large(limit: u64) -> ProxyError {
     ProxyError::AdminTooLarge(format!(
-        "the import is larger than max_import_bytes ({limit} bytes): raise it, or import offline \
-         (tagpin import --data-dir or --database-url, with tagpin stopped)"
+        "the import is larger than max_import_bytes ({limit} bytes), and nothing was written: raise it \
+         (--max-import-bytes, TAGPIN_MAX_IMPORT_BYTES or max_import_bytes) and restart tagpin, or import \
+         offline (tagpin import --data-dir with tagpin stopped, or --database-url)"
     ))
 }
 

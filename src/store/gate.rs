@@ -66,7 +66,7 @@ impl Gate {
         while state.exclusive || state.waiting > 0 {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(StoreError::Unavailable(
+                return Err(StoreError::Importing(
                     "an import is being written; writes wait for it (retry shortly)".into(),
                 ));
             }

@@ -80,23 +80,29 @@ impl<R: BufRead> ImportSource for ExportReader<R> {
             let read = (&mut self.input)
                 .take(MAX_LINE + 1)
                 .read_until(b'\n', &mut self.line)
-                .map_err(|e| ImportError::Input(format!("cannot read the import: {e}")))?;
+                .map_err(|e| ImportError::Input(format!("cannot read the import: {e}; nothing was written")))?;
             if read == 0 {
                 return Ok(None);
             }
             self.number += 1;
             if self.line.len() as u64 > MAX_LINE {
                 return Err(ImportError::Input(format!(
-                    "line {} is longer than {MAX_LINE} bytes",
+                    "line {} is longer than {MAX_LINE} bytes; nothing was written",
                     self.number
                 )));
             }
             if self.line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            return serde_json::from_slice(&self.line)
+            // Without its newline, so a record cut short is not reported at a second line.
+            return serde_json::from_slice(self.line.trim_ascii_end())
                 .map(Some)
-                .map_err(|e| ImportError::Input(format!("line {} is not an exported pin: {e}", self.number)));
+                .map_err(|e| {
+                    ImportError::Input(format!(
+                        "line {} is not an exported pin ({e}); nothing was written",
+                        self.number
+                    ))
+                });
         }
     }
 }
@@ -258,6 +264,7 @@ mod tests {
         assert!(reader.next_record().unwrap().is_some(), "blank lines are skipped");
         let e = reader.next_record().unwrap_err().to_string();
         assert!(e.starts_with("line 5 is not an exported pin"), "{e}");
+        assert!(e.ends_with("nothing was written"), "{e}");
         // A last line without its newline is still a line.
         let mut reader = ExportReader::new(line.as_bytes());
         assert!(reader.next_record().unwrap().is_some());

@@ -40,6 +40,9 @@ pub use self::unavailable::UnavailableStore;
 pub enum StoreError {
     #[error("pin store unavailable: {0}")]
     Unavailable(String),
+    /// A write waited for an import's write phase longer than it may; nothing changed.
+    #[error("pin store busy: {0}")]
+    Importing(String),
     #[error("data dir {0} is in use by another tagpin process")]
     Locked(String),
     #[error("pin store I/O failed: {0}")]

@@ -264,6 +264,13 @@ impl Trees {
             return Ok(());
         };
         let from = journal.written;
+        tracing::warn!(
+            data_dir = %dir.display(),
+            by = journal.by.as_str(),
+            pins = journal.writes,
+            written_before = from,
+            "finishing an import that was interrupted, before the store serves anything"
+        );
         let finished = self
             .write_from(dir, &mut journal)
             .and_then(|()| self.end_import(dir, &journal));
