@@ -47,6 +47,7 @@
 
 mod deletes;
 mod import;
+mod keys;
 mod log;
 mod migrate;
 mod records;
@@ -60,8 +61,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
-use sled::transaction::{ConflictableTransactionError, TransactionError};
-
+use self::keys::{abort, digest_key, io, repo_prefix, settle, suffixes, tag_key, under, TxResult};
 use self::records::{corrupt, decode_pin, decode_refusals, decode_writes, encode_pin, encode_refusals, encode_writes};
 use super::{
     gate::Gate, DeleteRecord, ImportError, ImportOutcome, ImportSource, PinStore, Protect, ReadView, Refused,
@@ -368,66 +368,6 @@ impl SledStore {
             return Err(StoreError::Io("injected flush failure".into()));
         }
         Ok(())
-    }
-}
-
-fn io(e: sled::Error) -> StoreError {
-    StoreError::Io(e.to_string())
-}
-
-fn tag_key(repo: &Repository, tag: &Tag) -> Vec<u8> {
-    [repo.as_str().as_bytes(), b"\0", tag.as_str().as_bytes()].concat()
-}
-
-fn digest_key(repo: &Repository, digest: &Digest) -> Vec<u8> {
-    [repo.as_str().as_bytes(), b"\0", digest.as_str().as_bytes()].concat()
-}
-
-/// `prefix \0 suffix`: an index entry, or the prefix of every entry under `prefix`
-/// when `suffix` is empty.
-fn under(mut prefix: Vec<u8>, suffix: &str) -> Vec<u8> {
-    prefix.push(0);
-    prefix.extend_from_slice(suffix.as_bytes());
-    prefix
-}
-
-fn repo_prefix(repo: &Repository) -> Vec<u8> {
-    let mut p = repo.as_str().as_bytes().to_vec();
-    p.push(0);
-    p
-}
-
-/// The values after `prefix \0` of every key of `tree` that starts with it, parsed.
-fn suffixes<T>(
-    tree: &sled::Tree,
-    prefix: Vec<u8>,
-    parse: impl Fn(&str) -> Option<T>,
-    what: &str,
-) -> Result<Vec<T>, StoreError> {
-    let prefix = under(prefix, "");
-    tree.scan_prefix(&prefix)
-        .keys()
-        .map(|k| {
-            let k = k.map_err(io)?;
-            std::str::from_utf8(&k[prefix.len()..])
-                .ok()
-                .and_then(&parse)
-                .ok_or_else(|| corrupt(&k, what))
-        })
-        .collect()
-}
-
-type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
-
-fn abort(e: StoreError) -> ConflictableTransactionError<StoreError> {
-    ConflictableTransactionError::Abort(e)
-}
-
-fn settle<T>(r: Result<T, TransactionError<StoreError>>) -> Result<T, StoreError> {
-    match r {
-        Ok(v) => Ok(v),
-        Err(TransactionError::Abort(e)) => Err(e),
-        Err(TransactionError::Storage(e)) => Err(io(e)),
     }
 }
 
