@@ -51,11 +51,7 @@ impl AdminSecrets {
             .stdin(Stdio::null())
             .output()
             .expect("run the tagpin CLI");
-        CliOut {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        CliOut::from(out)
     }
 
     /// `tagpin pins show REPO:TAG --json`: the pin, or `None` when it has none (exit 1).
@@ -81,6 +77,16 @@ pub struct CliOut {
     pub code: i32,
     pub stdout: String,
     pub stderr: String,
+}
+
+impl From<std::process::Output> for CliOut {
+    fn from(out: std::process::Output) -> Self {
+        Self {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
 }
 
 impl CliOut {

@@ -68,11 +68,7 @@ pub fn cli(args: &[&str], limit: Option<u64>) -> CliOut {
         .stdin(Stdio::null())
         .output()
         .expect("run the tagpin CLI");
-    CliOut {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    CliOut::from(out)
 }
 
 /// The offline store flags for the store `TAGPIN_TEST_STORE` names, standing for `dir`.

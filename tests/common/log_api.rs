@@ -338,11 +338,7 @@ pub fn tagpin_cli(args: &[&str]) -> CliOut {
         .stdin(Stdio::null())
         .output()
         .expect("run the tagpin CLI");
-    CliOut {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    CliOut::from(out)
 }
 
 /// `tagpin log keygen NAME --out DIR/NAME.key`: the key file's path and the verifier key
