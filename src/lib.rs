@@ -32,6 +32,7 @@ pub mod locks;
 pub mod log;
 pub mod manifest;
 pub mod metrics;
+pub mod notify;
 pub mod oci;
 pub mod pinning;
 pub mod policy;

@@ -60,6 +60,8 @@ pub struct Metrics {
     write_stalls: Counter,
     /// `reads{answer}`, looked up once per answer: every pinned read counts.
     reads: [Counter; 4],
+    /// The webhooks' deliveries and outbox.
+    pub notify: crate::notify::NotifyMetrics,
 }
 
 /// How a manifest read by a protected tag was answered (`reads = "pinned"`).
@@ -165,6 +167,8 @@ impl Default for Metrics {
             "Manifest reads by a protected tag with reads = pinned, by answer (pinned, adopted, pinned_missing, drift)",
             read_family.clone(),
         );
+        let notify = crate::notify::NotifyMetrics::default();
+        notify.register(&mut registry);
         let reads = READ_ANSWERS.map(|answer| read_family.get_or_create(&AnswerLabel { answer }).clone());
         let responses_by_class =
             ["1xx", "2xx", "3xx", "4xx", "5xx"].map(|class| responses.get_or_create(&ClassLabel { class }).clone());
@@ -182,6 +186,7 @@ impl Default for Metrics {
             manifest_memory_refusals,
             write_stalls,
             reads,
+            notify,
         }
     }
 }
