@@ -38,6 +38,8 @@ pub struct Shared {
     pub manifest_limits: crate::manifest::Limits,
     /// Counters and gauges for `GET /metrics`.
     pub metrics: crate::metrics::Metrics,
+    /// Webhook targets and the queue to the outbox.
+    pub notify: crate::notify::Notifier,
     /// The last `/readyz` answer, one probe per second for all workers together.
     pub readiness: crate::readiness::ReadyCache,
     /// Missing pinned manifests and read drift already reported.
@@ -172,6 +174,7 @@ impl Shared {
             manifest_limits,
             tls: listener_tls,
             metrics: crate::metrics::Metrics::default(),
+            notify: crate::notify::Notifier::new(&config, tls.clone()),
             readiness: crate::readiness::ReadyCache::default(),
             read_reports: crate::handler::ReadReports::default(),
             config,

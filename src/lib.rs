@@ -161,6 +161,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             let _ = stop.wait_for(|s| *s).await;
         }))
     };
+    let notify_task = {
+        let mut stop = stop_rx.clone();
+        tokio::spawn(notify::run(Arc::clone(&shared), async move {
+            let _ = stop.wait_for(|s| *s).await;
+        }))
+    };
     // Installed before "listening" is announced: until a handler exists, SIGHUP's default
     // action ends the process, and whoever reads that line may send one at once.
     let mut hangups = hangup_signals();
@@ -201,6 +207,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         let _ = task.await;
     }
     let _ = checkpoint_task.await;
+    // After the workers: the events of their last decisions are appended before exit.
+    let _ = notify_task.await;
     // Each of its writes is one atomic transition: stopping it between two loses nothing.
     recover_task.abort();
     Ok(())

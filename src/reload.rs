@@ -1,4 +1,5 @@
-//! SIGHUP: re-read the config file and put its policy (rules and excludes) in force.
+//! SIGHUP: re-read the config file and put its policy (rules and excludes) and its
+//! webhook targets (`[[notify]]` and the `notify_*` keys) in force.
 //!
 //! The new file is validated whole, as a restart would load it; an invalid one is
 //! refused with one line and the old policy stays. Only the policy is reloaded: other
@@ -37,16 +38,27 @@ pub fn reload(shared: &Shared) -> Result<String, ReloadError> {
     let policy = Policy::new(&config.exclude, config.rules.as_deref())?;
     let summary = policy.summary();
     shared.set_policy(policy);
+    shared.notify.set_config(config.notify.clone());
     // Compare what else changed against the file tagpin started with.
     file.rules = None;
     file.exclude = None;
     let changed = changed_keys(&source.file, &file);
     if !changed.is_empty() {
         let keys = changed.join(", ");
-        tracing::warn!(path = %source.path.display(), keys = %keys, "config keys other than rules and exclude changed: {keys}; they take effect at the next restart");
+        tracing::warn!(path = %source.path.display(), keys = %keys, "config keys other than rules, exclude and notify changed: {keys}; they take effect at the next restart");
     }
     Ok(summary)
 }
+
+/// The keys a reload puts in force.
+const RELOADED: [&str; 6] = [
+    "rules",
+    "exclude",
+    "notify",
+    "notify_max_age",
+    "notify_retry_max_interval",
+    "notify_outbox_max_events",
+];
 
 /// The keys (`timeouts.body_idle_ms` for a nested one) whose values differ between two
 /// files, rules and exclude aside, in alphabetical order.
@@ -58,7 +70,7 @@ pub fn changed_keys(before: &RawConfig, after: &RawConfig) -> Vec<String> {
     let (before, after) = (as_map(before), as_map(after));
     let mut out = Vec::new();
     for (key, new) in &after {
-        if key == "rules" || key == "exclude" {
+        if RELOADED.contains(&key.as_str()) {
             continue;
         }
         let old = before.get(key).unwrap_or(&serde_json::Value::Null);
@@ -92,7 +104,16 @@ pub fn reload_and_report(shared: &Shared) {
         Err(ReloadError::NoConfigFile) => {
             tracing::warn!("SIGHUP received, but tagpin was started without --config: nothing to reload");
         }
-        Err(e) => crate::telemetry::policy_event(&shared.metrics, Err(&e.to_string())),
+        Err(e) => {
+            let error = e.to_string();
+            crate::telemetry::policy_event(&shared.metrics, Err(&error));
+            shared.notify.enqueue(
+                crate::notify::EventKind::PolicyReloadFailed,
+                None,
+                None,
+                serde_json::json!({ "action": "policy_reload_failed", "error": error }),
+            );
+        }
     }
 }
 

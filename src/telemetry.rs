@@ -222,8 +222,25 @@ pub struct AuditEvent<'a> {
 }
 
 impl AuditEvent<'_> {
+    /// Log the event, count it in the metrics, and hand it to the webhooks.
+    pub fn emit(&self, shared: &crate::app::Shared) {
+        self.log(&shared.metrics);
+        // A release's expiry has an id of its own, shared by every report of it
+        // (`handler::release`, the notifier's timer).
+        if self.action != AuditAction::ReleaseExpired {
+            if let Some(kind) = crate::notify::EventKind::of(self.action) {
+                shared.notify.enqueue(
+                    kind,
+                    Some(self.repository.as_str()),
+                    self.tag.map(Tag::as_str),
+                    crate::notify::data_of(self),
+                );
+            }
+        }
+    }
+
     /// Log the event and count it in the metrics.
-    pub fn emit(&self, metrics: &crate::metrics::Metrics) {
+    pub fn log(&self, metrics: &crate::metrics::Metrics) {
         metrics.decision(self.action);
         let tag = self.tag.map(Tag::as_str).unwrap_or("");
         let pinned = self.pinned.map(Digest::as_str).unwrap_or("");
@@ -270,6 +287,12 @@ impl AuditEvent<'_> {
 pub fn checkpoint_event(metrics: &crate::metrics::Metrics, size: u64, checkpoint: &str) {
     metrics.decision(AuditAction::LogCheckpoint);
     tracing::info!(target: "tagpin::audit", action = AuditAction::LogCheckpoint.as_str(), size, checkpoint, "log_checkpoint");
+}
+
+/// `release_expired` found by the notifier's timer, when no write noticed it yet.
+pub fn release_expired_event(metrics: &crate::metrics::Metrics, t: &crate::notify::ReleaseTimer) {
+    metrics.decision(AuditAction::ReleaseExpired);
+    tracing::info!(target: "tagpin::audit", action = AuditAction::ReleaseExpired.as_str(), repository = t.repository.as_str(), tag = t.tag.as_str(), by = t.by.as_str(), expires_at = t.expires_at, "release_expired");
 }
 
 /// A policy reload's audit event: `policy_reloaded` with the new policy's summary, or

@@ -271,7 +271,7 @@ fn a_reload_names_the_keys_that_need_a_restart() {
         tagpin
             .logs()
             .into_iter()
-            .find(|l| l.contains("config keys other than rules and exclude changed"))
+            .find(|l| l.contains("config keys other than rules, exclude and notify changed"))
     });
     let v: Value = serde_json::from_str(&line).unwrap();
     assert_eq!(v["keys"], "max_tags_per_push, timeouts.body_idle_ms", "{line}");

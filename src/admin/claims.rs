@@ -303,6 +303,23 @@ fn audit(
         reason,
         "{}", AuditAction::ClaimCleared.as_str()
     );
+    let mut data = crate::notify::data_of(&crate::telemetry::AuditEvent {
+        action: AuditAction::ClaimCleared,
+        who,
+        repository: repo,
+        tag,
+        pinned,
+        attempted: Some(digest),
+        decided,
+    });
+    data["cleared"] = cleared.into();
+    data["reason"] = reason.into();
+    app.notify.enqueue(
+        crate::notify::EventKind::ClaimCleared,
+        Some(repo.as_str()),
+        tag.map(Tag::as_str),
+        data,
+    );
 }
 
 #[cfg(test)]

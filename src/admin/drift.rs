@@ -132,7 +132,7 @@ pub async fn run(app: App, every: Duration, stop: impl Future<Output = ()>) {
                 attempted: c.upstream_digest.as_ref(),
                 decided: Some(app.policy().decide(&c.repository, &c.tag)),
             }
-            .emit(&app.metrics);
+            .emit(&app);
         }
         let n = report.counts;
         tracing::info!(

@@ -136,7 +136,16 @@ pub async fn ship_checkpoints(app: App, every: Duration, stop: impl Future<Outpu
             continue;
         }
         shipped = Some(head.size());
-        crate::telemetry::checkpoint_event(&app.metrics, head.size(), &app.log_signer.checkpoint(&head));
+        let checkpoint = app.log_signer.checkpoint(&head);
+        crate::telemetry::checkpoint_event(&app.metrics, head.size(), &checkpoint);
+        // One replica leads, so one event per checkpoint: its id is the checkpoint's.
+        app.notify.enqueue_with_id(
+            crate::notify::stable_id(&checkpoint),
+            crate::notify::EventKind::LogCheckpoint,
+            None,
+            None,
+            serde_json::json!({ "action": "log_checkpoint", "size": head.size(), "checkpoint": checkpoint }),
+        );
     }
 }
 

@@ -13,6 +13,7 @@ pub mod drift;
 mod history;
 mod import;
 pub mod log;
+mod notify;
 mod pins;
 pub mod routes;
 mod seed;
@@ -124,6 +125,7 @@ async fn dispatch(admin: &Arc<Admin>, req: Request<Incoming>, who: &Requester) -
         AdminRoute::ListClaims { repository } => claims::list(app, repository).await,
         AdminRoute::ClearClaims => claims::clear(app, req, who).await,
         AdminRoute::LogCheckpoint => log::checkpoint(app).await,
+        AdminRoute::NotifyTest { target } => notify::test(app, target.as_deref(), who).await,
         AdminRoute::LogEntries { start, end } => log::entries(app, start, end).await,
         AdminRoute::LogInclusion { index, size } => log::inclusion(app, index, size).await,
         AdminRoute::LogConsistency { from, to } => log::consistency(app, from, to).await,

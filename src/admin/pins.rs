@@ -137,7 +137,18 @@ fn admin_event(app: &App, action: AuditAction, who: &Requester, repo: &Repositor
         attempted: None,
         decided: tag.map(|t| app.policy().decide(repo, t)),
     }
-    .emit(&app.metrics);
+    .emit(app);
+}
+
+/// Keep the timer that announces the release's expiry to the webhooks at that time (a
+/// write may never come to notice it). Not keeping it only delays that event.
+async fn schedule_expiry(app: &App, repo: &Repository, tag: &Tag, release: &Release) {
+    let (_, timer) = crate::notify::release_timer(repo, tag, release);
+    let store = std::sync::Arc::clone(&app.store);
+    let kept = tokio::task::spawn_blocking(move || store.outbox().map(|o| o.outbox_schedule(&timer))).await;
+    if let Ok(Some(Err(e))) = kept {
+        tracing::warn!(repository = %repo, %tag, error = %e, "cannot keep the timer of the release's expiry; its webhook event waits for a write to notice it");
+    }
 }
 
 /// The `release_created` audit event: the fields of every audit event, plus who released
@@ -163,6 +174,24 @@ fn release_created(app: &App, who: &Requester, repo: &Repository, tag: &Tag, rel
         reason = release.reason.as_str(),
         expires_at = release.expires_at,
         "{}", AuditAction::ReleaseCreated.as_str()
+    );
+    let mut data = crate::notify::data_of(&AuditEvent {
+        action: AuditAction::ReleaseCreated,
+        who,
+        repository: repo,
+        tag: Some(tag),
+        pinned: None,
+        attempted: None,
+        decided: Some(decided),
+    });
+    data["admin"] = release.by.clone().into();
+    data["reason"] = release.reason.clone().into();
+    data["expires_at"] = release.expires_at.into();
+    app.notify.enqueue(
+        crate::notify::EventKind::ReleaseCreated,
+        Some(repo.as_str()),
+        Some(tag.as_str()),
+        data,
     );
 }
 
@@ -239,6 +268,7 @@ pub async fn create_release(app: &App, req: Request<Incoming>, who: &Requester) 
             )))
         }
     }
+    schedule_expiry(app, &repo, &tag, &release).await;
     release_created(app, who, &repo, &tag, &release);
     let mut out = serde_json::to_value(&release).map_err(|e| ProxyError::Internal(e.to_string()))?;
     out["repository"] = json!(repo.as_str());

@@ -47,6 +47,9 @@ pub enum AdminRoute {
     ClearClaims,
     /// `GET /admin/v1/log/checkpoint`
     LogCheckpoint,
+    /// `POST /admin/v1/notify/test[?target=NAME]`: an `io.tagpin.test` event to every
+    /// webhook target, or the one named.
+    NotifyTest { target: Option<String> },
     /// `GET /admin/v1/log/entries?start=S&end=E`
     LogEntries { start: u64, end: u64 },
     /// `GET /admin/v1/log/proof/inclusion?index=I&size=N`
@@ -99,6 +102,9 @@ pub fn classify(method: &Method, path: &str, query: Option<&str>) -> Result<Admi
     };
     match (method.as_str(), path) {
         ("GET", "/admin/v1/log/checkpoint") => Ok(AdminRoute::LogCheckpoint),
+        ("POST", "/admin/v1/notify/test") => Ok(AdminRoute::NotifyTest {
+            target: get("target").filter(|t| !t.is_empty()).map(str::to_owned),
+        }),
         ("GET", "/admin/v1/log/entries") => Ok(AdminRoute::LogEntries {
             start: number("start")?,
             end: number("end")?,

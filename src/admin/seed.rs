@@ -298,7 +298,7 @@ async fn adopt(seed: &Seed, repo: &Repository, tag: &Tag) -> Result<(), Stop> {
         attempted: None,
         decided: Some(app.policy().decide(repo, tag)),
     }
-    .emit(&app.metrics);
+    .emit(app);
     Tally::add(&tally.adopted, 1);
     Ok(())
 }

@@ -17,6 +17,7 @@ pub mod claims;
 pub mod client;
 pub mod demo_image;
 pub mod log;
+pub mod notify;
 pub mod origin;
 pub mod output;
 pub mod pins;
@@ -73,6 +74,9 @@ pub enum Command {
     /// the whole log against the pins (admin API, --data-dir or --database-url).
     #[command(subcommand)]
     Log(log::LogCommand),
+    /// Webhooks: send a test event to the running server's targets (admin API).
+    #[command(subcommand)]
+    Notify(notify::NotifyCommand),
     /// Write a one-layer OCI image layout to push while trying tagpin out.
     DemoImage(demo_image::DemoImageArgs),
     /// GET a URL of a running tagpin (its /readyz) and exit 0 on 200, else 1: the container healthcheck.
@@ -81,8 +85,8 @@ pub enum Command {
 
 /// The subcommands that are admin API clients, whose usage errors exit 2 like their
 /// other errors (`serve` and `policy` keep 64, EX_USAGE).
-const CLIENT_COMMANDS: [&str; 9] = [
-    "pins", "resolve", "release", "claims", "seed", "verify", "export", "import", "log",
+const CLIENT_COMMANDS: [&str; 10] = [
+    "pins", "resolve", "release", "claims", "seed", "verify", "export", "import", "log", "notify",
 ];
 
 /// The exit status of a command line clap refused: 2 for a client command, else 64.
@@ -161,6 +165,9 @@ async fn dispatch(command: Command, env: &dyn Fn(&str) -> Option<std::ffi::OsStr
             transfer::import(&a, client.as_ref(), &mut out).await
         }
         Command::Log(c) => log::run(c, env, &mut out).await,
+        Command::Notify(notify::NotifyCommand::Test(a)) => {
+            notify::test(&Client::new(&a.admin, env)?, &a, &mut out).await
+        }
         Command::DemoImage(a) => demo_image::run(&a, &mut out),
         Command::Probe(a) => Ok(probe::run(&a, &mut out)),
         Command::Serve(_) | Command::Policy(_) => Err(CliError::Usage("not an admin API command".into())),
@@ -340,6 +347,11 @@ impl ServeArgs {
                 Some(self.exclude.iter().flat_map(|g| split_globs(g)).collect())
             },
             rules: file.rules,
+            // Webhook targets hold secrets and lists: the file alone sets them.
+            notify: file.notify,
+            notify_max_age: file.notify_max_age,
+            notify_retry_max_interval: file.notify_retry_max_interval,
+            notify_outbox_max_events: file.notify_outbox_max_events,
             log_format: self.log_format.or(file.log_format),
             reads: self.reads.or(file.reads),
             public_url: self.public_url.or(file.public_url),

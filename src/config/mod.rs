@@ -3,6 +3,7 @@
 //! the other, so a `Config` always holds values that were checked.
 
 mod database;
+mod notify;
 mod raw;
 mod realm;
 mod rules;
@@ -17,6 +18,7 @@ use std::time::Duration;
 
 use http::StatusCode;
 
+pub use notify::{Format as NotifyFormat, NotifyConfig, NotifyTarget};
 pub use raw::{RawConfig, RawTimeouts};
 pub use realm::TokenRealm;
 
@@ -124,6 +126,8 @@ pub struct Config {
     pub in_doubt_horizon: Duration,
     /// The history log's checkpoints.
     pub log: LogSettings,
+    /// Webhook targets and the outbox's limits; reloaded on SIGHUP.
+    pub notify: NotifyConfig,
     pub timeouts: Timeouts,
 }
 
@@ -221,6 +225,8 @@ pub enum ConfigError {
     Invalid { key: &'static str, message: String },
     #[error("rules[{index}]{}{key}: {message}", if .key.is_empty() { "" } else { "." })]
     Rule { index: usize, key: String, message: String },
+    #[error("notify[{index}]{}{key}: {message}", if .key.is_empty() { "" } else { "." })]
+    Notify { index: usize, key: String, message: String },
 }
 
 impl ConfigError {

@@ -50,6 +50,11 @@ pub struct RawConfig {
     pub log_signing_key: Option<PathBuf>,
     pub log_origin: Option<String>,
     pub log_checkpoint_interval: Option<String>,
+    /// `[[notify]]`, checked one by one in `validate` so errors name the entry.
+    pub notify: Option<Vec<toml::Value>>,
+    pub notify_max_age: Option<String>,
+    pub notify_retry_max_interval: Option<String>,
+    pub notify_outbox_max_events: Option<u64>,
     pub timeouts: Option<RawTimeouts>,
 }
 

@@ -55,6 +55,12 @@ impl RawConfig {
                 .map_err(|e| ConfigError::invalid("exclude", e.to_string()))?;
         }
         let rules = self.rules.map(super::rules::parse_rules).transpose()?;
+        let notify = super::notify::parse(super::notify::RawNotify {
+            entries: self.notify,
+            max_age: self.notify_max_age.as_deref(),
+            retry_max_interval: self.notify_retry_max_interval.as_deref(),
+            outbox_max_events: self.notify_outbox_max_events,
+        })?;
         let refuse_status = match self.refuse_status.unwrap_or(409) {
             409 => StatusCode::CONFLICT,
             403 => StatusCode::FORBIDDEN,
@@ -334,6 +340,7 @@ impl RawConfig {
             walk_concurrency,
             in_doubt_horizon,
             log,
+            notify,
             timeouts,
         })
     }

@@ -90,7 +90,7 @@ fn event(
         attempted: None,
         decided,
     }
-    .emit(&app.metrics);
+    .emit(app);
 }
 
 /// What an answer to a forwarded delete settled.

@@ -70,7 +70,7 @@ pub async fn held(
                 attempted,
                 decided: Some(app.policy().decide(repo, tag)),
             }
-            .emit(&app.metrics);
+            .emit(app);
             Ok(Ok(pinned(&state)))
         }
     }

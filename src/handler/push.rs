@@ -493,7 +493,7 @@ impl PushJob {
             attempted: Some(&self.attempted),
             decided,
         }
-        .emit(&app.metrics);
+        .emit(app);
     }
 }
 

@@ -355,7 +355,7 @@ impl Read<'_> {
             attempted: served,
             decided: Some(self.decided),
         }
-        .emit(&self.app.metrics);
+        .emit(self.app);
     }
 }
 

@@ -160,7 +160,7 @@ async fn write_evidence(app: &App, repo: &Repository, evidence: &[Evidence], who
             attempted: e.attempted.as_ref(),
             decided: e.decided,
         }
-        .emit(&app.metrics);
+        .emit(app);
         if let (true, Some(tag)) = (e.keep, &e.tag) {
             let delete = e.action != AuditAction::PushRefused;
             super::pins::record_refusal(app, repo, tag, who, e.attempted.as_ref(), delete).await;

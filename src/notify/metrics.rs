@@ -93,7 +93,9 @@ impl NotifyMetrics {
         );
         // Every reason shows from the start, so an alert on a rate has a series to read.
         for reason in [Dropped::MaxAge, Dropped::OutboxFull, Dropped::Rejected] {
-            let _ = self.dropped.get_or_create(&DropLabel { reason: reason.as_str() });
+            let _ = self.dropped.get_or_create(&DropLabel {
+                reason: reason.as_str(),
+            });
         }
     }
 
@@ -107,11 +109,16 @@ impl NotifyMetrics {
     }
 
     pub fn dropped(&self, reason: Dropped, n: u64) {
-        self.dropped.get_or_create(&DropLabel { reason: reason.as_str() }).inc_by(n);
+        self.dropped
+            .get_or_create(&DropLabel {
+                reason: reason.as_str(),
+            })
+            .inc_by(n);
     }
 
     pub fn outbox(&self, events: u64, oldest_seconds: u64) {
         self.outbox_events.set(i64::try_from(events).unwrap_or(i64::MAX));
-        self.oldest_undelivered.set(i64::try_from(oldest_seconds).unwrap_or(i64::MAX));
+        self.oldest_undelivered
+            .set(i64::try_from(oldest_seconds).unwrap_or(i64::MAX));
     }
 }

@@ -17,6 +17,7 @@ mod gate;
 mod history;
 mod import;
 mod model;
+mod outbox;
 mod postgres;
 mod sled;
 
@@ -31,6 +32,7 @@ pub use self::import::{
     ImportSource, Verdict, BATCH_WEIGHT, MAX_NAMED_CONFLICTS,
 };
 pub use self::model::*;
+pub use self::outbox::{Outbox, OutboxEvent, OutboxStats, Timer};
 pub use self::postgres::{PgStore, PgTls, ReadCacheStats, SslMode, TlsFileError};
 pub use self::sled::{SledStore, DEFAULT_CACHE_BYTES as DEFAULT_SLED_CACHE_BYTES};
 pub use self::unavailable::UnavailableStore;
@@ -275,6 +277,11 @@ pub trait PinStore: Send + Sync + 'static {
     /// periodic drift check) now. A single-process store always may; a shared one grants
     /// it to one process until that process goes away.
     fn lead(&self) -> Result<bool, StoreError>;
+
+    /// The webhook outbox, when this store keeps one.
+    fn outbox(&self) -> Option<&dyn Outbox> {
+        None
+    }
 
     /// Whether the store can serve reads and durable writes now.
     fn check(&self) -> Result<(), StoreError>;

@@ -112,6 +112,14 @@ pub fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
+/// Milliseconds since the Unix epoch, now.
+pub fn now_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 impl Pin {
     /// When the tag was set to the digest it holds now: the latest history entry that
     /// bound it (a push, adoption, append, audited or released move); `pinned_at` (its

@@ -14,6 +14,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0003_tag_notes.sql"),
     include_str!("migrations/0004_notify_triggers.sql"),
     include_str!("migrations/0005_log.sql"),
+    include_str!("migrations/0006_webhook_outbox.sql"),
 ];
 
 /// The version that starts the history log: its migration also appends a `genesis`

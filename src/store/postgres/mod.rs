@@ -113,6 +113,7 @@ mod cache;
 mod import;
 mod log;
 mod migrate;
+mod outbox;
 mod pool;
 mod tags;
 mod tls;
@@ -586,6 +587,10 @@ impl PinStore for PgStore {
             *slot = Some(c);
         }
         Ok(got)
+    }
+
+    fn outbox(&self) -> Option<&dyn super::Outbox> {
+        Some(self)
     }
 
     fn check(&self) -> Result<(), StoreError> {

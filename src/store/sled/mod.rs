@@ -50,6 +50,7 @@ mod import;
 mod keys;
 mod log;
 mod migrate;
+mod outbox;
 mod records;
 mod spool;
 mod tags;
@@ -572,6 +573,10 @@ impl PinStore for SledStore {
     fn lead(&self) -> Result<bool, StoreError> {
         // The data dir's lock already makes this the only process on the store.
         Ok(true)
+    }
+
+    fn outbox(&self) -> Option<&dyn super::Outbox> {
+        Some(self)
     }
 
     fn check(&self) -> Result<(), StoreError> {

@@ -1,0 +1,293 @@
+//! The background side of the webhooks: the outbox's writer, one delivery task per
+//! target, the trim that keeps the outbox to what some target still needs (and the
+//! gauges), and the timers of releases that expire.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+
+use super::deliver::{attempt, backoff};
+use super::{Dropped, EventKind, Outcome, ReleaseTimer};
+use crate::app::Shared;
+use crate::config::{NotifyConfig, NotifyTarget};
+use crate::store::{now_millis, OutboxEvent, PinStore, StoreError};
+
+/// How often an idle delivery task looks for events other replicas appended.
+const POLL: Duration = Duration::from_millis(500);
+
+/// Run the webhooks until `stop`; then the events still queued are appended before it
+/// returns, so a clean shutdown loses none.
+pub async fn run(shared: Arc<Shared>, stop: impl Future<Output = ()>) {
+    let Some(mut queued) = shared.notify.queued.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+        return;
+    };
+    let mut deliveries: HashMap<String, JoinHandle<()>> = HashMap::new();
+    let mut in_force: Option<Arc<NotifyConfig>> = None;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticks = 0u64;
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            () = &mut stop => break,
+            Some(first) = queued.recv() => {
+                let mut batch = vec![first];
+                while batch.len() < 256 {
+                    match queued.try_recv() {
+                        Ok(e) => batch.push(e),
+                        Err(_) => break,
+                    }
+                }
+                append(&shared, batch).await;
+            }
+            _ = tick.tick() => {
+                let config = shared.notify.config();
+                if in_force.as_ref().is_none_or(|c| !Arc::ptr_eq(c, &config)) {
+                    for (_, task) in deliveries.drain() {
+                        task.abort();
+                    }
+                    for target in &config.targets {
+                        let task = tokio::spawn(deliver_target(Arc::clone(&shared), Arc::clone(&config), target.clone()));
+                        deliveries.insert(target.name.clone(), task);
+                    }
+                    in_force = Some(config);
+                }
+                if ticks.is_multiple_of(5) {
+                    trim(&shared).await;
+                }
+                fire_timers(&shared).await;
+                ticks += 1;
+            }
+        }
+    }
+    for (_, task) in deliveries.drain() {
+        task.abort();
+    }
+    queued.close();
+    let mut rest = Vec::new();
+    while let Ok(e) = queued.try_recv() {
+        rest.push(e);
+    }
+    if !rest.is_empty() {
+        append(&shared, rest).await;
+    }
+}
+
+/// Run `f` on the store off the async workers.
+async fn blocking<T: Send + 'static>(
+    shared: &Arc<Shared>,
+    f: impl FnOnce(&dyn PinStore) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    let store = Arc::clone(&shared.store);
+    tokio::task::spawn_blocking(move || f(store.as_ref()))
+        .await
+        .unwrap_or_else(|e| Err(StoreError::Unavailable(format!("outbox task failed: {e}"))))
+}
+
+fn no_outbox() -> StoreError {
+    StoreError::Unavailable("this store keeps no webhook outbox".into())
+}
+
+/// Append a batch, trying again while the store is unavailable (the events wait in
+/// memory meanwhile, and a shutdown in that time loses them).
+async fn append(shared: &Arc<Shared>, batch: Vec<OutboxEvent>) {
+    let batch = Arc::new(batch);
+    let mut failures = 0u32;
+    loop {
+        let config = shared.notify.config();
+        let names: Vec<String> = config.targets.iter().map(|t| t.name.clone()).collect();
+        let max = config.outbox_max_events;
+        let events = Arc::clone(&batch);
+        match blocking(shared, move |s| {
+            s.outbox().ok_or_else(no_outbox)?.outbox_append(&events, &names, max)
+        })
+        .await
+        {
+            Ok(dropped) => {
+                if dropped > 0 {
+                    tracing::warn!(
+                        dropped,
+                        max,
+                        "webhook outbox full: the oldest undelivered events were dropped"
+                    );
+                    shared.metrics.notify.dropped(Dropped::OutboxFull, dropped);
+                }
+                shared.notify.appended.send_modify(|n| *n += 1);
+                return;
+            }
+            Err(e) => {
+                if failures == 0 {
+                    tracing::error!(error = %e, events = batch.len(), "cannot write webhook events to the outbox; trying again");
+                }
+                failures += 1;
+                tokio::time::sleep(backoff(failures.min(5), Duration::from_secs(10), None, 0)).await;
+            }
+        }
+    }
+}
+
+async fn trim(shared: &Arc<Shared>) {
+    let names: Vec<String> = shared.notify.config().targets.iter().map(|t| t.name.clone()).collect();
+    match blocking(shared, move |s| s.outbox().ok_or_else(no_outbox)?.outbox_trim(&names)).await {
+        Ok(stats) => {
+            let age = stats.oldest_ms.map_or(0, |t| now_millis().saturating_sub(t) / 1000);
+            shared.metrics.notify.outbox(stats.pending, age);
+        }
+        Err(e) => tracing::debug!(error = %e, "webhook outbox not trimmed"),
+    }
+}
+
+/// Announce the releases that expired unused.
+async fn fire_timers(shared: &Arc<Shared>) {
+    let now = now_millis();
+    let due = match blocking(shared, move |s| s.outbox().ok_or_else(no_outbox)?.outbox_due(now, 64)).await {
+        Ok(due) => due,
+        Err(_) => return,
+    };
+    for timer in due {
+        let key = timer.key.clone();
+        let payload: Option<ReleaseTimer> = serde_json::from_str(&timer.payload).ok();
+        let still = match &payload {
+            Some(p) => {
+                let p = p.clone();
+                blocking(shared, move |s| {
+                    let (Ok(repo), Ok(tag)) = (
+                        crate::oci::Repository::parse(&p.repository),
+                        crate::oci::Tag::parse(&p.tag),
+                    ) else {
+                        return Ok(false);
+                    };
+                    let record = s.record(&repo, &tag)?;
+                    Ok(record.release.is_some_and(|r| r.id == p.release_id && !r.cancelled))
+                })
+                .await
+            }
+            None => Ok(false),
+        };
+        match still {
+            Ok(true) => {
+                let p = payload.expect("checked above");
+                crate::telemetry::release_expired_event(&shared.metrics, &p);
+                shared.notify.enqueue_with_id(
+                    p.event_id(),
+                    EventKind::ReleaseExpired,
+                    Some(&p.repository),
+                    Some(&p.tag),
+                    p.data(),
+                );
+            }
+            Ok(false) => {}
+            // Kept: the next tick asks again.
+            Err(_) => continue,
+        }
+        let _ = blocking(shared, move |s| {
+            s.outbox().ok_or_else(no_outbox)?.outbox_unschedule(&key)
+        })
+        .await;
+    }
+}
+
+/// Deliver `target`'s events in order for as long as this process holds its lease.
+async fn deliver_target(shared: Arc<Shared>, config: Arc<NotifyConfig>, target: NotifyTarget) {
+    let name = target.name.clone();
+    let holder = shared.notify.holder.clone();
+    let lease = config.retry_max_interval + target.timeout + Duration::from_secs(30);
+    let mut appended = shared.notify.appended.subscribe();
+    loop {
+        let (n, h) = (name.clone(), holder.clone());
+        let cursor = match blocking(&shared, move |s| {
+            s.outbox().ok_or_else(no_outbox)?.outbox_lease(&n, &h, lease)
+        })
+        .await
+        {
+            Ok(Some(c)) => c,
+            Ok(None) | Err(_) => {
+                tokio::time::sleep(POLL * 4).await;
+                continue;
+            }
+        };
+        let events = match blocking(&shared, move |s| {
+            s.outbox().ok_or_else(no_outbox)?.outbox_after(cursor, 64)
+        })
+        .await
+        {
+            Ok(e) => e,
+            Err(_) => {
+                tokio::time::sleep(POLL * 4).await;
+                continue;
+            }
+        };
+        if events.is_empty() {
+            let _ = tokio::time::timeout(POLL, appended.changed()).await;
+            continue;
+        }
+        for (seq, event) in events {
+            if target.wants(event.kind, event.repository.as_deref()) {
+                deliver_one(&shared, &config, &target, &event, lease).await;
+            }
+            let (n, h) = (name.clone(), holder.clone());
+            match blocking(&shared, move |s| {
+                s.outbox().ok_or_else(no_outbox)?.outbox_ack(&n, &h, seq)
+            })
+            .await
+            {
+                Ok(true) => {}
+                // Another replica holds the target now, or the store failed: start over
+                // from the cursor it keeps.
+                _ => break,
+            }
+        }
+    }
+}
+
+/// Attempt `event` until it is delivered, refused, or too old.
+async fn deliver_one(
+    shared: &Arc<Shared>,
+    config: &NotifyConfig,
+    target: &NotifyTarget,
+    event: &OutboxEvent,
+    lease: Duration,
+) {
+    let metrics = &shared.metrics.notify;
+    let mut failures = 0u32;
+    loop {
+        let age = Duration::from_millis(now_millis().saturating_sub(event.time_ms));
+        if age > config.max_age {
+            tracing::warn!(target_name = %target.name, event = %event.id, kind = event.kind.as_str(), "webhook event dropped: undelivered for notify_max_age");
+            metrics.dropped(Dropped::MaxAge, 1);
+            return;
+        }
+        let answer = attempt(&shared.notify.client, target, event, &shared.notify.source).await;
+        metrics.delivery(&target.name, answer.outcome);
+        match answer.outcome {
+            Outcome::Delivered => return,
+            Outcome::Rejected => {
+                tracing::warn!(target_name = %target.name, event = %event.id, kind = event.kind.as_str(), error = answer.error.as_deref().unwrap_or(""), "webhook event refused by its target; not retried");
+                metrics.dropped(Dropped::Rejected, 1);
+                return;
+            }
+            Outcome::Retry => {
+                let mut random = [0u8; 4];
+                let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut random);
+                let wait = backoff(
+                    failures,
+                    config.retry_max_interval,
+                    answer.retry_after,
+                    u32::from_be_bytes(random),
+                );
+                tracing::info!(target_name = %target.name, event = %event.id, error = answer.error.as_deref().unwrap_or(""), wait_ms = wait.as_millis() as u64, "webhook delivery failed; trying again");
+                failures += 1;
+                tokio::time::sleep(wait).await;
+                // Keep the lease across the wait.
+                let (n, h) = (target.name.clone(), shared.notify.holder.clone());
+                let _ = blocking(shared, move |s| {
+                    s.outbox().ok_or_else(no_outbox)?.outbox_lease(&n, &h, lease)
+                })
+                .await;
+            }
+        }
+    }
+}

@@ -1,0 +1,80 @@
+//! The webhook outbox: events waiting to be delivered, one cursor per target, and the
+//! timers of events that happen at a time rather than on a request (a release expiring).
+//!
+//! Events are numbered in the order they were appended (`seq`, 1, 2, ...; never reused).
+//! A target's cursor is the last `seq` it is done with (delivered, refused by the
+//! receiver, or dropped); each target is delivered in `seq` order, which keeps the order
+//! per tag. Across replicas the delivery of a target is leased to one replica at a time:
+//! an event is sent twice only when a replica stops between sending it and recording
+//! that it did, and the event's `id` lets a receiver drop the second copy.
+
+use std::time::Duration;
+
+use super::StoreError;
+use crate::notify::EventKind;
+
+/// One event as the outbox keeps it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct OutboxEvent {
+    /// Unique, and the same on every attempt: a receiver drops a copy it saw.
+    pub id: String,
+    pub kind: EventKind,
+    /// When it happened, in milliseconds since the Unix epoch.
+    pub time_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    /// What the audit event carries.
+    pub data: serde_json::Value,
+}
+
+/// The outbox as the targets in force see it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OutboxStats {
+    /// Events some target has not finished with.
+    pub pending: u64,
+    /// When the oldest of them happened (ms since the epoch).
+    pub oldest_ms: Option<u64>,
+}
+
+/// A timer: at `at_ms`, `payload` is handed back by [`Outbox::outbox_due`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Timer {
+    pub key: String,
+    pub at_ms: u64,
+    pub payload: String,
+}
+
+pub trait Outbox: Send + Sync {
+    /// Append `events` (one whose `id` the outbox holds already is skipped), after giving
+    /// each of `targets` that has no cursor yet one at the current end, so that it gets
+    /// these events and nothing older. When the outbox then holds more than `max`
+    /// events, the oldest go; returns how many.
+    fn outbox_append(&self, events: &[OutboxEvent], targets: &[String], max: u64) -> Result<u64, StoreError>;
+
+    /// Take, or keep, the delivery of `target` for `holder` until `ttl` from now. Returns
+    /// the target's cursor, or `None` while another holder's lease runs. A target with
+    /// no cursor gets one at the current end.
+    fn outbox_lease(&self, target: &str, holder: &str, ttl: Duration) -> Result<Option<u64>, StoreError>;
+
+    /// Up to `limit` events after `seq`, oldest first.
+    fn outbox_after(&self, seq: u64, limit: usize) -> Result<Vec<(u64, OutboxEvent)>, StoreError>;
+
+    /// `target` is done with every event up to `seq`; recorded only while `holder` holds
+    /// its lease (`false`: it lost it, and must stop).
+    fn outbox_ack(&self, target: &str, holder: &str, seq: u64) -> Result<bool, StoreError>;
+
+    /// Remove the events every one of `targets` is done with (all of them when there are
+    /// no targets), and count what is left.
+    fn outbox_trim(&self, targets: &[String]) -> Result<OutboxStats, StoreError>;
+
+    /// Set (or replace) the timer `timer.key`.
+    fn outbox_schedule(&self, timer: &Timer) -> Result<(), StoreError>;
+
+    /// Up to `limit` timers due at `now_ms`, earliest first. They stay until
+    /// [`Outbox::outbox_unschedule`].
+    fn outbox_due(&self, now_ms: u64, limit: usize) -> Result<Vec<Timer>, StoreError>;
+
+    fn outbox_unschedule(&self, key: &str) -> Result<(), StoreError>;
+}

@@ -1,0 +1,162 @@
+//! The webhook outbox in PostgreSQL ([`crate::store::Outbox`]), shared by every replica:
+//! appends are serialised by a transaction advisory lock, so `seq` order is commit order
+//! and no cursor can pass an event that commits later; a target's delivery is leased to
+//! one replica at a time, by the database's clock.
+
+use std::time::Duration;
+
+use super::{db, PgStore};
+use crate::store::{Outbox, OutboxEvent, OutboxStats, StoreError, Timer};
+
+/// The advisory lock key of outbox appends ("webhook" in ASCII).
+const APPEND_LOCK: i64 = 0x77_6562_686f_6f6b;
+
+const DB_NOW_MS: &str = "floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint";
+
+fn corrupt(e: impl ToString) -> StoreError {
+    StoreError::Corrupt {
+        key: "webhook_events".into(),
+        why: e.to_string(),
+    }
+}
+
+impl Outbox for PgStore {
+    fn outbox_append(&self, events: &[OutboxEvent], targets: &[String], max: u64) -> Result<u64, StoreError> {
+        let mut c = self.client()?;
+        let mut tx = c.transaction().map_err(db)?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&APPEND_LOCK])
+            .map_err(db)?;
+        let mut head: i64 = tx.query_one("SELECT seq FROM webhook_head", &[]).map_err(db)?.get(0);
+        for target in targets {
+            tx.execute(
+                "INSERT INTO webhook_cursors (target, seq) VALUES ($1, $2) ON CONFLICT (target) DO NOTHING",
+                &[target, &head],
+            )
+            .map_err(db)?;
+        }
+        for e in events {
+            let value = serde_json::to_value(e).expect("an event serialises");
+            let added = tx
+                .execute(
+                    "INSERT INTO webhook_events (seq, id, event) VALUES ($1, $2, $3) ON CONFLICT (id) DO NOTHING",
+                    &[&(head + 1), &e.id, &value],
+                )
+                .map_err(db)?;
+            head += added as i64;
+        }
+        tx.execute("UPDATE webhook_head SET seq = $1", &[&head]).map_err(db)?;
+        let keep_from = head - i64::try_from(max).unwrap_or(i64::MAX) + 1;
+        let dropped = tx
+            .execute("DELETE FROM webhook_events WHERE seq < $1", &[&keep_from])
+            .map_err(db)?;
+        tx.commit().map_err(db)?;
+        Ok(dropped)
+    }
+
+    fn outbox_lease(&self, target: &str, holder: &str, ttl: Duration) -> Result<Option<u64>, StoreError> {
+        let mut c = self.client()?;
+        let ttl = ttl.as_millis() as i64;
+        c.execute(
+            "INSERT INTO webhook_cursors (target, seq) SELECT $1, seq FROM webhook_head ON CONFLICT (target) DO NOTHING",
+            &[&target],
+        )
+        .map_err(db)?;
+        let row = c
+            .query_opt(
+                &format!(
+                    "UPDATE webhook_cursors SET holder = $2, lease_until = {DB_NOW_MS} + $3
+                     WHERE target = $1 AND (holder = $2 OR lease_until < {DB_NOW_MS}) RETURNING seq"
+                ),
+                &[&target, &holder, &ttl],
+            )
+            .map_err(db)?;
+        Ok(row.map(|r| r.get::<_, i64>(0) as u64))
+    }
+
+    fn outbox_after(&self, seq: u64, limit: usize) -> Result<Vec<(u64, OutboxEvent)>, StoreError> {
+        let mut c = self.client()?;
+        let rows = c
+            .query(
+                "SELECT seq, event FROM webhook_events WHERE seq > $1 ORDER BY seq LIMIT $2",
+                &[&(seq as i64), &(limit as i64)],
+            )
+            .map_err(db)?;
+        rows.into_iter()
+            .map(|r| {
+                let v: serde_json::Value = r.get(1);
+                Ok((r.get::<_, i64>(0) as u64, serde_json::from_value(v).map_err(corrupt)?))
+            })
+            .collect()
+    }
+
+    fn outbox_ack(&self, target: &str, holder: &str, seq: u64) -> Result<bool, StoreError> {
+        let mut c = self.client()?;
+        let n = c
+            .execute(
+                "UPDATE webhook_cursors SET seq = GREATEST(seq, $3) WHERE target = $1 AND holder = $2",
+                &[&target, &holder, &(seq as i64)],
+            )
+            .map_err(db)?;
+        Ok(n == 1)
+    }
+
+    fn outbox_trim(&self, targets: &[String]) -> Result<OutboxStats, StoreError> {
+        let mut c = self.client()?;
+        let targets: Vec<&str> = targets.iter().map(String::as_str).collect();
+        let row = c
+            .query_one(
+                "SELECT h.seq, LEAST(h.seq, (SELECT MIN(seq) FROM webhook_cursors WHERE target = ANY($1)))
+                 FROM webhook_head h",
+                &[&targets],
+            )
+            .map_err(db)?;
+        let (head, done): (i64, i64) = (row.get(0), row.get(1));
+        c.execute("DELETE FROM webhook_events WHERE seq <= $1", &[&done])
+            .map_err(db)?;
+        let oldest = c
+            .query_opt("SELECT event FROM webhook_events WHERE seq = $1", &[&(done + 1)])
+            .map_err(db)?
+            .and_then(|r| serde_json::from_value::<OutboxEvent>(r.get(0)).ok())
+            .map(|e| e.time_ms);
+        Ok(OutboxStats {
+            pending: (head - done).max(0) as u64,
+            oldest_ms: oldest,
+        })
+    }
+
+    fn outbox_schedule(&self, timer: &Timer) -> Result<(), StoreError> {
+        let mut c = self.client()?;
+        c.execute(
+            "INSERT INTO webhook_timers (key, at_ms, payload) VALUES ($1, $2, $3)
+             ON CONFLICT (key) DO UPDATE SET at_ms = EXCLUDED.at_ms, payload = EXCLUDED.payload",
+            &[&timer.key, &(timer.at_ms as i64), &timer.payload],
+        )
+        .map_err(db)?;
+        Ok(())
+    }
+
+    fn outbox_due(&self, now_ms: u64, limit: usize) -> Result<Vec<Timer>, StoreError> {
+        let mut c = self.client()?;
+        let rows = c
+            .query(
+                "SELECT key, at_ms, payload FROM webhook_timers WHERE at_ms <= $1 ORDER BY at_ms LIMIT $2",
+                &[&(now_ms as i64), &(limit as i64)],
+            )
+            .map_err(db)?;
+        Ok(rows
+            .into_iter()
+            .map(|r| Timer {
+                key: r.get(0),
+                at_ms: r.get::<_, i64>(1) as u64,
+                payload: r.get(2),
+            })
+            .collect())
+    }
+
+    fn outbox_unschedule(&self, key: &str) -> Result<(), StoreError> {
+        let mut c = self.client()?;
+        c.execute("DELETE FROM webhook_timers WHERE key = $1", &[&key])
+            .map_err(db)?;
+        Ok(())
+    }
+}
