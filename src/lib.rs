@@ -64,6 +64,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     listener.set_nonblocking(true).map_err(bind)?;
     let local = listener.local_addr().map_err(bind)?;
     let workers = config.workers;
+    // The address as bound (a configured port 0 is one now): what events name as source.
+    let mut config = config;
+    config.listen = local;
     // Opening the store may block (PostgreSQL's synchronous client connects and migrates
     // on its own runtime): off this async context.
     let shared = tokio::task::spawn_blocking(move || Shared::new(config))

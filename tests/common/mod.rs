@@ -23,6 +23,7 @@ pub mod postgres;
 pub mod procs;
 pub mod push_only;
 pub mod reads;
+pub mod receiver;
 pub mod signing;
 pub mod tlog;
 pub mod tmpfs;
