@@ -87,8 +87,9 @@ TAGPIN_TEST_STORE=postgres cargo test --locked \
   --test push_and_pin --test in_flight --test pinned_content --test policy_modes \
   --test races_and_crashes --test faulty_upstream --test claims \
   --test in_flight_records --test deletes_settled --test releases_once \
-  --test pinned_reads --test read_modes --test first_pull_race --test durable_writes --test large_imports --test import_online -- --test-threads="${TEST_THREADS:-4}" \
-  --skip a_256_mib_layer_is_pushed_and_pulled_intact --skip a_bad_reads_value_is_a_usage_error_that_names_it
+  --test pinned_reads --test read_modes --test first_pull_race --test durable_writes --test large_imports --test import_online --test notify -- --test-threads="${TEST_THREADS:-4}" \
+  --skip a_256_mib_layer_is_pushed_and_pulled_intact --skip a_bad_reads_value_is_a_usage_error_that_names_it \
+  --skip three_replicas_on_postgres_deliver_each_event_once
 echo "== deploy files (kubernetes-validate --strict, hadolint, compose schema and healthchecks)"
 tests/deploy_check.sh
 echo "== benchmark smoke run (bench/run.sh --smoke)"
