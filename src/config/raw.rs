@@ -77,8 +77,7 @@ impl RawConfig {
     pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
         toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
-            // toml's message spans several lines; the operator gets one.
-            message: e.to_string().split_whitespace().collect::<Vec<_>>().join(" "),
+            message: parse_message(&e, text),
         })
     }
 
@@ -88,5 +87,42 @@ impl RawConfig {
             source,
         })?;
         Self::from_toml(&text, path)
+    }
+}
+
+/// toml's error in one line, with where it is but without the line it quotes: that line
+/// may hold a webhook URL with its token or credentials, and the message goes to the
+/// log and to the `policy_reload_failed` webhook.
+fn parse_message(e: &toml::de::Error, text: &str) -> String {
+    let what = e.message().split_whitespace().collect::<Vec<_>>().join(" ");
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            format!("line {line}, column {column}: {what}")
+        }
+        None => what,
+    }
+}
+
+#[cfg(test)]
+mod parse_tests {
+    use super::*;
+
+    #[test]
+    fn a_parse_error_names_the_place_but_never_quotes_the_line() {
+        let path = Path::new("t.toml");
+        let token = "XoxSlackToken4a7c";
+        for text in [
+            format!("listen = \"127.0.0.1:1\"\n[[notify]]\nurl = \"https://u:pw@hooks.example/T/B/{token}\n"),
+            format!("[[notify]]\nurl = \"https://hooks.example/T/B/{token}\" timeout = \"2s\"\n"),
+            format!("[[notify]]\nurl = https://hooks.example/T/B/{token}\n"),
+        ] {
+            let e = RawConfig::from_toml(&text, path).unwrap_err().to_string();
+            assert!(!e.contains(token) && !e.contains("pw"), "{e}");
+            assert!(!e.contains('\n'), "{e}");
+            assert!(e.contains("line "), "{e}");
+        }
     }
 }

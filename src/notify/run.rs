@@ -18,6 +18,15 @@ use crate::store::{now_millis, OutboxEvent, PinStore, StoreError};
 /// How often an idle delivery task looks for events other replicas appended.
 const POLL: Duration = Duration::from_millis(500);
 
+/// How long a cursor some replica created or leased keeps its events from the trim of a
+/// replica whose targets do not name it (a rolling reload adds a target to one replica
+/// before the others).
+const IN_USE: Duration = Duration::from_secs(600);
+
+/// The longest a delivery task waits between retries without renewing its lease (every
+/// lease is longer: it has 30 s on top of the target's timeout).
+const RENEW: Duration = Duration::from_secs(10);
+
 /// Run the webhooks until `stop`; then the events still queued are appended before it
 /// returns, so a clean shutdown loses none.
 pub async fn run(shared: Arc<Shared>, stop: impl Future<Output = ()>) {
@@ -131,7 +140,11 @@ async fn append(shared: &Arc<Shared>, batch: Vec<OutboxEvent>) {
 
 async fn trim(shared: &Arc<Shared>) {
     let names: Vec<String> = shared.notify.config().targets.iter().map(|t| t.name.clone()).collect();
-    match blocking(shared, move |s| s.outbox().ok_or_else(no_outbox)?.outbox_trim(&names)).await {
+    match blocking(shared, move |s| {
+        s.outbox().ok_or_else(no_outbox)?.outbox_trim(&names, IN_USE)
+    })
+    .await
+    {
         Ok(stats) => {
             let age = stats.oldest_ms.map_or(0, |t| now_millis().saturating_sub(t) / 1000);
             shared.metrics.notify.outbox(stats.pending, age);
@@ -225,12 +238,16 @@ async fn deliver_target(shared: Arc<Shared>, config: Arc<NotifyConfig>, target: 
             continue;
         }
         for (seq, event) in events {
-            if target.wants(event.kind, event.repository.as_deref()) {
-                deliver_one(&shared, &config, &target, &event, lease).await;
+            if target.wants(event.kind, event.repository.as_deref())
+                && !deliver_one(&shared, &config, &target, &event, lease).await
+            {
+                // The lease went to another replica while this one retried.
+                break;
             }
             let (n, h) = (name.clone(), holder.clone());
+            // The ack renews the lease: a batch of slow answers keeps its target.
             match blocking(&shared, move |s| {
-                s.outbox().ok_or_else(no_outbox)?.outbox_ack(&n, &h, seq)
+                s.outbox().ok_or_else(no_outbox)?.outbox_ack(&n, &h, seq, lease)
             })
             .await
             {
@@ -243,14 +260,15 @@ async fn deliver_target(shared: Arc<Shared>, config: Arc<NotifyConfig>, target: 
     }
 }
 
-/// Attempt `event` until it is delivered, refused, or too old.
+/// Attempt `event` until it is delivered, refused, or too old (`true`), or until this
+/// process no longer holds the target's lease (`false`: the holder sends it).
 async fn deliver_one(
     shared: &Arc<Shared>,
     config: &NotifyConfig,
     target: &NotifyTarget,
     event: &OutboxEvent,
     lease: Duration,
-) {
+) -> bool {
     let metrics = &shared.metrics.notify;
     let mut failures = 0u32;
     loop {
@@ -258,16 +276,16 @@ async fn deliver_one(
         if age > config.max_age {
             tracing::warn!(target_name = %target.name, event = %event.id, kind = event.kind.as_str(), "webhook event dropped: undelivered for notify_max_age");
             metrics.dropped(Dropped::MaxAge, 1);
-            return;
+            return true;
         }
         let answer = attempt(&shared.notify.client, target, event, &shared.notify.source).await;
         metrics.delivery(&target.name, answer.outcome);
         match answer.outcome {
-            Outcome::Delivered => return,
+            Outcome::Delivered => return true,
             Outcome::Rejected => {
                 tracing::warn!(target_name = %target.name, event = %event.id, kind = event.kind.as_str(), error = answer.error.as_deref().unwrap_or(""), "webhook event refused by its target; not retried");
                 metrics.dropped(Dropped::Rejected, 1);
-                return;
+                return true;
             }
             Outcome::Retry => {
                 let mut random = [0u8; 4];
@@ -280,14 +298,31 @@ async fn deliver_one(
                 );
                 tracing::info!(target_name = %target.name, event = %event.id, error = answer.error.as_deref().unwrap_or(""), wait_ms = wait.as_millis() as u64, "webhook delivery failed; trying again");
                 failures += 1;
-                tokio::time::sleep(wait).await;
-                // Keep the lease across the wait.
-                let (n, h) = (target.name.clone(), shared.notify.holder.clone());
-                let _ = blocking(shared, move |s| {
-                    s.outbox().ok_or_else(no_outbox)?.outbox_lease(&n, &h, lease)
-                })
-                .await;
+                if !wait_holding(shared, &target.name, wait, lease).await {
+                    return false;
+                }
             }
+        }
+    }
+}
+
+/// Wait `wait`, renewing `target`'s lease at least every [`RENEW`] (a `Retry-After` may
+/// ask for longer than a lease lasts); `false` when another holder took it. A store that
+/// fails to answer leaves the lease to run its course.
+async fn wait_holding(shared: &Arc<Shared>, target: &str, mut wait: Duration, lease: Duration) -> bool {
+    loop {
+        let step = wait.min(RENEW);
+        tokio::time::sleep(step).await;
+        wait -= step;
+        let (n, h) = (target.to_owned(), shared.notify.holder.clone());
+        let held = blocking(shared, move |s| {
+            s.outbox().ok_or_else(no_outbox)?.outbox_lease(&n, &h, lease)
+        })
+        .await;
+        match held {
+            Ok(None) => return false,
+            Ok(Some(_)) | Err(_) if wait.is_zero() => return true,
+            _ => {}
         }
     }
 }

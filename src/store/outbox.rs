@@ -62,12 +62,15 @@ pub trait Outbox: Send + Sync {
     fn outbox_after(&self, seq: u64, limit: usize) -> Result<Vec<(u64, OutboxEvent)>, StoreError>;
 
     /// `target` is done with every event up to `seq`; recorded only while `holder` holds
-    /// its lease (`false`: it lost it, and must stop).
-    fn outbox_ack(&self, target: &str, holder: &str, seq: u64) -> Result<bool, StoreError>;
+    /// its lease (`false`: it lost it, and must stop), which then runs `ttl` from now: a
+    /// holder that keeps acknowledging keeps the target however long its batch takes.
+    fn outbox_ack(&self, target: &str, holder: &str, seq: u64, ttl: Duration) -> Result<bool, StoreError>;
 
     /// Remove the events every one of `targets` is done with (all of them when there are
-    /// no targets), and count what is left.
-    fn outbox_trim(&self, targets: &[String]) -> Result<OutboxStats, StoreError>;
+    /// neither targets nor cursors in use), and count what is left. A cursor created or
+    /// leased within `in_use` counts as a target too: another replica may have a target
+    /// this one has not (a rolling reload), and its events are not this one's to remove.
+    fn outbox_trim(&self, targets: &[String], in_use: Duration) -> Result<OutboxStats, StoreError>;
 
     /// Set (or replace) the timer `timer.key`.
     fn outbox_schedule(&self, timer: &Timer) -> Result<(), StoreError>;

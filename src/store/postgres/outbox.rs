@@ -28,8 +28,12 @@ impl Outbox for PgStore {
             .map_err(db)?;
         let mut head: i64 = tx.query_one("SELECT seq FROM webhook_head", &[]).map_err(db)?.get(0);
         for target in targets {
+            // Free to lease at once, and in use (for the trim) from now.
             tx.execute(
-                "INSERT INTO webhook_cursors (target, seq) VALUES ($1, $2) ON CONFLICT (target) DO NOTHING",
+                &format!(
+                    "INSERT INTO webhook_cursors (target, seq, lease_until) VALUES ($1, $2, {DB_NOW_MS})
+                     ON CONFLICT (target) DO NOTHING"
+                ),
                 &[target, &head],
             )
             .map_err(db)?;
@@ -57,7 +61,10 @@ impl Outbox for PgStore {
         let mut c = self.client()?;
         let ttl = ttl.as_millis() as i64;
         c.execute(
-            "INSERT INTO webhook_cursors (target, seq) SELECT $1, seq FROM webhook_head ON CONFLICT (target) DO NOTHING",
+            &format!(
+                "INSERT INTO webhook_cursors (target, seq, lease_until) SELECT $1, seq, {DB_NOW_MS} FROM webhook_head
+                 ON CONFLICT (target) DO NOTHING"
+            ),
             &[&target],
         )
         .map_err(db)?;
@@ -65,7 +72,7 @@ impl Outbox for PgStore {
             .query_opt(
                 &format!(
                     "UPDATE webhook_cursors SET holder = $2, lease_until = {DB_NOW_MS} + $3
-                     WHERE target = $1 AND (holder = $2 OR lease_until < {DB_NOW_MS}) RETURNING seq"
+                     WHERE target = $1 AND (holder = $2 OR lease_until <= {DB_NOW_MS}) RETURNING seq"
                 ),
                 &[&target, &holder, &ttl],
             )
@@ -89,25 +96,32 @@ impl Outbox for PgStore {
             .collect()
     }
 
-    fn outbox_ack(&self, target: &str, holder: &str, seq: u64) -> Result<bool, StoreError> {
+    fn outbox_ack(&self, target: &str, holder: &str, seq: u64, ttl: Duration) -> Result<bool, StoreError> {
         let mut c = self.client()?;
         let n = c
             .execute(
-                "UPDATE webhook_cursors SET seq = GREATEST(seq, $3) WHERE target = $1 AND holder = $2",
-                &[&target, &holder, &(seq as i64)],
+                &format!(
+                    "UPDATE webhook_cursors SET seq = GREATEST(seq, $3), lease_until = {DB_NOW_MS} + $4
+                     WHERE target = $1 AND holder = $2"
+                ),
+                &[&target, &holder, &(seq as i64), &(ttl.as_millis() as i64)],
             )
             .map_err(db)?;
         Ok(n == 1)
     }
 
-    fn outbox_trim(&self, targets: &[String]) -> Result<OutboxStats, StoreError> {
+    fn outbox_trim(&self, targets: &[String], in_use: Duration) -> Result<OutboxStats, StoreError> {
         let mut c = self.client()?;
         let targets: Vec<&str> = targets.iter().map(String::as_str).collect();
+        let in_use = in_use.as_millis() as i64;
         let row = c
             .query_one(
-                "SELECT h.seq, LEAST(h.seq, (SELECT MIN(seq) FROM webhook_cursors WHERE target = ANY($1)))
-                 FROM webhook_head h",
-                &[&targets],
+                &format!(
+                    "SELECT h.seq, LEAST(h.seq, (SELECT MIN(seq) FROM webhook_cursors
+                        WHERE target = ANY($1) OR lease_until > {DB_NOW_MS} - $2))
+                     FROM webhook_head h"
+                ),
+                &[&targets, &in_use],
             )
             .map_err(db)?;
         let (head, done): (i64, i64) = (row.get(0), row.get(1));

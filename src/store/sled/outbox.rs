@@ -97,10 +97,11 @@ impl Outbox for SledStore {
                 let mut tail = number(cur, TAIL)?.max(1);
                 for target in targets {
                     if cursor(cur, target)?.is_none() {
+                        // Free to lease at once, and in use (for the trim) from now.
                         let c = Cursor {
                             seq: head,
                             holder: String::new(),
-                            until_ms: 0,
+                            until_ms: now_millis(),
                         };
                         put_cursor(cur, target, &c)?;
                     }
@@ -169,8 +170,9 @@ impl Outbox for SledStore {
         Ok(out)
     }
 
-    fn outbox_ack(&self, target: &str, holder: &str, seq: u64) -> Result<bool, StoreError> {
+    fn outbox_ack(&self, target: &str, holder: &str, seq: u64, ttl: Duration) -> Result<bool, StoreError> {
         let t = self.outbox_trees()?;
+        let now = now_millis();
         t.cursors
             .transaction(|cur| match cursor(cur, target)? {
                 Some(c) if c.holder == holder => {
@@ -179,7 +181,8 @@ impl Outbox for SledStore {
                         target,
                         &Cursor {
                             seq: seq.max(c.seq),
-                            ..c
+                            holder: c.holder,
+                            until_ms: now + ttl.as_millis() as u64,
                         },
                     )?;
                     Ok(true)
@@ -189,13 +192,27 @@ impl Outbox for SledStore {
             .map_err(tx_err)
     }
 
-    fn outbox_trim(&self, targets: &[String]) -> Result<OutboxStats, StoreError> {
+    fn outbox_trim(&self, targets: &[String], in_use: Duration) -> Result<OutboxStats, StoreError> {
         let t = self.outbox_trees()?;
+        // Cursors in use, read before the transaction: one created since is at the head
+        // of its time, never before what these hold.
+        let since = now_millis().saturating_sub(in_use.as_millis() as u64);
+        let mut in_use_min = u64::MAX;
+        for item in t.cursors.iter() {
+            let (k, v) = item.map_err(io)?;
+            if k.starts_with(b"\0") {
+                continue;
+            }
+            let c: Cursor = serde_json::from_slice(&v).map_err(|e| bad("webhook_cursors", e))?;
+            if c.until_ms > since {
+                in_use_min = in_use_min.min(c.seq);
+            }
+        }
         let (done, head) = (&t.events, &t.ids, &t.cursors)
             .transaction(|(ev, ids, cur)| {
                 let head = number(cur, HEAD)?;
                 let tail = number(cur, TAIL)?.max(1);
-                let mut done = head;
+                let mut done = head.min(in_use_min);
                 for target in targets {
                     if let Some(c) = cursor(cur, target)? {
                         done = done.min(c.seq);
