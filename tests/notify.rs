@@ -177,6 +177,24 @@ fn each_event_of_a_real_flow_arrives_signed_with_its_fields() {
     let expired = of_type(&events, "release_expired");
     assert_eq!(expired.len(), 1, "{expired:?}");
     assert_eq!(expired[0]["subject"], "team/api:2.0");
+    // A write that notices the expiry later announces nothing more, also after the outbox
+    // let go of the event: the push after it is delivered, the expiry not again.
+    wait_until(60, "the outbox emptied", || {
+        metric(&tagpin, "tagpin_notify_outbox_events") == 0.0
+    });
+    let layout = tempfile::tempdir().unwrap();
+    b.write_layout(layout.path(), "t");
+    let out = skopeo_copy(
+        &format!("oci:{}:t", layout.path().display()),
+        &format!("docker://{}/team/api:2.0", tagpin.host()),
+        &creds,
+    );
+    assert!(!out.status.success());
+    receiver.wait_for(60, "the refusal after the expiry", |d| {
+        d.iter()
+            .any(|d| d.json()["type"] == "io.tagpin.push_refused" && d.json()["subject"] == "team/api:2.0")
+    });
+    assert_eq!(of_type(&receiver.events(), "release_expired").len(), 1);
 
     // A reload that fails.
     std::fs::write(&cfg, "[[notify]]\nurl = \"ftp://nowhere\"\n").unwrap();

@@ -193,7 +193,8 @@ fn timers_come_due_in_order_until_unscheduled(s: &dyn PinStore) {
     let due: Vec<String> = o.outbox_due(250, 10).unwrap().into_iter().map(|t| t.key).collect();
     assert_eq!(due, ["early", "moved"]);
     assert_eq!(o.outbox_due(1000, 1).unwrap(), vec![timer("early", 100)]);
-    o.outbox_unschedule("early").unwrap();
+    assert!(o.outbox_unschedule("early").unwrap());
+    assert!(!o.outbox_unschedule("early").unwrap());
     let due: Vec<String> = o.outbox_due(1000, 10).unwrap().into_iter().map(|t| t.key).collect();
     assert_eq!(due, ["moved", "late"]);
     assert!(o.outbox_due(10, 10).unwrap().is_empty());

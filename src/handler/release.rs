@@ -15,7 +15,7 @@ pub fn report_expired(app: &App, repo: &Repository, expired: &[(Tag, Expired)], 
     who.user = None;
     for (tag, e) in expired {
         match e {
-            Expired::Release(release) => {
+            Expired::Release(_) => {
                 AuditEvent {
                     action: AuditAction::ReleaseExpired,
                     who: &who,
@@ -26,15 +26,8 @@ pub fn report_expired(app: &App, repo: &Repository, expired: &[(Tag, Expired)], 
                     decided: None,
                 }
                 .emit(app);
-                // The same id as the notifier's timer gives it: one event, whoever tells.
-                let (t, _) = crate::notify::release_timer(repo, tag, release);
-                app.notify.enqueue_with_id(
-                    t.event_id(),
-                    crate::notify::EventKind::ReleaseExpired,
-                    Some(repo.as_str()),
-                    Some(tag.as_str()),
-                    t.data(),
-                );
+                // The webhook event comes from the timer kept since the release was
+                // created, once, whether or not a write noticed the expiry first.
             }
             Expired::Write(w) => {
                 tracing::warn!(repository = %repo, %tag, request_id = %w.request_id, digest = %w.digest, "a write whose answer never came is past the in-doubt horizon; it no longer reserves its tag");

@@ -43,6 +43,22 @@ impl ReleaseTimer {
         super::stable_id(&format!("release_expired:{}", self.release_id))
     }
 
+    /// Whether `record` shows this release expired unused: still held past its time, or
+    /// ended by a write that noticed it (a `release_expired` entry stamped with its
+    /// expiry). A release used, cancelled or replaced shows neither.
+    pub fn expired_in(&self, record: &crate::store::TagRecord) -> bool {
+        if let Some(r) = &record.release {
+            return r.id == self.release_id && !r.cancelled;
+        }
+        let history = record.pin.as_ref().map_or(&record.history, |p| &p.history);
+        history.iter().rev().take(64).any(|h| {
+            h.event == crate::store::HistoryEvent::ReleaseExpired
+                && h.at >= self.expires_at
+                && h.by.as_deref() == Some(self.by.as_str())
+                && h.reason.as_deref() == Some(self.reason.as_str())
+        })
+    }
+
     pub fn data(&self) -> serde_json::Value {
         serde_json::json!({
             "action": "release_expired",

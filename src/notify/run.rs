@@ -174,7 +174,7 @@ async fn fire_timers(shared: &Arc<Shared>) {
                         return Ok(false);
                     };
                     let record = s.record(&repo, &tag)?;
-                    Ok(record.release.is_some_and(|r| r.id == p.release_id && !r.cancelled))
+                    Ok(p.expired_in(&record))
                 })
                 .await
             }

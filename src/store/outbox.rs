@@ -79,5 +79,6 @@ pub trait Outbox: Send + Sync {
     /// [`Outbox::outbox_unschedule`].
     fn outbox_due(&self, now_ms: u64, limit: usize) -> Result<Vec<Timer>, StoreError>;
 
-    fn outbox_unschedule(&self, key: &str) -> Result<(), StoreError>;
+    /// Remove the timer `key`; whether it was there.
+    fn outbox_unschedule(&self, key: &str) -> Result<bool, StoreError>;
 }

@@ -167,10 +167,11 @@ impl Outbox for PgStore {
             .collect())
     }
 
-    fn outbox_unschedule(&self, key: &str) -> Result<(), StoreError> {
+    fn outbox_unschedule(&self, key: &str) -> Result<bool, StoreError> {
         let mut c = self.client()?;
-        c.execute("DELETE FROM webhook_timers WHERE key = $1", &[&key])
+        let n = c
+            .execute("DELETE FROM webhook_timers WHERE key = $1", &[&key])
             .map_err(db)?;
-        Ok(())
+        Ok(n == 1)
     }
 }

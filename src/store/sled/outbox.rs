@@ -262,9 +262,8 @@ impl Outbox for SledStore {
         Ok(due)
     }
 
-    fn outbox_unschedule(&self, key: &str) -> Result<(), StoreError> {
+    fn outbox_unschedule(&self, key: &str) -> Result<bool, StoreError> {
         let t = self.outbox_trees()?;
-        t.timers.remove(key.as_bytes()).map_err(io)?;
-        Ok(())
+        Ok(t.timers.remove(key.as_bytes()).map_err(io)?.is_some())
     }
 }
