@@ -200,7 +200,34 @@ fn timers_come_due_in_order_until_unscheduled(s: &dyn PinStore) {
     assert!(o.outbox_due(10, 10).unwrap().is_empty());
 }
 
+/// A refused attempt and its events are kept by one write: both are there after it, and
+/// an event the outbox knows is not appended twice.
+fn a_refusal_and_its_events_are_one_write(s: &dyn PinStore) {
+    let o = outbox(s);
+    let (r, t) = (store_support::repo("o/refused"), store_support::tag("v1"));
+    let refused = tagpin::store::Refused {
+        at: 5,
+        attempted: None,
+        delete: false,
+        client: "127.0.0.1:1".into(),
+        user: Some("alice".into()),
+        user_agent: String::new(),
+        request_id: "req-1".into(),
+    };
+    let dropped = o
+        .record_refusal_notifying(&r, &t, &refused, &[event("r1")], &names(&["t"]), MAX)
+        .unwrap();
+    assert_eq!(dropped, 0);
+    assert_eq!(s.refusals(&r, &t).unwrap(), vec![refused.clone()]);
+    assert_eq!(ids_after(o, 0), ["r1"]);
+    o.record_refusal_notifying(&r, &t, &refused, &[event("r1")], &names(&["t"]), MAX)
+        .unwrap();
+    assert_eq!(s.refusals(&r, &t).unwrap().len(), 2);
+    assert_eq!(ids_after(o, 0), ["r1"]);
+}
+
 contract!(
+    a_refusal_and_its_events_are_one_write,
     appends_number_in_order_and_skip_known_ids,
     a_new_target_starts_at_the_end,
     leases_hold_against_other_holders,

@@ -115,6 +115,7 @@ pub async fn record_refusal(
     who: &Requester,
     attempted: Option<&Digest>,
     delete: bool,
+    event: Option<crate::store::OutboxEvent>,
 ) {
     let refused = crate::store::Refused {
         at: crate::store::now_secs(),
@@ -126,7 +127,19 @@ pub async fn record_refusal(
         request_id: who.request_id.clone(),
     };
     let (r, t) = (repo.clone(), tag.clone());
-    if let Err(e) = app.store_call(move |s| s.record_refusal(&r, &t, &refused)).await {
-        tracing::warn!(request_id = %who.request_id, error = %e, "cannot record a refused attempt");
+    let (targets, max) = app.notify.append_bounds();
+    let written = app
+        .store_call(move |s| match (event, s.outbox()) {
+            // The attempt and its webhook event in one write: neither is kept without the other.
+            (Some(e), Some(o)) => o
+                .record_refusal_notifying(&r, &t, &refused, &[e], &targets, max)
+                .map(Some),
+            _ => s.record_refusal(&r, &t, &refused).map(|()| None),
+        })
+        .await;
+    match written {
+        Ok(Some(dropped)) => app.notify.appended(dropped, &app.metrics.notify),
+        Ok(None) => {}
+        Err(e) => tracing::warn!(request_id = %who.request_id, error = %e, "cannot record a refused attempt"),
     }
 }

@@ -151,7 +151,7 @@ fn cannot_confirm(repo: &Repository, why: &str) -> ProxyError {
 /// Audit events naming the (now confirmed) user, and the refused attempts kept per tag.
 async fn write_evidence(app: &App, repo: &Repository, evidence: &[Evidence], who: &Requester) {
     for e in evidence {
-        AuditEvent {
+        let event = AuditEvent {
             action: e.action,
             who,
             repository: repo,
@@ -159,12 +159,25 @@ async fn write_evidence(app: &App, repo: &Repository, evidence: &[Evidence], who
             pinned: e.pinned.as_ref(),
             attempted: e.attempted.as_ref(),
             decided: e.decided,
-        }
-        .emit(app);
-        if let (true, Some(tag)) = (e.keep, &e.tag) {
-            let delete = e.action != AuditAction::PushRefused;
-            super::pins::record_refusal(app, repo, tag, who, e.attempted.as_ref(), delete).await;
-        }
+        };
+        let (true, Some(tag)) = (e.keep, &e.tag) else {
+            event.emit(app);
+            continue;
+        };
+        // Kept with the attempt, in the same write (a refusal is always a webhook event).
+        event.log(&app.metrics);
+        let notify = crate::notify::EventKind::of(e.action).and_then(|kind| {
+            let data = crate::notify::data_of(&event);
+            app.notify.prepare(
+                crate::notify::new_id(),
+                kind,
+                Some(repo.as_str()),
+                Some(tag.as_str()),
+                data,
+            )
+        });
+        let delete = e.action != AuditAction::PushRefused;
+        super::pins::record_refusal(app, repo, tag, who, e.attempted.as_ref(), delete, notify).await;
     }
 }
 

@@ -87,20 +87,54 @@ impl Notifier {
         tag: Option<&str>,
         data: serde_json::Value,
     ) {
-        if !self.config().targets.iter().any(|t| t.wants(kind, repository)) {
-            return;
+        if let Some(event) = self.prepare(id, kind, repository, tag, data) {
+            // The writer lives as long as the process; after it stopped (shutdown) there
+            // is nothing left to deliver with.
+            let _ = self.queue.send(event);
         }
-        let event = OutboxEvent {
+    }
+
+    /// The event, when a target wants it, for a caller that appends it in a write of its
+    /// own ([`crate::store::Outbox::record_refusal_notifying`]); then [`Notifier::appended`].
+    pub fn prepare(
+        &self,
+        id: String,
+        kind: EventKind,
+        repository: Option<&str>,
+        tag: Option<&str>,
+        data: serde_json::Value,
+    ) -> Option<OutboxEvent> {
+        if !self.config().targets.iter().any(|t| t.wants(kind, repository)) {
+            return None;
+        }
+        Some(OutboxEvent {
             id,
             kind,
             time_ms: crate::store::now_millis(),
             repository: repository.map(str::to_owned),
             tag: tag.map(str::to_owned),
             data,
-        };
-        // The writer lives as long as the process; after it stopped (shutdown) there is
-        // nothing left to deliver with.
-        let _ = self.queue.send(event);
+        })
+    }
+
+    /// The names of the targets in force and the outbox's bound, for an append.
+    pub fn append_bounds(&self) -> (Vec<String>, u64) {
+        let config = self.config();
+        let names = config.targets.iter().map(|t| t.name.clone()).collect();
+        (names, config.outbox_max_events)
+    }
+
+    /// Events were appended by a write of the caller's (`dropped` of the oldest went to
+    /// make room): count them and wake the delivery tasks.
+    pub fn appended(&self, dropped: u64, metrics: &NotifyMetrics) {
+        if dropped > 0 {
+            tracing::warn!(
+                dropped,
+                "webhook outbox full: the oldest undelivered events were dropped"
+            );
+            metrics.dropped(Dropped::OutboxFull, dropped);
+        }
+        self.appended.send_modify(|n| *n += 1);
     }
 
     /// Send an `io.tagpin.test` event to every target, or the one whose name is `only`,

@@ -10,8 +10,9 @@
 
 use std::time::Duration;
 
-use super::StoreError;
+use super::{Refused, StoreError};
 use crate::notify::EventKind;
+use crate::oci::{Repository, Tag};
 
 /// One event as the outbox keeps it.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -52,6 +53,19 @@ pub trait Outbox: Send + Sync {
     /// these events and nothing older. When the outbox then holds more than `max`
     /// events, the oldest go; returns how many.
     fn outbox_append(&self, events: &[OutboxEvent], targets: &[String], max: u64) -> Result<u64, StoreError>;
+
+    /// [`crate::store::PinStore::record_refusal`] and [`Outbox::outbox_append`] of the
+    /// refusal's events in one atomic, durable write: a refused attempt on record is never
+    /// without its events, whatever stops tagpin. Returns the events dropped to make room.
+    fn record_refusal_notifying(
+        &self,
+        repo: &Repository,
+        tag: &Tag,
+        refused: &Refused,
+        events: &[OutboxEvent],
+        targets: &[String],
+        max: u64,
+    ) -> Result<u64, StoreError>;
 
     /// Take, or keep, the delivery of `target` for `holder` until `ttl` from now. Returns
     /// the target's cursor, or `None` while another holder's lease runs. A target with

@@ -131,7 +131,7 @@ use self::tags::{Write, DB_NOW};
 pub use self::tls::{PgTls, SslMode, TlsFileError};
 use super::{
     DeleteRecord, ImportError, ImportOutcome, ImportSource, PinStore, Protect, ReadView, Refused, StoreError,
-    TagRecord, TagState, MAX_REFUSALS,
+    TagRecord, TagState,
 };
 use crate::oci::{Digest, Repository, Tag};
 
@@ -355,22 +355,8 @@ impl PinStore for PgStore {
     }
 
     fn record_refusal(&self, repo: &Repository, tag: &Tag, refused: &Refused) -> Result<(), StoreError> {
-        let record = serde_json::to_value(refused).expect("serialising a refusal cannot fail");
         let mut keys = vec![lock_key(repo, tag)];
-        self.with_locks(&mut keys, true, |tx| {
-            tx.execute(
-                "INSERT INTO refused (repository, tag, record) VALUES ($1, $2, $3)",
-                &[&repo.as_str(), &tag.as_str(), &record],
-            )
-            .map_err(db)?;
-            tx.execute(
-                "DELETE FROM refused WHERE repository = $1 AND tag = $2 AND id NOT IN
-                 (SELECT id FROM refused WHERE repository = $1 AND tag = $2 ORDER BY id DESC LIMIT $3)",
-                &[&repo.as_str(), &tag.as_str(), &(MAX_REFUSALS as i64)],
-            )
-            .map_err(db)?;
-            Ok(())
-        })
+        self.with_locks(&mut keys, true, |tx| outbox::insert_refusal(tx, repo, tag, refused))
     }
 
     fn refusals(&self, repo: &Repository, tag: &Tag) -> Result<Vec<Refused>, StoreError> {

@@ -5,8 +5,11 @@
 
 use std::time::Duration;
 
-use super::{db, PgStore};
-use crate::store::{Outbox, OutboxEvent, OutboxStats, StoreError, Timer};
+use postgres::Transaction;
+
+use super::{db, lock_key, PgStore};
+use crate::oci::{Repository, Tag};
+use crate::store::{Outbox, OutboxEvent, OutboxStats, Refused, StoreError, Timer, MAX_REFUSALS};
 
 /// The advisory lock key of outbox appends ("webhook" in ASCII).
 const APPEND_LOCK: i64 = 0x77_6562_686f_6f6b;
@@ -20,41 +23,89 @@ fn corrupt(e: impl ToString) -> StoreError {
     }
 }
 
+/// Append `events` inside `tx` (see [`Outbox::outbox_append`]); the advisory lock is
+/// held to the end of `tx`, so events are numbered in commit order.
+fn append_in(
+    tx: &mut Transaction<'_>,
+    events: &[OutboxEvent],
+    targets: &[String],
+    max: u64,
+) -> Result<u64, StoreError> {
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&APPEND_LOCK])
+        .map_err(db)?;
+    let mut head: i64 = tx.query_one("SELECT seq FROM webhook_head", &[]).map_err(db)?.get(0);
+    for target in targets {
+        // Free to lease at once, and in use (for the trim) from now.
+        tx.execute(
+            &format!(
+                "INSERT INTO webhook_cursors (target, seq, lease_until) VALUES ($1, $2, {DB_NOW_MS})
+                 ON CONFLICT (target) DO NOTHING"
+            ),
+            &[target, &head],
+        )
+        .map_err(db)?;
+    }
+    for e in events {
+        let value = serde_json::to_value(e).expect("an event serialises");
+        let added = tx
+            .execute(
+                "INSERT INTO webhook_events (seq, id, event) VALUES ($1, $2, $3) ON CONFLICT (id) DO NOTHING",
+                &[&(head + 1), &e.id, &value],
+            )
+            .map_err(db)?;
+        head += added as i64;
+    }
+    tx.execute("UPDATE webhook_head SET seq = $1", &[&head]).map_err(db)?;
+    let keep_from = head - i64::try_from(max).unwrap_or(i64::MAX) + 1;
+    tx.execute("DELETE FROM webhook_events WHERE seq < $1", &[&keep_from])
+        .map_err(db)
+}
+
+/// Keep a refused attempt among the tag's last [`MAX_REFUSALS`].
+pub(super) fn insert_refusal(
+    tx: &mut Transaction<'_>,
+    repo: &Repository,
+    tag: &Tag,
+    refused: &Refused,
+) -> Result<(), StoreError> {
+    let record = serde_json::to_value(refused).expect("serialising a refusal cannot fail");
+    tx.execute(
+        "INSERT INTO refused (repository, tag, record) VALUES ($1, $2, $3)",
+        &[&repo.as_str(), &tag.as_str(), &record],
+    )
+    .map_err(db)?;
+    tx.execute(
+        "DELETE FROM refused WHERE repository = $1 AND tag = $2 AND id NOT IN
+         (SELECT id FROM refused WHERE repository = $1 AND tag = $2 ORDER BY id DESC LIMIT $3)",
+        &[&repo.as_str(), &tag.as_str(), &(MAX_REFUSALS as i64)],
+    )
+    .map_err(db)?;
+    Ok(())
+}
+
 impl Outbox for PgStore {
     fn outbox_append(&self, events: &[OutboxEvent], targets: &[String], max: u64) -> Result<u64, StoreError> {
         let mut c = self.client()?;
         let mut tx = c.transaction().map_err(db)?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&APPEND_LOCK])
-            .map_err(db)?;
-        let mut head: i64 = tx.query_one("SELECT seq FROM webhook_head", &[]).map_err(db)?.get(0);
-        for target in targets {
-            // Free to lease at once, and in use (for the trim) from now.
-            tx.execute(
-                &format!(
-                    "INSERT INTO webhook_cursors (target, seq, lease_until) VALUES ($1, $2, {DB_NOW_MS})
-                     ON CONFLICT (target) DO NOTHING"
-                ),
-                &[target, &head],
-            )
-            .map_err(db)?;
-        }
-        for e in events {
-            let value = serde_json::to_value(e).expect("an event serialises");
-            let added = tx
-                .execute(
-                    "INSERT INTO webhook_events (seq, id, event) VALUES ($1, $2, $3) ON CONFLICT (id) DO NOTHING",
-                    &[&(head + 1), &e.id, &value],
-                )
-                .map_err(db)?;
-            head += added as i64;
-        }
-        tx.execute("UPDATE webhook_head SET seq = $1", &[&head]).map_err(db)?;
-        let keep_from = head - i64::try_from(max).unwrap_or(i64::MAX) + 1;
-        let dropped = tx
-            .execute("DELETE FROM webhook_events WHERE seq < $1", &[&keep_from])
-            .map_err(db)?;
+        let dropped = append_in(&mut tx, events, targets, max)?;
         tx.commit().map_err(db)?;
         Ok(dropped)
+    }
+
+    fn record_refusal_notifying(
+        &self,
+        repo: &Repository,
+        tag: &Tag,
+        refused: &Refused,
+        events: &[OutboxEvent],
+        targets: &[String],
+        max: u64,
+    ) -> Result<u64, StoreError> {
+        let mut keys = vec![lock_key(repo, tag)];
+        self.with_locks(&mut keys, true, |tx| {
+            insert_refusal(tx, repo, tag, refused)?;
+            append_in(tx, events, targets, max)
+        })
     }
 
     fn outbox_lease(&self, target: &str, holder: &str, ttl: Duration) -> Result<Option<u64>, StoreError> {

@@ -372,6 +372,20 @@ impl SledStore {
     }
 }
 
+/// Keep a refused attempt among the tag's last [`MAX_REFUSALS`].
+fn push_refusal(tx: &sled::transaction::TransactionalTree, key: &[u8], refused: &Refused) -> TxResult<()> {
+    let mut list = match tx.get(key)? {
+        Some(v) => decode_refusals(key, &v).map_err(abort)?,
+        None => Vec::new(),
+    };
+    list.push(refused.clone());
+    if list.len() > MAX_REFUSALS {
+        list.drain(..list.len() - MAX_REFUSALS);
+    }
+    tx.insert(key, encode_refusals(&list))?;
+    Ok(())
+}
+
 impl PinStore for SledStore {
     fn record(&self, repo: &Repository, tag: &Tag) -> Result<TagRecord, StoreError> {
         self.read_record(repo, tag)
@@ -409,18 +423,7 @@ impl PinStore for SledStore {
     fn record_refusal(&self, repo: &Repository, tag: &Tag, refused: &Refused) -> Result<(), StoreError> {
         let t = self.trees()?;
         let key = tag_key(repo, tag);
-        let result = t.refused.transaction(|tx| {
-            let mut list = match tx.get(&key)? {
-                Some(v) => decode_refusals(&key, &v).map_err(abort)?,
-                None => Vec::new(),
-            };
-            list.push(refused.clone());
-            if list.len() > MAX_REFUSALS {
-                list.drain(..list.len() - MAX_REFUSALS);
-            }
-            tx.insert(key.clone(), encode_refusals(&list))?;
-            Ok(())
-        });
+        let result = t.refused.transaction(|tx| push_refusal(tx, &key, refused));
         settle(result)?;
         self.flush_write(&t)
     }

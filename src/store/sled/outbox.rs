@@ -7,9 +7,11 @@ use std::time::Duration;
 
 use sled::transaction::{TransactionError, Transactional, TransactionalTree};
 
-use super::keys::{abort, io, TxResult};
+use super::keys::{abort, io, settle, tag_key, TxResult};
+use super::push_refusal;
 use super::SledStore;
-use crate::store::{now_millis, Outbox, OutboxEvent, OutboxStats, StoreError, Timer};
+use crate::oci::{Repository, Tag};
+use crate::store::{now_millis, Outbox, OutboxEvent, OutboxStats, Refused, StoreError, Timer};
 
 const HEAD: &[u8] = b"\0head";
 const TAIL: &[u8] = b"\0tail";
@@ -74,6 +76,48 @@ fn remove_range(events: &TransactionalTree, ids: &TransactionalTree, from: u64, 
     Ok(())
 }
 
+/// Append `events` within a transaction (see [`Outbox::outbox_append`]).
+fn append_tx(
+    ev: &TransactionalTree,
+    ids: &TransactionalTree,
+    cur: &TransactionalTree,
+    events: &[OutboxEvent],
+    targets: &[String],
+    max: u64,
+) -> TxResult<u64> {
+    let mut head = number(cur, HEAD)?;
+    let mut tail = number(cur, TAIL)?.max(1);
+    for target in targets {
+        if cursor(cur, target)?.is_none() {
+            // Free to lease at once, and in use (for the trim) from now.
+            let c = Cursor {
+                seq: head,
+                holder: String::new(),
+                until_ms: now_millis(),
+            };
+            put_cursor(cur, target, &c)?;
+        }
+    }
+    for e in events {
+        if ids.get(e.id.as_bytes())?.is_some() {
+            continue;
+        }
+        head += 1;
+        ev.insert(&head.to_be_bytes(), serde_json::to_vec(e).expect("an event serialises"))?;
+        ids.insert(e.id.as_bytes(), &head.to_be_bytes())?;
+    }
+    let mut dropped = 0;
+    if head >= tail && head - tail + 1 > max {
+        let last = head - max;
+        remove_range(ev, ids, tail, last)?;
+        dropped = last - tail + 1;
+        tail = last + 1;
+    }
+    cur.insert(HEAD, &head.to_be_bytes())?;
+    cur.insert(TAIL, &tail.to_be_bytes())?;
+    Ok(dropped)
+}
+
 impl SledStore {
     fn outbox_trees(&self) -> Result<OutboxTrees, StoreError> {
         let t = self.trees()?;
@@ -92,41 +136,30 @@ impl Outbox for SledStore {
     fn outbox_append(&self, events: &[OutboxEvent], targets: &[String], max: u64) -> Result<u64, StoreError> {
         let t = self.outbox_trees()?;
         let dropped = (&t.events, &t.ids, &t.cursors)
-            .transaction(|(ev, ids, cur)| {
-                let mut head = number(cur, HEAD)?;
-                let mut tail = number(cur, TAIL)?.max(1);
-                for target in targets {
-                    if cursor(cur, target)?.is_none() {
-                        // Free to lease at once, and in use (for the trim) from now.
-                        let c = Cursor {
-                            seq: head,
-                            holder: String::new(),
-                            until_ms: now_millis(),
-                        };
-                        put_cursor(cur, target, &c)?;
-                    }
-                }
-                for e in events {
-                    if ids.get(e.id.as_bytes())?.is_some() {
-                        continue;
-                    }
-                    head += 1;
-                    ev.insert(&head.to_be_bytes(), serde_json::to_vec(e).expect("an event serialises"))?;
-                    ids.insert(e.id.as_bytes(), &head.to_be_bytes())?;
-                }
-                let mut dropped = 0;
-                if head >= tail && head - tail + 1 > max {
-                    let last = head - max;
-                    remove_range(ev, ids, tail, last)?;
-                    dropped = last - tail + 1;
-                    tail = last + 1;
-                }
-                cur.insert(HEAD, &head.to_be_bytes())?;
-                cur.insert(TAIL, &tail.to_be_bytes())?;
-                Ok(dropped)
-            })
+            .transaction(|(ev, ids, cur)| append_tx(ev, ids, cur, events, targets, max))
             .map_err(tx_err)?;
         t.db.flush().map_err(io)?;
+        Ok(dropped)
+    }
+
+    fn record_refusal_notifying(
+        &self,
+        repo: &Repository,
+        tag: &Tag,
+        refused: &Refused,
+        events: &[OutboxEvent],
+        targets: &[String],
+        max: u64,
+    ) -> Result<u64, StoreError> {
+        let store = self.trees()?;
+        let t = self.outbox_trees()?;
+        let key = tag_key(repo, tag);
+        let result = (&store.refused, &t.events, &t.ids, &t.cursors).transaction(|(rf, ev, ids, cur)| {
+            push_refusal(rf, &key, refused)?;
+            append_tx(ev, ids, cur, events, targets, max)
+        });
+        let dropped = settle(result)?;
+        self.flush_write(&store)?;
         Ok(dropped)
     }
 
