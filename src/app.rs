@@ -382,6 +382,7 @@ impl App {
             &shared.config,
             shared.upstream_tls.clone(),
             shared.upstream_unsolicited.clone(),
+            shared.metrics.health.upstream_latency(),
         );
         Self { shared, upstream }
     }

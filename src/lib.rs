@@ -146,6 +146,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             let _ = stop.wait_for(|s| *s).await;
         }))
     });
+    // Keeps the `tagpin_ready` gauges current when nobody calls `/readyz`.
+    let readiness_task = {
+        let app = App::worker(Arc::clone(&shared));
+        let mut stop = stop_rx.clone();
+        tokio::spawn(readiness::refresh(app, readiness::REFRESH_EVERY, async move {
+            let _ = stop.wait_for(|s| *s).await;
+        }))
+    };
     let recover_task = {
         let app = App::worker(Arc::clone(&shared));
         let mut stop = stop_rx.clone();
@@ -210,6 +218,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         let _ = task.await;
     }
     let _ = checkpoint_task.await;
+    let _ = readiness_task.await;
     // After the workers: the events of their last decisions are appended before exit.
     let _ = notify_task.await;
     // Each of its writes is one atomic transition: stopping it between two loses nothing.

@@ -13,7 +13,10 @@
 #    is ready and fail once tagpin is gone. The only change to the command is the
 #    address 127.0.0.1:5050, which becomes the free port this tagpin listens on. The
 #    admin API is set up as the compose files do (a name:token file for the server, the
-#    bare token for the commands) and `tagpin pins list` must get through.
+#    bare token for the commands) and `tagpin pins list` must get through;
+# 4. the Prometheus alert rules (deploy/prometheus/tagpin-alerts.yml) with `promtool check
+#    rules`, and their unit tests (deploy/prometheus/tests/*.yml) with `promtool test
+#    rules` (Debian's prometheus package, installed when missing; its server is stopped).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -157,5 +160,18 @@ for check in "${healthchecks[@]}"; do
     exit 1
   fi
 done
-echo "deploy files: ${#manifests[@]} Kubernetes manifests, the Dockerfile and ${#composes[@]} compose files" \
-  "(schema, secrets, ${#healthchecks[@]} healthchecks run) pass"
+# --- 4. The alert rules and their promtool tests
+if ! command -v promtool >/dev/null; then
+  apt_install prometheus
+  "${sudo_cmd[@]}" service prometheus stop >/dev/null 2>&1 || true
+  "${sudo_cmd[@]}" update-rc.d prometheus disable >/dev/null 2>&1 || true
+  "${sudo_cmd[@]}" systemctl disable --now prometheus >/dev/null 2>&1 || true
+fi
+command -v promtool >/dev/null || { echo "FATAL: promtool (Debian package prometheus) is missing" >&2; exit 1; }
+promtool check rules deploy/prometheus/tagpin-alerts.yml
+mapfile -t rule_tests < <(find deploy/prometheus/tests -name '*.yml' | sort)
+[ "${#rule_tests[@]}" -gt 0 ] || { echo "no promtool tests under deploy/prometheus/tests/" >&2; exit 1; }
+promtool test rules "${rule_tests[@]}"
+
+echo "deploy files: ${#manifests[@]} Kubernetes manifests, the Dockerfile, ${#composes[@]} compose files" \
+  "(schema, secrets, ${#healthchecks[@]} healthchecks run) and the alert rules (${#rule_tests[@]} promtool test files) pass"

@@ -7,7 +7,8 @@
 # 3. runs every unit and integration test, then the end-to-end suites again with the
 #    PostgreSQL pin store (TAGPIN_TEST_STORE=postgres);
 # 4. checks the deploy files (tests/deploy_check.sh: Kubernetes and compose schemas,
-#    hadolint, the compose healthchecks run against a local tagpin);
+#    hadolint, the compose healthchecks run against a local tagpin, promtool check and
+#    test of the alert rules);
 # 5. runs the side-by-side benchmark in its short smoke mode, so it cannot rot
 #    (figures from a smoke run mean nothing; bench/run.sh without --smoke measures).
 set -euo pipefail
@@ -25,6 +26,7 @@ declare -A pkg_for=(
   [faketime]=faketime
   [dash]=dash
   [jsonschema]=python3-jsonschema
+  [promtool]=prometheus
 )
 missing=()
 for bin in "${!pkg_for[@]}"; do
@@ -56,9 +58,15 @@ if [ "${#missing[@]}" -gt 0 ]; then
     "${sudo_cmd[@]}" update-rc.d postgresql disable >/dev/null 2>&1 || true
     "${sudo_cmd[@]}" systemctl disable postgresql >/dev/null 2>&1 || true
   fi
+  # Only promtool is wanted from it: the server the package starts is stopped the same way.
+  if printf '%s\n' "${missing[@]}" | grep -qx prometheus; then
+    "${sudo_cmd[@]}" service prometheus stop >/dev/null 2>&1 || true
+    "${sudo_cmd[@]}" update-rc.d prometheus disable >/dev/null 2>&1 || true
+    "${sudo_cmd[@]}" systemctl disable --now prometheus >/dev/null 2>&1 || true
+  fi
 fi
 # Debian starts packaged services on install where it can; the tests start their own.
-for bin in docker-registry skopeo htpasswd openssl curl; do
+for bin in docker-registry skopeo htpasswd openssl curl promtool; do
   command -v "$bin" >/dev/null || { echo "FATAL: $bin still missing after install" >&2; exit 1; }
 done
 command -v initdb >/dev/null || compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null ||
@@ -90,7 +98,7 @@ TAGPIN_TEST_STORE=postgres cargo test --locked \
   --test pinned_reads --test read_modes --test first_pull_race --test durable_writes --test large_imports --test import_online --test notify -- --test-threads="${TEST_THREADS:-4}" \
   --skip a_256_mib_layer_is_pushed_and_pulled_intact --skip a_bad_reads_value_is_a_usage_error_that_names_it \
   --skip three_replicas_on_postgres_deliver_each_event_once
-echo "== deploy files (kubernetes-validate --strict, hadolint, compose schema and healthchecks)"
+echo "== deploy files (kubernetes-validate --strict, hadolint, compose schema and healthchecks, promtool)"
 tests/deploy_check.sh
 echo "== benchmark smoke run (bench/run.sh --smoke)"
 bench/run.sh --smoke

@@ -112,7 +112,8 @@ pub async fn consistency(app: &App, from: u64, to: u64) -> Result<Response<Body>
 
 /// Emit the current checkpoint as a `log_checkpoint` audit event at most once per
 /// `every`, when the log has grown since the last one (and once at start), until `stop`.
-/// One replica at a time emits, as with the drift check.
+/// One replica at a time emits, as with the drift check. Each tick sets
+/// `tagpin_log_entries`, each checkpoint shipped `tagpin_log_checkpoint_timestamp_seconds`.
 pub async fn ship_checkpoints(app: App, every: Duration, stop: impl Future<Output = ()>) {
     let app = Arc::new(app);
     tokio::pin!(stop);
@@ -125,8 +126,13 @@ pub async fn ship_checkpoints(app: App, every: Duration, stop: impl Future<Outpu
             () = &mut stop => return,
         }
         let head = match app.store_call(|s| Ok((s.lead()?, s.log_head()?))).await {
-            Ok((true, head)) => head,
-            Ok((false, _)) => continue,
+            Ok((lead, head)) => {
+                app.metrics.health.log_size(head.size());
+                if !lead {
+                    continue;
+                }
+                head
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "log checkpoint not shipped: the store cannot be read");
                 continue;
@@ -146,6 +152,7 @@ pub async fn ship_checkpoints(app: App, every: Duration, stop: impl Future<Outpu
             None,
             serde_json::json!({ "action": "log_checkpoint", "size": head.size(), "checkpoint": checkpoint }),
         );
+        app.metrics.health.checkpoint_shipped();
     }
 }
 

@@ -22,7 +22,6 @@ pub use reads::ReadReports;
 pub use release::report_expired;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use http::request::Parts;
 use http::{header, HeaderValue, Request, Response, StatusCode, Version};
@@ -188,7 +187,7 @@ fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
 /// `/readyz`: 200 when both the upstream answers and the store can write durably. The
 /// answer is cached for a second across workers (see [`crate::readiness`]).
 async fn ready(app: &App) -> Response<Body> {
-    let found = app.readiness.get(|| probe_readiness(app)).await;
+    let found = crate::readiness::current(app).await;
     let word = |ok: bool| if ok { "ok" } else { "unavailable" };
     let text = serde_json::json!({"upstream": word(found.upstream), "store": word(found.store)}).to_string();
     let mut resp = Response::new(body::full(text));
@@ -200,26 +199,4 @@ async fn ready(app: &App) -> Response<Body> {
     resp.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp
-}
-
-async fn probe_readiness(app: &App) -> crate::readiness::Readiness {
-    let upstream = match tokio::time::timeout(Duration::from_secs(5), app.upstream.probe()).await {
-        Ok(Ok(())) => true,
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "readiness: upstream unavailable");
-            false
-        }
-        Err(_) => {
-            tracing::warn!("readiness: upstream probe timed out");
-            false
-        }
-    };
-    let store = match app.store_call(|s| s.check()).await {
-        Ok(()) => true,
-        Err(e) => {
-            tracing::warn!(error = %e, "readiness: pin store unavailable");
-            false
-        }
-    };
-    crate::readiness::Readiness { upstream, store }
 }

@@ -351,7 +351,10 @@ pub(crate) mod fake {
             .validate()
             .unwrap();
         let tls = Upstream::tls_config(&config).unwrap();
-        (addr, Upstream::new(&config, tls, Default::default()))
+        (
+            addr,
+            Upstream::new(&config, tls, Default::default(), Default::default()),
+        )
     }
 }
 

@@ -135,6 +135,8 @@ pub struct Upstream {
     body_idle: Duration,
     /// tagpin's own credentials, for the requests it makes for itself.
     own: own::OwnAuth,
+    /// `tagpin_upstream_request_duration_seconds`, shared with the other workers.
+    latency: crate::metrics::UpstreamLatency,
 }
 
 /// Whose credentials a request carries.
@@ -183,7 +185,12 @@ impl Upstream {
 
     /// A client for one worker. Its pooled connections live on the worker's runtime, so
     /// a request never wakes another thread. `unsolicited` is shared by every worker.
-    pub fn new(config: &Config, tls: rustls::ClientConfig, unsolicited: Unsolicited) -> Self {
+    pub fn new(
+        config: &Config,
+        tls: rustls::ClientConfig,
+        unsolicited: Unsolicited,
+        latency: crate::metrics::UpstreamLatency,
+    ) -> Self {
         let connector = connector(tls, config.timeouts.upstream_connect);
         let pool = pool::Pool::new(
             connector.clone(),
@@ -204,6 +211,7 @@ impl Upstream {
             check_timeout: config.timeouts.upstream_check,
             body_idle: config.timeouts.body_idle,
             own: own::OwnAuth::new(config.upstream_credentials.clone(), config.token_realms.clone()),
+            latency,
         }
     }
 
@@ -234,7 +242,7 @@ impl Upstream {
     /// the request body has been sent: a multi-gigabyte upload takes as long as it takes,
     /// and while it flows only the body idle timeout applies to it.
     pub async fn send(&self, req: Request<Body>) -> Result<Response<Incoming>, UpstreamError> {
-        self.send_within(req, self.header_timeout).await
+        self.send_within(req, self.header_timeout, false).await
     }
 
     /// Send a request tagpin makes for its own decision (a tag check, a tag listing, a
@@ -242,7 +250,7 @@ impl Upstream {
     /// is detected after the check timeout, not the long header timeout of forwarded
     /// requests.
     pub async fn send_check(&self, req: Request<Body>) -> Result<Response<Incoming>, UpstreamError> {
-        self.send_within(req, self.check_timeout).await
+        self.send_within(req, self.check_timeout, true).await
     }
 
     /// The bound on reading the body of a check's answer.
@@ -254,7 +262,12 @@ impl Upstream {
         &self,
         req: Request<Body>,
         header_timeout: Duration,
+        check: bool,
     ) -> Result<Response<Incoming>, UpstreamError> {
+        // The upstream's latency counts from the request sent whole: an upload's own time
+        // is the client's. An answer that comes while the body still flows counts from
+        // the start.
+        let mut waiting_since = tokio::time::Instant::now();
         let (req, sent) = if http_body::Body::is_end_stream(req.body()) {
             (req, None)
         } else {
@@ -275,7 +288,7 @@ impl Upstream {
                 // the body's progress from here.
                 let stalled_at = progress.last() + self.body_idle;
                 tokio::select! {
-                    r = &mut response => return r,
+                    r = &mut response => return self.observed(check, waiting_since, r),
                     // Sent in full, or dropped after a failure: either way the wait begins.
                     _ = &mut sent => break,
                     () = tokio::time::sleep_until(stalled_at) => {
@@ -285,11 +298,19 @@ impl Upstream {
                     }
                 }
             }
+            waiting_since = tokio::time::Instant::now();
         }
-        match tokio::time::timeout(header_timeout, response).await {
+        let answer = match tokio::time::timeout(header_timeout, response).await {
             Err(_) => Err(UpstreamError::HeaderTimeout(header_timeout)),
             Ok(r) => r,
-        }
+        };
+        self.observed(check, waiting_since, answer)
+    }
+
+    /// `answer`, its wait since `since` observed as upstream latency.
+    fn observed<T>(&self, check: bool, since: tokio::time::Instant, answer: T) -> T {
+        self.latency.observe(check, since.elapsed().as_secs_f64());
+        answer
     }
 
     /// The upstream's own origin through the pool, anything else through the general

@@ -1,6 +1,12 @@
 //! Prometheus metrics, served at `GET /metrics` in the OpenMetrics text format: the
 //! decisions (the same counts as the audit log), responses by status class, upstream and
-//! store failures, open connections, and the last drift check's tags by state.
+//! store failures, open connections, and the last drift check's tags by state; beside
+//! them (`health`) readiness by component, upstream latency and the history log's
+//! checkpoints, which the alert rules in `deploy/prometheus/` read.
+
+mod health;
+
+pub use health::{HealthMetrics, UpstreamLatency};
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -62,6 +68,8 @@ pub struct Metrics {
     reads: [Counter; 4],
     /// The webhooks' deliveries and outbox.
     pub notify: crate::notify::NotifyMetrics,
+    /// Readiness, upstream latency, the log's size and checkpoints.
+    pub health: HealthMetrics,
 }
 
 /// How a manifest read by a protected tag was answered (`reads = "pinned"`).
@@ -78,6 +86,23 @@ pub enum ReadAnswer {
 }
 
 const READ_ANSWERS: [&str; 4] = ["pinned", "adopted", "pinned_missing", "drift"];
+
+/// The decisions the alert rules read (`deploy/prometheus/tagpin-alerts.yml`) and the
+/// upstream failures they sum. Their series show from the start at 0: `increase()` cannot
+/// see the first count of a series that appears with it.
+const ALERTED_ACTIONS: [AuditAction; 10] = [
+    AuditAction::PushRefused,
+    AuditAction::DriftDetected,
+    AuditAction::ReadDrift,
+    AuditAction::PinCreated,
+    AuditAction::PinAdopted,
+    AuditAction::PinAdvanced,
+    AuditAction::PushAudited,
+    AuditAction::PushReleased,
+    AuditAction::DeleteReleased,
+    AuditAction::PinAdoptedOnRead,
+];
+const ALERTED_FAILURES: [&str; 3] = ["connect", "timeout", "transport"];
 
 /// Tags by state in one drift check.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
@@ -167,8 +192,18 @@ impl Default for Metrics {
             "Manifest reads by a protected tag with reads = pinned, by answer (pinned, adopted, pinned_missing, drift)",
             read_family.clone(),
         );
+        for action in ALERTED_ACTIONS {
+            let _ = decisions.get_or_create(&ActionLabel {
+                action: action.as_str(),
+            });
+        }
+        for kind in ALERTED_FAILURES {
+            let _ = upstream_failures.get_or_create(&KindLabel { kind });
+        }
         let notify = crate::notify::NotifyMetrics::default();
         notify.register(&mut registry);
+        let health = HealthMetrics::default();
+        health.register(&mut registry);
         let reads = READ_ANSWERS.map(|answer| read_family.get_or_create(&AnswerLabel { answer }).clone());
         let responses_by_class =
             ["1xx", "2xx", "3xx", "4xx", "5xx"].map(|class| responses.get_or_create(&ClassLabel { class }).clone());
@@ -187,6 +222,7 @@ impl Default for Metrics {
             write_stalls,
             reads,
             notify,
+            health,
         }
     }
 }
