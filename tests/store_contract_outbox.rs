@@ -158,6 +158,10 @@ fn the_oldest_events_go_beyond_max(s: &dyn PinStore) {
     let cursor = o.outbox_lease("t", "h", LONG).unwrap().unwrap();
     assert_eq!(cursor, 0);
     assert_eq!(ids_after(o, cursor), ["e3", "e4", "e5"]);
+    // What is left is counted, not what was dropped.
+    let stats = o.outbox_trim(&t, LONG).unwrap();
+    assert_eq!(stats.pending, 3);
+    assert_eq!(stats.oldest_ms, Some(1));
 }
 
 /// The outbox survives a restart: events, cursors and the numbering.

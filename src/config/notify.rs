@@ -46,6 +46,9 @@ pub struct NotifyTarget {
     pub secret: Option<Secret>,
     pub timeout: Duration,
     pub format: Format,
+    /// A hash of the entry as written and of its secret: a reload that leaves both alone
+    /// leaves the target's delivery running.
+    pub fingerprint: u64,
 }
 
 impl std::fmt::Debug for NotifyTarget {
@@ -143,6 +146,7 @@ fn err(index: usize, key: &str, message: impl Into<String>) -> ConfigError {
 }
 
 fn parse_target(index: usize, value: toml::Value) -> Result<NotifyTarget, ConfigError> {
+    let written = format!("{value:?}");
     let toml::Value::Table(table) = value else {
         return Err(err(index, "", "an entry is a table with at least url"));
     };
@@ -229,7 +233,14 @@ fn parse_target(index: usize, value: toml::Value) -> Result<NotifyTarget, Config
         Some("slack") => Format::Slack,
         Some(other) => return Err(err(index, "format", format!("{other:?} is not cloudevents or slack"))),
     };
+    let fingerprint = {
+        use std::hash::{Hash as _, Hasher as _};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (written, secret.as_ref().map(|s| s.0.as_str())).hash(&mut h);
+        h.finish()
+    };
     Ok(NotifyTarget {
+        fingerprint,
         name,
         uri,
         authorization,

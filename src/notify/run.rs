@@ -33,7 +33,7 @@ pub async fn run(shared: Arc<Shared>, stop: impl Future<Output = ()>) {
     let Some(mut queued) = shared.notify.queued.lock().unwrap_or_else(|p| p.into_inner()).take() else {
         return;
     };
-    let mut deliveries: HashMap<String, JoinHandle<()>> = HashMap::new();
+    let mut deliveries: HashMap<String, (u64, JoinHandle<()>)> = HashMap::new();
     let mut in_force: Option<Arc<NotifyConfig>> = None;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -55,13 +55,7 @@ pub async fn run(shared: Arc<Shared>, stop: impl Future<Output = ()>) {
             _ = tick.tick() => {
                 let config = shared.notify.config();
                 if in_force.as_ref().is_none_or(|c| !Arc::ptr_eq(c, &config)) {
-                    for (_, task) in deliveries.drain() {
-                        task.abort();
-                    }
-                    for target in &config.targets {
-                        let task = tokio::spawn(deliver_target(Arc::clone(&shared), Arc::clone(&config), target.clone()));
-                        deliveries.insert(target.name.clone(), task);
-                    }
+                    reconcile(&shared, &config, &mut deliveries);
                     in_force = Some(config);
                 }
                 if ticks.is_multiple_of(5) {
@@ -72,7 +66,7 @@ pub async fn run(shared: Arc<Shared>, stop: impl Future<Output = ()>) {
             }
         }
     }
-    for (_, task) in deliveries.drain() {
+    for (_, (_, task)) in deliveries.drain() {
         task.abort();
     }
     queued.close();
@@ -82,6 +76,35 @@ pub async fn run(shared: Arc<Shared>, stop: impl Future<Output = ()>) {
     }
     if !rest.is_empty() {
         append(&shared, rest).await;
+    }
+}
+
+/// Put the targets of `config` in delivery: a target whose entry (and the global limits)
+/// did not change keeps its task, so a reload interrupts no delivery it does not have
+/// to (an interrupted one is sent again, with the same id).
+fn reconcile(
+    shared: &Arc<Shared>,
+    config: &Arc<NotifyConfig>,
+    deliveries: &mut HashMap<String, (u64, JoinHandle<()>)>,
+) {
+    let key = |t: &NotifyTarget| {
+        use std::hash::{Hash as _, Hasher as _};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (t.fingerprint, config.max_age, config.retry_max_interval).hash(&mut h);
+        h.finish()
+    };
+    deliveries.retain(|name, (k, task)| {
+        let keep = config.targets.iter().any(|t| &t.name == name && key(t) == *k);
+        if !keep {
+            task.abort();
+        }
+        keep
+    });
+    for target in &config.targets {
+        if !deliveries.contains_key(&target.name) {
+            let task = tokio::spawn(deliver_target(Arc::clone(shared), Arc::clone(config), target.clone()));
+            deliveries.insert(target.name.clone(), (key(target), task));
+        }
     }
 }
 

@@ -178,13 +178,23 @@ impl Outbox for PgStore {
         let (head, done): (i64, i64) = (row.get(0), row.get(1));
         c.execute("DELETE FROM webhook_events WHERE seq <= $1", &[&done])
             .map_err(db)?;
-        let oldest = c
-            .query_opt("SELECT event FROM webhook_events WHERE seq = $1", &[&(done + 1)])
-            .map_err(db)?
-            .and_then(|r| serde_json::from_value::<OutboxEvent>(r.get(0)).ok())
+        // The first left: events before it may have been dropped to keep the outbox in
+        // bounds.
+        let first = c
+            .query_opt(
+                "SELECT seq, event FROM webhook_events WHERE seq > $1 ORDER BY seq LIMIT 1",
+                &[&done],
+            )
+            .map_err(db)?;
+        let Some(first) = first else {
+            return Ok(OutboxStats::default());
+        };
+        let seq: i64 = first.get(0);
+        let oldest = serde_json::from_value::<OutboxEvent>(first.get(1))
+            .ok()
             .map(|e| e.time_ms);
         Ok(OutboxStats {
-            pending: (head - done).max(0) as u64,
+            pending: (head - seq + 1).max(0) as u64,
             oldest_ms: oldest,
         })
     }

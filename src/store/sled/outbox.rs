@@ -255,7 +255,8 @@ impl Outbox for SledStore {
                     remove_range(ev, ids, tail, done)?;
                     cur.insert(TAIL, &(done + 1).to_be_bytes())?;
                 }
-                Ok((done, head))
+                // Events before the tail were dropped to keep the outbox in bounds.
+                Ok((done.max(tail - 1), head))
             })
             .map_err(tx_err)?;
         let oldest_ms = match t.events.get((done + 1).to_be_bytes()).map_err(io)? {
