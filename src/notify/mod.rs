@@ -1,7 +1,9 @@
 //! Webhooks: the events security teams and operators want to hear about (refused writes,
 //! drift, break-glass), delivered at least once and never in the way of a request.
 //!
-//! A decision hands its event to [`Notifier::enqueue`], which returns at once: the event
+//! A refusal of a tag is kept with its event in one write ([`Notifier::prepare`],
+//! [`crate::store::Outbox::record_refusal_notifying`]). Any other decision hands its event
+//! to [`Notifier::enqueue`], which returns at once: the event
 //! goes, in order, to a writer task that appends it to the store's durable outbox
 //! ([`crate::store::Outbox`]) within milliseconds, while the request goes on. One task
 //! per target then delivers the outbox in order ([`run`]): retries with backoff on
