@@ -267,6 +267,58 @@ impl Shared {
         .await
     }
 
+    /// [`App::transition_as`], with the webhook events and timers `events_of` makes of the
+    /// change's result appended in the same atomic write: a decision on record is never
+    /// without its events.
+    pub async fn transition_notifying<T, F, N>(
+        &self,
+        how: StoreWrite,
+        repo: &crate::oci::Repository,
+        tags: &[crate::oci::Tag],
+        mut f: F,
+        events_of: N,
+    ) -> Result<T, ProxyError>
+    where
+        T: Send + 'static,
+        F: FnMut(crate::pinning::Clock, &mut [crate::store::TagRecord]) -> T + Send + 'static,
+        N: Fn(&T) -> (Vec<crate::store::OutboxEvent>, Vec<crate::store::Timer>) + Send + 'static,
+    {
+        use crate::store::{Notifying, WriteKind};
+        let horizon = self.config.in_doubt_horizon.as_secs();
+        let (r, t) = (repo.clone(), tags.to_vec());
+        let (targets, max) = self.notify.append_bounds();
+        let (out, dropped) = self
+            .store_call(move |s| {
+                let out = std::cell::RefCell::new(None);
+                let dropped = {
+                    let mut change = |now, records: &mut [crate::store::TagRecord]| {
+                        *out.borrow_mut() = Some(f(crate::pinning::Clock { now, horizon }, records));
+                    };
+                    let mut events = || out.borrow().as_ref().map(|o| events_of(o).0).unwrap_or_default();
+                    let mut timers = || out.borrow().as_ref().map(|o| events_of(o).1).unwrap_or_default();
+                    let mut notify = Notifying {
+                        events: &mut events,
+                        timers: &mut timers,
+                        targets: &targets,
+                        max,
+                        dropped: 0,
+                    };
+                    let kind = match &how {
+                        StoreWrite::Durable => WriteKind::Durable,
+                        StoreWrite::Protecting(refs) => WriteKind::Protecting(refs),
+                        StoreWrite::Settling => WriteKind::Settling,
+                    };
+                    s.write_notifying(kind, &r, &t, &mut change, &mut notify)?;
+                    notify.dropped
+                };
+                let out = out.into_inner().expect("a store update runs its change at least once");
+                Ok((out, dropped))
+            })
+            .await?;
+        self.notify.appended(dropped, &self.metrics.notify);
+        Ok(out)
+    }
+
     /// Run a store call off the async workers: sled's flush is a blocking fsync.
     pub async fn store_call<T, F>(&self, f: F) -> Result<T, ProxyError>
     where

@@ -225,9 +225,13 @@ impl AuditEvent<'_> {
     /// Log the event, count it in the metrics, and hand it to the webhooks.
     pub fn emit(&self, shared: &crate::app::Shared) {
         self.log(&shared.metrics);
-        // A release's expiry has an id of its own, shared by every report of it
-        // (`handler::release`, the notifier's timer).
-        if self.action != AuditAction::ReleaseExpired {
+        // Their webhook events go in the writes they describe (the release's timer
+        // announces an expiry).
+        let in_write = matches!(
+            self.action,
+            AuditAction::ReleaseExpired | AuditAction::PushReleased | AuditAction::DeleteReleased
+        );
+        if !in_write {
             if let Some(kind) = crate::notify::EventKind::of(self.action) {
                 shared.notify.enqueue(
                     kind,

@@ -481,7 +481,7 @@ fn a_database_written_before_the_log_gets_one_genesis_entry_per_pin_once() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(versions, vec![1, 2, 3, 4, 5]);
+    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6]);
     let (code, v) = site.verify(admin, &[]);
     assert_eq!((code, &v["ok"]), (0, &Value::Bool(true)), "{v}");
     assert_eq!(site.verify_offline(&[]).0, 0);

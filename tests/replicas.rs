@@ -482,7 +482,7 @@ fn two_replicas_starting_at_once_on_an_empty_database_both_serve_and_create_the_
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(versions, vec![1, 2, 3, 4, 5], "each migration applied once");
+    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6], "each migration applied once");
     let tables: i64 = db
         .query_one(
             "SELECT count(*) FROM pg_tables WHERE schemaname = 'public' AND tablename = 'pins'",

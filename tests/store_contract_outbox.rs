@@ -230,7 +230,60 @@ fn a_refusal_and_its_events_are_one_write(s: &dyn PinStore) {
     assert_eq!(ids_after(o, 0), ["r1"]);
 }
 
+/// A transition's events and timers are written with it, in each kind of write; a
+/// change that decides no event appends none.
+fn a_transition_and_its_events_are_one_write(s: &dyn PinStore) {
+    use tagpin::store::{Notifying, WriteKind};
+    let o = outbox(s);
+    let r = store_support::repo("o/transition");
+    let targets = names(&["t"]);
+    for (i, kind) in [WriteKind::Durable, WriteKind::Settling].into_iter().enumerate() {
+        let tag = store_support::tag(&format!("v{i}"));
+        let pinned = std::cell::Cell::new(false);
+        let mut change = |_now: u64, records: &mut [tagpin::store::TagRecord]| {
+            let digest = tagpin::oci::Digest::parse(&format!("sha256:{:064x}", i + 1)).unwrap();
+            records[0].pin = Some(tagpin::store::Pin::now(digest, tagpin::store::PinSource::Push));
+            pinned.set(true);
+        };
+        let id = format!("tx{i}");
+        let mut events = || if pinned.get() { vec![event(&id)] } else { Vec::new() };
+        let mut timers = || {
+            vec![Timer {
+                key: id.clone(),
+                at_ms: 5,
+                payload: String::new(),
+            }]
+        };
+        let mut notify = Notifying {
+            events: &mut events,
+            timers: &mut timers,
+            targets: &targets,
+            max: MAX,
+            dropped: 0,
+        };
+        s.write_notifying(kind, &r, std::slice::from_ref(&tag), &mut change, &mut notify)
+            .unwrap();
+        assert!(s.state(&r, &tag).unwrap().is_some());
+        assert_eq!(ids_after(o, 0).last().map(String::as_str), Some(id.as_str()));
+        assert!(o.outbox_due(10, 10).unwrap().iter().any(|t| t.key == id));
+    }
+    let before = ids_after(o, 0).len();
+    let tag = store_support::tag("quiet");
+    let mut change = |_now: u64, _records: &mut [tagpin::store::TagRecord]| {};
+    let mut notify = Notifying {
+        events: &mut Vec::new,
+        timers: &mut Vec::new,
+        targets: &targets,
+        max: MAX,
+        dropped: 0,
+    };
+    s.write_notifying(WriteKind::Durable, &r, &[tag], &mut change, &mut notify)
+        .unwrap();
+    assert_eq!(ids_after(o, 0).len(), before);
+}
+
 contract!(
+    a_transition_and_its_events_are_one_write,
     a_refusal_and_its_events_are_one_write,
     appends_number_in_order_and_skip_known_ids,
     a_new_target_starts_at_the_end,

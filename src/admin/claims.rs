@@ -21,7 +21,7 @@ use hyper::body::Incoming;
 use serde_json::{json, Value};
 
 use super::json;
-use crate::app::App;
+use crate::app::{App, StoreWrite};
 use crate::body::Body;
 use crate::error::ProxyError;
 use crate::oci::{Digest, Repository, Tag};
@@ -203,11 +203,29 @@ async fn clear_tag(
     who: &Requester,
 ) -> Result<Value, ProxyError> {
     let (id, by, why) = (request_id.to_owned(), by.to_owned(), reason.to_owned());
+    // The webhook event goes in the clearing's own write.
+    let template = app.notify.prepare(
+        crate::notify::new_id(),
+        crate::notify::EventKind::ClaimCleared,
+        Some(repo.as_str()),
+        Some(tag.as_str()),
+        event_data(app, who, repo, Some(&tag), None, None, request_id, reason),
+    );
+    let events_of = move |(cleared, pinned): &(Vec<Claim>, Option<Digest>)| {
+        let event = cleared.first().and_then(|first| {
+            let mut e = template.clone()?;
+            e.data["pinned_digest"] = pinned.as_ref().map(Digest::as_str).into();
+            e.data["attempted_digest"] = first.digest.as_str().into();
+            Some(e)
+        });
+        (event.into_iter().collect(), Vec::new())
+    };
+    let clear = move |clock, records: &mut [TagRecord]| {
+        let cleared = pinning::clear_writes(&mut records[0], &id, &by, &why, clock);
+        (cleared, records[0].pin.as_ref().map(|p| p.digest.clone()))
+    };
     let (cleared, pinned) = app
-        .transition(repo, std::slice::from_ref(&tag), move |clock, records| {
-            let cleared = pinning::clear_writes(&mut records[0], &id, &by, &why, clock);
-            (cleared, records[0].pin.as_ref().map(|p| p.digest.clone()))
-        })
+        .transition_notifying(StoreWrite::Durable, repo, std::slice::from_ref(&tag), clear, events_of)
         .await?;
     let Some(first) = cleared.first() else {
         return Err(ProxyError::AdminNotFound(format!(
@@ -258,6 +276,9 @@ async fn clear_digest(
         )));
     }
     audit(app, who, repo, None, None, &digest, request_id, reason);
+    let data = event_data(app, who, repo, None, None, Some(&digest), request_id, reason);
+    app.notify
+        .enqueue(crate::notify::EventKind::ClaimCleared, Some(repo.as_str()), None, data);
     let cleared: Vec<Value> = cleared
         .iter()
         .map(|x| json!({"request_id": x.request_id, "started_at": x.started_at}))
@@ -303,23 +324,35 @@ fn audit(
         reason,
         "{}", AuditAction::ClaimCleared.as_str()
     );
+}
+
+/// The `claim_cleared` webhook event's data.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one flat audit record; a struct would only rename the fields"
+)]
+fn event_data(
+    app: &App,
+    who: &Requester,
+    repo: &Repository,
+    tag: Option<&Tag>,
+    pinned: Option<&Digest>,
+    digest: Option<&Digest>,
+    cleared: &str,
+    reason: &str,
+) -> Value {
     let mut data = crate::notify::data_of(&crate::telemetry::AuditEvent {
         action: AuditAction::ClaimCleared,
         who,
         repository: repo,
         tag,
         pinned,
-        attempted: Some(digest),
-        decided,
+        attempted: digest,
+        decided: tag.map(|t| app.policy().decide(repo, t)),
     });
     data["cleared"] = cleared.into();
     data["reason"] = reason.into();
-    app.notify.enqueue(
-        crate::notify::EventKind::ClaimCleared,
-        Some(repo.as_str()),
-        tag.map(Tag::as_str),
-        data,
-    );
+    data
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use hyper::body::Incoming;
 use serde_json::{json, Value};
 
 use super::json;
-use crate::app::App;
+use crate::app::{App, StoreWrite};
 use crate::body::Body;
 use crate::error::ProxyError;
 use crate::oci::{Repository, Tag};
@@ -127,27 +127,22 @@ fn free(app: &App, repo: &Repository, tag: &Tag) -> Value {
     })
 }
 
-fn admin_event(app: &App, action: AuditAction, who: &Requester, repo: &Repository, tag: Option<&Tag>) {
+/// An operator's audit event; its webhook event went in the write it describes.
+fn admin_event<'a>(
+    app: &App,
+    action: AuditAction,
+    who: &'a Requester,
+    repo: &'a Repository,
+    tag: &'a Tag,
+) -> AuditEvent<'a> {
     AuditEvent {
         action,
         who,
         repository: repo,
-        tag,
+        tag: Some(tag),
         pinned: None,
         attempted: None,
-        decided: tag.map(|t| app.policy().decide(repo, t)),
-    }
-    .emit(app);
-}
-
-/// Keep the timer that announces the release's expiry to the webhooks at that time (a
-/// write may never come to notice it). Not keeping it only delays that event.
-async fn schedule_expiry(app: &App, repo: &Repository, tag: &Tag, release: &Release) {
-    let (_, timer) = crate::notify::release_timer(repo, tag, release);
-    let store = std::sync::Arc::clone(&app.store);
-    let kept = tokio::task::spawn_blocking(move || store.outbox().map(|o| o.outbox_schedule(&timer))).await;
-    if let Ok(Some(Err(e))) = kept {
-        tracing::warn!(repository = %repo, %tag, error = %e, "cannot keep the timer of the release's expiry; its webhook event waits for a write to notice it");
+        decided: Some(app.policy().decide(repo, tag)),
     }
 }
 
@@ -175,6 +170,17 @@ fn release_created(app: &App, who: &Requester, repo: &Repository, tag: &Tag, rel
         expires_at = release.expires_at,
         "{}", AuditAction::ReleaseCreated.as_str()
     );
+}
+
+/// The `release_created` webhook event, when a target wants it (`expires_at` is the
+/// store's, set in the write).
+fn release_event(
+    app: &App,
+    who: &Requester,
+    repo: &Repository,
+    tag: &Tag,
+    release: &Release,
+) -> Option<crate::store::OutboxEvent> {
     let mut data = crate::notify::data_of(&AuditEvent {
         action: AuditAction::ReleaseCreated,
         who,
@@ -182,17 +188,14 @@ fn release_created(app: &App, who: &Requester, repo: &Repository, tag: &Tag, rel
         tag: Some(tag),
         pinned: None,
         attempted: None,
-        decided: Some(decided),
+        decided: Some(app.policy().decide(repo, tag)),
     });
     data["admin"] = release.by.clone().into();
     data["reason"] = release.reason.clone().into();
-    data["expires_at"] = release.expires_at.into();
-    app.notify.enqueue(
-        crate::notify::EventKind::ReleaseCreated,
-        Some(repo.as_str()),
-        Some(tag.as_str()),
-        data,
-    );
+    let id = crate::notify::new_id();
+    let kind = crate::notify::EventKind::ReleaseCreated;
+    app.notify
+        .prepare(id, kind, Some(repo.as_str()), Some(tag.as_str()), data)
 }
 
 async fn read_body(req: Request<Incoming>, limit: usize) -> Result<bytes::Bytes, ProxyError> {
@@ -240,16 +243,38 @@ pub async fn create_release(app: &App, req: Request<Incoming>, who: &Requester) 
         expires_at: now + ttl,
     };
     let rel = release.clone();
+    // The event and the expiry's timer go in the release's own write.
+    let template = release_event(app, who, &repo, &tag, &release);
+    let (r, t) = (repo.clone(), tag.clone());
+    let events_of = move |((set, rel), _): &((SetRelease, Release), Vec<pinning::Expired>)| {
+        if !matches!(set, SetRelease::Set) {
+            return (Vec::new(), Vec::new());
+        }
+        let event = template.clone().map(|mut e| {
+            e.data["expires_at"] = rel.expires_at.into();
+            e
+        });
+        (
+            event.into_iter().collect(),
+            vec![crate::notify::release_timer(&r, &t, rel).1],
+        )
+    };
     let (set, expired) = app
-        .transition(&repo, std::slice::from_ref(&tag), move |clock, records| {
-            // The release's clock is the store's: on PostgreSQL every replica judges
-            // its expiry alike.
-            let mut rel = rel.clone();
-            rel.created_at = clock.now;
-            rel.expires_at = clock.now + ttl;
-            let (set, expired) = pinning::set_release(&mut records[0], &rel, clock);
-            ((set, rel), expired)
-        })
+        .transition_notifying(
+            StoreWrite::Durable,
+            &repo,
+            std::slice::from_ref(&tag),
+            move |clock, records| {
+                // The release's clock is the store's: on PostgreSQL every replica judges
+                // its expiry alike.
+                let mut rel = rel.clone();
+                rel.created_at = clock.now;
+                rel.expires_at = clock.now + ttl;
+                let (set, expired) = pinning::set_release(&mut records[0], &rel, clock);
+                ((set, rel), expired)
+            },
+            events_of,
+        )
         .await?;
     let expired: Vec<_> = expired.into_iter().map(|e| (tag.clone(), e)).collect();
     crate::handler::report_expired(app, &repo, &expired, who);
@@ -268,7 +293,6 @@ pub async fn create_release(app: &App, req: Request<Incoming>, who: &Requester) 
             )))
         }
     }
-    schedule_expiry(app, &repo, &tag, &release).await;
     release_created(app, who, &repo, &tag, &release);
     let mut out = serde_json::to_value(&release).map_err(|e| ProxyError::Internal(e.to_string()))?;
     out["repository"] = json!(repo.as_str());
@@ -284,23 +308,41 @@ pub async fn cancel_release(
     who: &Requester,
 ) -> Result<Response<Body>, ProxyError> {
     let id = who.request_id.clone();
+    let event = admin_event(app, AuditAction::ReleaseCancelled, who, &repo, &tag);
+    let template = app.notify.prepare(
+        crate::notify::new_id(),
+        crate::notify::EventKind::ReleaseCancelled,
+        Some(repo.as_str()),
+        Some(tag.as_str()),
+        crate::notify::data_of(&event),
+    );
+    let events_of = move |(cancel, _): &(Cancel, Vec<pinning::Expired>)| match cancel {
+        Cancel::NoRelease => (Vec::new(), Vec::new()),
+        _ => (template.iter().cloned().collect(), Vec::new()),
+    };
+    let cancelled =
+        move |clock, records: &mut [crate::store::TagRecord]| pinning::cancel_release(&mut records[0], &id, clock);
     let (cancel, expired) = app
-        .transition(&repo, std::slice::from_ref(&tag), move |clock, records| {
-            pinning::cancel_release(&mut records[0], &id, clock)
-        })
+        .transition_notifying(
+            StoreWrite::Durable,
+            &repo,
+            std::slice::from_ref(&tag),
+            cancelled,
+            events_of,
+        )
         .await?;
     let expired: Vec<_> = expired.into_iter().map(|e| (tag.clone(), e)).collect();
     crate::handler::report_expired(app, &repo, &expired, who);
     match cancel {
         Cancel::Cancelled(release) => {
-            admin_event(app, AuditAction::ReleaseCancelled, who, &repo, Some(&tag));
+            event.log(&app.metrics);
             Ok(json(
                 StatusCode::OK,
                 &json!({"cancelled": release, "repository": repo.as_str(), "tag": tag.as_str()}),
             ))
         }
         Cancel::InUse { release, request_id } => {
-            admin_event(app, AuditAction::ReleaseCancelled, who, &repo, Some(&tag));
+            event.log(&app.metrics);
             Err(ProxyError::AdminConflict(format!(
                 "the release of {repo}:{tag} (by {}) is being used by request {request_id}, whose write may still land; \
                  it is cancelled and will not be given back should the upstream refuse that write",

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use http::request::Parts;
 use http::{header, Response};
 
-use crate::app::App;
+use crate::app::{App, StoreWrite};
 use crate::body::Body;
 use crate::error::ProxyError;
 use crate::oci::{Digest, Reference, Repository, Tag};
@@ -70,6 +70,35 @@ pub async fn blob_delete(
     let r = repo.clone();
     let resp = delete_content(app, parts, body, repo, digest, Content::Blob, who).await?;
     Ok(uniform(resp, &r, who))
+}
+
+/// The `release_used` webhook event of a delete a release let through, when a target
+/// wants it.
+fn release_used(
+    app: &App,
+    who: &Requester,
+    repo: &Repository,
+    tag: &Tag,
+    pinned: Option<&Digest>,
+    decided: Decided,
+) -> Option<crate::store::OutboxEvent> {
+    let event = AuditEvent {
+        action: AuditAction::DeleteReleased,
+        who,
+        repository: repo,
+        tag: Some(tag),
+        pinned,
+        attempted: None,
+        decided: Some(decided),
+    };
+    let (id, kind) = (crate::notify::new_id(), crate::notify::EventKind::ReleaseUsed);
+    app.notify.prepare(
+        id,
+        kind,
+        Some(repo.as_str()),
+        Some(tag.as_str()),
+        crate::notify::data_of(&event),
+    )
 }
 
 fn event(
@@ -165,10 +194,17 @@ async fn delete_tag(
         let sent = super::settle::bounded(&app, app.upstream.send(super::upstream_request(&app, parts, body, &who))).await;
         let outcome = outcome_of(&sent);
         let id = who.request_id.clone();
+        // A release used: its webhook event goes in the settling write.
+        let used = match released && outcome == Outcome::Applied {
+            true => release_used(&app, &who, &repo, &tag, pinned.as_ref(), decided),
+            false => None,
+        };
+        let settle = move |clock, records: &mut [crate::store::TagRecord]| {
+            pinning::settle_tag_delete(&mut records[0], &id, outcome, clock)
+        };
+        let events_of = move |_: &_| (used.iter().cloned().collect(), Vec::new());
         let settled = app
-            .transition(&repo, std::slice::from_ref(&tag), move |clock, records| {
-                pinning::settle_tag_delete(&mut records[0], &id, outcome, clock)
-            })
+            .transition_notifying(StoreWrite::Durable, &repo, std::slice::from_ref(&tag), settle, events_of)
             .await;
         if let Err(e) = settled {
             tracing::error!(request_id = %who.request_id, error = %e, "cannot settle the record of a tag delete; the tag stays reserved until the in-doubt horizon");
@@ -315,7 +351,8 @@ impl DigestJob {
         let recorded_at = std::time::Instant::now();
         let (r, d, id) = (self.repo.clone(), self.digest.clone(), self.who.request_id.clone());
         if let Err(e) = app.store_call(move |s| s.begin_delete(&r, &d, &id)).await {
-            self.settle_releases(app, &released, Outcome::NotApplied).await;
+            self.settle_releases(app, &released, Outcome::NotApplied, Vec::new())
+                .await;
             return Err(e);
         }
         // The other half of the cross-replica handshake with pushes (push.rs): this
@@ -324,7 +361,7 @@ impl DigestJob {
         let after = self.held_by(app, &policy).await.map(|(_, _, h)| h);
         let fresh = flow::fresh(recorded_at.elapsed(), app.config.in_doubt_horizon);
         if !fresh || after.map_or(true, |after| flow::newly_held(&before, &after)) {
-            self.settle(app, &released, Outcome::NotApplied).await;
+            self.settle(app, &released, Outcome::NotApplied, Vec::new()).await;
             let refusal = Refusal::DeleteInFlight {
                 repo: self.repo.clone(),
                 digest: self.digest.clone(),
@@ -335,7 +372,15 @@ impl DigestJob {
         let send = app.upstream.send(super::upstream_request(app, parts, body, &self.who));
         let sent = super::settle::bounded(app, send).await;
         let outcome = outcome_of(&sent);
-        self.settle(app, &released, outcome).await;
+        let used = match outcome {
+            Outcome::Applied => direct
+                .iter()
+                .filter(|h| released.contains(&h.tag))
+                .filter_map(|h| release_used(app, &self.who, &self.repo, &h.tag, Some(&self.digest), h.decided))
+                .collect(),
+            _ => Vec::new(),
+        };
+        self.settle(app, &released, outcome, used).await;
         let resp = sent.map_err(forwarded_error)?;
         if outcome == Outcome::Unknown {
             tracing::warn!(request_id = %self.who.request_id, repository = %self.repo, digest = %self.digest, "a delete was answered with a gateway error; the digest stays unpinnable until its answer is known or the in-doubt horizon passes");
@@ -395,7 +440,7 @@ impl DigestJob {
     }
 
     /// Settle this request's delete record (never another's) and the releases it took.
-    async fn settle(&self, app: &App, released: &[Tag], outcome: Outcome) {
+    async fn settle(&self, app: &App, released: &[Tag], outcome: Outcome, used: Vec<crate::store::OutboxEvent>) {
         if outcome != Outcome::Unknown {
             let (r, d, id) = (self.repo.clone(), self.digest.clone(), self.who.request_id.clone());
             if let Err(e) = app.store_call(move |s| s.end_delete(&r, &d, &id)).await {
@@ -403,20 +448,30 @@ impl DigestJob {
                 tracing::warn!(request_id = %self.who.request_id, error = %e, "cannot settle a delete record");
             }
         }
-        self.settle_releases(app, released, outcome).await;
+        self.settle_releases(app, released, outcome, used).await;
     }
 
-    async fn settle_releases(&self, app: &App, released: &[Tag], outcome: Outcome) {
+    /// Settle the releases this delete took, with the webhook events of those it used
+    /// (`used`) in the same write.
+    async fn settle_releases(
+        &self,
+        app: &App,
+        released: &[Tag],
+        outcome: Outcome,
+        used: Vec<crate::store::OutboxEvent>,
+    ) {
         if released.is_empty() {
             return;
         }
         let id = self.who.request_id.clone();
+        let settle = move |clock, records: &mut [crate::store::TagRecord]| {
+            for r in records.iter_mut() {
+                pinning::settle_tag_delete(r, &id, outcome, clock);
+            }
+        };
+        let events_of = move |_: &()| (used.clone(), Vec::new());
         let settled = app
-            .transition(&self.repo, released, move |clock, records| {
-                for r in records.iter_mut() {
-                    pinning::settle_tag_delete(r, &id, outcome, clock);
-                }
-            })
+            .transition_notifying(StoreWrite::Durable, &self.repo, released, settle, events_of)
             .await;
         if let Err(e) = settled {
             tracing::error!(request_id = %self.who.request_id, error = %e, "cannot settle the releases a delete used; they stay in use until the in-doubt horizon");

@@ -378,8 +378,9 @@ impl PushJob {
             true => StoreWrite::Settling,
             false => StoreWrite::Durable,
         };
+        let used = self.release_events(app, inputs, verdicts, &outcomes);
         let settled = self
-            .settle(app, &tags, outcomes.clone(), how)
+            .settle(app, &tags, outcomes.clone(), how, used)
             .await
             .map_err(ProxyError::pin_not_recorded)?;
         let mut warnings = Vec::new();
@@ -412,30 +413,85 @@ impl PushJob {
         Ok(out)
     }
 
-    /// Settle every tag's record by its outcome, in one transition.
+    /// The `release_used` webhook event of each tag a release moves if its push applied
+    /// (by index; `None` for the others, or when no target wants it).
+    fn release_events(
+        &self,
+        app: &App,
+        inputs: &[PushTag],
+        verdicts: &[Verdict],
+        outcomes: &[Outcome],
+    ) -> Vec<Option<crate::store::OutboxEvent>> {
+        let prepare = |(input, verdict): (&PushTag, &Verdict), outcome: &Outcome| {
+            let Verdict::Released { from } = verdict else {
+                return None;
+            };
+            if *outcome != Outcome::Applied {
+                return None;
+            }
+            let event = crate::telemetry::AuditEvent {
+                action: AuditAction::PushReleased,
+                who: &self.who,
+                repository: &self.repo,
+                tag: Some(&input.tag),
+                pinned: Some(from),
+                attempted: Some(&self.attempted),
+                decided: Some(input.decided),
+            };
+            let (id, kind) = (crate::notify::new_id(), crate::notify::EventKind::ReleaseUsed);
+            let data = crate::notify::data_of(&event);
+            app.notify
+                .prepare(id, kind, Some(self.repo.as_str()), Some(input.tag.as_str()), data)
+        };
+        inputs
+            .iter()
+            .zip(verdicts)
+            .zip(outcomes)
+            .map(|(iv, o)| prepare(iv, o))
+            .collect()
+    }
+
+    /// Settle every tag's record by its outcome, in one transition, with the webhook
+    /// events of the releases it used (`used`, by tag) in the same write.
     async fn settle(
         &self,
         app: &App,
         tags: &[Tag],
         outcomes: Vec<Outcome>,
         how: StoreWrite,
+        used: Vec<Option<crate::store::OutboxEvent>>,
     ) -> Result<Vec<Settled>, ProxyError> {
         let (d, id) = (self.attempted.clone(), self.who.request_id.clone());
+        let events_of = move |(settled, _): &(Vec<Settled>, Vec<(usize, pinning::Expired)>)| {
+            let events = used
+                .iter()
+                .zip(settled)
+                .filter(|(_, s)| !matches!(s, Settled::LandedAgainstPin { .. }))
+                .filter_map(|(e, _)| e.clone())
+                .collect();
+            (events, Vec::new())
+        };
         let (settled, expired) = app
-            .transition_as(how, &self.repo, tags, move |clock, records| {
-                let mut expired = Vec::new();
-                let settled = records
-                    .iter_mut()
-                    .zip(&outcomes)
-                    .enumerate()
-                    .map(|(i, (r, o))| {
-                        let (s, e) = pinning::settle_push(r, &d, &id, *o, clock);
-                        expired.extend(e.into_iter().map(|e| (i, e)));
-                        s
-                    })
-                    .collect::<Vec<_>>();
-                (settled, expired)
-            })
+            .transition_notifying(
+                how,
+                &self.repo,
+                tags,
+                move |clock, records| {
+                    let mut expired = Vec::new();
+                    let settled = records
+                        .iter_mut()
+                        .zip(&outcomes)
+                        .enumerate()
+                        .map(|(i, (r, o))| {
+                            let (s, e) = pinning::settle_push(r, &d, &id, *o, clock);
+                            expired.extend(e.into_iter().map(|e| (i, e)));
+                            s
+                        })
+                        .collect::<Vec<_>>();
+                    (settled, expired)
+                },
+                events_of,
+            )
             .await?;
         let expired = super::release::by_tag(tags, expired);
         super::release::report_expired(app, &self.repo, &expired, &self.who);
@@ -450,7 +506,7 @@ impl PushJob {
             return;
         }
         let outcomes = vec![Outcome::NotApplied; tags.len()];
-        if let Err(e) = self.settle(app, tags, outcomes, StoreWrite::Durable).await {
+        if let Err(e) = self.settle(app, tags, outcomes, StoreWrite::Durable, Vec::new()).await {
             tracing::error!(request_id = %self.who.request_id, repository = %self.repo, error = %e, "cannot withdraw the records of a push that did not happen; the tags stay reserved for its digest until the in-doubt horizon");
         }
     }

@@ -32,7 +32,7 @@ pub use self::import::{
     ImportSource, Verdict, BATCH_WEIGHT, MAX_NAMED_CONFLICTS,
 };
 pub use self::model::*;
-pub use self::outbox::{Outbox, OutboxEvent, OutboxStats, Timer};
+pub use self::outbox::{Notifying, Outbox, OutboxEvent, OutboxStats, Timer, WriteKind};
 pub use self::postgres::{PgStore, PgTls, ReadCacheStats, SslMode, TlsFileError};
 pub use self::sled::{SledStore, DEFAULT_CACHE_BYTES as DEFAULT_SLED_CACHE_BYTES};
 pub use self::unavailable::UnavailableStore;
@@ -144,6 +144,24 @@ pub trait PinStore: Send + Sync + 'static {
         change: &mut dyn FnMut(u64, &mut [TagRecord]),
     ) -> Result<Vec<TagRecord>, StoreError> {
         self.update(repo, tags, change)
+    }
+
+    /// A write as `kind` says, with the events and timers `notify` gives for the change
+    /// in the same atomic write. A store without an outbox writes the records alone.
+    fn write_notifying(
+        &self,
+        kind: WriteKind<'_>,
+        repo: &Repository,
+        tags: &[Tag],
+        change: &mut dyn FnMut(u64, &mut [TagRecord]),
+        notify: &mut Notifying<'_>,
+    ) -> Result<Vec<TagRecord>, StoreError> {
+        let _ = notify;
+        match kind {
+            WriteKind::Durable => self.update(repo, tags, change),
+            WriteKind::Protecting(refs) => self.update_protecting(repo, tags, refs, change),
+            WriteKind::Settling => self.confirm(repo, tags, change),
+        }
     }
 
     /// Durable writes this store has waited for (fsyncs; synchronous commits), for

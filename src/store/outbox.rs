@@ -47,6 +47,30 @@ pub struct Timer {
     pub payload: String,
 }
 
+/// Webhook events (and timers) a transition appends in its own write
+/// ([`crate::store::PinStore::write_notifying`]): a decision on record is never without
+/// its events, whatever stops tagpin.
+pub struct Notifying<'a> {
+    /// The events of the change just run (called after each attempt of it).
+    pub events: &'a mut dyn FnMut() -> Vec<OutboxEvent>,
+    /// Timers the change sets (called likewise).
+    pub timers: &'a mut dyn FnMut() -> Vec<Timer>,
+    pub targets: &'a [String],
+    pub max: u64,
+    /// Set by the write: events dropped to keep the outbox within `max`.
+    pub dropped: u64,
+}
+
+/// How a transition's records are written ([`crate::store::PinStore::write_notifying`]).
+pub enum WriteKind<'a> {
+    /// [`crate::store::PinStore::update`].
+    Durable,
+    /// [`crate::store::PinStore::update_protecting`].
+    Protecting(&'a crate::store::Protection),
+    /// [`crate::store::PinStore::confirm`].
+    Settling,
+}
+
 pub trait Outbox: Send + Sync {
     /// Append `events` (one whose `id` the outbox holds already is skipped), after giving
     /// each of `targets` that has no cursor yet one at the current end, so that it gets

@@ -314,7 +314,7 @@ impl PinStore for PgStore {
         tags: &[Tag],
         change: &mut dyn FnMut(u64, &mut [TagRecord]),
     ) -> Result<Vec<TagRecord>, StoreError> {
-        let written = self.update_records(repo, tags, Write::default(), change);
+        let written = self.update_records(repo, tags, Write::default(), change, None);
         self.evict(tags.iter().map(|t| lock_key(repo, t)));
         written
     }
@@ -330,9 +330,20 @@ impl PinStore for PgStore {
             durable: true,
             refs: Some(refs),
         };
-        let written = self.update_records(repo, tags, how, change);
+        let written = self.update_records(repo, tags, how, change, None);
         self.evict(tags.iter().map(|t| lock_key(repo, t)));
         written
+    }
+
+    fn write_notifying(
+        &self,
+        kind: super::WriteKind<'_>,
+        repo: &Repository,
+        tags: &[Tag],
+        change: &mut dyn FnMut(u64, &mut [TagRecord]),
+        notify: &mut super::Notifying<'_>,
+    ) -> Result<Vec<TagRecord>, StoreError> {
+        self.write_notifying_records(kind, repo, tags, change, notify)
     }
 
     fn confirm(
@@ -345,7 +356,7 @@ impl PinStore for PgStore {
             durable: false,
             refs: None,
         };
-        let written = self.update_records(repo, tags, how, change);
+        let written = self.update_records(repo, tags, how, change, None);
         self.evict(tags.iter().map(|t| lock_key(repo, t)));
         written
     }

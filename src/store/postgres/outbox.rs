@@ -7,9 +7,12 @@ use std::time::Duration;
 
 use postgres::Transaction;
 
+use super::tags::Write;
 use super::{db, lock_key, PgStore};
 use crate::oci::{Repository, Tag};
-use crate::store::{Outbox, OutboxEvent, OutboxStats, Refused, StoreError, Timer, MAX_REFUSALS};
+use crate::store::{
+    Notifying, Outbox, OutboxEvent, OutboxStats, Refused, StoreError, TagRecord, Timer, WriteKind, MAX_REFUSALS,
+};
 
 /// The advisory lock key of outbox appends ("webhook" in ASCII).
 const APPEND_LOCK: i64 = 0x77_6562_686f_6f6b;
@@ -61,6 +64,29 @@ fn append_in(
         .map_err(db)
 }
 
+/// Within a transition's transaction: append the events and set the timers `notify`
+/// gives for the change just run.
+pub(super) fn notify_in(tx: &mut Transaction<'_>, notify: &mut Notifying<'_>) -> Result<(), StoreError> {
+    let events = (notify.events)();
+    if !events.is_empty() {
+        notify.dropped = append_in(tx, &events, notify.targets, notify.max)?;
+    }
+    for timer in (notify.timers)() {
+        schedule_in(tx, &timer)?;
+    }
+    Ok(())
+}
+
+fn schedule_in<C: postgres::GenericClient>(c: &mut C, timer: &Timer) -> Result<(), StoreError> {
+    c.execute(
+        "INSERT INTO webhook_timers (key, at_ms, payload) VALUES ($1, $2, $3)
+         ON CONFLICT (key) DO UPDATE SET at_ms = EXCLUDED.at_ms, payload = EXCLUDED.payload",
+        &[&timer.key, &(timer.at_ms as i64), &timer.payload],
+    )
+    .map_err(db)?;
+    Ok(())
+}
+
 /// Keep a refused attempt among the tag's last [`MAX_REFUSALS`].
 pub(super) fn insert_refusal(
     tx: &mut Transaction<'_>,
@@ -81,6 +107,34 @@ pub(super) fn insert_refusal(
     )
     .map_err(db)?;
     Ok(())
+}
+
+impl PgStore {
+    /// [`crate::store::PinStore::write_notifying`]: the transition, its events and its
+    /// timers in one transaction.
+    pub(super) fn write_notifying_records(
+        &self,
+        kind: WriteKind<'_>,
+        repo: &Repository,
+        tags: &[Tag],
+        change: &mut dyn FnMut(u64, &mut [TagRecord]),
+        notify: &mut Notifying<'_>,
+    ) -> Result<Vec<TagRecord>, StoreError> {
+        let how = match kind {
+            WriteKind::Durable => Write::default(),
+            WriteKind::Protecting(refs) => Write {
+                durable: true,
+                refs: Some(refs),
+            },
+            WriteKind::Settling => Write {
+                durable: false,
+                refs: None,
+            },
+        };
+        let written = self.update_records(repo, tags, how, change, Some(notify));
+        self.evict(tags.iter().map(|t| lock_key(repo, t)));
+        written
+    }
 }
 
 impl Outbox for PgStore {
@@ -201,13 +255,7 @@ impl Outbox for PgStore {
 
     fn outbox_schedule(&self, timer: &Timer) -> Result<(), StoreError> {
         let mut c = self.client()?;
-        c.execute(
-            "INSERT INTO webhook_timers (key, at_ms, payload) VALUES ($1, $2, $3)
-             ON CONFLICT (key) DO UPDATE SET at_ms = EXCLUDED.at_ms, payload = EXCLUDED.payload",
-            &[&timer.key, &(timer.at_ms as i64), &timer.payload],
-        )
-        .map_err(db)?;
-        Ok(())
+        schedule_in(&mut *c, timer)
     }
 
     fn outbox_due(&self, now_ms: u64, limit: usize) -> Result<Vec<Timer>, StoreError> {

@@ -238,6 +238,7 @@ impl PgStore {
         tags: &[Tag],
         how: Write<'_>,
         change: &mut dyn FnMut(u64, &mut [TagRecord]),
+        events: Option<&mut crate::store::Notifying<'_>>,
     ) -> Result<Vec<TagRecord>, StoreError> {
         let mut keys = tags.iter().map(|t| lock_key(repo, t)).collect();
         self.with_locks(&mut keys, how.durable, |tx| {
@@ -284,6 +285,9 @@ impl PgStore {
             }
             if let Some(head) = &mut head {
                 log::append(tx, head, &entries)?;
+            }
+            if let Some(n) = events {
+                super::outbox::notify_in(tx, n)?;
             }
             // Delivered at commit: every replica's read cache drops these tags.
             notify(tx, &changed)?;

@@ -63,10 +63,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use self::keys::{abort, digest_key, io, repo_prefix, settle, suffixes, tag_key, under, TxResult};
-use self::records::{corrupt, decode_pin, decode_refusals, decode_writes, encode_pin, encode_refusals, encode_writes};
+use self::records::{corrupt, decode_pin, decode_refusals, decode_writes, encode_pin, encode_writes, push_refusal};
 use super::{
     gate::Gate, DeleteRecord, ImportError, ImportOutcome, ImportSource, PinStore, Protect, ReadView, Refused,
-    StoreError, TagRecord, TagState, MAX_REFUSALS,
+    StoreError, TagRecord, TagState,
 };
 use crate::oci::{Digest, Repository, Tag};
 
@@ -105,6 +105,8 @@ struct Trees {
     meta: sled::Tree,
     log_leaves: sled::Tree,
     log_nodes: sled::Tree,
+    /// The webhook outbox's trees ([`outbox`]).
+    outbox: outbox::OutboxTrees,
     /// An import's write failed part-way: this database is not served again; a reopen
     /// finishes the import ([`import`]).
     import_owed: AtomicBool,
@@ -158,6 +160,7 @@ impl Trees {
             meta: tree("meta")?,
             log_leaves: tree("log_leaves")?,
             log_nodes: tree("log_nodes")?,
+            outbox: outbox::OutboxTrees::open(&db)?,
             import_owed: AtomicBool::new(false),
             db,
         };
@@ -372,20 +375,6 @@ impl SledStore {
     }
 }
 
-/// Keep a refused attempt among the tag's last [`MAX_REFUSALS`].
-fn push_refusal(tx: &sled::transaction::TransactionalTree, key: &[u8], refused: &Refused) -> TxResult<()> {
-    let mut list = match tx.get(key)? {
-        Some(v) => decode_refusals(key, &v).map_err(abort)?,
-        None => Vec::new(),
-    };
-    list.push(refused.clone());
-    if list.len() > MAX_REFUSALS {
-        list.drain(..list.len() - MAX_REFUSALS);
-    }
-    tx.insert(key, encode_refusals(&list))?;
-    Ok(())
-}
-
 impl PinStore for SledStore {
     fn record(&self, repo: &Repository, tag: &Tag) -> Result<TagRecord, StoreError> {
         self.read_record(repo, tag)
@@ -543,10 +532,21 @@ impl PinStore for SledStore {
         change: &mut dyn FnMut(u64, &mut [TagRecord]),
     ) -> Result<Vec<TagRecord>, StoreError> {
         // Written out by sled's flusher, the next flush of a write, or `log_head`.
-        let (after, _written) = self.write_records(repo, tags, change)?;
+        let (after, _written) = self.write_records(repo, tags, change, None)?;
         #[cfg(test)]
         tests::after_confirm(self);
         Ok(after)
+    }
+
+    fn write_notifying(
+        &self,
+        kind: super::WriteKind<'_>,
+        repo: &Repository,
+        tags: &[Tag],
+        change: &mut dyn FnMut(u64, &mut [TagRecord]),
+        notify: &mut super::Notifying<'_>,
+    ) -> Result<Vec<TagRecord>, StoreError> {
+        self.write_notifying_records(kind, repo, tags, change, notify)
     }
 
     fn durable_writes(&self) -> u64 {

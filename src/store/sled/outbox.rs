@@ -11,7 +11,7 @@ use super::keys::{abort, io, settle, tag_key, TxResult};
 use super::push_refusal;
 use super::SledStore;
 use crate::oci::{Repository, Tag};
-use crate::store::{now_millis, Outbox, OutboxEvent, OutboxStats, Refused, StoreError, Timer};
+use crate::store::{now_millis, Notifying, Outbox, OutboxEvent, OutboxStats, Refused, StoreError, Timer};
 
 const HEAD: &[u8] = b"\0head";
 const TAIL: &[u8] = b"\0tail";
@@ -23,12 +23,51 @@ struct Cursor {
     until_ms: u64,
 }
 
-struct OutboxTrees {
-    events: sled::Tree,
-    ids: sled::Tree,
-    cursors: sled::Tree,
-    timers: sled::Tree,
+#[derive(Clone)]
+pub(super) struct OutboxTrees {
+    pub(super) events: sled::Tree,
+    pub(super) ids: sled::Tree,
+    pub(super) cursors: sled::Tree,
+    pub(super) timers: sled::Tree,
     db: sled::Db,
+}
+
+impl OutboxTrees {
+    pub(super) fn open(db: &sled::Db) -> Result<Self, StoreError> {
+        let tree = |name: &str| db.open_tree(name).map_err(io);
+        Ok(Self {
+            events: tree("webhook_events")?,
+            ids: tree("webhook_ids")?,
+            cursors: tree("webhook_cursors")?,
+            timers: tree("webhook_timers")?,
+            db: db.clone(),
+        })
+    }
+}
+
+/// Within a transition's transaction: append the events and set the timers `notify`
+/// gives for the change just run; whether anything was written.
+pub(super) fn notify_tx(
+    (ev, ids, cur, timers): (
+        &TransactionalTree,
+        &TransactionalTree,
+        &TransactionalTree,
+        &TransactionalTree,
+    ),
+    notify: &mut Notifying<'_>,
+) -> TxResult<bool> {
+    let events = (notify.events)();
+    let set = (notify.timers)();
+    if !events.is_empty() {
+        notify.dropped = append_tx(ev, ids, cur, &events, notify.targets, notify.max)?;
+    }
+    for timer in &set {
+        timers.insert(
+            timer.key.as_bytes(),
+            serde_json::to_vec(timer).expect("a timer serialises"),
+        )?;
+    }
+    Ok(!events.is_empty() || !set.is_empty())
 }
 
 fn bad(key: &str, e: impl ToString) -> StoreError {
@@ -120,15 +159,7 @@ fn append_tx(
 
 impl SledStore {
     fn outbox_trees(&self) -> Result<OutboxTrees, StoreError> {
-        let t = self.trees()?;
-        let tree = |name: &str| t.db.open_tree(name).map_err(io);
-        Ok(OutboxTrees {
-            events: tree("webhook_events")?,
-            ids: tree("webhook_ids")?,
-            cursors: tree("webhook_cursors")?,
-            timers: tree("webhook_timers")?,
-            db: t.db.clone(),
-        })
+        Ok(self.trees()?.outbox.clone())
     }
 }
 

@@ -143,6 +143,24 @@ pub fn encode_delete(entry: &DeleteEntry) -> Vec<u8> {
     serde_json::to_vec(entry).expect("serialising a delete record cannot fail")
 }
 
+/// Keep a refused attempt among the tag's last [`MAX_REFUSALS`].
+pub(super) fn push_refusal(
+    tx: &sled::transaction::TransactionalTree,
+    key: &[u8],
+    refused: &Refused,
+) -> super::keys::TxResult<()> {
+    let mut list = match tx.get(key)? {
+        Some(v) => decode_refusals(key, &v).map_err(super::keys::abort)?,
+        None => Vec::new(),
+    };
+    list.push(refused.clone());
+    if list.len() > crate::store::MAX_REFUSALS {
+        list.drain(..list.len() - crate::store::MAX_REFUSALS);
+    }
+    tx.insert(key, encode_refusals(&list))?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,6 +3,7 @@
 //! changed together in one transaction, with the `by_digest` index following every
 //! change; and the views built from them (listing, holders).
 
+use crate::store::{Notifying, WriteKind};
 use std::cell::RefCell;
 
 use sled::transaction::TransactionalTree;
@@ -154,7 +155,7 @@ impl SledStore {
         tags: &[Tag],
         change: &mut dyn FnMut(u64, &mut [TagRecord]),
     ) -> Result<Vec<TagRecord>, StoreError> {
-        let (after, t) = self.write_records(repo, tags, change)?;
+        let (after, t) = self.write_records(repo, tags, change, None)?;
         if let Some(t) = t {
             // Durable before the caller acts on it: nothing is forwarded under a write
             // record that may not be on disk.
@@ -163,18 +164,49 @@ impl SledStore {
         Ok(after)
     }
 
-    /// Apply `change` in one transaction, without a flush; the database written to, when
-    /// anything was (held, so it cannot be reopened before the caller flushes it).
+    /// [`crate::store::PinStore::write_notifying`]: written as `kind` says (a settling
+    /// write is not flushed, as [`crate::store::PinStore::confirm`]).
+    pub(super) fn write_notifying_records(
+        &self,
+        kind: WriteKind<'_>,
+        repo: &Repository,
+        tags: &[Tag],
+        change: &mut dyn FnMut(u64, &mut [TagRecord]),
+        notify: &mut Notifying<'_>,
+    ) -> Result<Vec<TagRecord>, StoreError> {
+        use crate::store::PinStore as _;
+        if let WriteKind::Protecting(refs) = kind {
+            let how = crate::store::Protect {
+                durable: false,
+                complete: refs.complete,
+            };
+            self.protect(repo, &refs.holder, &refs.refs, how)?;
+        }
+        let settling = matches!(kind, WriteKind::Settling);
+        let _gate = if settling { None } else { Some(self.gate.shared()?) };
+        let (after, t) = self.write_records(repo, tags, change, Some(notify))?;
+        if let (Some(t), false) = (t, settling) {
+            self.flush_write(&t)?;
+        }
+        Ok(after)
+    }
+
+    /// Apply `change` in one transaction, without a flush, with the events and timers
+    /// `notify` gives for it; the database written to, when anything was (held, so it
+    /// cannot be reopened before the caller flushes it).
     pub(super) fn write_records(
         &self,
         repo: &Repository,
         tags: &[Tag],
         change: &mut dyn FnMut(u64, &mut [TagRecord]),
+        notify: Option<&mut Notifying<'_>>,
     ) -> Result<(Vec<TagRecord>, Option<std::sync::Arc<super::Trees>>), StoreError> {
         let t = self.trees()?;
         let keys: Vec<Vec<u8>> = tags.iter().map(|tag| tag_key(repo, tag)).collect();
         // sled's transaction takes an `Fn`; the change runs once per attempt.
         let change = RefCell::new(change);
+        let notify = RefCell::new(notify);
+        let o = &t.outbox;
         let trees = (
             &t.pins,
             &t.claims,
@@ -184,44 +216,53 @@ impl SledStore {
             &t.log_leaves,
             &t.log_nodes,
             &t.meta,
+            &o.events,
+            &o.ids,
+            &o.cursors,
+            &o.timers,
         );
-        let result = trees.transaction(|(pins, claims, releases, notes, index, leaves, nodes, meta)| {
-            let tx = TxTrees {
-                pins,
-                claims,
-                releases,
-                notes,
-                index: Some(index),
-            };
-            let log = TxLog { leaves, nodes, meta };
-            let before = keys.iter().map(|k| tx.read(k)).collect::<TxResult<Vec<_>>>()?;
-            let mut after = before.clone();
-            (*change.borrow_mut())(now_secs(), &mut after);
-            let mut changed = false;
-            let mut head = None;
-            let mut entries = Vec::new();
-            for i in crate::store::to_write(tags, &before, &after) {
-                crate::store::check_writes(repo, &tags[i], &after[i]).map_err(abort)?;
-                // The log's entries for this change, numbered after the head, in this
-                // same transaction.
-                let next = if entry::count(&before[i], &after[i]) > 0 {
-                    let head = match &mut head {
-                        Some(h) => h,
-                        None => head.insert(log.head()?),
-                    };
-                    head.size() + entries.len() as u64
-                } else {
-                    0
+        let result = trees.transaction(
+            |(pins, claims, releases, notes, index, leaves, nodes, meta, ev, ids, cur, tim)| {
+                let tx = TxTrees {
+                    pins,
+                    claims,
+                    releases,
+                    notes,
+                    index: Some(index),
                 };
-                entries.extend(entry::bindings(repo, &tags[i], &before[i], &mut after[i], next).map_err(abort)?);
-                tx.write(repo, &tags[i], &before[i], &after[i])?;
-                changed = true;
-            }
-            if let Some(head) = &mut head {
-                log.append(head, &entries)?;
-            }
-            Ok((after, changed))
-        });
+                let log = TxLog { leaves, nodes, meta };
+                let before = keys.iter().map(|k| tx.read(k)).collect::<TxResult<Vec<_>>>()?;
+                let mut after = before.clone();
+                (*change.borrow_mut())(now_secs(), &mut after);
+                let mut changed = false;
+                let mut head = None;
+                let mut entries = Vec::new();
+                for i in crate::store::to_write(tags, &before, &after) {
+                    crate::store::check_writes(repo, &tags[i], &after[i]).map_err(abort)?;
+                    // The log's entries for this change, numbered after the head, in this
+                    // same transaction.
+                    let next = if entry::count(&before[i], &after[i]) > 0 {
+                        let head = match &mut head {
+                            Some(h) => h,
+                            None => head.insert(log.head()?),
+                        };
+                        head.size() + entries.len() as u64
+                    } else {
+                        0
+                    };
+                    entries.extend(entry::bindings(repo, &tags[i], &before[i], &mut after[i], next).map_err(abort)?);
+                    tx.write(repo, &tags[i], &before[i], &after[i])?;
+                    changed = true;
+                }
+                if let Some(head) = &mut head {
+                    log.append(head, &entries)?;
+                }
+                if let Some(n) = notify.borrow_mut().as_deref_mut() {
+                    changed |= super::outbox::notify_tx((ev, ids, cur, tim), n)?;
+                }
+                Ok((after, changed))
+            },
+        );
         let (after, changed) = settle(result)?;
         Ok((after, changed.then_some(t)))
     }
