@@ -1,14 +1,15 @@
 //! Webhooks: the events security teams and operators want to hear about (refused writes,
 //! drift, break-glass), delivered at least once and never in the way of a request.
 //!
-//! A refusal of a tag is kept with its event in one write ([`Notifier::prepare`],
-//! [`crate::store::Outbox::record_refusal_notifying`]). Any other decision hands its event
-//! to [`Notifier::enqueue`], which returns at once: the event
-//! goes, in order, to a writer task that appends it to the store's durable outbox
-//! ([`crate::store::Outbox`]) within milliseconds, while the request goes on. One task
+//! A decision that writes the store writes its event in the same atomic write
+//! ([`Notifier::prepare`], then [`crate::app::App::transition_notifying`] or
+//! [`crate::store::Outbox::record_refusal_notifying`]). An event with no write of its own
+//! (drift, a failed reload, a checkpoint) goes to [`Notifier::enqueue`], which returns at
+//! once: the event goes, in order, to a writer task that appends it to the store's durable
+//! outbox ([`crate::store::Outbox`]) within milliseconds, while the request goes on. One task
 //! per target then delivers the outbox in order ([`run`]): retries with backoff on
 //! connection errors, timeouts, 429 and 5xx, until `notify_max_age`; a receiver that is
-//! down or hangs holds back its own target only. A kill loses only events not yet
+//! down or hangs holds back its own target only. A kill loses only queued events not yet
 //! appended (the writer's queue, milliseconds long); everything appended survives and is
 //! delivered after a restart, at least once (a copy carries the same `id`).
 
