@@ -2,7 +2,9 @@
 //! drift, break-glass), delivered at least once and never in the way of a request.
 //!
 //! A refusal of a tag is kept with its event in one write ([`Notifier::prepare`],
-//! [`crate::store::Outbox::record_refusal_notifying`]). Any other decision hands its event
+//! [`crate::store::Outbox::record_refusal_notifying`]), as are a release's creation,
+//! cancellation and use and a cleared write record
+//! ([`crate::store::PinStore::write_notifying`]). Any other decision hands its event
 //! to [`Notifier::enqueue`], which returns at once: the event
 //! goes, in order, to a writer task that appends it to the store's durable outbox
 //! ([`crate::store::Outbox`]) within milliseconds, while the request goes on. One task
@@ -117,6 +119,16 @@ impl Notifier {
             tag: tag.map(str::to_owned),
             data,
         })
+    }
+
+    /// Queue events a failed write of the caller's was to append with its decision, when
+    /// what they describe happened all the same (the upstream applied a delete): the
+    /// writer appends them once the store takes writes again, once each (the outbox
+    /// skips an id it holds, should the write have landed after all).
+    pub fn enqueue_prepared(&self, events: impl IntoIterator<Item = OutboxEvent>) {
+        for event in events {
+            let _ = self.queue.send(event);
+        }
     }
 
     /// The names of the targets in force and the outbox's bound, for an append.
