@@ -202,12 +202,15 @@ async fn delete_tag(
         let settle = move |clock, records: &mut [crate::store::TagRecord]| {
             pinning::settle_tag_delete(&mut records[0], &id, outcome, clock)
         };
-        let events_of = move |_: &_| (used.iter().cloned().collect(), Vec::new());
+        let in_write = used.clone();
+        let events_of = move |_: &_| (in_write.iter().cloned().collect(), Vec::new());
         let settled = app
             .transition_notifying(StoreWrite::Durable, &repo, std::slice::from_ref(&tag), settle, events_of)
             .await;
         if let Err(e) = settled {
             tracing::error!(request_id = %who.request_id, error = %e, "cannot settle the record of a tag delete; the tag stays reserved until the in-doubt horizon");
+            // The upstream applied the delete all the same: its event is not lost with the write.
+            app.notify.enqueue_prepared(used);
         }
         // An audited delete of a tag with no pin holds no record: its timeout promises none.
         let resp = match pinned {
@@ -469,12 +472,15 @@ impl DigestJob {
                 pinning::settle_tag_delete(r, &id, outcome, clock);
             }
         };
-        let events_of = move |_: &()| (used.clone(), Vec::new());
+        let in_write = used.clone();
+        let events_of = move |_: &()| (in_write.clone(), Vec::new());
         let settled = app
             .transition_notifying(StoreWrite::Durable, &self.repo, released, settle, events_of)
             .await;
         if let Err(e) = settled {
             tracing::error!(request_id = %self.who.request_id, error = %e, "cannot settle the releases a delete used; they stay in use until the in-doubt horizon");
+            // The upstream applied the delete all the same: its events are not lost with the write.
+            app.notify.enqueue_prepared(used);
         }
     }
 

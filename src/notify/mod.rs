@@ -120,6 +120,16 @@ impl Notifier {
         })
     }
 
+    /// Queue events a failed write of the caller's was to append with its decision, when
+    /// what they describe happened all the same (the upstream applied a delete): the
+    /// writer appends them once the store takes writes again, once each (the outbox
+    /// skips an id it holds, should the write have landed after all).
+    pub fn enqueue_prepared(&self, events: impl IntoIterator<Item = OutboxEvent>) {
+        for event in events {
+            let _ = self.queue.send(event);
+        }
+    }
+
     /// The names of the targets in force and the outbox's bound, for an append.
     pub fn append_bounds(&self) -> (Vec<String>, u64) {
         let config = self.config();
