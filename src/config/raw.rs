@@ -99,8 +99,17 @@ fn parse_message(e: &toml::de::Error, text: &str) -> String {
         Some(span) => {
             let before = &text[..span.start.min(text.len())];
             let line = before.matches('\n').count() + 1;
-            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-            format!("line {line}, column {column}: {what}")
+            let start = before.rsplit('\n').next().unwrap_or("");
+            let column = start.chars().count() + 1;
+            // The key the line sets, when the error is in its value: a key is no secret.
+            let key = start
+                .split_once('=')
+                .map(|(k, _)| k.trim())
+                .filter(|k| !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c)));
+            match key {
+                Some(key) => format!("line {line}, column {column}, key {key}: {what}"),
+                None => format!("line {line}, column {column}: {what}"),
+            }
         }
         None => what,
     }
@@ -124,5 +133,10 @@ mod parse_tests {
             assert!(!e.contains('\n'), "{e}");
             assert!(e.contains("line "), "{e}");
         }
+        // A bad value names its key (no secret), as the key's own check would.
+        let e = RawConfig::from_toml("reads = \"pinnned\"\n", path)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("key reads:") && e.contains("pinnned"), "{e}");
     }
 }
