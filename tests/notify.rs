@@ -196,6 +196,25 @@ fn each_event_of_a_real_flow_arrives_signed_with_its_fields() {
     });
     assert_eq!(of_type(&receiver.events(), "release_expired").len(), 1);
 
+    // A release withdrawn before use.
+    let out = admin.cli(
+        tagpin.admin_addr(),
+        &["release", "team/api:2.0", "--reason", "oops", "--ttl", "10m"],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let out = admin.cli(tagpin.admin_addr(), &["release", "--cancel", "team/api:2.0"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let got = receiver.wait_for(60, "release_cancelled", |d| {
+        d.iter().any(|d| d.json()["type"] == "io.tagpin.release_cancelled")
+    });
+    let cancelled = got
+        .iter()
+        .find(|d| d.json()["type"] == "io.tagpin.release_cancelled")
+        .unwrap();
+    assert!(cancelled.signed_with(SECRET));
+    assert_eq!(cancelled.json()["subject"], "team/api:2.0");
+    assert_eq!(cancelled.json()["data"]["admin"], "alice");
+
     // A reload that fails.
     std::fs::write(&cfg, "[[notify]]\nurl = \"ftp://nowhere\"\n").unwrap();
     sighup(&tagpin);
