@@ -287,14 +287,21 @@ impl Shared {
         let horizon = self.config.in_doubt_horizon.as_secs();
         let (r, t) = (repo.clone(), tags.to_vec());
         let (targets, max) = self.notify.append_bounds();
-        let (out, dropped) = self
+        let (out, dropped, appended) = self
             .store_call(move |s| {
                 let out = std::cell::RefCell::new(None);
+                // Whether the attempt that was written had events: only then are the
+                // delivery tasks woken (not on every push).
+                let appended = std::cell::Cell::new(false);
                 let dropped = {
                     let mut change = |now, records: &mut [crate::store::TagRecord]| {
                         *out.borrow_mut() = Some(f(crate::pinning::Clock { now, horizon }, records));
                     };
-                    let mut events = || out.borrow().as_ref().map(|o| events_of(o).0).unwrap_or_default();
+                    let mut events = || {
+                        let events = out.borrow().as_ref().map(|o| events_of(o).0).unwrap_or_default();
+                        appended.set(!events.is_empty());
+                        events
+                    };
                     let mut timers = || out.borrow().as_ref().map(|o| events_of(o).1).unwrap_or_default();
                     let mut notify = Notifying {
                         events: &mut events,
@@ -312,10 +319,12 @@ impl Shared {
                     notify.dropped
                 };
                 let out = out.into_inner().expect("a store update runs its change at least once");
-                Ok((out, dropped))
+                Ok((out, dropped, appended.get()))
             })
             .await?;
-        self.notify.appended(dropped, &self.metrics.notify);
+        if appended {
+            self.notify.appended(dropped, &self.metrics.notify);
+        }
         Ok(out)
     }
 
